@@ -1,0 +1,288 @@
+"""The tracker interface, its config registry, and the process-wide current tracker.
+
+A `Tracker` receives hyperparameters, per-step metrics, summaries and artifacts. The
+trainer owns one (often a `CompositeTracker`) and makes it current with `with tracker:`,
+so library code anywhere can call `lm.tracker.log(...)`.
+
+Inside jitted code there is no host to write to. `lm.tracker.log` called while tracing
+records the (traced) values into the innermost `capture_metrics()` block; the trainer's
+step returns them as outputs and logs them after the step. No host callbacks.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import draccus
+import jax
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """A histogram of values: `counts[i]` values fell in `[edges[i], edges[i+1])`."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+    min: float
+    max: float
+    num: int
+    sum: float
+    sum_squares: float
+
+    @staticmethod
+    def from_array(values: Any, num_bins: int = 64) -> Histogram:
+        arr = np.asarray(jax.device_get(values), dtype=np.float64).ravel()
+        counts, edges = np.histogram(arr, bins=num_bins)
+        return Histogram(
+            counts=counts,
+            edges=edges,
+            min=float(arr.min()) if arr.size else 0.0,
+            max=float(arr.max()) if arr.size else 0.0,
+            num=int(arr.size),
+            sum=float(arr.sum()),
+            sum_squares=float((arr * arr).sum()),
+        )
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.num if self.num else 0.0
+
+
+class Tracker(abc.ABC):
+    """Destination for run metadata and metrics.
+
+    Subclasses set `name` (the registry key of their config) so `get_tracker(name)` can find
+    them inside a composite.
+    """
+
+    name: str = "tracker"
+
+    @abc.abstractmethod
+    def log_hyperparameters(self, hparams: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def log(
+        self, metrics: Mapping[str, Any], *, step: int | None, commit: bool | None = None
+    ) -> None:
+        """Log metrics at `step`. `commit=False` lets later calls add to the same step."""
+
+    @abc.abstractmethod
+    def log_summary(self, metrics: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def log_artifact(
+        self, artifact_path: str, *, name: str | None = None, type: str | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> None: ...
+
+    def __enter__(self) -> Tracker:
+        _push_tracker(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _pop_tracker(self)
+
+
+class NoopTracker(Tracker):
+    name = "noop"
+
+    def log_hyperparameters(self, hparams):
+        pass
+
+    def log(self, metrics, *, step, commit=None):
+        pass
+
+    def log_summary(self, metrics):
+        pass
+
+    def log_artifact(self, artifact_path, *, name=None, type=None):
+        pass
+
+    def finish(self):
+        pass
+
+
+class CompositeTracker(Tracker):
+    """Fans every call out to several trackers, in order."""
+
+    name = "composite"
+
+    def __init__(self, trackers: Sequence[Tracker]):
+        self.trackers = list(trackers)
+
+    def log_hyperparameters(self, hparams):
+        for t in self.trackers:
+            t.log_hyperparameters(hparams)
+
+    def log(self, metrics, *, step, commit=None):
+        for t in self.trackers:
+            t.log(metrics, step=step, commit=commit)
+
+    def log_summary(self, metrics):
+        for t in self.trackers:
+            t.log_summary(metrics)
+
+    def log_artifact(self, artifact_path, *, name=None, type=None):
+        for t in self.trackers:
+            t.log_artifact(artifact_path, name=name, type=type)
+
+    def finish(self):
+        errors = []
+        for t in self.trackers:
+            try:
+                t.finish()
+            except Exception as e:  # finish the others before reporting
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def find(self, name: str) -> Tracker | None:
+        for t in self.trackers:
+            if t.name == name:
+                return t
+            if isinstance(t, CompositeTracker) and (found := t.find(name)) is not None:
+                return found
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackerConfig(draccus.ChoiceRegistry, abc.ABC):
+    """Registry of tracker configs, selected by `type:`; W&B when `type` is omitted."""
+
+    @abc.abstractmethod
+    def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
+        """Build the tracker for run `run_id`; `run_dir` is `<log_dir>/<run_id>` when known."""
+
+    @classmethod
+    def default_choice_name(cls) -> str | None:
+        return "wandb"
+
+
+@TrackerConfig.register_subclass("noop")
+@dataclasses.dataclass(frozen=True)
+class NoopConfig(TrackerConfig):
+    """Discards everything."""
+
+    def init(self, run_id, *, run_dir=None) -> Tracker:
+        return NoopTracker()
+
+
+def build_tracker(
+    config: TrackerConfig | Sequence[TrackerConfig],
+    run_id: str | None,
+    *,
+    run_dir: str | None = None,
+) -> Tracker:
+    """One tracker for one config, a `CompositeTracker` for a list of them."""
+    if isinstance(config, TrackerConfig):
+        return config.init(run_id, run_dir=run_dir)
+    trackers = [c.init(run_id, run_dir=run_dir) for c in config]
+    return trackers[0] if len(trackers) == 1 else CompositeTracker(trackers)
+
+
+# --- the current tracker ---------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _stack() -> list[Tracker]:
+    if not hasattr(_local, "trackers"):
+        _local.trackers = []
+    return _local.trackers
+
+
+def _push_tracker(t: Tracker) -> None:
+    _stack().append(t)
+
+
+def _pop_tracker(t: Tracker) -> None:
+    stack = _stack()
+    if stack and stack[-1] is t:
+        stack.pop()
+    elif t in stack:
+        stack.remove(t)
+
+
+def current_tracker() -> Tracker:
+    """The innermost tracker entered with `with tracker:`; raises if there is none."""
+    stack = _stack()
+    if not stack:
+        raise RuntimeError(
+            "No tracker is active: use `with tracker:` (the Trainer does this for you)."
+        )
+    return stack[-1]
+
+
+def get_tracker(name: str) -> Tracker:
+    """The active tracker registered as `name` (searching inside composites)."""
+    t = current_tracker()
+    if t.name == name:
+        return t
+    if isinstance(t, CompositeTracker) and (found := t.find(name)) is not None:
+        return found
+    raise KeyError(f"No active tracker named {name!r}")
+
+
+# --- logging from anywhere, including inside jit -----------------------------------------
+
+_capture = threading.local()
+
+
+@contextlib.contextmanager
+def capture_metrics() -> Iterator[dict[str, Any]]:
+    """Collect `lm.tracker.log` calls made while tracing into a dict the step returns."""
+    if not hasattr(_capture, "sinks"):
+        _capture.sinks = []
+    sink: dict[str, Any] = {}
+    _capture.sinks.append(sink)
+    try:
+        yield sink
+    finally:
+        _capture.sinks.pop()
+
+
+def _is_traced(metrics: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(dict(metrics)))
+
+
+def log(metrics: Mapping[str, Any], *, step: int | None = None, commit: bool | None = None) -> None:
+    """Log to the current tracker, or, while tracing a step, into the step's outputs."""
+    sinks = getattr(_capture, "sinks", None)
+    if sinks:
+        sinks[-1].update(metrics)
+        return
+    if _is_traced(metrics):
+        raise RuntimeError(
+            "lm.tracker.log got traced values outside a capture_metrics() block; inside a "
+            "jitted function, return metrics instead (the Trainer's step does this for you)."
+        )
+    current_tracker().log(metrics, step=step, commit=commit)
+
+
+def log_summary(metrics: Mapping[str, Any]) -> None:
+    current_tracker().log_summary(metrics)
+
+
+def log_hyperparameters(hparams: Mapping[str, Any]) -> None:
+    current_tracker().log_hyperparameters(hparams)
+
+
+def to_python_scalar(value: Any) -> Any:
+    """jax/numpy 0-d arrays -> Python numbers; other values unchanged."""
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        arr = np.asarray(jax.device_get(value))
+        if arr.ndim == 0:
+            return arr.item()
+        return arr
+    return value

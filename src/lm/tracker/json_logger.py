@@ -1,0 +1,146 @@
+"""A tracker that writes JSON lines: one record per call, easy to read back and plot.
+
+Records: `{"event": "hparams", "hparams": {...}}`, `{"event": "log", "step": N,
+"metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact", ...}`
+and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
+every logged metric plus everything passed to `log_summary`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from lm.tracker.base import Histogram, Tracker, TrackerConfig, to_python_scalar
+
+logger = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    value = to_python_scalar(value)
+    if isinstance(value, Histogram):
+        return {
+            "histogram": {"min": value.min, "max": value.max, "mean": value.mean, "num": value.num}
+        }
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep them visible rather than invalid
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class JsonLogger(Tracker):
+    """Appends JSON lines to `path` (local or any fsspec URL).
+
+    Local files are appended and flushed line by line, so a killed run keeps everything
+    logged up to the kill. Remote filesystems that cannot append are rewritten whole at
+    most every `flush_interval_s` seconds and at `finish()`.
+    """
+
+    name = "json"
+
+    def __init__(self, path: str, *, flush_interval_s: float = 30.0):
+        self.path = path
+        self._fs, self._fs_path = fsspec.core.url_to_fs(path)
+        self._local = (
+            "file" in self._fs.protocol
+            if isinstance(self._fs.protocol, tuple)
+            else self._fs.protocol == "file"
+        )
+        self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
+        self._summary: dict[str, Any] = {}
+        self._buffer: list[str] = []
+        self._last_flush = time.monotonic()
+        self._flush_interval_s = flush_interval_s
+        self._file = self._fs.open(self._fs_path, "a") if self._local else None
+        if not self._local and self._fs.exists(self._fs_path):
+            with self._fs.open(self._fs_path, "r") as f:
+                self._buffer = f.read().splitlines(keepends=True)
+        self._finished = False
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(_jsonable(record)) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._buffer.append(line)
+            if time.monotonic() - self._last_flush > self._flush_interval_s:
+                self._flush_remote()
+
+    def _flush_remote(self) -> None:
+        with self._fs.open(self._fs_path, "w") as f:
+            f.write("".join(self._buffer))
+        self._last_flush = time.monotonic()
+
+    def log_hyperparameters(self, hparams):
+        self._write({"event": "hparams", "time": time.time(), "hparams": dict(hparams)})
+
+    def log(self, metrics, *, step, commit=None):
+        metrics = {k: v for k, v in metrics.items()}
+        self._summary.update({k: v for k, v in metrics.items() if not isinstance(v, Histogram)})
+        self._write({"event": "log", "step": step, "time": time.time(), "metrics": metrics})
+
+    def log_summary(self, metrics):
+        self._summary.update(metrics)
+        self._write({"event": "summary", "time": time.time(), "summary": dict(metrics)})
+
+    def log_artifact(self, artifact_path, *, name=None, type=None):
+        self._write(
+            {
+                "event": "artifact",
+                "time": time.time(),
+                "path": str(artifact_path),
+                "name": name,
+                "type": type,
+            }
+        )
+
+    def finish(self):
+        if self._finished:
+            return
+        self._finished = True
+        self._write({"event": "finish", "time": time.time(), "summary": self._summary})
+        if self._file is not None:
+            self._file.close()
+        else:
+            self._flush_remote()
+
+
+@TrackerConfig.register_subclass("json")
+@dataclasses.dataclass(frozen=True)
+class JsonLoggerConfig(TrackerConfig):
+    """JSON-lines metrics file."""
+
+    path: str | None = None
+    """Where to write. Default: `<log_dir>/<run_id>/metrics.jsonl`. `{run_id}` is expanded."""
+
+    def init(self, run_id, *, run_dir=None) -> Tracker:
+        if self.path is not None:
+            path = self.path.format(run_id=run_id or "run")
+        elif run_dir is not None:
+            path = f"{str(run_dir).rstrip('/')}/metrics.jsonl"
+        else:
+            path = f"logs/{run_id or 'run'}/metrics.jsonl"
+        logger.info("Logging metrics as JSON lines to %s", path)
+        return JsonLogger(path)
+
+
+def read_json_log(path: str) -> list[dict[str, Any]]:
+    """All records of a JSON-lines log (local or fsspec)."""
+    with fsspec.open(path, "r") as f:
+        return [json.loads(line) for line in f if line.strip()]
