@@ -1,0 +1,98 @@
+"""Multi-process JAX: `jax.distributed` initialisation (DST-01, DST-03).
+
+JAX detects SLURM and Cloud TPU clusters by itself; `DistributedConfig` is for clusters it
+cannot detect (several GPU hosts started by hand, or several CPU processes on one machine
+for tests). It must run before anything asks jax for devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+
+logger = logging.getLogger(__name__)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    coordinator_address: str | None = None
+    """host:port of process 0's coordinator. None: auto-detect (SLURM, TPU) or single process."""
+    num_processes: int | None = None
+    """Total number of processes. None: auto-detect."""
+    process_id: int | None = None
+    """This process's index in [0, num_processes). None: auto-detect."""
+    local_device_ids: int | list[int] | None = None
+    """Devices this process drives (e.g. one GPU per process). None: all visible devices."""
+    initialize_jax_distributed: bool = True
+    """Whether to call `jax.distributed.initialize` at all."""
+
+    def __post_init__(self):
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"distributed.num_processes must be >= 1, got {self.num_processes}")
+        if self.process_id is not None and self.num_processes is not None:
+            if not 0 <= self.process_id < self.num_processes:
+                raise ValueError(
+                    f"distributed.process_id ({self.process_id}) must be in [0, "
+                    f"num_processes={self.num_processes})"
+                )
+
+    @property
+    def is_manual(self) -> bool:
+        return self.coordinator_address is not None or self.num_processes is not None
+
+    def _detected_cluster(self) -> str | None:
+        if "SLURM_JOB_ID" in os.environ and _env_int("SLURM_NTASKS") not in (None, 1):
+            return "slurm"
+        if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+            return "tpu"
+        if os.environ.get("OMPI_COMM_WORLD_SIZE") not in (None, "1"):
+            return "mpi"
+        return None
+
+    def initialize(self) -> None:
+        """Start `jax.distributed` if this is a multi-process run (idempotent)."""
+        if not self.initialize_jax_distributed:
+            return
+        if _is_initialized():
+            return
+        cluster = self._detected_cluster()
+        if cluster == "tpu" and self.is_manual:
+            logger.warning(
+                "trainer.distributed is set on a TPU VM; JAX configures TPU pods itself and manual "
+                "settings are usually wrong there"
+            )
+        if not self.is_manual and cluster is None:
+            return  # a single process: nothing to do
+        device_ids = self.local_device_ids
+        if isinstance(device_ids, int):
+            device_ids = [device_ids]
+        logger.info(
+            "Initializing jax.distributed (%s): coordinator=%s num_processes=%s process_id=%s",
+            cluster or "manual",
+            self.coordinator_address,
+            self.num_processes,
+            self.process_id,
+        )
+        jax.distributed.initialize(
+            coordinator_address=self.coordinator_address,
+            num_processes=self.num_processes,
+            process_id=self.process_id,
+            local_device_ids=device_ids,
+        )
+
+
+def _is_initialized() -> bool:
+    try:
+        from jax._src import distributed as _dist
+
+        return _dist.global_state.client is not None
+    except Exception:  # the private location moved: assume not initialised
+        return False

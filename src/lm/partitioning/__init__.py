@@ -1,0 +1,33 @@
+"""Device mesh and logical -> physical axis mappings (the one sharding table)."""
+
+from lm.partitioning.axis_rules import (
+    ResourceMapping,
+    compute_axis_mapping,
+    parameter_axis_mapping,
+    validate_mapping,
+)
+from lm.partitioning.mesh import (
+    DATA,
+    MESH_AXES,
+    MODEL,
+    REPLICA,
+    MeshShape,
+    count_slices,
+    create_mesh,
+    resolve_mesh_shape,
+)
+
+__all__ = [
+    "DATA",
+    "MESH_AXES",
+    "MODEL",
+    "REPLICA",
+    "MeshShape",
+    "ResourceMapping",
+    "compute_axis_mapping",
+    "count_slices",
+    "create_mesh",
+    "parameter_axis_mapping",
+    "resolve_mesh_shape",
+    "validate_mapping",
+]
