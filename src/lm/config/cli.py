@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CONFIG_PATH_FLAG = "--config_path"
 HELP_FLAGS = ("-h", "--help")
+_UNPARSED = object()
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]*)((?:\[\d+\])*)$")
 
 
@@ -165,8 +166,11 @@ def _parse_value(raw: str, dotted: str, problems: list[ConfigProblem], flag: str
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        problems.append(ConfigProblem(dotted, f"cannot parse the value {raw!r} as YAML: {e}", flag))
-        return raw
+        detail = getattr(e, "problem", None) or str(e)
+        problems.append(
+            ConfigProblem(dotted, f"cannot parse the value {raw!r} as YAML: {detail}", flag)
+        )
+        return _UNPARSED
 
 
 def _apply_override(
@@ -193,6 +197,8 @@ def _apply_override(
         steps.append(match.group(1).replace("-", "_"))
         steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     value = _parse_value(raw, dotted, problems, flag)
+    if value is _UNPARSED:
+        return data
     if not isinstance(data, dict):
         data = {}
     node: Any = data

@@ -10,9 +10,8 @@ import textwrap
 import typing
 from typing import Any
 
-import draccus
-
 from lm.config import typeinfo as ti
+from lm.config.encoding import to_data
 
 _INDENT = "  "
 _MAX_DEPTH = 8
@@ -67,7 +66,9 @@ def _fields(cls: type, instance: Any, depth: int, lines: list[str], seen: set[ty
         known_value = instance is not None
         header = f"{pad}{f.name}: {ti.type_name(tp)}"
         nested = None
-        if ti.is_choice(tp):
+        if ti.codec_for(tp) is not None:
+            header += f" = {_show_default(value, tp)}" if known_value else ""
+        elif ti.is_choice(tp):
             nested, extra = _choice_target(tp, value if known_value else None)
             header += extra
         elif ti.is_dataclass_type(tp):
@@ -111,7 +112,7 @@ def _choice_target(tp: type, value: Any) -> tuple[type | None, str]:
 
 def _show_default(value: Any, tp: Any) -> str:
     try:
-        encoded = draccus.encode(value, tp)
+        encoded = to_data(value, tp)
     except Exception:  # noqa: BLE001 - an unencodable default is shown with repr
         return repr(value)
     return ti.show_value(encoded, limit=70)
