@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import enum
 import pathlib
+import typing
 from typing import Any, Literal
 
 import draccus
@@ -185,6 +186,12 @@ class SimpleCfg:
 
 __all__ = [
     "AdamCfg",
+    "AlphaPlugin",
+    "BetaPlugin",
+    "ByKeysA",
+    "ByKeysB",
+    "PluginCfg",
+    "UnionHolder",
     "Color",
     "DataCfg",
     "Gpt2Cfg",
@@ -203,3 +210,47 @@ __all__ = [
     "TrainerCfg",
     "WandbCfg",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginCfg(draccus.PluginRegistry, discover_packages_path="lm.config"):
+    """A plugin registry; discovery imports the (side-effect free) `lm.config` modules."""
+
+    @classmethod
+    def default_choice_name(cls) -> str | None:
+        return "alpha"
+
+
+@PluginCfg.register_subclass("alpha")
+@dataclasses.dataclass(frozen=True)
+class AlphaPlugin(PluginCfg):
+    a: int = 1
+
+
+@PluginCfg.register_subclass("beta")
+@dataclasses.dataclass(frozen=True)
+class BetaPlugin(PluginCfg):
+    b: str = "x"
+
+
+@dataclasses.dataclass(frozen=True)
+class ByKeysA:
+    alpha: int = 0
+    shared: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ByKeysB:
+    beta: int = 0
+    shared: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class UnionHolder:
+    pick: ByKeysA | ByKeysB = dataclasses.field(default_factory=ByKeysA)
+    plugin: PluginCfg = dataclasses.field(default_factory=AlphaPlugin)
+    either: OptimizerCfg | TrackerCfg | None = None
+    json_atoms: "typing.Mapping[str, str | int | float | bool | None]" = dataclasses.field(
+        default_factory=dict
+    )
+    maybe_steps: int | None = None

@@ -9,6 +9,10 @@ import jax.numpy as jnp
 import pytest
 from config_schemas import (
     AdamCfg,
+    AlphaPlugin,
+    BetaPlugin,
+    ByKeysA,
+    ByKeysB,
     Color,
     Gpt2Cfg,
     LionCfg,
@@ -23,6 +27,7 @@ from config_schemas import (
     TrackerCfg,
     TrainCfg,
     TrainerCfg,
+    UnionHolder,
     WandbCfg,
 )
 
@@ -416,3 +421,45 @@ def test_full_config_defaults_and_nested_values():
     assert cfg.model == LlamaCfg(num_heads=8, num_kv_heads=2)
     assert cfg.trainer == TrainerCfg()
     assert decode(TrainCfg, {}) == TrainCfg()
+
+
+# --- Plugin registries, unions of mapping members ----------------------------------------------
+
+
+def test_plugin_registry_decodes_like_a_choice():
+    assert decode(UnionHolder, {"plugin": {"type": "beta", "b": "y"}}).plugin == BetaPlugin(b="y")
+    assert decode(UnionHolder, {"plugin": {"a": 5}}).plugin == AlphaPlugin(a=5)
+    path, message = only_problem(UnionHolder, {"plugin": {"type": "gamma"}})
+    assert path == "plugin.type"
+    assert "known types: alpha, beta" in message
+
+
+def test_union_of_dataclasses_picks_the_one_accepting_every_key():
+    assert decode(UnionHolder, {"pick": {"beta": 2, "shared": 1}}).pick == ByKeysB(beta=2, shared=1)
+    assert decode(UnionHolder, {"pick": {"alpha": 2}}).pick == ByKeysA(alpha=2)
+    # Ambiguous keys: the first member wins.
+    assert decode(UnionHolder, {"pick": {"shared": 3}}).pick == ByKeysA(shared=3)
+    # No member takes every key: the first member's problems, with did-you-mean.
+    path, message = only_problem(UnionHolder, {"pick": {"alpah": 1}})
+    assert path == "pick.alpah" and "did you mean `alpha`?" in message
+
+
+def test_union_of_registries_is_decided_by_the_type_key():
+    holder = decode(UnionHolder, {"either": {"type": "noop"}})
+    assert holder.either == NoopCfg()
+    assert decode(UnionHolder, {"either": {"type": "lion"}}).either == LionCfg()
+    assert decode(UnionHolder, {"either": None}).either is None
+    # Without `type:` each registry's default is tried by keys: `project` is a wandb field.
+    assert decode(UnionHolder, {"either": {"project": "p"}}).either == WandbCfg(project="p")
+
+
+def test_mapping_and_optional():
+    holder = decode(UnionHolder, {"json_atoms": {"a": 1, "b": "x", "c": None}, "maybe_steps": 3})
+    assert holder.json_atoms == {"a": 1, "b": "x", "c": None}
+    assert holder.maybe_steps == 3
+    path, message = only_problem(UnionHolder, {"json_atoms": {"a": [1]}})
+    assert path == "json_atoms.a"
+    assert message == (
+        "expected a string or an integer or a number or a boolean (true or false) or null, "
+        "got [1] (a list)"
+    )
