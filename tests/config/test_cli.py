@@ -235,3 +235,14 @@ def test_help_lists_choices_and_nested_defaults():
     assert "    save_interval: timedelta = '15m'" in text
     assert "    mp: Policy = 'p=f32,c=f32,o=f32'" in text
     assert "    hidden_dim: int = 768\n        Width of the residual stream." in text
+
+
+def test_override_keys_are_taken_verbatim():
+    cfg = parse(
+        TrainCfg,
+        args=["--trainer.jax_config.my-flag", "true", "--trainer.axis_resources.a/b", "model"],
+    )
+    assert cfg.trainer.jax_config["my-flag"] is True
+    assert cfg.trainer.axis_resources == {"a/b": "model"}
+    with pytest.raises(ConfigError, match="malformed override --trainer..seed"):
+        parse(TrainCfg, args=["--trainer..seed", "1"])

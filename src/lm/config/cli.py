@@ -24,6 +24,7 @@ from lm.config.encoding import to_yaml
 from lm.config.errors import ConfigError, ConfigProblem, index_path, join_path
 from lm.config.helptext import format_help
 from lm.config.loading import load_document, under
+from lm.config.typeinfo import show_value
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ T = TypeVar("T")
 CONFIG_PATH_FLAG = "--config_path"
 HELP_FLAGS = ("-h", "--help")
 _UNPARSED = object()
-_SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]*)((?:\[\d+\])*)$")
+_SEGMENT = re.compile(r"^([^.\[\]=\s]+)((?:\[\d+\])*)$")
 
 
 def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()) -> T:
@@ -194,7 +195,7 @@ def _apply_override(
                 )
             )
             return data
-        steps.append(match.group(1).replace("-", "_"))
+        steps.append(match.group(1))
         steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     value = _parse_value(raw, dotted, problems, flag)
     if value is _UNPARSED:
@@ -223,13 +224,18 @@ def _apply_override(
             child = {} if isinstance(nxt, str) else None
             if child is None:
                 problems.append(
-                    ConfigProblem(child_path, f"cannot set --{dotted}: {child_path} is not a list")
+                    ConfigProblem(
+                        child_path, f"cannot set --{dotted}: {child_path} is not a list", flag
+                    )
                 )
                 return data
             node[step] = child
         elif isinstance(nxt, str) and not isinstance(child, dict):
-            kind = "a list" if isinstance(child, list) else f"the value {child!r}"
-            hint = f"; use --{child_path}[0]..." if isinstance(child, list) else ""
+            if isinstance(child, list):
+                kind, hint = "a list", f"; use --{child_path}[0]..."
+            else:
+                kind = f"the value {show_value(child)}"
+                hint = f"; set it whole, like --{child_path} '{{{nxt}: ...}}'"
             problems.append(
                 ConfigProblem(
                     child_path,
