@@ -5,6 +5,7 @@ import datetime
 import pathlib
 from typing import Literal
 
+import draccus
 import jax.numpy as jnp
 import pytest
 from config_schemas import (
@@ -463,3 +464,23 @@ def test_mapping_and_optional():
         "expected a string or an integer or a number or a boolean (true or false) or null, "
         "got [1] (a list)"
     )
+
+
+def test_unregistered_default_choice_is_reported():
+    @dataclasses.dataclass(frozen=True)
+    class Orphan(draccus.ChoiceRegistry):
+        @classmethod
+        def default_choice_name(cls):
+            return "missing"
+
+    @Orphan.register_subclass("present")
+    @dataclasses.dataclass(frozen=True)
+    class Present(Orphan):
+        pass
+
+    path, message = only_problem(Orphan, {})
+    assert message == (
+        "no `type:` given and the default Orphan type 'missing' is not registered; "
+        "write `type:` with one of: present"
+    )
+    assert decode(Orphan, {"type": "present"}) == Present()

@@ -279,6 +279,13 @@ class Decoder:
                 return self.fail(
                     path, f"missing `{CHOICE_KEY}:` to select a {tp.__name__}; one of: {choices}"
                 )
+            if default not in known:
+                choices = ", ".join(sorted(known))
+                return self.fail(
+                    path,
+                    f"no `{CHOICE_KEY}:` given and the default {tp.__name__} type {default!r} "
+                    f"is not registered; write `{CHOICE_KEY}:` with one of: {choices}",
+                )
             cls = tp.get_choice_class(default)
         fields = {k: v for k, v in value.items() if k != CHOICE_KEY}
         return self.dataclass(cls, fields, path, extra_keys=(CHOICE_KEY,))
