@@ -1,5 +1,6 @@
 """Leaf codecs: durations and jmp mixed-precision policies (MP-01 grammar), paths."""
 
+import dataclasses
 import datetime
 import pathlib
 
@@ -135,3 +136,43 @@ def test_codecs_are_registered_with_draccus():
     assert lm.config  # importing the package registers them
     assert draccus.decode(td, "1h") == td(hours=1)
     assert draccus.decode(jmp.Policy, "bf16") == parse_policy("bf16")
+
+
+class Ratio:
+    """A leaf type another area might add, with its codec registered in draccus."""
+
+    def __init__(self, num: int, den: int):
+        self.num, self.den = num, den
+
+    def __eq__(self, other):
+        return isinstance(other, Ratio) and (self.num, self.den) == (other.num, other.den)
+
+
+def _decode_ratio(raw, path=()):
+    num, _, den = str(raw).partition("/")
+    if not den:
+        raise ValueError(f"expected a ratio like 3/4, got {raw!r}")
+    return Ratio(int(num), int(den))
+
+
+draccus.decode.register(Ratio, _decode_ratio)
+draccus.encode.register(Ratio, lambda r, _=None: f"{r.num}/{r.den}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WithRatio:
+    r: Ratio = dataclasses.field(default_factory=lambda: Ratio(1, 2))
+    r_or_int: int | Ratio = 0
+    r_or_str: str | Ratio = "none"
+
+
+def test_any_draccus_codec_is_used_for_decoding_and_encoding():
+    cfg = decode(WithRatio, {"r": "3/4", "r_or_int": "5/6", "r_or_str": "7/8"})
+    assert cfg.r == Ratio(3, 4)
+    assert cfg.r_or_int == Ratio(5, 6)
+    assert cfg.r_or_str == "7/8"  # a string goes to `str` before string-parsing codecs
+    assert decode(WithRatio, {"r_or_int": 5}).r_or_int == 5
+    assert lm.config.to_data(cfg, WithRatio) == {"r": "3/4", "r_or_int": "5/6", "r_or_str": "7/8"}
+    with pytest.raises(ConfigError) as info:
+        decode(WithRatio, {"r": "half"})
+    assert str(info.value.problems[0]) == "r: expected a ratio like 3/4, got 'half'"
