@@ -1,0 +1,248 @@
+"""Command line: `--config_path`, dotted overrides, `parse` and the `main` entry decorator.
+
+    python -m lm.main.train_lm --config_path run.yaml --trainer.num_train_steps 10 \\
+        --optimizer.learning_rate=3e-4 --trainer.tracker[0].project demo --model.type llama
+
+Override values are parsed as YAML (`[1,2]`, `null`, `{type: noop}`, `p=f32,c=bf16`) and
+written into the loaded document before decoding, so they are checked exactly like YAML.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+from lm.config.decoding import Decoder
+from lm.config.encoding import to_yaml
+from lm.config.errors import ConfigError, ConfigProblem, index_path, join_path
+from lm.config.helptext import format_help
+from lm.config.loading import load_document, under
+from lm.config.typeinfo import show_value
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONFIG_PATH_FLAG = "--config_path"
+HELP_FLAGS = ("-h", "--help")
+_UNPARSED = object()
+_SEGMENT = re.compile(r"^([^.\[\]=\s]+)((?:\[\d+\])*)$")
+
+
+def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()) -> T:
+    """Build `cls` from an optional YAML file plus command-line style arguments.
+
+    Args:
+        cls: the config dataclass.
+        config_path: YAML file (local path or fsspec URL); `--config_path` in `args` wins.
+        args: `--config_path PATH` and `--dotted.field VALUE` / `--dotted.field=VALUE` items.
+
+    Raises:
+        ConfigError: with every problem in the file, the arguments and the decoded values.
+    """
+    problems: list[ConfigProblem] = []
+    overrides: list[tuple[str, str, str]] = []  # (dotted path, raw value, flag as written)
+    config_path = _split_args(list(args), config_path, overrides, problems)
+    data: Any = {}
+    locations: dict[str, str] = {}
+    if config_path is not None:
+        loaded = load_document(config_path)  # ConfigError for an unreadable document
+        data, locations = loaded.data, dict(loaded.locations)
+    for dotted, raw, flag in overrides:
+        data = _apply_override(data, dotted, raw, flag, locations, problems)
+    decoder = Decoder(locations)
+    value = decoder.run(cls, data, "")
+    problems.extend(decoder.problems)
+    if problems:
+        raise ConfigError(problems, source=config_path)
+    return value
+
+
+def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
+    """Wrap an entry point taking one config: `lm.config.main(train)()` parses `sys.argv[1:]`.
+
+    The config class is the annotation of `fn`'s first parameter. The returned callable takes
+    an optional `args` list (default `sys.argv[1:]`), which is how tests drive it:
+    `lm.config.main(train)(args=["--config_path", "run.yaml", "--x", "2"])`.
+
+    `--help` prints the field tree and exits 0. Any configuration problem prints the
+    aggregated message to stderr and exits with status 2 before `fn` runs.
+    """
+    cls = _config_class(fn)
+
+    def run(args: Sequence[str] | None = None) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if any(a in HELP_FLAGS for a in argv):
+            print(format_help(cls, prog=_prog()))
+            raise SystemExit(0)
+        try:
+            config = parse(cls, args=argv)
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            print(f"(run with --help to list the fields of {cls.__name__})", file=sys.stderr)
+            raise SystemExit(2) from None
+        logger.info("Resolved configuration:\n%s", to_yaml(config))
+        return fn(config)
+
+    run.__name__ = getattr(fn, "__name__", "main")
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _prog() -> str:
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name}"
+    return sys.argv[0] or "python"
+
+
+def _config_class(fn: Callable) -> type:
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        raise TypeError(f"{fn!r} must take the config as its first parameter")
+    hints = typing.get_type_hints(fn)
+    if params[0].name not in hints:
+        raise TypeError(
+            f"the first parameter of {getattr(fn, '__qualname__', fn)!r} needs a config "
+            "class annotation"
+        )
+    return hints[params[0].name]
+
+
+def _split_args(
+    args: list[str],
+    config_path: str | None,
+    overrides: list[tuple[str, str, str]],
+    problems: list[ConfigProblem],
+) -> str | None:
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in HELP_FLAGS:
+            problems.append(ConfigProblem("", "--help is answered by lm.config.main"))
+            i += 1
+            continue
+        if not arg.startswith("--") or arg == "--":
+            problems.append(
+                ConfigProblem(
+                    "",
+                    f"unexpected argument {arg!r}; arguments are `--config_path PATH` and "
+                    "`--dotted.field VALUE` overrides",
+                )
+            )
+            i += 1
+            continue
+        if "=" in arg:
+            flag, value = arg.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+            flag, value = arg, args[i + 1]
+            i += 2
+        else:
+            problems.append(ConfigProblem("", f"{arg} needs a value, like `{arg} VALUE`"))
+            i += 1
+            continue
+        name = flag[2:]
+        if flag in (CONFIG_PATH_FLAG, "--config-path"):
+            config_path = value
+        elif name in ("config", "config_file"):
+            problems.append(
+                ConfigProblem("", f"unknown argument {flag}; did you mean {CONFIG_PATH_FLAG}?")
+            )
+        else:
+            overrides.append((name, value, f"{flag} {value}"))
+    return config_path
+
+
+def _parse_value(raw: str, dotted: str, problems: list[ConfigProblem], flag: str) -> Any:
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        detail = getattr(e, "problem", None) or str(e)
+        problems.append(
+            ConfigProblem(dotted, f"cannot parse the value {raw!r} as YAML: {detail}", flag)
+        )
+        return _UNPARSED
+
+
+def _apply_override(
+    data: Any,
+    dotted: str,
+    raw: str,
+    flag: str,
+    locations: dict[str, str],
+    problems: list[ConfigProblem],
+) -> Any:
+    """Write one `--a.b[0].c VALUE` into `data` (a fresh root if needed); returns the root."""
+    steps: list[str | int] = []
+    for segment in dotted.split("."):
+        match = _SEGMENT.match(segment)
+        if match is None:
+            problems.append(
+                ConfigProblem(
+                    "",
+                    f"malformed override --{dotted}: expected dotted field names with optional "
+                    "[index], like --trainer.num_train_steps or --trainer.tracker[0].project",
+                )
+            )
+            return data
+        steps.append(match.group(1))
+        steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    value = _parse_value(raw, dotted, problems, flag)
+    if value is _UNPARSED:
+        return data
+    if not isinstance(data, dict):
+        data = {}
+    node: Any = data
+    path = ""
+    for step, nxt in zip(steps, steps[1:] + [None], strict=True):
+        child_path = index_path(path, step) if isinstance(step, int) else join_path(path, step)
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                size = f"has {len(node)} items" if isinstance(node, list) else "is not a list"
+                problems.append(
+                    ConfigProblem(child_path, f"cannot set --{dotted}: {path} {size}", flag)
+                )
+                return data
+        if nxt is None:
+            node[step] = value
+            for p in [p for p in locations if under(p, child_path)]:
+                del locations[p]
+            locations[child_path] = flag
+            return data
+        child = node[step] if isinstance(step, int) else node.get(step)
+        if child is None:
+            child = {} if isinstance(nxt, str) else None
+            if child is None:
+                problems.append(
+                    ConfigProblem(
+                        child_path, f"cannot set --{dotted}: {child_path} is not a list", flag
+                    )
+                )
+                return data
+            node[step] = child
+        elif isinstance(nxt, str) and not isinstance(child, dict):
+            if isinstance(child, list):
+                kind, hint = "a list", f"; use --{child_path}[0]..."
+            else:
+                kind = f"the value {show_value(child)}"
+                hint = f"; set it whole, like --{child_path} '{{{nxt}: ...}}'"
+            problems.append(
+                ConfigProblem(
+                    child_path,
+                    f"cannot set --{dotted}: {child_path} is {kind} in the config, not a mapping{hint}",
+                    flag,
+                )
+            )
+            return data
+        node, path = child, child_path
+    return data

@@ -1,0 +1,98 @@
+"""Config problems, the aggregated `ConfigError`, and the `invalid` helper for `__post_init__`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a configuration.
+
+    `path` is the YAML path of the offending value (`optimizer.cycles`,
+    `trainer.tracker[1].type`; empty for the document itself). `location` is where the value
+    was written, `file:line` or `--a.b` for a command-line override, when known.
+    """
+
+    path: str
+    message: str
+    location: str | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "(top level)"
+        if self.location:
+            where = f"{where} [{self.location}]"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, reported together.
+
+    Attributes:
+        problems: the problems, in the order they were found.
+        source: the config file (path or URL) being parsed, if any.
+    """
+
+    def __init__(self, problems: Iterable[ConfigProblem], source: str | None = None):
+        self.problems: list[ConfigProblem] = list(problems)
+        self.source = source
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        n = len(self.problems)
+        noun = "problem" if n == 1 else "problems"
+        origin = f" in {self.source}" if self.source else ""
+        lines = [f"Invalid configuration{origin} ({n} {noun}):"]
+        for problem in self.problems:
+            text = str(problem).replace("\n", "\n    ")
+            lines.append(f"  - {text}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self._format()
+
+    def with_source(self, source: str | None) -> ConfigError:
+        """The same problems, attributed to `source`."""
+        return ConfigError(self.problems, source=source)
+
+
+class FieldError(ValueError):
+    """A `__post_init__` failure that belongs to one field.
+
+    The decoder reports it at `<dataclass path>.<field>` instead of at the dataclass, so the
+    user sees `optimizer.warmup: ...` rather than `optimizer: ...`. `field` may itself be a
+    dotted or indexed path below the dataclass (`schedule[1].start`).
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+def invalid(field: str, value: object, allowed: str) -> FieldError:
+    """Build the error for a field whose value is not allowed; `raise` the result.
+
+    `allowed` completes the sentence "expected ...":
+
+        raise invalid("warmup", self.warmup, "a step count >= 0 or a fraction in [0, 1]")
+
+    gives `warmup: got -3, expected a step count >= 0 or a fraction in [0, 1]`, reported by the
+    decoder at `optimizer.warmup`.
+    """
+    return FieldError(field, f"got {value!r}, expected {allowed}")
+
+
+def join_path(path: str, key: object) -> str:
+    """`path` extended by a mapping key: `a.b` + `c` -> `a.b.c`."""
+    key = str(key)
+    if not key or any(ch in key for ch in ".[] \t"):
+        key = repr(key)
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def index_path(path: str, index: int) -> str:
+    """`path` extended by a list index: `a.b` + 1 -> `a.b[1]`."""
+    return f"{path}[{index}]"

@@ -1,0 +1,248 @@
+"""Command line: `parse`, overrides, `main` (exit code 2, stderr, no traceback), `--help`."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from config_schemas import (
+    LlamaCfg,
+    NoopCfg,
+    SimpleCfg,
+    TensorboardCfg,
+    TrainCfg,
+    WandbCfg,
+)
+
+import lm.config
+from lm.config import ConfigError, parse
+
+
+def test_overrides_without_a_file():
+    cfg = parse(
+        TrainCfg, args=["--trainer.num_train_steps", "10", "--optimizer.learning_rate=3e-4"]
+    )
+    assert cfg.trainer.num_train_steps == 10
+    assert cfg.optimizer.learning_rate == 3e-4
+
+
+def test_override_values_are_yaml(tmp_path):
+    cfg = parse(
+        TrainCfg,
+        args=[
+            "--trainer.local_device_ids", "[1,2]",
+            "--trainer.fsdp_axis", "null",
+            "--trainer.mp", "p=f32,c=bfloat16",
+            "--trainer.tracker", "[{type: noop}, {type: tensorboard, logdir: x}]",
+            "--trainer.save_interval", "1h",
+            "--trainer.id", "12345",
+            "--data.tokenizer=",
+        ],
+    )  # fmt: skip
+    assert cfg.trainer.local_device_ids == [1, 2]
+    assert cfg.trainer.fsdp_axis is None
+    assert str(lm.config.format_policy(cfg.trainer.mp)) == "p=f32,c=bf16,o=bf16"
+    assert cfg.trainer.tracker == (NoopCfg(), TensorboardCfg(logdir="x"))
+    assert cfg.trainer.save_interval.total_seconds() == 3600
+    assert cfg.trainer.id == "12345"
+    assert cfg.data.tokenizer == ""
+
+
+def test_overrides_win_over_the_file_and_keep_siblings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model: {type: gpt2, hidden_dim: 64, num_heads: 4}\n"
+        "trainer:\n  num_train_steps: 100\n  seed: 5\n  tracker: [{type: wandb, project: a}]\n"
+    )
+    cfg = parse(
+        TrainCfg,
+        str(path),
+        [
+            "--trainer.num_train_steps", "7",
+            "--model.type", "llama",
+            "--model.num_kv_heads", "2",
+            "--trainer.tracker[0].project", "b",
+        ],
+    )  # fmt: skip
+    assert cfg.trainer.num_train_steps == 7 and cfg.trainer.seed == 5
+    assert cfg.model == LlamaCfg(hidden_dim=64, num_heads=4, num_kv_heads=2)
+    assert cfg.trainer.tracker == (WandbCfg(project="b"),)
+
+
+def test_config_path_argument_wins(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("project: a\n")
+    b.write_text("project: b\n")
+    assert parse(SimpleCfg, str(a), ["--config_path", str(b)]).project == "b"
+    assert parse(SimpleCfg, args=[f"--config_path={a}"]).project == "a"
+
+
+def test_override_problems_are_aggregated_with_locations(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer:\n  seed: x\n  tracker: [{type: noop}]\n")
+    with pytest.raises(ConfigError) as info:
+        parse(
+            TrainCfg,
+            str(path),
+            [
+                "--trainer.num_train_step", "3",
+                "--trainer.tracker.project", "p",
+                "--optimizer.warmup", "[1",
+                "positional",
+                "--model.hidden_dim",
+            ],
+        )  # fmt: skip
+    err = info.value
+    assert err.source == str(path)
+    found = {(p.path, p.location): p.message for p in err.problems if p.path}
+    argument_problems = [p.message for p in err.problems if not p.path]
+    assert argument_problems[0].startswith("unexpected argument 'positional'")
+    assert (
+        argument_problems[1] == "--model.hidden_dim needs a value, like `--model.hidden_dim VALUE`"
+    )
+    assert (
+        "trainer.tracker is a list in the config, not a mapping"
+        in found[("trainer.tracker", "--trainer.tracker.project p")]
+    )
+    assert found[("optimizer.warmup", "--optimizer.warmup [1")].startswith(
+        "cannot parse the value '[1' as YAML"
+    )
+    assert found[("trainer.seed", f"{path}:2")] == "expected an integer, got 'x' (a string)"
+    assert found[("trainer.num_train_step", "--trainer.num_train_step 3")].endswith(
+        "did you mean `num_train_steps`?"
+    )
+    text = str(err)
+    assert text.startswith(f"Invalid configuration in {path} (")
+
+
+def test_override_index_out_of_range():
+    with pytest.raises(ConfigError, match=r"trainer.tracker has 1 items"):
+        parse(TrainCfg, args=["--trainer.tracker", "[{type: noop}]", "--trainer.tracker[3].x", "1"])
+
+
+def test_a_yaml_problem_stops_before_decoding(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer: [\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        parse(TrainCfg, str(path), ["--trainer.seed", "1"])
+
+
+def test_config_flag_suggests_config_path():
+    with pytest.raises(ConfigError, match="did you mean --config_path"):
+        parse(SimpleCfg, args=["--config", "x.yaml"])
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import dataclasses
+    import lm.config
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        rate: float = 0.1
+        \"\"\"How fast.\"\"\"
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        \"\"\"A tiny entry config.\"\"\"
+        steps: int = 3
+        \"\"\"Number of steps to run.\"\"\"
+        inner: Inner = dataclasses.field(default_factory=Inner)
+
+    def run(config: Cfg):
+        print("RAN", config.steps, config.inner.rate)
+
+    if __name__ == "__main__":
+        lm.config.main(run)()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("entry") / "entry.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def run_script(script, subprocess_env, *args):
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_main_exit_code_2_on_bad_config(script, subprocess_env, tmp_path):
+    out_file = tmp_path / "out.yaml"
+    proc = run_script(script, subprocess_env, "--steps", "many", "--inner.rat", "1", "--x", "1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "RAN" not in proc.stdout
+    assert "steps [--steps many]: expected an integer, got 'many' (a string)" in proc.stderr
+    assert "inner.rat [--inner.rat 1]: unknown field `rat` for Inner; did you mean `rate`?" in (
+        proc.stderr
+    )
+    assert "Invalid configuration (3 problems):" in proc.stderr
+    assert not out_file.exists()
+
+
+def test_main_runs_with_overrides(script, subprocess_env):
+    proc = run_script(script, subprocess_env, "--steps=5", "--inner.rate", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "RAN 5 2.0"
+
+
+def test_main_help(script, subprocess_env):
+    proc = run_script(script, subprocess_env, "--help")
+    assert proc.returncode == 0
+    assert "usage:" in proc.stdout and "--config_path PATH" in proc.stdout
+    assert "A tiny entry config." in proc.stdout
+    assert "  steps: int = 3\n      Number of steps to run." in proc.stdout
+    assert "  inner: Inner\n    rate: float = 0.1\n        How fast." in proc.stdout
+
+
+def test_main_in_process_exits_2_and_prints_to_stderr(capsys):
+    def entry(config: SimpleCfg):
+        raise AssertionError("must not run")
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=["--x", "nope"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "x [--x nope]: expected an integer, got 'nope' (a string)" in err
+
+
+def test_main_requires_an_annotated_config_parameter():
+    def no_annotation(config):
+        pass
+
+    with pytest.raises(TypeError, match="needs a config class annotation"):
+        lm.config.main(no_annotation)
+
+
+def test_help_lists_choices_and_nested_defaults():
+    text = lm.config.format_help(TrainCfg, prog="train")
+    assert text.startswith("usage: train [--config_path PATH]")
+    assert "  model: ModelCfg  (type: gpt2 | llama)" in text
+    assert "  optimizer: OptimizerCfg  (type: adam | lion; default adam)" in text
+    assert "    type: adam\n    learning_rate: float = 0.0006\n        Peak learning rate." in text
+    assert (
+        "    tracker: TrackerCfg | tuple[TrackerCfg, ...] = {type: 'wandb', project: null" in text
+    )
+    assert "    save_interval: timedelta = '15m'" in text
+    assert "    mp: Policy = 'p=f32,c=f32,o=f32'" in text
+    assert "    hidden_dim: int = 768\n        Width of the residual stream." in text
+
+
+def test_override_keys_are_taken_verbatim():
+    cfg = parse(
+        TrainCfg,
+        args=["--trainer.jax_config.my-flag", "true", "--trainer.axis_resources.a/b", "model"],
+    )
+    assert cfg.trainer.jax_config["my-flag"] is True
+    assert cfg.trainer.axis_resources == {"a/b": "model"}
+    with pytest.raises(ConfigError, match="malformed override --trainer..seed"):
+        parse(TrainCfg, args=["--trainer..seed", "1"])
