@@ -17,9 +17,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+import jax
 import numpy as np
 
-from lm.tracker.base import Histogram, Tracker, TrackerConfig, to_python_scalar
+from lm.tracker.base import (
+    Histogram,
+    NoopTracker,
+    Tracker,
+    TrackerConfig,
+    plain_value,
+    to_python_scalar,
+)
+from lm.tracker.scrub import scrub_secrets, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +47,11 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, int | float | bool) or value is None:
         return value
-    return str(value)
+    return scrub_text(str(value))
 
 
 class JsonLogger(Tracker):
@@ -53,8 +64,9 @@ class JsonLogger(Tracker):
 
     name = "json"
 
-    def __init__(self, path: str, *, flush_interval_s: float = 30.0):
+    def __init__(self, path: str, *, flush_interval_s: float = 30.0, plot_path: str | None = None):
         self.path = path
+        self.plot_path = plot_path
         self._fs, self._fs_path = fsspec.core.url_to_fs(path)
         self._local = (
             "file" in self._fs.protocol
@@ -88,7 +100,8 @@ class JsonLogger(Tracker):
         self._last_flush = time.monotonic()
 
     def log_hyperparameters(self, hparams):
-        self._write({"event": "hparams", "time": time.time(), "hparams": dict(hparams)})
+        hparams = scrub_secrets(plain_value(dict(hparams)))
+        self._write({"event": "hparams", "time": time.time(), "hparams": hparams})
 
     def log(self, metrics, *, step, commit=None):
         metrics = {k: v for k, v in metrics.items()}
@@ -119,6 +132,18 @@ class JsonLogger(Tracker):
             self._file.close()
         else:
             self._flush_remote()
+        if self.plot_path is not None:
+            self._plot()
+
+    def _plot(self) -> None:
+        from lm.tracker.viz import RunLogError, plot_run
+
+        try:
+            panels = plot_run(self.path, self.plot_path)
+        except RunLogError as e:
+            logger.warning("No training curves drawn: %s", e)
+        else:
+            logger.info("Training curves (%s) written to %s", ", ".join(panels), self.plot_path)
 
 
 @TrackerConfig.register_subclass("json")
@@ -128,8 +153,14 @@ class JsonLoggerConfig(TrackerConfig):
 
     path: str | None = None
     """Where to write. Default: `<log_dir>/<run_id>/metrics.jsonl`. `{run_id}` is expanded."""
+    plot: bool = True
+    """At finish, draw loss / learning rate / throughput curves into `curves.png` beside
+    the log (see `python -m lm.main.viz_run`)."""
 
     def init(self, run_id, *, run_dir=None) -> Tracker:
+        if jax.process_index() != 0:
+            # Every host computes the same metrics; one file, written by process 0.
+            return NoopTracker()
         if self.path is not None:
             path = self.path.format(run_id=run_id or "run")
         elif run_dir is not None:
@@ -137,7 +168,14 @@ class JsonLoggerConfig(TrackerConfig):
         else:
             path = f"logs/{run_id or 'run'}/metrics.jsonl"
         logger.info("Logging metrics as JSON lines to %s", path)
-        return JsonLogger(path)
+        plot_path = sibling_path(path, "curves.png") if self.plot else None
+        return JsonLogger(path, plot_path=plot_path)
+
+
+def sibling_path(path: str, name: str) -> str:
+    """`name` in the directory of `path` (a local path or URL)."""
+    head, sep, _ = path.rpartition("/")
+    return f"{head}{sep}{name}"
 
 
 def read_json_log(path: str) -> list[dict[str, Any]]:
