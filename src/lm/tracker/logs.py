@@ -73,12 +73,8 @@ def configure_logging(
             f"log file {str(log_file)!r} must be a local path (the Python log is appended "
             "line by line); set trainer.log_dir to a local directory."
         )
+    reset_logging()
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _OWNED, False):
-            root.removeHandler(handler)
-            handler.close()
-
     formatter = ScrubbingFormatter(fmt)
     console = _ConsoleHandler(stream if stream is not None else sys.stderr)
     handlers: list[logging.Handler] = [console]
@@ -93,3 +89,12 @@ def configure_logging(
         root.addHandler(handler)
     root.setLevel(numeric_level)
     logging.captureWarnings(True)
+
+
+def reset_logging() -> None:
+    """Remove (and close) the handlers `configure_logging` installed; others stay."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()

@@ -107,33 +107,13 @@ def _sorted(points: Mapping[int, float]) -> tuple[list[int], list[float]]:
     return steps, [points[s] for s in steps]
 
 
-def plot_run(
-    records_or_path: Sequence[Mapping[str, Any]] | str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    title: str | None = None,
-) -> list[str]:
-    """Draw the run's curves into the image `output` (local path or fsspec URL).
-
-    Args:
-        records_or_path: JSON-log records, a `metrics.jsonl` path, or a run directory.
-        output: image path; the format follows the extension (png, pdf, svg).
-        title: figure title; default the log's path.
-
-    Returns:
-        The panels drawn, a subset of `["loss", "learning rate", "throughput"]`.
+def make_figure(records: Sequence[Mapping[str, Any]], *, title: str = "run", source: str = "run"):
+    """A matplotlib `Figure` of the run's curves and the names of the panels drawn.
 
     Raises:
-        RunLogError: the log cannot be read or has none of the plotted metrics.
+        RunLogError: none of the plotted metrics is in `records`.
     """
-    if isinstance(records_or_path, str | os.PathLike):
-        source = os.fspath(records_or_path)
-        records = load_records(source)
-    else:
-        source = "run"
-        records = list(records_or_path)
     series = extract_series(records)
-
     panels: list[tuple[str, str, list[tuple[str, dict[int, float]]]]] = []
     losses = []
     if TRAIN_LOSS in series:
@@ -176,7 +156,36 @@ def plot_run(
         if len(lines) > 1:
             ax.legend(loc="best")
     axes[-1].set_xlabel("step")
-    fig.suptitle(title or source)
+    fig.suptitle(title)
+    return fig, [name for name, _, _ in panels]
+
+
+def plot_run(
+    records_or_path: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> list[str]:
+    """Draw the run's curves into the image `output` (local path or fsspec URL).
+
+    Args:
+        records_or_path: JSON-log records, a `metrics.jsonl` path, or a run directory.
+        output: image path; the format follows the extension (png, pdf, svg).
+        title: figure title; default the log's path.
+
+    Returns:
+        The panels drawn, a subset of `["loss", "learning rate", "throughput"]`.
+
+    Raises:
+        RunLogError: the log cannot be read or has none of the plotted metrics.
+    """
+    if isinstance(records_or_path, str | os.PathLike):
+        source = os.fspath(records_or_path)
+        records = load_records(source)
+    else:
+        source = "run"
+        records = list(records_or_path)
+    fig, panels = make_figure(records, title=title or source, source=source)
 
     output = os.fspath(output)
     fmt = os.path.splitext(output)[1].lstrip(".").lower() or "png"
@@ -188,4 +197,4 @@ def plot_run(
         fs.makedirs(parent, exist_ok=True)
     with fs.open(fs_path, "wb") as f:
         f.write(buf.getvalue())
-    return [name for name, _, _ in panels]
+    return panels
