@@ -134,10 +134,12 @@ class CompositeTracker(Tracker):
             t.log_hyperparameters(hparams)
 
     def log(self, metrics, *, step, commit=None):
+        metrics = metrics_to_host(metrics)  # fetch device values once, not once per tracker
         for t in self.trackers:
             t.log(metrics, step=step, commit=commit)
 
     def log_summary(self, metrics):
+        metrics = metrics_to_host(metrics)
         for t in self.trackers:
             t.log_summary(metrics)
 
@@ -328,6 +330,11 @@ def config_to_hparams(config: Any) -> dict[str, Any]:
     raise TypeError(
         f"log_configuration expects a dataclass or a mapping, got {type(config).__name__}"
     )
+
+
+def metrics_to_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """`metrics` with jax arrays fetched to the host (0-d ones as Python numbers)."""
+    return {k: to_python_scalar(v) if isinstance(v, jax.Array) else v for k, v in metrics.items()}
 
 
 def to_python_scalar(value: Any) -> Any:

@@ -18,6 +18,7 @@ are redacted. Only string values are redacted under a secret key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -90,6 +91,7 @@ def _key_words(key: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether a mapping key or env var name looks like it holds a credential."""
     words = _key_words(str(key))
@@ -110,6 +112,8 @@ def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def scrub_text(text: str, *, environ: Mapping[str, str] | None = None) -> str:
     """`text` with every recognisable secret replaced by `***REDACTED***`."""
+    if len(text) < _MIN_ENV_SECRET_LEN:  # shorter than any secret we can recognise
+        return text
     for value in secret_env_values(environ):
         if value in text:
             text = text.replace(value, REDACTED)
