@@ -102,3 +102,21 @@ def test_secrets_in_hparams_and_strings_are_scrubbed(tmp_path, monkeypatch):
     records = read_json_log(path)
     assert records[0]["hparams"] == {"hf_token": "***REDACTED***", "cmd": "run ***REDACTED***"}
     assert records[1]["metrics"]["note"] == "***REDACTED***"
+
+
+def test_artifacts_are_copied_beside_the_log(tmp_path):
+    src = tmp_path / "src_dir"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("password=hunter22hunter\n")
+    tracker = JsonLoggerConfig(plot=False).init("r", run_dir=str(tmp_path / "run"))
+    tracker.log_artifact(str(src), name="bundle", type="dir")
+    tracker.finish()
+    copied = tmp_path / "run" / "artifacts" / "bundle" / "sub" / "a.txt"
+    assert copied.read_text() == "password=***REDACTED***\n"
+    (event,) = [
+        r
+        for r in read_json_log(str(tmp_path / "run" / "metrics.jsonl"))
+        if r["event"] == "artifact"
+    ]
+    assert event["path"] == str(tmp_path / "run" / "artifacts" / "bundle")
+    assert (event["name"], event["type"]) == ("bundle", "dir")

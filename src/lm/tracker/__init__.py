@@ -23,6 +23,7 @@ from lm.tracker.base import (
 )
 from lm.tracker.console import ProgressReporter
 from lm.tracker.deprecations import move_deprecated_wandb
+from lm.tracker.jit_artifacts import log_jaxpr, log_xla_hlo
 from lm.tracker.json_logger import JsonLogger, JsonLoggerConfig, read_json_log
 from lm.tracker.logs import configure_logging
 from lm.tracker.scrub import scrub_secrets, scrub_text
@@ -52,7 +53,9 @@ __all__ = [
     "get_tracker",
     "log",
     "log_hyperparameters",
+    "log_jaxpr",
     "log_summary",
+    "log_xla_hlo",
     "move_deprecated_wandb",
     "plot_run",
     "read_json_log",

@@ -1,8 +1,8 @@
 """A tracker that writes JSON lines: one record per call, easy to read back and plot.
 
 Records: `{"event": "hparams", "hparams": {...}}`, `{"event": "log", "step": N,
-"metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact", ...}`
-and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
+"metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact",
+"path": ...}` (artifacts are copied to `artifacts/` beside the log) and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
 every logged metric plus everything passed to `log_summary`.
 """
 
@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import pathlib
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +30,7 @@ from lm.tracker.base import (
     plain_value,
     to_python_scalar,
 )
-from lm.tracker.scrub import scrub_secrets, scrub_text
+from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +115,24 @@ class JsonLogger(Tracker):
         self._write({"event": "summary", "time": time.time(), "summary": dict(metrics)})
 
     def log_artifact(self, artifact_path, *, name=None, type=None):
+        """Copy the file or directory (text scrubbed) to `artifacts/<name>` beside the log."""
+        src = pathlib.Path(artifact_path)
+        if not src.exists():
+            raise FileNotFoundError(f"log_artifact: {artifact_path} does not exist")
+        dest_root = sibling_path(self.path, f"artifacts/{name or src.name}")
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        with tempfile.TemporaryDirectory(prefix="lm-artifact-") as scratch:
+            for f in files:
+                rel = "" if src.is_file() else "/" + f.relative_to(src).as_posix()
+                fs, dest = fsspec.core.url_to_fs(dest_root + rel)
+                fs.makedirs(fs._parent(dest), exist_ok=True)
+                fs.put_file(str(scrubbed_copy(f, scratch)), dest)
         self._write(
             {
                 "event": "artifact",
                 "time": time.time(),
-                "path": str(artifact_path),
+                "path": dest_root,
+                "source": str(artifact_path),
                 "name": name,
                 "type": type,
             }
