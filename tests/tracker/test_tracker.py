@@ -176,3 +176,19 @@ def test_log_configuration_encodes_and_scrubs(tmp_path):
     assert logged["inner"]["lr"] == 0.1
     with pytest.raises(TypeError, match="dataclass or a mapping"):
         config_to_hparams(42)
+
+
+def test_importing_lm_tracker_is_cheap_and_side_effect_free(subprocess_env):
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys, lm.tracker\n"
+        "heavy = [m for m in ('wandb', 'tensorboard', 'matplotlib', 'tqdm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert not logging.getLogger().handlers, logging.getLogger().handlers\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr

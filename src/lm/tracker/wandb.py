@@ -147,9 +147,11 @@ class WandbConfig(TrackerConfig):
                 resume=self.resume,
                 dir=save_dir,
                 settings=settings,
-                reinit="create_new",
+                # One W&B run per training process; it becomes `wandb.run`, so integrations
+                # that log through the global run keep working.
+                reinit="finish_previous",
             )
-        except wandb.errors.UsageError as e:
+        except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as e:
             raise RuntimeError(
                 f"Could not start the W&B run ({e}). Log in with `wandb login` or set "
                 "WANDB_API_KEY, or set `trainer.tracker.mode: offline` to track without "
