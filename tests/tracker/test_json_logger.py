@@ -61,3 +61,62 @@ def test_log_inside_jit_is_captured_not_called_back():
 def test_no_active_tracker_is_a_clear_error():
     with pytest.raises(RuntimeError, match="No tracker is active"):
         lm.tracker.log({"x": 1}, step=0)
+
+
+def test_finish_draws_the_training_curves_beside_the_log(tmp_path):
+    tracker = JsonLoggerConfig().init("r1", run_dir=str(tmp_path / "r1"))
+    for step in range(3):
+        tracker.log({"train/loss": 3.0 - step, "optim/learning_rate": 0.1}, step=step)
+    tracker.finish()
+    assert (tmp_path / "r1" / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_plot_when_disabled_or_nothing_to_plot(tmp_path, caplog):
+    tracker = JsonLoggerConfig(plot=False).init("r2", run_dir=str(tmp_path / "r2"))
+    tracker.log({"train/loss": 1.0}, step=0)
+    tracker.finish()
+    assert not (tmp_path / "r2" / "curves.png").exists()
+    tracker = JsonLoggerConfig().init("r3", run_dir=str(tmp_path / "r3"))
+    tracker.log({"other": 1.0}, step=0)
+    tracker.finish()
+    assert not (tmp_path / "r3" / "curves.png").exists()
+    assert "No training curves drawn" in caplog.text
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    tracker = JsonLoggerConfig().init("r4", run_dir=str(tmp_path / "r4"))
+    assert isinstance(tracker, NoopTracker)
+    assert not (tmp_path / "r4").exists()
+
+
+def test_secrets_in_hparams_and_strings_are_scrubbed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789")
+    path = str(tmp_path / "m.jsonl")
+    tracker = JsonLoggerConfig(path=path, plot=False).init("r")
+    tracker.log_hyperparameters({"hf_token": "abc", "cmd": "run tok-0123456789"})
+    tracker.log({"note": "tok-0123456789"}, step=0)
+    tracker.finish()
+    records = read_json_log(path)
+    assert records[0]["hparams"] == {"hf_token": "***REDACTED***", "cmd": "run ***REDACTED***"}
+    assert records[1]["metrics"]["note"] == "***REDACTED***"
+
+
+def test_artifacts_are_copied_beside_the_log(tmp_path):
+    src = tmp_path / "src_dir"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("password=hunter22hunter\n")
+    tracker = JsonLoggerConfig(plot=False).init("r", run_dir=str(tmp_path / "run"))
+    tracker.log_artifact(str(src), name="bundle", type="dir")
+    tracker.finish()
+    copied = tmp_path / "run" / "artifacts" / "bundle" / "sub" / "a.txt"
+    assert copied.read_text() == "password=***REDACTED***\n"
+    (event,) = [
+        r
+        for r in read_json_log(str(tmp_path / "run" / "metrics.jsonl"))
+        if r["event"] == "artifact"
+    ]
+    assert event["path"] == str(tmp_path / "run" / "artifacts" / "bundle")
+    assert (event["name"], event["type"]) == ("bundle", "dir")

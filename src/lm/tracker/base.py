@@ -86,6 +86,14 @@ class Tracker(abc.ABC):
     @abc.abstractmethod
     def finish(self) -> None: ...
 
+    def log_configuration(self, config: Any) -> None:
+        """Log a config object (a dataclass, e.g. the whole run config) as hyperparameters.
+
+        The config is encoded with draccus (so custom codecs apply) and falls back to a
+        field-by-field walk for values draccus cannot encode.
+        """
+        self.log_hyperparameters(config_to_hparams(config))
+
     def __enter__(self) -> Tracker:
         _push_tracker(self)
         return self
@@ -126,10 +134,12 @@ class CompositeTracker(Tracker):
             t.log_hyperparameters(hparams)
 
     def log(self, metrics, *, step, commit=None):
+        metrics = metrics_to_host(metrics)  # fetch device values once, not once per tracker
         for t in self.trackers:
             t.log(metrics, step=step, commit=commit)
 
     def log_summary(self, metrics):
+        metrics = metrics_to_host(metrics)
         for t in self.trackers:
             t.log_summary(metrics)
 
@@ -276,6 +286,55 @@ def log_summary(metrics: Mapping[str, Any]) -> None:
 
 def log_hyperparameters(hparams: Mapping[str, Any]) -> None:
     current_tracker().log_hyperparameters(hparams)
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON/YAML-friendly copy of `value`: dicts, lists, numbers, strings, bools, None.
+
+    Dataclasses become dicts, 0-d arrays become numbers, other arrays lists, and anything
+    else (paths, timedeltas, policies) its `str`.
+    """
+    value = to_python_scalar(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: plain_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, draccus.ChoiceRegistry):
+            try:
+                out = {"type": type(value).get_choice_name(type(value)), **out}
+            except (KeyError, ValueError, TypeError):
+                pass  # an unregistered subclass: its fields say enough
+        return out
+    return str(value)
+
+
+def config_to_hparams(config: Any) -> dict[str, Any]:
+    """Hyperparameters (a plain dict) for a config dataclass or mapping."""
+    if isinstance(config, Mapping):
+        return plain_value(config)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        try:
+            encoded = draccus.encode(config)
+        except Exception as e:  # a field type without a registered draccus encoder
+            logger.debug("draccus could not encode %s (%s); walking its fields", type(config), e)
+        else:
+            if isinstance(encoded, Mapping):
+                return plain_value(encoded)
+        return plain_value(config)
+    raise TypeError(
+        f"log_configuration expects a dataclass or a mapping, got {type(config).__name__}"
+    )
+
+
+def metrics_to_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """`metrics` with jax arrays fetched to the host (0-d ones as Python numbers)."""
+    return {k: to_python_scalar(v) if isinstance(v, jax.Array) else v for k, v in metrics.items()}
 
 
 def to_python_scalar(value: Any) -> Any:

@@ -1,8 +1,8 @@
 """A tracker that writes JSON lines: one record per call, easy to read back and plot.
 
 Records: `{"event": "hparams", "hparams": {...}}`, `{"event": "log", "step": N,
-"metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact", ...}`
-and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
+"metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact",
+"path": ...}` (artifacts are copied to `artifacts/` beside the log) and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
 every logged metric plus everything passed to `log_summary`.
 """
 
@@ -12,14 +12,25 @@ import dataclasses
 import json
 import logging
 import math
+import pathlib
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+import jax
 import numpy as np
 
-from lm.tracker.base import Histogram, Tracker, TrackerConfig, to_python_scalar
+from lm.tracker.base import (
+    Histogram,
+    NoopTracker,
+    Tracker,
+    TrackerConfig,
+    plain_value,
+    to_python_scalar,
+)
+from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +49,11 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, int | float | bool) or value is None:
         return value
-    return str(value)
+    return scrub_text(str(value))
 
 
 class JsonLogger(Tracker):
@@ -53,8 +66,9 @@ class JsonLogger(Tracker):
 
     name = "json"
 
-    def __init__(self, path: str, *, flush_interval_s: float = 30.0):
+    def __init__(self, path: str, *, flush_interval_s: float = 30.0, plot_path: str | None = None):
         self.path = path
+        self.plot_path = plot_path
         self._fs, self._fs_path = fsspec.core.url_to_fs(path)
         self._local = (
             "file" in self._fs.protocol
@@ -88,7 +102,8 @@ class JsonLogger(Tracker):
         self._last_flush = time.monotonic()
 
     def log_hyperparameters(self, hparams):
-        self._write({"event": "hparams", "time": time.time(), "hparams": dict(hparams)})
+        hparams = scrub_secrets(plain_value(dict(hparams)))
+        self._write({"event": "hparams", "time": time.time(), "hparams": hparams})
 
     def log(self, metrics, *, step, commit=None):
         metrics = {k: v for k, v in metrics.items()}
@@ -100,11 +115,24 @@ class JsonLogger(Tracker):
         self._write({"event": "summary", "time": time.time(), "summary": dict(metrics)})
 
     def log_artifact(self, artifact_path, *, name=None, type=None):
+        """Copy the file or directory (text scrubbed) to `artifacts/<name>` beside the log."""
+        src = pathlib.Path(artifact_path)
+        if not src.exists():
+            raise FileNotFoundError(f"log_artifact: {artifact_path} does not exist")
+        dest_root = sibling_path(self.path, f"artifacts/{name or src.name}")
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        with tempfile.TemporaryDirectory(prefix="lm-artifact-") as scratch:
+            for f in files:
+                rel = "" if src.is_file() else "/" + f.relative_to(src).as_posix()
+                fs, dest = fsspec.core.url_to_fs(dest_root + rel)
+                fs.makedirs(fs._parent(dest), exist_ok=True)
+                fs.put_file(str(scrubbed_copy(f, scratch)), dest)
         self._write(
             {
                 "event": "artifact",
                 "time": time.time(),
-                "path": str(artifact_path),
+                "path": dest_root,
+                "source": str(artifact_path),
                 "name": name,
                 "type": type,
             }
@@ -119,6 +147,18 @@ class JsonLogger(Tracker):
             self._file.close()
         else:
             self._flush_remote()
+        if self.plot_path is not None:
+            self._plot()
+
+    def _plot(self) -> None:
+        from lm.tracker.viz import RunLogError, plot_run
+
+        try:
+            panels = plot_run(self.path, self.plot_path)
+        except RunLogError as e:
+            logger.warning("No training curves drawn: %s", e)
+        else:
+            logger.info("Training curves (%s) written to %s", ", ".join(panels), self.plot_path)
 
 
 @TrackerConfig.register_subclass("json")
@@ -128,8 +168,14 @@ class JsonLoggerConfig(TrackerConfig):
 
     path: str | None = None
     """Where to write. Default: `<log_dir>/<run_id>/metrics.jsonl`. `{run_id}` is expanded."""
+    plot: bool = True
+    """At finish, draw loss / learning rate / throughput curves into `curves.png` beside
+    the log (see `python -m lm.main.viz_run`)."""
 
     def init(self, run_id, *, run_dir=None) -> Tracker:
+        if jax.process_index() != 0:
+            # Every host computes the same metrics; one file, written by process 0.
+            return NoopTracker()
         if self.path is not None:
             path = self.path.format(run_id=run_id or "run")
         elif run_dir is not None:
@@ -137,7 +183,14 @@ class JsonLoggerConfig(TrackerConfig):
         else:
             path = f"logs/{run_id or 'run'}/metrics.jsonl"
         logger.info("Logging metrics as JSON lines to %s", path)
-        return JsonLogger(path)
+        plot_path = sibling_path(path, "curves.png") if self.plot else None
+        return JsonLogger(path, plot_path=plot_path)
+
+
+def sibling_path(path: str, name: str) -> str:
+    """`name` in the directory of `path` (a local path or URL)."""
+    head, sep, _ = path.rpartition("/")
+    return f"{head}{sep}{name}"
 
 
 def read_json_log(path: str) -> list[dict[str, Any]]:

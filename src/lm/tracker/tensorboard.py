@@ -1,0 +1,226 @@
+"""TensorBoard tracker (`type: tensorboard`): scalars, histograms, text, hyperparameters.
+
+Events go to `<logdir>/<run_id>/events.out.tfevents.*`, written with TensorBoard's own
+record writer and summary protos (no TensorFlow or torch needed) through fsspec, so
+`logdir` may be a local path or any fsspec URL. Needs the `profiling` extra:
+`pip install 'lm[profiling]'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import jax
+import numpy as np
+
+from lm.tracker.base import (
+    Histogram,
+    NoopTracker,
+    Tracker,
+    TrackerConfig,
+    plain_value,
+    to_python_scalar,
+)
+from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
+
+logger = logging.getLogger(__name__)
+
+_INSTALL_HINT = (
+    "The tensorboard tracker needs the `tensorboard` package: pip install 'lm[profiling]' "
+    "(or `uv sync --extra profiling`)."
+)
+
+
+def _require_tensorboard():
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+        from tensorboard.plugins.text import summary_v2 as text_summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
+    except ImportError as e:
+        raise ImportError(_INSTALL_HINT) from e
+    return event_pb2, summary_pb2, hparams_summary, text_summary, RecordWriter
+
+
+@TrackerConfig.register_subclass("tensorboard")
+@dataclasses.dataclass(frozen=True)
+class TensorboardConfig(TrackerConfig):
+    """TensorBoard event files under `<logdir>/<run_id>/`."""
+
+    logdir: str = "logs"
+    """Root directory (local or fsspec URL); each run writes into `<logdir>/<run_id>/`."""
+    flush_interval_s: float = 10.0
+    """Seconds between flushes of the event file (it is always flushed at finish)."""
+
+    def __post_init__(self):
+        if not self.logdir:
+            raise ValueError("tracker.logdir must be a non-empty path, got an empty string")
+        if self.flush_interval_s < 0:
+            raise ValueError(
+                f"tracker.flush_interval_s must be >= 0 seconds, got {self.flush_interval_s}"
+            )
+
+    def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
+        _require_tensorboard()
+        if jax.process_index() != 0:
+            return NoopTracker()
+        path = f"{self.logdir.rstrip('/')}/{run_id or 'run'}"
+        logger.info("Writing TensorBoard events to %s", path)
+        return TensorboardTracker(path, flush_interval_s=self.flush_interval_s)
+
+
+class TensorboardTracker(Tracker):
+    """Writes one TensorBoard event file in `log_path`."""
+
+    name = "tensorboard"
+
+    def __init__(self, log_path: str, *, flush_interval_s: float = 10.0):
+        (
+            self._event_pb2,
+            self._summary_pb2,
+            self._hparams_summary,
+            self._text_summary,
+            record_writer_cls,
+        ) = _require_tensorboard()
+        self.log_path = log_path
+        fs, root = fsspec.core.url_to_fs(log_path)
+        fs.makedirs(root, exist_ok=True)
+        self._fs = fs
+        self._root = root
+        filename = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{id(self) % 100000}"
+        )
+        self.event_file = f"{root.rstrip('/')}/{filename}"
+        self._writer = record_writer_cls(fs.open(self.event_file, "wb"))
+        self._flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._last_step = 0
+        self._warned: set[str] = set()
+        self._finished = False
+        self._write_event(
+            self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        )
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _write_event(self, event, *, force_flush: bool = False) -> None:
+        self._writer.write(event.SerializeToString())
+        if force_flush or time.monotonic() - self._last_flush >= self._flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._writer.flush()
+        self._last_flush = time.monotonic()
+
+    def _write_summary(self, values: list, step: int, *, force_flush: bool = False) -> None:
+        if not values:
+            return
+        summary = self._summary_pb2.Summary(value=values)
+        event = self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._write_event(event, force_flush=force_flush)
+
+    def _values(self, metrics: Mapping[str, Any]) -> list:
+        values = []
+        for tag, raw in metrics.items():
+            value = to_python_scalar(raw)
+            if isinstance(value, bool | int | float | np.number):
+                values.append(self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value)))
+            elif isinstance(value, str):
+                values.extend(self._text_summary.text_pb(tag, scrub_text(value)).value)
+            elif isinstance(value, Histogram):
+                values.append(self._summary_pb2.Summary.Value(tag=tag, histo=_histo(value)))
+            elif isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number):
+                hist = Histogram.from_array(value)
+                values.append(self._summary_pb2.Summary.Value(tag=tag, histo=_histo(hist)))
+            elif tag not in self._warned:
+                self._warned.add(tag)
+                logger.warning(
+                    "TensorBoard cannot show %r of type %s; logging it is skipped. Log a "
+                    "number, a string, an array or an lm.tracker.Histogram.",
+                    tag,
+                    type(raw).__name__,
+                )
+        return values
+
+    # --- Tracker -------------------------------------------------------------------------
+
+    def log_hyperparameters(self, hparams: Mapping[str, Any]) -> None:
+        plain = scrub_secrets(plain_value(dict(hparams)))
+        flat = _flatten(plain)
+        summary = self._hparams_summary.hparams_pb(flat)
+        text = self._text_summary.text_pb(
+            "hparams", "```json\n" + json.dumps(plain, indent=2, sort_keys=True) + "\n```"
+        )
+        self._write_summary(list(summary.value) + list(text.value), 0, force_flush=True)
+
+    def log(self, metrics: Mapping[str, Any], *, step: int | None, commit: bool | None = None):
+        if step is None:
+            step = self._last_step
+        self._last_step = max(self._last_step, int(step))
+        self._write_summary(self._values(metrics), int(step))
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        self._write_summary(self._values(metrics), self._last_step, force_flush=True)
+
+    def log_artifact(self, artifact_path, *, name: str | None = None, type: str | None = None):
+        """Copy the file or directory (text scrubbed of secrets) into `<log_path>/artifacts/`."""
+        src = pathlib.Path(artifact_path)
+        if not src.exists():
+            raise FileNotFoundError(f"log_artifact: {artifact_path} does not exist")
+        dest_root = f"{self._root.rstrip('/')}/artifacts/{name or src.name}"
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        with tempfile.TemporaryDirectory(prefix="lm-artifact-") as scratch:
+            for f in files:
+                rel = "" if src.is_file() else "/" + f.relative_to(src).as_posix()
+                dest = dest_root + rel
+                self._fs.makedirs(self._fs._parent(dest), exist_ok=True)
+                self._fs.put_file(str(scrubbed_copy(f, scratch)), dest)
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.flush()
+        self._writer.close()
+
+
+def _histo(h: Histogram):
+    from tensorboard.compat.proto import summary_pb2
+
+    edges = np.asarray(h.edges, dtype=np.float64)
+    counts = np.asarray(h.counts, dtype=np.float64)
+    # TensorBoard buckets are (previous limit, limit]; bucket i ends at edges[i + 1].
+    return summary_pb2.HistogramProto(
+        min=float(h.min),
+        max=float(h.max),
+        num=float(h.num),
+        sum=float(h.sum),
+        sum_squares=float(h.sum_squares),
+        bucket_limit=edges[1:].tolist(),
+        bucket=counts.tolist(),
+    )
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested hyperparameters as `a/b/c` keys with values the hparams plugin accepts."""
+    out: dict[str, bool | int | float | str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, bool | int | float | str):
+            out[key] = v
+        else:  # None, lists
+            out[key] = json.dumps(v)
+    return out
