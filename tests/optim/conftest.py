@@ -4,6 +4,8 @@ import equinox as eqx
 import haliax as hax
 import haliax.nn as hnn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from haliax.jax_utils import shaped_rng_split
 
@@ -84,15 +86,25 @@ def gpt2_like():
     """GPT-2 field names: embeddings.{token,position}_embeddings, transformer.blocks (Stacked
     over `layers`, each with ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj),
     transformer.ln_f."""
-    return TinyGpt2.init(key=jax.random.PRNGKey(0))
+    # Trace the init for the structure only, then fill in values with numpy: compiling the
+    # dozens of tiny random-init ops costs ~10 s on a 2-core box.
+    shapes = eqx.filter_eval_shape(TinyGpt2.init, key=jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+
+    def fill(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jnp.asarray(rng.normal(size=x.shape) * 0.5, dtype=x.dtype)
+        return x
+
+    return jax.tree_util.tree_map(fill, shapes)
 
 
-def random_like(tree, key):
-    """A tree like `tree` with standard-normal values in every float leaf."""
+def random_like(tree, seed):
+    """A tree like `tree` with standard-normal values (numpy, no compiles) in float leaves."""
+    rng = np.random.default_rng(seed)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
     new = [
-        jax.random.normal(k, x.shape, x.dtype) if eqx.is_inexact_array(x) else x
-        for k, x in zip(keys, leaves, strict=True)
+        jnp.asarray(rng.normal(size=x.shape), x.dtype) if eqx.is_inexact_array(x) else x
+        for x in leaves
     ]
     return jax.tree_util.tree_unflatten(treedef, new)

@@ -412,7 +412,7 @@ def test_yaml_decodes_unions():
     assert isinstance(config, AdamConfig)
     assert config.warmup == 100 and config.decay == 0.2 and config.cycles == [3000, 7000]
     assert config.lr_schedule == CosineLrSchedule(exponent=2.0)
-    assert draccus.decode(OptimizerConfig, draccus.encode(config)) == config
+    assert draccus.decode(OptimizerConfig, draccus.encode(config, OptimizerConfig)) == config
     plain = draccus.decode(OptimizerConfig, {"lr_schedule": "linear", "cycle_length": [10, 20]})
     assert isinstance(plain, AdamConfig) and plain.lr_schedule == "linear"
     assert sorted(LrSchedule.get_known_choices()) == [

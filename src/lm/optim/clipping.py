@@ -27,7 +27,7 @@ def log_global_norm(name: str) -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        lm.tracker.log({name: optax.global_norm(updates)})
+        lm.tracker.log({name: optax.tree.norm(updates)})
         return updates, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -138,7 +138,7 @@ def clip_update_by_historical_norm(
 
     def update_fn(updates, state: ClipUpdateNormState, params=None, **extra_args):
         del params, extra_args
-        norm = optax.global_norm(updates).astype(jnp.float32)
+        norm = optax.tree.norm(updates).astype(jnp.float32)
         n = jnp.maximum(state.count, 1)
         mean = jnp.sum(jnp.where(state.valid, state.update_norms, 0.0)) / n
         var = jnp.sum(jnp.where(state.valid, (state.update_norms - mean) ** 2, 0.0)) / n

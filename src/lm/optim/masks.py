@@ -74,7 +74,7 @@ def map_params(fn: Callable[[Any, ParamInfo], Any], tree: Any, *, default: Any =
         children, treedef = jax.tree_util.tree_flatten_with_path(
             node, is_leaf=lambda x: x is not node
         )
-        if jax.tree_util.treedef_is_leaf(treedef):
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
             # `node` itself is a leaf of another kind (a Python scalar, a string, ...).
             return node if default is None else default
         out = []

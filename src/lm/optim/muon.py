@@ -73,12 +73,12 @@ def orthogonalize_linear_weight(
     """Newton-Schulz on the `Out x In` matrix of `w`, independently for every other axis."""
     out_names, in_names = _axis_names(linear.Out), _axis_names(linear.In)
     matrix = set(out_names) | set(in_names)
-    missing = matrix - set(w.axis_names)
+    missing = matrix - {a.name for a in w.axes}
     if missing:
         raise ValueError(
-            f"Muon: weight with axes {w.axis_names} lacks the Linear's axes {sorted(missing)}"
+            f"Muon: weight with axes {[a.name for a in w.axes]} lacks the Linear's axes {sorted(missing)}"
         )
-    batch_names = [n for n in w.axis_names if n not in matrix]
+    batch_names = [a.name for a in w.axes if a.name not in matrix]
     x = w.rearrange(tuple(batch_names + out_names + in_names))
     rows = math.prod(x.axis_size(n) for n in out_names)
     cols = math.prod(x.axis_size(n) for n in in_names)

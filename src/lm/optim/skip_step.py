@@ -133,7 +133,7 @@ class SkipStepConfig:
                     "skip_bad_steps is enabled: call update(grads, opt_state, params, loss=loss)"
                 )
             loss = jnp.asarray(loss, jnp.float32)
-            grad_norm = optax.global_norm(updates).astype(jnp.float32)
+            grad_norm = optax.tree.norm(updates).astype(jnp.float32)
             decision = skip_decision(state, loss, grad_norm, min_history=min_history, sigma=sigma)
             # Both branches are computed and selected with `where` (not lax.cond): the inner
             # update may log metrics, which must not be traced inside a cond branch.
