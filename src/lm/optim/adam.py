@@ -1,0 +1,113 @@
+"""AdamW (`type: adam`) with optional update clipping, step skipping and AdamC decay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optax
+
+from lm.optim.clipping import ClipUpdateNormConfig, clip_by_block_rms, log_global_norm
+from lm.optim.config import OptimizerConfig
+from lm.optim.skip_step import SkipStepConfig
+
+
+def check_max_grad_norm(value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(
+            f"optimizer.max_grad_norm ({value}) must be > 0, or 0/null to disable clipping"
+        )
+
+
+def decayed_weights(config: OptimizerConfig, learning_rate, *, adamc: bool = False):
+    """`add_decayed_weights` for `config` (None when weight_decay is 0).
+
+    With `adamc`, the decay coefficient follows the schedule, `wd * lr_t / peak_lr`, which
+    keeps `weight_decay / lr` constant (Defazio 2025, arXiv:2506.02285).
+    """
+    if config.weight_decay <= 0:
+        return None
+    wd = config.weight_decay
+    if adamc:
+        wd = wd * (learning_rate / config.learning_rate)
+    return optax.add_decayed_weights(wd, config.build_weight_decay_mask())
+
+
+@OptimizerConfig.register_subclass("adam")
+@dataclass(frozen=True)
+class AdamConfig(OptimizerConfig):
+    """Decoupled AdamW.
+
+    Chain: clip_by_global_norm -> scale_by_adam -> [update RMS clip | clip_update_norm] ->
+    add_decayed_weights (masked) -> scale(-lr); wrapped in skip-step when enabled and in
+    `inject_hyperparams` (so the LR is loggable).
+    """
+
+    beta1: float = 0.9
+    """Decay of the first moment."""
+    beta2: float = 0.95
+    """Decay of the second moment."""
+    epsilon: float = 1e-8
+    """Added to sqrt(v) in the denominator."""
+    max_grad_norm: float | None = 1.0
+    """Clip gradients to this global L2 norm before Adam; None or 0 disables it."""
+    nesterov: bool = False
+    """Nesterov momentum (NAdam-style first moment)."""
+    update_rms_clipping: float | None = None
+    """Clip each parameter's Adam step to this RMS, per layer for scanned layers (à la
+    Adafactor/StableAdamW, but on RMS(m/sqrt(v)) rather than RMS(g/sqrt(v))). 1.0 is a good
+    value; None disables it. Logs optim/pre_clip_update_norm and optim/post_clip_update_norm."""
+    clip_update_norm: ClipUpdateNormConfig | None = None
+    """Clip the Adam step's global norm to the mean + sigma_factor * std of recent update norms
+    (a gentler skip_bad_steps). Cannot be combined with update_rms_clipping."""
+    skip_bad_steps: SkipStepConfig | int | bool = False
+    """Skip steps whose loss or grad norm is far above the recent history: true (defaults:
+    128 steps, 6 sigma), an int (history length), a mapping, or false."""
+    adamc_weight_decay: bool = False
+    """AdamC: scale weight decay by lr_t / learning_rate so weight_decay / lr stays constant
+    (Defazio 2025, arXiv:2506.02285)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"optimizer.beta1 ({self.beta1}) must be in [0, 1)")
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"optimizer.beta2 ({self.beta2}) must be in [0, 1)")
+        if not self.epsilon >= 0:
+            raise ValueError(f"optimizer.epsilon ({self.epsilon}) must be >= 0")
+        check_max_grad_norm(self.max_grad_norm)
+        if self.update_rms_clipping is not None and self.update_rms_clipping <= 0:
+            raise ValueError(
+                f"update_rms_clipping must be a positive number or None; got "
+                f"optimizer.update_rms_clipping={self.update_rms_clipping}"
+            )
+        if self.clip_update_norm is not None and self.update_rms_clipping is not None:
+            raise ValueError(
+                "Cannot use both update_rms_clipping and clip_update_norm at the same time: "
+                "unset optimizer.update_rms_clipping or optimizer.clip_update_norm"
+            )
+        SkipStepConfig.from_bool_int_or_config(self.skip_bad_steps)
+
+    def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
+        def make_chain(learning_rate):
+            parts: list[optax.GradientTransformation] = []
+            if self.max_grad_norm:
+                parts.append(optax.clip_by_global_norm(self.max_grad_norm))
+            parts.append(
+                optax.scale_by_adam(self.beta1, self.beta2, self.epsilon, nesterov=self.nesterov)
+            )
+            # Clipping acts on the Adam step only; decoupled weight decay is added after it.
+            if self.update_rms_clipping is not None:
+                parts.append(log_global_norm("optim/pre_clip_update_norm"))
+                parts.append(clip_by_block_rms(self.update_rms_clipping))
+                parts.append(log_global_norm("optim/post_clip_update_norm"))
+            if self.clip_update_norm is not None:
+                parts.append(log_global_norm("optim/pre_clip_update_norm"))
+                parts.append(self.clip_update_norm.build())
+                parts.append(log_global_norm("optim/post_clip_update_norm"))
+            wd = decayed_weights(self, learning_rate, adamc=self.adamc_weight_decay)
+            if wd is not None:
+                parts.append(wd)
+            parts.append(optax.scale(-learning_rate))
+            return optax.chain(*parts)
+
+        return self._finalize(num_train_steps, make_chain, self.skip_bad_steps)

@@ -1,0 +1,433 @@
+"""Learning-rate schedule math: decay shapes, cycle boundaries and the phase list.
+
+Everything here is pure. `OptimizerConfig.schedule_phases` turns a config into a list of
+`Phase`s (warmup, stable, decay, rewarmup, cooldown; each with its start/end step and LR),
+and `schedule_from_phases` joins one optax schedule per phase into `step -> lr`. The same
+phase list drives the schedule, the plots and the tests, so they cannot disagree.
+
+Decay shapes are a `draccus.ChoiceRegistry` (`LrSchedule`): `lr_schedule: cosine` or
+`lr_schedule: {type: cosine, exponent: 2.0}`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import draccus
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+logger = logging.getLogger(__name__)
+
+Schedule = Callable[[jnp.ndarray | int], jnp.ndarray]
+
+
+@dataclass(frozen=True)
+class LrScheduleContext:
+    """What a decay shape needs to know about the phase it fills."""
+
+    learning_rate: float
+    """Peak learning rate."""
+    min_lr: float
+    """`learning_rate * min_lr_ratio`: where the decay ends."""
+    min_lr_ratio: float
+    warmup_steps: int
+    """Steps of (re)warmup in this cycle (inv_sqrt offsets its clock by these)."""
+    decay_steps: int
+    """Length of this decay phase."""
+    decay_start: int
+    """Absolute step at which this decay phase begins."""
+
+
+@dataclass(frozen=True)
+class LrSchedule(draccus.ChoiceRegistry, abc.ABC):
+    """The shape of the decay phase. Registered names: see `lr_schedule_names()`."""
+
+    @classmethod
+    def default_choice_name(cls) -> str | None:
+        return "cosine"
+
+    @abc.abstractmethod
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        """`count -> lr`, where `count` is the step relative to the start of the decay phase."""
+
+
+@LrSchedule.register_subclass("constant")
+@dataclass(frozen=True)
+class ConstantLrSchedule(LrSchedule):
+    """Holds the peak LR, also through the "decay" phase."""
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        return optax.constant_schedule(ctx.learning_rate)
+
+
+@LrSchedule.register_subclass("cosine")
+@dataclass(frozen=True)
+class CosineLrSchedule(LrSchedule):
+    """Cosine from the peak to `min_lr` over the decay phase."""
+
+    exponent: float = 1.0
+    """Raise the cosine factor to this power (1.0 is the usual cosine)."""
+
+    def __post_init__(self):
+        if not self.exponent > 0:
+            raise ValueError(f"lr_schedule.exponent ({self.exponent}) must be > 0")
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        return optax.cosine_decay_schedule(
+            ctx.learning_rate, ctx.decay_steps, ctx.min_lr_ratio, self.exponent
+        )
+
+
+@LrSchedule.register_subclass("linear")
+@dataclass(frozen=True)
+class LinearLrSchedule(LrSchedule):
+    """Straight line from the peak to `min_lr` over the decay phase."""
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        return optax.linear_schedule(ctx.learning_rate, ctx.min_lr, ctx.decay_steps)
+
+
+@LrSchedule.register_subclass("inv_sqrt")
+@dataclass(frozen=True)
+class InvSqrtLrSchedule(LrSchedule):
+    """`max(lr * min(1, 1/sqrt(max(count + warmup, 1) / timescale)), min_lr)`."""
+
+    timescale: float = 10000
+    """Steps after which the LR starts to fall like 1/sqrt(step)."""
+
+    def __post_init__(self):
+        if not self.timescale > 0:
+            raise ValueError(f"lr_schedule.timescale ({self.timescale}) must be > 0")
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        lr, min_lr, warmup, timescale = (
+            ctx.learning_rate,
+            ctx.min_lr,
+            ctx.warmup_steps,
+            self.timescale,
+        )
+
+        def schedule(count):
+            t = jnp.maximum(count + warmup, 1) / timescale
+            return jnp.maximum(lr * jnp.minimum(1.0, 1.0 / jnp.sqrt(t)), min_lr)
+
+        return schedule
+
+
+@LrSchedule.register_subclass("inv")
+@dataclass(frozen=True)
+class InvLrSchedule(LrSchedule):
+    """`max(lr * min(1, 1/((lr/min_lr - 1) * max(count,1)/decay_steps + 1)), min_lr)`.
+
+    Reaches `min_lr` exactly at the end of the decay phase. Needs `min_lr_ratio > 0`.
+    """
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        lr, min_lr, decay_steps = ctx.learning_rate, ctx.min_lr, ctx.decay_steps
+
+        def schedule(count):
+            denom = (lr / min_lr - 1) * jnp.maximum(count, 1) / decay_steps + 1
+            return jnp.maximum(lr * jnp.minimum(1.0, 1.0 / denom), min_lr)
+
+        return schedule
+
+
+@LrSchedule.register_subclass("power")
+@dataclass(frozen=True)
+class PowerLrSchedule(LrSchedule):
+    """Power scheduler (Shen et al. 2024, arXiv:2408.13359): `min(lr, batch_size * a * n^b)`.
+
+    `n` is the number of tokens seen since the start of training,
+    `step * batch_size * seq_length`, counted from step 0 of the run (not from the start of
+    the decay phase, as Levanter does). It is meant for muP-parametrised models. There is no
+    floor at `min_lr`, as in the paper.
+    """
+
+    batch_size: int
+    """Sequences per step, to count tokens."""
+    seq_length: int
+    """Tokens per sequence, to count tokens."""
+    a: float = 4.6
+    """Amplitude; must be > 0."""
+    b: float = -0.51
+    """Power-law exponent; must be < 0."""
+
+    def __post_init__(self):
+        if self.a <= 0 or self.b >= 0:
+            raise ValueError(
+                f"Power schedule expects a > 0 and b < 0; got lr_schedule.a={self.a}, "
+                f"lr_schedule.b={self.b}"
+            )
+        for name in ("batch_size", "seq_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"lr_schedule.{name} ({value!r}) must be a positive integer")
+
+    def build(self, ctx: LrScheduleContext) -> Schedule:
+        lr, start = ctx.learning_rate, ctx.decay_start
+        tokens_per_step = self.batch_size * self.seq_length
+
+        def schedule(count):
+            tokens = (count + start) * tokens_per_step
+            # 0 tokens -> 0**b = inf -> the peak LR.
+            return jnp.minimum(lr, self.batch_size * self.a * jnp.power(tokens * 1.0, self.b))
+
+        return schedule
+
+
+def lr_schedule_names() -> list[str]:
+    return sorted(LrSchedule.get_known_choices())
+
+
+def resolve_lr_schedule(
+    value: LrSchedule | str, field: str = "optimizer.lr_schedule"
+) -> LrSchedule:
+    """A registry object for `value`; strings name a shape with its default parameters."""
+    if isinstance(value, LrSchedule):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{field} must be a name ({', '.join(lr_schedule_names())}) or a mapping with "
+            f"`type:`; got {value!r}"
+        )
+    known = lr_schedule_names()
+    if value not in known:
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown lr_schedule {value!r} ({field}): choose one of {known}{hint}")
+    cls = LrSchedule.get_choice_class(value)
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if required:
+        raise ValueError(
+            f"{field}: the {value!r} schedule needs parameters {required}; write it as a "
+            f"mapping, e.g. `lr_schedule: {{type: {value}, "
+            + ", ".join(f"{r}: ..." for r in required)
+            + "}`"
+        )
+    return cls()
+
+
+# --- fractions or steps ----------------------------------------------------------------
+
+
+def check_frac_or_steps(value: int | float, field: str) -> None:
+    """A fraction (<= 1.0) or a whole number of steps (> 1); raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} ({value!r}) must be a number: a fraction <= 1.0 or whole steps")
+    if value < 0 or not np.isfinite(value):
+        raise ValueError(
+            f"{field} ({value}) must be >= 0: a fraction <= 1.0 of the cycle or a whole number "
+            "of steps"
+        )
+    if value > 1.0 and value % 1 != 0:
+        raise ValueError(
+            f"Invalid fraction {value} for {field}: values <= 1.0 are fractions of the cycle, "
+            f"values > 1 are whole steps (use {int(value)} or {int(value) + 1})"
+        )
+
+
+def frac_or_steps(value: int | float, n: int, field: str) -> int:
+    """`int(value * n)` for a fraction (value <= 1.0, so an int 1 is the whole of `n`)."""
+    check_frac_or_steps(value, field)
+    if value <= 1.0:
+        return int(value * n)
+    return int(value)
+
+
+# --- phases ------------------------------------------------------------------------------
+
+PhaseKind = Literal["warmup", "stable", "decay", "rewarmup", "cooldown"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One piece of the schedule: steps `[start, end)` of cycle `cycle` (0-based).
+
+    `start_lr` is the LR at `start`; `end_lr` the LR the phase reaches at `end` (where the
+    next phase takes over).
+    """
+
+    kind: PhaseKind
+    cycle: int
+    start: int
+    end: int
+    start_lr: float
+    end_lr: float
+
+    @property
+    def num_steps(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class _PhaseSpec:
+    """A phase plus the function that computes its LR (count relative to `phase.start`)."""
+
+    phase: Phase
+    fn: Schedule
+
+
+def schedule_from_phases(specs: Sequence[_PhaseSpec]) -> Schedule:
+    """Join per-phase schedules; each sees the step relative to its phase's start."""
+    assert specs, "a schedule has at least one phase"
+    if len(specs) == 1:
+        return specs[0].fn
+    return optax.join_schedules([s.fn for s in specs], [s.phase.start for s in specs[1:]])
+
+
+def cycle_boundaries(
+    total: int,
+    *,
+    cycles: int | list[int] | None,
+    cycle_length: int | float | list[int] | None,
+    haps: list[int] | None,
+) -> list[int]:
+    """`[0, m_1, ..., total]`: the steps where cycles start/end (the LR minima)."""
+    if cycle_length is not None:
+        if isinstance(cycle_length, list):
+            lengths = list(cycle_length)
+            if sum(lengths) > total:
+                raise ValueError(
+                    f"Cycle lengths exceed total number of steps: optimizer.cycle_length "
+                    f"{lengths} sums to {sum(lengths)} > {total} schedule steps"
+                )
+            points = np.cumsum(lengths).tolist()
+        else:
+            length = frac_or_steps(cycle_length, total, "optimizer.cycle_length")
+            if length < 1 or length > total:
+                raise ValueError(
+                    f"optimizer.cycle_length ({cycle_length}) gives cycles of {length} steps; it "
+                    f"must be between 1 and the {total} schedule steps"
+                )
+            points = [i * length for i in range(1, total // length)]
+            if total % length != 0:
+                logger.warning(
+                    "optimizer.cycle_length (%s steps) does not divide the %s schedule steps; "
+                    "the remaining %s steps join the last cycle.",
+                    length,
+                    total,
+                    total % length,
+                )
+    elif haps is not None or isinstance(cycles, list):
+        field = "optimizer.haps" if haps is not None else "optimizer.cycles"
+        points = list(haps if haps is not None else cycles)  # type: ignore[arg-type]
+        past = [p for p in points if p > total]
+        if past:
+            raise ValueError(
+                f"{field} {points}: cycle minima {past} lie past the end of the schedule "
+                f"({total} steps); every minimum must be <= {total}"
+            )
+    elif isinstance(cycles, int):
+        if cycles > total:
+            raise ValueError(
+                f"optimizer.cycles ({cycles}) is more cycles than the {total} schedule steps"
+            )
+        points = [int(total / cycles * (i + 1)) for i in range(cycles - 1)]
+    else:
+        points = []
+
+    points = [0, *points]
+    if points[-1] != total:
+        points.append(total)
+    return points
+
+
+def build_phases(
+    *,
+    total: int,
+    learning_rate: float,
+    min_lr_ratio: float,
+    warmup: int | float,
+    decay: int | float | None,
+    rewarmup: int | float,
+    cooldown: float | None,
+    cycles: int | list[int] | None,
+    cycle_length: int | float | list[int] | None,
+    haps: list[int] | None,
+    lr_schedule: LrSchedule,
+) -> list[_PhaseSpec]:
+    """The phases of a schedule of `total` steps (see `OptimizerConfig.schedule_phases`)."""
+    min_lr = learning_rate * min_lr_ratio
+    cooldown_steps = 0
+    if cooldown is not None:
+        cooldown_steps = frac_or_steps(cooldown, total, "optimizer.cooldown")
+        if cooldown_steps >= total:
+            raise ValueError(
+                f"optimizer.cooldown ({cooldown}) is {cooldown_steps} steps, which leaves no "
+                f"steps of the {total}-step schedule before it"
+            )
+    main_steps = total - cooldown_steps
+    points = cycle_boundaries(main_steps, cycles=cycles, cycle_length=cycle_length, haps=haps)
+
+    specs: list[_PhaseSpec] = []
+    previous_end = 0.0
+    for cycle, (start, end) in enumerate(zip(points[:-1], points[1:], strict=True)):
+        n = end - start
+        warm_field = "optimizer.warmup" if cycle == 0 else "optimizer.rewarmup"
+        warm = frac_or_steps(warmup if cycle == 0 else rewarmup, n, warm_field)
+        if decay is None:
+            if warm > n:
+                raise ValueError(
+                    f"{warm_field} ({warm} steps) is longer than cycle {cycle} ({n} steps)"
+                )
+            decay_steps = n - warm
+        else:
+            decay_steps = frac_or_steps(decay, n, "optimizer.decay")
+        stable = n - warm - decay_steps
+        if stable < 0:
+            raise ValueError(
+                f"{warm_field} ({warm} steps) + optimizer.decay ({decay_steps} steps) exceed the "
+                f"length of cycle {cycle} ({n} steps, steps {start}..{end}); shorten them"
+            )
+
+        if warm > 0:
+            fn = optax.linear_schedule(previous_end, learning_rate, warm)
+            kind: PhaseKind = "warmup" if cycle == 0 else "rewarmup"
+            specs.append(
+                _PhaseSpec(Phase(kind, cycle, start, start + warm, previous_end, learning_rate), fn)
+            )
+        if stable > 0:
+            s0 = start + warm
+            specs.append(
+                _PhaseSpec(
+                    Phase("stable", cycle, s0, s0 + stable, learning_rate, learning_rate),
+                    optax.constant_schedule(learning_rate),
+                )
+            )
+        if decay_steps > 0:
+            d0 = start + warm + stable
+            ctx = LrScheduleContext(
+                learning_rate=learning_rate,
+                min_lr=min_lr,
+                min_lr_ratio=min_lr_ratio,
+                warmup_steps=warm,
+                decay_steps=decay_steps,
+                decay_start=d0,
+            )
+            fn = lr_schedule.build(ctx)
+            end_lr = float(fn(decay_steps))
+            specs.append(_PhaseSpec(Phase("decay", cycle, d0, end, float(fn(0)), end_lr), fn))
+            previous_end = end_lr
+        else:
+            previous_end = learning_rate
+
+    if cooldown_steps:
+        fn = optax.linear_schedule(previous_end, min_lr, cooldown_steps)
+        specs.append(
+            _PhaseSpec(
+                Phase("cooldown", len(points) - 2, main_steps, total, previous_end, min_lr), fn
+            )
+        )
+    return specs
