@@ -102,19 +102,17 @@ def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
         )
     if want_key:
         stored_shape = tuple(record["shape"])
-        impl = jax.random.key_impl(arr) if isinstance(arr, jax.Array) else None
-        key_shape = tuple(impl.key_shape) if impl is not None else None
-        if impl is not None and str(impl) != record["key_impl"]:
+        want_data = jax.eval_shape(jax.random.key_data, arr)
+        impl = str(jax.random.key_impl(arr)) if isinstance(arr, jax.Array) else None
+        if impl is not None and impl != record["key_impl"]:
             raise ValueError(
                 f"checkpoint leaf {name!r}: PRNG impl {record['key_impl']} in the checkpoint, "
                 f"{impl} in the target"
             )
-        if stored_shape[: len(shape)] != shape or (
-            key_shape is not None and stored_shape[len(shape) :] != key_shape
-        ):
+        if stored_shape != tuple(want_data.shape):
             raise ValueError(
-                f"checkpoint leaf {name!r}: key data shape {stored_shape} in the checkpoint "
-                f"does not fit the target key shape {shape}"
+                f"checkpoint leaf {name!r}: key data shape {stored_shape} in the checkpoint, "
+                f"{tuple(want_data.shape)} for the target's keys of shape {shape}"
             )
         return
     if tuple(record["shape"]) != shape:
