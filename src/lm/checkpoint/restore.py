@@ -506,12 +506,33 @@ def _load_or_init(
 
 
 def _init_subset(init_fn, args, kwargs, mask, axis_mapping, mesh):
+    """Run `init_fn` under jit keeping only the `mask`ed leaves (XLA prunes the rest).
+
+    With `axis_mapping`/`mesh`, outputs are placed by the mapping (NamedArrays) or
+    replicated (other arrays).
+    """
+
     def init_part(*a, **k):
         return eqx.filter(init_fn(*a, **k), mask)
 
-    if axis_mapping is None:
+    if axis_mapping is None and mesh is None:
         return eqx.filter_jit(init_part)(*args, **kwargs)
-    if mesh is None:
-        return hax.named_jit(init_part, axis_resources=axis_mapping)(*args, **kwargs)
-    with hax.set_mesh(mesh):
-        return hax.named_jit(init_part, axis_resources=axis_mapping)(*args, **kwargs)
+    resolved = mesh if mesh is not None else jax.sharding.get_mesh()
+    if resolved is None or resolved.empty:
+        raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
+    shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
+    shardings = hax.partitioning.infer_resource_partitions(
+        eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
+        axis_mapping,
+        preserve_existing_shardings=False,
+        mesh=resolved,
+    )
+    dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+
+    def arrays_only(dyn):
+        a, k = eqx.combine(dyn, static)
+        return eqx.filter(init_part(*a, **k), eqx.is_array)
+
+    arrays = jax.jit(arrays_only, out_shardings=shardings)(dynamic)
+    others = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    return eqx.combine(arrays, others)
