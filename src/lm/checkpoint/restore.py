@@ -1,0 +1,538 @@
+"""Loading checkpoints: into any sharding, skipping torn ones, or initializing what's missing.
+
+Each array leaf is read straight into its target sharding: for every addressable device
+the slice it holds is read from the zarr3 array (each distinct slice once), so a
+process reads only what it keeps, and a checkpoint saved on one mesh loads onto any
+other. Reads are all issued before any is awaited.
+
+A checkpoint that exists but cannot be read (no manifest, a missing or corrupted chunk)
+raises `CheckpointCorruptError`; with `discover_latest` the loader then warns and tries
+the previous complete checkpoint. If none can be read it raises `CheckpointLoadError`
+rather than letting a run start over from step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import equinox as eqx
+import haliax as hax
+import jax
+import numpy as np
+import tensorstore as ts
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+
+from lm.checkpoint.serialization import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointCorruptError,
+    CheckpointLoadError,
+    _array_of,
+    _dtype_name,
+    _is_array_like,
+    _is_key_array,
+    named_leaves,
+)
+from lm.checkpoint.storage import (
+    MANIFEST_FILE,
+    METADATA_FILE,
+    checkpoint_candidates,
+    join,
+    kvstore_url,
+    read_json,
+    read_status,
+    ts_context,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _target_sharding(
+    arr: Any, axes: Sequence[Any] | None, axis_mapping: Any, mesh: Any
+) -> jax.sharding.Sharding:
+    if axis_mapping is not None or mesh is not None:
+        resolved = mesh if mesh is not None else jax.sharding.get_mesh()
+        if resolved is None or resolved.empty:
+            raise ValueError(
+                "load_checkpoint got axis_mapping but no mesh: pass mesh=... or call it "
+                "inside `with jax.set_mesh(mesh):`"
+            )
+        if axes is None:
+            return NamedSharding(resolved, PartitionSpec())
+        return NamedSharding(resolved, hax.partitioning.pspec_for_axis(axes, axis_mapping))
+    sharding = getattr(arr, "sharding", None)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return sharding
+    return SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _index_key(index: tuple[slice, ...], shape: Sequence[int]) -> tuple:
+    return tuple(s.indices(d) for s, d in zip(index, shape, strict=True))
+
+
+@dataclasses.dataclass
+class _Read:
+    name: str
+    exemplar: Any
+    record: dict[str, Any]
+    store_future: Any
+    store: Any = None
+    sharding: jax.sharding.Sharding | None = None
+    index_map: dict[Any, tuple] | None = None
+    reads: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+    host_only: bool = False
+
+
+def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
+    arr = _array_of(leaf)
+    shape = tuple(getattr(arr, "shape", ()))
+    want_key = _is_key_array(arr)
+    have_key = record.get("key_impl") is not None
+    if want_key != have_key:
+        raise ValueError(
+            f"checkpoint leaf {name!r}: the checkpoint holds "
+            f"{'a PRNG key array' if have_key else 'a plain array'} but the target expects "
+            f"{'a PRNG key array' if want_key else 'a plain array'}"
+        )
+    if want_key:
+        stored_shape = tuple(record["shape"])
+        want_data = jax.eval_shape(jax.random.key_data, arr)
+        impl = str(jax.random.key_impl(arr)) if isinstance(arr, jax.Array) else None
+        if impl is not None and impl != record["key_impl"]:
+            raise ValueError(
+                f"checkpoint leaf {name!r}: PRNG impl {record['key_impl']} in the checkpoint, "
+                f"{impl} in the target"
+            )
+        if stored_shape != tuple(want_data.shape):
+            raise ValueError(
+                f"checkpoint leaf {name!r}: key data shape {stored_shape} in the checkpoint, "
+                f"{tuple(want_data.shape)} for the target's keys of shape {shape}"
+            )
+        return
+    if tuple(record["shape"]) != shape:
+        raise ValueError(
+            f"checkpoint leaf {name!r}: shape {tuple(record['shape'])} in the checkpoint, "
+            f"{shape} in the target"
+        )
+    dtype = _dtype_name(arr.dtype)
+    if record["dtype"] != dtype:
+        raise ValueError(
+            f"checkpoint leaf {name!r}: dtype {record['dtype']} in the checkpoint, "
+            f"{dtype} in the target"
+        )
+    saved_axes = record.get("axes")
+    if isinstance(leaf, hax.NamedArray) and saved_axes is not None:
+        want_axes = [a.name for a in leaf.axes]
+        if list(saved_axes) != want_axes:
+            raise ValueError(
+                f"checkpoint leaf {name!r}: axes {tuple(saved_axes)} in the checkpoint, "
+                f"{tuple(want_axes)} in the target"
+            )
+
+
+def _ts_error(name: str, path: str, e: BaseException) -> CheckpointCorruptError:
+    return CheckpointCorruptError(f"cannot read leaf {name!r} of checkpoint {path}: {e}")
+
+
+def _load_one(
+    exemplar: Any,
+    path: str,
+    *,
+    axis_mapping: Any,
+    mesh: Any,
+    subpath: str | None,
+    allow_partial: bool,
+) -> Any:
+    try:
+        manifest = read_json(path, MANIFEST_FILE)
+    except ValueError as e:
+        raise CheckpointCorruptError(str(e)) from e
+    if manifest is None:
+        raise CheckpointCorruptError(f"checkpoint {path} has no {MANIFEST_FILE}")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format {manifest.get('format')!r} version "
+            f"{manifest.get('format_version')!r}; this code reads {FORMAT!r} version "
+            f"{FORMAT_VERSION}"
+        )
+    records: dict[str, dict[str, Any]] = manifest["leaves"]
+    prefix = subpath.strip("/") + "/" if subpath else ""
+    leaves, treedef = named_leaves(exemplar)
+    base_url = kvstore_url(path)
+
+    out: list[Any] = []
+    reads: list[tuple[int, _Read]] = []
+    missing: list[str] = []
+    unsaved: list[str] = []
+    for name, leaf in leaves:
+        full = prefix + name if name != "root" or not prefix else prefix.rstrip("/")
+        record = records.get(full)
+        if leaf is None or (isinstance(leaf, hax.NamedArray) and leaf.array is None):
+            out.append(leaf)
+            continue
+        if record is None:
+            missing.append(full)
+            out.append(leaf)
+            continue
+        kind = record["kind"]
+        if kind in ("none", "skipped"):
+            # Not saved (e.g. a non-trainable parameter): the exemplar's value stays, and
+            # an abstract one stays abstract for load_checkpoint_or_initialize to fill.
+            if kind == "none":
+                unsaved.append(full)
+            out.append(leaf)
+        elif kind == "scalar":
+            if _is_array_like(_array_of(leaf)):
+                raise ValueError(
+                    f"checkpoint leaf {full!r} is a Python {record['type']} in the checkpoint "
+                    f"but an array in the target"
+                )
+            out.append(record["value"])
+        elif kind == "array":
+            arr = _array_of(leaf)
+            if not _is_array_like(arr):
+                raise ValueError(
+                    f"checkpoint leaf {full!r} is an array in the checkpoint but "
+                    f"{type(leaf).__name__} in the target"
+                )
+            _check_compatible(full, leaf, record)
+            spec = {
+                "driver": "zarr3",
+                "kvstore": base_url + full + "/",
+                "fill_missing_data_reads": False,
+            }
+            future = ts.open(spec, open=True, read=True, context=ts_context())
+            reads.append((len(out), _Read(full, leaf, record, future)))
+            out.append(None)
+        else:
+            raise CheckpointCorruptError(f"checkpoint {path}: leaf {full!r} has kind {kind!r}")
+
+    if missing:
+        if not allow_partial:
+            available = sorted(n[len(prefix) :] for n in records if n.startswith(prefix))
+            hint = difflib.get_close_matches(missing[0][len(prefix) :], available, n=1)
+            did_you_mean = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
+            raise ValueError(
+                f"checkpoint {path} lacks {len(missing)} leaves the target needs, e.g. "
+                f"{missing[:5]}{did_you_mean} Pass allow_partial=True to take missing "
+                f"leaves from the target instead"
+            )
+        logger.warning(
+            "Checkpoint %s lacks %d leaves; they keep their initial values: %s",
+            path,
+            len(missing),
+            missing[:10],
+        )
+    if unsaved:
+        logger.info("%d leaves were saved as None and keep the target's values", len(unsaved))
+    used = {r.name for _, r in reads} | set(unsaved)
+    unused = [n for n in records if n.startswith(prefix) and n not in used]
+    unused = [n for n in unused if records[n]["kind"] == "array"]
+    if unused:
+        logger.info("Not loading %d leaves of %s, e.g. %s", len(unused), path, unused[:5])
+
+    # Issue every read before waiting on any.
+    for _, r in reads:
+        try:
+            r.store = r.store_future.result()
+        except Exception as e:
+            raise _ts_error(r.name, path, e) from e
+        if list(r.store.shape) != list(r.record["shape"]):
+            raise CheckpointCorruptError(
+                f"checkpoint {path}: array {r.name!r} has shape {r.store.shape}, manifest "
+                f"says {r.record['shape']}"
+            )
+        arr = _array_of(r.exemplar)
+        shape = tuple(r.record["shape"])
+        if isinstance(arr, np.ndarray | np.generic):
+            r.host_only = True
+            r.reads[()] = r.store.read()
+            continue
+        axes = r.exemplar.axes if isinstance(r.exemplar, hax.NamedArray) else None
+        r.sharding = _target_sharding(arr, axes, axis_mapping, mesh)
+        r.index_map = {}
+        for device, index in r.sharding.addressable_devices_indices_map(shape).items():
+            key = _index_key(index, shape)
+            r.index_map[device] = key
+            if key not in r.reads:
+                r.reads[key] = r.store[tuple(slice(*k) for k in key)].read()
+
+    for i, r in reads:
+        try:
+            host = {k: f.result() for k, f in r.reads.items()}
+        except Exception as e:
+            raise _ts_error(r.name, path, e) from e
+        out[i] = _assemble(r, host)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _assemble(r: _Read, host: dict[tuple, np.ndarray]) -> Any:
+    shape = tuple(r.record["shape"])
+    if r.host_only:
+        value = host[()]
+        if isinstance(_array_of(r.exemplar), np.generic):
+            value = value[()]
+    else:
+        assert r.sharding is not None and r.index_map is not None
+        shards = [jax.device_put(host[key], device) for device, key in r.index_map.items()]
+        value = jax.make_array_from_single_device_arrays(shape, r.sharding, shards)
+        if r.record.get("key_impl") is not None:
+            value = jax.random.wrap_key_data(value, impl=r.record["key_impl"])
+    if isinstance(r.exemplar, hax.NamedArray):
+        return hax.NamedArray(value, r.exemplar.axes)
+    return value
+
+
+def load_checkpoint(
+    exemplar: T,
+    checkpoint_path: str,
+    *,
+    discover_latest: bool = True,
+    axis_mapping: Any = None,
+    mesh: Any = None,
+    subpath: str | None = None,
+    allow_partial: bool = False,
+) -> T:
+    """Load a checkpoint into the structure (and shardings) of `exemplar`.
+
+    Same as `load_checkpoint_with_path`, without the path of the checkpoint used.
+    """
+    return load_checkpoint_with_path(
+        exemplar,
+        checkpoint_path,
+        discover_latest=discover_latest,
+        axis_mapping=axis_mapping,
+        mesh=mesh,
+        subpath=subpath,
+        allow_partial=allow_partial,
+    )[0]
+
+
+def load_checkpoint_with_path(
+    exemplar: T,
+    checkpoint_path: str,
+    *,
+    discover_latest: bool = True,
+    axis_mapping: Any = None,
+    mesh: Any = None,
+    subpath: str | None = None,
+    allow_partial: bool = False,
+) -> tuple[T, str]:
+    """Load a checkpoint into the structure (and shardings) of `exemplar`.
+
+    Args:
+        exemplar: a pytree like the saved one. Leaves may be concrete arrays or
+            `jax.ShapeDtypeStruct`s (`eqx.filter_eval_shape(init_fn)` makes them without
+            allocating); NamedArrays may wrap either. Each array is read straight into
+            its target sharding, each process reading only its addressable shards.
+        checkpoint_path: a checkpoint directory, or with `discover_latest` a run
+            directory whose newest complete checkpoint is used.
+        discover_latest: search `checkpoint_path` for the newest complete checkpoint.
+            If that one turns out unreadable it is skipped with a warning and the
+            previous one is tried.
+        axis_mapping: logical axis -> mesh axis mapping for NamedArray leaves (other
+            arrays are replicated). With `mesh` (or the current `jax.set_mesh` mesh) it
+            overrides the exemplar's own shardings.
+        mesh: the mesh to load onto.
+        subpath: load the subtree saved under this name, e.g. "model".
+        allow_partial: leaves missing from the checkpoint keep the exemplar's values
+            instead of raising.
+
+    Leaves saved as None (non-trainable parameters) keep the exemplar's value; an
+    abstract one stays a `ShapeDtypeStruct` (`load_checkpoint_or_initialize` fills them).
+
+    Returns:
+        The loaded tree and the checkpoint directory it came from.
+
+    Raises:
+        FileNotFoundError: no checkpoint at or under `checkpoint_path`.
+        CheckpointLoadError: checkpoints exist but none could be read.
+        CheckpointCorruptError: `discover_latest=False` and the checkpoint is unreadable.
+        ValueError: the checkpoint does not fit the exemplar (names, shapes, dtypes).
+    """
+    if discover_latest:
+        complete, torn = checkpoint_candidates(checkpoint_path)
+        newest = complete[0].step if complete else None
+        for t in torn:
+            if newest is None or t.step > newest:
+                logger.warning("Skipping incomplete checkpoint %s: %s", t.path, t.problem)
+        if not complete:
+            if torn:
+                raise CheckpointLoadError(
+                    f"{len(torn)} checkpoint(s) under {checkpoint_path} but none is complete: "
+                    + "; ".join(f"{t.path}: {t.problem}" for t in torn)
+                    + ". Refusing to start over; delete them to start from scratch."
+                )
+            raise FileNotFoundError(f"no checkpoint found at or under {checkpoint_path}")
+        candidates = [c.path for c in complete]
+    else:
+        status = read_status(checkpoint_path)
+        if status is None:
+            raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
+        if not status.complete:
+            raise CheckpointCorruptError(
+                f"checkpoint {checkpoint_path} is incomplete: {status.problem}"
+            )
+        candidates = [checkpoint_path]
+
+    failures: list[str] = []
+    for path in candidates:
+        try:
+            result = _load_one(
+                exemplar,
+                path,
+                axis_mapping=axis_mapping,
+                mesh=mesh,
+                subpath=subpath,
+                allow_partial=allow_partial,
+            )
+        except CheckpointCorruptError as e:
+            if not discover_latest:
+                raise
+            logger.warning("Checkpoint %s is unreadable, trying an older one: %s", path, e)
+            failures.append(str(e))
+            continue
+        logger.info("Loaded checkpoint %s", path)
+        return result, path
+    raise CheckpointLoadError(
+        f"none of the {len(candidates)} checkpoint(s) under {checkpoint_path} could be "
+        "loaded; refusing to start over. Errors: " + " | ".join(failures)
+    )
+
+
+def load_metadata(checkpoint_path: str) -> dict[str, Any]:
+    """The metadata.json of a checkpoint directory.
+
+    Raises:
+        FileNotFoundError: the checkpoint has no metadata.json.
+    """
+    meta = read_json(checkpoint_path, METADATA_FILE)
+    if meta is None:
+        raise FileNotFoundError(f"no {METADATA_FILE} in {join(checkpoint_path)}")
+    return meta
+
+
+def load_checkpoint_or_initialize(
+    init_fn: Callable[..., T],
+    checkpoint_path: str,
+    *,
+    is_checkpointed: Any = True,
+    allow_partial: bool = False,
+    discover_latest: bool = True,
+    axis_mapping: Any = None,
+    mesh: Any = None,
+    subpath: str | None = None,
+) -> Callable[..., T]:
+    """Wrap `init_fn` so it loads what the checkpoint has and initializes the rest.
+
+    The returned function takes `init_fn`'s arguments. Shapes come from
+    `eqx.filter_eval_shape(init_fn, ...)`; leaves selected by `is_checkpointed` (an
+    equinox filter spec: bool, callable leaf -> bool, or a prefix tree of those) are
+    read from the checkpoint into their target shardings, and only the remaining leaves
+    are computed by `init_fn` under jit (the checkpointed ones are pruned from the
+    computation). When no checkpoint exists everything comes from `init_fn`.
+
+    Checkpoints that exist but cannot be read raise (`CheckpointLoadError`): a run
+    never silently restarts from scratch.
+    """
+
+    def load_or_init(*args: Any, **kwargs: Any) -> T:
+        return _load_or_init(
+            init_fn,
+            args,
+            kwargs,
+            checkpoint_path,
+            is_checkpointed=is_checkpointed,
+            allow_partial=allow_partial,
+            discover_latest=discover_latest,
+            axis_mapping=axis_mapping,
+            mesh=mesh,
+            subpath=subpath,
+        )[0]
+
+    return load_or_init
+
+
+def _load_or_init(
+    init_fn: Callable[..., T],
+    args: tuple,
+    kwargs: dict,
+    checkpoint_path: str,
+    *,
+    is_checkpointed: Any,
+    allow_partial: bool,
+    discover_latest: bool,
+    axis_mapping: Any,
+    mesh: Any,
+    subpath: str | None,
+) -> tuple[T, str | None]:
+    """`load_checkpoint_or_initialize`, also returning the checkpoint used (None: fresh)."""
+    shapes = eqx.filter_eval_shape(init_fn, *args, **kwargs)
+    wanted = eqx.filter(shapes, is_checkpointed)
+    try:
+        loaded, path = load_checkpoint_with_path(
+            wanted,
+            checkpoint_path,
+            discover_latest=discover_latest,
+            axis_mapping=axis_mapping,
+            mesh=mesh,
+            subpath=subpath,
+            allow_partial=allow_partial,
+        )
+    except FileNotFoundError:
+        logger.info("No checkpoint at %s; initializing from scratch", checkpoint_path)
+        return _init_subset(init_fn, args, kwargs, True, axis_mapping, mesh), None
+
+    # Leaves to initialize: those not selected, and those a partial checkpoint lacked.
+    shape_leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=lambda x: x is None)
+    loaded_leaves = jax.tree_util.tree_flatten(loaded, is_leaf=lambda x: x is None)[0]
+    assert len(shape_leaves) == len(loaded_leaves)
+    need = [
+        s is not None and (lv is None or isinstance(lv, jax.ShapeDtypeStruct))
+        for s, lv in zip(shape_leaves, loaded_leaves, strict=True)
+    ]
+    if not any(need):
+        return loaded, path
+    mask = jax.tree_util.tree_unflatten(treedef, need)
+    fresh = _init_subset(init_fn, args, kwargs, mask, axis_mapping, mesh)
+    kept = [None if isinstance(lv, jax.ShapeDtypeStruct) else lv for lv in loaded_leaves]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, kept), fresh), path
+
+
+def _init_subset(init_fn, args, kwargs, mask, axis_mapping, mesh):
+    """Run `init_fn` under jit keeping only the `mask`ed leaves (XLA prunes the rest).
+
+    With `axis_mapping`/`mesh`, outputs are placed by the mapping (NamedArrays) or
+    replicated (other arrays).
+    """
+
+    def init_part(*a, **k):
+        return eqx.filter(init_fn(*a, **k), mask)
+
+    if axis_mapping is None and mesh is None:
+        return eqx.filter_jit(init_part)(*args, **kwargs)
+    resolved = mesh if mesh is not None else jax.sharding.get_mesh()
+    if resolved is None or resolved.empty:
+        raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
+    shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
+    shardings = hax.partitioning.infer_resource_partitions(
+        eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
+        axis_mapping,
+        preserve_existing_shardings=False,
+        mesh=resolved,
+    )
+    dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+
+    def arrays_only(dyn):
+        a, k = eqx.combine(dyn, static)
+        return eqx.filter(init_part(*a, **k), eqx.is_array)
+
+    arrays = jax.jit(arrays_only, out_shardings=shardings)(dynamic)
+    others = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    return eqx.combine(arrays, others)

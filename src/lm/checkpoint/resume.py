@@ -1,0 +1,131 @@
+"""Deciding where a run's initial state comes from (CKP-05).
+
+`restore_trainer_state` implements the trainer's loading fields in one place:
+
+1. `load_checkpoint` (None / True / False) with `checkpoint_path` (the run's own
+   checkpoints: `load_checkpoint_path`, or the checkpointer's expanded base path):
+   None loads the newest complete checkpoint if there is one, True requires one
+   (`FileNotFoundError` otherwise), False never loads.
+2. Otherwise `initialize_from`: another run's checkpoint (a run dir or a step dir),
+   full state (continued training) or, with `initialize_from_params_only`, just the
+   trainable parameters (a warm start: fresh optimizer state, step 0).
+3. Otherwise a fresh initialization.
+
+Checkpoints that exist but are all unreadable raise `CheckpointLoadError`: the run
+fails instead of restarting from step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar
+
+import equinox as eqx
+import jax
+
+from lm.checkpoint.restore import _init_subset, _load_or_init
+from lm.checkpoint.storage import checkpoint_candidates
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+RestoreKind = Literal["resumed", "initialized_from", "warm_started", "fresh"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredState(Generic[S]):
+    """The initial state and where it came from.
+
+    Attributes:
+        state: the trainer state.
+        kind: "resumed" (this run's checkpoint), "initialized_from" (another run's full
+            state), "warm_started" (another run's parameters only) or "fresh".
+        checkpoint: the checkpoint directory loaded, or None when fresh.
+    """
+
+    state: S
+    kind: RestoreKind
+    checkpoint: str | None
+
+
+def _params_only_spec(shapes: Any) -> Any:
+    """A filter spec selecting just the `model` field of a TrainerState-like tree."""
+    spec = jax.tree_util.tree_map(lambda _: False, shapes)
+    return eqx.tree_at(lambda s: s.model, spec, True)
+
+
+def restore_trainer_state(
+    init_fn: Callable[[], S],
+    *,
+    checkpoint_path: str | None,
+    load_checkpoint: bool | None = None,
+    initialize_from: str | None = None,
+    initialize_from_params_only: bool = False,
+    allow_partial: bool = False,
+    axis_mapping: Any = None,
+    mesh: Any = None,
+) -> RestoredState[S]:
+    """Build the initial trainer state from a checkpoint or from `init_fn`.
+
+    `init_fn` builds a fresh state (e.g. `TrainerState` with model, optimizer state and
+    key). It is traced with `eqx.filter_eval_shape` for the shapes, and run under jit
+    only for the leaves no checkpoint provides: non-trainable parameters (never saved),
+    leaves a partial checkpoint lacks, and for a warm start everything but the model.
+
+    Args:
+        init_fn: builds a fresh state; takes no arguments.
+        checkpoint_path: this run's checkpoints (run dir or a specific `step-N`).
+        load_checkpoint: None: load if one exists; True: must load; False: never.
+        initialize_from: another run's checkpoint, used when this run has none loaded.
+        initialize_from_params_only: take only the `model` subtree from
+            `initialize_from`; optimizer state, step and key come from `init_fn`.
+        allow_partial: leaves missing from the checkpoint come from `init_fn`.
+        axis_mapping: logical -> mesh axis mapping for the restored and initialized arrays.
+        mesh: the mesh to place them on.
+
+    Raises:
+        FileNotFoundError: `load_checkpoint=True` and no checkpoint under `checkpoint_path`.
+        ValueError: `initialize_from` holds no checkpoint.
+        CheckpointLoadError: checkpoints exist but none can be read.
+    """
+    common: dict[str, Any] = dict(
+        allow_partial=allow_partial, axis_mapping=axis_mapping, mesh=mesh, discover_latest=True
+    )
+    if load_checkpoint is not False and checkpoint_path is None and load_checkpoint:
+        raise ValueError("load_checkpoint=True needs a checkpoint path to load from")
+    if load_checkpoint is not False and checkpoint_path is not None:
+        complete, torn = checkpoint_candidates(checkpoint_path)
+        if complete or torn:
+            # Raises CheckpointLoadError when none of them loads: never start over.
+            state, loaded = _load_or_init(
+                init_fn, (), {}, checkpoint_path, is_checkpointed=True, subpath=None, **common
+            )
+            assert loaded is not None
+            logger.info("Resuming from checkpoint %s", loaded)
+            return RestoredState(state, "resumed", loaded)
+        if load_checkpoint:
+            raise FileNotFoundError(
+                f"load_checkpoint=True but no checkpoint was found under {checkpoint_path}"
+            )
+
+    if initialize_from is not None:
+        complete, torn = checkpoint_candidates(initialize_from)
+        if not complete and not torn:
+            raise ValueError(
+                f"initialize_from ({initialize_from!r}) is not a checkpoint path: no "
+                f"checkpoint at or under it"
+            )
+        shapes = eqx.filter_eval_shape(init_fn)
+        spec = _params_only_spec(shapes) if initialize_from_params_only else True
+        state, loaded = _load_or_init(
+            init_fn, (), {}, initialize_from, is_checkpointed=spec, subpath=None, **common
+        )
+        assert loaded is not None
+        kind: RestoreKind = "warm_started" if initialize_from_params_only else "initialized_from"
+        logger.info("Initialized (%s) from checkpoint %s", kind, loaded)
+        return RestoredState(state, kind, loaded)
+
+    return RestoredState(_init_subset(init_fn, (), {}, True, axis_mapping, mesh), "fresh", None)

@@ -1,0 +1,232 @@
+"""Where checkpoints live: path handling, listing, discovery and deletion.
+
+Every byte goes through a TensorStore key-value store, so the same code serves local
+paths, `file://`, `memory://` (tests), `gs://` and `s3://`. One shared `ts.Context`
+is used for all of it: TensorStore's `memory://` store is owned by its context, so
+arrays, manifests and metadata written by different calls must share it to see each
+other.
+
+A checkpoint directory is *complete* when its `metadata.json` exists and parses; the
+metadata is written last (see `serialization.py`), so a directory without it is a save
+that was interrupted ("torn") and is never loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import urllib.parse
+from typing import Any
+
+import tensorstore as ts
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.json"
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+
+# Schemes TensorStore's kvstore opens directly.
+_SUPPORTED_SCHEMES = ("file", "memory", "gs", "s3")
+
+
+@functools.cache
+def ts_context() -> ts.Context:
+    """The one TensorStore context all checkpoint I/O shares (created on first use)."""
+    return ts.Context()
+
+
+def kvstore_url(path: str) -> str:
+    """A TensorStore kvstore URL for `path`, ending in "/".
+
+    Plain paths (relative or absolute) become `file://` URLs; `file://`, `memory://`,
+    `gs://` and `s3://` pass through.
+    """
+    path = os.fspath(path)
+    if "://" in path:
+        scheme = path.split("://", 1)[0]
+        if scheme not in _SUPPORTED_SCHEMES:
+            raise ValueError(
+                f"checkpoint path {path!r} has unsupported scheme {scheme!r}; use a local "
+                f"path or one of {', '.join(s + '://' for s in _SUPPORTED_SCHEMES)}"
+            )
+        url = path
+    else:
+        url = "file://" + os.path.abspath(os.path.expanduser(path))
+    return url if url.endswith("/") else url + "/"
+
+
+def join(path: str, *parts: str) -> str:
+    """Join path components with "/", keeping the caller's spelling of `path`."""
+    out = os.fspath(path).rstrip("/")
+    for p in parts:
+        out = out + "/" + p.strip("/")
+    return out
+
+
+def local_path(path: str) -> str | None:
+    """The local filesystem path behind `path`, or None for non-local stores."""
+    url = kvstore_url(path)
+    if url.startswith("file://"):
+        return urllib.parse.unquote(url[len("file://") :])
+    return None
+
+
+def _open_kvstore(path: str) -> ts.KvStore:
+    return ts.KvStore.open(kvstore_url(path), context=ts_context()).result()
+
+
+def read_json(path: str, name: str) -> dict[str, Any] | None:
+    """Parse `path/name` as JSON; None if the file does not exist.
+
+    Raises:
+        ValueError: the file exists but is not a JSON object.
+    """
+    result = _open_kvstore(path).read(name).result()
+    if result.state != "value":
+        return None
+    try:
+        value = json.loads(result.value.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{join(path, name)} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{join(path, name)} holds {type(value).__name__}, expected an object")
+    return value
+
+
+def write_json(path: str, name: str, value: dict[str, Any]) -> None:
+    """Write `value` to `path/name` (a single atomic object write on every store)."""
+    data = json.dumps(value, indent=2, sort_keys=True).encode("utf-8")
+    _open_kvstore(path).write(name, data).result()
+
+
+def list_keys(path: str) -> list[str]:
+    """Every key under `path`, relative to it (recursive)."""
+    return [k.decode("utf-8") for k in _open_kvstore(path).list().result()]
+
+
+def exists(path: str) -> bool:
+    """Whether anything is stored under `path`."""
+    return bool(list_keys(path))
+
+
+def delete_tree(path: str) -> None:
+    """Delete everything under `path`, `metadata.json` first.
+
+    Removing the commit marker first means an interrupted delete leaves a torn
+    directory (skipped on load), never one that looks complete but lacks arrays.
+    """
+    kv = _open_kvstore(path)
+    kv.delete_range(ts.KvStore.KeyRange(METADATA_FILE, METADATA_FILE + "\0")).result()
+    kv.delete_range(ts.KvStore.KeyRange()).result()
+    local = local_path(path)
+    if local is not None:
+        # The file kvstore deletes files but leaves (empty) directories behind.
+        shutil.rmtree(local, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointStatus:
+    """One child directory of a run directory, as `list_checkpoints` sees it.
+
+    Attributes:
+        path: the checkpoint directory (`<run dir>/step-N`).
+        step: the step from metadata.json, or parsed from the name for torn ones.
+        complete: metadata.json exists and parses (the save committed).
+        is_temporary: the metadata's flag (False for torn checkpoints).
+        timestamp: the metadata's ISO timestamp, or None.
+        problem: why the checkpoint is not complete, or None.
+    """
+
+    path: str
+    step: int
+    complete: bool
+    is_temporary: bool = False
+    timestamp: str | None = None
+    problem: str | None = None
+
+
+def read_status(path: str) -> CheckpointStatus | None:
+    """Status of the checkpoint directory `path`, or None when nothing is stored there."""
+    name = os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
+    match = STEP_DIR_RE.match(name)
+    name_step = int(match.group(1)) if match else -1
+    try:
+        meta = read_json(path, METADATA_FILE)
+    except ValueError as e:
+        return CheckpointStatus(path, name_step, complete=False, problem=str(e))
+    if meta is None:
+        if not exists(path):
+            return None
+        return CheckpointStatus(path, name_step, complete=False, problem="no metadata.json")
+    step = meta.get("step")
+    if not isinstance(step, int):
+        return CheckpointStatus(
+            path, name_step, complete=False, problem=f"metadata.json has no integer step: {meta}"
+        )
+    return CheckpointStatus(
+        path,
+        step,
+        complete=True,
+        is_temporary=bool(meta.get("is_temporary", False)),
+        timestamp=meta.get("timestamp"),
+    )
+
+
+def list_checkpoints(path: str) -> list[CheckpointStatus]:
+    """The checkpoints in run directory `path`, complete or torn, sorted by step.
+
+    A child counts when it holds a `metadata.json` or is named `step-N`. A missing
+    `path` gives an empty list.
+    """
+    children: dict[str, bool] = {}
+    for key in list_keys(path):
+        if "/" not in key:
+            continue
+        child, rest = key.split("/", 1)
+        children[child] = children.get(child, False) or rest == METADATA_FILE
+    found = []
+    for child, has_meta in children.items():
+        if not has_meta and not STEP_DIR_RE.match(child):
+            continue
+        status = read_status(join(path, child))
+        if status is not None:
+            found.append(status)
+    found.sort(key=lambda s: (s.step, s.timestamp or ""))
+    return found
+
+
+def checkpoint_candidates(path: str) -> tuple[list[CheckpointStatus], list[CheckpointStatus]]:
+    """(complete checkpoints newest first, torn ones) for a run dir or a checkpoint dir.
+
+    If `path` is itself a checkpoint (it holds metadata.json, or is a torn `step-N`
+    directory), it is the only candidate.
+    """
+    own = read_status(path)
+    if own is not None and (own.complete or own.step >= 0):
+        return ([own], []) if own.complete else ([], [own])
+    statuses = list_checkpoints(path)
+    complete = [s for s in reversed(statuses) if s.complete]
+    torn = [s for s in statuses if not s.complete]
+    return complete, torn
+
+
+def discover_latest_checkpoint(path: str) -> str | None:
+    """The newest complete checkpoint under `path` (highest step), or None.
+
+    `path` may be a run directory or a checkpoint directory itself. Torn checkpoints
+    newer than the one returned are skipped with a warning.
+    """
+    complete, torn = checkpoint_candidates(path)
+    newest = complete[0] if complete else None
+    for t in torn:
+        if newest is None or t.step > newest.step:
+            logger.warning("Skipping incomplete checkpoint %s: %s", t.path, t.problem)
+    if newest is None:
+        return None
+    return newest.path

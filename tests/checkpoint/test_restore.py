@@ -1,0 +1,168 @@
+"""Restoring into other meshes/shardings, and load_checkpoint_or_initialize (reference cases)."""
+
+import json
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ckpt_helpers import Out, assert_trees_equal, make_mlp, make_state
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
+
+from lm.checkpoint import (
+    AsyncCheckpointManager,
+    load_checkpoint,
+    load_checkpoint_or_initialize,
+    save_checkpoint,
+)
+from lm.trainer.state import saveable_state
+
+
+def save(tree, path, step=0):
+    manager = AsyncCheckpointManager()
+    save_checkpoint(tree, step, str(path), manager=manager)
+    manager.wait_until_finished()
+
+
+@pytest.fixture(scope="module")
+def fsdp_checkpoint(tmp_path_factory, trained_state):
+    """The trained state sharded FSDP-style over all 8 fake devices, saved."""
+    assert len(jax.devices()) == 8
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded = hax.shard(saveable_state(trained_state), {"embed": "data"}, mesh)
+    w = sharded.model.layers[0].weight.array
+    assert len({s.device for s in w.addressable_shards}) == 8
+    path = tmp_path_factory.mktemp("fsdp") / "step-2"
+    save(sharded, path, step=2)
+    return path
+
+
+def test_chunks_follow_the_saved_shards(fsdp_checkpoint):
+    meta = json.loads(
+        (fsdp_checkpoint / "model" / "layers" / "0" / "weight" / "zarr.json").read_text()
+    )
+    # weight (mlp=16, embed=8) with embed over 8 devices: one (16, 1) chunk per shard.
+    assert meta["shape"] == [16, 8]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [16, 1]
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "crc32c"]
+
+
+def test_restore_onto_one_device(fsdp_checkpoint, trained_state):
+    exemplar = eqx.filter_eval_shape(make_state, jax.random.PRNGKey(3))
+    restored = load_checkpoint(exemplar, str(fsdp_checkpoint))
+    assert_trees_equal(restored, trained_state)
+    for leaf in jax.tree.leaves(restored):
+        if isinstance(leaf, jax.Array):
+            assert isinstance(leaf.sharding, SingleDeviceSharding)
+
+
+def test_restore_onto_4way_tensor_parallel(fsdp_checkpoint, trained_state):
+    tp_mesh = Mesh(np.array(jax.devices()[:4]), ("model",))
+    exemplar = eqx.filter_eval_shape(make_state, jax.random.PRNGKey(3))
+    restored = load_checkpoint(
+        exemplar, str(fsdp_checkpoint), axis_mapping={"mlp": "model"}, mesh=tp_mesh
+    )
+    assert_trees_equal(restored, trained_state)
+    w0 = restored.model.layers[0].weight  # axes (mlp, embed)
+    assert [a.name for a in w0.axes] == ["mlp", "embed"]
+    assert w0.array.sharding == NamedSharding(tp_mesh, P("model", None))
+    assert {s.data.shape for s in w0.array.addressable_shards} == {(4, 8)}
+    mu1 = restored.opt_state[0].mu.layers[1].weight  # axes (mlp2, mlp)
+    assert mu1.array.sharding == NamedSharding(tp_mesh, P(None, "model"))
+    bias_out = restored.model.layers[-1].bias
+    assert bias_out.axes == (Out,)
+    assert bias_out.array.sharding == NamedSharding(tp_mesh, P(None))
+    step = restored.step
+    assert step.sharding == NamedSharding(tp_mesh, P())
+
+
+def test_restore_uses_current_mesh_and_exemplar_shardings(fsdp_checkpoint, trained_state):
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    with jax.set_mesh(mesh):
+        restored = load_checkpoint(
+            saveable_state(trained_state), str(fsdp_checkpoint), axis_mapping={"embed": "data"}
+        )
+    w0 = restored.model.layers[0].weight
+    assert w0.array.sharding == NamedSharding(mesh, P(None, "data"))
+    assert_trees_equal(restored, trained_state)
+    # Without mapping or mesh, each leaf takes the exemplar's own sharding.
+    target = hax.shard(trained_state, {"mlp": "model"}, mesh)
+    again = load_checkpoint(target, str(fsdp_checkpoint))
+    assert again.model.layers[0].weight.array.sharding == NamedSharding(mesh, P("model", None))
+
+
+def test_axis_mapping_without_mesh_is_an_error(fsdp_checkpoint, trained_state):
+    with pytest.raises(ValueError, match="axis_mapping but no mesh"):
+        load_checkpoint(trained_state, str(fsdp_checkpoint), axis_mapping={"mlp": "model"})
+
+
+# -- load_checkpoint_or_initialize (reference cases) ---------------------------------
+
+
+def _last_layer_mask(model):
+    mask = jax.tree.map(lambda _: False, model)
+    return eqx.tree_at(
+        lambda m: m.layers[-1], mask, replace=jax.tree.map(lambda _: True, model.layers[-1])
+    )
+
+
+def test_load_from_checkpoint_or_initialize(tmp_path):
+    k0, k1 = jax.random.split(jax.random.PRNGKey(0))
+    model0 = make_mlp(k0)
+    mask = _last_layer_mask(model0)
+    save(eqx.filter(model0, mask), tmp_path / "step-0")
+
+    loaded = load_checkpoint_or_initialize(make_mlp, str(tmp_path), is_checkpointed=mask)(k1)
+    fresh = make_mlp(k1)
+    assert not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(loaded))
+    assert_trees_equal(loaded.layers[-1], model0.layers[-1])
+    assert_trees_equal(loaded.layers[0], fresh.layers[0])
+    assert not np.array_equal(loaded.layers[-1].weight.array, fresh.layers[-1].weight.array)
+
+
+def test_load_from_checkpoint_or_initialize_works_if_file_not_found(tmp_path):
+    k1 = jax.random.PRNGKey(1)
+    loaded = load_checkpoint_or_initialize(make_mlp, str(tmp_path / "nothing"))(k1)
+    assert_trees_equal(loaded, make_mlp(k1))
+
+
+class AB(eqx.Module):
+    a: jax.Array
+    b: jax.Array
+
+
+def test_load_from_checkpoint_allows_partial_checkpoints(tmp_path):
+    def init(key):
+        ka, kb = jax.random.split(key)
+        return AB(jax.random.normal(ka, (3,)), jax.random.normal(kb, (2,)))
+
+    saved_a = jnp.arange(3.0)
+    save({"a": saved_a}, tmp_path / "step-0")
+    key = jax.random.PRNGKey(4)
+    with pytest.raises(ValueError, match="lacks 1 leaves"):
+        load_checkpoint_or_initialize(init, str(tmp_path))(key)
+    loaded = load_checkpoint_or_initialize(init, str(tmp_path), allow_partial=True)(key)
+    np.testing.assert_array_equal(loaded.a, saved_a)
+    np.testing.assert_array_equal(loaded.b, init(key).b)
+
+
+def test_load_or_initialize_onto_a_mesh(tmp_path, fsdp_checkpoint):
+    mesh = Mesh(np.array(jax.devices()[:4]), ("model",))
+    k1 = jax.random.PRNGKey(1)
+    mask = _last_layer_mask(make_mlp(k1))
+    loaded = load_checkpoint_or_initialize(
+        make_mlp,
+        str(fsdp_checkpoint),
+        is_checkpointed=mask,
+        subpath="model",
+        axis_mapping={"mlp": "model"},
+        mesh=mesh,
+    )(k1)
+    expected = NamedSharding(mesh, P("model", None))
+    assert loaded.layers[0].weight.array.sharding == expected  # initialized
+    # The loaded last layer (out, mlp2): neither axis mapped, so replicated.
+    assert loaded.layers[-1].weight.array.sharding == NamedSharding(mesh, P(None, None))
+    assert loaded.layers[1].weight.array.sharding == NamedSharding(mesh, P(None, "model"))
