@@ -1,4 +1,9 @@
-"""The language-model example type shared by data, models and losses.
+"""Language-model contracts shared by data, models, losses and the trainer.
+
+- `LmExample`: one causal-LM training example (or a batch of them).
+- `LmConfig`: the registry of model configs (`model: {type: gpt2 | llama | ...}`); a config
+  builds its model with `config.build(Vocab, key=...)`.
+- `LmHeadModel`: the base class of every causal LM: token ids in, logits out.
 
 `LmExample` is one causal-LM training example (or a batch of them, with a leading batch
 axis): token ids over the position axis, a boolean loss mask and optional segment ids for
@@ -14,10 +19,17 @@ Conventions:
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+from typing import Generic, TypeVar
+
+import draccus
 import equinox as eqx
 import haliax as hax
+import jax
 import jax.numpy as jnp
 from haliax import Axis, NamedArray
+from jaxtyping import PRNGKeyArray
 
 
 class LmExample(eqx.Module):
@@ -58,3 +70,137 @@ class LmExample(eqx.Module):
         if loss_mask is not None:
             mask = mask & loss_mask.astype(jnp.bool_)
         return LmExample(tokens=tokens, loss_mask=mask, segment_ids=segment_ids)
+
+
+LmT = TypeVar("LmT", bound="LmHeadModel")
+
+
+@dataclasses.dataclass(frozen=True)
+class LmConfig(draccus.ChoiceRegistry, abc.ABC, Generic[LmT]):
+    """Base of every model config; the `type:` key picks the architecture.
+
+    Implementations register themselves with `@LmConfig.register_subclass("<type>")` and are
+    imported by `lm.models`. There is no default `type`: a model section must name one.
+    """
+
+    cross_entropy_block_size: int | None = None
+    """Vocabulary block size for the blockwise cross-entropy loss (None: dense logits).
+
+    The loss then never materialises the full (tokens, vocab) logits: it walks the vocabulary
+    in blocks of this many entries with a running log-sum-exp. Large blocks are faster."""
+
+    def __post_init__(self):
+        if self.cross_entropy_block_size is not None and self.cross_entropy_block_size <= 0:
+            raise ValueError(
+                f"cross_entropy_block_size must be a positive int or null, got "
+                f"{self.cross_entropy_block_size}"
+            )
+
+    @property
+    @abc.abstractmethod
+    def model_type(self) -> type[LmT]:
+        """The `LmHeadModel` class this config builds."""
+
+    @property
+    @abc.abstractmethod
+    def Pos(self) -> Axis:
+        """The (query) position axis, named "position", sized `seq_len`."""
+
+    @property
+    @abc.abstractmethod
+    def KeyPos(self) -> Axis:
+        """The key position axis: `Pos.alias("key_position")`."""
+
+    @property
+    @abc.abstractmethod
+    def Embed(self) -> Axis:
+        """The hidden axis, named "embed"."""
+
+    @abc.abstractmethod
+    def flops_per_token(self, vocab_size: int) -> float | None:
+        """Forward-pass FLOPs per token (a multiply-add counts 2), for MFU accounting.
+
+        Counts every matrix multiply of the forward pass, including the attention scores and
+        the weighted sum over all `seq_len` key positions (no causal discount) and the LM
+        head; elementwise work (norms, softmax, activations) is not counted. Multiply by 3
+        for a training step (forward + backward)."""
+
+    @abc.abstractmethod
+    def total_trainable_params(self, vocab_size: int) -> int:
+        """The exact number of trainable scalars in `build(Vocab(vocab_size))`."""
+
+    def build(self, Vocab: Axis, *, key: PRNGKeyArray) -> LmT:
+        """Initialise a fresh model for vocabulary axis `Vocab` (named "vocab")."""
+        return self.model_type.init(Vocab, self, key=key)
+
+
+class LmHeadModel(eqx.Module, Generic[LmT]):
+    """A causal LM: token ids (..., Pos) -> logits (..., Pos, Vocab).
+
+    Subclasses declare the fields `config` (their `LmConfig`, static) and `Vocab` (the
+    vocabulary axis, possibly padded beyond the tokenizer's size, static), and implement
+    `init`, `activations`, `get_lm_head` and `resize_vocab`.
+    """
+
+    @property
+    def Pos(self) -> Axis:
+        return self.config.Pos
+
+    @property
+    def KeyPos(self) -> Axis:
+        return self.config.KeyPos
+
+    @property
+    def Embed(self) -> Axis:
+        return self.config.Embed
+
+    @classmethod
+    @abc.abstractmethod
+    def init(cls, Vocab: Axis, config: LmConfig, *, key: PRNGKeyArray) -> LmHeadModel:
+        """Build a freshly initialised model."""
+
+    @abc.abstractmethod
+    def activations(
+        self,
+        input_ids: NamedArray,
+        attn_mask=None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> NamedArray:
+        """Final hidden states (after the last norm), axes (..., Pos, Embed).
+
+        Args:
+            input_ids: int token ids, axes (..., Pos).
+            attn_mask: an `AttentionMask` (causal, segment ids, sliding window); None means
+                plain causal attention.
+            key: PRNG key for dropout; None runs in inference mode (no dropout).
+        """
+
+    @abc.abstractmethod
+    def get_lm_head(self) -> NamedArray:
+        """The unembedding matrix, axes (Vocab, Embed)."""
+
+    @abc.abstractmethod
+    def resize_vocab(self, new_size: int, key: PRNGKeyArray | None = None) -> LmHeadModel:
+        """A copy with the vocabulary axis resized to `new_size`.
+
+        Rows are truncated when shrinking; when growing, new rows are drawn from a normal
+        distribution matching the existing rows' mean and std if `key` is given, else set to
+        the mean row."""
+
+    def __call__(
+        self,
+        input_ids: NamedArray,
+        attn_mask=None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> NamedArray:
+        """Logits over the vocabulary, axes (..., Pos, Vocab); same args as `activations`."""
+        hidden = self.activations(input_ids, attn_mask, key=key)
+        return hax.dot(hidden, self.get_lm_head(), axis=self.Embed)
+
+
+def count_parameters(model: eqx.Module) -> int:
+    """Number of scalars in the model's inexact (float) array leaves."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    return int(sum(x.size for x in leaves))

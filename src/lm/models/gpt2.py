@@ -1,0 +1,476 @@
+"""GPT-2 (`type: gpt2`), compatible with HF `GPT2LMHeadModel`.
+
+Architecture:
+- learned token (`wte`) and absolute position (`wpe`) embeddings, embedding dropout;
+- pre-LayerNorm blocks: fused QKV projection (`c_attn`), multi-head attention, output
+  projection (`c_proj`), MLP `c_fc` -> activation (gelu_new) -> `c_proj`, residual dropout;
+- optional `scale_attn_by_inverse_layer_idx` (scores also divided by layer index + 1);
+- final LayerNorm `ln_f`; the LM head is tied to the token embeddings;
+- layers stacked on the axis "layers" and scanned (`Stacked`) with a remat policy.
+
+Linear weights keep HF's `Conv1D` layout (In, Out), so HF keys map one to one:
+`transformer.wte/wpe`, `transformer.h.<i>.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,
+mlp.c_proj}`, `transformer.ln_f`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import equinox as eqx
+import haliax as hax
+import haliax.nn as hnn
+import jax.numpy as jnp
+from haliax import Axis, NamedArray
+from haliax.jax_utils import maybe_rng_split, named_call, shaped_rng_split
+from haliax.state_dict import ModuleWithStateDictSerialization
+from jaxtyping import PRNGKeyArray
+
+from lm.models.hf.compat import HFCompatConfig
+from lm.models.layers.activations import ActivationFunctionEnum
+from lm.models.layers.attention import (
+    AttentionBackend,
+    AttentionMask,
+    dot_product_attention,
+    validate_attention_backend,
+)
+from lm.models.layers.init import init_embedding, init_linear
+from lm.models.layers.normalization import LayerNorm
+from lm.models.layers.scan import GradientCheckpointing, checkpoint_policy, stack_layers
+from lm.models.lm_model import LmConfig, LmHeadModel
+
+
+@LmConfig.register_subclass("gpt2")
+@dataclasses.dataclass(frozen=True)
+class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
+    """GPT-2. Defaults are the 124M model."""
+
+    seq_len: int = 1024
+    """Context length: the size of the "position" axis and of the position embeddings."""
+    hidden_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_scale: int = 4
+    """MLP width as a multiple of `hidden_dim`."""
+    initializer_range: float = 0.02
+    """Std of the normal init of weights and embeddings (output projections are further
+    scaled by 1/sqrt(2 * num_layers))."""
+    embed_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    activation_function: ActivationFunctionEnum = ActivationFunctionEnum.gelu_new
+    scale_attn_by_inverse_layer_idx: bool = False
+    """Also divide attention scores of layer i (0-based) by i + 1."""
+    upcast_attn: bool = False
+    """Compute attention scores and softmax in float32 under a low-precision policy."""
+    gradient_checkpointing: GradientCheckpointing = True
+    """Remat policy for the scanned layers: true, false, "full", "offload", "save_all",
+    "nested", or a `ScanCheckpointPolicy` mapping."""
+    use_bias: bool = True
+    """Biases in the linear layers and LayerNorms."""
+    use_flash_attention: bool | None = None
+    """Legacy switch: true means attn_backend jax_flash, false means vanilla."""
+    attn_backend: AttentionBackend | None = None
+    """vanilla, jax_flash or default (None: default)."""
+    flash_attention_block_size: int | None = None
+    """Tile size for jax_flash (None: 128)."""
+
+    hf_architecture: ClassVar[str] = "GPT2LMHeadModel"
+    hf_model_type: ClassVar[str] = "gpt2"
+    hf_base_model_prefix: ClassVar[str] = "transformer"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("seq_len", "hidden_dim", "num_layers", "num_heads", "mlp_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_dim % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        for name in ("embed_pdrop", "resid_pdrop", "attn_pdrop"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.layer_norm_epsilon <= 0:
+            raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
+        object.__setattr__(
+            self,
+            "activation_function",
+            ActivationFunctionEnum.parse(self.activation_function, field="activation_function"),
+        )
+        checkpoint_policy(self.gradient_checkpointing)
+        backend = validate_attention_backend(self.attn_backend)
+        object.__setattr__(self, "attn_backend", backend)
+        if self.use_flash_attention is not None and backend not in (None, AttentionBackend.default):
+            implied = (
+                AttentionBackend.jax_flash if self.use_flash_attention else AttentionBackend.vanilla
+            )
+            if implied != backend:
+                raise ValueError(
+                    f"use_flash_attention ({self.use_flash_attention}) contradicts attn_backend "
+                    f"({backend.value}); set only attn_backend"
+                )
+        if self.attention_backend == AttentionBackend.jax_flash and self.attn_pdrop > 0:
+            raise ValueError(
+                f"attn_pdrop ({self.attn_pdrop}) needs attn_backend: vanilla; jax_flash has no "
+                "attention dropout"
+            )
+        if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
+            raise ValueError(
+                f"flash_attention_block_size must be positive, got {self.flash_attention_block_size}"
+            )
+
+    # Axes
+    Pos = property(lambda self: Axis("position", self.seq_len))
+    KeyPos = property(lambda self: self.Pos.alias("key_position"))
+    Embed = property(lambda self: Axis("embed", self.hidden_dim))
+    Heads = property(lambda self: Axis("heads", self.num_heads))
+    Layers = property(lambda self: Axis("layers", self.num_layers))
+    Mlp = property(lambda self: Axis("mlp", self.hidden_dim * self.mlp_scale))
+    HeadSize = property(lambda self: Axis("head_size", self.hidden_dim // self.num_heads))
+
+    @property
+    def model_type(self) -> type[Gpt2LMHeadModel]:
+        return Gpt2LMHeadModel
+
+    @property
+    def attention_backend(self) -> AttentionBackend | None:
+        """`attn_backend`, or what the legacy `use_flash_attention` implies."""
+        if self.attn_backend not in (None, AttentionBackend.default):
+            return self.attn_backend
+        if self.use_flash_attention is True:
+            return AttentionBackend.jax_flash
+        if self.use_flash_attention is False:
+            return AttentionBackend.vanilla
+        return self.attn_backend
+
+    def flops_per_token(self, vocab_size: int) -> float:
+        E, M, S, L = self.hidden_dim, self.Mlp.size, self.seq_len, self.num_layers
+        qkv = 2 * E * 3 * E
+        scores_and_values = 2 * (2 * S * E)
+        out_proj = 2 * E * E
+        mlp = 2 * (2 * E * M)
+        return float(L * (qkv + scores_and_values + out_proj + mlp) + 2 * E * vocab_size)
+
+    def total_trainable_params(self, vocab_size: int) -> int:
+        E, M = self.hidden_dim, self.Mlp.size
+        b = 1 if self.use_bias else 0
+        norm = E * (1 + b)
+        block = (
+            norm
+            + (E * 3 * E + b * 3 * E)
+            + (E * E + b * E)
+            + norm
+            + (E * M + b * M)
+            + (M * E + b * E)
+        )
+        return vocab_size * E + self.seq_len * E + self.num_layers * block + norm
+
+    # HF conversion
+    def to_hf_config(self, vocab_size: int, config_overrides: Mapping[str, Any] | None = None):
+        from transformers import GPT2Config as HfGpt2Config
+
+        if not self.use_bias:
+            raise ValueError("use_bias: false has no HF GPT-2 equivalent (GPT-2 always has biases)")
+        hf = HfGpt2Config(
+            vocab_size=vocab_size,
+            n_positions=self.seq_len,
+            n_embd=self.hidden_dim,
+            n_layer=self.num_layers,
+            n_head=self.num_heads,
+            n_inner=self.Mlp.size,
+            activation_function=self.activation_function.value,
+            resid_pdrop=self.resid_pdrop,
+            embd_pdrop=self.embed_pdrop,
+            attn_pdrop=self.attn_pdrop,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            initializer_range=self.initializer_range,
+            scale_attn_by_inverse_layer_idx=self.scale_attn_by_inverse_layer_idx,
+            reorder_and_upcast_attn=False,
+            tie_word_embeddings=True,
+            architectures=[self.hf_architecture],
+        )
+        if vocab_size <= hf.eos_token_id:  # GPT-2's <|endoftext|> (50256) is not in this vocab
+            hf.bos_token_id = hf.eos_token_id = None
+        for k, v in (config_overrides or {}).items():
+            setattr(hf, k, v)
+        return hf
+
+    @classmethod
+    def from_hf_config(cls, hf_config) -> Gpt2Config:
+        n_inner = getattr(hf_config, "n_inner", None) or 4 * hf_config.n_embd
+        if n_inner % hf_config.n_embd != 0:
+            raise ValueError(
+                f"HF GPT-2 n_inner ({n_inner}) is not a multiple of n_embd ({hf_config.n_embd}); "
+                "Gpt2Config only expresses the MLP width as mlp_scale * hidden_dim"
+            )
+        if getattr(hf_config, "reorder_and_upcast_attn", False):
+            raise ValueError("HF GPT-2 reorder_and_upcast_attn is not supported")
+        if getattr(hf_config, "tie_word_embeddings", True) is False:
+            raise ValueError(
+                "HF GPT-2 with untied embeddings (tie_word_embeddings: false) is not supported"
+            )
+        return cls(
+            seq_len=hf_config.n_positions,
+            hidden_dim=hf_config.n_embd,
+            num_layers=hf_config.n_layer,
+            num_heads=hf_config.n_head,
+            mlp_scale=n_inner // hf_config.n_embd,
+            initializer_range=hf_config.initializer_range,
+            embed_pdrop=hf_config.embd_pdrop,
+            resid_pdrop=hf_config.resid_pdrop,
+            attn_pdrop=hf_config.attn_pdrop,
+            layer_norm_epsilon=hf_config.layer_norm_epsilon,
+            activation_function=ActivationFunctionEnum.parse(
+                hf_config.activation_function, field="activation_function"
+            ),
+            scale_attn_by_inverse_layer_idx=hf_config.scale_attn_by_inverse_layer_idx,
+        )
+
+    def hf_ignored_keys(self) -> tuple[str, ...]:
+        # Old checkpoints store the causal-mask buffers; the head is tied to wte.
+        return (r"transformer\.h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight")
+
+
+class Gpt2Mlp(ModuleWithStateDictSerialization):
+    c_fc: hnn.Linear
+    c_proj: hnn.Linear
+    act: ActivationFunctionEnum = eqx.field(static=True)
+
+    @staticmethod
+    def init(config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2Mlp:
+        k_fc, k_proj = maybe_rng_split(key, 2)
+        std = config.initializer_range
+        c_fc = init_linear(
+            config.Embed, config.Mlp, key=k_fc, std=std, use_bias=config.use_bias, out_first=False
+        )
+        c_proj = init_linear(
+            config.Mlp,
+            config.Embed,
+            key=k_proj,
+            std=std / math.sqrt(2 * config.num_layers),
+            use_bias=config.use_bias,
+            out_first=False,
+        )
+        return Gpt2Mlp(c_fc, c_proj, config.activation_function)
+
+    @named_call
+    def __call__(self, x: NamedArray) -> NamedArray:
+        return self.c_proj(self.act.to_fn()(self.c_fc(x)))
+
+
+class Gpt2Attention(ModuleWithStateDictSerialization):
+    c_attn: hnn.Linear
+    """Embed -> (qkv, heads, head_size), stored (In, Out) like HF Conv1D."""
+    c_proj: hnn.Linear
+    """(heads, head_size) -> Embed."""
+    dropout: hnn.Dropout
+    config: Gpt2Config = eqx.field(static=True)
+
+    @staticmethod
+    def init(config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2Attention:
+        k_attn, k_proj = maybe_rng_split(key, 2)
+        Qkv = Axis("qkv", 3)
+        std = config.initializer_range
+        c_attn = init_linear(
+            config.Embed,
+            (Qkv, config.Heads, config.HeadSize),
+            key=k_attn,
+            std=std,
+            use_bias=config.use_bias,
+            out_first=False,
+        )
+        c_proj = init_linear(
+            (config.Heads, config.HeadSize),
+            config.Embed,
+            key=k_proj,
+            std=std / math.sqrt(2 * config.num_layers),
+            use_bias=config.use_bias,
+            out_first=False,
+        )
+        return Gpt2Attention(c_attn, c_proj, hnn.Dropout(config.attn_pdrop), config)
+
+    @named_call
+    def __call__(
+        self,
+        x: NamedArray,
+        mask: AttentionMask | None,
+        layer_idx: NamedArray,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> NamedArray:
+        c = self.config
+        qkv = self.c_attn(x)
+        q, k, v = qkv.unbind("qkv")
+        k = k.rename({c.Pos.name: c.KeyPos.name})
+        v = v.rename({c.Pos.name: c.KeyPos.name})
+        scale = 1.0 / math.sqrt(c.HeadSize.size)
+        if c.scale_attn_by_inverse_layer_idx:
+            scale = scale / (layer_idx.array.astype(jnp.float32) + 1.0)
+        attn = dot_product_attention(
+            c.Pos.name,
+            c.KeyPos.name,
+            c.HeadSize.name,
+            q,
+            k,
+            v,
+            mask,
+            scale=scale,
+            backend=c.attention_backend,
+            flash_block_size=c.flash_attention_block_size,
+            upcast=c.upcast_attn,
+            dropout=self.dropout,
+            prng=key,
+        )
+        return self.c_proj(attn)
+
+
+class Gpt2Block(ModuleWithStateDictSerialization):
+    ln_1: LayerNorm
+    attn: Gpt2Attention
+    ln_2: LayerNorm
+    mlp: Gpt2Mlp
+    resid_dropout: hnn.Dropout
+
+    @staticmethod
+    def init(config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2Block:
+        k_attn, k_mlp = maybe_rng_split(key, 2)
+        return Gpt2Block(
+            ln_1=_layer_norm(config),
+            attn=Gpt2Attention.init(config, key=k_attn),
+            ln_2=_layer_norm(config),
+            mlp=Gpt2Mlp.init(config, key=k_mlp),
+            resid_dropout=hnn.Dropout(config.resid_pdrop),
+        )
+
+    @named_call
+    def __call__(
+        self,
+        x: NamedArray,
+        mask: AttentionMask | None,
+        layer_idx: NamedArray,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> NamedArray:
+        k_attn, k_drop1, k_drop2 = maybe_rng_split(key, 3)
+        attn = self.attn(self.ln_1(x), mask, layer_idx, key=k_attn)
+        x = x + self.resid_dropout(attn, key=k_drop1, inference=k_drop1 is None)
+        mlp = self.mlp(self.ln_2(x))
+        return x + self.resid_dropout(mlp, key=k_drop2, inference=k_drop2 is None)
+
+
+class Gpt2Transformer(ModuleWithStateDictSerialization):
+    blocks: hnn.Stacked[Gpt2Block]
+    ln_f: LayerNorm
+    config: Gpt2Config = eqx.field(static=True)
+
+    @staticmethod
+    def init(config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2Transformer:
+        blocks = stack_layers(
+            config.Layers,
+            Gpt2Block,
+            scan=True,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )(config, key=shaped_rng_split(key, config.num_layers))
+        return Gpt2Transformer(blocks, _layer_norm(config), config)
+
+    def _state_dict_key_map(self) -> dict[str, str | None]:
+        return {"blocks": "h"}
+
+    @named_call
+    def __call__(
+        self, x: NamedArray, mask: AttentionMask | None, *, key: PRNGKeyArray | None = None
+    ) -> NamedArray:
+        keys = shaped_rng_split(key, self.config.num_layers) if key is not None else None
+        layer_idx = hax.arange(self.config.Layers)
+        x = self.blocks.fold(x, mask, layer_idx, key=keys)
+        return self.ln_f(x)
+
+
+class Gpt2Embeddings(ModuleWithStateDictSerialization):
+    Vocab: Axis = eqx.field(static=True)
+    token_embeddings: hnn.Embedding
+    position_embeddings: hnn.Embedding
+    dropout: hnn.Dropout
+
+    @staticmethod
+    def init(Vocab: Axis, config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2Embeddings:
+        k_tok, k_pos = maybe_rng_split(key, 2)
+        std = config.initializer_range
+        return Gpt2Embeddings(
+            Vocab,
+            init_embedding(Vocab, config.Embed, key=k_tok, std=std),
+            init_embedding(config.Pos, config.Embed, key=k_pos, std=std),
+            hnn.Dropout(config.embed_pdrop),
+        )
+
+    def _state_dict_key_map(self) -> dict[str, str | None]:
+        return {"token_embeddings": "wte", "position_embeddings": "wpe"}
+
+    @named_call
+    def embed(self, input_ids: NamedArray, *, key: PRNGKeyArray | None = None) -> NamedArray:
+        Pos = self.position_embeddings.Vocab
+        InPos = input_ids.resolve_axis(Pos.name)
+        if InPos.size > Pos.size:
+            raise ValueError(
+                f"input has {InPos.size} positions but the model has {Pos.size} position embeddings (seq_len)"
+            )
+        x = self.token_embeddings.embed(input_ids)
+        x = x + self.position_embeddings.embed(hax.arange(InPos))
+        return self.dropout(x, key=key, inference=key is None)
+
+    def resize(self, new_size: int, key: PRNGKeyArray | None = None) -> Gpt2Embeddings:
+        tokens = self.token_embeddings.resize_embeddings(new_size, key=key)
+        return dataclasses.replace(self, Vocab=tokens.Vocab, token_embeddings=tokens)
+
+
+class Gpt2LMHeadModel(LmHeadModel[Gpt2Config], ModuleWithStateDictSerialization):
+    transformer: Gpt2Transformer
+    embeddings: Gpt2Embeddings
+
+    @property
+    def config(self) -> Gpt2Config:
+        return self.transformer.config
+
+    @property
+    def Vocab(self) -> Axis:
+        return self.embeddings.Vocab
+
+    @classmethod
+    def init(cls, Vocab: Axis, config: Gpt2Config, *, key: PRNGKeyArray) -> Gpt2LMHeadModel:
+        k_t, k_e = maybe_rng_split(key, 2)
+        return Gpt2LMHeadModel(
+            Gpt2Transformer.init(config, key=k_t), Gpt2Embeddings.init(Vocab, config, key=k_e)
+        )
+
+    def _state_dict_key_map(self) -> dict[str, str | None]:
+        return {"transformer": "transformer", "embeddings": "transformer"}
+
+    def activations(
+        self,
+        input_ids: NamedArray,
+        attn_mask: AttentionMask | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> NamedArray:
+        k_embed, k_transformer = maybe_rng_split(key, 2)
+        x = self.embeddings.embed(input_ids, key=k_embed)
+        if attn_mask is None:
+            attn_mask = AttentionMask.causal()
+        return self.transformer(x, attn_mask, key=k_transformer)
+
+    def get_lm_head(self) -> NamedArray:
+        return self.embeddings.token_embeddings.weight
+
+    def resize_vocab(self, new_size: int, key: PRNGKeyArray | None = None) -> Gpt2LMHeadModel:
+        return dataclasses.replace(self, embeddings=self.embeddings.resize(new_size, key=key))
+
+
+def _layer_norm(config: Gpt2Config) -> LayerNorm:
+    return LayerNorm.init(config.Embed, eps=config.layer_norm_epsilon, use_bias=config.use_bias)

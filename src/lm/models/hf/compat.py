@@ -1,0 +1,166 @@
+"""Models that convert to and from Hugging Face `transformers` checkpoints.
+
+An `HFCompatConfig` knows its HF config class (`to_hf_config` / `from_hf_config`); its
+model class maps parameters to HF state-dict keys through Haliax's state-dict machinery
+(`ModuleWithStateDictSerialization._state_dict_key_map`, Linear flattening, `Stacked`
+unstacking into `<prefix>.<i>.`). This module turns a model into an HF state dict and back,
+checking key sets and shapes with errors that name the offending keys.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from haliax.partitioning import ResourceMapping
+from haliax.state_dict import (
+    flatten_modules_for_export,
+    from_torch_compatible_state_dict,
+    to_state_dict,
+    to_torch_compatible_state_dict,
+)
+
+from lm.models.lm_model import LmConfig, LmHeadModel, LmT
+
+if TYPE_CHECKING:
+    from lm.models.hf.converter import HFCheckpointConverter
+
+
+@dataclasses.dataclass(frozen=True)
+class HFCompatConfig(LmConfig[LmT], abc.ABC):
+    """An `LmConfig` with a Hugging Face counterpart."""
+
+    hf_architecture: ClassVar[str]
+    """The HF `architectures` entry written to config.json, e.g. "GPT2LMHeadModel"."""
+
+    hf_model_type: ClassVar[str]
+    """The HF `model_type`, e.g. "gpt2"."""
+
+    hf_base_model_prefix: ClassVar[str]
+    """HF's `base_model_prefix` ("transformer" for GPT-2, "model" for Llama); checkpoints of
+    the bare base model omit it and get it added on load."""
+
+    @abc.abstractmethod
+    def to_hf_config(self, vocab_size: int, config_overrides: Mapping[str, Any] | None = None):
+        """The equivalent `transformers` config; `config_overrides` are set on top."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_hf_config(cls, hf_config) -> HFCompatConfig:
+        """The equivalent config from a `transformers` config object."""
+
+    def hf_checkpoint_converter(self, ref_checkpoint: str | None = None) -> HFCheckpointConverter:
+        """A converter that loads and saves HF checkpoint directories for this config."""
+        from lm.models.hf.converter import HFCheckpointConverter
+
+        reference = ref_checkpoint or getattr(self, "reference_checkpoint", None)
+        return HFCheckpointConverter(type(self), reference_checkpoint=reference)
+
+    def hf_ignored_keys(self) -> tuple[str, ...]:
+        """Regexes of HF checkpoint keys that carry no parameters of ours (e.g. buffers)."""
+        return ()
+
+
+def model_to_hf_state_dict(model: LmHeadModel) -> dict[str, np.ndarray]:
+    """The model's parameters under HF keys, as host numpy arrays (Linear axes flattened,
+    stacked layers unstacked)."""
+    return dict(to_torch_compatible_state_dict(model))
+
+
+def expected_hf_state_dict(template: LmHeadModel) -> dict[str, jax.ShapeDtypeStruct]:
+    """HF keys and shapes a checkpoint must provide for `template` (arrays or shapes)."""
+    arrays = eqx.filter(template, _is_param)
+    return jax.eval_shape(lambda t: to_state_dict(flatten_modules_for_export(t)), arrays)
+
+
+def _is_param(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+def model_from_hf_state_dict(
+    template: LmHeadModel,
+    state_dict: Mapping[str, Any],
+    *,
+    dtype: jnp.dtype | None = jnp.float32,
+    axis_mapping: ResourceMapping | None = None,
+    source: str = "checkpoint",
+) -> LmHeadModel:
+    """Fill `template` (a model or `eqx.filter_eval_shape` of one) from an HF state dict.
+
+    Args:
+        template: the model structure; its values are ignored.
+        state_dict: HF key -> array (numpy or jax).
+        dtype: cast floating parameters to this dtype (None keeps the checkpoint's).
+        axis_mapping: parameter axis mapping used to shard the result.
+        source: where the state dict came from, for error messages.
+
+    Raises:
+        ValueError: missing or unexpected keys, or shape mismatches, listed by name.
+    """
+    config = template.config
+    state_dict = _add_base_prefix(dict(state_dict), config.hf_base_model_prefix)
+    expected = expected_hf_state_dict(template)
+    ignored = [re.compile(p) for p in config.hf_ignored_keys()]
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(
+        k for k in state_dict if k not in expected and not any(p.fullmatch(k) for p in ignored)
+    )
+    mismatched = [
+        f"{k}: {tuple(np.shape(state_dict[k]))} in {source}, expected {tuple(expected[k].shape)}"
+        for k in sorted(expected)
+        if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_abbreviate(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_abbreviate(unexpected)}")
+    if mismatched:
+        problems.append("shape mismatches: " + _abbreviate(mismatched))
+    if problems:
+        raise ValueError(
+            f"{source} does not match {type(config).__name__} "
+            f"({type(template).__name__}): " + "; ".join(problems)
+        )
+
+    def cast(x):
+        x = jnp.asarray(x)
+        if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(dtype)
+        return x
+
+    arrays = {k: cast(state_dict[k]) for k in expected}
+    shapes = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_param(x) else x, template
+    )
+
+    def build(arrays):
+        if axis_mapping is None:
+            return from_torch_compatible_state_dict(shapes, arrays)
+        with hax.axis_mapping(axis_mapping):
+            return from_torch_compatible_state_dict(shapes, arrays)
+
+    model = eqx.filter_jit(build)(arrays)
+    return model
+
+
+def _add_base_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
+    # Checkpoints of HF base models (e.g. the original `gpt2` upload) omit the prefix.
+    if any(k.startswith(prefix + ".") for k in state_dict):
+        return state_dict
+    return {(k if k.startswith("lm_head.") else f"{prefix}.{k}"): v for k, v in state_dict.items()}
+
+
+def _abbreviate(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    if len(items) > limit:
+        shown += f", ... ({len(items) - limit} more)"
+    return shown

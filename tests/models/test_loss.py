@@ -1,0 +1,144 @@
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.models import Gpt2Config, LmExample, compute_next_token_loss
+from lm.models.loss import compute_next_token_loss_and_metrics, next_token_cross_entropy
+
+Batch = hax.Axis("batch", 3)
+Pos = hax.Axis("position", 16)
+Embed = hax.Axis("embed", 8)
+Vocab = hax.Axis("vocab", 37)
+
+
+def _inputs(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    hidden = hax.random.normal(k1, (Batch, Pos, Embed))
+    head = hax.random.normal(k2, (Vocab, Embed))
+    targets = hax.random.randint(k3, (Batch, Pos), 0, Vocab.size)
+    return hidden, head, targets
+
+
+def _reference(hidden, head, targets):
+    logits = np.einsum(
+        "bpe,ve->bpv", np.asarray(hidden.array, np.float64), np.asarray(head.array, np.float64)
+    )
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = np.take_along_axis(logits, np.asarray(targets.array)[..., None], -1)[..., 0]
+    return lse - picked, lse
+
+
+def test_dense_cross_entropy_matches_reference_formula():
+    hidden, head, targets = _inputs()
+    ce, lse = next_token_cross_entropy(hidden, head, targets, Embed=Embed, Vocab=Vocab)
+    ref_ce, ref_lse = _reference(hidden, head, targets)
+    assert ce.dtype == jnp.float32 and ce.axes == (Batch, Pos)
+    np.testing.assert_allclose(ce.array, ref_ce, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse.array, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [1, 8, 10, 37, 64])
+def test_blockwise_matches_dense_value_and_gradient(block_size):
+    hidden, head, targets = _inputs(1)
+
+    def total(hidden, head, block):
+        ce, lse = next_token_cross_entropy(
+            hidden, head, targets, Embed=Embed, Vocab=Vocab, block_size=block
+        )
+        return (ce + 0.1 * hax.square(lse)).sum().array
+
+    dense_value, dense_grads = jax.value_and_grad(total, argnums=(0, 1))(hidden, head, None)
+    value, grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=2)(
+        hidden, head, block_size
+    )
+    np.testing.assert_allclose(value, dense_value, rtol=1e-5)
+    for g, d in zip(grads, dense_grads, strict=True):
+        np.testing.assert_allclose(g.array, d.array, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = Gpt2Config(seq_len=16, hidden_dim=16, num_layers=1, num_heads=2)
+    return config.build(hax.Axis("vocab", 37), key=jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def example():
+    tokens = hax.random.randint(jax.random.PRNGKey(3), (Batch, Pos), 0, 37)
+    extra = hax.random.bernoulli(jax.random.PRNGKey(4), (Batch, Pos), 0.7)
+    return LmExample.causal(tokens, loss_mask=extra)
+
+
+def _per_position_reference(model, example, z_weight=0.0):
+    logits = np.asarray(model(example.tokens).array, dtype=np.float64)
+    tokens = np.asarray(example.tokens.array)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    targets = np.roll(tokens, -1, axis=-1)
+    ce = lse - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return ce + z_weight * lse**2, ce
+
+
+def test_model_loss_reductions_follow_the_masked_formula(model, example):
+    loss_fn = eqx.filter_jit(compute_next_token_loss)
+    per_position, _ = _per_position_reference(model, example)
+    mask = np.asarray(example.loss_mask.array)
+    per = loss_fn(model, example, reduction=None)
+    assert per.axes == (Batch, Pos) and per.dtype == jnp.float32
+    np.testing.assert_allclose(per.array, np.where(mask, per_position, 0.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loss_fn(model, example, reduction="sum").array, (per_position * mask).sum(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        loss_fn(model, example).array, (per_position * mask).sum() / mask.sum(), rtol=1e-5
+    )
+
+
+def test_last_position_never_counts_even_if_the_mask_says_so(model, example):
+    everything = LmExample(example.tokens, hax.ones(example.tokens.axes, dtype=jnp.bool_))
+    per = compute_next_token_loss(model, everything, reduction=None)
+    assert np.all(per.array[:, -1] == 0.0)
+    assert np.all(per.array[:, :-1] > 0.0)
+
+
+def test_z_loss_adds_weighted_squared_normaliser_and_reports_metrics(model, example):
+    per_position, ce = _per_position_reference(model, example, z_weight=1e-2)
+    mask = np.asarray(example.loss_mask.array)
+    loss, metrics = compute_next_token_loss_and_metrics(model, example, z_loss_weight=1e-2)
+    np.testing.assert_allclose(loss.array, (per_position * mask).sum() / mask.sum(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["cross_entropy"], (ce * mask).sum() / mask.sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["z_loss"], ((per_position - ce) * mask).sum() / mask.sum(), rtol=1e-5
+    )
+    _, plain = compute_next_token_loss_and_metrics(model, example)
+    assert set(plain) == {"cross_entropy"}
+
+
+def test_blockwise_model_loss_uses_config_block_size(model, example):
+    import dataclasses
+
+    blocked = dataclasses.replace(
+        model,
+        transformer=dataclasses.replace(
+            model.transformer, config=dataclasses.replace(model.config, cross_entropy_block_size=10)
+        ),
+    )
+    assert blocked.config.cross_entropy_block_size == 10
+    dense_loss, dense_grad = eqx.filter_value_and_grad(
+        lambda m: compute_next_token_loss(m, example).array
+    )(model)
+    loss, grad = eqx.filter_jit(
+        eqx.filter_value_and_grad(lambda m: compute_next_token_loss(m, example).array)
+    )(blocked)
+    np.testing.assert_allclose(loss, dense_loss, rtol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(dense_grad), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_empty_mask_gives_zero_not_nan(model, example):
+    nothing = LmExample(example.tokens, hax.zeros(example.tokens.axes, dtype=jnp.bool_))
+    assert float(compute_next_token_loss(model, nothing).array) == 0.0
