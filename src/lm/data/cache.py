@@ -1,0 +1,583 @@
+"""The tokenized cache: token ids of every document, in TensorStore, with a ledger.
+
+Layout under a cache directory (local path or any fsspec/TensorStore URL):
+
+    <cache>/ledger.json                 what was built from what, and how far it got
+    <cache>/shards/00000/tokens         zarr3 int32[num_tokens]: the shard's documents, concatenated
+    <cache>/shards/00000/offsets        zarr3 int64[num_docs]: end offset of each document
+    ...
+
+One source shard becomes one cache shard, in source order, so the token stream does not
+depend on how many workers built it. Shards are built in parallel by Ray tasks
+(`backend: ray`, the default) or one after another in this process (`backend: local`,
+for tiny builds and `memory://` caches). The ledger lists the shards that are finished;
+after a crash, rebuilding skips them and redoes only the rest. The ledger also records
+fingerprints of the tokenizer (with the BOS/EOS policy) and of the sources: opening a
+cache with a different tokenizer or different sources is an error, never a silent reuse
+or a silent rebuild.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import tensorstore as ts
+
+from lm.data.sources import ShardedSource
+from lm.data.tokenizer import DocumentEncoder
+
+logger = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.json"
+CACHE_FORMAT_VERSION = 1
+TOKENS_CHUNK = 1 << 16
+OFFSETS_CHUNK = 1 << 14
+FLUSH_TOKENS = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheOptions:
+    """How a tokenized cache is built (`cache_options:`)."""
+
+    backend: Literal["ray", "local"] = "ray"
+    """`ray`: shards are Ray tasks (a local Ray cluster is started if none is running);
+    `local`: shards are built one after another in this process (tiny builds, `memory://`)."""
+    num_workers: int | None = None
+    """Shards built at once with `backend: ray`; None = the Ray cluster's CPU count."""
+    batch_size: int = 512
+    """Documents per tokenizer call."""
+
+    def __post_init__(self):
+        if self.backend not in ("ray", "local"):
+            raise ValueError(
+                f"cache_options.backend must be 'ray' or 'local', got {self.backend!r}"
+            )
+        if self.num_workers is not None and self.num_workers <= 0:
+            raise ValueError(
+                f"cache_options.num_workers must be a positive int or null, got {self.num_workers}"
+            )
+        if self.batch_size <= 0:
+            raise ValueError(f"cache_options.batch_size must be positive, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+_CONTEXT: ts.Context | None = None
+_CONTEXT_LOCK = threading.Lock()
+
+
+def _context() -> ts.Context:
+    """One TensorStore context per process: a shared chunk cache, and `memory://` stores
+    that outlive a single open."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            _CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 256 << 20}})
+        return _CONTEXT
+
+
+def _kvstore_url(url: str) -> str:
+    if "://" not in url:
+        return "file://" + os.path.abspath(os.path.expanduser(url))
+    return url
+
+
+def _join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def _array_spec(url: str, dtype: str, chunk: int) -> dict:
+    return {
+        "driver": "zarr3",
+        "kvstore": _kvstore_url(url),
+        "metadata": {
+            "shape": [0],
+            "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk]}},
+            "codecs": [
+                {"name": "bytes", "configuration": {"endian": "little"}},
+                {"name": "zstd", "configuration": {"level": 1}},
+            ],
+        },
+    }
+
+
+def _create_array(url: str, dtype: str, chunk: int) -> ts.TensorStore:
+    return ts.open(
+        _array_spec(url, dtype, chunk), create=True, delete_existing=True, context=_context()
+    ).result()
+
+
+def _open_array(url: str) -> ts.Future:
+    return ts.open({"driver": "zarr3", "kvstore": _kvstore_url(url)}, open=True, context=_context())
+
+
+class _Appender:
+    """Appends to a growing 1-D TensorStore array."""
+
+    def __init__(self, array: ts.TensorStore):
+        self.array = array
+        self.size = 0
+
+    def append(self, data: np.ndarray) -> None:
+        if data.size == 0:
+            return
+        end = self.size + data.size
+        self.array = self.array.resize(exclusive_max=[end], expand_only=True).result()
+        self.array[self.size : end].write(data).result()
+        self.size = end
+
+
+# ---------------------------------------------------------------------------- ledger
+
+
+@dataclasses.dataclass
+class ShardStats:
+    num_docs: int
+    num_tokens: int
+    skipped_lines: int = 0
+
+
+@dataclasses.dataclass
+class CacheLedger:
+    tokenizer: str
+    tokenizer_fingerprint: str
+    source: str
+    source_fingerprint: str
+    shards: list[str]
+    finished: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
+    complete: bool = False
+    version: int = CACHE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        return json.dumps(d, indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> CacheLedger:
+        d = json.loads(text)
+        d["finished"] = {k: ShardStats(**v) for k, v in d["finished"].items()}
+        return CacheLedger(**d)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.finished.values())
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.num_docs for s in self.finished.values())
+
+
+def read_ledger(cache_dir: str) -> CacheLedger | None:
+    fs, path = fsspec.core.url_to_fs(_join(cache_dir, LEDGER_NAME))
+    if not fs.exists(path):
+        return None
+    try:
+        return CacheLedger.from_json(fs.cat_file(path).decode("utf-8"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"the cache ledger {_join(cache_dir, LEDGER_NAME)} is unreadable ({e}); "
+            "delete the cache directory to rebuild it"
+        ) from e
+
+
+def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
+    """Write the ledger atomically: a local file via rename, an object store via one put."""
+    url = _join(cache_dir, LEDGER_NAME)
+    fs, path = fsspec.core.url_to_fs(url)
+    data = ledger.to_json().encode("utf-8")
+    if "file" in fs.protocol or "local" in fs.protocol:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
+    """Raise if a cache was built from another tokenizer or other sources."""
+    if found.version != expected.version:
+        raise ValueError(
+            f"the cache at {cache_dir} has format version {found.version}, this code reads "
+            f"{expected.version}; delete it or choose another cache_dir"
+        )
+    problems = []
+    if found.tokenizer_fingerprint != expected.tokenizer_fingerprint:
+        problems.append(
+            f"tokenizer: cache built with {found.tokenizer} [{found.tokenizer_fingerprint}], "
+            f"config asks for {expected.tokenizer} [{expected.tokenizer_fingerprint}]"
+        )
+    if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
+        problems.append(
+            f"sources: cache built from {found.source} [{found.source_fingerprint}, "
+            f"{len(found.shards)} shards], config asks for {expected.source} "
+            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]"
+        )
+    if problems:
+        raise ValueError(
+            f"the tokenized cache at {cache_dir} does not match this config ("
+            + "; ".join(problems)
+            + "). Use another cache_dir, or delete this one to rebuild it."
+        )
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def shard_dir(cache_dir: str, index: int) -> str:
+    return _join(cache_dir, "shards", f"{index:05d}")
+
+
+def build_shard(
+    cache_dir: str,
+    index: int,
+    source: ShardedSource,
+    encoder: DocumentEncoder,
+    batch_size: int = 512,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ShardStats:
+    """Tokenize source shard `index` into `<cache>/shards/<index>` (overwriting a partial one).
+
+    `on_progress(num_docs, num_tokens)` is called after each tokenizer batch.
+    """
+    base = shard_dir(cache_dir, index)
+    tokens = _Appender(_create_array(_join(base, "tokens"), "int32", TOKENS_CHUNK))
+    offsets = _Appender(_create_array(_join(base, "offsets"), "int64", OFFSETS_CHUNK))
+    skipped = 0
+
+    def on_bad_line(message: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        if skipped <= 5:
+            logger.warning("skipped: %s", message)
+
+    pending_tokens: list[np.ndarray] = []
+    pending_count = 0
+    num_docs = 0
+
+    def flush() -> None:
+        nonlocal pending_tokens, pending_count
+        if not pending_tokens:
+            return
+        flat = np.concatenate(pending_tokens)
+        ends = tokens.size + np.cumsum([len(t) for t in pending_tokens], dtype=np.int64)
+        tokens.append(flat)
+        offsets.append(ends)
+        pending_tokens, pending_count = [], 0
+
+    batch: list[Any] = []
+
+    def encode(batch: list[Any]) -> None:
+        nonlocal pending_count, num_docs
+        batch_tokens = 0
+        for ids in encoder.encode_batch(batch):
+            if ids.size == 0:
+                continue
+            pending_tokens.append(ids)
+            batch_tokens += ids.size
+            num_docs += 1
+        pending_count += batch_tokens
+        if pending_count >= FLUSH_TOKENS:
+            flush()
+        if on_progress is not None:
+            on_progress(len(batch), batch_tokens)
+
+    for doc in source.open_shard(index, on_bad_line):
+        batch.append(doc)
+        if len(batch) >= batch_size:
+            encode(batch)
+            batch = []
+    if batch:
+        encode(batch)
+    flush()
+    if skipped:
+        logger.warning(
+            "shard %d (%s): skipped %d bad lines", index, source.shard_names()[index], skipped
+        )
+    return ShardStats(num_docs=num_docs, num_tokens=tokens.size, skipped_lines=skipped)
+
+
+def _expected_ledger(source: ShardedSource, encoder: DocumentEncoder) -> CacheLedger:
+    return CacheLedger(
+        tokenizer=encoder.describe(),
+        tokenizer_fingerprint=encoder.fingerprint(),
+        source=source.describe(),
+        source_fingerprint=source.fingerprint(),
+        shards=source.shard_names(),
+    )
+
+
+def build_or_load_cache(
+    cache_dir: str,
+    source: ShardedSource,
+    encoder: DocumentEncoder,
+    options: CacheOptions = CacheOptions(),
+    *,
+    ray_config=None,
+    progress: bool = False,
+) -> TokenCache:
+    """Open the cache at `cache_dir`, building (or finishing) it first if needed.
+
+    Args:
+        cache_dir: local path or URL of this split's cache.
+        source: the documents.
+        encoder: tokenizer + BOS/EOS policy.
+        options: backend and sizes.
+        ray_config: an `lm.distributed.RayConfig` for `backend: ray` (default: `RayConfig()`,
+            which connects to a running Ray or starts a local cluster).
+        progress: show a progress bar (docs/s, tokens/s) on stderr.
+
+    Raises:
+        ValueError: the cache exists but was built from another tokenizer or sources.
+    """
+    expected = _expected_ledger(source, encoder)
+    ledger = read_ledger(cache_dir)
+    if ledger is not None:
+        check_compatible(cache_dir, ledger, expected)
+        if ledger.complete:
+            return TokenCache(cache_dir, ledger)
+        logger.info(
+            "Resuming the cache build at %s: %d of %d shards are already finished",
+            cache_dir,
+            len(ledger.finished),
+            len(ledger.shards),
+        )
+    else:
+        ledger = expected
+        write_ledger(cache_dir, ledger)
+    if not _is_builder_process():
+        return _wait_for_cache(cache_dir, expected)
+
+    pending = [i for i, name in enumerate(ledger.shards) if name not in ledger.finished]
+    logger.info(
+        "Building the tokenized cache at %s: %s, tokenizer %s, %d shards to build (%s backend)",
+        cache_dir,
+        expected.source,
+        expected.tokenizer,
+        len(pending),
+        options.backend,
+    )
+    bar = _Progress(ledger, enabled=progress)
+    try:
+        if options.backend == "local":
+            _build_local(cache_dir, source, encoder, options, ledger, pending, bar)
+        else:
+            _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_config)
+    finally:
+        bar.close()
+    ledger.complete = True
+    write_ledger(cache_dir, ledger)
+    skipped = sum(s.skipped_lines for s in ledger.finished.values())
+    logger.info(
+        "Cache at %s is complete: %d documents, %d tokens%s",
+        cache_dir,
+        ledger.num_docs,
+        ledger.num_tokens,
+        f", {skipped} bad lines skipped" if skipped else "",
+    )
+    return TokenCache(cache_dir, ledger)
+
+
+def _is_builder_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _wait_for_cache(cache_dir: str, expected: CacheLedger, poll_s: float = 5.0) -> TokenCache:
+    logger.info("Waiting for process 0 to build the cache at %s", cache_dir)
+    while True:
+        ledger = read_ledger(cache_dir)
+        if ledger is not None:
+            check_compatible(cache_dir, ledger, expected)
+            if ledger.complete:
+                return TokenCache(cache_dir, ledger)
+        time.sleep(poll_s)
+
+
+class _Progress:
+    def __init__(self, ledger: CacheLedger, enabled: bool):
+        self.ledger = ledger
+        self.bar = None
+        self.start = time.perf_counter()
+        self.docs = 0
+        self.tokens = 0
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=len(ledger.shards), initial=len(ledger.finished), unit="shard", desc="cache"
+            )
+
+    def batch_done(self, num_docs: int, num_tokens: int) -> None:
+        """Progress inside a shard (local backend)."""
+        self.docs += num_docs
+        self.tokens += num_tokens
+        self._postfix()
+
+    def shard_done(self, stats: ShardStats, counted: bool) -> None:
+        if not counted:
+            self.docs += stats.num_docs
+            self.tokens += stats.num_tokens
+        self._postfix()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix(
+                docs_per_s=f"{self.docs / elapsed:,.0f}",
+                tokens_per_s=f"{self.tokens / elapsed:,.0f}",
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _record(cache_dir, ledger: CacheLedger, index: int, stats: ShardStats, bar, counted) -> None:
+    ledger.finished[ledger.shards[index]] = stats
+    write_ledger(cache_dir, ledger)
+    bar.shard_done(stats, counted)
+
+
+def _build_local(cache_dir, source, encoder, options, ledger, pending, bar) -> None:
+    for index in pending:
+        stats = build_shard(cache_dir, index, source, encoder, options.batch_size, bar.batch_done)
+        _record(cache_dir, ledger, index, stats, bar, counted=True)
+
+
+def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_config) -> None:
+    import ray
+
+    from lm.distributed.ray import RayConfig
+
+    if cache_dir.startswith("memory://"):
+        raise ValueError(
+            f"cache_dir {cache_dir!r} is in this process's memory, which Ray workers cannot "
+            "write; use cache_options.backend: local"
+        )
+    if not pending:
+        return
+    ray_config = ray_config if ray_config is not None else RayConfig()
+    if not ray_config.initialize():
+        raise ValueError(
+            "cache_options.backend is 'ray' but no Ray cluster is available (ray.address is "
+            "unset and ray.auto_start_cluster is false); start Ray, set ray.address, or use "
+            "cache_options.backend: local"
+        )
+    cache_dir = _kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
+    num_workers = options.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=1, max_retries=0)(build_shard)
+    in_flight: dict[Any, int] = {}
+    queue = list(pending)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < num_workers:
+                index = queue.pop(0)
+                ref = task.remote(cache_dir, index, source, encoder, options.batch_size)
+                in_flight[ref] = index
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                index = in_flight.pop(ref)
+                try:
+                    stats = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    if isinstance(e.cause, ValueError):
+                        raise ValueError(str(e.cause)) from e
+                    raise
+                _record(cache_dir, ledger, index, stats, bar, counted=False)
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class TokenCache:
+    """A finished tokenized cache: random access to the token stream and document bounds."""
+
+    def __init__(self, cache_dir: str, ledger: CacheLedger | None = None):
+        ledger = ledger if ledger is not None else read_ledger(cache_dir)
+        if ledger is None:
+            raise ValueError(f"no tokenized cache at {cache_dir} (no {LEDGER_NAME})")
+        if not ledger.complete:
+            raise ValueError(f"the tokenized cache at {cache_dir} is not finished; rebuild it")
+        self.cache_dir = cache_dir
+        self.ledger = ledger
+        counts = [ledger.finished[name].num_tokens for name in ledger.shards]
+        self.shard_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        futures = [
+            (
+                _open_array(_join(shard_dir(cache_dir, i), "tokens")),
+                _open_array(_join(shard_dir(cache_dir, i), "offsets")),
+            )
+            for i in range(len(ledger.shards))
+        ]
+        self._tokens = [t.result() for t, _ in futures]
+        ends = [o.result().read().result() for _, o in futures]
+        for i, (arr, count) in enumerate(zip(self._tokens, counts, strict=True)):
+            if arr.shape[0] != count:
+                raise ValueError(
+                    f"cache shard {shard_dir(cache_dir, i)} holds {arr.shape[0]} tokens but the "
+                    f"ledger says {count}; the cache is damaged, delete it to rebuild"
+                )
+        self.doc_ends = np.concatenate(
+            [e.astype(np.int64) + s for e, s in zip(ends, self.shard_starts[:-1], strict=True)]
+            or [np.zeros(0, np.int64)]
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.shard_starts[-1])
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_ends)
+
+    def doc_index(self, positions: np.ndarray) -> np.ndarray:
+        """The index of the document each global token position belongs to."""
+        return np.searchsorted(self.doc_ends, positions, side="right")
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """The tokens of each global [start, stop) range, read concurrently."""
+        pieces: list[list[tuple[ts.Future, int]]] = []
+        for start, stop in ranges:
+            if not 0 <= start <= stop <= self.num_tokens:
+                raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
+            parts = []
+            shard = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+            pos = start
+            while pos < stop:
+                base, end = self.shard_starts[shard], self.shard_starts[shard + 1]
+                take = min(stop, end)
+                if take > pos:
+                    parts.append(self._tokens[shard][pos - base : take - base].read())
+                pos = max(pos, take)
+                shard += 1
+            pieces.append(parts)
+        out = []
+        for parts in pieces:
+            arrays = [p.result() for p in parts]
+            if not arrays:
+                out.append(np.zeros(0, np.int32))
+            else:
+                out.append(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        return out

@@ -1,0 +1,477 @@
+"""Data configs: `LMDatasetConfig` (one source) and `LMMixtureDatasetConfig` (weighted sources).
+
+Both build packed, optionally shuffled `AsyncDataset[LmExample]`s:
+
+    train = config.train_set(Pos, key=data_key, batch_schedule=schedule)
+    evals = config.validation_sets(Pos)   # {name: dataset}; "" for a single source
+
+A single-source config with no source field set (`train_urls`, `validation_urls`, `id`,
+`builtin`) uses the embedded corpus (`builtin: stdlib`, the Python standard library)
+with the builtin tokenizer: a run works with no network and no data download.
+
+Tokenized caches go under `cache_dir`: `<cache_dir>/train` and `<cache_dir>/validation`
+for one source; `<cache_dir>/<name>/<split>` for a mixture component, or
+`<component cache_dir>/<split>` if the component sets its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import field
+
+import haliax as hax
+
+from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
+from lm.data.dataset import AsyncDataset
+from lm.data.mixture import MixtureDataset, MixtureStage
+from lm.data.packing import CausalLmDataset
+from lm.data.permutation import PERMUTATION_TYPES, mix_seed, seed_from_key
+from lm.data.sources import BUILTIN_SOURCES, HfSource, ShardedSource, StdlibSource, UrlSource
+from lm.data.tokenizer import PASSTHROUGH_TOKENIZER_NAME, DocumentEncoder
+from lm.models.lm_model import LmExample
+from lm.schedule import BatchSchedule
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation")
+
+
+def did_you_mean(value: str, allowed) -> str:
+    close = difflib.get_close_matches(value, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceFields:
+    """Where one source's documents come from (exactly one kind: URLs, HF id, builtin)."""
+
+    train_urls: list[str] = field(default_factory=list)
+    """Training files: brace ranges (`{1..128}`), alternatives (`{a,b}`) and globs over any
+    fsspec filesystem (local, `file://`, `memory://`, `gs://`, `s3://`, `https://`)."""
+    validation_urls: list[str] = field(default_factory=list)
+    """Validation files, same syntax as `train_urls`."""
+    id: str | None = None
+    """An HF `datasets` dataset: a hub id (from the local HF cache when offline) or a local
+    directory (`save_to_disk` output or a folder of data files)."""
+    name: str | None = None
+    """The HF dataset's config name (e.g. `wikitext-103-raw-v1`)."""
+    train_split: str = "train"
+    """The HF split used for training."""
+    validation_split: str | None = "validation"
+    """The HF split used for validation; None for none. A dataset without it has no
+    validation set (logged)."""
+    stream: bool = True
+    """Accepted for Levanter compatibility; documents are always read shard by shard."""
+    text_key: str = "text"
+    """The JSON key / parquet column / HF column holding the text (or token ids)."""
+    plaintext: bool = False
+    """Read every file as plain text, one document per non-empty line, whatever its name."""
+    skip_bad_lines: bool = False
+    """Skip (and count) malformed JSON lines instead of failing."""
+    builtin: str | None = None
+    """A builtin corpus: `stdlib` (the Python standard library sources, ~2% validation)."""
+
+    def _validate_source(self, where: str) -> None:
+        kinds = [
+            k
+            for k, on in (
+                ("train_urls/validation_urls", bool(self.train_urls or self.validation_urls)),
+                ("id", self.id is not None),
+                ("builtin", self.builtin is not None),
+            )
+            if on
+        ]
+        if len(kinds) > 1:
+            raise ValueError(f"{where}: set only one kind of source, got {' and '.join(kinds)}")
+        if self.builtin is not None and self.builtin not in BUILTIN_SOURCES:
+            raise ValueError(
+                f"{where}builtin: unknown builtin corpus {self.builtin!r}; allowed: "
+                f"{', '.join(BUILTIN_SOURCES)}{did_you_mean(self.builtin, BUILTIN_SOURCES)}"
+            )
+        for f in ("train_urls", "validation_urls"):
+            value = getattr(self, f)
+            if isinstance(value, str):
+                raise ValueError(f"{where}{f} must be a list of URLs, got the string {value!r}")
+        if not self.text_key:
+            raise ValueError(f"{where}text_key must be a non-empty string")
+
+    def has_source(self) -> bool:
+        return bool(self.train_urls or self.validation_urls or self.id or self.builtin)
+
+    def has_split(self, split: str) -> bool:
+        if self.builtin is not None:
+            return True
+        if self.id is not None:
+            return split == "train" or self.validation_split is not None
+        return bool(self.train_urls if split == "train" else self.validation_urls)
+
+    def source_for(self, split: str, where: str = "data.") -> ShardedSource | None:
+        """The documents of `split`, or None when this source has none for it."""
+        if not self.has_split(split):
+            return None
+        if self.builtin is not None:
+            return StdlibSource(split)
+        if self.id is not None:
+            hf_split = self.train_split if split == "train" else self.validation_split
+            try:
+                return HfSource.load(self.id, self.name, hf_split, self.text_key)
+            except ValueError as e:
+                if split == "validation" and f"no split {hf_split!r}" in str(e):
+                    logger.warning("%s: no validation set (%s)", where.rstrip("."), e)
+                    return None
+                raise
+        urls = self.train_urls if split == "train" else self.validation_urls
+        return UrlSource.from_patterns(
+            urls,
+            text_key=self.text_key,
+            plaintext=self.plaintext,
+            skip_bad_lines=self.skip_bad_lines,
+            field=f"{where}{split}_urls",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LMDatasetSourceConfig(_SourceFields):
+    """One component of a mixture (`configs: {name: ...}`)."""
+
+    cache_dir: str | None = None
+    """This component's cache directory; default `<mixture cache_dir>/<name>`."""
+
+    def __post_init__(self):
+        self._validate_source("")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTaskConfig:
+    """Tokenization, caching and shuffling, shared by single sources and mixtures."""
+
+    tokenizer: str = "builtin"
+    """`builtin` (no network), `passthrough`, a local/fsspec tokenizer directory, or an HF
+    hub name (from the local HF cache when offline). Levanter's default is `gpt2`."""
+    vocab_size: int | None = None
+    """The vocabulary size for `tokenizer: passthrough` (ids must be below it)."""
+    cache_dir: str = "cache/"
+    """Where tokenized caches go (local path or URL such as `gs://bucket/cache/`)."""
+    cache_options: CacheOptions = field(default_factory=CacheOptions)
+    """How the cache is built (Ray or in-process, workers, batch size)."""
+    enforce_eos: bool = True
+    """End every document with EOS (unless the tokenizer already does)."""
+    add_bos: bool | None = None
+    """None: the tokenizer's own behaviour; true: every document starts with BOS; false: a
+    BOS the tokenizer adds is removed."""
+    ignore_token_id: int | None = None
+    """Predictions of this token id never count in the loss (e.g. a padding id)."""
+    shuffle: bool | int = False
+    """false: cache order; true: a full deterministic shuffle; an int: shuffle within eras
+    of that many examples (windows)."""
+    permutation_type: str = "feistel"
+    """The shuffle's permutation: `feistel` (good mixing) or `linear` (`a*i+b mod n`)."""
+    data_seed: int | None = None
+    """Seed for shuffling and mixture sampling; None uses the key the trainer passes (its
+    data key), so set this to change the data order without changing the model init."""
+
+    def _validate_task(self) -> None:
+        if self.tokenizer == PASSTHROUGH_TOKENIZER_NAME:
+            if self.vocab_size is None or self.vocab_size <= 0:
+                raise ValueError(
+                    f"data.vocab_size must be a positive int with tokenizer: passthrough, "
+                    f"got {self.vocab_size!r}"
+                )
+        elif self.vocab_size is not None:
+            raise ValueError(
+                f"data.vocab_size ({self.vocab_size}) is only for tokenizer: passthrough; "
+                f"tokenizer {self.tokenizer!r} has its own vocabulary. Remove vocab_size."
+            )
+        if not self.tokenizer:
+            raise ValueError("data.tokenizer must be a non-empty name or path")
+        if not self.cache_dir:
+            raise ValueError("data.cache_dir must be a non-empty path or URL")
+        if isinstance(self.shuffle, bool):
+            pass
+        elif not isinstance(self.shuffle, int) or self.shuffle <= 0:
+            raise ValueError(
+                f"data.shuffle must be true, false or a positive era length, got {self.shuffle!r}"
+            )
+        if self.permutation_type not in PERMUTATION_TYPES:
+            raise ValueError(
+                f"data.permutation_type must be one of {PERMUTATION_TYPES}, got "
+                f"{self.permutation_type!r}{did_you_mean(self.permutation_type, PERMUTATION_TYPES)}"
+            )
+        if self.ignore_token_id is not None and self.ignore_token_id < 0:
+            raise ValueError(f"data.ignore_token_id must be >= 0, got {self.ignore_token_id}")
+        if not isinstance(self.cache_options, CacheOptions):
+            raise ValueError(
+                f"data.cache_options must be a CacheOptions, got {self.cache_options!r}"
+            )
+
+    @property
+    def encoder(self) -> DocumentEncoder:
+        return DocumentEncoder(self.tokenizer, self.vocab_size, self.enforce_eos, self.add_bos)
+
+    @functools.cached_property
+    def the_tokenizer(self):
+        """The tokenizer (a `transformers.PreTrainedTokenizerBase`), loaded once."""
+        return self.encoder.hf_tokenizer
+
+    def _shuffle_seed(self, key) -> int | None:
+        if self.data_seed is not None:
+            return mix_seed(self.data_seed)
+        if key is not None:
+            return seed_from_key(key)
+        return None
+
+    def _shuffled(self, ds: AsyncDataset, seed: int | None, what: str) -> AsyncDataset:
+        if self.shuffle is False:
+            return ds
+        if seed is None:
+            raise ValueError(
+                f"data.shuffle is {self.shuffle!r} but {what} got no key: pass key= or set "
+                "data.data_seed"
+            )
+        from lm.data.dataset import EraShuffledDataset, PermutedDataset
+
+        if self.shuffle is True:
+            return PermutedDataset(ds, seed, self.permutation_type)
+        return EraShuffledDataset(ds, int(self.shuffle), seed, self.permutation_type)
+
+    def _build_cache(
+        self, source: ShardedSource, cache_dir: str, *, progress: bool = False, ray_config=None
+    ) -> TokenCache:
+        return build_or_load_cache(
+            cache_dir,
+            source,
+            self.encoder,
+            self.cache_options,
+            ray_config=ray_config,
+            progress=progress,
+        )
+
+    def _packed(self, cache: TokenCache, Pos: hax.Axis, what: str) -> CausalLmDataset:
+        ds = CausalLmDataset(cache, Pos, ignore_id=self.ignore_token_id)
+        if len(ds) == 0:
+            raise ValueError(
+                f"{what} has {cache.num_tokens} tokens ({cache.num_docs} documents), fewer than "
+                f"one window of seq_len={Pos.size}; add data or lower seq_len (cache: "
+                f"{cache.cache_dir})"
+            )
+        return ds
+
+
+@dataclasses.dataclass(frozen=True)
+class LMDatasetConfig(_SourceFields, LMTaskConfig):
+    """One source of documents (`data:`); the embedded corpus when no source is set."""
+
+    def __post_init__(self):
+        self._validate_source("data.")
+        self._validate_task()
+
+    @property
+    def effective_source(self) -> _SourceFields:
+        if self.has_source():
+            return self
+        return dataclasses.replace(self, builtin="stdlib")
+
+    def cache_dir_for(self, split: str) -> str:
+        return _join(self.cache_dir, split)
+
+    def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
+        """Build (or open) the cache of every split this source has."""
+        out = {}
+        for split in SPLITS:
+            source = self.effective_source.source_for(split)
+            if source is not None:
+                out[split] = self._build_cache(
+                    source, self.cache_dir_for(split), progress=progress, ray_config=ray_config
+                )
+        return out
+
+    def _split_cache(self, split: str) -> TokenCache | None:
+        src = self.effective_source
+        if not self.has_source():
+            logger.info("data: no source set, using the embedded corpus (builtin: stdlib)")
+        source = src.source_for(split)
+        if source is None:
+            return None
+        logger.info("data %s: %s, tokenizer %s", split, source.describe(), self.tokenizer)
+        return self._build_cache(source, self.cache_dir_for(split))
+
+    def train_set(
+        self, Pos: hax.Axis, *, key=None, batch_schedule: BatchSchedule | None = None
+    ) -> AsyncDataset[LmExample]:
+        """Packed training windows over `Pos`, shuffled per `shuffle` (needs `key` or
+        `data_seed` when shuffling). `batch_schedule` is unused for a single source."""
+        cache = self._split_cache("train")
+        if cache is None:
+            raise ValueError(
+                "data: no training data (set train_urls, id or builtin, or nothing at all for "
+                "the embedded corpus)"
+            )
+        ds = self._packed(cache, Pos, "the training data")
+        return self._shuffled(ds, self._shuffle_seed(key), "train_set")
+
+    def validation_sets(self, Pos: hax.Axis) -> dict[str, AsyncDataset[LmExample]]:
+        """`{"": dataset}` when this source has validation data, else `{}` (unshuffled)."""
+        cache = self._split_cache("validation")
+        if cache is None:
+            return {}
+        return {"": self._packed(cache, Pos, "the validation data")}
+
+
+@dataclasses.dataclass(frozen=True)
+class LMMixtureDatasetConfig(LMTaskConfig):
+    """Several named sources sampled with weights (`data: {configs: ..., train_weights: ...}`)."""
+
+    configs: dict[str, LMDatasetSourceConfig] = field(default_factory=dict)
+    """The components, by name. The name is used in cache paths and `eval/<name>/loss`."""
+    train_weights: dict[str, float] | list[tuple[int, dict[str, float]]] = field(
+        default_factory=dict
+    )
+    """Sampling weights (normalized): `{name: weight}`, or a schedule `[[step, {name:
+    weight}], ...]` starting at step 0. A component left out has weight 0 (validation only)."""
+    mixture_block_size: int = 2048
+    """Each block of this many consecutive examples has fixed per-component counts
+    (largest remainder of weight * block size) in a seeded random order."""
+    stop_strategy: str = "restart"
+    """`restart`: a component that runs out starts over (the mixture is infinite)."""
+
+    def __post_init__(self):
+        self._validate_task()
+        if not self.configs:
+            raise ValueError("data.configs must name at least one source")
+        for name, cfg in self.configs.items():
+            if not name or "/" in name:
+                raise ValueError(
+                    f"data.configs: component name {name!r} must be non-empty without '/'"
+                )
+            if not isinstance(cfg, LMDatasetSourceConfig):
+                raise ValueError(f"data.configs.{name} must be a source config, got {cfg!r}")
+        if self.mixture_block_size <= 0:
+            raise ValueError(
+                f"data.mixture_block_size must be positive, got {self.mixture_block_size}"
+            )
+        if self.stop_strategy != "restart":
+            raise ValueError(
+                f"data.stop_strategy: only 'restart' is supported, got {self.stop_strategy!r}"
+            )
+        stages = self.weight_stages
+        for step, weights in stages:
+            for name, w in weights.items():
+                if name not in self.configs:
+                    raise ValueError(
+                        f"data.train_weights (step {step}): unknown component {name!r}; "
+                        f"components: {', '.join(self.configs)}{did_you_mean(name, self.configs)}"
+                    )
+                if not w >= 0:
+                    raise ValueError(
+                        f"data.train_weights (step {step}): weight of {name!r} must be >= 0, got {w}"
+                    )
+            if sum(weights.values()) <= 0:
+                raise ValueError(f"data.train_weights (step {step}): all weights are zero")
+        for name in self.components_with_weight():
+            if not self.configs[name].has_split("train"):
+                raise ValueError(
+                    f"data.configs.{name} has train weight > 0 but no training source "
+                    "(set train_urls, id or builtin)"
+                )
+
+    @property
+    def weight_stages(self) -> list[tuple[int, dict[str, float]]]:
+        w = self.train_weights
+        if isinstance(w, Mapping):
+            if not w:
+                raise ValueError("data.train_weights must give at least one component a weight")
+            return [(0, dict(w))]
+        stages = [(int(step), dict(weights)) for step, weights in w]
+        if not stages:
+            raise ValueError("data.train_weights must have at least one [step, weights] stage")
+        if stages[0][0] != 0:
+            raise ValueError(
+                f"data.train_weights: the first stage must start at step 0, not {stages[0][0]}"
+            )
+        for (a, _), (b, _) in zip(stages, stages[1:], strict=False):
+            if b <= a:
+                raise ValueError(f"data.train_weights: stage steps must increase, got {a} then {b}")
+        return stages
+
+    def components_with_weight(self) -> list[str]:
+        names = {n for _, w in self.weight_stages for n, v in w.items() if v > 0}
+        return [n for n in self.configs if n in names]
+
+    def cache_dir_for(self, name: str, split: str) -> str:
+        own = self.configs[name].cache_dir
+        return _join(own if own else _join(self.cache_dir, name), split)
+
+    def _component_cache(self, name: str, split: str, **kw) -> TokenCache | None:
+        source = self.configs[name].source_for(split, where=f"data.configs.{name}.")
+        if source is None:
+            return None
+        logger.info("data %s/%s: %s, tokenizer %s", name, split, source.describe(), self.tokenizer)
+        return self._build_cache(source, self.cache_dir_for(name, split), **kw)
+
+    def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
+        """Build (or open) every component's caches; keys are `<name>/<split>`."""
+        out = {}
+        for name in self.configs:
+            for split in SPLITS:
+                cache = self._component_cache(name, split, progress=progress, ray_config=ray_config)
+                if cache is not None:
+                    out[f"{name}/{split}"] = cache
+        return out
+
+    def train_set(
+        self, Pos: hax.Axis, *, key=None, batch_schedule: BatchSchedule | None = None
+    ) -> AsyncDataset[LmExample]:
+        """An infinite mixture of the weighted components' packed windows.
+
+        Args:
+            Pos: the position axis (its size is seq_len).
+            key: PRNG key for the block order and shuffles (ignored if `data_seed` is set).
+            batch_schedule: converts weight-stage steps into example offsets; required when
+                `train_weights` has more than one stage.
+        """
+        seed = self._shuffle_seed(key)
+        if seed is None:
+            raise ValueError(
+                "a mixture's train_set needs key= or data.data_seed (block sampling is seeded)"
+            )
+        stages = self.weight_stages
+        if len(stages) > 1 and batch_schedule is None:
+            raise ValueError(
+                "data.train_weights has several stages; train_set needs batch_schedule="
+            )
+        components: dict[str, AsyncDataset] = {}
+        for name in self.components_with_weight():
+            cache = self._component_cache(name, "train")
+            assert cache is not None
+            ds = self._packed(cache, Pos, f"data.configs.{name} (training)")
+            components[name] = self._shuffled(ds, mix_seed(seed, _stable_hash(name)), "train_set")
+        mixture_stages = [
+            MixtureStage(
+                start_index=0 if step == 0 else batch_schedule.global_data_offset_by_step(step),
+                weights={n: float(w.get(n, 0.0)) for n in components},
+            )
+            for step, w in stages
+        ]
+        return MixtureDataset(components, mixture_stages, self.mixture_block_size, seed)
+
+    def validation_sets(self, Pos: hax.Axis) -> dict[str, AsyncDataset[LmExample]]:
+        """`{name: dataset}` for every component with validation data."""
+        out = {}
+        for name in self.configs:
+            cache = self._component_cache(name, "validation")
+            if cache is not None:
+                out[name] = self._packed(cache, Pos, f"data.configs.{name} (validation)")
+        return out
+
+
+def _stable_hash(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")

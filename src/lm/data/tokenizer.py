@@ -1,0 +1,266 @@
+"""Loading tokenizers and turning documents into token ids (the BOS/EOS policy).
+
+`tokenizer:` names one of:
+- `builtin`: the project's byte-level BPE trained on the embedded corpus (no network);
+- `passthrough`: documents are already token ids (a JSON list of ints, or a string of
+  whitespace-separated ints); `vocab_size` is required and every id must be below it;
+- a local directory or an fsspec URL of a directory holding an HF tokenizer;
+- an HF hub name (`gpt2`, `meta-llama/...`), taken from the local HF cache first; the
+  network is tried only when it is not cached, and a clear error says so if that fails.
+
+`DocumentEncoder` is the picklable recipe a cache builder ships to its workers: it loads
+the tokenizer lazily in the worker and applies the BOS/EOS policy:
+- `enforce_eos: true` appends EOS to every document unless the tokenizer already adds it;
+- `add_bos: null` keeps whatever the tokenizer does; `true` makes every document start
+  with BOS; `false` removes a BOS the tokenizer would add.
+Long documents are never truncated: the dataset cuts the token stream into windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lm.data.builtin_tokenizer import BUILTIN_TOKENIZER_NAME, load_builtin_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PASSTHROUGH_TOKENIZER_NAME = "passthrough"
+
+
+def _passthrough_class():
+    from transformers import PreTrainedTokenizer
+
+    class PassthroughTokenizer(PreTrainedTokenizer):
+        """A tokenizer for pre-tokenized data: the text "5 17 3" is the ids [5, 17, 3]."""
+
+        model_input_names = ["input_ids"]
+
+        def __init__(self, vocab_size: int, **kwargs):
+            self._vocab_size = vocab_size
+            super().__init__(**kwargs)
+
+        @property
+        def vocab_size(self) -> int:
+            return self._vocab_size
+
+        def __len__(self) -> int:
+            return self._vocab_size
+
+        def get_vocab(self) -> dict[str, int]:
+            return {str(i): i for i in range(self._vocab_size)}
+
+        def _tokenize(self, text: str, **kwargs) -> list[str]:
+            return text.split()
+
+        def _convert_token_to_id(self, token: str) -> int:
+            value = int(token)
+            if not 0 <= value < self._vocab_size:
+                raise ValueError(f"token id {value} is outside [0, vocab_size={self._vocab_size})")
+            return value
+
+        def _convert_id_to_token(self, index: int) -> str:
+            return str(index)
+
+        def convert_tokens_to_string(self, tokens: list[str]) -> str:
+            return " ".join(tokens)
+
+        def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None):
+            return ()
+
+    return PassthroughTokenizer
+
+
+def passthrough_tokenizer(vocab_size: int):
+    """A `transformers` tokenizer whose tokens are the decimal ids themselves."""
+    return _passthrough_class()(vocab_size)
+
+
+def _download_dir(url: str) -> str:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.isdir(root):
+        raise ValueError(f"tokenizer {url!r}: no such directory")
+    local = tempfile.mkdtemp(prefix="lm-tokenizer-")
+    for path in fs.ls(root, detail=False):
+        if fs.isfile(path):
+            fs.get(path, os.path.join(local, os.path.basename(path)))
+    return local
+
+
+@functools.lru_cache(maxsize=16)
+def load_tokenizer(name: str, vocab_size: int | None = None):
+    """Load a tokenizer by name (see the module docstring). Cached per process.
+
+    Returns:
+        a `transformers.PreTrainedTokenizerBase`.
+    """
+    from transformers import AutoTokenizer
+
+    if name == BUILTIN_TOKENIZER_NAME:
+        return load_builtin_tokenizer()
+    if name == PASSTHROUGH_TOKENIZER_NAME:
+        if vocab_size is None or vocab_size <= 0:
+            raise ValueError(
+                f"tokenizer: passthrough needs vocab_size (a positive int), got {vocab_size!r}"
+            )
+        return passthrough_tokenizer(vocab_size)
+    path = name[len("file://") :] if name.startswith("file://") else name
+    if os.path.isdir(os.path.expanduser(path)):
+        return AutoTokenizer.from_pretrained(os.path.expanduser(path))
+    if "://" in name:
+        return AutoTokenizer.from_pretrained(_download_dir(name))
+    import huggingface_hub.constants
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as cached_error:
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise ValueError(
+                f"tokenizer {name!r} is not a local directory and not in the local HF cache, "
+                "and HF_HUB_OFFLINE is set. Use 'builtin', 'passthrough', a local tokenizer "
+                "directory, or download it first (huggingface-cli download)."
+            ) from cached_error
+        logger.info("tokenizer %r is not in the local HF cache; trying the hub", name)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise ValueError(
+            f"tokenizer {name!r} is not a local directory, not in the local HF cache, and could "
+            f"not be downloaded ({type(e).__name__}: {e}). Use 'builtin', 'passthrough', a local "
+            "tokenizer directory, or download it first (huggingface-cli download)."
+        ) from e
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides the ids a tokenizer produces."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(f"bos={tokenizer.bos_token_id} eos={tokenizer.eos_token_id}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentEncoder:
+    """Turns documents into token-id arrays: tokenizer + BOS/EOS policy. Picklable."""
+
+    tokenizer: str
+    vocab_size: int | None = None
+    enforce_eos: bool = True
+    add_bos: bool | None = None
+
+    @functools.cached_property
+    def hf_tokenizer(self):
+        return load_tokenizer(self.tokenizer, self.vocab_size)
+
+    @property
+    def is_passthrough(self) -> bool:
+        return self.tokenizer == PASSTHROUGH_TOKENIZER_NAME
+
+    @functools.cached_property
+    def _policy(self) -> tuple[int | None, int | None, bool, bool]:
+        """(bos id to prepend, eos id to append, strip a leading BOS, use the fast backend)."""
+        if self.is_passthrough:
+            if self.enforce_eos or self.add_bos:
+                logger.warning(
+                    "tokenizer: passthrough has no special tokens; enforce_eos/add_bos are ignored"
+                )
+            return None, None, False, False
+        tok = self.hf_tokenizer
+        probe = self._raw_encode(["hi there"])[0]
+        adds_bos = bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id
+        adds_eos = bool(probe) and tok.eos_token_id is not None and probe[-1] == tok.eos_token_id
+        prepend = append = None
+        if self.add_bos and not adds_bos:
+            if tok.bos_token_id is None:
+                raise ValueError(
+                    f"add_bos: true, but tokenizer {self.tokenizer!r} has no BOS token"
+                )
+            prepend = tok.bos_token_id
+        if self.enforce_eos and not adds_eos:
+            if tok.eos_token_id is None:
+                raise ValueError(
+                    f"enforce_eos: true, but tokenizer {self.tokenizer!r} has no EOS token; "
+                    "set enforce_eos: false"
+                )
+            append = tok.eos_token_id
+        strip_bos = self.add_bos is False and adds_bos
+        return prepend, append, strip_bos, True
+
+    def _raw_encode(self, texts: Sequence[str]) -> list[list[int]]:
+        tok = self.hf_tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:
+            return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
+        return tok(list(texts), add_special_tokens=True)["input_ids"]
+
+    def __getstate__(self):
+        # Workers load the tokenizer themselves; never ship the loaded object.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+    def fingerprint(self) -> str:
+        if self.is_passthrough:
+            base = f"passthrough:{self.vocab_size}"
+        else:
+            base = tokenizer_fingerprint(self.hf_tokenizer)
+        return hashlib.sha256(
+            f"{base} enforce_eos={self.enforce_eos} add_bos={self.add_bos}".encode()
+        ).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"{self.tokenizer} (enforce_eos={self.enforce_eos}, add_bos={self.add_bos})"
+
+    def encode_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
+        """Token ids (int32) of each document, with the BOS/EOS policy applied."""
+        if self.is_passthrough:
+            _ = self._policy  # computed once; warns about the ignored options
+            return [self._passthrough_ids(d) for d in docs]
+        prepend, append, strip_bos, _ = self._policy
+        out = []
+        for ids in self._raw_encode([d if isinstance(d, str) else str(d) for d in docs]):
+            if strip_bos and ids:
+                ids = ids[1:]
+            if prepend is not None:
+                ids = [prepend, *ids]
+            if append is not None:
+                ids = [*ids, append]
+            out.append(np.asarray(ids, dtype=np.int32))
+        return out
+
+    def _passthrough_ids(self, doc: Any) -> np.ndarray:
+        if isinstance(doc, str):
+            try:
+                ids = np.asarray([int(t) for t in doc.split()], dtype=np.int64)
+            except ValueError as e:
+                raise ValueError(
+                    f"passthrough document is not whitespace-separated ints: {e}"
+                ) from e
+        else:
+            ids = np.asarray(doc, dtype=np.int64)
+            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                raise ValueError("a passthrough document must be a flat list of int token ids")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = int(ids.max() if ids.max() >= self.vocab_size else ids.min())
+            raise ValueError(
+                f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
+            )
+        return ids.astype(np.int32)

@@ -1,0 +1,76 @@
+"""Ray for distributed preprocessing (`trainer.ray` / `ray:`): `RayConfig`.
+
+By default a Ray cluster is started automatically when something needs one (building a
+tokenized cache with `cache_options.backend: ray`). `address` connects to an existing
+cluster instead; `auto_start_cluster: false` starts nothing.
+
+A locally started cluster gets this checkout's `src` directory first on its workers'
+PYTHONPATH, so workers import the same `lm` as the driver, and no dashboard (it costs
+memory and a port).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    """The Ray cluster to connect to (`ray://host:10001`, `host:6379` or `auto`); None
+    starts a local cluster when one is needed (if `auto_start_cluster`)."""
+    start_workers: bool = True
+    """Whether this process starts Ray workers for the cluster it starts. If false, you
+    start them yourself (`ray start --address ...`) and only the driver connects."""
+    auto_start_cluster: bool = True
+    """Start a Ray cluster automatically when none is running and `address` is unset."""
+
+    def __post_init__(self):
+        if self.address is not None and not self.address.strip():
+            raise ValueError("ray.address must be a non-empty address or null")
+
+    def initialize(self) -> bool:
+        """Connect to (or start) Ray. Returns whether Ray is now initialized.
+
+        Idempotent: an already initialized Ray is kept as is.
+        """
+        import ray
+
+        if ray.is_initialized():
+            return True
+        if self.address is not None:
+            logger.info("Connecting to the Ray cluster at %s", self.address)
+            ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=True)
+            return True
+        if not self.auto_start_cluster:
+            logger.info(
+                "Not starting Ray: ray.address is unset and ray.auto_start_cluster is false"
+            )
+            return False
+        src = str(pathlib.Path(__file__).resolve().parents[2])
+        pythonpath = os.pathsep.join(p for p in [src, os.environ.get("PYTHONPATH", "")] if p)
+        kwargs = {}
+        if not self.start_workers:
+            # A head with no CPUs: tasks wait until you attach workers yourself.
+            kwargs["num_cpus"] = 0
+        logger.info("Starting a local Ray cluster")
+        ray.init(
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            **kwargs,
+        )
+        return True
+
+
+def shutdown_ray() -> None:
+    """Shut down this process's Ray connection (and the local cluster it started)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,180 @@
+"""The tokenized TensorStore cache: contents, ledger, fingerprints, crash resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lm.data import cache as cache_mod
+from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache, read_ledger
+from lm.data.sources import UrlSource
+from lm.data.tokenizer import DocumentEncoder
+
+LOCAL = CacheOptions(backend="local", batch_size=2)
+
+
+def _reference(tokenizer, docs, eos=True):
+    out = []
+    for d in docs:
+        ids = tokenizer(d)["input_ids"]
+        out.append(ids + [tokenizer.eos_token_id] if eos else ids)
+    return out
+
+
+def test_cache_holds_every_document_with_eos(tmp_path, jsonl_corpus, builtin_tokenizer):
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.{0..2}.jsonl")])
+    enc = DocumentEncoder("builtin")
+    cache = build_or_load_cache(str(tmp_path / "c"), source, enc, LOCAL)
+    docs = [d for i in range(3) for d in source.open_shard(i)]
+    expected = _reference(builtin_tokenizer, docs)
+    assert cache.num_docs == len(docs) == 18
+    assert cache.num_tokens == sum(map(len, expected))
+    flat = cache.read_ranges([(0, cache.num_tokens)])[0]
+    assert flat.tolist() == [t for e in expected for t in e]
+    ends = np.cumsum([len(e) for e in expected])
+    assert cache.doc_ends.tolist() == ends.tolist()
+    # Ranges across shard boundaries, empty ranges and single tokens.
+    a, b = int(cache.shard_starts[1]) - 3, int(cache.shard_starts[2]) + 2
+    got = cache.read_ranges([(a, b), (5, 5), (7, 8)])
+    assert (
+        got[0].tolist() == flat[a:b].tolist() and got[1].size == 0 and got[2].tolist() == [flat[7]]
+    )
+    with pytest.raises(IndexError):
+        cache.read_ranges([(0, cache.num_tokens + 1)])
+
+    ledger = json.loads((tmp_path / "c" / "ledger.json").read_text())
+    assert ledger["complete"] is True and len(ledger["finished"]) == 3
+    assert ledger["tokenizer_fingerprint"] == enc.fingerprint()
+    assert ledger["source_fingerprint"] == source.fingerprint()
+    assert sum(s["num_tokens"] for s in ledger["finished"].values()) == cache.num_tokens
+
+
+def test_reopening_reuses_and_mismatches_are_errors(tmp_path, jsonl_corpus, write_jsonl):
+    path = str(tmp_path / "c")
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    calls = []
+    orig = cache_mod.build_shard
+    try:
+        cache_mod.build_shard = lambda *a, **k: calls.append(a) or orig(*a, **k)
+        again = build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    finally:
+        cache_mod.build_shard = orig
+    assert calls == [] and again.num_docs == 18
+
+    with pytest.raises(
+        ValueError, match=r"does not match this config \(tokenizer: cache built with builtin"
+    ):
+        build_or_load_cache(path, source, DocumentEncoder("builtin", enforce_eos=False), LOCAL)
+    other = UrlSource.from_patterns([str(jsonl_corpus / "train.{0..1}.jsonl")])
+    with pytest.raises(
+        ValueError, match=r"sources: cache built from .*3 shards\], config asks for .*2 shards"
+    ):
+        build_or_load_cache(path, other, DocumentEncoder("builtin"), LOCAL)
+    # A source file that changed size is a different source, even with the same names.
+    write_jsonl(jsonl_corpus / "train.0.jsonl", ["changed"])
+    changed = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    with pytest.raises(ValueError, match="delete this one to rebuild"):
+        build_or_load_cache(path, changed, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_crash_resume_rebuilds_only_unfinished_shards(tmp_path, write_jsonl, monkeypatch):
+    for i in range(5):
+        write_jsonl(tmp_path / "src" / f"s{i}.jsonl", [f"shard {i} document {j}" for j in range(4)])
+    source = UrlSource.from_patterns([str(tmp_path / "src" / "s{0..4}.jsonl")])
+    path = str(tmp_path / "c")
+    built = []
+    orig = cache_mod.build_shard
+
+    def crashing(cache_dir, index, *a, **k):
+        if index == 3:
+            raise RuntimeError("simulated crash while building shard 3")
+        built.append(index)
+        return orig(cache_dir, index, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "build_shard", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    ledger = read_ledger(path)
+    assert not ledger.complete and len(ledger.finished) == 3 and built == [0, 1, 2]
+    with pytest.raises(ValueError, match="not finished"):
+        TokenCache(path)
+
+    built.clear()
+    monkeypatch.setattr(
+        cache_mod, "build_shard", lambda c, i, *a, **k: built.append(i) or orig(c, i, *a, **k)
+    )
+    resumed = build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    assert built == [3, 4]
+    fresh = build_or_load_cache(str(tmp_path / "fresh"), source, DocumentEncoder("builtin"), LOCAL)
+    assert resumed.num_tokens == fresh.num_tokens
+    assert (
+        resumed.read_ranges([(0, resumed.num_tokens)])[0].tolist()
+        == fresh.read_ranges([(0, fresh.num_tokens)])[0].tolist()
+    )
+
+
+def test_skipped_bad_lines_are_counted_in_the_ledger(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "good"}\nnot json\n{"text": "fine"}\n')
+    source = UrlSource.from_patterns([str(tmp_path / "a.jsonl")], skip_bad_lines=True)
+    cache = build_or_load_cache(str(tmp_path / "c"), source, DocumentEncoder("builtin"), LOCAL)
+    assert cache.num_docs == 2
+    assert read_ledger(str(tmp_path / "c")).finished[source.urls[0]].skipped_lines == 1
+    strict = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: malformed JSON"):
+        build_or_load_cache(str(tmp_path / "d"), strict, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_memory_cache_and_passthrough_ids(tmp_path):
+    (tmp_path / "ids.jsonl").write_text('{"ids": [1, 2, 3]}\n{"ids": "4 5"}\n{"ids": [9]}\n')
+    source = UrlSource.from_patterns([str(tmp_path / "ids.jsonl")], text_key="ids")
+    enc = DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False)
+    cache = build_or_load_cache("memory://caches/pt", source, enc, LOCAL)
+    assert cache.read_ranges([(0, 6)])[0].tolist() == [1, 2, 3, 4, 5, 9]
+    assert cache.doc_ends.tolist() == [3, 5, 6]
+    reopened = TokenCache("memory://caches/pt")
+    assert reopened.num_tokens == 6
+    with pytest.raises(ValueError, match=r"passthrough token id 9 is outside \[0, vocab_size=8\)"):
+        build_or_load_cache(
+            "memory://caches/pt8", source, DocumentEncoder("passthrough", 8, False), LOCAL
+        )
+    with pytest.raises(ValueError, match="memory.*backend: local"):
+        build_or_load_cache("memory://caches/ray", source, enc, CacheOptions(backend="ray"))
+
+
+def test_bos_eos_policy(builtin_tokenizer):
+    eos = builtin_tokenizer.eos_token_id
+    plain = builtin_tokenizer("hello world")["input_ids"]
+    assert (
+        DocumentEncoder("builtin", enforce_eos=False).encode_batch(["hello world"])[0].tolist()
+        == plain
+    )
+    assert DocumentEncoder("builtin").encode_batch(["hello world"])[0].tolist() == plain + [eos]
+    with_bos = DocumentEncoder("builtin", add_bos=True).encode_batch(["hello world"])[0].tolist()
+    assert with_bos == [builtin_tokenizer.bos_token_id, *plain, eos]
+    # Long documents are kept whole (chunking happens when windows are cut, not here).
+    long_doc = "def f():\n    return 1\n" * 5000
+    ids = DocumentEncoder("builtin").encode_batch([long_doc])[0]
+    assert len(ids) > 20000 and ids[-1] == eos
+
+
+def test_bos_policy_with_a_tokenizer_that_adds_bos(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    hf.save_pretrained(str(tmp_path / "tok"))
+    name = str(tmp_path / "tok")
+    assert DocumentEncoder(name).encode_batch(["a b"])[0].tolist() == [0, 3, 4, 1]
+    assert DocumentEncoder(name, add_bos=True).encode_batch(["a b"])[0].tolist() == [0, 3, 4, 1]
+    assert DocumentEncoder(name, add_bos=False).encode_batch(["a b"])[0].tolist() == [3, 4, 1]
+    assert DocumentEncoder(name, enforce_eos=False).encode_batch(["b"])[0].tolist() == [0, 4]
+    assert DocumentEncoder(name).fingerprint() != DocumentEncoder(name, add_bos=False).fingerprint()

@@ -1,0 +1,220 @@
+"""Data configs: YAML parsing, validation errors, the embedded default, train/validation sets."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pathlib
+
+import draccus
+import haliax as hax
+import jax
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from lm.data import (
+    CacheOptions,
+    LMDatasetConfig,
+    LMDatasetSourceConfig,
+    LMMixtureDatasetConfig,
+    corpus,
+)
+
+DataConfig = LMDatasetConfig | LMMixtureDatasetConfig
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "config" / "data"
+LOCAL = CacheOptions(backend="local")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    data: DataConfig = dataclasses.field(default_factory=LMDatasetConfig)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_data_yaml_parses_and_round_trips(path, tmp_path):
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"data: !include {path}\n")
+    cfg = draccus.parse(Run, config_path=str(run_yaml), args=[]).data
+    expected = LMMixtureDatasetConfig if "configs" in path.read_text() else LMDatasetConfig
+    assert type(cfg) is expected
+    dumped = io.StringIO()
+    draccus.dump(cfg, dumped)
+    assert draccus.load(expected, io.StringIO(dumped.getvalue())) == cfg
+
+
+def test_reference_cases_hf_and_mixture_yaml():
+    hf = draccus.load(
+        DataConfig, io.StringIO("id: dlwh/wikitext_103_detokenized\ncache_dir: gs://b/c\n")
+    )
+    assert isinstance(hf, LMDatasetConfig) and hf.id == "dlwh/wikitext_103_detokenized"
+    mix = draccus.load(
+        DataConfig,
+        io.StringIO(
+            "configs:\n  owt: {train_urls: ['gs://b/owt.{1..2}.jsonl.gz']}\n"
+            "  wiki: {id: dlwh/wikitext_103_detokenized}\n"
+            "train_weights: {owt: 0.6, wiki: 0.4}\ntokenizer: gpt2\ncache_dir: gs://b/mix\n"
+        ),
+    )
+    assert isinstance(mix, LMMixtureDatasetConfig)
+    assert mix.weight_stages == [(0, {"owt": 0.6, "wiki": 0.4})]
+    assert mix.cache_dir_for("wiki", "train") == "gs://b/mix/wiki/train"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"tokenizer": "passthrough"},
+            r"data.vocab_size must be a positive int with tokenizer: passthrough",
+        ),
+        ({"vocab_size": 100}, r"data.vocab_size \(100\) is only for tokenizer: passthrough"),
+        ({"shuffle": 0}, r"data.shuffle must be true, false or a positive era length, got 0"),
+        (
+            {"permutation_type": "fiestel"},
+            r"permutation_type.*got 'fiestel' \(did you mean 'feistel'\?\)",
+        ),
+        (
+            {"builtin": "stdlb"},
+            r"data.builtin: unknown builtin corpus 'stdlb'.*did you mean 'stdlib'",
+        ),
+        ({"builtin": "stdlib", "train_urls": ["a.jsonl"]}, r"set only one kind of source"),
+        ({"train_urls": "a.jsonl"}, r"data.train_urls must be a list of URLs"),
+        ({"ignore_token_id": -1}, r"data.ignore_token_id must be >= 0"),
+        ({"cache_options": CacheOptions(backend="local", num_workers=1)}, None),
+    ],
+)
+def test_single_source_validation(kwargs, match):
+    if match is None:
+        LMDatasetConfig(**kwargs)
+        return
+    with pytest.raises(ValueError, match=match):
+        LMDatasetConfig(**kwargs)
+
+
+def test_cache_options_validation():
+    with pytest.raises(
+        ValueError, match=r"cache_options.backend must be 'ray' or 'local', got 'spark'"
+    ):
+        CacheOptions(backend="spark")
+    with pytest.raises(ValueError, match="cache_options.num_workers"):
+        CacheOptions(num_workers=0)
+
+
+def _src(**kw):
+    return LMDatasetSourceConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"configs": {}}, "at least one source"),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"b": 1.0}},
+            r"unknown component 'b'",
+        ),
+        (
+            {"configs": {"web": _src(builtin="stdlib")}, "train_weights": {"webb": 1.0}},
+            r"did you mean 'web'",
+        ),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"a": -1.0}},
+            r"weight of 'a' must be >= 0",
+        ),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"a": 0.0}},
+            "all weights are zero",
+        ),
+        ({"configs": {"a": _src(builtin="stdlib")}, "train_weights": {}}, "at least one component"),
+        (
+            {
+                "configs": {"a": _src(builtin="stdlib"), "b": _src()},
+                "train_weights": {"a": 1, "b": 1},
+            },
+            r"data.configs.b has train weight > 0 but no training source",
+        ),
+        (
+            {"configs": {"a": _src(validation_urls=["v.jsonl"])}, "train_weights": {"a": 1}},
+            r"data.configs.a has train weight > 0 but no training source",
+        ),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": [(5, {"a": 1.0})]},
+            "first stage must start at step 0",
+        ),
+        (
+            {
+                "configs": {"a": _src(builtin="stdlib")},
+                "train_weights": [(0, {"a": 1.0}), (0, {"a": 2.0})],
+            },
+            "stage steps must increase",
+        ),
+        ({"configs": {"a/b": _src(builtin="stdlib")}, "train_weights": {"a/b": 1}}, "without '/'"),
+        (
+            {
+                "configs": {"a": _src(builtin="stdlib")},
+                "train_weights": {"a": 1},
+                "stop_strategy": "x",
+            },
+            "only 'restart'",
+        ),
+    ],
+)
+def test_mixture_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LMMixtureDatasetConfig(**kwargs)
+
+
+def test_default_is_the_embedded_corpus_with_the_builtin_tokenizer(
+    tmp_path, builtin_tokenizer, caplog
+):
+    cfg = LMDatasetConfig(cache_dir=str(tmp_path / "cache"), cache_options=LOCAL)
+    assert cfg.tokenizer == "builtin" and not cfg.has_source()
+    assert cfg.effective_source.builtin == "stdlib"
+    assert isinstance(cfg.the_tokenizer, PreTrainedTokenizerBase) and len(cfg.the_tokenizer) == 8192
+    Pos = hax.Axis("position", 256)
+    with caplog.at_level("INFO", logger="lm.data"):
+        sets = cfg.validation_sets(Pos)
+    assert "using the embedded corpus (builtin: stdlib)" in caplog.text
+    val = sets[""]
+    first = corpus.corpus_files("validation")[0]
+    text = builtin_tokenizer.decode(val[0].tokens.array.tolist())
+    assert corpus.read_document(first.relpath).startswith(text)
+    assert len(val) == val.cache.num_tokens // 256 > 100
+    assert (tmp_path / "cache" / "validation" / "ledger.json").exists()
+
+
+def test_single_source_train_and_validation_sets(tmp_path, jsonl_corpus, builtin_tokenizer):
+    cfg = LMDatasetConfig(
+        train_urls=[str(jsonl_corpus / "train.{0..2}.jsonl")],
+        validation_urls=[str(jsonl_corpus / "val.*.jsonl")],
+        cache_dir=str(tmp_path / "cache"),
+        cache_options=LOCAL,
+        shuffle=True,
+    )
+    Pos = hax.Axis("position", 16)
+    with pytest.raises(ValueError, match="data.shuffle is True but train_set got no key"):
+        cfg.train_set(Pos)
+    key = jax.random.PRNGKey(0)
+    train = cfg.train_set(Pos, key=key)
+    plain = dataclasses.replace(cfg, shuffle=False).train_set(Pos)
+    n = len(train)
+    assert n == len(plain) > 5
+    shuffled = [ex.tokens.array.tolist() for ex in train.get_batch(range(n))]
+    ordered = [ex.tokens.array.tolist() for ex in plain.get_batch(range(n))]
+    assert sorted(shuffled) == sorted(ordered) and shuffled != ordered
+    again = [ex.tokens.array.tolist() for ex in cfg.train_set(Pos, key=key).get_batch(range(n))]
+    assert again == shuffled
+    # data_seed overrides the trainer's key: the order no longer depends on it.
+    seeded = dataclasses.replace(cfg, data_seed=5)
+    a = [ex.tokens.array.tolist() for ex in seeded.train_set(Pos, key=key).get_batch(range(n))]
+    b = [
+        ex.tokens.array.tolist()
+        for ex in seeded.train_set(Pos, key=jax.random.PRNGKey(9)).get_batch(range(n))
+    ]
+    assert a == b and a != shuffled
+    assert set(cfg.validation_sets(Pos)) == {""}
+    with pytest.raises(ValueError, match="fewer than one window of seq_len=4096"):
+        cfg.train_set(hax.Axis("position", 4096), key=key)
+    # Windows carry segment ids: every window that spans a document boundary restarts them.
+    segs = np.stack([ex.segment_ids.array for ex in plain.get_batch(range(n))])
+    assert segs.max() >= 1 and (segs[:, 0] == 0).all()
