@@ -143,3 +143,24 @@ def test_to_flat_dict():
 def test_jmp_policy_default_round_trips():
     cfg = TrainerCfg(mp=jmp.get_policy("p=f32,c=bf16"))
     assert decode(TrainerCfg, yaml.safe_load(to_yaml(cfg))) == cfg
+
+
+def test_str_enum_fields_encode_to_their_names():
+    import dataclasses
+    import enum
+
+    import yaml
+
+    from lm.config import decode, to_yaml
+
+    class Act(enum.StrEnum):
+        gelu_new = "gelu_new"
+        silu = "silu"
+
+    @dataclasses.dataclass(frozen=True)
+    class WithEnum:
+        act: Act = Act.gelu_new
+
+    text = to_yaml(WithEnum(Act.silu))
+    assert yaml.safe_load(text) == {"act": "silu"}
+    assert decode(WithEnum, yaml.safe_load(text)) == WithEnum(Act.silu)

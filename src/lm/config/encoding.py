@@ -34,13 +34,13 @@ def _encode(value: Any, tp: Any) -> Any:
     tp = ti.strip(tp)
     if ti.is_union(tp):
         tp = _member_for(value, ti.union_members(tp))
+    if isinstance(value, enum.Enum):  # before the scalar check: StrEnum/IntEnum are str/int
+        return value.name
     if value is None or isinstance(value, bool | int | float | str):
         return value
     codec = draccus.encode.dispatch(type(value))
     if codec is not None and not isinstance(value, list | tuple | set | frozenset | Mapping):
         return draccus.encode(value)
-    if isinstance(value, enum.Enum):
-        return value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _encode_dataclass(value, tp)
     if isinstance(value, Mapping):

@@ -1,0 +1,171 @@
+"""Train a causal language model: `python -m lm.main.train_lm --config_path run.yaml`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+
+import haliax as hax
+import jax
+from haliax.partitioning import round_axis_for_partitioning
+
+import lm.config
+import lm.tracker
+from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
+from lm.models import Gpt2Config, LmConfig
+from lm.models.loss import compute_next_token_loss_and_metrics
+from lm.optim import AdamConfig, OptimizerConfig
+from lm.trainer import Trainer, TrainerConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLmConfig:
+    data: LMDatasetConfig | LMMixtureDatasetConfig = dataclasses.field(
+        default_factory=LMDatasetConfig
+    )
+    """Training and validation data (see docs/data.md). Default: the embedded stdlib corpus."""
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    model: LmConfig = dataclasses.field(default_factory=Gpt2Config)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=AdamConfig)
+
+    initialize_from_hf: bool | str = False
+    """Initialize the model from an HF checkpoint directory (True: the model's reference_checkpoint)."""
+    use_hf_model_config: bool = False
+    """Take the model architecture from the HF checkpoint's config.json instead of `model`."""
+    hf_save_path: str | None = None
+    """Also export HF checkpoints (safetensors + config + tokenizer) under this directory."""
+    hf_save_steps: int = 10_000
+    """Export an HF checkpoint every this many steps (and at the end) when hf_save_path is set."""
+    z_loss_weight: float = 0.0
+    """Weight of the z-loss (logsumexp^2) regulariser; 0 disables it."""
+
+    def __post_init__(self):
+        if self.z_loss_weight < 0:
+            raise ValueError(f"z_loss_weight must be >= 0, got {self.z_loss_weight}")
+        if self.hf_save_steps <= 0:
+            raise ValueError(f"hf_save_steps must be > 0, got {self.hf_save_steps}")
+        if self.use_hf_model_config and not self.initialize_from_hf:
+            raise ValueError(
+                "use_hf_model_config: true needs initialize_from_hf to name a checkpoint"
+            )
+
+
+def main(config: TrainLmConfig) -> RunSummary:
+    trainer_config = config.trainer
+    trainer_config.initialize()
+    model_config = config.model
+    tokenizer = config.data.the_tokenizer
+
+    optimizer = config.optimizer.build(trainer_config.num_train_steps)
+    loss_fn = functools.partial(
+        compute_next_token_loss_and_metrics, z_loss_weight=config.z_loss_weight
+    )
+    data_key, model_key, training_key = jax.random.split(jax.random.PRNGKey(trainer_config.seed), 3)
+
+    trainer = Trainer(trainer_config, optimizer, loss_fn)
+    summary = RunSummary(trainer_config)
+    trainer.add_hook(summary.record, every=1)
+    with trainer:
+        run_dir = trainer_config.run_dir
+        lm.config.save_config(config, os.path.join(run_dir, "config.yaml"))
+        trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(config))
+
+        Pos = model_config.Pos
+        Vocab = round_axis_for_partitioning(
+            hax.Axis("vocab", len(tokenizer)), trainer.parameter_axis_mapping
+        )
+        if Vocab.size != len(tokenizer):
+            logger.info("Vocab padded from %d to %d for partitioning", len(tokenizer), Vocab.size)
+
+        train_set = config.data.train_set(
+            Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
+        )
+        state = trainer.initial_state(
+            training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
+        )
+        _log_plan(trainer, model_config, Vocab, Pos)
+
+        for name, dataset in config.data.validation_sets(Pos).items():
+            trainer.add_eval_hook(dataset, name or None)
+        flops = model_config.flops_per_token(Vocab.size)
+        trainer.set_throughput_model(
+            tokens_per_example=Pos.size,
+            flops_per_example=flops * Pos.size if flops is not None else None,
+        )
+        info = trainer.train(state, trainer.data_loader(train_set))
+        summary.finish(info, trainer)
+    summary.print()
+    return summary
+
+
+class RunSummary:
+    """Collects what the user wants to know at the end: losses and where things are."""
+
+    def __init__(self, trainer_config: TrainerConfig):
+        self.config = trainer_config
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self.last_step: int | None = None
+        self.eval_loss: float | None = None
+        self.checkpoint: str | None = None
+
+    def record(self, info) -> None:
+        loss = float(info.loss)
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.last_loss = loss
+        self.last_step = info.step
+
+    def finish(self, info, trainer: Trainer) -> None:
+        from lm.checkpoint import discover_latest_checkpoint
+
+        self.last_step = info.step
+        self.checkpoint = discover_latest_checkpoint(self.config.checkpoint_path)
+        for hook in trainer._eval_hooks:
+            if hook.last_result is not None:
+                self.eval_loss = hook.last_result.get(f"{hook.prefix}/loss")
+
+    def print(self) -> None:
+        run_dir = self.config.run_dir
+        lines = [f"Run {self.config.run_id} finished at step {self.last_step}."]
+        if self.first_loss is not None:
+            lines.append(
+                f"  train loss: {self.first_loss:.4f} (first step) -> {self.last_loss:.4f} (last)"
+            )
+        if self.eval_loss is not None:
+            lines.append(f"  eval loss:  {self.eval_loss:.4f}")
+        lines.append(f"  run dir:    {run_dir}/ (config.yaml, metrics, plots)")
+        lines.append(
+            f"  log file:   {os.path.join(str(self.config.log_dir), self.config.run_id)}.log"
+        )
+        lines.append(f"  checkpoint: {self.checkpoint or 'none'}")
+        print("\n".join(lines), flush=True)
+
+
+def _log_plan(trainer: Trainer, model_config: LmConfig, Vocab: hax.Axis, Pos: hax.Axis) -> None:
+    config = trainer.config
+    params = model_config.total_trainable_params(Vocab.size)
+    batch = config.batch_schedule.batch_size_at_step(0)
+    tokens_per_step = batch * Pos.size
+    planned = config.batch_schedule.global_data_offset_by_step(config.num_train_steps) * Pos.size
+    logger.info(
+        "Model: %s, %.2fM parameters, %.3g FLOPs/token; batch %d x %d tokens = %d tokens/step "
+        "(microbatches: %d); planned %.3gM tokens = %.2f x the 20-tokens-per-parameter budget",
+        type(model_config).__name__,
+        params / 1e6,
+        model_config.flops_per_token(Vocab.size) or float("nan"),
+        batch,
+        Pos.size,
+        tokens_per_step,
+        config.num_microbatches_at_step(0),
+        planned / 1e6,
+        planned / (20 * params),
+    )
+
+
+if __name__ == "__main__":
+    lm.config.main(main)()

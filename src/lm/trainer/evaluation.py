@@ -1,0 +1,98 @@
+"""Evaluation: mean loss and metrics over a validation set, every `steps_per_eval` steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from haliax.partitioning import named_jit
+
+import lm.tracker
+from lm.trainer.hooks import Callback
+from lm.trainer.state import StepInfo
+
+if TYPE_CHECKING:
+    from lm.trainer.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class EvalHook(Callback):
+    def __init__(self, trainer: Trainer, dataset, name: str | None):
+        self.trainer = trainer
+        self.dataset = dataset
+        self.name = name
+        self._eval_step = None
+        self._last_evaluated_step: int | None = None
+        self.last_result: dict[str, float] | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"eval/{self.name}" if self.name else "eval"
+
+    def _compiled(self):
+        if self._eval_step is None:
+            loss_fn = self.trainer.loss_fn
+
+            def eval_step(model, batch):
+                model = eqx.nn.inference_mode(model)
+                loss, metrics = loss_fn(model, *batch, key=None)
+                return loss, metrics
+
+            self._eval_step = named_jit(
+                eval_step,
+                axis_resources=self.trainer.compute_axis_mapping,
+                out_axis_resources={},
+            )
+        return self._eval_step
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean loss and metrics over (up to `max_eval_batches`) batches of the dataset."""
+        trainer = self.trainer
+        loader = trainer.data_loader(self.dataset, trainer.EvalBatch)
+        max_batches = trainer.config.max_eval_batches
+        step = self._compiled()
+        totals: dict[str, Any] = {}
+        n = 0
+        start = time.perf_counter()
+        with trainer.config.use_device_mesh():
+            for batch in loader:
+                if max_batches is not None and n >= max_batches:
+                    break
+                batch = batch if isinstance(batch, tuple) else (batch,)
+                loss, metrics = step(model, batch)
+                values = {"loss": loss, **metrics}
+                totals = values if not totals else jax.tree_util.tree_map(jnp.add, totals, values)
+                n += 1
+        if n == 0:
+            raise ValueError(
+                f"Evaluation set {self.name or ''!r} produced no batches of size {trainer.EvalBatch.size}: "
+                "it is smaller than one eval batch. Lower trainer.per_device_eval_parallelism or "
+                "use a larger validation set."
+            )
+        means = {k: float(v) / n for k, v in jax.device_get(totals).items()}
+        result = {f"{self.prefix}/{k}": v for k, v in means.items()}
+        result[f"{self.prefix}/perplexity"] = math.exp(min(means["loss"], 50.0))
+        result[f"{self.prefix}/batches"] = n
+        result[f"{self.prefix}/time"] = time.perf_counter() - start
+        return result
+
+    def on_step(self, info: StepInfo, force: bool = False) -> None:
+        if self._last_evaluated_step == info.step:
+            return  # the forced final run must not repeat an eval that just happened
+        self._last_evaluated_step = info.step
+        result = self.evaluate(info.state.eval_model)
+        self.last_result = result
+        logger.info(
+            "[step %d] %s loss %.4f over %d batches",
+            info.step,
+            self.prefix,
+            result[f"{self.prefix}/loss"],
+            result[f"{self.prefix}/batches"],
+        )
+        lm.tracker.log(result, step=info.step)

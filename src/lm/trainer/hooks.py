@@ -1,0 +1,141 @@
+"""Hooks: how the training loop grows without subclassing.
+
+Four ways to add one (TRN-07), all with `every=N` (run when `step % N == 0`):
+
+    trainer.add_hook(fn, every=10)             # fn(info) or fn(info, force=...)
+    trainer.add_hook(MyCallback(), every=10)   # Callback.on_step(info, force)
+    trainer.add_hook(MyJitCallback())          # inside_step in jit, then on_step outside
+    @trainer.add_hook(every=10)                # decorator
+    def log_something(info): ...
+
+`run_hooks(info, force=True)` runs every hook regardless of `every`, and passes `force` on
+(the final checkpoint is a forced save).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from jaxtyping import PyTree
+
+from lm.trainer.state import StepInfo, TrainerState
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=TrainerState)
+CBInfo = TypeVar("CBInfo")
+
+
+class Callback(abc.ABC, Generic[S]):
+    """A host-side hook. Override `on_step`."""
+
+    @abc.abstractmethod
+    def on_step(self, info: StepInfo[S], force: bool = False) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InsideStepInfo:
+    """What a `JitCallback` sees inside the jitted step (traced values).
+
+    Attributes:
+        grads: gradients of the trainable parameters (param dtype).
+        updates: the optimizer's updates (applied with `eqx.apply_updates`).
+    """
+
+    grads: PyTree
+    updates: PyTree
+
+
+class JitCallback(abc.ABC, Generic[S, CBInfo]):
+    """A hook with a traced half and a host half.
+
+    `inside_step(state, inside_info)` runs inside the jitted step on the *new* state and returns
+    a pytree of arrays; `on_step(info, cb_info)` gets that pytree on the host. The trainer compiles
+    a second version of the step that runs jit callbacks and uses it only on steps where one fires.
+    """
+
+    @abc.abstractmethod
+    def inside_step(self, state: S, inside_info: InsideStepInfo) -> CBInfo: ...
+
+    @abc.abstractmethod
+    def on_step(self, step_info: StepInfo[S], cb_info: CBInfo) -> None: ...
+
+
+class _FunctionCallback(Callback):
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        try:
+            params = inspect.signature(fn).parameters
+            self._takes_force = "force" in params or any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+            )
+        except (TypeError, ValueError):
+            self._takes_force = False
+
+    def on_step(self, info, force=False):
+        if self._takes_force:
+            self.fn(info, force=force)
+        else:
+            self.fn(info)
+
+    def __repr__(self):
+        return f"hook({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+@dataclasses.dataclass
+class _Registered:
+    callback: Any
+    every: int
+
+    def due(self, step: int, force: bool) -> bool:
+        return force or step % self.every == 0
+
+
+class TrainerHooks:
+    """The ordered list of host hooks and jit hooks."""
+
+    def __init__(self):
+        self.hooks: list[_Registered] = []
+        self.jit_hooks: list[_Registered] = []
+
+    def add_hook(self, fn=None, *, every: int = 1):
+        if every <= 0:
+            raise ValueError(f"add_hook(every=...) must be a positive integer, got {every}")
+        if fn is None:
+
+            def decorator(f):
+                self.add_hook(f, every=every)
+                return f
+
+            return decorator
+        if isinstance(fn, JitCallback):
+            self.jit_hooks.append(_Registered(fn, every))
+        elif isinstance(fn, Callback):
+            self.hooks.append(_Registered(fn, every))
+        elif callable(getattr(fn, "on_step", None)):
+            self.hooks.append(_Registered(_FunctionCallback(fn.on_step), every))
+        elif callable(fn):
+            self.hooks.append(_Registered(_FunctionCallback(fn), every))
+        else:
+            raise ValueError(
+                "add_hook expects a callable, a Callback (or an object with an on_step method) or "
+                f"a JitCallback, got {type(fn).__name__}: {fn!r}"
+            )
+        return fn
+
+    def run_hooks(self, info: StepInfo, force: bool = False) -> None:
+        for hook in self.hooks:
+            if hook.due(info.step, force):
+                hook.callback.on_step(info, force=force)
+
+    def jit_hooks_due(self, step: int, force: bool = False) -> list[_Registered]:
+        return [h for h in self.jit_hooks if h.due(step, force)]
+
+    def run_jit_hooks_outside_step(self, info: StepInfo, cb_infos: list[Any]) -> None:
+        for hook, cb_info in zip(self.jit_hooks_due(info.step), cb_infos, strict=True):
+            hook.callback.on_step(info, cb_info)

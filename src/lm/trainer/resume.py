@@ -1,0 +1,66 @@
+"""Where the trainer's initial state comes from: a checkpoint of this run, another run's
+checkpoint (`initialize_from`), or a fresh initialization (CKP-05, via lm.checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lm.checkpoint import restore_trainer_state
+from lm.trainer.state import TrainerState, init_step, trainables_only
+
+if TYPE_CHECKING:
+    from lm.trainer.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def state_initializer(trainer: Trainer, training_key, model_init: Callable[[], Any], is_trainable):
+    """A zero-argument function building a fresh `TrainerState` (traced under jit)."""
+    mp = trainer.mp
+    optimizer = trainer.optimizer
+    averaging_config = trainer.config.model_averaging
+
+    def init() -> TrainerState:
+        model = mp.cast_to_param(model_init())
+        trainable = trainables_only(model, is_trainable)
+        return TrainerState(
+            step=init_step(),
+            model=model,
+            opt_state=optimizer.init(trainable),
+            training_key=training_key,
+            model_averaging=averaging_config.create(trainable) if averaging_config else None,
+            is_trainable=is_trainable,
+            mp=mp,
+        )
+
+    return init
+
+
+def load_or_init_state(trainer: Trainer, training_key, model_init, is_trainable) -> TrainerState:
+    config = trainer.config
+    init = state_initializer(trainer, training_key, model_init, is_trainable)
+    with config.use_device_mesh():
+        restored = restore_trainer_state(
+            init,
+            checkpoint_path=config.checkpoint_path,
+            load_checkpoint=config.load_checkpoint,
+            initialize_from=config.initialize_from,
+            initialize_from_params_only=config.initialize_from_params_only,
+            allow_partial=config.allow_partial_checkpoint,
+            axis_mapping=trainer.parameter_axis_mapping,
+            mesh=trainer.device_mesh,
+        )
+    trainer.restored_from = restored
+    trainer.restored_step = int(restored.state.step) if restored.kind == "resumed" else None
+    if restored.kind == "fresh":
+        logger.info("Starting from a fresh initialization")
+    else:
+        logger.info(
+            "Initial state %s from %s (step %d)",
+            restored.kind,
+            restored.checkpoint,
+            int(restored.state.step),
+        )
+    return restored.state

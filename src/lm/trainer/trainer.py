@@ -1,0 +1,428 @@
+"""The hook-driven `Trainer` (TRN-05..TRN-13).
+
+A small loop: fetch a batch, run the jitted step, run the hooks. Everything else (logging,
+evaluation, checkpoints, progress, watching, profiling) is a hook.
+
+    trainer = Trainer(config, optimizer, loss_fn)
+    with trainer:
+        state = trainer.initial_state(key, model_init=lambda: MyModel.init(key=k))
+        trainer.add_eval_hook(val_set, "val")
+        info = trainer.train(state, trainer.data_loader(train_set))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import gzip
+import inspect
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import fsspec
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import optax
+from haliax.partitioning import named_jit
+from jaxtyping import PRNGKeyArray
+
+import lm.tracker
+from lm.tracker import Tracker
+from lm.trainer.config import TrainerConfig
+from lm.trainer.hooks import TrainerHooks
+from lm.trainer.state import StepInfo, TrainerState
+from lm.trainer.step import train_step as _pure_train_step
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M")
+S = TypeVar("S", bound=TrainerState)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite (crash_on_nan / crash_on_inf)."""
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a termination signal after checkpointing the current step."""
+
+
+def _accepts_key(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "key" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _as_scalar(loss: Any) -> jax.Array:
+    if hax.is_named_array(loss):
+        loss = loss.scalar()
+    loss = jnp.asarray(loss)
+    if loss.ndim != 0:
+        raise ValueError(f"loss_fn must return a scalar loss, got shape {loss.shape}")
+    return loss.astype(jnp.float32)
+
+
+class Trainer(Generic[M]):
+    def __init__(
+        self,
+        config: TrainerConfig,
+        optimizer: optax.GradientTransformation,
+        loss_fn: Callable[..., Any],
+        *,
+        add_default_hooks: bool = True,
+    ):
+        """
+        Args:
+            config: the trainer config (call `config.initialize()` first in a real run).
+            optimizer: an optax transformation, e.g. `OptimizerConfig.build(num_train_steps)`.
+            loss_fn: `loss_fn(model, *batch, **batch_kwargs)` returning a scalar loss or
+                `(loss, metrics_dict)`; may take `key=` for dropout. Must be jittable and pure.
+            add_default_hooks: add logging, progress, watch and profiler hooks.
+        """
+        self.config = config
+        self.optimizer = optax.with_extra_args_support(optimizer)
+        self._raw_loss_fn = loss_fn
+        self._loss_takes_key = _accepts_key(loss_fn)
+        self.hooks = TrainerHooks()
+        self.is_trainable_param: Any = True
+        self._tracker: Tracker | None = None
+        self._exit_stack: contextlib.ExitStack | None = None
+        self._compiled_steps: dict[tuple[int, int], Callable] = {}
+        self._eval_hooks: list[Any] = []
+        self.tokens_per_example: int | None = None
+        self.flops_per_example: float | None = None
+        self.restored_from = None
+        self.restored_step: int | None = None
+        self.checkpointer = config.checkpointer.create(self.run_id) if add_default_hooks else None
+        if add_default_hooks:
+            self._add_default_hooks()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = lm.tracker.build_tracker(
+                self.config.tracker, self.run_id, run_dir=self.config.run_dir
+            )
+        return self._tracker
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    @property
+    def mp(self):
+        return self.config.mp
+
+    @property
+    def num_train_steps(self) -> int:
+        return self.config.num_train_steps
+
+    @property
+    def parameter_axis_mapping(self):
+        return self.config.parameter_axis_mapping
+
+    @property
+    def compute_axis_mapping(self):
+        return self.config.compute_axis_mapping
+
+    @property
+    def device_mesh(self):
+        return self.config.device_mesh
+
+    @property
+    def TrainBatch(self) -> hax.Axis:
+        return self.config.TrainBatch
+
+    @property
+    def EvalBatch(self) -> hax.Axis:
+        return self.config.EvalBatch
+
+    @functools.cached_property
+    def loss_fn(self) -> Callable[..., tuple[jax.Array, dict[str, Any]]]:
+        """The user loss, made to always return `(loss, metrics)`, run in compute precision
+        under the compute axis mapping."""
+
+        raw = self._raw_loss_fn
+        takes_key = self._loss_takes_key
+
+        def wrapped(model, *batch, key=None, **batch_kwargs):
+            with hax.axis_mapping(self.compute_axis_mapping):
+                model = self.mp.cast_to_compute(model)
+                if takes_key:
+                    batch_kwargs = {**batch_kwargs, "key": key}
+                out = raw(model, *batch, **batch_kwargs)
+            if isinstance(out, tuple):
+                if len(out) != 2 or not isinstance(out[1], dict):
+                    raise ValueError(
+                        "loss_fn must return a scalar loss or a (loss, metrics_dict) tuple"
+                    )
+                loss, metrics = out
+            else:
+                loss, metrics = out, {}
+            return _as_scalar(loss), {k: _as_scalar(v) for k, v in metrics.items()}
+
+        return wrapped
+
+    # ------------------------------------------------------------------ context
+
+    def __enter__(self):
+        if self._exit_stack is not None:
+            raise RuntimeError("Trainer is already entered")
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.config.use_device_mesh())
+        stack.enter_context(hax.axis_mapping(self.parameter_axis_mapping))
+        stack.enter_context(self.tracker)
+        self._exit_stack = stack
+        return self
+
+    def __exit__(self, *exc):
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            if stack is not None:
+                stack.close()
+        finally:
+            self.tracker.finish()
+
+    # ------------------------------------------------------------------ hooks
+
+    def add_hook(self, fn=None, *, every: int = 1):
+        """Add a hook run every `every` steps: a callable, a `Callback`, a `JitCallback`,
+        or, called with only `every=`, a decorator."""
+        return self.hooks.add_hook(fn, every=every)
+
+    def run_hooks(self, info: StepInfo, force: bool = False) -> None:
+        self.hooks.run_hooks(info, force=force)
+
+    def _add_default_hooks(self):
+        from lm.trainer.default_hooks import add_default_hooks
+
+        add_default_hooks(self)
+
+    def set_throughput_model(
+        self, *, tokens_per_example: int | None = None, flops_per_example: float | None = None
+    ) -> None:
+        """Tell the throughput hook how to turn examples/s into tokens/s and MFU."""
+        self.tokens_per_example = tokens_per_example
+        self.flops_per_example = flops_per_example
+
+    # ------------------------------------------------------------------ state
+
+    def initial_state(
+        self,
+        training_key: PRNGKeyArray,
+        model: M | None = None,
+        model_init: Callable[[], M] | None = None,
+        *,
+        is_trainable: Any = True,
+    ) -> TrainerState[M]:
+        """Resume from a checkpoint if one applies (see `load_checkpoint`), else a fresh state.
+
+        Exactly one of `model` and `model_init` must be given. `is_trainable` is a filter spec:
+        non-trainable parameters get no gradient, no optimizer state and are not checkpointed.
+        """
+        if (model is None) == (model_init is None):
+            raise ValueError("initial_state needs exactly one of `model` or `model_init`")
+        self.is_trainable_param = is_trainable
+        if model is not None:
+            init_model = lambda: model  # noqa: E731
+        else:
+            init_model = model_init
+        from lm.trainer.resume import load_or_init_state
+
+        return load_or_init_state(self, training_key, init_model, is_trainable)
+
+    # ------------------------------------------------------------------ stepping
+
+    def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
+        key = (num_microbatches, tuple(id(h.callback) for h in jit_hooks))
+        fn = self._compiled_steps.get(key)
+        if fn is None:
+            from lm.optim import current_learning_rate
+
+            step = functools.partial(
+                _pure_train_step,
+                loss_fn=self.loss_fn,
+                optimizer=self.optimizer,
+                num_microbatches=num_microbatches,
+                batch_axis=self.config.batch_axis,
+                compute_mapping=self.compute_axis_mapping,
+                parameter_mapping=self.parameter_axis_mapping,
+                jit_callbacks=[h.callback for h in jit_hooks],
+                learning_rate_fn=current_learning_rate,
+            )
+            fn = named_jit(
+                step,
+                axis_resources=self.compute_axis_mapping,
+                out_axis_resources=self.parameter_axis_mapping,
+                donate_args=(True, False, False),
+            )
+            self._compiled_steps[key] = fn
+        return fn
+
+    def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
+        """Run one optimizer step (no hooks)."""
+        info, _ = self._train_step(state, batch, batch_kwargs)
+        return info
+
+    def _train_step(self, state: S, batch, batch_kwargs) -> tuple[StepInfo[S], list[Any]]:
+        step = int(state.step)
+        jit_hooks = tuple(self.hooks.jit_hooks_due(step))
+        fn = self._step_fn(self.config.num_microbatches_at_step(step), jit_hooks)
+        start = time.perf_counter()
+        with self.config.use_device_mesh():
+            loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
+        loss = jax.block_until_ready(loss)
+        duration = time.perf_counter() - start
+        info = StepInfo(
+            state=new_state, loss=loss, step_duration=duration, metrics=metrics, completed_step=step
+        )
+        self._check_finite(info)
+        return info, list(cb_infos)
+
+    def _check_finite(self, info: StepInfo) -> None:
+        value = float(info.loss)
+        if math.isfinite(value):
+            return
+        if (math.isnan(value) and self.config.crash_on_nan) or (
+            math.isinf(value) and self.config.crash_on_inf
+        ):
+            last = None
+            if self.checkpointer is not None:
+                from lm.checkpoint import discover_latest_checkpoint
+
+                self.checkpointer.wait_until_finished()
+                last = discover_latest_checkpoint(self.config.checkpoint_path)
+            kind = "NaN" if math.isnan(value) else "infinite"
+            raise NonFiniteLossError(
+                f"Loss is {kind} at step {info.step}. Last good checkpoint: {last or 'none saved'}. "
+                "Set trainer.crash_on_nan / crash_on_inf: false to keep going."
+            )
+
+    def training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
+        """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each."""
+        iterator = self._iterate_from(train_loader, int(state.step))
+        while int(state.step) < self.num_train_steps:
+            load_start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                logger.warning(
+                    "The data loader ran out at step %d; stopping early.", int(state.step)
+                )
+                return
+            loading_time = time.perf_counter() - load_start
+            batch_tuple = batch if isinstance(batch, tuple) else (batch,)
+            info, cb_infos = self._train_step(state, batch_tuple, {})
+            hook_start = time.perf_counter()
+            self.hooks.run_jit_hooks_outside_step(info, cb_infos)
+            info = dataclasses.replace(
+                info, metrics={**info.metrics, "throughput/loading_time": loading_time}
+            )
+            self.run_hooks(info)
+            self._last_hook_time = time.perf_counter() - hook_start
+            state = info.state
+            yield info
+
+    @staticmethod
+    def _iterate_from(loader: Iterable[Any], step: int) -> Iterator[Any]:
+        if hasattr(loader, "iter_from_step"):
+            return iter(loader.iter_from_step(step))
+        return iter(loader)
+
+    def train(self, state: S, train_loader: Iterable[Any]) -> StepInfo[S]:
+        """Train until `num_train_steps`, then run every hook once more with `force=True`
+        (final eval, final checkpoint) and wait for pending checkpoints.
+
+        On SIGTERM (preemption) the current step is checkpointed and `Preempted` is raised
+        once the checkpoint has committed."""
+        from lm.checkpoint import PreemptionSignal
+
+        info = None
+        with PreemptionSignal() as preemption:
+            for info in self.training_steps(state, train_loader):
+                if preemption.requested_on_any_process():
+                    self._save_for_preemption(info)
+                    raise Preempted(
+                        f"Preempted (signal {preemption.signal_received}) after step {info.step}; "
+                        f"checkpoint saved under {self.config.checkpoint_path}. Rerun to resume."
+                    )
+        if info is None:  # nothing to do: the run had already finished
+            info = StepInfo(
+                state=state,
+                loss=jnp.float32(jnp.nan),
+                step_duration=0.0,
+                completed_step=int(state.step) - 1,
+            )
+            logger.info(
+                "Run already at step %d of %d; running the final hooks only.",
+                int(state.step),
+                self.num_train_steps,
+            )
+        self.run_hooks(info, force=True)
+        if self.checkpointer is not None:
+            self.checkpointer.wait_until_finished()
+        return info
+
+    def _save_for_preemption(self, info: StepInfo) -> None:
+        if self.checkpointer is None:
+            logger.warning("Preempted, but this trainer has no checkpointer: nothing is saved")
+            return
+        logger.warning(
+            "Termination signal received: checkpointing step %d before exiting", info.step
+        )
+        self.checkpointer.on_step(info, force=True, temporary=True)
+        self.checkpointer.wait_until_finished()
+
+    # ------------------------------------------------------------------ eval & data
+
+    def add_eval_hook(self, eval_dataset, name: str | None = None) -> None:
+        """Evaluate the mean loss (and metrics) on `eval_dataset` every `steps_per_eval` steps,
+        logged as `eval/<name>/...` (or `eval/...` without a name)."""
+        from lm.trainer.evaluation import EvalHook
+
+        if self.config.max_eval_batches == 0:
+            return
+        hook = EvalHook(self, eval_dataset, name)
+        self._eval_hooks.append(hook)
+        self.add_hook(hook, every=self.config.steps_per_eval)
+
+    def data_loader(self, dataset, batch: hax.Axis | None = None):
+        """A loader over `dataset` batched along `batch` (default: the trainer's batch axis
+        and schedule), sharded over the mesh by the compute axis mapping."""
+        from lm.data import DataLoader
+
+        return DataLoader(
+            dataset,
+            batch if batch is not None else self.config.batch_schedule,
+            mesh=self.device_mesh,
+            axis_mapping=self.compute_axis_mapping,
+            batch_axis_name=self.config.batch_axis,
+            allow_nondivisible=self.config.allow_nondivisible_batch_size,
+        )
+
+    # ------------------------------------------------------------------ artifacts
+
+    def write_artifact(self, name: str, artifact: Any, type: str | None = None) -> str:
+        """Save `artifact` under `<log_dir>/<run_id>/artifacts/<name>` and log it to the tracker.
+
+        A str is written as text, anything else as bytes; a name ending in `.gz` is gzipped."""
+        path = os.path.join(self.config.run_dir, "artifacts", name)
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        fs.makedirs(os.path.dirname(fs_path), exist_ok=True)
+        data = artifact.encode("utf-8") if isinstance(artifact, str) else bytes(artifact)
+        if name.endswith(".gz"):
+            data = gzip.compress(data)
+        with fs.open(fs_path, "wb") as f:
+            f.write(data)
+        self.tracker.log_artifact(path, name=name, type=type)
+        return path

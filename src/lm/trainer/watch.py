@@ -1,0 +1,133 @@
+"""`watch`: norms (and optionally histograms) of gradients, parameters, updates and
+optimizer state, computed inside the jitted step every `interval` steps (TRN-15)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+
+import lm.tracker
+from lm.trainer.hooks import InsideStepInfo, JitCallback
+from lm.trainer.state import StepInfo, TrainerState
+
+WATCH_TARGETS = ("grads", "params", "opt_state", "updates")
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    watch_targets: Sequence[str] = ("grads", "params")
+    """Which trees to watch: any of grads, params, opt_state, updates."""
+    include_norms: bool = True
+    """Log the global L2 norm of each target (`<target>/norm/total`)."""
+    include_per_parameter_norms: bool = True
+    """Log the L2 norm of each parameter (`<target>/norm/<path>`)."""
+    include_histograms: bool = False
+    """Log a histogram of each parameter's values (costly: device -> host copy)."""
+    split_scan_layers: bool = True
+    """For layers stacked with `Stacked`, report each layer separately (`.../layer_<i>`)."""
+    interval: int = 10
+    """Every how many steps. 0 disables watching."""
+
+    def __post_init__(self):
+        bad = [t for t in self.watch_targets if t not in WATCH_TARGETS]
+        if bad:
+            raise ValueError(
+                f"watch.watch_targets: unknown target(s) {bad}; allowed: {list(WATCH_TARGETS)}"
+            )
+        if self.interval < 0:
+            raise ValueError(f"watch.interval must be >= 0, got {self.interval}")
+
+    @property
+    def is_enabled(self) -> bool:
+        return (
+            self.interval > 0
+            and bool(self.watch_targets)
+            and (self.include_norms or self.include_per_parameter_norms or self.include_histograms)
+        )
+
+    def build(self) -> WatchCallback:
+        return WatchCallback(self)
+
+
+def _path_name(path) -> str:
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.GetAttrKey):
+            parts.append(p.name)
+        elif isinstance(p, jax.tree_util.DictKey):
+            parts.append(str(p.key))
+        elif isinstance(p, jax.tree_util.SequenceKey):
+            parts.append(str(p.idx))
+        else:
+            parts.append(str(p))
+    return "/".join(parts)
+
+
+def _leaves_with_names(tree) -> list[tuple[str, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=hax.is_named_array)[0]
+    out = []
+    for path, leaf in flat:
+        if hax.is_named_array(leaf):
+            out.append((_path_name(path), leaf))
+        elif eqx.is_inexact_array(leaf):
+            out.append((_path_name(path), leaf))
+    return out
+
+
+def _layer_axis(leaf) -> str | None:
+    if hax.is_named_array(leaf):
+        for axis in leaf.axes:
+            if axis.name in ("layers", "layer"):
+                return axis.name
+    return None
+
+
+class WatchCallback(JitCallback[TrainerState, dict[str, Any]]):
+    def __init__(self, config: WatchConfig):
+        self.config = config
+
+    def inside_step(self, state: TrainerState, inside_info: InsideStepInfo) -> dict[str, Any]:
+        trees = {
+            "grads": inside_info.grads,
+            "params": state.trainable_model,
+            "updates": inside_info.updates,
+            "opt_state": state.opt_state,
+        }
+        out: dict[str, Any] = {}
+        for target in self.config.watch_targets:
+            leaves = _leaves_with_names(trees[target])
+            arrays = [leaf.array if hax.is_named_array(leaf) else leaf for _, leaf in leaves]
+            if self.config.include_norms:
+                sq = sum(
+                    (jnp.sum(jnp.square(a.astype(jnp.float32))) for a in arrays), jnp.float32(0)
+                )
+                out[f"{target}/norm/total"] = jnp.sqrt(sq)
+            for name, leaf in leaves:
+                array = leaf.array if hax.is_named_array(leaf) else leaf
+                layer_axis = _layer_axis(leaf) if self.config.split_scan_layers else None
+                if self.config.include_per_parameter_norms:
+                    if layer_axis is not None:
+                        reduce_axes = tuple(a for a in leaf.axes if a.name != layer_axis)
+                        norms = hax.sqrt(
+                            hax.sum(hax.square(leaf.astype(jnp.float32)), axis=reduce_axes)
+                        )
+                        for i in range(norms.array.shape[0]):
+                            out[f"{target}/norm/{name}/layer_{i}"] = norms.array[i]
+                    else:
+                        out[f"{target}/norm/{name}"] = jnp.linalg.norm(
+                            array.astype(jnp.float32).ravel()
+                        )
+                if self.config.include_histograms:
+                    out[f"{target}/hist/{name}"] = array
+        return out
+
+    def on_step(self, step_info: StepInfo, cb_info: dict[str, Any]) -> None:
+        scalars = jax.device_get({k: v for k, v in cb_info.items() if "/hist/" not in k})
+        hists = {k: lm.tracker.Histogram.from_array(v) for k, v in cb_info.items() if "/hist/" in k}
+        lm.tracker.log({**scalars, **hists}, step=step_info.step)
