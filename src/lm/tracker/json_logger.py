@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 import tempfile
 import time
@@ -126,7 +127,10 @@ class JsonLogger(Tracker):
                 rel = "" if src.is_file() else "/" + f.relative_to(src).as_posix()
                 fs, dest = fsspec.core.url_to_fs(dest_root + rel)
                 fs.makedirs(fs._parent(dest), exist_ok=True)
-                fs.put_file(str(scrubbed_copy(f, scratch)), dest)
+                source = scrubbed_copy(f, scratch)
+                if _same_local_file(fs, source, dest):
+                    continue  # already in place (e.g. written by Trainer.write_artifact)
+                fs.put_file(str(source), dest)
         self._write(
             {
                 "event": "artifact",
@@ -185,6 +189,13 @@ class JsonLoggerConfig(TrackerConfig):
         logger.info("Logging metrics as JSON lines to %s", path)
         plot_path = sibling_path(path, "curves.png") if self.plot else None
         return JsonLogger(path, plot_path=plot_path)
+
+
+def _same_local_file(fs, source: pathlib.Path, dest: str) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" not in protocols and "local" not in protocols:
+        return False
+    return os.path.exists(dest) and os.path.samefile(source, dest)
 
 
 def sibling_path(path: str, name: str) -> str:

@@ -73,24 +73,34 @@ def non_trainables_only(model: M, is_trainable: FilterTree) -> M:
     return eqx.filter(model, _full_filter(model, is_trainable), inverse=True)
 
 
+def _is_inexact(leaf: Any) -> bool:
+    """Float arrays, concrete or abstract (`jax.ShapeDtypeStruct` from `eval_shape`)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jnp.issubdtype(leaf.dtype, jnp.inexact)
+    return eqx.is_inexact_array(leaf)
+
+
+def _is_filter_leaf(x: Any) -> bool:
+    # Equinox modules are callable too; only plain functions are filter functions.
+    return isinstance(x, bool) or (callable(x) and not isinstance(x, eqx.Module))
+
+
 def _full_filter(model: Any, is_trainable: FilterTree) -> PyTree[bool]:
-    """Expand a filter spec into a bool per array leaf (non-arrays are never trainable)."""
+    """Expand a filter spec into a bool per array leaf (non-arrays are never trainable).
+
+    `is_trainable` is True/False, a function `leaf -> bool`, or a pytree prefix of the model
+    holding those (e.g. `MyModel(encoder=False, head=True)`)."""
     if is_trainable is True:
-        return jax.tree_util.tree_map(eqx.is_inexact_array, model)
+        return jax.tree_util.tree_map(_is_inexact, model)
     if is_trainable is False:
         return jax.tree_util.tree_map(lambda _: False, model)
-    mask = jax.tree_util.tree_map(
-        lambda spec, sub: jax.tree_util.tree_map(
-            lambda leaf: (
-                bool(spec(leaf) if callable(spec) else spec) and eqx.is_inexact_array(leaf)
-            ),
-            sub,
-        ),
-        is_trainable,
-        model,
-        is_leaf=lambda x: isinstance(x, bool) or callable(x),
-    )
-    return mask
+
+    def expand(spec, sub):
+        return jax.tree_util.tree_map(
+            lambda leaf: bool(spec(leaf) if callable(spec) else spec) and _is_inexact(leaf), sub
+        )
+
+    return jax.tree_util.tree_map(expand, is_trainable, model, is_leaf=_is_filter_leaf)
 
 
 def saveable_state(state: TrainerState) -> TrainerState:

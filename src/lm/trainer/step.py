@@ -34,12 +34,16 @@ def _is_leaf(x) -> bool:
     return hax.is_named_array(x)
 
 
+def _has_axis(leaf: hax.NamedArray, name: str) -> bool:
+    return any(axis.name == name for axis in leaf.axes)
+
+
 def split_microbatches(batch: Any, batch_axis: str, num_microbatches: int) -> Any:
     """Reshape the batch axis B of every leaf into (B / n, microbatch=n)."""
 
     def split(leaf):
         if hax.is_named_array(leaf):
-            if batch_axis not in leaf.axis_names:
+            if not _has_axis(leaf, batch_axis):
                 return leaf
             Batch = leaf.resolve_axis(batch_axis)
             Micro = hax.Axis(MICROBATCH_AXIS, num_microbatches)
@@ -57,7 +61,7 @@ def split_microbatches(batch: Any, batch_axis: str, num_microbatches: int) -> An
 def take_microbatch(split_batch: Any, index: jax.Array) -> Any:
     def take(leaf):
         if hax.is_named_array(leaf):
-            if MICROBATCH_AXIS not in leaf.axis_names:
+            if not _has_axis(leaf, MICROBATCH_AXIS):
                 return leaf
             return leaf[MICROBATCH_AXIS, index]
         if isinstance(leaf, jax.Array) and leaf.ndim >= 2:
@@ -184,7 +188,7 @@ def train_step(
 
     out_metrics: dict[str, Any] = {f"train/{k}": v for k, v in metrics.items()}
     out_metrics.update(captured)
-    out_metrics["optim/grad_norm"] = optax.global_norm(grads)
+    out_metrics["optim/grad_norm"] = optax.tree.norm(grads)
     if learning_rate_fn is not None and (lr := learning_rate_fn(opt_state)) is not None:
         out_metrics["optim/learning_rate"] = lr
 

@@ -419,7 +419,11 @@ class Trainer(Generic[M]):
         path = os.path.join(self.config.run_dir, "artifacts", name)
         fs, fs_path = fsspec.core.url_to_fs(path)
         fs.makedirs(os.path.dirname(fs_path), exist_ok=True)
-        data = artifact.encode("utf-8") if isinstance(artifact, str) else bytes(artifact)
+        from lm.tracker.scrub import scrub_text
+
+        data = (
+            scrub_text(artifact).encode("utf-8") if isinstance(artifact, str) else bytes(artifact)
+        )
         if name.endswith(".gz"):
             data = gzip.compress(data)
         with fs.open(fs_path, "wb") as f:

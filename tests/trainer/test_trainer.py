@@ -1,0 +1,301 @@
+import dataclasses
+import math
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import jmp
+import numpy as np
+import optax
+import pytest
+from toy import Example, Feature, Mlp, make_dataset, mse, mse_with_metrics, trainer_config
+
+from lm.schedule import ScheduleStep
+from lm.tracker import read_json_log
+from lm.trainer import Callback, JitCallback, NonFiniteLossError, Trainer
+
+
+def _train(config, loss_fn=mse, *, optimizer=None, hooks=(), is_trainable=True, seed=0):
+    trainer = Trainer(config, optimizer or optax.adam(1e-2), loss_fn)
+    for hook, every in hooks:
+        trainer.add_hook(hook, every=every)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(1),
+            model_init=lambda: Mlp.init(key=jax.random.PRNGKey(seed)),
+            is_trainable=is_trainable,
+        )
+        info = trainer.train(state, trainer.data_loader(make_dataset()))
+    return trainer, info
+
+
+def _metrics(config, step=None):
+    records = read_json_log(f"{config.run_dir}/metrics.jsonl")
+    logs = [r for r in records if r["event"] == "log"]
+    return logs if step is None else [r["metrics"] for r in logs if r["step"] == step]
+
+
+def test_loss_decreases_and_step_semantics(tmp_path):
+    seen = []
+    config = trainer_config(tmp_path, num_train_steps=30)
+    trainer, info = _train(
+        config, hooks=[(lambda info: seen.append((info.step, int(info.state.step))), 1)]
+    )
+    # StepInfo.step is the step just completed; state.step counts steps taken.
+    assert seen[:3] == [(0, 1), (1, 2), (2, 3)]
+    assert info.step == 29 and int(info.state.step) == 30
+    losses = [m["metrics"]["train/loss"] for m in _metrics(config)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_hooks_all_forms_every_and_force(tmp_path):
+    calls = {"fn": [], "cb": [], "deco": [], "forced": []}
+
+    class Counter(Callback):
+        def on_step(self, info, force=False):
+            calls["cb"].append(info.step)
+            if force:
+                calls["forced"].append(info.step)
+
+    config = trainer_config(tmp_path, num_train_steps=7)
+    trainer = Trainer(config, optax.sgd(1e-2), mse)
+    trainer.add_hook(lambda info: calls["fn"].append(info.step), every=2)
+    trainer.add_hook(Counter(), every=3)
+
+    @trainer.add_hook(every=5)
+    def deco(info):
+        calls["deco"].append(info.step)
+
+    with pytest.raises(ValueError, match="add_hook expects a callable"):
+        trainer.add_hook(42)
+    with pytest.raises(ValueError, match="positive"):
+        trainer.add_hook(lambda info: None, every=0)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(0), model=Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        trainer.train(state, trainer.data_loader(make_dataset()))
+    # every=N runs at steps divisible by N; the final forced pass runs every hook once more.
+    assert calls["fn"] == [0, 2, 4, 6, 6]
+    assert calls["cb"] == [0, 3, 6, 6]
+    assert calls["forced"] == [6]
+    assert calls["deco"] == [0, 5, 6]
+
+
+def test_step_traces_once(tmp_path):
+    traces = []
+
+    def counting_loss(model, batch):
+        traces.append(1)
+        return mse(model, batch)
+
+    _train(trainer_config(tmp_path, num_train_steps=6, steps_per_eval=100), counting_loss)
+    # one trace for the train step (eval runs at step 0 and at the end: one more trace)
+    assert len(traces) == 2
+
+
+def test_initial_state_needs_exactly_one_of_model_and_init(tmp_path):
+    trainer = Trainer(trainer_config(tmp_path), optax.sgd(0.1), mse)
+    with trainer, pytest.raises(ValueError, match="exactly one"):
+        trainer.initial_state(jax.random.PRNGKey(0))
+    with trainer, pytest.raises(ValueError, match="exactly one"):
+        m = Mlp.init(key=jax.random.PRNGKey(0))
+        trainer.initial_state(jax.random.PRNGKey(0), model=m, model_init=lambda: m)
+
+
+def test_metrics_are_logged_with_prefixes(tmp_path):
+    config = trainer_config(tmp_path, num_train_steps=5, steps_per_eval=5)
+    trainer = Trainer(config, optax.adam(1e-2), mse_with_metrics)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(0), model=Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        trainer.add_eval_hook(make_dataset(64, seed=1), "heldout")
+        trainer.train(state, trainer.data_loader(make_dataset()))
+    first = _metrics(config, 0)
+    merged = {k: v for m in first for k, v in m.items()}
+    for key in [
+        "train/loss",
+        "train/abs_err",
+        "optim/grad_norm",
+        "throughput/examples_per_second",
+        "throughput/loading_time",
+        "eval/heldout/loss",
+        "eval/heldout/abs_err",
+    ]:
+        assert key in merged, key
+
+
+def test_microbatching_matches_full_batch(tmp_path):
+    grads = {}
+
+    class GradCapture(JitCallback):
+        def inside_step(self, state, inside_info):
+            return inside_info.grads
+
+        def on_step(self, step_info, cb_info):
+            grads.setdefault(self.label, cb_info)
+
+    results = {}
+    for label, per_device in [("full", -1), ("micro", 1)]:
+        capture = GradCapture()
+        capture.label = label
+        # 16 examples on 8 devices: per_device_parallelism=1 -> 2 microbatches of 8
+        config = trainer_config(
+            tmp_path / label, num_train_steps=3, per_device_parallelism=per_device
+        )
+        assert config.num_microbatches_at_step(0) == (1 if label == "full" else 2)
+        _, info = _train(config, optimizer=optax.sgd(0.1), hooks=[(capture, 1)])
+        results[label] = info
+    np.testing.assert_allclose(float(results["full"].loss), float(results["micro"].loss), rtol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads["full"]),
+        jax.tree_util.tree_leaves(grads["micro"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(results["full"].state.model),
+        jax.tree_util.tree_leaves(results["micro"].state.model),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_crash_on_nan_names_the_step(tmp_path):
+    def nan_after_two(model, batch):
+        loss = mse(model, batch)
+        return jnp.where(model.bias.array > 10.0, jnp.nan, loss)
+
+    config = trainer_config(tmp_path, num_train_steps=5)
+
+    def nan_loss(model, batch):
+        return mse(model, batch) * jnp.nan
+
+    with pytest.raises(NonFiniteLossError, match="Loss is NaN at step 0"):
+        _train(config, nan_loss)
+    kept_going = trainer_config(
+        tmp_path / "ok", num_train_steps=2, crash_on_nan=False, steps_per_eval=100
+    )
+    _, info = _train(kept_going, nan_loss)
+    assert math.isnan(float(info.loss))
+
+
+def test_frozen_parameters_are_untouched(tmp_path):
+    spec = Mlp(w1=False, w2=True, bias=True)
+    config = trainer_config(tmp_path, num_train_steps=4)
+    init = Mlp.init(key=jax.random.PRNGKey(0))
+    trainer, info = _train(config, is_trainable=spec)
+    np.testing.assert_array_equal(np.asarray(info.state.model.w1.array), np.asarray(init.w1.array))
+    assert not np.allclose(np.asarray(info.state.model.w2.array), np.asarray(init.w2.array))
+    # no optimizer state for the frozen leaf
+    opt_leaves = jax.tree_util.tree_leaves(info.state.opt_state)
+    assert all(leaf.shape != (Feature.size, 8) for leaf in opt_leaves)
+
+
+def test_mixed_precision_computes_in_bf16_and_keeps_f32_params(tmp_path):
+    dtypes = []
+
+    def loss(model, batch):
+        dtypes.append(model.w1.dtype)
+        return mse(model, batch).astype(jnp.float32)
+
+    config = trainer_config(tmp_path, num_train_steps=2, mp=jmp.get_policy("p=f32,c=bfloat16"))
+    _, info = _train(config, loss)
+    assert jnp.bfloat16 in dtypes
+    assert info.state.model.w1.dtype == jnp.float32
+
+
+def test_batch_schedule_changes_batch_size(tmp_path):
+    sizes = []
+
+    def loss(model, batch):
+        sizes.append(batch.x.resolve_axis("batch").size)
+        return mse(model, batch)
+
+    schedule = [ScheduleStep(0, 8), ScheduleStep(3, 16)]
+    config = trainer_config(
+        tmp_path, num_train_steps=5, train_batch_size=schedule, steps_per_eval=100
+    )
+    _train(config, loss)
+    assert 8 in sizes and 16 in sizes  # one trace per batch size (plus eval)
+
+
+def test_nondivisible_batch_schedule_names_the_phase(tmp_path):
+    schedule = [ScheduleStep(0, 8), ScheduleStep(100, 12)]
+    config = trainer_config(tmp_path, train_batch_size=schedule)
+    with pytest.raises(ValueError, match="phase starting at step 100 .12. must be divisible"):
+        config.validate_batch_sizes()
+
+
+def test_write_artifact(tmp_path):
+    config = trainer_config(tmp_path)
+    trainer = Trainer(config, optax.sgd(0.1), mse)
+    with trainer:
+        path = trainer.write_artifact("notes.txt", "hello")
+        gz = trainer.write_artifact("blob.bin.gz", b"\x00\x01")
+    import gzip
+    import pathlib
+
+    assert pathlib.Path(path).read_text() == "hello"
+    assert gzip.decompress(pathlib.Path(gz).read_bytes()) == b"\x00\x01"
+
+
+def test_require_accelerator_refuses_cpu(tmp_path):
+    config = trainer_config(tmp_path, require_accelerator=True)
+    with pytest.raises(RuntimeError, match="No accelerator found"):
+        config.initialize()
+
+
+def test_watch_logs_norms_every_interval(tmp_path):
+    watch = dataclasses.replace(trainer_config(tmp_path).watch, interval=2, include_histograms=True)
+    config = trainer_config(tmp_path, num_train_steps=4, watch=watch, steps_per_eval=100)
+    _train(config)
+    step0 = {k: v for m in _metrics(config, 0) for k, v in m.items()}
+    assert "grads/norm/total" in step0 and "params/norm/w1" in step0
+    assert "grads/hist/w1" in step0
+    assert not any(k.startswith("grads/") for m in _metrics(config, 1) for k in m)
+
+
+def test_loss_fn_with_key_gets_a_fresh_key_each_step(tmp_path):
+    keys = []
+
+    def loss(model, batch, *, key):
+        return mse(model, batch) + 0.0 * jax.random.uniform(key)
+
+    class KeyCapture(Callback):
+        def on_step(self, info, force=False):
+            keys.append(np.asarray(jax.random.key_data(info.state.training_key)).tolist())
+
+    _train(trainer_config(tmp_path, num_train_steps=3), loss, hooks=[(KeyCapture(), 1)])
+    assert len({str(k) for k in keys[:3]}) == 3
+
+
+def test_bad_loss_shape_is_a_clear_error(tmp_path):
+    def vector_loss(model, batch):
+        return (model(batch.x) - batch.y).array
+
+    with pytest.raises(ValueError, match="scalar loss"):
+        _train(trainer_config(tmp_path, num_train_steps=1), vector_loss)
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = trainer_config(tmp_path / "a", num_train_steps=8, steps_per_eval=100)
+    _, info_full = _train(full)
+    first = trainer_config(tmp_path / "b", num_train_steps=4, steps_per_eval=100)
+    _train(first)
+    resumed = dataclasses.replace(first, num_train_steps=8)
+    _, info_resumed = _train(resumed)
+    assert int(info_resumed.state.step) == 8
+    for a, b in zip(
+        jax.tree_util.tree_leaves(info_full.state.model),
+        jax.tree_util.tree_leaves(info_resumed.state.model),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    full_losses = [m["metrics"]["train/loss"] for m in _metrics(full)]
+    resumed_losses = [
+        m["metrics"]["train/loss"] for m in _metrics(resumed) if "train/loss" in m["metrics"]
+    ]
+    assert resumed_losses == full_losses
