@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_helpers import random_like
 
-from conftest import random_like
 from lm.optim import AdoptConfig, LionConfig, MuonConfig, SgdConfig, param_infos
 from lm.optim.muon import muon_labels, newton_schulz
 

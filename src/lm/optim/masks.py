@@ -43,7 +43,7 @@ class ParamInfo:
 
 
 def is_param_leaf(x: Any) -> bool:
-    return hax.is_named_array(x) or isinstance(x, jax.Array | np.ndarray)
+    return hax.is_named_array(x) or isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)
 
 
 def _key_str(k: Any) -> str:
