@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_helpers import random_like
 
 import lm.tracker
-from conftest import random_like
 from lm.optim import (
     AdamConfig,
     ClipUpdateNormConfig,

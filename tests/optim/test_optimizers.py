@@ -8,9 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optim_helpers import random_like
 
-from conftest import random_like
-from lm.optim import AdoptConfig, LionConfig, MuonConfig, SgdConfig, param_infos
+import lm.tracker
+from lm.optim import (
+    AdamConfig,
+    AdoptConfig,
+    LionConfig,
+    MuonConfig,
+    SgdConfig,
+    map_params,
+    param_infos,
+)
 from lm.optim.muon import muon_labels, newton_schulz
 
 STEPS = 4
@@ -259,3 +268,24 @@ def test_muon_kimi_scaling_matches_rms_target():
     rms = np.sqrt(np.mean(np.asarray(out.array) ** 2, axis=(1, 2)))
     assert np.all(np.abs(rms - 0.2) < 0.04)
     assert out.axes == lin.weight.axes
+
+
+@pytest.mark.parametrize(
+    "config", [MuonConfig(), AdamConfig(update_rms_clipping=1.0)], ids=["muon", "adam"]
+)
+def test_partially_trainable_tree(gpt2_like, config):
+    # The trainer optimizes only trainable leaves; eqx.filter leaves NamedArray(None) behind.
+    trainable = map_params(lambda x, info: "ln_" not in info.path, gpt2_like, default=False)
+    params = eqx.filter(gpt2_like, trainable)
+    grads = eqx.filter(random_like(gpt2_like, 7), trainable)
+    tx = config.build(10)
+
+    @eqx.filter_jit
+    def step(grads, params):
+        with lm.tracker.capture_metrics():
+            updates, _ = tx.update(grads, tx.init(params), params, loss=jnp.float32(1.0))
+        return optax.apply_updates(params, updates)
+
+    new = step(grads, params)
+    assert new.transformer.ln_f.weight.array is None
+    assert np.all(np.isfinite(np.asarray(new.transformer.blocks.stacked.mlp.c_fc.weight.array)))

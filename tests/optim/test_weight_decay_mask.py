@@ -1,5 +1,6 @@
 """Weight-decay masks on a GPT-2-shaped Haliax tree (REFERENCE_CASES.md §3)."""
 
+import equinox as eqx
 import jax
 import pytest
 
@@ -90,6 +91,13 @@ def test_mask_tree_is_a_prefix_of_the_params(gpt2_like):
     partial = map_params(lambda x, info: None if "ln_f" in info.path else x, gpt2_like)
     mask = AdamConfig().build_weight_decay_mask()(partial)
     assert mask.transformer.ln_f.weight is None
+    # eqx.filter leaves NamedArrays with array=None for filtered-out parameters
+    only_linear = eqx.filter(
+        gpt2_like, map_params(lambda x, info: "c_fc" in info.path, gpt2_like, default=False)
+    )
+    assert AdamConfig().decayed_parameter_paths(only_linear) == [
+        "transformer.blocks.stacked.mlp.c_fc.weight"
+    ]
 
 
 def test_decayed_paths_are_logged_as_hyperparameters(gpt2_like):

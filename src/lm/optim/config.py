@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
-from lm.optim.masks import WeightDecayMask, build_weight_decay_mask
+from lm.optim.masks import WeightDecayMask, build_weight_decay_mask, param_infos
 from lm.optim.schedules import (
     LrSchedule,
     Phase,
@@ -222,6 +222,8 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
 
     def _phase_specs(self, num_train_steps: int, override_lr: float | None = None):
         learning_rate = self.learning_rate if override_lr is None else override_lr
+        if not learning_rate > 0:
+            raise ValueError(f"override_lr ({override_lr}) must be > 0")
         return build_phases(
             total=self.schedule_horizon(num_train_steps),
             learning_rate=learning_rate,
@@ -261,8 +263,6 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             return []
         mask = self.build_weight_decay_mask()
         if mask is None:
-            from lm.optim.masks import param_infos
-
             return sorted(i.path for i in param_infos(model))
         return mask.decayed_paths(model)
 

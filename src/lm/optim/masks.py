@@ -43,7 +43,7 @@ class ParamInfo:
 
 
 def is_param_leaf(x: Any) -> bool:
-    return hax.is_named_array(x) or isinstance(x, jax.Array | np.ndarray)
+    return hax.is_named_array(x) or isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)
 
 
 def _key_str(k: Any) -> str:
@@ -63,6 +63,9 @@ def map_params(fn: Callable[[Any, ParamInfo], Any], tree: Any, *, default: Any =
     def walk(node, parts, owner, owner_cls, rel, layer_axes):
         if node is None:
             return None
+        if hax.is_named_array(node) and node.array is None:
+            # A filtered-out parameter (e.g. `eqx.filter` on a NamedArray): nothing to map.
+            return node
         if is_param_leaf(node):
             class_path = ".".join([owner_cls, *rel]) if owner_cls else ".".join(parts)
             info = ParamInfo(".".join(parts), class_path, owner, layer_axes)

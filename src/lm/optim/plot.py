@@ -64,7 +64,7 @@ def plot_lr_schedule(
     steps = _sample_steps(phases, horizon)
     lrs = schedule_values(config, num_train_steps, steps)
 
-    fig = Figure(figsize=(9, 4.2), dpi=110)
+    fig = Figure(figsize=(9, 4.6), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
 
@@ -91,7 +91,7 @@ def plot_lr_schedule(
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_title(title if title is not None else _default_title(config))
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=7, fontsize=8, frameon=False)
     ax.grid(alpha=0.25)
     fig.tight_layout()
 
