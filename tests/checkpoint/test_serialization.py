@@ -287,3 +287,21 @@ def test_saving_inside_jit_is_rejected(tmp_path):
 
     with pytest.raises(TypeError, match="tracer: save outside of jit"):
         f(jnp.ones(2))
+
+
+def test_chunk_shape_divides_the_shard_and_bounds_the_size():
+    from lm.checkpoint.serialization import _TARGET_CHUNK_BYTES, _chunk_shape
+
+    for shard, itemsize in [
+        ((4096, 4096), 4),
+        ((50257, 768), 2),
+        ((7, 3), 4),
+        ((), 4),
+        ((0, 5), 4),
+    ]:
+        chunk = _chunk_shape(shard, itemsize)
+        assert len(chunk) == len(shard)
+        assert all(max(1, s) % c == 0 for s, c in zip(shard, chunk, strict=True))
+        assert int(np.prod(chunk)) * itemsize <= _TARGET_CHUNK_BYTES
+    assert _chunk_shape((4096, 4096), 4) == [512, 4096]
+    assert _chunk_shape((50257, 768), 2) == [1733, 768]  # 50257 = 29 * 1733
