@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -29,7 +30,6 @@ import time
 
 import jax
 import numpy as np
-import tensorstore
 
 from lm.checkpoint import AsyncCheckpointManager, load_checkpoint, save_checkpoint
 
@@ -175,9 +175,10 @@ def main() -> None:
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
+        "load_average": os.getloadavg()[0],
         "versions": {
             "jax": jax.__version__,
-            "tensorstore": getattr(tensorstore, "__version__", "0.1.86 (pinned)"),
+            "tensorstore": importlib.metadata.version("tensorstore"),
             "numpy": np.__version__,
         },
         "bytes": nbytes,
