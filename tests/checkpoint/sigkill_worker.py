@@ -1,4 +1,4 @@
-"""A tiny deterministic "training" loop that checkpoints and resumes (for test_sigkill.py).
+"""A tiny deterministic "training" loop that checkpoints and resumes (for test_checkpoint_sigkill.py).
 
 Usage: python sigkill_worker.py <run dir> <num steps>
 
