@@ -1,4 +1,4 @@
-"""One process of a 2-process checkpoint save (run by test_multiprocess.py).
+"""One process of a 2-process checkpoint save (run by test_checkpoint_multiprocess.py).
 
 Usage: python multiprocess_worker.py <process_id> <coordinator port> <checkpoint dir>
 

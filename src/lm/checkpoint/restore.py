@@ -352,7 +352,7 @@ def load_checkpoint_with_path(
 
     Raises:
         FileNotFoundError: no checkpoint at or under `checkpoint_path`.
-        CheckpointLoadError: checkpoints exist but none could be read.
+        CheckpointLoadError: complete checkpoints exist but none could be read.
         CheckpointCorruptError: `discover_latest=False` and the checkpoint is unreadable.
         ValueError: the checkpoint does not fit the exemplar (names, shapes, dtypes).
     """
@@ -363,13 +363,13 @@ def load_checkpoint_with_path(
             if newest is None or t.step > newest:
                 logger.warning("Skipping incomplete checkpoint %s: %s", t.path, t.problem)
         if not complete:
+            # Directories without metadata.json never committed: they hold no state a run
+            # could lose, so they count as "no checkpoint" (a run killed during its very
+            # first save starts over, which loses nothing).
+            where = f"no complete checkpoint at or under {checkpoint_path}"
             if torn:
-                raise CheckpointLoadError(
-                    f"{len(torn)} checkpoint(s) under {checkpoint_path} but none is complete: "
-                    + "; ".join(f"{t.path}: {t.problem}" for t in torn)
-                    + ". Refusing to start over; delete them to start from scratch."
-                )
-            raise FileNotFoundError(f"no checkpoint found at or under {checkpoint_path}")
+                where += f" (incomplete, skipped: {', '.join(t.path for t in torn)})"
+            raise FileNotFoundError(where)
         candidates = [c.path for c in complete]
     else:
         status = read_status(checkpoint_path)

@@ -11,8 +11,9 @@
    trainable parameters (a warm start: fresh optimizer state, step 0).
 3. Otherwise a fresh initialization.
 
-Checkpoints that exist but are all unreadable raise `CheckpointLoadError`: the run
-fails instead of restarting from step 0.
+Complete checkpoints that exist but are all unreadable raise `CheckpointLoadError`:
+the run fails instead of restarting from step 0. Directories whose save never
+committed (no metadata.json) are skipped with a warning; they hold nothing to lose.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def restore_trainer_state(
     Raises:
         FileNotFoundError: `load_checkpoint=True` and no checkpoint under `checkpoint_path`.
         ValueError: `initialize_from` holds no checkpoint.
-        CheckpointLoadError: checkpoints exist but none can be read.
+        CheckpointLoadError: complete checkpoints exist but none can be read.
     """
     common: dict[str, Any] = dict(
         allow_partial=allow_partial, axis_mapping=axis_mapping, mesh=mesh, discover_latest=True
@@ -97,8 +98,8 @@ def restore_trainer_state(
     if load_checkpoint is not False and checkpoint_path is None and load_checkpoint:
         raise ValueError("load_checkpoint=True needs a checkpoint path to load from")
     if load_checkpoint is not False and checkpoint_path is not None:
-        complete, torn = checkpoint_candidates(checkpoint_path)
-        if complete or torn:
+        complete, _ = checkpoint_candidates(checkpoint_path)
+        if complete:
             # Raises CheckpointLoadError when none of them loads: never start over.
             state, loaded = _load_or_init(
                 init_fn, (), {}, checkpoint_path, is_checkpointed=True, subpath=None, **common
@@ -112,11 +113,11 @@ def restore_trainer_state(
             )
 
     if initialize_from is not None:
-        complete, torn = checkpoint_candidates(initialize_from)
-        if not complete and not torn:
+        complete, _ = checkpoint_candidates(initialize_from)
+        if not complete:
             raise ValueError(
                 f"initialize_from ({initialize_from!r}) is not a checkpoint path: no "
-                f"checkpoint at or under it"
+                f"complete checkpoint at or under it"
             )
         shapes = eqx.filter_eval_shape(init_fn)
         spec = _params_only_spec(shapes) if initialize_from_params_only else True

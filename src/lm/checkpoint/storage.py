@@ -151,17 +151,24 @@ class CheckpointStatus:
     problem: str | None = None
 
 
-def read_status(path: str) -> CheckpointStatus | None:
-    """Status of the checkpoint directory `path`, or None when nothing is stored there."""
-    name = os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
-    match = STEP_DIR_RE.match(name)
-    name_step = int(match.group(1)) if match else -1
+def _name_step(path: str) -> int:
+    match = STEP_DIR_RE.match(os.fspath(path).rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else -1
+
+
+def read_status(path: str, *, nonempty: bool | None = None) -> CheckpointStatus | None:
+    """Status of the checkpoint directory `path`, or None when nothing is stored there.
+
+    `nonempty=True` says the caller already knows something is stored there (saves a
+    listing when metadata.json is missing).
+    """
+    name_step = _name_step(path)
     try:
         meta = read_json(path, METADATA_FILE)
     except ValueError as e:
         return CheckpointStatus(path, name_step, complete=False, problem=str(e))
     if meta is None:
-        if not exists(path):
+        if not (nonempty if nonempty is not None else exists(path)):
             return None
         return CheckpointStatus(path, name_step, complete=False, problem="no metadata.json")
     step = meta.get("step")
@@ -178,14 +185,9 @@ def read_status(path: str) -> CheckpointStatus | None:
     )
 
 
-def list_checkpoints(path: str) -> list[CheckpointStatus]:
-    """The checkpoints in run directory `path`, complete or torn, sorted by step.
-
-    A child counts when it holds a `metadata.json` or is named `step-N`. A missing
-    `path` gives an empty list.
-    """
+def _statuses(path: str, keys: list[str]) -> list[CheckpointStatus]:
     children: dict[str, bool] = {}
-    for key in list_keys(path):
+    for key in keys:
         if "/" not in key:
             continue
         child, rest = key.split("/", 1)
@@ -194,23 +196,36 @@ def list_checkpoints(path: str) -> list[CheckpointStatus]:
     for child, has_meta in children.items():
         if not has_meta and not STEP_DIR_RE.match(child):
             continue
-        status = read_status(join(path, child))
+        status = read_status(join(path, child), nonempty=True)
         if status is not None:
             found.append(status)
     found.sort(key=lambda s: (s.step, s.timestamp or ""))
     return found
 
 
+def list_checkpoints(path: str) -> list[CheckpointStatus]:
+    """The checkpoints in run directory `path`, complete or torn, sorted by step.
+
+    A child counts when it holds a `metadata.json` or is named `step-N`. A missing
+    `path` gives an empty list.
+    """
+    return _statuses(path, list_keys(path))
+
+
 def checkpoint_candidates(path: str) -> tuple[list[CheckpointStatus], list[CheckpointStatus]]:
     """(complete checkpoints newest first, torn ones) for a run dir or a checkpoint dir.
 
-    If `path` is itself a checkpoint (it holds metadata.json, or is a torn `step-N`
-    directory), it is the only candidate.
+    If `path` is itself a checkpoint (it holds metadata.json, or is a `step-N`
+    directory without checkpoints inside), it is the only candidate.
     """
-    own = read_status(path)
-    if own is not None and (own.complete or own.step >= 0):
+    keys = list_keys(path)
+    if not keys:
+        return [], []
+    statuses = _statuses(path, keys)
+    if METADATA_FILE in keys or (not statuses and _name_step(path) >= 0):
+        own = read_status(path, nonempty=True)
+        assert own is not None
         return ([own], []) if own.complete else ([], [own])
-    statuses = list_checkpoints(path)
     complete = [s for s in reversed(statuses) if s.complete]
     torn = [s for s in statuses if not s.complete]
     return complete, torn

@@ -209,7 +209,7 @@ def test_missing_leaf_error_and_allow_partial(tmp_path, caplog):
 
 
 def test_missing_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint at or under"):
         load_checkpoint({"a": jnp.ones(1)}, str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint({"a": jnp.ones(1)}, str(tmp_path / "none"), discover_latest=False)
@@ -261,11 +261,13 @@ def test_torn_newest_checkpoint_falls_back(tmp_path, caplog, damage):
 def test_all_torn_is_a_loud_error(tmp_path):
     exemplar = _two_checkpoints(tmp_path)
     os.remove(_chunk(tmp_path / "step-2"))
-    (tmp_path / "step-1" / "metadata.json").unlink()
+    os.remove(_chunk(tmp_path / "step-1"))
     with pytest.raises(CheckpointLoadError, match="refusing to start over"):
         load_checkpoint(exemplar, str(tmp_path))
     (tmp_path / "step-2" / "metadata.json").unlink()
-    with pytest.raises(CheckpointLoadError, match=r"2 checkpoint\(s\).*none is complete"):
+    (tmp_path / "step-1" / "metadata.json").unlink()
+    # Only never-committed directories: there is nothing to lose, so "no checkpoint".
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint.*incomplete, skipped"):
         load_checkpoint(exemplar, str(tmp_path))
 
 
@@ -285,3 +287,21 @@ def test_saving_inside_jit_is_rejected(tmp_path):
 
     with pytest.raises(TypeError, match="tracer: save outside of jit"):
         f(jnp.ones(2))
+
+
+def test_chunk_shape_divides_the_shard_and_bounds_the_size():
+    from lm.checkpoint.serialization import _TARGET_CHUNK_BYTES, _chunk_shape
+
+    for shard, itemsize in [
+        ((4096, 4096), 4),
+        ((50257, 768), 2),
+        ((7, 3), 4),
+        ((), 4),
+        ((0, 5), 4),
+    ]:
+        chunk = _chunk_shape(shard, itemsize)
+        assert len(chunk) == len(shard)
+        assert all(max(1, s) % c == 0 for s, c in zip(shard, chunk, strict=True))
+        assert int(np.prod(chunk)) * itemsize <= _TARGET_CHUNK_BYTES
+    assert _chunk_shape((4096, 4096), 4) == [512, 4096]
+    assert _chunk_shape((50257, 768), 2) == [1733, 768]  # 50257 = 29 * 1733

@@ -71,9 +71,16 @@ def test_specific_step_path(run_dir, trained_state):
 def test_unreadable_checkpoints_never_restart_from_zero(tmp_path, trained_state):
     run = tmp_path / "run"
     save_state(trained_state, run / "step-2", 2)
-    os.remove(run / "step-2" / "metadata.json")
-    with pytest.raises(CheckpointLoadError, match="none is complete"):
+    chunk = run / "step-2" / "model" / "layers" / "0" / "weight" / "c" / "0" / "0"
+    os.remove(chunk)
+    with pytest.raises(CheckpointLoadError, match="refusing to start over"):
         restore_trainer_state(init_fn, checkpoint_path=str(run))
+    # A save that never committed holds nothing: the run starts fresh.
+    os.remove(run / "step-2" / "metadata.json")
+    out = restore_trainer_state(init_fn, checkpoint_path=str(run))
+    assert out.kind == "fresh"
+    with pytest.raises(FileNotFoundError):
+        restore_trainer_state(init_fn, checkpoint_path=str(run), load_checkpoint=True)
 
 
 def test_initialize_from_full_state(tmp_path, run_dir, trained_state):
