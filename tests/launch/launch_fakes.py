@@ -9,9 +9,11 @@ from lm.launch.executor import Command
 
 
 def step(command: Command) -> str:
-    """Short name of a launch step: `build`, `push`, `create`, `ssh`, `describe`, `delete`, ..."""
+    """Short name of a launch step: `build`, `push`, `create`, `start`, `wait`, `delete`, ..."""
     argv = command.argv
     if argv[:3] == ("gcloud", "compute", "tpus"):
+        if argv[4] == "ssh":  # `start` runs the container, `wait` streams and waits for it
+            return "start" if "docker run" in argv[-1] else "wait"
         return argv[4]
     if argv[:2] == ("gcloud", "auth"):
         return argv[2]
@@ -25,7 +27,7 @@ def step(command: Command) -> str:
 class RecordingExecutor:
     """Records every command; answers from per-step scripts, else with the healthy result.
 
-    `answers={"ssh": [255, 0], "describe": ["PREEMPTED"]}`: the first ssh exits 255, the
+    `answers={"wait": [255, 0], "describe": ["PREEMPTED"]}`: the first wait exits 255, the
     second 0; the first describe prints PREEMPTED. An int is an exit status, a str is the
     stdout of a successful `capture`.
     """

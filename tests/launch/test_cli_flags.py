@@ -38,7 +38,8 @@ PLANS = {
 GCLOUD_STEPS = [
     commands.create,
     commands.describe_state,
-    commands.run_on_workers,
+    commands.start_on_workers,
+    commands.wait_on_workers,
     commands.follow_logs,
     commands.delete,
 ]
@@ -48,21 +49,27 @@ def _run(argv, env):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _distinct_gcloud_commands():
+# Commands with many flags, checked by default; the simple rest only with `-m slow`.
+MAIN_STEPS = {commands.create, commands.start_on_workers}
+
+
+def _distinct_gcloud_commands(main: bool) -> dict:
     """Each distinct gcloud argv: every step of one direct and one queued plan, plus the
-    create command of every capacity type."""
+    create command of every capacity type; `main` picks MAIN_STEPS or the others."""
     seen = {}
     for name, config in PLANS.items():
         plan = plan_launch(config, ["echo", "hi"], environ={"USER": "t"})
         steps = GCLOUD_STEPS if name in ("direct-spot", "queued-multislice") else [commands.create]
         for build in steps:
-            argv = build(plan).argv
-            seen.setdefault(argv, f"{name}:{build.__name__}")
+            if (build in MAIN_STEPS) == main:
+                seen.setdefault(build(plan).argv, f"{name}:{build.__name__}")
     return seen
 
 
-@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the Google Cloud CLI")
-def test_gcloud_accepts_every_command(tmp_path, subprocess_env):
+@pytest.fixture
+def gcloud_env(tmp_path, subprocess_env):
+    if shutil.which("gcloud") is None:
+        pytest.skip("needs the Google Cloud CLI")
     env = {
         **subprocess_env,
         "HOME": str(tmp_path),
@@ -72,16 +79,31 @@ def test_gcloud_accepts_every_command(tmp_path, subprocess_env):
     }
     env.pop("CLOUDSDK_CORE_ACCOUNT", None)
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
-    distinct = _distinct_gcloud_commands()
-    assert len(distinct) == 12
+    return env
+
+
+def _check_gcloud_parses(distinct: dict, env: dict) -> None:
     for argv, label in distinct.items():
         done = _run(argv, env)
         assert "unrecognized arguments" not in done.stderr, (label, argv, done.stderr)
         assert done.returncode == 1, (label, argv, done.returncode, done.stderr)
         assert "do not currently have an active account" in done.stderr, (label, done.stderr)
+
+
+def test_gcloud_accepts_create_and_start_commands(gcloud_env):
+    distinct = _distinct_gcloud_commands(main=True)
+    assert len(distinct) == 6  # 4 capacity/queued variants of create, 2 of start
+    _check_gcloud_parses(distinct, gcloud_env)
+
+
+@pytest.mark.slow
+def test_gcloud_accepts_the_other_commands(gcloud_env, tmp_path):
+    distinct = _distinct_gcloud_commands(main=False)
+    assert len(distinct) == 8  # describe, wait, logs, delete for direct and queued
+    _check_gcloud_parses(distinct, gcloud_env)
     # configure-docker needs no account; it writes $HOME/.docker/config.json.
     plan = plan_launch(PLANS["direct-spot"], ["true"], environ={"USER": "t"})
-    done = _run(commands.configure_docker(plan).argv, env)
+    done = _run(commands.configure_docker(plan).argv, gcloud_env)
     assert done.returncode == 0, done.stderr
     assert "us-central2-docker.pkg.dev" in (tmp_path / ".docker" / "config.json").read_text()
 

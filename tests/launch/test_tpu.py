@@ -68,6 +68,12 @@ def script(*lines):
     return "; ".join(lines)
 
 
+WAIT = (
+    "sudo docker logs --follow --tail=all lm 2>&1 & "
+    "status=$(sudo docker wait lm) || status=254; wait; exit $status"
+)
+
+
 def test_on_demand_direct_create_exact_commands(tmp_path):
     config = write(tmp_path, ON_DEMAND)
     ex = RecordingExecutor()
@@ -75,12 +81,12 @@ def test_on_demand_direct_create_exact_commands(tmp_path):
     image = "us-central2-docker.pkg.dev/my-project/lm-images/lm:v1"
     where = ["--project=my-project", "--zone=us-central2-b"]
     remote = script(
-        "set -e",
+        "set -eo pipefail",
         "gcloud auth print-access-token | sudo docker login --username=oauth2accesstoken "
         "--password-stdin https://us-central2-docker.pkg.dev",
         f"sudo docker pull {image}",
         "sudo docker rm --force lm >/dev/null 2>&1 || true",
-        f"sudo docker run --name=lm --net=host --privileged --volume=/tmp:/tmp {image} "
+        f"sudo docker run --detach --name=lm --net=host --privileged --volume=/tmp:/tmp {image} "
         "python -m lm.main.train_lm --config_path config/gpt2_small.yaml",
     )
     assert ex.argvs == [
@@ -99,6 +105,8 @@ def test_on_demand_direct_create_exact_commands(tmp_path):
          "--service-account=trainer@my-project.iam.gserviceaccount.com"],
         ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "lm-alice", *where, "--worker=all",
          f"--command={remote}"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "lm-alice", *where, "--worker=all",
+         f"--command={WAIT}"],
         ["gcloud", "compute", "tpus", "tpu-vm", "delete", "lm-alice", *where, "--quiet"],
     ]  # fmt: skip
 
@@ -114,12 +122,12 @@ def test_queued_spot_multislice_exact_commands(tmp_path):
     where = ["--project=my-project", "--zone=us-east5-a"]
     describe = [*qr, "describe", "big-run", *where, "--format=value(state.state)"]
     remote = script(
-        "set -e",
+        "set -eo pipefail",
         "gcloud auth print-access-token | sudo docker login --username=oauth2accesstoken "
         "--password-stdin https://us-east5-docker.pkg.dev",
         f"sudo docker pull {image}",
         "sudo docker rm --force lm >/dev/null 2>&1 || true",
-        "sudo docker run --name=lm --net=host --privileged --volume=/tmp:/tmp "
+        "sudo docker run --detach --name=lm --net=host --privileged --volume=/tmp:/tmp "
         f"-e JAX_COMPILATION_CACHE_DIR=gs://my-bucket/jax-cache {image} "
         "python -m lm.main.train_lm --config_path config/gpt2_small.yaml",
     )
@@ -131,6 +139,7 @@ def test_queued_spot_multislice_exact_commands(tmp_path):
         describe,
         describe,
         [*qr, "ssh", "big-run", *where, "--worker=all", "--node=all", f"--command={remote}"],
+        [*qr, "ssh", "big-run", *where, "--worker=all", "--node=all", f"--command={WAIT}"],
         [*qr, "delete", "big-run", *where, "--force", "--quiet"],
     ]  # fmt: skip
     assert ex.steps[:3] == ["configure-docker", "build", "push"]
@@ -147,12 +156,12 @@ def test_dry_run_prints_every_command_with_secrets_masked(tmp_path, monkeypatch)
     image = "europe-west4-docker.pkg.dev/my-project/lm/lm:dev"
     where = "--project=my-project --zone=europe-west4-a"
     remote = script(
-        "set -e",
+        "set -eo pipefail",
         "gcloud auth print-access-token | sudo docker login --username=oauth2accesstoken "
         "--password-stdin https://europe-west4-docker.pkg.dev",
         f"sudo docker pull {image}",
         "sudo docker rm --force lm >/dev/null 2>&1 || true",
-        "sudo docker run --name=lm --net=host --privileged --volume=/tmp:/tmp "
+        "sudo docker run --detach --name=lm --net=host --privileged --volume=/tmp:/tmp "
         "-e JAX_COMPILATION_CACHE_DIR=gs://cache/jax -e 'HF_TOKEN=<redacted>' "
         f"-e 'WANDB_API_KEY=<redacted>' -v /mnt/data:/data {image} "
         "python -m lm.main.train_lm --config_path config/gpt2_small.yaml",
@@ -166,12 +175,15 @@ def test_dry_run_prints_every_command_with_secrets_masked(tmp_path, monkeypatch)
         "--version=v2-alpha-tpuv5-lite --preemptible",
         f"gcloud compute tpus tpu-vm ssh demo {where} --worker=all "
         + shlex.quote(f"--command={remote}"),
+        f"gcloud compute tpus tpu-vm ssh demo {where} --worker=all "
+        + shlex.quote(f"--command={WAIT}"),
         f"gcloud compute tpus tpu-vm delete demo {where} --quiet",
     ]
     assert "wandb-secret-123" not in out.getvalue()
     assert "hf_written_in_file" not in out.getvalue()
     # Each printed line is a shell command that splits back into the shown argv.
     assert shlex.split(lines[4])[-1] == f"--command={remote}"
+    assert shlex.split(lines[5])[-1] == f"--command={WAIT}"
 
 
 def test_secret_values_reach_the_workers_but_are_never_shown(tmp_path):
@@ -179,7 +191,7 @@ def test_secret_values_reach_the_workers_but_are_never_shown(tmp_path):
     ex = RecordingExecutor()
     env = {**ENV, "WANDB_API_KEY": "wandb-secret-123"}
     assert main(["--config", config, "--", *TRAIN], environ=env, executor=ex) == 0
-    ssh = ex.commands[ex.steps.index("ssh")]
+    ssh = ex.commands[ex.steps.index("start")]
     assert "-e WANDB_API_KEY=wandb-secret-123 " in ssh.argv[-1]
     assert "-e HF_TOKEN=hf_written_in_file " in ssh.argv[-1]
     assert "wandb-secret-123" not in str(ssh) and "hf_written_in_file" not in str(ssh)
@@ -189,50 +201,108 @@ def test_preempted_tpu_is_recreated_and_the_command_rerun(tmp_path, caplog):
     config = write(
         tmp_path, ON_DEMAND.replace("image_tag: v1", "image_tag: v1\ncapacity_type: spot")
     )
-    ex = RecordingExecutor({"ssh": [255, 0], "describe": ["PREEMPTED"]})
+    ex = RecordingExecutor({"wait": [255, 0], "describe": ["PREEMPTED"]})
     with caplog.at_level(logging.WARNING):
         assert main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex) == 0
     assert ex.steps == [
         "configure-docker", "build", "push",
-        "create", "ssh", "describe", "delete",
-        "create", "ssh", "delete",
+        "create", "start", "wait", "describe", "delete",
+        "create", "start", "wait", "delete",
     ]  # fmt: skip
-    assert ex.argvs[5] == [
+    assert ex.argvs[6] == [
         "gcloud", "compute", "tpus", "tpu-vm", "describe", "lm-alice",
         "--project=my-project", "--zone=us-central2-b", "--format=value(state)",
     ]  # fmt: skip
-    assert ex.argvs[3] == ex.argvs[7] and "--spot" in ex.argvs[3]
+    assert ex.argvs[3] == ex.argvs[8] and "--spot" in ex.argvs[3]
+    assert ex.argvs[4] == ex.argvs[9]  # the same command, restarted on the new TPU
     assert "preempted (PREEMPTED)" in caplog.text and "retry 1 of 3" in caplog.text
     assert ex.unused() == {}
 
 
+def test_preempted_while_starting(tmp_path):
+    config = write(tmp_path, ON_DEMAND)
+    ex = RecordingExecutor({"start": [255], "describe": ["TERMINATED"]})
+    assert main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex) == 0
+    assert ex.steps[3:] == [
+        "create",
+        "start",
+        "describe",
+        "delete",
+        "create",
+        "start",
+        "wait",
+        "delete",
+    ]
+
+
 def test_preempted_queued_resource_is_recreated(tmp_path):
     config = write(tmp_path, QUEUED_SPOT_MULTISLICE)
-    ex = RecordingExecutor({"ssh": [1, 0], "describe": ["ACTIVE", "SUSPENDED", "ACTIVE"]})
+    ex = RecordingExecutor({"wait": [1, 0], "describe": ["ACTIVE", "SUSPENDED", "ACTIVE"]})
     assert main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex, sleep=print) == 0
     assert ex.steps[3:] == [
-        "create", "describe", "ssh", "describe", "delete",
-        "create", "describe", "ssh", "delete",
+        "create", "describe", "start", "wait", "describe", "delete",
+        "create", "describe", "start", "wait", "delete",
     ]  # fmt: skip
-    assert ex.argvs[7][-2:] == ["--force", "--quiet"]
+    assert ex.argvs[8][-2:] == ["--force", "--quiet"]
 
 
 def test_gives_up_after_retries_and_still_tears_down(tmp_path, capsys):
     config = write(tmp_path, ON_DEMAND)
-    ex = RecordingExecutor({"ssh": [255, 255], "describe": ["TERMINATED", "PREEMPTED"]})
+    ex = RecordingExecutor({"wait": [255, 255], "describe": ["TERMINATED", "PREEMPTED"]})
     assert main(["--config", config, "--retries", "1", "--", *TRAIN], environ=ENV, executor=ex) == 1
     assert ex.steps[3:] == [
-        "create", "ssh", "describe", "delete",
-        "create", "ssh", "describe", "delete",
+        "create", "start", "wait", "describe", "delete",
+        "create", "start", "wait", "describe", "delete",
     ]  # fmt: skip
     assert "all 1 retries are used up" in capsys.readouterr().err
 
 
 def test_a_failing_command_is_not_retried(tmp_path):
     config = write(tmp_path, ON_DEMAND)
-    ex = RecordingExecutor({"ssh": [3], "describe": ["READY"]})
+    ex = RecordingExecutor({"wait": [3], "describe": ["READY"]})
     assert main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex) == 3
-    assert ex.steps[3:] == ["create", "ssh", "describe", "delete"]
+    assert ex.steps[3:] == ["create", "start", "wait", "describe", "delete"]
+
+
+def test_a_dropped_connection_reattaches(tmp_path, caplog):
+    config = write(tmp_path, ON_DEMAND)
+    sleeps = []
+    ex = RecordingExecutor({"wait": [255, 255, 0], "describe": ["READY", "READY"]})
+    with caplog.at_level(logging.WARNING):
+        status = main(
+            ["--config", config, "--", *TRAIN], environ=ENV, executor=ex, sleep=sleeps.append
+        )
+    assert status == 0
+    assert ex.steps[3:] == [
+        "create",
+        "start",
+        "wait",
+        "describe",
+        "wait",
+        "describe",
+        "wait",
+        "delete",
+    ]
+    waits = [c.argv[-1] for c in ex.commands if "docker wait" in c.argv[-1]]
+    assert ["--tail=all" in w for w in waits] == [True, False, False]
+    assert all("--tail=100" in w for w in waits[1:])
+    assert sleeps == [30.0, 30.0] and "reattaching (2 of 5)" in caplog.text
+
+
+def test_reattaching_gives_up_after_max_reattach(tmp_path):
+    config = write(tmp_path, ON_DEMAND)
+    ex = RecordingExecutor({"wait": [255] * 6, "describe": ["READY"] * 6})
+    status = main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex, sleep=print)
+    assert status == 255
+    assert ex.steps.count("wait") == 6 and ex.steps[-1] == "delete"
+
+
+def test_failed_start_is_an_error(tmp_path, capsys):
+    config = write(tmp_path, ON_DEMAND)
+    ex = RecordingExecutor({"start": [1], "describe": ["READY"]})
+    assert main(["--config", config, "--", *TRAIN], environ=ENV, executor=ex) == 1
+    assert ex.steps[3:] == ["create", "start", "describe", "delete"]
+    assert "starting the container on lm-alice failed" in capsys.readouterr().err
 
 
 def test_failed_create_deletes_nothing(tmp_path, capsys):
@@ -263,14 +333,14 @@ def test_keep_detach_and_no_build(tmp_path, caplog):
     config = write(tmp_path, ON_DEMAND)
     ex = RecordingExecutor()
     assert main(["--config", config, "--keep", "--", *TRAIN], environ=ENV, executor=ex) == 0
-    assert ex.steps[-1] == "ssh"
+    assert ex.steps[-1] == "wait"
 
     ex = RecordingExecutor()
     with caplog.at_level(logging.INFO):
         args = ["--config", config, "--detach", "--no-build", "--image_tag", "v0", "--", *TRAIN]
         assert main(args, environ=ENV, executor=ex) == 0
-    assert ex.steps == ["create", "ssh"]
-    assert "--detach us-central2-docker.pkg.dev/my-project/lm-images/lm:v0 " in ex.argvs[1][-1]
+    assert ex.steps == ["create", "start"]
+    assert "us-central2-docker.pkg.dev/my-project/lm-images/lm:v0 python" in ex.argvs[1][-1]
     assert "sudo docker logs --follow lm" in caplog.text
     assert "gcloud compute tpus tpu-vm delete lm-alice" in caplog.text
 
@@ -339,6 +409,7 @@ def test_module_entry_point_dry_run(tmp_path, subprocess_env):
     assert [line.split()[:5] for line in lines[3:]] == [
         ["gcloud", "compute", "tpus", "queued-resources", "create"],
         ["gcloud", "compute", "tpus", "queued-resources", "describe"],
+        ["gcloud", "compute", "tpus", "queued-resources", "ssh"],
         ["gcloud", "compute", "tpus", "queued-resources", "ssh"],
         ["gcloud", "compute", "tpus", "queued-resources", "delete"],
     ]

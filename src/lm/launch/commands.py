@@ -22,6 +22,9 @@ CONTAINER_NAME = "lm"
 TPU_PREEMPTED_STATES = frozenset({"PREEMPTED", "TERMINATED"})
 # Queued-resource states reached when the service takes the TPUs back.
 QUEUED_PREEMPTED_STATES = frozenset({"SUSPENDING", "SUSPENDED"})
+HEALTHY_STATES = frozenset({"READY", "ACTIVE"})
+SSH_CONNECTION_FAILED = 255
+"""Exit status of `ssh` when the connection fails or drops."""
 QUEUED_WAITING_STATES = frozenset(
     {"CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING", "STATE_UNSPECIFIED"}
 )
@@ -158,17 +161,18 @@ def delete(plan: LaunchPlan) -> Command:
     return Command.plain(*argv)
 
 
-def worker_script(plan: LaunchPlan, *, reveal: bool) -> str:
-    """The shell script every worker runs: registry login, pull, replace the container, run.
+def start_script(plan: LaunchPlan, *, reveal: bool) -> str:
+    """The shell script that starts the command on a worker: registry login, pull, replace
+    the container, `docker run --detach`.
 
+    The container is detached so that a dropped SSH connection does not stop the run; it is
+    kept after it exits (no `--rm`) so that `docker wait` and `docker logs` still see it.
     `reveal=False` puts `MASK` in place of secret values (the printed form).
     """
     cfg = plan.config
     q = shlex.quote
-    run = ["sudo", "docker", "run", f"--name={CONTAINER_NAME}", "--net=host", "--privileged"]
-    run.append("--volume=/tmp:/tmp")
-    if cfg.detach:
-        run.append("--detach")
+    run = ["sudo", "docker", "run", "--detach", f"--name={CONTAINER_NAME}", "--net=host"]
+    run += ["--privileged", "--volume=/tmp:/tmp"]
     for name, value in plan.env:
         shown = value if reveal or not cfg.is_secret(name) else MASK
         run += ["-e", f"{name}={shown}"]
@@ -176,7 +180,7 @@ def worker_script(plan: LaunchPlan, *, reveal: bool) -> str:
     run.append(plan.image)
     run += plan.command
     steps = [
-        "set -e",
+        "set -eo pipefail",
         "gcloud auth print-access-token | sudo docker login --username=oauth2accesstoken "
         f"--password-stdin {q('https://' + cfg.registry_host)}",
         f"sudo docker pull {q(plan.image)}",
@@ -186,17 +190,35 @@ def worker_script(plan: LaunchPlan, *, reveal: bool) -> str:
     return "; ".join(steps)
 
 
-def run_on_workers(plan: LaunchPlan) -> Command:
-    """SSH to every worker (of every slice) and run `worker_script` there."""
+def wait_script(*, reattach: bool = False) -> str:
+    """Stream the container's output until it exits, then exit with its status.
 
-    def build(reveal: bool) -> list[str]:
-        argv = [*_tpus(plan), "ssh", plan.tpu_name, *_where(plan), "--worker=all"]
-        if plan.queued:
-            argv.append("--node=all")
-        argv.append(f"--command={worker_script(plan, reveal=reveal)}")
-        return argv
+    A first attach shows the whole log; a reattach (after a dropped connection) only its
+    last 100 lines. A missing container (the VM was recreated under us) exits 254.
+    """
+    tail = "100" if reattach else "all"
+    return (
+        f"sudo docker logs --follow --tail={tail} {CONTAINER_NAME} 2>&1 & "
+        f"status=$(sudo docker wait {CONTAINER_NAME}) || status=254; wait; exit $status"
+    )
 
-    return _masked(build)
+
+def _ssh_all(plan: LaunchPlan, script: str) -> list[str]:
+    argv = [*_tpus(plan), "ssh", plan.tpu_name, *_where(plan), "--worker=all"]
+    if plan.queued:
+        argv.append("--node=all")
+    argv.append(f"--command={script}")
+    return argv
+
+
+def start_on_workers(plan: LaunchPlan) -> Command:
+    """SSH to every worker (of every slice) and run `start_script` there."""
+    return _masked(lambda reveal: _ssh_all(plan, start_script(plan, reveal=reveal)))
+
+
+def wait_on_workers(plan: LaunchPlan, *, reattach: bool = False) -> Command:
+    """SSH to every worker, stream the output and exit nonzero if any container failed."""
+    return Command.plain(*_ssh_all(plan, wait_script(reattach=reattach)))
 
 
 def follow_logs(plan: LaunchPlan) -> Command:

@@ -99,7 +99,7 @@ class LaunchConfig:
     keep: bool = False
     """Leave the TPU running when the command ends (it is deleted by default)."""
     detach: bool = False
-    """Start the command in detached containers and return at once (implies `keep`)."""
+    """Start the command and return without waiting for it (implies `keep`)."""
     poll_interval_s: float = 30.0
     """Seconds between state polls while a queued resource waits for capacity."""
 

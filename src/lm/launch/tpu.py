@@ -6,10 +6,12 @@
 
 The sequence: `gcloud auth configure-docker`, `docker build`, `docker push`, create the TPU
 (`tpu-vm create`, or `queued-resources create` and poll until ACTIVE), ssh to all workers to
-log in to the registry, pull and `docker run` the command. When the command fails and the TPU
-turns out to be preempted, the TPU is deleted, recreated and the command rerun (a training
-run resumes from its last checkpoint), up to `retries` times. At the end the TPU is deleted
-unless `keep`/`detach`. Every step goes through one `Executor`; `--dry-run` swaps in a printer.
+log in to the registry, pull and start the command in a detached container, then a second ssh
+streams the output and waits for every container to exit (reattaching if the connection
+drops). When the command fails and the TPU turns out to be preempted, the TPU is deleted,
+recreated and the command rerun (a training run resumes from its last checkpoint), up to
+`retries` times. At the end the TPU is deleted unless `keep`/`detach`. Every step goes
+through one `Executor`; `--dry-run` swaps in a printer.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from lm.launch.executor import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+MAX_REATTACH = 5
+"""Consecutive dropped SSH connections survived while waiting for the command."""
 
 
 class Preempted(Exception):
@@ -166,24 +172,58 @@ class TpuLauncher:
         self._check(commands.delete(self.plan), f"deleting {self.plan.tpu_name}")
         self._created = False
 
-    def run_once(self) -> int:
-        """Run the command on every worker; raise `Preempted` if it failed because of that."""
-        status = self.executor.run(commands.run_on_workers(self.plan))
-        if status == 0:
-            return 0
+    def _raise_if_preempted(self) -> str:
+        """Read the state after a failure; raise `Preempted` if the TPU was taken back."""
         state = self.state()
         preempted = (
             commands.QUEUED_PREEMPTED_STATES if self.plan.queued else commands.TPU_PREEMPTED_STATES
         )
         if state in preempted:
             raise Preempted(state)
-        logger.error(
-            "the command failed with exit status %d on %s (state %s)",
-            status,
-            self.plan.tpu_name,
-            state,
-        )
-        return status
+        return state
+
+    def start(self) -> None:
+        """Start the container on every worker; raise `Preempted` if the TPU went away."""
+        status = self.executor.run(commands.start_on_workers(self.plan))
+        if status != 0:
+            state = self._raise_if_preempted()
+            raise LaunchError(
+                f"starting the container on {self.plan.tpu_name} failed with exit status "
+                f"{status} (TPU state {state}); see the output above"
+            )
+
+    def wait(self) -> int:
+        """Stream the output until every container exits; return the (worst) exit status.
+
+        A dropped SSH connection (exit 255 while the TPU is healthy) reattaches, up to
+        `MAX_REATTACH` times in a row; the containers keep running meanwhile.
+        """
+        reattaches = 0
+        while True:
+            command = commands.wait_on_workers(self.plan, reattach=reattaches > 0)
+            status = self.executor.run(command)
+            if status == 0:
+                return 0
+            state = self._raise_if_preempted()
+            lost = status == commands.SSH_CONNECTION_FAILED and state in commands.HEALTHY_STATES
+            if lost and reattaches < MAX_REATTACH:
+                reattaches += 1
+                logger.warning(
+                    "lost the connection to %s (state %s); reattaching (%d of %d)",
+                    self.plan.tpu_name,
+                    state,
+                    reattaches,
+                    MAX_REATTACH,
+                )
+                self.sleep(self.config.poll_interval_s)
+                continue
+            logger.error(
+                "the command failed with exit status %d on %s (state %s)",
+                status,
+                self.plan.tpu_name,
+                state,
+            )
+            return status
 
     def launch(self) -> int:
         """The whole sequence; returns the command's exit status."""
@@ -196,7 +236,15 @@ class TpuLauncher:
                 try:
                     if not self._created:
                         self.create()
-                    status = self.run_once()
+                    self.start()
+                    if cfg.detach:
+                        logger.info(
+                            "started on %s; follow worker 0 with: %s",
+                            self.plan.tpu_name,
+                            commands.follow_logs(self.plan),
+                        )
+                        return 0
+                    return self.wait()
                 except Preempted as p:
                     if preemptions >= cfg.retries:
                         raise LaunchError(
@@ -212,14 +260,6 @@ class TpuLauncher:
                         cfg.retries,
                     )
                     self.delete()
-                    continue
-                if status == 0 and cfg.detach:
-                    logger.info(
-                        "started on %s; follow worker 0 with: %s",
-                        self.plan.tpu_name,
-                        commands.follow_logs(self.plan),
-                    )
-                return status
         finally:
             self._teardown()
 
@@ -263,7 +303,7 @@ _VALUE_FLAGS = {
 _SWITCHES = {
     "queued": ("use_queued_resources", True, "request the TPU through a queued resource"),
     "keep": ("keep", True, "leave the TPU running when the command ends"),
-    "detach": ("detach", True, "start detached containers and return (implies --keep)"),
+    "detach": ("detach", True, "start the command and return without waiting (implies --keep)"),
     "no_build": ("build_image", False, "skip docker build/push; run the pushed --image_tag"),
 }
 
