@@ -47,10 +47,6 @@ class Command:
         """A command with nothing to mask."""
         return Command(tuple(argv), tuple(argv), expected_output)
 
-    @property
-    def program(self) -> str:
-        return self.argv[0]
-
     def __str__(self) -> str:
         return shlex.join(self.shown)
 
