@@ -1,15 +1,13 @@
 import dataclasses
 import math
 
-import equinox as eqx
-import haliax as hax
 import jax
 import jax.numpy as jnp
 import jmp
 import numpy as np
 import optax
 import pytest
-from toy import Example, Feature, Mlp, make_dataset, mse, mse_with_metrics, trainer_config
+from toy import Feature, Mlp, make_dataset, mse, mse_with_metrics, trainer_config
 
 from lm.schedule import ScheduleStep
 from lm.tracker import read_json_log

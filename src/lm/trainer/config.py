@@ -185,6 +185,9 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be positive or -1, got {value}")
         validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
         validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
+        from lm.launch.shutdown import shutdown_delay_seconds
+
+        shutdown_delay_seconds(self.shutdown_at_exit)  # validates bool | non-negative seconds
         if self.profiler and self.profiler_num_steps <= 0:
             raise ValueError(f"profiler_num_steps must be > 0, got {self.profiler_num_steps}")
 
@@ -378,6 +381,9 @@ class TrainerConfig:
                 "to train on CPU anyway."
             )
         self.validate_batch_sizes()
+        from lm.launch.shutdown import register_shutdown_at_exit
+
+        register_shutdown_at_exit(self.shutdown_at_exit)
         logger.info(
             "Run %s: %d process(es), %d device(s) (%s), mesh %s",
             run_id,
