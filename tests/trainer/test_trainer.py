@@ -297,3 +297,58 @@ def test_resume_continues_exactly(tmp_path):
         m["metrics"]["train/loss"] for m in _metrics(resumed) if "train/loss" in m["metrics"]
     ]
     assert resumed_losses == full_losses
+
+
+def test_step_jaxpr_and_hlo_are_written_once(tmp_path):
+    config = trainer_config(tmp_path, num_train_steps=3, log_jaxprs=True, log_xla_hlo=True)
+    _train(config)
+    artifacts = tmp_path / "logs" / "toy" / "artifacts"
+    assert (artifacts / "train_step.hlo.txt").read_text().strip()
+    import gzip
+
+    jaxpr = gzip.decompress((artifacts / "train_step.jaxpr.txt.gz").read_bytes()).decode()
+    assert "dot_general" in jaxpr and "tanh" in jaxpr  # the toy model's ops are in the step
+    records = [
+        r for r in read_json_log(f"{config.run_dir}/metrics.jsonl") if r["event"] == "artifact"
+    ]
+    assert sorted(r["name"] for r in records) == ["train_step.hlo.txt", "train_step.jaxpr.txt.gz"]
+
+
+def test_every_run_keeps_a_local_metrics_log_unless_tracking_is_off(tmp_path):
+    from lm.tracker import NoopConfig, TensorboardConfig
+
+    with_tb = trainer_config(
+        tmp_path / "tb", tracker=TensorboardConfig(logdir=str(tmp_path / "tb" / "tb"))
+    )
+    trainer = Trainer(with_tb, optax.sgd(0.1), mse)
+    assert {type(t).__name__ for t in trainer.tracker.trackers} == {
+        "TensorboardTracker",
+        "JsonLogger",
+    }
+    trainer.tracker.finish()
+    off = Trainer(trainer_config(tmp_path / "off", tracker=NoopConfig()), optax.sgd(0.1), mse)
+    assert type(off.tracker).__name__ == "NoopTracker"
+
+
+def test_model_averaging_is_evaluated_and_checkpointed(tmp_path):
+    from lm.optim.model_averaging import EmaModelAveragingConfig
+
+    config = trainer_config(
+        tmp_path,
+        num_train_steps=4,
+        model_averaging=EmaModelAveragingConfig(beta=0.5),
+        steps_per_eval=100,
+    )
+    _, info = _train(config)
+    averaged = info.state.model_averaging.model_params
+    assert not np.allclose(np.asarray(averaged.w2.array), np.asarray(info.state.model.w2.array))
+    np.testing.assert_array_equal(
+        np.asarray(info.state.eval_model.w2.array), np.asarray(averaged.w2.array)
+    )
+    from lm.checkpoint import discover_latest_checkpoint, load_checkpoint
+
+    path = discover_latest_checkpoint(config.checkpoint_path)
+    restored = load_checkpoint(info.state, path, discover_latest=False)
+    np.testing.assert_array_equal(
+        np.asarray(restored.model_averaging.model_params.w2.array), np.asarray(averaged.w2.array)
+    )

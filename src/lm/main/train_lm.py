@@ -17,9 +17,12 @@ from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.models import Gpt2Config, LmConfig
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
-from lm.trainer import Trainer, TrainerConfig
+from lm.trainer import Preempted, Trainer, TrainerConfig
 
 logger = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 143
+"""Exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM, what schedulers expect)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +99,12 @@ def main(config: TrainLmConfig) -> RunSummary:
             tokens_per_example=Pos.size,
             flops_per_example=flops * Pos.size if flops is not None else None,
         )
-        info = trainer.train(state, trainer.data_loader(train_set))
+        try:
+            info = trainer.train(state, trainer.data_loader(train_set))
+        except Preempted as e:
+            logger.warning("%s", e)
+            print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
         summary.finish(info, trainer)
     summary.print()
     return summary

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+import equinox as eqx
 import fsspec
 import haliax as hax
 import jax
@@ -96,6 +97,7 @@ class Trainer(Generic[M]):
         self._tracker: Tracker | None = None
         self._exit_stack: contextlib.ExitStack | None = None
         self._compiled_steps: dict[tuple[int, int], Callable] = {}
+        self._logged_step_artifacts = False
         self._eval_hooks: list[Any] = []
         self.tokens_per_example: int | None = None
         self.flops_per_example: float | None = None
@@ -109,9 +111,21 @@ class Trainer(Generic[M]):
 
     @property
     def tracker(self) -> Tracker:
+        """The run's tracker. Unless tracking is off (`type: noop`), it always includes a local
+        JSON-lines log (`<run_dir>/metrics.jsonl`, drawn as `curves.png` at the end), so every
+        run leaves metrics a user can open without W&B or TensorBoard."""
         if self._tracker is None:
+            configs = self.config.tracker
+            configs = (
+                (configs,) if isinstance(configs, lm.tracker.TrackerConfig) else tuple(configs)
+            )
+            wants_local = not all(isinstance(c, lm.tracker.NoopConfig) for c in configs)
+            if wants_local and not any(isinstance(c, lm.tracker.JsonLoggerConfig) for c in configs):
+                configs = configs + (lm.tracker.JsonLoggerConfig(),)
             self._tracker = lm.tracker.build_tracker(
-                self.config.tracker, self.run_id, run_dir=self.config.run_dir
+                configs if len(configs) > 1 else configs[0],
+                self.run_id,
+                run_dir=self.config.run_dir,
             )
         return self._tracker
 
@@ -278,6 +292,9 @@ class Trainer(Generic[M]):
         step = int(state.step)
         jit_hooks = tuple(self.hooks.jit_hooks_due(step))
         fn = self._step_fn(self.config.num_microbatches_at_step(step), jit_hooks)
+        if not self._logged_step_artifacts:
+            self._logged_step_artifacts = True
+            self._log_step_artifacts(fn, state, batch, batch_kwargs)
         start = time.perf_counter()
         with self.config.use_device_mesh():
             loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
@@ -288,6 +305,24 @@ class Trainer(Generic[M]):
         )
         self._check_finite(info)
         return info, list(cb_infos)
+
+    def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> None:
+        """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo). Lowering here
+        is not wasted: jit reuses this trace when the step first runs."""
+        from lm.tracker.jit_artifacts import log_jaxpr, log_xla_hlo
+
+        if not (self.config.log_jaxprs or self.config.log_xla_hlo):
+            return
+        with self.config.use_device_mesh():
+            lowered = fn.lower(state, tuple(batch), batch_kwargs)
+            if self.config.log_xla_hlo:
+                log_xla_hlo("train_step", lowered, tracker=self.tracker)
+            if self.config.log_jaxprs:
+                # named_jit's wrapper exposes the pure step as __wrapped__
+                jaxpr, _, _ = eqx.filter_make_jaxpr(fn.__wrapped__)(
+                    state, tuple(batch), batch_kwargs
+                )
+                log_jaxpr("train_step", jaxpr, tracker=self.tracker)
 
     def _check_finite(self, info: StepInfo) -> None:
         value = float(info.loss)

@@ -4,7 +4,6 @@ optimizer state, computed inside the jitted step every `interval` steps (TRN-15)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -21,7 +20,7 @@ WATCH_TARGETS = ("grads", "params", "opt_state", "updates")
 
 @dataclasses.dataclass(frozen=True)
 class WatchConfig:
-    watch_targets: Sequence[str] = ("grads", "params")
+    watch_targets: tuple[str, ...] = ("grads", "params")
     """Which trees to watch: any of grads, params, opt_state, updates."""
     include_norms: bool = True
     """Log the global L2 norm of each target (`<target>/norm/total`)."""

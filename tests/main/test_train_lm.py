@@ -1,0 +1,154 @@
+"""End-to-end tests of `python -m lm.main.train_lm` (entry points run as subprocesses)."""
+
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+from run_helpers import run_train_lm, step_losses, tiny_run_yaml, write_tiny_corpus
+
+import lm.config
+from lm.checkpoint import list_checkpoints, load_checkpoint
+from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
+from lm.main.train_lm import TrainLmConfig
+from lm.models import LmConfig
+from lm.optim import OptimizerConfig
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "config"
+
+
+def _kind(path: pathlib.Path):
+    rel = path.relative_to(CONFIG_DIR).parts
+    if rel[0] == "data":
+        return LMDatasetConfig | LMMixtureDatasetConfig
+    if rel[0] == "optim":
+        return OptimizerConfig
+    if rel[0] == "model":
+        return LmConfig
+    return TrainLmConfig
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)
+def test_every_yaml_under_config_parses(path):
+    cls = _kind(path)
+    if cls is TrainLmConfig:
+        config = lm.config.parse(TrainLmConfig, str(path))
+        again = lm.config.decode(TrainLmConfig, yaml.safe_load(lm.config.to_yaml(config)))
+        assert again == config
+    else:
+        lm.config.decode(cls, lm.config.load_yaml(str(path)))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--trainer.num_train_step", "10"], ["trainer.num_train_step", "num_train_steps"]),
+        (["--model.type", "gtp2"], ["model.type", "gtp2", "gpt2"]),
+        (["--optimizer.warmup", "-3"], ["optimizer.warmup", "-3"]),
+        (["--trainer.train_batch_size", "big"], ["trainer.train_batch_size", "big"]),
+        (
+            ["--model.num_heads", "5", "--trainer.tracker.type", "jsn"],
+            ["model", "num_heads", "trainer.tracker.type", "jsn", "json"],
+        ),
+    ],
+)
+def test_bad_configs_give_one_clear_message_and_exit_2(
+    tmp_path, capsys, args, expected, monkeypatch
+):
+    from lm.main.train_lm import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        lm.config.main(main)(args=["--config_path", str(CONFIG_DIR / "gpt2_nano.yaml"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in expected:
+        assert fragment in err, (fragment, err)
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_config_from_the_command_line_has_no_traceback(tmp_path, subprocess_env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  type: gpt2\n  hiden_dim: 64\ntrainer:\n  num_train_steps: -1\n")
+    proc = run_train_lm(bad, subprocess_env, check=False, timeout=120)
+    assert proc.returncode == 2
+    assert "model.hiden_dim" in proc.stderr and "hidden_dim" in proc.stderr
+    assert "trainer" in proc.stderr and "num_train_steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus, subprocess_env):
+    """A 20-step run of train_lm from start to finish: the reference for the resume tests."""
+    tmp = tmp_path_factory.mktemp("runs") / "full"
+    config = tiny_run_yaml(tmp, corpus)
+    proc = run_train_lm(config, subprocess_env)
+    return tmp, proc
+
+
+@pytest.mark.entry
+def test_cli_run_trains_and_says_where_things_are(uninterrupted):
+    tmp, proc = uninterrupted
+    losses = step_losses(tmp / "logs")
+    assert sorted(losses) == list(range(20))
+    first, last = losses[0][0], losses[19][-1]
+    assert first > 5.0  # about ln(8192) = 9.0 at init
+    assert last < first - 1.5, (first, last)
+    assert "train loss:" in proc.stdout and "checkpoint:" in proc.stdout
+    assert (tmp / "logs" / "tiny" / "config.yaml").exists()
+    assert (tmp / "logs" / "tiny" / "curves.png").stat().st_size > 0
+    assert (tmp / "logs" / "tiny.log").read_text().count("step") > 0
+    complete = [c for c in list_checkpoints(str(tmp / "ckpt" / "tiny")) if c.complete]
+    assert [c.step for c in complete] == [19]  # the final step is always saved
+
+
+def _final_params(tmp):
+    from lm.checkpoint import discover_latest_checkpoint
+
+    path = discover_latest_checkpoint(str(tmp / "ckpt" / "tiny"))
+    return load_checkpoint(None, path, discover_latest=False, subpath="model")
+
+
+@pytest.mark.entry
+def test_stop_at_10_and_resume_to_20_matches_uninterrupted(
+    tmp_path, corpus, uninterrupted, subprocess_env
+):
+    full_tmp, _ = uninterrupted
+    config = tiny_run_yaml(tmp_path, corpus)
+    # stop early but keep the 20-step schedule (the schedule horizon)
+    run_train_lm(
+        config,
+        subprocess_env,
+        "--trainer.num_train_steps",
+        "10",
+        "--optimizer.schedule_steps",
+        "20",
+    )
+    run_train_lm(config, subprocess_env)
+    resumed, full = step_losses(tmp_path / "logs"), step_losses(full_tmp / "logs")
+    assert {s: v[-1] for s, v in resumed.items()} == {s: v[-1] for s, v in full.items()}
+    import jax
+
+    for a, b in zip(
+        jax.tree_util.tree_leaves(_final_params(tmp_path)),
+        jax.tree_util.tree_leaves(_final_params(full_tmp)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.entry
+def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subprocess_env):
+    tmp, _ = uninterrupted
+    before = [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))]
+    proc = run_train_lm(tmp / "run.yaml", subprocess_env)
+    assert "already at step 20" in proc.stderr
+    assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
