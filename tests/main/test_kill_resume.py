@@ -75,6 +75,10 @@ def _assert_same_run(tmp, reference):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _saves_started(log_path) -> int:
+    return log_path.read_text(errors="replace").count("Saving ")
+
+
 def _sigkill_trials(tmp, corpus, env, reference, trials, seed):
     rng = random.Random(seed)
     config = _config(tmp, corpus)
@@ -83,11 +87,10 @@ def _sigkill_trials(tmp, corpus, env, reference, trials, seed):
     while kills < trials:
         proc, log = _start(config, env, log_path)
         try:
-            text = lambda: log_path.read_text(errors="replace")  # noqa: E731
-            before = text().count("Saving ")
+            before = _saves_started(log_path)
             if rng.random() < 0.4:
                 # mid-save: kill as soon as a new save starts
-                reached = _wait_for(lambda: text().count("Saving ") > before, proc)
+                reached = _wait_for(lambda b=before: _saves_started(log_path) > b, proc)
             else:
                 delay = rng.uniform(0.0, 6.0)
                 reached = _wait_for(lambda: False, proc, timeout=delay) if delay else True
