@@ -484,7 +484,11 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
         )
     cache_dir = _kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
     num_workers = options.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=0)(build_shard)
+    # Each task holds one Ray CPU, so its tokenizer gets one thread (tokenizers' rayon pool
+    # would otherwise start one thread per core in every worker).
+    task = ray.remote(
+        num_cpus=1, max_retries=0, runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}}
+    )(build_shard)
     in_flight: dict[Any, int] = {}
     queue = list(pending)
     try:
