@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +179,32 @@ def test_bos_policy_with_a_tokenizer_that_adds_bos(tmp_path):
     assert DocumentEncoder(name, add_bos=False).encode_batch(["a b"])[0].tolist() == [3, 4, 1]
     assert DocumentEncoder(name, enforce_eos=False).encode_batch(["b"])[0].tolist() == [0, 4]
     assert DocumentEncoder(name).fingerprint() != DocumentEncoder(name, add_bos=False).fingerprint()
+
+
+def test_only_process_zero_builds_the_others_wait(tmp_path, jsonl_corpus, monkeypatch):
+    import threading
+
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    path = str(tmp_path / "c")
+    builder = threading.Event()  # set in the thread that plays process 0
+    local = threading.local()
+    monkeypatch.setattr(cache_mod, "_is_builder_process", lambda: getattr(local, "is_zero", False))
+    monkeypatch.setattr(cache_mod, "WAIT_POLL_S", 0.05)
+    results = {}
+
+    def process(rank):
+        local.is_zero = rank == 0
+        if rank == 0:
+            builder.wait(10)  # start building only after the other process is waiting
+        results[rank] = build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+
+    waiter = threading.Thread(target=process, args=(1,))
+    zero = threading.Thread(target=process, args=(0,))
+    waiter.start()
+    zero.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and read_ledger(path) is None  # waiting, wrote nothing
+    builder.set()
+    zero.join(30)
+    waiter.join(30)
+    assert results[0].num_tokens == results[1].num_tokens > 0

@@ -218,3 +218,19 @@ def test_single_source_train_and_validation_sets(tmp_path, jsonl_corpus, builtin
     # Windows carry segment ids: every window that spans a document boundary restarts them.
     segs = np.stack([ex.segment_ids.array for ex in plain.get_batch(range(n))])
     assert segs.max() >= 1 and (segs[:, 0] == 0).all()
+
+
+def test_docs_show_every_data_yaml_verbatim():
+    docs = (CONFIG_DIR.parents[1] / "docs" / "data.md").read_text()
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        assert f'title="config/data/{path.name}"\n{path.read_text()}```' in docs, path.name
+
+
+def test_passthrough_the_tokenizer_is_an_hf_tokenizer():
+    cfg = LMDatasetConfig(tokenizer="passthrough", vocab_size=100, enforce_eos=False)
+    tok = cfg.the_tokenizer
+    assert isinstance(tok, PreTrainedTokenizerBase) and len(tok) == 100
+    assert tok("5 17 3")["input_ids"] == [5, 17, 3]
+    assert tok.decode([5, 17, 3]) == "5 17 3"
+    with pytest.raises(ValueError, match="outside"):
+        tok("5 100")

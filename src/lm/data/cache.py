@@ -351,6 +351,9 @@ def build_or_load_cache(
         check_compatible(cache_dir, ledger, expected)
         if ledger.complete:
             return TokenCache(cache_dir, ledger)
+    if not _is_builder_process():
+        return _wait_for_cache(cache_dir, expected)
+    if ledger is not None:
         logger.info(
             "Resuming the cache build at %s: %d of %d shards are already finished",
             cache_dir,
@@ -360,8 +363,6 @@ def build_or_load_cache(
     else:
         ledger = expected
         write_ledger(cache_dir, ledger)
-    if not _is_builder_process():
-        return _wait_for_cache(cache_dir, expected)
 
     pending = [i for i, name in enumerate(ledger.shards) if name not in ledger.finished]
     logger.info(
@@ -399,7 +400,11 @@ def _is_builder_process() -> bool:
     return jax.process_index() == 0
 
 
-def _wait_for_cache(cache_dir: str, expected: CacheLedger, poll_s: float = 5.0) -> TokenCache:
+WAIT_POLL_S = 5.0
+"""How often a process that is not building a cache checks whether process 0 finished it."""
+
+
+def _wait_for_cache(cache_dir: str, expected: CacheLedger) -> TokenCache:
     logger.info("Waiting for process 0 to build the cache at %s", cache_dir)
     while True:
         ledger = read_ledger(cache_dir)
@@ -407,7 +412,7 @@ def _wait_for_cache(cache_dir: str, expected: CacheLedger, poll_s: float = 5.0) 
             check_compatible(cache_dir, ledger, expected)
             if ledger.complete:
                 return TokenCache(cache_dir, ledger)
-        time.sleep(poll_s)
+        time.sleep(WAIT_POLL_S)
 
 
 class _Progress:
@@ -484,7 +489,11 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
         )
     cache_dir = _kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
     num_workers = options.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=0)(build_shard)
+    # Each task holds one Ray CPU, so its tokenizer gets one thread (tokenizers' rayon pool
+    # would otherwise start one thread per core in every worker).
+    task = ray.remote(
+        num_cpus=1, max_retries=0, runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}}
+    )(build_shard)
     in_flight: dict[Any, int] = {}
     queue = list(pending)
     try:

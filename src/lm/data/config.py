@@ -21,6 +21,7 @@ import difflib
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import field
 
@@ -70,7 +71,8 @@ class _SourceFields:
     """The HF split used for validation; None for none. A dataset without it has no
     validation set (logged)."""
     stream: bool = True
-    """Accepted for Levanter compatibility; documents are always read shard by shard."""
+    """Accepted for Levanter configs. Files are always read shard by shard; an HF hub
+    dataset is downloaded into the HF cache first (a warning says so when this is true)."""
     text_key: str = "text"
     """The JSON key / parquet column / HF column holding the text (or token ids)."""
     plaintext: bool = False
@@ -122,6 +124,15 @@ class _SourceFields:
             return StdlibSource(split)
         if self.id is not None:
             hf_split = self.train_split if split == "train" else self.validation_split
+            if self.stream and not os.path.isdir(
+                os.path.expanduser(self.id.removeprefix("file://"))
+            ):
+                logger.warning(
+                    "%sstream: true is not supported for HF hub datasets; %r is loaded through "
+                    "the HF cache (downloaded first if missing)",
+                    where,
+                    self.id,
+                )
             try:
                 return HfSource.load(self.id, self.name, hf_split, self.text_key)
             except ValueError as e:

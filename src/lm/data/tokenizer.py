@@ -105,8 +105,6 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
     Returns:
         a `transformers.PreTrainedTokenizerBase`.
     """
-    from transformers import AutoTokenizer
-
     if name == BUILTIN_TOKENIZER_NAME:
         return load_builtin_tokenizer()
     if name == PASSTHROUGH_TOKENIZER_NAME:
@@ -115,6 +113,9 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
                 f"tokenizer: passthrough needs vocab_size (a positive int), got {vocab_size!r}"
             )
         return passthrough_tokenizer(vocab_size)
+    # Imported here: AutoTokenizer pulls in transformers' model configs (and torch).
+    from transformers import AutoTokenizer
+
     path = name[len("file://") :] if name.startswith("file://") else name
     if os.path.isdir(os.path.expanduser(path)):
         return AutoTokenizer.from_pretrained(os.path.expanduser(path))

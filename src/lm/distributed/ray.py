@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +54,23 @@ class RayConfig:
             )
             return False
         src = str(pathlib.Path(__file__).resolve().parents[2])
-        pythonpath = os.pathsep.join(p for p in [src, os.environ.get("PYTHONPATH", "")] if p)
+        paths = [src, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         kwargs = {}
         if not self.start_workers:
             # A head with no CPUs: tasks wait until you attach workers yourself.
             kwargs["num_cpus"] = 0
         logger.info("Starting a local Ray cluster")
-        ray.init(
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # Ray fork()s and immediately exec()s its daemons; JAX's warning about forking
+            # a multithreaded process (when JAX is already running) does not apply.
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            ray.init(
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                **kwargs,
+            )
         return True
 
 

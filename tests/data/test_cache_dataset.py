@@ -1,0 +1,74 @@
+"""`python -m lm.main.cache_dataset`: standalone builds, and resuming after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.entry
+
+
+def _run(config_path, env, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lm.main.cache_dataset", "--config_path", str(config_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def _finished(cache_dir) -> int:
+    try:
+        return len(json.loads((cache_dir / "ledger.json").read_text())["finished"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_killed_build_resumes_without_redoing_finished_shards(
+    tmp_path, write_jsonl, subprocess_env, builtin_tokenizer
+):
+    src = tmp_path / "src"
+    for i in (0, 1, 2, 4):
+        write_jsonl(src / f"s{i}.jsonl", [f"shard {i} doc {j}" for j in range(20)])
+    # Shard 3 is a named pipe: reading it blocks, so the build is stuck there with shards
+    # 0-2 finished when we kill it. It is then replaced by an (equally empty) regular file.
+    os.mkfifo(src / "s3.jsonl")
+    cache = tmp_path / "cache"
+    (tmp_path / "data.yaml").write_text(
+        f"data:\n  train_urls: ['{src}/s{{0..4}}.jsonl']\n  cache_dir: {cache}\n"
+        "  cache_options: {backend: local}\nprogress: false\n"
+    )
+    proc = _run(tmp_path / "data.yaml", subprocess_env)
+    deadline = time.time() + 120
+    while _finished(cache / "train") < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _finished(cache / "train") == 3, proc.communicate()[0] if proc.poll() is not None else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    before = {
+        i: (cache / "train" / "shards" / f"{i:05d}" / "tokens" / "zarr.json").stat().st_mtime_ns
+        for i in range(3)
+    }
+
+    os.remove(src / "s3.jsonl")
+    (src / "s3.jsonl").write_text("")
+    proc = _run(tmp_path / "data.yaml", subprocess_env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "3 of 5 shards are already finished" in out
+    assert "train: 80 documents" in out
+    after = {
+        i: (cache / "train" / "shards" / f"{i:05d}" / "tokens" / "zarr.json").stat().st_mtime_ns
+        for i in range(3)
+    }
+    assert after == before
+    ledger = json.loads((cache / "train" / "ledger.json").read_text())
+    assert ledger["complete"] and ledger["finished"][str(src / "s3.jsonl")]["num_docs"] == 0

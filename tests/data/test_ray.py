@@ -1,0 +1,74 @@
+"""Building caches with Ray (a local cluster, started once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm.data import CacheOptions, TokenCache, build_or_load_cache, read_ledger
+from lm.data.sources import UrlSource
+from lm.data.tokenizer import DocumentEncoder
+from lm.distributed import RayConfig, shutdown_ray
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    assert not ray.is_initialized()
+    assert RayConfig().initialize() is True
+    assert RayConfig().initialize() is True  # idempotent
+    yield ray
+    shutdown_ray()
+    assert not ray.is_initialized()
+
+
+def test_ray_config_without_auto_start_starts_nothing():
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("Ray already running in this session")
+    assert RayConfig(auto_start_cluster=False).initialize() is False
+    assert not ray.is_initialized()
+    with pytest.raises(ValueError, match="ray.address must be"):
+        RayConfig(address=" ")
+
+
+def test_ray_build_matches_the_in_process_build(
+    tmp_path, write_jsonl, local_ray, builtin_tokenizer
+):
+    for i in range(6):
+        write_jsonl(
+            tmp_path / "src" / f"part-{i}.jsonl",
+            [f"part {i} line {j} " * (j + 1) for j in range(30)],
+        )
+    source = UrlSource.from_patterns([str(tmp_path / "src" / "part-{0..5}.jsonl")])
+    enc = DocumentEncoder("builtin")
+    # A relative cache_dir: Ray workers run elsewhere, so it is made absolute for them.
+    ray_cache = build_or_load_cache(
+        str(tmp_path / "ray"), source, enc, CacheOptions(backend="ray", num_workers=2)
+    )
+    local_cache = build_or_load_cache(
+        str(tmp_path / "local"), source, enc, CacheOptions(backend="local")
+    )
+    assert ray_cache.num_docs == local_cache.num_docs == 180
+    assert ray_cache.doc_ends.tolist() == local_cache.doc_ends.tolist()
+    n = ray_cache.num_tokens
+    assert (
+        ray_cache.read_ranges([(0, n)])[0].tolist() == local_cache.read_ranges([(0, n)])[0].tolist()
+    )
+    assert read_ledger(str(tmp_path / "ray")).complete
+    assert TokenCache(str(tmp_path / "ray")).num_tokens == n
+
+
+def test_ray_shard_errors_surface_as_value_errors(tmp_path, write_jsonl, local_ray):
+    write_jsonl(tmp_path / "ok.jsonl", ["fine"])
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{oops\n')
+    source = UrlSource.from_patterns([str(tmp_path / "{ok,bad}.jsonl")])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: malformed JSON"):
+        build_or_load_cache(
+            str(tmp_path / "c"), source, DocumentEncoder("builtin"), CacheOptions(num_workers=1)
+        )
+    ledger = read_ledger(str(tmp_path / "c"))
+    assert list(ledger.finished) == [source.urls[0]] and not ledger.complete
