@@ -44,7 +44,7 @@ def test_killed_build_resumes_without_redoing_finished_shards(
     cache = tmp_path / "cache"
     (tmp_path / "data.yaml").write_text(
         f"data:\n  train_urls: ['{src}/s{{0..4}}.jsonl']\n  cache_dir: {cache}\n"
-        "  cache_options: {backend: local}\nprogress: false\n"
+        "  cache_options: {backend: local}\n"
     )
     proc = _run(tmp_path / "data.yaml", subprocess_env)
     deadline = time.time() + 120

@@ -48,7 +48,7 @@ def tiny_run_yaml(
         "data": {
             "train_urls": [train],
             "validation_urls": [val],
-            "cache_dir": str(tmp.parent / "shared-cache"),
+            "cache_dir": str(pathlib.Path(train).parent / "cache"),
             "cache_options": {"backend": "local"},
             "shuffle": True,
         },

@@ -152,3 +152,21 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
     proc = run_train_lm(tmp / "run.yaml", subprocess_env)
     assert "already at step 20" in proc.stderr
     assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
+
+
+@pytest.mark.entry
+def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
+    tmp_path, subprocess_env
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data:\n  train_urls: ['" + str(tmp_path / "missing-{0..3}.jsonl") + "']\n"
+        "  cache_options: {backend: local}\n"
+        "trainer:\n  id: broken\n  require_accelerator: false\n  tracker: {type: json}\n"
+        f"  log_dir: {tmp_path / 'logs'}\n"
+    )
+    proc = run_train_lm(config, subprocess_env, check=False, timeout=120)
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and "missing-0.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Traceback" in (tmp_path / "logs" / "broken.log").read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 import sys
 import typing
@@ -88,11 +89,46 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
             print(f"(run with --help to list the fields of {cls.__name__})", file=sys.stderr)
             raise SystemExit(2) from None
         logger.info("Resolved configuration:\n%s", to_yaml(config))
-        return fn(config)
+        try:
+            return fn(config)
+        except Exception as e:
+            if not _is_user_facing(e) or os.environ.get("LM_TRACEBACK"):
+                raise
+            _traceback_to_log_files(e)
+            print(f"error: {e}", file=sys.stderr)
+            print(
+                "(the Python traceback is in the run's log file; set LM_TRACEBACK=1 to print it)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
 
     run.__name__ = getattr(fn, "__name__", "main")
     run.__doc__ = fn.__doc__
     return run
+
+
+def _is_user_facing(error: BaseException) -> bool:
+    """Errors that explain themselves (bad values, missing files, lm's own runtime errors such
+    as an unreadable checkpoint or a NaN loss): shown as one message, not a traceback."""
+    if isinstance(error, ValueError | FileNotFoundError | PermissionError | IsADirectoryError):
+        return True
+    return isinstance(error, RuntimeError) and type(error).__module__.startswith("lm.")
+
+
+def _traceback_to_log_files(error: BaseException) -> None:
+    """Write the traceback to the file handlers only (the console gets the short message)."""
+    record = logging.getLogger("lm").makeRecord(
+        "lm",
+        logging.ERROR,
+        __file__,
+        0,
+        "Run failed: %s",
+        (error,),
+        (type(error), error, error.__traceback__),
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _prog() -> str:
