@@ -33,7 +33,7 @@ from jaxtyping import PRNGKeyArray
 logger = logging.getLogger(__name__)
 
 
-class AttentionBackend(enum.StrEnum):
+class AttentionBackend(enum.Enum):
     """Which attention implementation to run (`attn_backend:`)."""
 
     default = "default"
@@ -45,7 +45,7 @@ class AttentionBackend(enum.StrEnum):
 
 _IMPLEMENTED = (AttentionBackend.vanilla, AttentionBackend.jax_flash)
 
-CPU_DEFAULT_BACKEND = AttentionBackend.vanilla
+CPU_DEFAULT_BACKEND = AttentionBackend.jax_flash
 """What `default` means on CPU (chosen by `bench/attention_cpu.py`; see docs/benchmarks.md)."""
 
 DEFAULT_FLASH_BLOCK_SIZE = 128
