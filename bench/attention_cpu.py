@@ -17,7 +17,6 @@ import time
 import equinox as eqx
 import haliax as hax
 import jax
-import jax.numpy as jnp
 
 from lm.models import AttentionMask, Gpt2Config, LmExample, compute_next_token_loss
 from lm.models.layers.attention import dot_product_attention

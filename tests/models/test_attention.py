@@ -77,8 +77,7 @@ CASES = {
 }
 
 
-PARAMS = [(case, 32, 8) for case in CASES] + [
-    ("causal_segments", 37, 8),
+PARAMS = [(case, 32, 8) for case in CASES if case != "segments_window"] + [
     ("segments_window", 37, 8),
     ("causal", 16, 64),
 ]
@@ -188,8 +187,11 @@ def test_backend_resolution():
 def test_vanilla_dropout_needs_prng():
     Pos, KPos, q, k, v = _qkv(8, gqa=False)
     drop = hnn.Dropout(0.5)
-    a = dot_product_attention(Pos.name, KPos.name, HeadSize.name, q, k, v, dropout=drop)
-    b = dot_product_attention(
-        Pos.name, KPos.name, HeadSize.name, q, k, v, dropout=drop, prng=jax.random.PRNGKey(0)
+    attend = jax.jit(
+        lambda q, k, v, prng: dot_product_attention(
+            Pos.name, KPos.name, HeadSize.name, q, k, v, dropout=drop, prng=prng
+        )
     )
+    a = attend(q, k, v, None)
+    b = attend(q, k, v, jax.random.PRNGKey(0))
     assert not np.allclose(a.array, b.array)

@@ -9,6 +9,7 @@ import haliax as hax
 import jax
 import numpy as np
 import pytest
+from helpers import random_model
 from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config
 
 from lm.models import (
@@ -80,7 +81,7 @@ def test_hf_round_trip(name, tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_model():
-    return CASES["llama_gqa_tied_llama3_rope"].build(Vocab, key=jax.random.PRNGKey(0))
+    return random_model(CASES["llama_gqa_tied_llama3_rope"], Vocab)
 
 
 @pytest.mark.torch
@@ -104,7 +105,7 @@ def test_sharded_safetensors_reload_in_hf_and_bit_exact(llama_model, tmp_path):
 
 def test_padded_vocab_is_trimmed_on_export(tmp_path):
     config = CASES["llama_mha_untied"]
-    padded = config.build(hax.Axis("vocab", 128), key=jax.random.PRNGKey(0))
+    padded = random_model(config, hax.Axis("vocab", 128))
     converter = config.hf_checkpoint_converter()
     converter.save_pretrained(padded, str(tmp_path), vocab_size=VOCAB)
     assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == VOCAB
