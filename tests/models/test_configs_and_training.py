@@ -58,7 +58,7 @@ def _examples(batch, seq, vocab):
 def test_llama_tiny_trains():
     config = _load(MODEL_YAMLS[[p.stem for p in MODEL_YAMLS].index("llama_tiny")])
     Vocab = hax.Axis("vocab", 64)
-    model = config.build(Vocab, key=jax.random.PRNGKey(0))
+    model = random_model(config, Vocab, std=0.02)
     example = _examples(4, config.seq_len, Vocab.size)
     optimizer = optax.adam(1e-2)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -80,30 +80,31 @@ def test_llama_tiny_trains():
 
 
 def test_sharded_model_matches_single_device():
+    # Data parallel over 4 fake devices, tensor parallel (heads, MLP, vocab) over 2.
     config = LlamaConfig(
-        seq_len=32, hidden_dim=32, intermediate_dim=48, num_layers=2, num_heads=4, num_kv_heads=2
+        seq_len=32, hidden_dim=32, intermediate_dim=48, num_layers=1, num_heads=4, num_kv_heads=2
     )
     model = random_model(config, hax.Axis("vocab", 128))
     example = _examples(8, 32, 128)
-    loss_fn = eqx.filter_value_and_grad(lambda m, ex: compute_next_token_loss(m, ex).array)
-    ref_loss, ref_grads = eqx.filter_jit(loss_fn)(model, example)
+
+    def per_token_loss(model, example):
+        return compute_next_token_loss(model, example, reduction=None)
+
+    reference = eqx.filter_jit(per_token_loss)(model, example)
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
     compute = {"batch": "data", "kv_head": "model", "mlp": "model", "vocab": "model"}
     params = {"embed": "data", "kv_head": "model", "mlp": "model", "vocab": "model"}
     with hax.set_mesh(mesh):
-        loss, grads = hax.named_jit(loss_fn, axis_resources=compute)(
-            hax.shard(model, params), hax.shard(example, compute)
+        sharded_model = hax.shard(model, params)
+        assert (
+            sharded_model.transformer.layers.stacked.self_attn.q_proj.weight.array.sharding.spec[1]
+            == "model"
         )
-    assert (
-        grads.transformer.layers.stacked.self_attn.q_proj.weight.array.sharding.spec[1] == "model"
-    )
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(
-        grads.transformer.layers.stacked.mlp.down_proj.weight.array,
-        ref_grads.transformer.layers.stacked.mlp.down_proj.weight.array,
-        rtol=1e-4,
-        atol=1e-6,
-    )
+        loss = hax.named_jit(per_token_loss, axis_resources=compute)(
+            sharded_model, hax.shard(example, compute)
+        )
+    assert loss.array.sharding.spec[0] == "data"
+    np.testing.assert_allclose(loss.array, reference.array, rtol=1e-5, atol=1e-6)
 
 
 def test_fp8_quantized_linear_layers_run():
