@@ -185,7 +185,10 @@ class HFCheckpointConverter(Generic[ConfigT]):
             model = model.resize_vocab(vocab_size)
         shard_limit = parse_size(max_shard_size)
         hf_config = model.config.to_hf_config(model.Vocab.size, config_overrides)
+        # Every process takes part in gathering sharded parameters; only process 0 writes.
         state_dict = model_to_hf_state_dict(model)
+        if jax.process_index() != 0:
+            return
         if dtype is not None:
             np_dtype = np.dtype(jnp.dtype(dtype))
             state_dict = {
