@@ -10,8 +10,12 @@ def hf_model_from_config(hf_config, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    hf_config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+    # HF initialises norms to 1 and biases to 0; perturb every parameter so that a wrong
+    # mapping of any of them shows up in the logits.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
     return model.eval().float()
 
 

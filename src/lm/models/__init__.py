@@ -7,19 +7,39 @@ from lm.models.gpt2 import Gpt2Config, Gpt2LMHeadModel
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import AttentionBackend, AttentionMask
+from lm.models.layers.rotary import (
+    DefaultRotaryEmbeddingsConfig,
+    LinearRotaryEmbeddingsConfig,
+    Llama3RotaryEmbeddingsConfig,
+    RotaryEmbeddingsConfig,
+    YarnRotaryEmbeddingsConfig,
+)
+from lm.models.llama import LlamaConfig, LlamaLMHeadModel
 from lm.models.lm_model import LmConfig, LmExample, LmHeadModel
 from lm.models.loss import compute_next_token_loss, compute_next_token_loss_and_metrics
+from lm.models.mistral import MistralConfig
+from lm.models.qwen import Qwen2Config, Qwen3Config
 
 __all__ = [
     "ActivationFunctionEnum",
     "AttentionBackend",
     "AttentionMask",
+    "DefaultRotaryEmbeddingsConfig",
     "Gpt2Config",
     "Gpt2LMHeadModel",
     "HFCompatConfig",
+    "LinearRotaryEmbeddingsConfig",
+    "Llama3RotaryEmbeddingsConfig",
+    "LlamaConfig",
+    "LlamaLMHeadModel",
     "LmConfig",
     "LmExample",
     "LmHeadModel",
+    "MistralConfig",
+    "Qwen2Config",
+    "Qwen3Config",
+    "RotaryEmbeddingsConfig",
+    "YarnRotaryEmbeddingsConfig",
     "compute_next_token_loss",
     "compute_next_token_loss_and_metrics",
 ]

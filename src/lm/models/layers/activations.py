@@ -37,7 +37,7 @@ def _tanh(x: NamedArray) -> NamedArray:
     return hax.tanh(x)
 
 
-class ActivationFunctionEnum(enum.StrEnum):
+class ActivationFunctionEnum(enum.Enum):
     """Activation functions by their Hugging Face names."""
 
     relu = "relu"

@@ -3,34 +3,21 @@
 Haliax's norms compute in the input dtype; under a bf16 compute policy that loses
 precision in the variance. These keep the HF behaviour: statistics in float32, the
 normalised value cast back to the input dtype, then scaled by the (possibly bf16) weight.
-State-dict keys are `weight` and `bias`, as in torch.
+Both subclass Haliax's `LayerNormBase` (fields `axis`, `weight`, `bias`, `eps`, `dtype`;
+`init(axis, eps, *, use_weight, use_bias)`), so code that recognises Haliax norms (e.g.
+weight-decay masks) recognises these, and state-dict keys are `weight` and `bias`.
 """
 
 from __future__ import annotations
 
-import equinox as eqx
 import haliax as hax
 import jax.numpy as jnp
 from haliax import NamedArray
-from haliax.axis import AxisSpec
-from haliax.state_dict import ModuleWithStateDictSerialization
+from haliax.nn.normalization import LayerNormBase
 
 
-class LayerNorm(ModuleWithStateDictSerialization):
+class LayerNorm(LayerNormBase):
     """Mean/variance normalisation over `axis`, with optional affine weight and bias."""
-
-    weight: NamedArray | None
-    bias: NamedArray | None
-    axis: AxisSpec = eqx.field(static=True)
-    eps: float = eqx.field(static=True, default=1e-5)
-
-    @staticmethod
-    def init(
-        axis: AxisSpec, *, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True
-    ) -> LayerNorm:
-        weight = hax.ones(axis) if use_weight else None
-        bias = hax.zeros(axis) if use_bias else None
-        return LayerNorm(weight, bias, axis, eps)
 
     def __call__(self, x: NamedArray) -> NamedArray:
         in_dtype = x.dtype
@@ -38,36 +25,23 @@ class LayerNorm(ModuleWithStateDictSerialization):
         mean = x32.mean(self.axis)
         var = hax.square(x32 - mean).mean(self.axis)
         out = ((x32 - mean) * hax.rsqrt(var + self.eps)).astype(in_dtype)
-        if self.weight is not None:
-            out = self.weight * out
-        if self.bias is not None:
-            out = out + self.bias
-        return out
+        return _affine(self, out)
 
 
-class RmsNorm(ModuleWithStateDictSerialization):
+class RmsNorm(LayerNormBase):
     """Root-mean-square normalisation over `axis` (Llama's `LlamaRMSNorm`)."""
-
-    weight: NamedArray | None
-    bias: NamedArray | None
-    axis: AxisSpec = eqx.field(static=True)
-    eps: float = eqx.field(static=True, default=1e-6)
-
-    @staticmethod
-    def init(
-        axis: AxisSpec, *, eps: float = 1e-6, use_weight: bool = True, use_bias: bool = False
-    ) -> RmsNorm:
-        weight = hax.ones(axis) if use_weight else None
-        bias = hax.zeros(axis) if use_bias else None
-        return RmsNorm(weight, bias, axis, eps)
 
     def __call__(self, x: NamedArray) -> NamedArray:
         in_dtype = x.dtype
         x32 = x.astype(jnp.float32)
         var = hax.square(x32).mean(self.axis)
         out = (x32 * hax.rsqrt(var + self.eps)).astype(in_dtype)
-        if self.weight is not None:
-            out = self.weight * out
-        if self.bias is not None:
-            out = out + self.bias
-        return out
+        return _affine(self, out)
+
+
+def _affine(norm: LayerNormBase, out: NamedArray) -> NamedArray:
+    if norm.weight is not None:
+        out = norm.weight * out
+    if norm.bias is not None:
+        out = out + norm.bias
+    return out

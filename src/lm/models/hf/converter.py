@@ -1,0 +1,402 @@
+"""Load and save Hugging Face checkpoint directories.
+
+A checkpoint directory (local path or any fsspec URL) holds `config.json`, the weights as
+`model.safetensors`, sharded `model-XXXXX-of-YYYYY.safetensors` + `model.safetensors.index.json`,
+or (old checkpoints) `pytorch_model.bin` / `pytorch_model.bin.index.json`, and usually the
+tokenizer files. `.bin` files are read with `torch.load(weights_only=True)`, which refuses
+arbitrary pickled objects.
+
+A path that is neither an existing directory nor a URL, and looks like `org/name`, is taken
+as a Hugging Face Hub repo id and fetched with `huggingface_hub` (honouring
+`HF_HUB_OFFLINE`). Everything else that is missing is an error naming the missing file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+import fsspec
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from haliax.partitioning import ResourceMapping
+
+from lm.models.hf import safetensors_io
+from lm.models.hf.compat import HFCompatConfig, model_from_hf_state_dict, model_to_hf_state_dict
+from lm.models.lm_model import LmConfig, LmHeadModel
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3
+"""5 GB, as HF `save_pretrained` writes shards."""
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+ConfigT = TypeVar("ConfigT", bound=HFCompatConfig)
+
+
+class HFCheckpointConverter(Generic[ConfigT]):
+    """Converts between `lm` models of one architecture and HF checkpoint directories.
+
+    Args:
+        config_class: the `HFCompatConfig` subclass (e.g. `LlamaConfig`).
+        reference_checkpoint: default directory/URL/repo id for `load_pretrained`,
+            `config_from_hf_checkpoint` and `load_tokenizer` when no path is given.
+    """
+
+    def __init__(self, config_class: type[ConfigT], *, reference_checkpoint: str | None = None):
+        self.config_class = config_class
+        self.reference_checkpoint = reference_checkpoint
+
+    @staticmethod
+    def for_checkpoint(path: str) -> HFCheckpointConverter:
+        """A converter for whichever registered architecture `path`'s config.json names."""
+        hf_config = read_hf_config(path)
+        for config_class in set(LmConfig.get_known_choices().values()):
+            if (
+                issubclass(config_class, HFCompatConfig)
+                and config_class.hf_model_type == hf_config.model_type
+            ):
+                return HFCheckpointConverter(config_class, reference_checkpoint=path)
+        known = sorted(
+            c.hf_model_type
+            for c in LmConfig.get_known_choices().values()
+            if issubclass(c, HFCompatConfig)
+        )
+        raise ValueError(
+            f"{_join(path, CONFIG_FILE)}: model_type {hf_config.model_type!r} is not supported; "
+            f"supported: {', '.join(known)}"
+        )
+
+    def _path(self, path: str | None) -> str:
+        path = path or self.reference_checkpoint
+        if path is None:
+            raise ValueError(
+                "no checkpoint path given and the converter has no reference_checkpoint"
+            )
+        return path
+
+    def hf_config_from_checkpoint(self, path: str | None = None):
+        """The `transformers` config object of a checkpoint (checked to be this architecture)."""
+        path = self._path(path)
+        hf_config = read_hf_config(path)
+        expected = self.config_class.hf_model_type
+        if hf_config.model_type != expected:
+            raise ValueError(
+                f"{_join(path, CONFIG_FILE)}: model_type is {hf_config.model_type!r} but this converter "
+                f"is for {expected!r} ({self.config_class.__name__})"
+            )
+        return hf_config
+
+    def config_from_hf_checkpoint(self, path: str | None = None) -> ConfigT:
+        """The `lm` config equivalent to a checkpoint's config.json."""
+        return self.config_class.from_hf_config(self.hf_config_from_checkpoint(path))
+
+    def load_pretrained(
+        self,
+        path_or_dir: str | None = None,
+        *,
+        config: ConfigT | None = None,
+        dtype: jnp.dtype | None = jnp.float32,
+        axis_mapping: ResourceMapping | None = None,
+    ) -> LmHeadModel:
+        """Load a checkpoint's weights into a model.
+
+        Args:
+            path_or_dir: checkpoint directory, fsspec URL or hub repo id (default: the
+                reference checkpoint).
+            config: the `lm` config to build (default: derived from config.json). Its shapes
+                must match the checkpoint's.
+            dtype: dtype for floating parameters (None keeps the checkpoint's).
+            axis_mapping: parameter axis mapping to shard the loaded model with (under the
+                caller's mesh).
+        """
+        path = self._path(path_or_dir)
+        local = _resolve(path)
+        hf_config = self.hf_config_from_checkpoint(local)
+        if config is None:
+            config = self.config_class.from_hf_config(hf_config)
+        Vocab = hax.Axis("vocab", hf_config.vocab_size)
+        template = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
+        state_dict, source = read_hf_weights(local)
+        return model_from_hf_state_dict(
+            template, state_dict, dtype=dtype, axis_mapping=axis_mapping, source=source
+        )
+
+    def save_pretrained(
+        self,
+        model: LmHeadModel,
+        output_dir: str,
+        *,
+        tokenizer: Any = None,
+        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+        vocab_size: int | None = None,
+        dtype: jnp.dtype | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write config.json, safetensors weights (sharded above `max_shard_size`) and the
+        tokenizer to `output_dir` (local or fsspec URL).
+
+        Args:
+            model: the model; its config must be of this converter's class.
+            tokenizer: an HF tokenizer object or a local tokenizer directory, saved alongside.
+            max_shard_size: bytes per safetensors shard (int, or a string like "2GB"/"500MB").
+            vocab_size: the tokenizer's vocabulary size; a vocabulary padded beyond it (for
+                partitioning) is trimmed to it.
+            dtype: store floating weights in this dtype (default: as they are).
+            config_overrides: extra attributes set on the HF config.
+        """
+        if not isinstance(model.config, self.config_class):
+            raise ValueError(
+                f"model config is {type(model.config).__name__}, converter is for {self.config_class.__name__}"
+            )
+        if vocab_size is not None and vocab_size != model.Vocab.size:
+            if vocab_size > model.Vocab.size:
+                raise ValueError(
+                    f"vocab_size ({vocab_size}) is larger than the model's vocabulary ({model.Vocab.size})"
+                )
+            model = model.resize_vocab(vocab_size)
+        shard_limit = parse_size(max_shard_size)
+        hf_config = model.config.to_hf_config(model.Vocab.size, config_overrides)
+        # Every process takes part in gathering sharded parameters; only process 0 writes.
+        state_dict = model_to_hf_state_dict(model)
+        if jax.process_index() != 0:
+            return
+        if dtype is not None:
+            np_dtype = np.dtype(jnp.dtype(dtype))
+            state_dict = {
+                k: v.astype(np_dtype)
+                if np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16
+                else v
+                for k, v in state_dict.items()
+            }
+        first = next(iter(state_dict.values()))
+        hf_config.dtype = str(first.dtype) if first.dtype != ml_dtypes.bfloat16 else "bfloat16"
+
+        fs, root = fsspec.core.url_to_fs(output_dir)
+        fs.makedirs(root, exist_ok=True)
+        shards = _shard(state_dict, shard_limit)
+        if len(shards) == 1:
+            _write(fs, posixpath.join(root, SAFETENSORS_FILE), _safetensors(shards[0]))
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                _write(fs, posixpath.join(root, name), _safetensors(shard))
+                weight_map.update({k: name for k in shard})
+            total = sum(v.nbytes for v in state_dict.values())
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
+            _write(
+                fs, posixpath.join(root, SAFETENSORS_INDEX), json.dumps(index, indent=2).encode()
+            )
+        _write(fs, posixpath.join(root, CONFIG_FILE), hf_config.to_json_string().encode())
+        if tokenizer is not None:
+            _save_tokenizer(tokenizer, fs, root)
+        logger.info(
+            "Saved %s (%d weight file(s)) to %s", type(model).__name__, len(shards), output_dir
+        )
+
+    def load_tokenizer(self, path: str | None = None):
+        """The HF tokenizer stored with a checkpoint (local dir, URL or hub id)."""
+        from transformers import AutoTokenizer
+
+        local = _resolve(self._path(path))
+        fs, root = fsspec.core.url_to_fs(local)
+        if isinstance(fs, LocalFileSystem):
+            return AutoTokenizer.from_pretrained(root)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in TOKENIZER_FILES:
+                if fs.exists(posixpath.join(root, name)):
+                    fs.get(posixpath.join(root, name), os.path.join(tmp, name))
+            return AutoTokenizer.from_pretrained(tmp)
+
+
+def read_hf_config(path: str):
+    """Parse `<path>/config.json` into its `transformers` config class."""
+    from transformers import CONFIG_MAPPING
+
+    path = _resolve(path)
+    config_path = _join(path, CONFIG_FILE)
+    raw = _read(config_path)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type is None:
+        raise ValueError(f"{config_path} has no model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"{config_path}: unknown HF model_type {model_type!r}")
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
+def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
+    """All tensors of a checkpoint directory, and a description of where they came from."""
+    path = _resolve(path)
+    fs, root = fsspec.core.url_to_fs(path)
+    for index_name, reader in ((SAFETENSORS_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch)):
+        index_path = posixpath.join(root, index_name)
+        if fs.exists(index_path):
+            try:
+                weight_map = json.loads(_read(_join(path, index_name)))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{_join(path, index_name)} is not a valid weight index: {e!r}"
+                ) from None
+            tensors: dict[str, np.ndarray] = {}
+            for shard in sorted(set(weight_map.values())):
+                tensors.update(reader(_join(path, shard)))
+            missing = sorted(k for k in weight_map if k not in tensors)
+            if missing:
+                raise ValueError(
+                    f"{_join(path, index_name)} lists tensors its shards lack: {missing[:8]}"
+                )
+            return tensors, _join(path, index_name)
+    for file_name, reader in ((SAFETENSORS_FILE, _read_safetensors), (TORCH_FILE, _read_torch)):
+        if fs.exists(posixpath.join(root, file_name)):
+            return reader(_join(path, file_name)), _join(path, file_name)
+    raise FileNotFoundError(
+        f"no weights in {path}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}"
+    )
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like "5GB", "500MB", "2GiB"."""
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"max_shard_size must be positive, got {size}")
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
+    if not match:
+        raise ValueError(f"max_shard_size {size!r} is not a size like 5GB, 500MB or 1000000")
+    number, prefix, binary = match.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** "_KMGT".index(prefix or "_"))
+
+
+def _shard(state_dict: dict[str, np.ndarray], limit: int) -> list[dict[str, np.ndarray]]:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key in sorted(state_dict, key=_natural_key):
+        value = state_dict[key]
+        if shards[-1] and size + value.nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += value.nbytes
+    return shards
+
+
+def _natural_key(key: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _safetensors(tensors: dict[str, np.ndarray]) -> bytes:
+    return safetensors_io.save_bytes(tensors, metadata={"format": "pt"})
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    return safetensors_io.load_bytes(_read(path), source=path)
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{path} is a torch pickle; reading it needs torch installed") from None
+    try:
+        state = torch.load(io.BytesIO(_read(path)), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError and friends for disallowed objects
+        raise ValueError(
+            f"{path}: refusing to load (only plain tensors are allowed, weights_only=True): {e}"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    out = {}
+    for name, tensor in state.items():
+        if tensor.dtype == torch.bfloat16:
+            out[name] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            out[name] = tensor.numpy()
+    return out
+
+
+def _resolve(path: str) -> str:
+    """A local path or URL as is; an `org/name` that is not a local directory from the hub."""
+    if "://" in path or os.path.exists(path) or not _REPO_ID.match(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [
+            CONFIG_FILE,
+            "*.safetensors",
+            SAFETENSORS_INDEX,
+            TORCH_FILE,
+            TORCH_INDEX,
+            *TOKENIZER_FILES,
+        ]
+        return snapshot_download(path, allow_patterns=patterns)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"{path!r} is not a local directory, and fetching it as a Hugging Face Hub repo failed: {e}"
+        ) from None
+
+
+def _join(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name
+
+
+def _read(path: str) -> bytes:
+    try:
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing file: {path}") from None
+
+
+def _write(fs, path: str, data: bytes) -> None:
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def _save_tokenizer(tokenizer: Any, fs, root: str) -> None:
+    if isinstance(tokenizer, str):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as f:
+                _write(fs, posixpath.join(root, name), f.read())

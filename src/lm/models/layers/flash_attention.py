@@ -1,0 +1,263 @@
+"""Blockwise ("flash") attention in pure JAX with a hand-written backward pass.
+
+Queries and keys are cut into tiles of `block_size` positions. For each query tile the
+forward pass walks the key tiles with an online softmax (running max, running sum and a
+rescaled accumulator), so the (QPos, KPos) score matrix never exists; it saves only the
+output and the per-row log-sum-exp. The backward pass recomputes each tile's probabilities
+from the saved log-sum-exp: one sweep over query tiles for dQ, one over key tiles for dK
+and dV. Tiles that the mask rules out entirely (above the causal diagonal, outside the
+sliding window) are skipped in both passes; segment ids are applied per element.
+
+Scores, softmax statistics and gradient accumulators are float32 whatever the input dtype.
+Inputs whose lengths are not a multiple of the tile size are padded and the padding masked.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import haliax as hax
+import jax
+import jax.numpy as jnp
+from haliax import Axis, NamedArray
+
+_MASKED = -1e30  # finite, so fully masked tiles never produce inf - inf
+
+
+def flash_attention(
+    QPos: Axis,
+    KPos: Axis,
+    HeadSize: Axis,
+    query: NamedArray,
+    key: NamedArray,
+    value: NamedArray,
+    mask,
+    *,
+    block_size: int,
+) -> NamedArray:
+    """Attention of already-scaled `query` over `key`/`value` (see `dot_product_attention`).
+
+    `key` and `value` axes other than KPos/HeadSize are batch axes and must appear in
+    `query`; query-only axes (e.g. heads per KV group) share the same keys.
+    """
+    if block_size <= 0:
+        raise ValueError(f"flash_attention_block_size must be positive, got {block_size}")
+    names = {QPos.name, KPos.name, HeadSize.name}
+    batch = tuple(ax for ax in key.axes if ax.name not in names)
+    q_names = {ax.name for ax in query.axes}
+    missing = [ax.name for ax in batch if ax.name not in q_names]
+    if missing:
+        raise ValueError(f"key axes {missing} are not in the query axes {query.axes}")
+    batch_names = {ax.name for ax in batch}
+    group = tuple(ax for ax in query.axes if ax.name not in names | batch_names)
+    VHead = value.resolve_axis(HeadSize.name)
+
+    B = _prod(batch)
+    G = _prod(group)
+    q = query.rearrange((*batch, *group, QPos, HeadSize)).array.reshape(
+        B, G, QPos.size, HeadSize.size
+    )
+    k = key.rearrange((*batch, KPos, HeadSize)).array.reshape(B, KPos.size, HeadSize.size)
+    v = value.rearrange((*batch, KPos, VHead)).array.reshape(B, KPos.size, VHead.size)
+
+    causal = mask is not None and mask.is_causal
+    window = mask.sliding_window if mask is not None else None
+    if mask is not None and mask.segment_ids is not None:
+        if QPos.size != KPos.size:
+            raise ValueError("segment ids need equal query and key lengths (self-attention)")
+        seg = mask.segment_ids
+        extra = [ax.name for ax in seg.axes if ax.name != QPos.name and ax.name not in batch_names]
+        if extra:
+            raise ValueError(f"segment_ids axes {extra} are not batch axes of the keys {key.axes}")
+        seg = hax.broadcast_to(seg, (*batch, seg.resolve_axis(QPos.name))).array
+        q_seg = k_seg = seg.reshape(B, QPos.size).astype(jnp.int32)
+    else:
+        q_seg = jnp.zeros((B, QPos.size), jnp.int32)
+        k_seg = jnp.zeros((B, KPos.size), jnp.int32)
+
+    bq = min(block_size, QPos.size)
+    bk = min(block_size, KPos.size)
+    sq = -(-QPos.size // bq) * bq
+    sk = -(-KPos.size // bk) * bk
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, sq - QPos.size), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, sk - KPos.size), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, sk - KPos.size), (0, 0)))
+    q_seg = jnp.pad(q_seg, ((0, 0), (0, sq - QPos.size)), constant_values=-1)
+    k_seg = jnp.pad(k_seg, ((0, 0), (0, sk - KPos.size)), constant_values=-1)
+
+    spec = _Spec(causal, window, bq, bk, KPos.size)
+    out = jax.vmap(functools.partial(_flash, spec))(q, k, v, q_seg, k_seg)
+    out = out[:, :, : QPos.size].reshape(
+        *(ax.size for ax in (*batch, *group)), QPos.size, VHead.size
+    )
+    return hax.named(out, (*batch, *group, QPos, VHead))
+
+
+def _prod(axes) -> int:
+    size = 1
+    for ax in axes:
+        size *= ax.size
+    return size
+
+
+class _Spec:
+    """Static description of the mask and tiling (hashable for custom_vjp)."""
+
+    def __init__(self, causal: bool, window: int | None, bq: int, bk: int, kv_len: int):
+        self.causal, self.window, self.bq, self.bk, self.kv_len = causal, window, bq, bk, kv_len
+
+    def _key(self):
+        return (self.causal, self.window, self.bq, self.bk, self.kv_len)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _Spec) and self._key() == other._key()
+
+    def tile_mask(self, q_idx, k_idx, q_seg, k_seg):
+        allowed = (k_idx[None, :] < self.kv_len) & (q_seg[:, None] == k_seg[None, :])
+        if self.causal:
+            allowed &= k_idx[None, :] <= q_idx[:, None]
+        if self.window is not None:
+            allowed &= (q_idx[:, None] - k_idx[None, :]) < self.window
+        return allowed
+
+    def key_tiles_for(self, i, num_k_tiles):
+        """Key tile range [lo, hi) that query tile i can see."""
+        lo = 0
+        hi = num_k_tiles
+        if self.causal:
+            hi = jnp.minimum(num_k_tiles, ((i + 1) * self.bq - 1) // self.bk + 1)
+        if self.window is not None:
+            lo = jnp.maximum(0, i * self.bq - self.window + 1) // self.bk
+        return lo, hi
+
+    def query_tiles_for(self, j, num_q_tiles):
+        """Query tile range [lo, hi) that can see key tile j."""
+        lo = 0
+        hi = num_q_tiles
+        if self.causal:
+            lo = (j * self.bk) // self.bq
+        if self.window is not None:
+            last_q = (j + 1) * self.bk - 1 + self.window - 1
+            hi = jnp.minimum(num_q_tiles, last_q // self.bq + 1)
+        return lo, hi
+
+
+def _tile(x, i, size, axis):
+    return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(spec: _Spec, q, k, v, q_seg, k_seg):
+    out, _ = _flash_forward(spec, q, k, v, q_seg, k_seg)
+    return out
+
+
+def _flash_forward(spec: _Spec, q, k, v, q_seg, k_seg):
+    """q: [G, Sq, D], k: [Sk, D], v: [Sk, Dv], segs: [Sq], [Sk] -> out [G, Sq, Dv], lse [G, Sq]."""
+    G, sq, _ = q.shape
+    sk, dv = v.shape
+    nq, nk = sq // spec.bq, sk // spec.bk
+
+    def query_tile(i):
+        q_t = _tile(q, i, spec.bq, 1)
+        q_idx = i * spec.bq + jnp.arange(spec.bq)
+        qs = _tile(q_seg, i, spec.bq, 0)
+
+        def body(j, carry):
+            row_max, row_sum, acc = carry
+            k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
+            k_idx = j * spec.bk + jnp.arange(spec.bk)
+            s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
+            allowed = spec.tile_mask(q_idx, k_idx, qs, _tile(k_seg, j, spec.bk, 0))
+            s = jnp.where(allowed[None], s, _MASKED)
+            new_max = jnp.maximum(row_max, s.max(axis=-1))
+            p = jnp.exp(s - new_max[..., None])
+            correction = jnp.exp(row_max - new_max)
+            row_sum = row_sum * correction + p.sum(axis=-1)
+            pv = jnp.einsum(
+                "gqk,kd->gqd", p.astype(v.dtype), v_t, preferred_element_type=jnp.float32
+            )
+            return new_max, row_sum, acc * correction[..., None] + pv
+
+        init = (
+            jnp.full((G, spec.bq), _MASKED, jnp.float32),
+            jnp.zeros((G, spec.bq), jnp.float32),
+            jnp.zeros((G, spec.bq, dv), jnp.float32),
+        )
+        lo, hi = spec.key_tiles_for(i, nk)
+        row_max, row_sum, acc = jax.lax.fori_loop(lo, hi, body, init)
+        return acc / row_sum[..., None], row_max + jnp.log(row_sum)
+
+    out, lse = jax.lax.map(query_tile, jnp.arange(nq))
+    out = jnp.moveaxis(out, 0, 1).reshape(G, sq, dv).astype(v.dtype)
+    lse = jnp.moveaxis(lse, 0, 1).reshape(G, sq)
+    return out, lse
+
+
+def _flash_fwd(spec, q, k, v, q_seg, k_seg):
+    out, lse = _flash_forward(spec, q, k, v, q_seg, k_seg)
+    return out, (q, k, v, q_seg, k_seg, out, lse)
+
+
+def _flash_bwd(spec, residuals, d_out):
+    q, k, v, q_seg, k_seg, out, lse = residuals
+    G, sq, d = q.shape
+    sk, dv = v.shape
+    nq, nk = sq // spec.bq, sk // spec.bk
+    d_out = d_out.astype(jnp.float32)
+    delta = (d_out * out.astype(jnp.float32)).sum(axis=-1)  # [G, Sq]
+
+    def probs(q_t, k_t, lse_t, q_idx, k_idx, qs, ks):
+        s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
+        allowed = spec.tile_mask(q_idx, k_idx, qs, ks)
+        return jnp.where(allowed[None], jnp.exp(s - lse_t[..., None]), 0.0)
+
+    def dq_tile(i):
+        q_t, g_t = _tile(q, i, spec.bq, 1), _tile(d_out, i, spec.bq, 1)
+        lse_t, delta_t = _tile(lse, i, spec.bq, 1), _tile(delta, i, spec.bq, 1)
+        q_idx = i * spec.bq + jnp.arange(spec.bq)
+        qs = _tile(q_seg, i, spec.bq, 0)
+
+        def body(j, dq):
+            k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
+            k_idx = j * spec.bk + jnp.arange(spec.bk)
+            p = probs(q_t, k_t, lse_t, q_idx, k_idx, qs, _tile(k_seg, j, spec.bk, 0))
+            dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
+            ds = p * (dp - delta_t[..., None])
+            return dq + jnp.einsum("gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32)
+
+        lo, hi = spec.key_tiles_for(i, nk)
+        return jax.lax.fori_loop(lo, hi, body, jnp.zeros((G, spec.bq, d), jnp.float32))
+
+    def dkv_tile(j):
+        k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
+        k_idx = j * spec.bk + jnp.arange(spec.bk)
+        ks = _tile(k_seg, j, spec.bk, 0)
+
+        def body(i, carry):
+            dk, dv_acc = carry
+            q_t, g_t = _tile(q, i, spec.bq, 1), _tile(d_out, i, spec.bq, 1)
+            lse_t, delta_t = _tile(lse, i, spec.bq, 1), _tile(delta, i, spec.bq, 1)
+            q_idx = i * spec.bq + jnp.arange(spec.bq)
+            p = probs(q_t, k_t, lse_t, q_idx, k_idx, _tile(q_seg, i, spec.bq, 0), ks)
+            dv_acc = dv_acc + jnp.einsum("gqk,gqd->kd", p, g_t, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
+            ds = p * (dp - delta_t[..., None])
+            dk = dk + jnp.einsum("gqk,gqd->kd", ds, q_t, preferred_element_type=jnp.float32)
+            return dk, dv_acc
+
+        lo, hi = spec.query_tiles_for(j, nq)
+        init = (jnp.zeros((spec.bk, d), jnp.float32), jnp.zeros((spec.bk, dv), jnp.float32))
+        return jax.lax.fori_loop(lo, hi, body, init)
+
+    dq = jnp.moveaxis(jax.lax.map(dq_tile, jnp.arange(nq)), 0, 1).reshape(G, sq, d)
+    dk, dv_ = jax.lax.map(dkv_tile, jnp.arange(nk))
+    dk = dk.reshape(sk, d)
+    dv_ = dv_.reshape(sk, dv)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv_.astype(v.dtype), None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)

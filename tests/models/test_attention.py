@@ -1,0 +1,197 @@
+import haliax as hax
+import haliax.nn as hnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.models.layers.attention import (
+    CPU_DEFAULT_BACKEND,
+    AttentionBackend,
+    AttentionMask,
+    dot_product_attention,
+    resolve_attention_backend,
+)
+
+Batch = hax.Axis("batch", 2)
+KvHeads = hax.Axis("kv_head", 2)
+Group = hax.Axis("q_heads_per_group", 2)
+HeadSize = hax.Axis("head_size", 8)
+
+
+def _reference_mask(n, causal, window, segments):
+    q = np.arange(n)[:, None]
+    k = np.arange(n)[None, :]
+    m = np.ones((n, n), dtype=bool)
+    if causal:
+        m &= k <= q
+    if window is not None:
+        m &= (q - k) < window
+    if segments is not None:
+        m = m[None] & (segments[:, :, None] == segments[:, None, :])
+    return m
+
+
+@pytest.mark.parametrize(
+    "causal, window, use_segments", [(True, None, False), (True, 3, True), (False, None, True)]
+)
+def test_materialized_mask_matches_reference(causal, window, use_segments):
+    Pos = hax.Axis("position", 10)
+    segments = np.array([[0] * 4 + [1] * 6, [0] * 10]) if use_segments else None
+    mask = AttentionMask(
+        is_causal=causal,
+        segment_ids=hax.named(jnp.array(segments), (Batch, Pos)) if use_segments else None,
+        sliding_window=window,
+    )
+    got = mask.materialize(Pos, Pos.alias("key_position"))
+    expected = _reference_mask(10, causal, window, segments)
+    got = got.rearrange((Batch, "position", "key_position")).array if use_segments else got.array
+    np.testing.assert_array_equal(got, expected)
+
+
+def _qkv(n, seed=0, gqa=True):
+    Pos = hax.Axis("position", n)
+    KPos = Pos.alias("key_position")
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    q_axes = (Batch, KvHeads, Group, Pos, HeadSize) if gqa else (Batch, KvHeads, Pos, HeadSize)
+    q = hax.random.normal(k1, q_axes)
+    k = hax.random.normal(k2, (Batch, KvHeads, KPos, HeadSize))
+    v = hax.random.normal(k3, (Batch, KvHeads, KPos, HeadSize))
+    return Pos, KPos, q, k, v
+
+
+def _segments(Pos):
+    n = Pos.size
+    first = np.array([0] * (n // 3) + [1] * (n - n // 3))
+    second = np.array([5] * (n // 2) + [6] * (n - n // 2 - 2) + [-1, -1])
+    return hax.named(jnp.array(np.stack([first, second])), (Batch, Pos))
+
+
+CASES = {
+    "none": (None, False, None),
+    "causal": (True, False, None),
+    "causal_segments": (True, True, None),
+    "causal_window": (True, False, 5),
+    "segments_window": (True, True, 7),
+    "bidirectional_segments": (False, True, None),
+}
+
+
+PARAMS = [(case, 32, 8) for case in CASES if case != "segments_window"] + [
+    ("segments_window", 37, 8),
+    ("causal", 16, 64),
+]
+
+
+@pytest.mark.parametrize("case, n, block", PARAMS, ids=[f"{c}-{n}-{b}" for c, n, b in PARAMS])
+def test_flash_matches_vanilla_values_and_gradients(case, n, block):
+    causal, use_segments, window = CASES[case]
+    Pos, KPos, q, k, v = _qkv(n)
+    if causal is None:
+        mask = None
+    else:
+        mask = AttentionMask(causal, _segments(Pos) if use_segments else None, window)
+
+    def run(backend, q, k, v):
+        def f(q, k, v):
+            out = dot_product_attention(
+                Pos.name,
+                KPos.name,
+                HeadSize.name,
+                q,
+                k,
+                v,
+                mask,
+                backend=backend,
+                flash_block_size=block,
+            )
+            # A non-uniform cotangent, so every gradient term is exercised.
+            return (out * hax.cos(out)).sum().array, out
+
+        (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+        return out, grads
+
+    (van_out, van_grads), (fl_out, fl_grads) = jax.jit(
+        lambda q, k, v: (run("vanilla", q, k, v), run("jax_flash", q, k, v))
+    )(q, k, v)
+    assert fl_out.axes == van_out.axes == q.axes
+    np.testing.assert_allclose(fl_out.array, van_out.array, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fl_grads, van_grads, strict=True):
+        np.testing.assert_allclose(a.array, b.array, rtol=1e-5, atol=1e-5)
+
+
+def test_flash_multi_head_without_groups_and_bf16_inputs():
+    Pos, KPos, q, k, v = _qkv(24, gqa=False)
+    mask = AttentionMask.causal()
+    van = dot_product_attention(
+        Pos.name, KPos.name, HeadSize.name, q, k, v, mask, backend="vanilla"
+    )
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    fl = dot_product_attention(
+        Pos.name, KPos.name, HeadSize.name, *bf, mask, backend="jax_flash", flash_block_size=8
+    )
+    assert fl.dtype == jnp.bfloat16
+    # bf16 inputs (8 bits of mantissa): agreement to a few 1e-2 is all bf16 can give.
+    np.testing.assert_allclose(np.asarray(fl.array, np.float32), van.array, atol=5e-2)
+
+
+def _exp_dtypes(upcast):
+    Pos, KPos, q, k, v = _qkv(16, gqa=False)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+
+    def f(q, k, v):
+        return dot_product_attention(
+            Pos.name,
+            KPos.name,
+            HeadSize.name,
+            q,
+            k,
+            v,
+            AttentionMask.causal(),
+            backend="vanilla",
+            upcast=upcast,
+        ).array
+
+    jaxpr = jax.make_jaxpr(f)(*bf)
+    return {
+        str(e.outvars[0].aval.dtype) for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "exp"
+    }
+
+
+def _all_eqns(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                yield from _all_eqns(v.jaxpr)
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                yield from _all_eqns(v)
+
+
+def test_upcast_computes_softmax_in_float32():
+    assert _exp_dtypes(upcast=True) == {"float32"}
+    assert _exp_dtypes(upcast=False) == {"bfloat16"}
+
+
+def test_backend_resolution():
+    assert resolve_attention_backend(None) == CPU_DEFAULT_BACKEND
+    assert resolve_attention_backend("default") == CPU_DEFAULT_BACKEND
+    assert resolve_attention_backend(None, dropout_active=True) == AttentionBackend.vanilla
+    assert resolve_attention_backend("jax_flash") == AttentionBackend.jax_flash
+    with pytest.raises(ValueError, match="does not support attention dropout"):
+        resolve_attention_backend("jax_flash", dropout_active=True)
+    with pytest.raises(ValueError, match="'nvte' .* is not available in this build"):
+        resolve_attention_backend("nvte")
+
+
+def test_vanilla_dropout_needs_prng():
+    Pos, KPos, q, k, v = _qkv(8, gqa=False)
+    drop = hnn.Dropout(0.5)
+    attend = jax.jit(
+        lambda q, k, v, prng: dot_product_attention(
+            Pos.name, KPos.name, HeadSize.name, q, k, v, dropout=drop, prng=prng
+        )
+    )
+    a = attend(q, k, v, None)
+    b = attend(q, k, v, jax.random.PRNGKey(0))
+    assert not np.allclose(a.array, b.array)

@@ -1,0 +1,236 @@
+"""HF round trips: transformers checkpoints in, our checkpoints out (reloaded in transformers)."""
+
+import dataclasses
+import json
+import os
+
+import equinox as eqx
+import haliax as hax
+import jax
+import numpy as np
+import pytest
+from helpers import random_model
+from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config
+
+from lm.models import (
+    Gpt2Config,
+    Llama3RotaryEmbeddingsConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+from lm.models.hf.converter import HFCheckpointConverter, parse_size, read_hf_weights
+
+VOCAB = 101
+Vocab = hax.Axis("vocab", VOCAB)
+LLAMA = dict(seq_len=64, hidden_dim=32, intermediate_dim=48, num_layers=2, num_heads=4)
+
+CASES = {
+    "gpt2": Gpt2Config(seq_len=64, hidden_dim=32, num_layers=2, num_heads=4),
+    "llama_mha_untied": LlamaConfig(**LLAMA, num_kv_heads=4),
+    "llama_gqa_tied_llama3_rope": LlamaConfig(
+        **LLAMA,
+        num_kv_heads=2,
+        tie_word_embeddings=True,
+        rope=Llama3RotaryEmbeddingsConfig(original_max_position_embeddings=16),
+    ),
+    "mistral_window": MistralConfig(**LLAMA, num_kv_heads=2, sliding_window=8),
+    "qwen2": Qwen2Config(**LLAMA, num_kv_heads=2),
+    "qwen3": Qwen3Config(**LLAMA, num_kv_heads=1, head_dim=16),
+}
+
+
+def _tokens(batch=2, seq=64, seed=1):
+    ids = jax.random.randint(jax.random.PRNGKey(seed), (batch, seq), 0, VOCAB)
+    return hax.named(ids, ("batch", "position"))
+
+
+_logits = eqx.filter_jit(lambda model, tokens: model(tokens).array)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", list(CASES))
+def test_hf_round_trip(name, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = CASES[name]
+    tokens = _tokens()
+
+    # HF -> lm: a random transformers model saved by transformers, loaded by us.
+    hf = hf_model_from_config(config.to_hf_config(VOCAB))
+    hf.save_pretrained(tmp_path / "hf")
+    converter = config.hf_checkpoint_converter()
+    assert converter.config_from_hf_checkpoint(str(tmp_path / "hf")) == dataclasses.replace(
+        config, gradient_checkpointing=True
+    )
+    model = converter.load_pretrained(str(tmp_path / "hf"), config=config)
+    ours = _logits(model, tokens)
+    np.testing.assert_allclose(ours, hf_logits(hf, tokens.array), atol=1e-4, rtol=1e-4)
+
+    # lm -> HF: our export, reloaded by transformers.
+    converter.save_pretrained(model, str(tmp_path / "ours"))
+    reloaded_hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert type(reloaded_hf).__name__ == config.hf_architecture
+    np.testing.assert_allclose(hf_logits(reloaded_hf, tokens.array), ours, atol=1e-4, rtol=1e-4)
+
+    # Our export read back by us is bit-exact.
+    again = converter.load_pretrained(str(tmp_path / "ours"), config=config)
+    assert_trees_equal(eqx.filter(model, eqx.is_array), eqx.filter(again, eqx.is_array))
+
+
+@pytest.fixture(scope="module")
+def llama_model():
+    return random_model(CASES["llama_gqa_tied_llama3_rope"], Vocab)
+
+
+@pytest.mark.torch
+def test_sharded_safetensors_reload_in_hf_and_bit_exact(llama_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path), max_shard_size=1024)
+    shards = sorted(p for p in os.listdir(tmp_path) if p.endswith(".safetensors"))
+    assert len(shards) > 1
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    back = converter.load_pretrained(str(tmp_path))
+    assert_trees_equal(eqx.filter(llama_model, eqx.is_array), eqx.filter(back, eqx.is_array))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = _tokens(batch=1)
+    np.testing.assert_allclose(
+        hf_logits(hf, tokens.array), _logits(llama_model, tokens), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_padded_vocab_is_trimmed_on_export(tmp_path):
+    config = CASES["llama_mha_untied"]
+    padded = random_model(config, hax.Axis("vocab", 128))
+    converter = config.hf_checkpoint_converter()
+    converter.save_pretrained(padded, str(tmp_path), vocab_size=VOCAB)
+    assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == VOCAB
+    back = converter.load_pretrained(str(tmp_path))
+    assert back.Vocab.size == VOCAB
+    np.testing.assert_array_equal(back.get_lm_head().array, padded.get_lm_head().array[:VOCAB])
+    np.testing.assert_array_equal(
+        back.embeddings.token_embeddings.weight.array,
+        padded.embeddings.token_embeddings.weight.array[:VOCAB],
+    )
+    with pytest.raises(
+        ValueError, match=r"vocab_size \(200\) is larger than the model's vocabulary \(128\)"
+    ):
+        converter.save_pretrained(padded, str(tmp_path / "x"), vocab_size=200)
+
+
+def test_save_and_load_through_fsspec_memory(llama_model):
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, "memory://export/llama", dtype="bfloat16")
+    weights, source = read_hf_weights("memory://export/llama")
+    assert source.endswith("model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"bfloat16"}
+    back = converter.load_pretrained("memory://export/llama")
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(llama_model, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(back, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(
+            np.asarray(b), np.asarray(a.astype("bfloat16")).astype(np.float32)
+        )
+    assert HFCheckpointConverter.for_checkpoint("memory://export/llama").config_class is LlamaConfig
+
+
+class NotATensor:
+    """An arbitrary pickled object: torch.load(weights_only=True) must refuse it."""
+
+
+@pytest.mark.torch
+def test_pytorch_bin_checkpoints_load_and_pickles_are_refused(llama_model, tmp_path):
+    import torch
+
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path / "st"))
+    weights, _ = read_hf_weights(str(tmp_path / "st"))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    torch.save(
+        {k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
+        tmp_path / "bin" / "pytorch_model.bin",
+    )
+    back = converter.load_pretrained(str(tmp_path / "bin"))
+    assert_trees_equal(eqx.filter(llama_model, eqx.is_array), eqx.filter(back, eqx.is_array))
+
+    torch.save({"weights": NotATensor()}, tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refusing to load"):
+        converter.load_pretrained(str(tmp_path / "bin"))
+
+
+def test_missing_or_malformed_checkpoint_files_are_named(llama_model, tmp_path):
+    converter = llama_model.config.hf_checkpoint_converter()
+    with pytest.raises(FileNotFoundError, match=f"missing file: {tmp_path}/nothing/config.json"):
+        converter.load_pretrained(str(tmp_path / "nothing"))
+    converter.save_pretrained(llama_model, str(tmp_path / "ckpt"), max_shard_size="2KB")
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[0]
+    os.remove(tmp_path / "ckpt" / victim)
+    with pytest.raises(FileNotFoundError, match=f"missing file: .*{victim}"):
+        converter.load_pretrained(str(tmp_path / "ckpt"))
+    os.remove(tmp_path / "ckpt" / "model.safetensors.index.json")
+    with pytest.raises(FileNotFoundError, match="no weights in .*expected model.safetensors"):
+        converter.load_pretrained(str(tmp_path / "ckpt"))
+    (tmp_path / "ckpt" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        converter.load_pretrained(str(tmp_path / "ckpt"))
+
+
+def test_wrong_architecture_and_hub_ids_offline_are_clear_errors(llama_model, tmp_path):
+    llama_model.config.hf_checkpoint_converter().save_pretrained(llama_model, str(tmp_path))
+    with pytest.raises(ValueError, match="model_type is 'llama' but this converter is for 'gpt2'"):
+        Gpt2Config().hf_checkpoint_converter().load_pretrained(str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError,
+        match="not a local directory, and fetching it as a Hugging Face Hub repo failed",
+    ):
+        HFCheckpointConverter(LlamaConfig).load_pretrained("no-such-org/no-such-model")
+
+
+def test_checkpoint_shapes_must_match_the_given_config(llama_model, tmp_path):
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path))
+    wider = dataclasses.replace(llama_model.config, intermediate_dim=64)
+    with pytest.raises(
+        ValueError, match=r"shape mismatches: model\.layers\.0\.mlp\.down_proj\.weight: \(32, 48\)"
+    ):
+        converter.load_pretrained(str(tmp_path), config=wider)
+
+
+def test_tokenizer_is_saved_and_loaded(llama_model, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"<unk>": VOCAB - 1}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path), tokenizer=tokenizer)
+    assert (tmp_path / "tokenizer.json").exists()
+    loaded = converter.load_tokenizer(str(tmp_path))
+    assert loaded("w3 w7 zzz")["input_ids"] == [3, 7, VOCAB - 1]
+
+
+@pytest.mark.parametrize("flag", ["hybrid_norm", "input_embedding_norm"])
+def test_llama_features_hf_cannot_express_raise(flag):
+    config = dataclasses.replace(CASES["llama_mha_untied"], **{flag: True})
+    with pytest.raises(
+        ValueError, match="hybrid_norm and input_embedding_norm have no HF equivalent"
+    ):
+        config.to_hf_config(VOCAB)
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9
+    assert parse_size("2KiB") == 2048
+    assert parse_size(1234) == 1234
+    with pytest.raises(ValueError, match="is not a size like"):
+        parse_size("lots")

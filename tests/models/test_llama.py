@@ -1,0 +1,196 @@
+import dataclasses
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import jmp
+import numpy as np
+import pytest
+from helpers import matmul_flops, random_model
+
+from lm.models import (
+    AttentionMask,
+    LlamaConfig,
+    LmExample,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+    compute_next_token_loss,
+)
+from lm.models.hf.compat import model_from_hf_state_dict, model_to_hf_state_dict
+
+VOCAB = 101
+Vocab = hax.Axis("vocab", VOCAB)
+# Vanilla attention compiles fastest; jax_flash is covered by test_attention and the HF round trips.
+TINY = LlamaConfig(
+    seq_len=64,
+    hidden_dim=32,
+    intermediate_dim=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    attn_backend="vanilla",
+)
+
+_logits = eqx.filter_jit(lambda model, tokens, mask: model(tokens, mask).array)
+
+
+def _tokens(batch=2, seq=64, seed=1):
+    ids = jax.random.randint(jax.random.PRNGKey(seed), (batch, seq), 0, VOCAB)
+    return hax.named(ids, ("batch", "position"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_model(TINY, Vocab)
+
+
+def test_defaults_and_axes_follow_the_reference():
+    c = LlamaConfig()
+    assert (c.seq_len, c.hidden_dim, c.intermediate_dim, c.num_layers) == (2048, 4096, 11008, 32)
+    assert (c.num_heads, c.num_kv_heads, c.head_dim) == (32, 32, None)
+    assert c.activation_function.value == "silu" and c.initializer_range == 0.02
+    assert c.layer_norm_epsilon == 1e-5 and c.use_layer_norm_weight and not c.use_bias
+    assert not (c.tie_word_embeddings or c.hybrid_norm or c.use_qk_norm or c.input_embedding_norm)
+    assert not c.upcast_attn and c.attn_backend is None and c.flash_attention_block_size is None
+    assert c.gradient_checkpointing is True and c.scan_layers is True
+    assert c.rope.theta == 10000.0 and type(c.rope).__name__ == "DefaultRotaryEmbeddingsConfig"
+    assert c.reference_checkpoint == "NousResearch/Llama-2-7b-hf" and c.tokenizer is None
+    assert c.Pos == hax.Axis("position", 2048) and c.KeyPos == hax.Axis("key_position", 2048)
+    assert c.Embed == hax.Axis("embed", 4096) and c.Mlp == hax.Axis("mlp", 11008)
+    assert c.Layers == hax.Axis("layer", 32)
+    assert c.actual_head_size == 128 and LlamaConfig(head_dim=64).actual_head_size == 64
+    assert c.model_type.__name__ == "LlamaLMHeadModel"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(num_heads=32, num_kv_heads=5),
+            r"num_heads \(32\) must be divisible by num_kv_heads \(5\)",
+        ),
+        (dict(head_dim=7), "head_dim must be a positive even int"),
+        (
+            dict(gradient_checkpointing="never"),
+            "gradient_checkpointing: unknown checkpointing policy 'never'",
+        ),
+        (
+            dict(activation_function="swiglu"),
+            "activation_function: unknown activation function 'swiglu'",
+        ),
+        (dict(attn_backend="nvte"), "'nvte' .* is not available in this build"),
+    ],
+)
+def test_bad_config_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LlamaConfig(**kwargs)
+
+
+def test_variant_specific_validation():
+    with pytest.raises(ValueError, match="sliding_window must be positive"):
+        MistralConfig(sliding_window=0)
+    with pytest.raises(ValueError, match="use_bias must be false for qwen2"):
+        Qwen2Config(use_bias=True)
+    with pytest.raises(ValueError, match="use_qk_norm: false has no HF Qwen3 equivalent"):
+        Qwen3Config(use_qk_norm=False).to_hf_config(VOCAB)
+    with pytest.raises(ValueError, match="use_qk_norm has no HF LlamaForCausalLM equivalent"):
+        dataclasses.replace(TINY, use_qk_norm=True).to_hf_config(VOCAB)
+
+
+PARAM_CASES = {
+    "gqa": TINY,
+    "tied_bias_qknorm": dataclasses.replace(
+        TINY, tie_word_embeddings=True, use_bias=True, use_qk_norm=True
+    ),
+    "hybrid_input_norm_no_weight": dataclasses.replace(
+        TINY, hybrid_norm=True, input_embedding_norm=True, use_layer_norm_weight=False, head_dim=16
+    ),
+    "mqa_unrolled": dataclasses.replace(TINY, num_kv_heads=1, scan_layers=False),
+    "qwen2": Qwen2Config(
+        seq_len=64, hidden_dim=32, intermediate_dim=48, num_layers=2, num_heads=4, num_kv_heads=2
+    ),
+    "qwen3_bias": Qwen3Config(
+        seq_len=64,
+        hidden_dim=32,
+        intermediate_dim=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=8,
+        use_bias=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PARAM_CASES))
+def test_total_trainable_params_is_the_built_count(name):
+    config = PARAM_CASES[name]
+    model = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_leaves(model)
+    assert sum(x.size for x in leaves if hasattr(x, "size")) == config.total_trainable_params(VOCAB)
+
+
+def test_flops_per_token_matches_counted_matmuls():
+    config = dataclasses.replace(TINY, head_dim=16)
+    model = random_model(config, Vocab)
+    flops = matmul_flops(lambda m, t: m(t).array, model, _tokens(batch=1))
+    assert flops == config.flops_per_token(VOCAB) * config.seq_len
+
+
+def test_packed_documents_match_separate_documents(tiny_model):
+    # RoPE makes attention depend only on relative positions, so a document packed after
+    # another (with segment ids) gets the same logits as when run on its own.
+    tokens = _tokens(batch=1)
+    segments = hax.named(jnp.array([[0] * 20 + [1] * 44]), ("batch", "position"))
+    packed = _logits(tiny_model, tokens, AttentionMask.causal().with_segment_ids(segments))
+    first = _logits(tiny_model, tokens["position", :20], AttentionMask.causal())
+    second = _logits(tiny_model, tokens["position", 20:], AttentionMask.causal())
+    np.testing.assert_allclose(packed[0, :20], first[0], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(packed[0, 20:], second[0], atol=1e-4, rtol=1e-4)
+
+
+def test_unrolled_layers_compute_the_same_model(tiny_model):
+    unrolled = dataclasses.replace(TINY, scan_layers=False)
+    template = eqx.filter_eval_shape(unrolled.build, Vocab, key=jax.random.PRNGKey(0))
+    as_blockseq = model_from_hf_state_dict(template, model_to_hf_state_dict(tiny_model))
+    assert isinstance(as_blockseq.transformer.layers, hax.nn.BlockSeq)
+    tokens = _tokens()
+    np.testing.assert_allclose(
+        _logits(as_blockseq, tokens, None), _logits(tiny_model, tokens, None), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_hybrid_and_input_embedding_norms_are_applied():
+    config = dataclasses.replace(TINY, hybrid_norm=True, input_embedding_norm=True)
+    model = random_model(config, Vocab)
+    assert model.embeddings.norm is not None
+    assert model.transformer.layers.stacked.post_attn_norm is not None
+    tokens = _tokens(batch=1)
+    base = _logits(model, tokens, None)
+    scaled = eqx.tree_at(
+        lambda m: m.transformer.layers.stacked.post_mlp_norm.weight,
+        model,
+        model.transformer.layers.stacked.post_mlp_norm.weight * 3.0,
+    )
+    assert not np.allclose(base, _logits(scaled, tokens, None))
+
+
+def test_resize_vocab_resizes_untied_head(tiny_model):
+    resized = tiny_model.resize_vocab(64)
+    assert resized.lm_head.Out.size == 64 and resized.get_lm_head().axes == (
+        hax.Axis("vocab", 64),
+        TINY.Embed,
+    )
+    np.testing.assert_array_equal(resized.get_lm_head().array, tiny_model.get_lm_head().array[:64])
+
+
+def test_bf16_compute_stays_close_to_f32(tiny_model):
+    # bf16 keeps ~3 significant digits; through 2 layers the loss agrees to about 1e-2 relative.
+    example = LmExample.causal(_tokens())
+    policy = jmp.get_policy("p=f32,c=bf16")
+    f32_loss = eqx.filter_jit(compute_next_token_loss)(tiny_model, example)
+    bf16_loss = eqx.filter_jit(compute_next_token_loss)(policy.cast_to_compute(tiny_model), example)
+    assert bf16_loss.dtype == jnp.float32
+    np.testing.assert_allclose(bf16_loss.array, f32_loss.array, rtol=2e-2)

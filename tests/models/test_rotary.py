@@ -1,0 +1,83 @@
+import haliax as hax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.models import (
+    DefaultRotaryEmbeddingsConfig,
+    LinearRotaryEmbeddingsConfig,
+    Llama3RotaryEmbeddingsConfig,
+    RotaryEmbeddingsConfig,
+    YarnRotaryEmbeddingsConfig,
+)
+from lm.models.layers.rotary import apply_rotary
+
+HEAD_DIM = 16
+CONFIGS = [
+    DefaultRotaryEmbeddingsConfig(theta=10000.0),
+    LinearRotaryEmbeddingsConfig(theta=5000.0, factor=4.0),
+    Llama3RotaryEmbeddingsConfig(original_max_position_embeddings=64),
+    YarnRotaryEmbeddingsConfig(factor=4.0, original_max_position_embeddings=64),
+    YarnRotaryEmbeddingsConfig(
+        factor=8.0, mscale=1.0, mscale_all_dim=0.5, original_max_position_embeddings=32
+    ),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: type(c).__name__)
+def test_frequencies_match_hf_rope_init_functions(config):
+    import torch
+    from transformers import LlamaConfig as HfLlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    params = config.to_hf_rope_parameters()
+    factor = params.get("factor", 1.0)
+    original = params.get("original_max_position_embeddings", 64)
+    hf = HfLlamaConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        rope_parameters=params,
+        max_position_embeddings=int(original * factor),
+    )
+    if params["rope_type"] == "default":
+        theta = params["rope_theta"]
+        expected = 1.0 / (
+            theta ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.int64).float() / HEAD_DIM)
+        )
+        expected_factor = 1.0
+    else:
+        expected, expected_factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf, "cpu")
+    inv_freq, attention_factor = config.frequencies(HEAD_DIM)
+    np.testing.assert_allclose(inv_freq, expected.numpy(), rtol=1e-6)
+    assert attention_factor == pytest.approx(expected_factor, rel=1e-12)
+    assert RotaryEmbeddingsConfig.from_hf_rope_parameters(params) == config
+
+
+def test_rotation_matches_rotate_half_formula():
+    config = DefaultRotaryEmbeddingsConfig(theta=100.0)
+    x = np.random.default_rng(0).normal(size=(5, HEAD_DIM)).astype(np.float32)
+    out = apply_rotary(
+        hax.named(jnp.asarray(x), ("position", "head_size")),
+        HeadSize=hax.Axis("head_size", HEAD_DIM),
+        Pos=hax.Axis("position", 5),
+        config=config,
+    )
+    inv_freq = 1.0 / 100.0 ** (np.arange(0, HEAD_DIM, 2) / HEAD_DIM)
+    angles = np.arange(5)[:, None] * inv_freq[None]
+    half = HEAD_DIM // 2
+    x1, x2 = x[:, :half], x[:, half:]
+    expected = np.concatenate(
+        [x1 * np.cos(angles) - x2 * np.sin(angles), x2 * np.cos(angles) + x1 * np.sin(angles)],
+        axis=-1,
+    )
+    np.testing.assert_allclose(out.array, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_rope_values():
+    with pytest.raises(ValueError, match="rope_type 'dynamic' is not supported"):
+        RotaryEmbeddingsConfig.from_hf_rope_parameters({"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(ValueError, match="rope.theta must be positive"):
+        DefaultRotaryEmbeddingsConfig(theta=0.0)
+    with pytest.raises(ValueError, match=r"high_freq_factor \(1.0\) must exceed"):
+        Llama3RotaryEmbeddingsConfig(high_freq_factor=1.0)
