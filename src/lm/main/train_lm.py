@@ -112,10 +112,11 @@ def main(config: TrainLmConfig) -> RunSummary:
 
         for name, dataset in config.data.validation_sets(Pos).items():
             trainer.add_eval_hook(dataset, name or None)
-        flops = model_config.flops_per_token(Vocab.size)
+        flops = model_config.flops_per_token(Vocab.size)  # forward only
         trainer.set_throughput_model(
             tokens_per_example=Pos.size,
-            flops_per_example=flops * Pos.size if flops is not None else None,
+            # forward + backward = 3x forward: 6N + 12*L*S*d per token, as the reference counts
+            flops_per_example=3 * flops * Pos.size if flops is not None else None,
         )
         try:
             info = trainer.train(state, trainer.data_loader(train_set))
@@ -179,11 +180,11 @@ def _log_plan(trainer: Trainer, model_config: LmConfig, Vocab: hax.Axis, Pos: ha
     tokens_per_step = batch * Pos.size
     planned = config.batch_schedule.global_data_offset_by_step(config.num_train_steps) * Pos.size
     logger.info(
-        "Model: %s, %.2fM parameters, %.3g FLOPs/token; batch %d x %d tokens = %d tokens/step "
+        "Model: %s, %.2fM parameters, %.3g training FLOPs/token; batch %d x %d tokens = %d tokens/step "
         "(microbatches: %d); planned %.3gM tokens = %.2f x the 20-tokens-per-parameter budget",
         type(model_config).__name__,
         params / 1e6,
-        model_config.flops_per_token(Vocab.size) or float("nan"),
+        3 * (model_config.flops_per_token(Vocab.size) or float("nan")),
         batch,
         Pos.size,
         tokens_per_step,
