@@ -222,8 +222,8 @@ TEXTS = [
 
 
 def test_byte_level_alphabet_is_the_gpt2_one():
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
     from tokenizers import pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     reference = {ch: b for b, ch in bytes_to_unicode().items()}
     assert _byte_level_alphabet() == reference
