@@ -30,9 +30,7 @@ def test_plot_lr_writes_png_and_prints_phases(tmp_path, capsys):
     config_path.write_text(RUN)
     output = tmp_path / "plots" / "lr.png"
     output.parent.mkdir()
-    phases = lm.config.main(main)(
-        args=["--config_path", str(config_path), "--output", str(output)]
-    )
+    phases = lm.config.main(main)(args=["--config_path", str(config_path), "--output", str(output)])
     image = imread(output)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     # warmup: 10% of 1000 steps; decay: the last 30%; stable in between at the peak
