@@ -278,7 +278,6 @@ def test_state_heavy_plans_get_state_advice_first():
     assert "gradient_checkpointing" not in joined
     assert "p=f32,c=bfloat16" not in joined
     assert "cross_entropy_block_size" not in joined
-    assert "model_axis_size" not in joined
 
 
 def test_one_example_per_device_suggests_shorter_sequences():

@@ -42,8 +42,9 @@ def _activation_advice(plan: Plan) -> list[str]:
         )
     if facts.get("compute_dtype") == "float32":
         out.append(
-            'set trainer.mp: "p=f32,c=bfloat16": activations in bfloat16 take half the memory '
-            "(parameters and optimizer state stay float32)"
+            'set trainer.mp: "p=f32,c=bfloat16": activations are stored in bfloat16, half the '
+            "bytes of float32, on GPU and TPU (parameters and optimizer state stay float32; "
+            "XLA:CPU computes in float32, so a CPU plan does not show the saving)"
         )
     vocab, seq = facts.get("vocab_size"), facts.get("seq_len")
     if vocab and seq and facts.get("cross_entropy_block_size") is None:
@@ -55,12 +56,6 @@ def _activation_advice(plan: Plan) -> list[str]:
                 f"the full (tokens x vocab) logits, {format_size(logits)} per device per "
                 "forward in float32, plus their gradient"
             )
-    model_axis = facts.get("model_axis_size")
-    if model_axis == 1 and plan.num_devices % 2 == 0:
-        out.append(
-            "set trainer.model_axis_size: 2 (tensor parallelism): heads and MLP activations "
-            "are split over 2 devices (the data-parallel size halves)"
-        )
     return out
 
 
