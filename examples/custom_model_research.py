@@ -101,8 +101,9 @@ def main() -> None:
     trainer = Trainer(config, optax.adamw(schedule), loss_fn)
 
     @trainer.add_hook(every=100)
-    def report(info):
-        print(f"step {info.step:4d}  loss {float(info.loss):.4f}", flush=True)
+    def report(info, force=False):
+        if not force:  # forced: the extra call after the last step
+            print(f"step {info.step:4d}  loss {float(info.loss):.4f}", flush=True)
 
     with trainer:
         state = trainer.initial_state(

@@ -105,7 +105,8 @@ def main() -> None:
         byte_lengths = token_byte_lengths(tokenizer, Vocab.size)
         before = evaluate_lm(trainer, model, validation, byte_lengths=byte_lengths)
         trainer.add_eval_hook(validation)
-        flops = model_config.flops_per_token(Vocab.size) * model_config.seq_len
+        # training FLOPs of one example: forward + backward = 3 x forward
+        flops = 3 * model_config.flops_per_token(Vocab.size) * model_config.seq_len
         trainer.set_throughput_model(
             tokens_per_example=model_config.seq_len, flops_per_example=flops
         )
