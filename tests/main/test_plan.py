@@ -7,11 +7,17 @@ import math
 import subprocess
 import sys
 
+import equinox as eqx
+import haliax as hax
+import jax
+import optax
 import pytest
 from jax.sharding import PartitionSpec
 
 import lm.config
+from lm.main.eval_lm import EvalLmConfig
 from lm.main.plan import PlanConfig, main
+from lm.main.plot_lr import PlotLrConfig
 from lm.plan import (
     MemoryEstimate,
     Plan,
@@ -19,7 +25,11 @@ from lm.plan import (
     memory_advice,
     parse_size,
     plan_lm,
+    plan_training,
+    with_shardings,
 )
+from lm.schedule import ScheduleStep
+from lm.trainer import Trainer, TrainerConfig
 
 NANO = "config/gpt2_nano.yaml"
 
@@ -340,3 +350,88 @@ def test_plan_cli_bigger_config_does_not_fit(tmp_path, subprocess_env, repo_root
     assert any("per_device_parallelism: 4 (now 8 examples" in a for a in advice)
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
     assert "GiB" in total  # well over the 256 MiB budget
+
+
+# ---------------------------------------------------------------------------- any trainer
+
+
+class _Mlp(eqx.Module):
+    w1: hax.NamedArray
+    w2: hax.NamedArray
+
+    @staticmethod
+    def init(*, key):
+        k1, k2 = jax.random.split(key)
+        return _Mlp(hax.random.normal(k1, (_Feature, _Hidden)), hax.random.normal(k2, (_Hidden,)))
+
+
+_Feature, _Hidden = hax.Axis("feature", 16), hax.Axis("embed", 64)
+
+
+def _mse(model, x, y):
+    pred = hax.dot(hax.tanh(hax.dot(x, model.w1, axis=_Feature)), model.w2, axis=_Hidden)
+    return hax.mean((pred - y) ** 2).scalar()
+
+
+def _xy(Batch):
+    return hax.zeros((Batch, _Feature)), hax.zeros((Batch,))
+
+
+def test_plan_training_any_model_and_concrete_lowering_agree(tmp_path):
+    config = TrainerConfig(
+        train_batch_size=32,
+        per_device_parallelism=2,
+        num_train_steps=10,
+        require_accelerator=False,
+        log_dir=tmp_path,
+    )
+    trainer = Trainer(config, optax.adam(1e-3), _mse, add_default_hooks=False)
+    init = lambda: _Mlp.init(key=jax.random.PRNGKey(0))  # noqa: E731
+    plan = plan_training(trainer, init, lambda B: _xy(B)[0], compile_step=False)
+    assert plan.num_params == 16 * 64 + 64
+    w1 = next(p for p in plan.params if p.path == "w1")
+    assert w1.axes == (("feature", 16), ("embed", 64)) and w1.shard_shape == (16, 8)
+    assert plan.num_microbatches == 2 and plan.examples_per_device == 2
+
+    # the step on abstract inputs compiles to the same program as on real ones
+    with trainer:
+        state = trainer.initial_state(jax.random.PRNGKey(1), model_init=init)
+        x, y = _xy(config.TrainBatch)
+        x, y = hax.shard((x, y), trainer.compute_axis_mapping)
+        concrete = MemoryEstimate.from_compiled(trainer.lower_train_step(state, x, y).compile())
+    mesh = config.device_mesh
+    abstract_state = with_shardings(
+        jax.eval_shape(lambda: state), trainer.parameter_axis_mapping, mesh
+    )
+    abstract_batch = with_shardings(
+        jax.eval_shape(lambda: (x, y)), trainer.compute_axis_mapping, mesh
+    )
+    abstract = MemoryEstimate.from_compiled(
+        trainer.lower_train_step(abstract_state, *abstract_batch).compile()
+    )
+    assert abstract == concrete
+    assert concrete.temp_bytes > 0 and concrete.alias_bytes > 0
+
+
+def test_batch_schedule_plans_the_largest_phase(nano_config):
+    trainer = dataclasses.replace(
+        nano_config.trainer,
+        train_batch_size=[ScheduleStep(start=0, value=16), ScheduleStep(start=50, value=32)],
+        per_device_parallelism=2,
+    )
+    plan = plan_lm(dataclasses.replace(nano_config, trainer=trainer), compile_step=False)
+    assert plan.batch_size == 32 and plan.num_microbatches == 2
+    assert plan.planned_examples == 50 * 16 + 150 * 32
+    assert plan.planned_tokens == plan.planned_examples * 256
+
+
+@pytest.mark.parametrize("cls", [PlanConfig, EvalLmConfig, PlotLrConfig])
+def test_entry_configs_round_trip(cls, repo_root, tmp_path):
+    extra = ["--checkpoint_path", "ckpt/run"] if cls is EvalLmConfig else []
+    config = lm.config.parse(cls, str(repo_root / NANO), args=extra)
+    path = tmp_path / "saved.yaml"
+    lm.config.save_config(config, str(path))
+    again = lm.config.parse(cls, str(path))
+    assert lm.config.to_yaml(again) == path.read_text()
+    assert again.model == config.model and again.optimizer == config.optimizer
+    assert dataclasses.replace(again, data=config.data, trainer=config.trainer) == config
