@@ -257,31 +257,71 @@ class Trainer(Generic[M]):
 
     # ------------------------------------------------------------------ stepping
 
+    def _pure_step(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
+        """`step(state, batch, batch_kwargs)`: the un-jitted train step for this trainer."""
+        from lm.optim import current_learning_rate
+
+        return functools.partial(
+            _pure_train_step,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            num_microbatches=num_microbatches,
+            batch_axis=self.config.batch_axis,
+            compute_mapping=self.compute_axis_mapping,
+            parameter_mapping=self.parameter_axis_mapping,
+            jit_callbacks=[h.callback for h in jit_hooks],
+            learning_rate_fn=current_learning_rate,
+        )
+
     def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
         key = (num_microbatches, tuple(id(h.callback) for h in jit_hooks))
         fn = self._compiled_steps.get(key)
         if fn is None:
-            from lm.optim import current_learning_rate
-
-            step = functools.partial(
-                _pure_train_step,
-                loss_fn=self.loss_fn,
-                optimizer=self.optimizer,
-                num_microbatches=num_microbatches,
-                batch_axis=self.config.batch_axis,
-                compute_mapping=self.compute_axis_mapping,
-                parameter_mapping=self.parameter_axis_mapping,
-                jit_callbacks=[h.callback for h in jit_hooks],
-                learning_rate_fn=current_learning_rate,
-            )
             fn = named_jit(
-                step,
+                self._pure_step(num_microbatches, jit_hooks),
                 axis_resources=self.compute_axis_mapping,
                 out_axis_resources=self.parameter_axis_mapping,
                 donate_args=(True, False, False),
             )
             self._compiled_steps[key] = fn
         return fn
+
+    def lower_train_step(
+        self, state: S, *batch: Any, step: int | None = None, **batch_kwargs: Any
+    ) -> jax.stages.Lowered:
+        """Lower the train step (no hooks) for these inputs without running it.
+
+        Array leaves may be `jax.ShapeDtypeStruct`s carrying their sharding (abstract inputs,
+        nothing allocated): `lower_train_step(...).compile().memory_analysis()` is the
+        per-device memory the step needs. Lowered like `train_step`: inputs keep their own
+        shardings, outputs follow the parameter axis mapping, the state is donated, and
+        the batch is split into `num_microbatches_at_step(step)` microbatches (`step`
+        defaults to `state.step`)."""
+        if step is None:
+            step = int(state.step) if not isinstance(state.step, jax.ShapeDtypeStruct) else 0
+        pure = self._pure_step(self.config.num_microbatches_at_step(step), ())
+
+        def is_abstract_or_array(x) -> bool:
+            return isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x)
+
+        dyn_state, static_state = eqx.partition(state, is_abstract_or_array)
+        dyn_inputs, static_inputs = eqx.partition((batch, batch_kwargs), is_abstract_or_array)
+
+        def run(dyn_state, dyn_inputs):
+            batch, batch_kwargs = eqx.combine(dyn_inputs, static_inputs)
+            out = pure(eqx.combine(dyn_state, static_state), batch, batch_kwargs)
+            return eqx.filter(out, eqx.is_array)
+
+        with self.config.use_device_mesh(), hax.axis_mapping(self.compute_axis_mapping):
+            out_shape = eqx.filter_eval_shape(run, dyn_state, dyn_inputs)
+            out_shardings = hax.partitioning.infer_resource_partitions(
+                out_shape,
+                self.parameter_axis_mapping,
+                preserve_existing_shardings=False,
+                mesh=self.device_mesh,
+            )
+            jitted = jax.jit(run, out_shardings=out_shardings, donate_argnums=0)
+            return jitted.lower(dyn_state, dyn_inputs)
 
     def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
         """Run one optimizer step (no hooks)."""

@@ -1,0 +1,311 @@
+"""`lm.main.eval_lm`: checkpoint loading, pooled loss / perplexity / bits per byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import haliax as hax
+import jax
+import numpy as np
+import optax
+import pytest
+from haliax.partitioning import round_axis_for_partitioning
+
+import lm.config
+from lm.checkpoint import load_metadata
+from lm.data import load_builtin_tokenizer
+from lm.main.eval_lm import (
+    EvalLmConfig,
+    _byte_level_alphabet,
+    evaluate_lm,
+    load_model_for_eval,
+    token_byte_lengths,
+)
+from lm.models import AttentionMask, LmExample
+from lm.models.loss import compute_next_token_loss
+from lm.tracker import read_json_log
+from lm.trainer import Trainer
+
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+    "sigma tau upsilon phi chi psi omega def return import class while for if else"
+).split()
+
+
+def _docs(n: int, seed: int) -> list[str]:
+    # ASCII only, so the decoded text of any token run has exactly as many bytes as characters.
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(10, 40)))) + "\n" for _ in range(n)]
+
+
+RUN_YAML = """\
+data:
+  train_urls: ["{root}/train.jsonl"]
+  validation_urls: ["{root}/validation.jsonl"]
+  cache_dir: {root}/cache
+  tokenizer: builtin
+  cache_options:
+    backend: local
+model:
+  type: gpt2
+  seq_len: 32
+  hidden_dim: 32
+  num_layers: 2
+  num_heads: 2
+  gradient_checkpointing: false
+optimizer:
+  learning_rate: 0.01
+trainer:
+  id: evalrun
+  num_train_steps: 2
+  train_batch_size: 8
+  per_device_eval_parallelism: 1
+  max_eval_batches: 0
+  require_accelerator: false
+  log_dir: {root}/logs
+  tracker:
+    type: json
+  watch:
+    interval: 0
+  model_averaging:
+    type: ema
+    beta: 0.5
+  checkpointer:
+    base_path: {root}/ckpt
+"""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A 2-step run of a tiny GPT-2 with EMA, checkpointed: (config, final state, Vocab)."""
+    root = tmp_path_factory.mktemp("evalrun")
+    for split, n, seed in [("train", 60, 0), ("validation", 30, 1)]:
+        lines = "".join(json.dumps({"text": d}) + "\n" for d in _docs(n, seed))
+        (root / f"{split}.jsonl").write_text(lines)
+    (root / "run.yaml").write_text(RUN_YAML.format(root=root))
+    config = lm.config.parse(
+        EvalLmConfig,
+        str(root / "run.yaml"),
+        args=["--checkpoint_path", str(root / "ckpt" / "evalrun")],
+    )
+    tc = config.trainer
+    trainer = Trainer(tc, config.optimizer.build(tc.num_train_steps), compute_next_token_loss)
+    with trainer:
+        Vocab = round_axis_for_partitioning(
+            hax.Axis("vocab", len(config.data.the_tokenizer)), trainer.parameter_axis_mapping
+        )
+        train_set = config.data.train_set(config.model.Pos, key=jax.random.PRNGKey(0))
+        state = trainer.initial_state(
+            jax.random.PRNGKey(1),
+            model_init=lambda: config.model.build(Vocab, key=jax.random.PRNGKey(2)),
+        )
+        info = trainer.train(state, trainer.data_loader(train_set))
+    return root, config, info.state, Vocab
+
+
+def _eval_trainer(config) -> Trainer:
+    return Trainer(
+        config.trainer, optax.identity(), compute_next_token_loss, add_default_hooks=False
+    )
+
+
+def _assert_same_model(a, b):
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_loads_the_averaged_or_the_raw_model(trained_run):
+    _, config, state, Vocab = trained_run
+    trainer = _eval_trainer(config)
+    model, path = load_model_for_eval(config, trainer, Vocab)
+    assert path.endswith("step-1")
+    assert load_metadata(path)["step"] == 1
+    # the averaged parameters with the model's non-trainable leaves, as the trainer evaluates
+    _assert_same_model(model, state.eval_model)
+
+    raw_config = dataclasses.replace(
+        config, trainer=dataclasses.replace(config.trainer, model_averaging=None)
+    )
+    raw, _ = load_model_for_eval(raw_config, _eval_trainer(raw_config), Vocab)
+    _assert_same_model(raw, state.model)
+    # EMA with beta 0.5 over two steps differs from the last model
+    assert not np.allclose(
+        np.asarray(raw.embeddings.token_embeddings.weight.array),
+        np.asarray(model.embeddings.token_embeddings.weight.array),
+    )
+
+
+def test_missing_checkpoint_names_the_path(trained_run, tmp_path):
+    _, config, _, Vocab = trained_run
+    missing = dataclasses.replace(config, checkpoint_path=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_path '.*nowhere'"):
+        load_model_for_eval(missing, _eval_trainer(config), Vocab)
+
+
+def test_checkpoint_path_is_required():
+    with pytest.raises(lm.config.ConfigError, match="checkpoint_path: is required"):
+        lm.config.parse(EvalLmConfig, args=["--model.type", "gpt2"])
+
+
+def _reference(model, windows, tokenizer) -> tuple[float, int, int]:
+    """Pooled cross-entropy from the model's logits in float64, and the UTF-8 bytes of the
+    predicted tokens' decoded text."""
+    Batch = hax.Axis("batch", len(windows))
+    ids = np.stack([np.asarray(w.tokens.array) for w in windows])
+    segments = np.stack([np.asarray(w.segment_ids.array) for w in windows])
+    loss_mask = np.stack([np.asarray(w.loss_mask.array) for w in windows])
+    example = LmExample(
+        tokens=hax.named(jax.numpy.asarray(ids), (Batch, model.Pos)),
+        loss_mask=hax.named(jax.numpy.asarray(loss_mask), (Batch, model.Pos)),
+        segment_ids=hax.named(jax.numpy.asarray(segments), (Batch, model.Pos)),
+    )
+    mask = loss_mask[:, :-1]  # the last position predicts nothing
+    logits = np.asarray(
+        model(example.tokens, AttentionMask.from_example(example)).array, dtype=np.float64
+    )[:, :-1]
+    top = logits.max(-1, keepdims=True)
+    logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    nll = logz - np.take_along_axis(logits, ids[:, 1:, None], -1)[..., 0]
+    num_bytes = sum(
+        len(tokenizer.decode(ids[i, 1:][mask[i]].tolist(), skip_special_tokens=True).encode())
+        for i in range(len(windows))
+    )
+    return float(nll[mask].sum()), int(mask.sum()), num_bytes
+
+
+@pytest.fixture(scope="session")
+def first_batch_result(trained_run):
+    """evaluate_lm on the first eval batch (8 windows over the 8 fake devices)."""
+    _, config, _, Vocab = trained_run
+    trainer = _eval_trainer(config)
+    tokenizer = config.data.the_tokenizer
+    with trainer:
+        model, _ = load_model_for_eval(config, trainer, Vocab)
+        dataset = config.data.validation_sets(config.model.Pos)[""]
+        result = evaluate_lm(
+            trainer,
+            model,
+            dataset,
+            byte_lengths=token_byte_lengths(tokenizer, Vocab.size),
+            max_batches=1,
+        )
+    return model, dataset, result
+
+
+def test_evaluate_matches_a_float64_reference(trained_run, first_batch_result):
+    _, config, _, _ = trained_run
+    model, dataset, result = first_batch_result
+    assert trained_run[1].trainer.EvalBatch.size == 8 and result.num_batches == 1
+    windows = dataset.get_batch(list(range(8)))
+    # the windows cross document boundaries, so some positions are masked out
+    assert any(np.asarray(w.segment_ids.array).max() > 0 for w in windows)
+    total, tokens, num_bytes = _reference(model, windows, config.data.the_tokenizer)
+    assert result.num_tokens == tokens < 8 * 31
+    assert result.num_bytes == num_bytes
+    assert result.loss == pytest.approx(total / tokens, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(total / tokens), rel=1e-5)
+    assert result.bits_per_byte == pytest.approx(total / (math.log(2) * num_bytes), rel=1e-5)
+    metrics = result.metrics()
+    assert metrics["eval/loss"] == result.loss and metrics["eval/bpb"] == result.bits_per_byte
+
+
+# ---------------------------------------------------------------------------- bytes per token
+
+TEXTS = [
+    "def f(x):\n\treturn x ** 2  # square\n",
+    "naïve café, Straße, Ελληνικά, русский, 日本語のテキスト, 한국어",
+    "emoji 🙂🚀 and a flag 🇫🇷, zero-width\u200bjoiner, NBSP\u00a0here, soft\u00adhyphen",
+    "control \x00\x01\x7f bytes, CRLF\r\nand trailing spaces   ",
+    "",
+]
+
+
+def test_byte_level_alphabet_is_the_gpt2_one():
+    from tokenizers import pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    reference = {ch: b for b, ch in bytes_to_unicode().items()}
+    assert _byte_level_alphabet() == reference
+    assert set(_byte_level_alphabet()) == set(pre_tokenizers.ByteLevel.alphabet())
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_byte_lengths_sum_to_the_utf8_length(text):
+    tokenizer = load_builtin_tokenizer()
+    lengths = token_byte_lengths(tokenizer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+
+
+def test_byte_lengths_special_tokens_and_padding():
+    tokenizer = load_builtin_tokenizer()
+    lengths = token_byte_lengths(tokenizer, len(tokenizer) + 8)
+    assert lengths.dtype == np.int32 and len(lengths) == len(tokenizer) + 8
+    assert lengths[tokenizer.eos_token_id] == 0
+    assert (lengths[len(tokenizer) :] == 0).all()
+    assert (lengths[: len(tokenizer)] > 0).sum() == len(tokenizer) - 1
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        token_byte_lengths(tokenizer, 10)
+
+
+def test_byte_lengths_of_a_word_level_tokenizer_decode_each_token(caplog):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "héllo": 1, "wörld": 2, "!": 3}, "[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    with caplog.at_level(logging.WARNING, logger="lm.main.eval_lm"):
+        lengths = token_byte_lengths(tokenizer)
+    assert lengths.tolist() == [0, 6, 6, 1]
+    assert "approximate" in caplog.text
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+@pytest.mark.entry
+def test_eval_lm_cli_prints_and_logs(trained_run, first_batch_result, subprocess_env, repo_root):
+    root, config, _, _ = trained_run
+    _, _, result = first_batch_result
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lm.main.eval_lm",
+            "--config_path",
+            str(root / "run.yaml"),
+            "--checkpoint_path",
+            config.checkpoint_path,
+            # one device in the subprocess: 8 batches of 1 are the same 8 windows
+            "--trainer.max_eval_batches",
+            "8",
+        ],
+        env=subprocess_env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("Evaluated ") and lines[0].endswith("step-1 (step 1):")
+    header, row = lines[1].split(), lines[2].split()
+    assert header == ["set", "loss", "perplexity", "bits/byte", "tokens", "batches"]
+    assert row[0] == "(default)"
+    assert float(row[1]) == pytest.approx(result.loss, abs=1e-4)
+    assert float(row[3]) == pytest.approx(result.bits_per_byte, abs=1e-4)
+    assert row[4] == f"{result.num_tokens:,}" and row[5] == "8"
+
+    records = read_json_log(str(root / "logs" / "evalrun" / "metrics.jsonl"))
+    logged = [r for r in records if r["event"] == "log" and "eval/bpb" in r["metrics"]]
+    assert len(logged) == 1 and logged[0]["step"] == 1
+    assert logged[0]["metrics"]["eval/loss"] == pytest.approx(result.loss, rel=1e-5)
+    assert logged[0]["metrics"]["eval/tokens"] == result.num_tokens
