@@ -13,39 +13,18 @@ prints the validation loss before and after, and writes `<out>/hf` (loadable wit
 """
 
 import argparse
-import json
-import os
 
-import equinox as eqx
 import haliax as hax
 import jax
-import numpy as np
-from safetensors.numpy import load_file, save_file
-from transformers import AutoConfig
 
 from lm.checkpoint import CheckpointerConfig
 from lm.data import CacheOptions, LMDatasetConfig
 from lm.main.eval_lm import evaluate_lm, token_byte_lengths
-from lm.models import Gpt2Config
-from lm.models.hf.compat import model_from_hf_state_dict, model_to_hf_state_dict
+from lm.models.hf.converter import HFCheckpointConverter
 from lm.models.loss import compute_next_token_loss
 from lm.optim import AdamConfig
 from lm.tracker import JsonLoggerConfig
 from lm.trainer import Trainer, TrainerConfig, WatchConfig
-
-
-def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
-    """All tensors of `model.safetensors`, or of every shard named by its index file."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        shards = ["model.safetensors"]
-    state_dict = {}
-    for shard in shards:
-        state_dict.update(load_file(os.path.join(path, shard)))
-    return state_dict
 
 
 def main() -> None:
@@ -59,10 +38,9 @@ def main() -> None:
     p.add_argument("--out", default="finetune_run")
     args = p.parse_args()
 
-    hf_config = AutoConfig.from_pretrained(args.hf_checkpoint)
-    if hf_config.model_type != "gpt2":
-        raise SystemExit(f"{args.hf_checkpoint} holds a {hf_config.model_type!r} model, not gpt2")
-    model_config = Gpt2Config.from_hf_config(hf_config)
+    # Any architecture lm knows (gpt2, llama, mistral, qwen2, qwen3), from its config.json.
+    converter = HFCheckpointConverter.for_checkpoint(args.hf_checkpoint)
+    model_config = converter.config_from_hf_checkpoint(args.hf_checkpoint)
     data = LMDatasetConfig(
         train_urls=args.train_data,
         validation_urls=args.validation_data,
@@ -72,7 +50,7 @@ def main() -> None:
         cache_options=CacheOptions(backend="local"),
     )
     tokenizer = data.the_tokenizer
-    Vocab = hax.Axis("vocab", hf_config.vocab_size)
+    Vocab = hax.Axis("vocab", converter.hf_config_from_checkpoint(args.hf_checkpoint).vocab_size)
     if len(tokenizer) > Vocab.size:
         raise SystemExit(f"the tokenizer has {len(tokenizer)} tokens, the model {Vocab.size}")
 
@@ -92,14 +70,8 @@ def main() -> None:
     optimizer = AdamConfig(learning_rate=args.learning_rate, warmup=0.1, weight_decay=0.0)
     trainer = Trainer(config, optimizer.build(args.steps), compute_next_token_loss)
     with trainer:
-        # TODO(models): replace with Gpt2Config.hf_checkpoint_converter().load_pretrained
-        # once the converter lands; it reads the same files.
-        template = eqx.filter_eval_shape(model_config.build, Vocab, key=jax.random.PRNGKey(0))
-        model = model_from_hf_state_dict(
-            template,
-            read_hf_state_dict(args.hf_checkpoint),
-            axis_mapping=trainer.parameter_axis_mapping,
-            source=args.hf_checkpoint,
+        model = converter.load_pretrained(
+            args.hf_checkpoint, config=model_config, axis_mapping=trainer.parameter_axis_mapping
         )
         validation = data.validation_sets(model_config.Pos)[""]
         byte_lengths = token_byte_lengths(tokenizer, Vocab.size)
@@ -116,11 +88,7 @@ def main() -> None:
         after = evaluate_lm(trainer, info.state.model, validation, byte_lengths=byte_lengths)
 
         out = f"{args.out}/hf"
-        os.makedirs(out, exist_ok=True)
-        state_dict = {k: np.asarray(v) for k, v in model_to_hf_state_dict(info.state.model).items()}
-        save_file(state_dict, f"{out}/model.safetensors", metadata={"format": "pt"})
-        model_config.to_hf_config(Vocab.size).save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        converter.save_pretrained(info.state.model, out, tokenizer=tokenizer, vocab_size=Vocab.size)
     for name, r in [("before", before), ("after", after)]:
         print(
             f"{name} fine-tuning: loss {r.loss:.6f}  bits/byte {r.bits_per_byte:.6f}  "

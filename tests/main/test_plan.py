@@ -183,7 +183,7 @@ def test_main_prints_the_plan_and_exits_by_budget(nano_plan, repo_root, capsys, 
         assert expected in out
     code = lm.config.main(main)(args=[*args, "--device_memory", "1MiB"])
     out = capsys.readouterr().out
-    assert code == 1
+    assert code == 3
     assert "DOES NOT FIT" in out and "model.gradient_checkpointing: true" in out
 
 
@@ -338,7 +338,7 @@ def test_plan_cli_bigger_config_does_not_fit(tmp_path, subprocess_env, repo_root
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     out = proc.stdout
     assert "Devices: 4 x cpu" in out and "Mesh: replica=1 data=4 model=1" in out
     # 6 layers stacked: one row per parameter kind, with the layers axis first

@@ -20,7 +20,8 @@ from lm.models import (
     Qwen2Config,
     Qwen3Config,
 )
-from lm.models.hf.converter import HFCheckpointConverter, parse_size, read_hf_weights
+from lm.models.hf.converter import HFCheckpointConverter, read_hf_weights
+from lm.units import parse_size
 
 VOCAB = 101
 Vocab = hax.Axis("vocab", VOCAB)
@@ -232,5 +233,5 @@ def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9
     assert parse_size("2KiB") == 2048
     assert parse_size(1234) == 1234
-    with pytest.raises(ValueError, match="is not a size like"):
+    with pytest.raises(ValueError, match="cannot read 'lots' as a size"):
         parse_size("lots")

@@ -5,7 +5,7 @@ allocated) and prints the mesh, each parameter's logical axes and physical shard
 parameter and state sizes, FLOPs per token and per step, and the per-device memory of
 the compiled train step from XLA's memory analysis.
 
-    --device_memory 16GiB   exit 1 with advice if the step needs more than this per device
+    --device_memory 16GiB   exit 3 with advice if the step needs more than this per device
     --num_devices 64        plan for 64 devices (simulated CPU devices) instead of the local ones
 
 Exit codes: 0 planned (and fits), 1 does not fit `device_memory`, 2 bad configuration.
@@ -25,6 +25,10 @@ from lm.plan import format_plan, format_verdict, memory_advice, parse_size, plan
 
 logger = logging.getLogger(__name__)
 
+DOES_NOT_FIT_EXIT_CODE = 3
+"""Exit status when the plan exceeds --device_memory (distinct from errors (1) and config
+problems (2))."""
+
 
 @dataclasses.dataclass(frozen=True)
 class PlanConfig(TrainLmConfig):
@@ -32,7 +36,8 @@ class PlanConfig(TrainLmConfig):
 
     device_memory: str | None = None
     """Per-device memory budget (e.g. 16GiB, 80GB, 512MiB). When the compiled step needs
-    more, the plan lists what to change and exits with status 1."""
+    more, the plan lists what to change and exits with status 3 (1 is an error, 2 a bad
+    config)."""
     num_devices: int | None = None
     """Plan for this many devices instead of the local ones. They are simulated CPU devices
     (XLA:CPU compiles the step), so it must be set before anything else starts JAX."""
@@ -89,7 +94,7 @@ def main(config: PlanConfig) -> int:
         return 0
     advice = memory_advice(plan, budget)
     print("\n" + format_verdict(plan, budget, advice), flush=True)
-    return 1 if advice else 0
+    return DOES_NOT_FIT_EXIT_CODE if advice else 0
 
 
 if __name__ == "__main__":

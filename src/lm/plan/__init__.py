@@ -16,7 +16,7 @@ from lm.plan.planner import (
     with_shardings,
 )
 from lm.plan.report import format_plan, format_verdict
-from lm.plan.sizes import format_count, format_size, parse_size
+from lm.units import format_count, format_size, parse_size
 
 __all__ = [
     "MemoryEstimate",

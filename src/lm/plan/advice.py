@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from lm.plan.planner import Plan
-from lm.plan.sizes import format_size
+from lm.units import format_size
 
 
 def _activation_advice(plan: Plan) -> list[str]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lm.plan.planner import ParamInfo, Plan
-from lm.plan.sizes import format_count, format_size
+from lm.units import format_count, format_size
 
 
 def _mapping(mapping: Mapping[str, Any]) -> str:

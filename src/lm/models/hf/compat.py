@@ -72,7 +72,9 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
 def model_to_hf_state_dict(model: LmHeadModel) -> dict[str, np.ndarray]:
     """The model's parameters under HF keys, as host numpy arrays (Linear axes flattened,
     stacked layers unstacked)."""
-    return dict(to_torch_compatible_state_dict(model))
+    return {
+        k: np.asarray(jax.device_get(v)) for k, v in to_torch_compatible_state_dict(model).items()
+    }
 
 
 def expected_hf_state_dict(template: LmHeadModel) -> dict[str, jax.ShapeDtypeStruct]:

@@ -36,6 +36,7 @@ from haliax.partitioning import ResourceMapping
 from lm.models.hf import safetensors_io
 from lm.models.hf.compat import HFCompatConfig, model_from_hf_state_dict, model_to_hf_state_dict
 from lm.models.lm_model import LmConfig, LmHeadModel
+from lm.units import parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -288,20 +289,6 @@ def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
     raise FileNotFoundError(
         f"no weights in {path}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}"
     )
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string like "5GB", "500MB", "2GiB"."""
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"max_shard_size must be positive, got {size}")
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
-    if not match:
-        raise ValueError(f"max_shard_size {size!r} is not a size like 5GB, 500MB or 1000000")
-    number, prefix, binary = match.groups()
-    base = 1024 if binary else 1000
-    return int(float(number) * base ** "_KMGT".index(prefix or "_"))
 
 
 def _shard(state_dict: dict[str, np.ndarray], limit: int) -> list[dict[str, np.ndarray]]:
