@@ -170,3 +170,69 @@ def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
     assert "error:" in proc.stderr and "missing-0.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Traceback" in (tmp_path / "logs" / "broken.log").read_text()
+
+
+@pytest.mark.entry
+def test_hf_export_roundtrip_and_initialize_from_hf(uninterrupted, subprocess_env, tmp_path):
+    """export_lm_to_hf writes a checkpoint transformers loads with the same logits; a new run
+    initialized from it (initialize_from_hf + use_hf_model_config) starts at the exported loss."""
+    import json
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    run_tmp, _ = uninterrupted
+    out = tmp_path / "hf"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lm.main.export_lm_to_hf",
+            "--config_path",
+            str(run_tmp / "run.yaml"),
+            "--checkpoint_path",
+            str(run_tmp / "ckpt" / "tiny"),
+            "--output_dir",
+            str(out),
+        ],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["model_type"] == "gpt2" and hf_config["vocab_size"] == 8192
+    hf = AutoModelForCausalLM.from_pretrained(str(out))
+    ids = torch.arange(0, 64).reshape(1, 64)
+    ours = _lm_logits(run_tmp, ids.numpy())
+    np.testing.assert_allclose(hf(ids).logits.detach().numpy(), ours, atol=1e-4, rtol=1e-4)
+
+    config = yaml.safe_load((run_tmp / "run.yaml").read_text())
+    config["initialize_from_hf"] = str(out)
+    config["use_hf_model_config"] = True
+    config["trainer"].update(id="from-hf", num_train_steps=2, log_dir=str(tmp_path / "logs"))
+    config["trainer"]["checkpointer"]["base_path"] = str(tmp_path / "ckpt")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    run_train_lm(tmp_path / "run.yaml", subprocess_env)
+    start = step_losses(tmp_path / "logs", "from-hf")[0][0]
+    end_of_first_run = step_losses(run_tmp / "logs")[19][-1]
+    assert start < end_of_first_run + 0.5, (start, end_of_first_run)  # not a fresh init (~9.0)
+
+
+def _lm_logits(run_tmp, ids):
+    import haliax as hax
+    import jax.numpy as jnp
+
+    from lm.lm_run import load_lm_checkpoint
+
+    config = lm.config.parse(TrainLmConfig, str(run_tmp / "run.yaml"))
+    Vocab = hax.Axis("vocab", 8192)
+    model, _ = load_lm_checkpoint(
+        config.model, Vocab, str(run_tmp / "ckpt" / "tiny"), mp=config.trainer.mp
+    )
+    Pos = config.model.Pos
+    tokens = hax.named(jnp.asarray(ids[0]), (Pos,))
+    return np.asarray(model(tokens).array)[None]

@@ -68,11 +68,12 @@ def restore_trainer_state(
     allow_partial: bool = False,
     axis_mapping: Any = None,
     mesh: Any = None,
+    init_args: tuple = (),
 ) -> RestoredState[S]:
     """Build the initial trainer state from a checkpoint or from `init_fn`.
 
-    `init_fn` builds a fresh state (e.g. `TrainerState` with model, optimizer state and
-    key). It is traced with `eqx.filter_eval_shape` for the shapes, and run under jit
+    `init_fn(*init_args)` builds a fresh state (e.g. `TrainerState` with model, optimizer
+    state and key). It is traced with `eqx.filter_eval_shape` for the shapes, and run under jit
     only for the leaves no checkpoint provides: non-trainable parameters (never saved),
     leaves a partial checkpoint lacks, and for a warm start everything but the model.
 
@@ -86,6 +87,8 @@ def restore_trainer_state(
         allow_partial: leaves missing from the checkpoint come from `init_fn`.
         axis_mapping: logical -> mesh axis mapping for the restored and initialized arrays.
         mesh: the mesh to place them on.
+        init_args: arguments for `init_fn`; arrays among them are jit inputs, not constants
+            (pass a concrete model this way instead of closing over it).
 
     Raises:
         FileNotFoundError: `load_checkpoint=True` and no checkpoint under `checkpoint_path`.
@@ -102,7 +105,13 @@ def restore_trainer_state(
         if complete:
             # Raises CheckpointLoadError when none of them loads: never start over.
             state, loaded = _load_or_init(
-                init_fn, (), {}, checkpoint_path, is_checkpointed=True, subpath=None, **common
+                init_fn,
+                init_args,
+                {},
+                checkpoint_path,
+                is_checkpointed=True,
+                subpath=None,
+                **common,
             )
             assert loaded is not None
             logger.info("Resuming from checkpoint %s", loaded)
@@ -119,14 +128,15 @@ def restore_trainer_state(
                 f"initialize_from ({initialize_from!r}) is not a checkpoint path: no "
                 f"complete checkpoint at or under it"
             )
-        shapes = eqx.filter_eval_shape(init_fn)
+        shapes = eqx.filter_eval_shape(init_fn, *init_args)
         spec = _params_only_spec(shapes) if initialize_from_params_only else True
         state, loaded = _load_or_init(
-            init_fn, (), {}, initialize_from, is_checkpointed=spec, subpath=None, **common
+            init_fn, init_args, {}, initialize_from, is_checkpointed=spec, subpath=None, **common
         )
         assert loaded is not None
         kind: RestoreKind = "warm_started" if initialize_from_params_only else "initialized_from"
         logger.info("Initialized (%s) from checkpoint %s", kind, loaded)
         return RestoredState(state, kind, loaded)
 
-    return RestoredState(_init_subset(init_fn, (), {}, True, axis_mapping, mesh), "fresh", None)
+    fresh = _init_subset(init_fn, init_args, {}, True, axis_mapping, mesh)
+    return RestoredState(fresh, "fresh", None)

@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from haliax.partitioning import named_jit, round_axis_for_partitioning
+from haliax.partitioning import named_jit
 
 import lm.config
+from lm.lm_run import load_lm_checkpoint, vocab_axis
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
@@ -257,43 +258,15 @@ def evaluate_lm(
 def load_model_for_eval(config: EvalLmConfig, trainer: Trainer, Vocab: hax.Axis) -> tuple[Any, str]:
     """The model saved in `config.checkpoint_path` (the averaged one with model averaging),
     read straight into the parameter sharding. Returns (model, checkpoint directory)."""
-    from lm.checkpoint import load_checkpoint_with_path
-
-    model_config = config.model
-    mp = trainer.mp
-    shapes = eqx.filter_eval_shape(
-        lambda: mp.cast_to_param(model_config.build(Vocab, key=jax.random.PRNGKey(0)))
+    return load_lm_checkpoint(
+        config.model,
+        Vocab,
+        config.checkpoint_path,
+        mp=trainer.mp,
+        model_averaging=config.trainer.model_averaging,
+        axis_mapping=trainer.parameter_axis_mapping,
+        mesh=trainer.device_mesh,
     )
-    averaging = config.trainer.model_averaging
-    common = dict(axis_mapping=trainer.parameter_axis_mapping, mesh=trainer.device_mesh)
-    try:
-        if averaging is None:
-            model, path = load_checkpoint_with_path(
-                shapes, config.checkpoint_path, subpath="model", **common
-            )
-        else:
-            abstract = eqx.filter_eval_shape(averaging.create, shapes)
-            loaded, path = load_checkpoint_with_path(
-                abstract, config.checkpoint_path, subpath="model_averaging", **common
-            )
-            model = loaded.model_params
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"checkpoint_path {config.checkpoint_path!r}: {e}. Give a run's checkpoint "
-            "directory (trainer.checkpointer.base_path/<run_id>) or a step-N directory in it."
-        ) from None
-    missing = [
-        leaf_path
-        for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(model)
-        if isinstance(leaf, jax.ShapeDtypeStruct)
-    ]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path} holds no values for {len(missing)} parameter(s) (e.g. "
-            f"{jax.tree_util.keystr(missing[0][0])}): they were frozen during training and "
-            "are not checkpointed"
-        )
-    return model, path
 
 
 def main(config: EvalLmConfig) -> dict[str, EvalResult]:
@@ -305,9 +278,7 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
     )
     results: dict[str, EvalResult] = {}
     with trainer:
-        Vocab = round_axis_for_partitioning(
-            hax.Axis("vocab", len(tokenizer)), trainer.parameter_axis_mapping
-        )
+        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
         model, checkpoint = load_model_for_eval(config, trainer, Vocab)
         from lm.checkpoint import load_metadata
 

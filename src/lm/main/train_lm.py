@@ -9,12 +9,13 @@ import os
 
 import haliax as hax
 import jax
-from haliax.partitioning import round_axis_for_partitioning
 
 import lm.config
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
+from lm.lm_run import vocab_axis
 from lm.models import Gpt2Config, LmConfig
+from lm.models.hf.converter import HFCheckpointConverter
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
 from lm.trainer import Preempted, Trainer, TrainerConfig
@@ -48,13 +49,35 @@ class TrainLmConfig:
 
     def __post_init__(self):
         if self.z_loss_weight < 0:
-            raise ValueError(f"z_loss_weight must be >= 0, got {self.z_loss_weight}")
+            raise lm.config.invalid("z_loss_weight", self.z_loss_weight, "a number >= 0")
         if self.hf_save_steps <= 0:
-            raise ValueError(f"hf_save_steps must be > 0, got {self.hf_save_steps}")
-        if self.use_hf_model_config and not self.initialize_from_hf:
-            raise ValueError(
-                "use_hf_model_config: true needs initialize_from_hf to name a checkpoint"
+            raise lm.config.invalid(
+                "hf_save_steps", self.hf_save_steps, "a positive number of steps"
             )
+        if self.use_hf_model_config and not self.initialize_from_hf:
+            raise lm.config.FieldError(
+                "use_hf_model_config", "true needs initialize_from_hf to name an HF checkpoint"
+            )
+        if self.initialize_from_hf and self.trainer.initialize_from:
+            raise lm.config.FieldError(
+                "initialize_from_hf",
+                "and trainer.initialize_from are both set: start from one of them",
+            )
+        if self.initialize_from_hf is True and not getattr(
+            self.model, "reference_checkpoint", None
+        ):
+            raise lm.config.FieldError(
+                "initialize_from_hf",
+                f"is true but model type {type(self.model).__name__} has no reference_checkpoint; "
+                "give the HF checkpoint directory instead",
+            )
+
+    @property
+    def hf_checkpoint(self) -> str | None:
+        """The HF checkpoint to initialize from, if any."""
+        if self.initialize_from_hf is True:
+            return self.model.reference_checkpoint
+        return self.initialize_from_hf or None
 
 
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
@@ -79,6 +102,16 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer_config.initialize()
     build_data_caches(config)
     model_config = config.model
+    converter = None
+    if config.hf_checkpoint is not None:
+        converter = (
+            HFCheckpointConverter.for_checkpoint(config.hf_checkpoint)
+            if config.use_hf_model_config
+            else model_config.hf_checkpoint_converter(config.hf_checkpoint)
+        )
+        if config.use_hf_model_config:
+            model_config = converter.config_from_hf_checkpoint(config.hf_checkpoint)
+            logger.info("Model architecture from %s: %s", config.hf_checkpoint, model_config)
     tokenizer = config.data.the_tokenizer
 
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
@@ -92,26 +125,43 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer.add_hook(summary.record, every=1)
     with trainer:
         run_dir = trainer_config.run_dir
-        lm.config.save_config(config, os.path.join(run_dir, "config.yaml"))
-        trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(config))
+        resolved = dataclasses.replace(config, model=model_config)
+        lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
+        trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
         Pos = model_config.Pos
-        Vocab = round_axis_for_partitioning(
-            hax.Axis("vocab", len(tokenizer)), trainer.parameter_axis_mapping
-        )
-        if Vocab.size != len(tokenizer):
-            logger.info("Vocab padded from %d to %d for partitioning", len(tokenizer), Vocab.size)
+        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
 
         train_set = config.data.train_set(
             Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
         )
-        state = trainer.initial_state(
-            training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
-        )
+        if converter is not None and not _will_resume(trainer_config):
+            model = converter.load_pretrained(
+                config.hf_checkpoint,
+                config=model_config,
+                axis_mapping=trainer.parameter_axis_mapping,
+            )
+            if model.Vocab.size != Vocab.size:
+                logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
+                model = model.resize_vocab(Vocab.size, key=model_key)
+            state = trainer.initial_state(training_key, model=model)
+        else:
+            state = trainer.initial_state(
+                training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
+            )
         _log_plan(trainer, model_config, Vocab, Pos)
 
         for name, dataset in config.data.validation_sets(Pos).items():
             trainer.add_eval_hook(dataset, name or None)
+        if config.hf_save_path is not None:
+            exporter = HfExportHook(
+                model_config.hf_checkpoint_converter(),
+                config.hf_save_path,
+                trainer_config.run_id,
+                tokenizer=tokenizer,
+                vocab_size=len(tokenizer),
+            )
+            trainer.add_hook(exporter, every=config.hf_save_steps)
         flops = model_config.flops_per_token(Vocab.size)  # forward only
         trainer.set_throughput_model(
             tokens_per_example=Pos.size,
@@ -127,6 +177,38 @@ def main(config: TrainLmConfig) -> RunSummary:
         summary.finish(info, trainer)
     summary.print()
     return summary
+
+
+def _will_resume(trainer_config: TrainerConfig) -> bool:
+    """Whether `initial_state` will load this run's own checkpoint (which wins over HF init)."""
+    from lm.checkpoint import discover_latest_checkpoint
+
+    if trainer_config.load_checkpoint is False:
+        return False
+    return discover_latest_checkpoint(trainer_config.checkpoint_path) is not None
+
+
+class HfExportHook:
+    """Exports the (averaged, if enabled) model as an HF checkpoint to
+    `<hf_save_path>/<run_id>/step-<N>` every `hf_save_steps` steps and at the end."""
+
+    def __init__(self, converter, base_path: str, run_id: str, *, tokenizer, vocab_size: int):
+        self.converter = converter
+        self.base_path = base_path.rstrip("/")
+        self.run_id = run_id
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._last_step: int | None = None
+
+    def on_step(self, info, force: bool = False) -> None:
+        if info.step == self._last_step or (info.step == 0 and not force):
+            return
+        self._last_step = info.step
+        path = f"{self.base_path}/{self.run_id}/step-{info.step}"
+        self.converter.save_pretrained(
+            info.state.eval_model, path, tokenizer=self.tokenizer, vocab_size=self.vocab_size
+        )
+        logger.info("Exported HF checkpoint %s", path)
 
 
 class RunSummary:

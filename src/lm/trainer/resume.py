@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def state_initializer(trainer: Trainer, training_key, model_init: Callable[[], Any], is_trainable):
-    """A zero-argument function building a fresh `TrainerState` (traced under jit)."""
+def state_initializer(trainer: Trainer, training_key, model_init: Callable[..., Any], is_trainable):
+    """A function building a fresh `TrainerState` from `model_init(*args)` (traced under jit)."""
     mp = trainer.mp
     optimizer = trainer.optimizer
     averaging_config = trainer.config.model_averaging
 
-    def init() -> TrainerState:
-        model = mp.cast_to_param(model_init())
+    def init(*model_args) -> TrainerState:
+        model = mp.cast_to_param(model_init(*model_args))
         trainable = trainables_only(model, is_trainable)
         return TrainerState(
             step=init_step(),
@@ -38,9 +38,18 @@ def state_initializer(trainer: Trainer, training_key, model_init: Callable[[], A
     return init
 
 
-def load_or_init_state(trainer: Trainer, training_key, model_init, is_trainable) -> TrainerState:
+def load_or_init_state(
+    trainer: Trainer, training_key, is_trainable, *, model=None, model_init=None
+) -> TrainerState:
+    """Exactly one of `model` (a concrete model, passed to jit as an argument, never baked in
+    as a constant) and `model_init` (a zero-argument builder, traced under jit)."""
     config = trainer.config
-    init = state_initializer(trainer, training_key, model_init, is_trainable)
+    if model is not None:
+        init = state_initializer(trainer, training_key, lambda m: m, is_trainable)
+        init_args = (model,)
+    else:
+        init = state_initializer(trainer, training_key, model_init, is_trainable)
+        init_args = ()
     with config.use_device_mesh():
         restored = restore_trainer_state(
             init,
@@ -51,6 +60,7 @@ def load_or_init_state(trainer: Trainer, training_key, model_init, is_trainable)
             allow_partial=config.allow_partial_checkpoint,
             axis_mapping=trainer.parameter_axis_mapping,
             mesh=trainer.device_mesh,
+            init_args=init_args,
         )
     trainer.restored_from = restored
     trainer.restored_step = int(restored.state.step) if restored.kind == "resumed" else None

@@ -247,13 +247,11 @@ class Trainer(Generic[M]):
         if (model is None) == (model_init is None):
             raise ValueError("initial_state needs exactly one of `model` or `model_init`")
         self.is_trainable_param = is_trainable
-        if model is not None:
-            init_model = lambda: model  # noqa: E731
-        else:
-            init_model = model_init
         from lm.trainer.resume import load_or_init_state
 
-        return load_or_init_state(self, training_key, init_model, is_trainable)
+        return load_or_init_state(
+            self, training_key, is_trainable, model=model, model_init=model_init
+        )
 
     # ------------------------------------------------------------------ stepping
 

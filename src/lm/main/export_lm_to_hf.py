@@ -1,0 +1,74 @@
+"""Export a `train_lm` checkpoint as a Hugging Face checkpoint (sharded safetensors,
+config.json, tokenizer):
+
+    python -m lm.main.export_lm_to_hf --config_path run.yaml \\
+        --checkpoint_path checkpoints/<run_id> --output_dir hf/my-model
+
+`--config_path` is the run's YAML (the model architecture, tokenizer and model averaging
+come from it; `logs/<run_id>/config.yaml` is the resolved copy every run writes).
+The vocabulary padded for partitioning is trimmed back to the tokenizer's size; with model
+averaging the averaged model is exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+
+import lm.config
+from lm.lm_run import load_lm_checkpoint, vocab_axis
+from lm.main.train_lm import TrainLmConfig
+from lm.partitioning import create_mesh, resolve_mesh_shape
+from lm.tracker.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportLmToHfConfig(TrainLmConfig):
+    checkpoint_path: str | None = None
+    """A run's checkpoint directory (its newest complete checkpoint) or one step-N directory."""
+    output_dir: str | None = None
+    """Where to write the HF checkpoint (local path or fsspec URL)."""
+    max_shard_size: str = "5GB"
+    """Largest safetensors file, e.g. 5GB or 500MB."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("checkpoint_path", "output_dir"):
+            if not getattr(self, name):
+                raise lm.config.FieldError(name, "is required")
+
+
+def main(config: ExportLmToHfConfig) -> str:
+    configure_logging(None)
+    tokenizer = config.data.the_tokenizer
+    trainer = config.trainer
+    # Read the checkpoint into one process's devices (all of them, data-parallel layout).
+    mesh = create_mesh(resolve_mesh_shape(len(jax.devices())))
+    with jax.set_mesh(mesh):
+        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
+        model, path = load_lm_checkpoint(
+            config.model,
+            Vocab,
+            config.checkpoint_path,
+            mp=trainer.mp,
+            model_averaging=trainer.model_averaging,
+            axis_mapping=trainer.parameter_axis_mapping,
+            mesh=mesh,
+        )
+        config.model.hf_checkpoint_converter().save_pretrained(
+            model,
+            config.output_dir,
+            tokenizer=tokenizer,
+            vocab_size=len(tokenizer),
+            max_shard_size=config.max_shard_size,
+        )
+    print(f"Exported {path} to {config.output_dir}", flush=True)
+    return config.output_dir
+
+
+if __name__ == "__main__":
+    lm.config.main(main)()
