@@ -65,7 +65,11 @@ class RayConfig:
             # Ray fork()s and immediately exec()s its daemons; JAX's warning about forking
             # a multithreaded process (when JAX is already running) does not apply.
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            # address="local": always a new cluster of our own. Without it Ray would try
+            # to join whatever /tmp/ray/ray_current_cluster names, which after a killed
+            # run is a dead cluster (a ConnectionError instead of a fresh start).
             ray.init(
+                address="local",
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
