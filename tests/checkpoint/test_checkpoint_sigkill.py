@@ -117,5 +117,6 @@ def test_sigkill_trials(tmp_path, subprocess_env, reference):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_sigkill_many_trials(tmp_path, subprocess_env, reference):
     _trials(tmp_path, subprocess_env, reference, num_trials=12)

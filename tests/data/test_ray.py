@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lm.data import CacheOptions, TokenCache, build_or_load_cache, read_ledger
@@ -17,7 +19,18 @@ def local_ray():
     import ray
 
     assert not ray.is_initialized()
-    assert RayConfig().initialize() is True
+    # A stale address in the environment (like a dead cluster named by
+    # /tmp/ray/ray_current_cluster after a killed run) must not be joined: starting a local
+    # cluster always starts a new one.
+    stale = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
+    try:
+        assert RayConfig().initialize() is True
+    finally:
+        if stale is None:
+            del os.environ["RAY_ADDRESS"]
+        else:
+            os.environ["RAY_ADDRESS"] = stale
     assert RayConfig().initialize() is True  # idempotent
     yield ray
     shutdown_ray()

@@ -97,6 +97,7 @@ def test_gcloud_accepts_create_and_start_commands(gcloud_env):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_gcloud_accepts_the_other_commands(gcloud_env, tmp_path):
     distinct = _distinct_gcloud_commands(main=False)
     assert len(distinct) == 8  # describe, wait, logs, delete for direct and queued

@@ -114,6 +114,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, corpus, subprocess_en
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.entry
 def test_sigkill_ten_trials_loses_nothing(tmp_path, corpus, subprocess_env, reference):
     _sigkill_trials(tmp_path, corpus, subprocess_env, reference, trials=10, seed=1)
