@@ -194,3 +194,44 @@ def test_bf16_compute_stays_close_to_f32(tiny_model):
     bf16_loss = eqx.filter_jit(compute_next_token_loss)(policy.cast_to_compute(tiny_model), example)
     assert bf16_loss.dtype == jnp.float32
     np.testing.assert_allclose(bf16_loss.array, f32_loss.array, rtol=2e-2)
+
+
+def test_norm_and_attention_configs_describe_the_built_layers():
+    from lm.models.layers.configs import AttentionConfig, LayerNormConfig
+    from lm.models.layers.normalization import LayerNorm, RmsNorm
+
+    qwen3 = PARAM_CASES["qwen3_bias"]
+    assert qwen3.norm_config == LayerNormConfig(kind="rms", eps=qwen3.layer_norm_epsilon)
+    attn = qwen3.attention_config()
+    assert (attn.num_heads, attn.num_kv_heads, attn.head_dim) == (4, 4, 8)
+    assert attn.qkv_bias and attn.qk_norm == qwen3.norm_config and attn.rope == qwen3.rope
+    assert attn.scale == pytest.approx(8**-0.5)
+    assert TINY.attention_config().qk_norm is None
+    assert TINY.attention_config().QHeadsPerGroup == hax.Axis("q_heads_per_group", 2)
+    mistral = MistralConfig(
+        sliding_window=16, seq_len=64, hidden_dim=32, num_heads=4, num_kv_heads=2
+    )
+    assert mistral.attention_config().sliding_window == 16
+
+    # The built attention block has exactly the axes the config names.
+    layer = random_model(qwen3, Vocab).transformer.layers.stacked.self_attn
+    assert set(layer.q_proj.Out) == set(attn.q_axes) and set(layer.k_proj.Out) == set(attn.kv_axes)
+    assert isinstance(layer.q_norm, RmsNorm) and layer.q_norm.axis == attn.HeadSize
+
+    # Norms built from a config follow their formulas.
+    Embed = hax.Axis("embed", 6)
+    x = hax.random.normal(jax.random.PRNGKey(0), (hax.Axis("b", 3), Embed))
+    xs = np.asarray(x.array, dtype=np.float64)
+    rms = LayerNormConfig(kind="rms", eps=1e-6).build(Embed)
+    ln = LayerNormConfig(kind="layer", eps=1e-6, use_bias=True).build(Embed)
+    assert isinstance(ln, LayerNorm) and ln.bias is not None
+    want_rms = xs / np.sqrt((xs**2).mean(-1, keepdims=True) + 1e-6)
+    centered = xs - xs.mean(-1, keepdims=True)
+    want_ln = centered / np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(rms(x).array), want_rms, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ln(x).array), want_ln, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(ValueError, match="must be divisible by num_kv_heads"):
+        AttentionConfig(Embed=Embed, num_heads=4, num_kv_heads=3, head_dim=8)
+    with pytest.raises(ValueError, match="norm kind must be 'rms' or 'layer'"):
+        LayerNormConfig(kind="batch")

@@ -22,7 +22,6 @@ to KV head h // group size, as in HF's `repeat_kv`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -43,6 +42,7 @@ from lm.models.layers.attention import (
     dot_product_attention,
     validate_attention_backend,
 )
+from lm.models.layers.configs import AttentionConfig, LayerNormConfig
 from lm.models.layers.init import init_embedding, init_linear
 from lm.models.layers.normalization import RmsNorm
 from lm.models.layers.rotary import (
@@ -179,9 +179,32 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
     def sliding_window(self) -> int | None:
         return None
 
+    @property
+    def norm_config(self) -> LayerNormConfig:
+        """The norm every Llama norm is built from (RMSNorm, `layer_norm_epsilon`)."""
+        return LayerNormConfig(
+            kind="rms", eps=self.layer_norm_epsilon, use_weight=self.use_layer_norm_weight
+        )
+
     def mk_LayerNorm(self, axis: AxisSpec) -> RmsNorm:
-        return RmsNorm.init(
-            axis, eps=self.layer_norm_epsilon, use_weight=self.use_layer_norm_weight, use_bias=False
+        return self.norm_config.build(axis)
+
+    def attention_config(self) -> AttentionConfig:
+        """The attention block of every layer (heads, RoPE, qk-norm, window, kernel)."""
+        return AttentionConfig(
+            Embed=self.Embed,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.actual_head_size,
+            qkv_bias=self.qkv_bias,
+            out_proj_bias=self.out_proj_bias,
+            rope=self.rope,
+            qk_norm=self.norm_config if self.use_qk_norm else None,
+            sliding_window=self.sliding_window,
+            upcast_attn=self.upcast_attn,
+            attn_backend=self.attn_backend,
+            flash_attention_block_size=self.flash_attention_block_size,
+            initializer_range=self.initializer_range,
         )
 
     def flops_per_token(self, vocab_size: int) -> float:
@@ -354,22 +377,20 @@ class LlamaAttention(ModuleWithStateDictSerialization):
 
     @staticmethod
     def init(config: LlamaConfig, *, key: PRNGKeyArray) -> LlamaAttention:
-        c = config
+        a = config.attention_config()
         k_q, k_k, k_v, k_o = maybe_rng_split(key, 4)
-        std = c.initializer_range
-        q_axes = (c.KVHeads, c.QHeadsPerGroup, c.HeadSize)
-        kv_axes = (c.KVHeads, c.HeadSize)
+        std = a.initializer_range
         q_norm = k_norm = None
-        if c.use_qk_norm:
-            q_norm, k_norm = c.mk_LayerNorm(c.HeadSize), c.mk_LayerNorm(c.HeadSize)
+        if a.qk_norm is not None:
+            q_norm, k_norm = a.qk_norm.build(a.HeadSize), a.qk_norm.build(a.HeadSize)
         return LlamaAttention(
-            init_linear(c.Embed, q_axes, key=k_q, std=std, use_bias=c.qkv_bias),
-            init_linear(c.Embed, kv_axes, key=k_k, std=std, use_bias=c.qkv_bias),
-            init_linear(c.Embed, kv_axes, key=k_v, std=std, use_bias=c.qkv_bias),
-            init_linear(q_axes, c.Embed, key=k_o, std=std, use_bias=c.out_proj_bias),
+            init_linear(a.Embed, a.q_axes, key=k_q, std=std, use_bias=a.qkv_bias),
+            init_linear(a.Embed, a.kv_axes, key=k_k, std=std, use_bias=a.qkv_bias),
+            init_linear(a.Embed, a.kv_axes, key=k_v, std=std, use_bias=a.qkv_bias),
+            init_linear(a.q_axes, a.Embed, key=k_o, std=std, use_bias=a.out_proj_bias),
             q_norm,
             k_norm,
-            c,
+            config,
         )
 
     @named_call
@@ -378,28 +399,30 @@ class LlamaAttention(ModuleWithStateDictSerialization):
     ) -> NamedArray:
         del key  # no attention dropout in the Llama family
         c = self.config
+        a = c.attention_config()
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q, HeadSize=c.HeadSize, Pos=c.Pos, config=c.rope)
-        k = apply_rotary(k, HeadSize=c.HeadSize, Pos=c.Pos, config=c.rope)
+        if a.rope is not None:
+            q = apply_rotary(q, HeadSize=a.HeadSize, Pos=c.Pos, config=a.rope)
+            k = apply_rotary(k, HeadSize=a.HeadSize, Pos=c.Pos, config=a.rope)
         k = k.rename({c.Pos.name: c.KeyPos.name})
         v = v.rename({c.Pos.name: c.KeyPos.name})
         if mask is None:
             mask = AttentionMask.causal()
-        mask = mask.with_sliding_window(c.sliding_window)
+        mask = mask.with_sliding_window(a.sliding_window)
         attn = dot_product_attention(
             c.Pos.name,
             c.KeyPos.name,
-            c.HeadSize.name,
+            a.HeadSize.name,
             q,
             k,
             v,
             mask,
-            scale=1.0 / math.sqrt(c.actual_head_size),
-            backend=c.attn_backend,
-            flash_block_size=c.flash_attention_block_size,
-            upcast=c.upcast_attn,
+            scale=a.scale,
+            backend=a.attn_backend,
+            flash_block_size=a.flash_attention_block_size,
+            upcast=a.upcast_attn,
         )
         return self.o_proj(attn)
 
