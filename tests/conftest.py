@@ -14,6 +14,19 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# One persistent XLA compilation cache per test session, shared by this process and every
+# `python -m lm...` subprocess: the end-to-end tests compile the same tiny train and eval steps
+# in many processes (resume, kill/resume trials, reruns), and a cache hit halves their time.
+# A fresh directory each session, so no test ever sees a stale entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+
+    _jax_cache = tempfile.mkdtemp(prefix="lm-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
