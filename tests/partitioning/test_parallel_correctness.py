@@ -239,3 +239,20 @@ def test_layout_matches_single_device(model_name, layout):
     _check_shardings(
         eqx.filter(state.opt_state, hax.is_named_array, is_leaf=hax.is_named_array), trainer
     )
+
+
+def test_axis_that_cannot_be_split_is_named_before_compiling():
+    # 6 KV heads cannot be split over a model axis of 4 devices
+    config = _config(model_name="llama", fsdp_axis=None, model_axis_size=4, tp=True)
+    model_config = LlamaConfig(
+        seq_len=SEQ, hidden_dim=48, intermediate_dim=64, num_layers=1, num_heads=12, num_kv_heads=6
+    )
+    trainer = Trainer(config, optax.sgd(0.1), _loss, add_default_hooks=False)
+    with (
+        trainer,
+        pytest.raises(ValueError, match=r"axis 'kv_head' of size 6.*\['model'\] \(4 devices\)"),
+    ):
+        trainer.initial_state(
+            jax.random.PRNGKey(0),
+            model_init=lambda: model_config.build(Vocab, key=jax.random.PRNGKey(0)),
+        )
