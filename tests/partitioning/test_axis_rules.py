@@ -42,3 +42,21 @@ def test_tensor_parallel_overrides_axis_resources_with_warning(caplog):
 def test_unknown_mesh_axis_is_rejected():
     with pytest.raises(ValueError, match="unknown mesh axis 'modle'"):
         validate_mapping({"mlp": "modle"}, field="trainer.axis_resources")
+
+
+def test_check_divisible_names_parameter_axis_and_mesh_axes():
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+
+    from lm.partitioning import check_divisible
+
+    Embed, Heads = hax.Axis("embed", 32), hax.Axis("heads", 6)
+    params = {"attn": hax.zeros((Embed, Heads)), "scale": jnp.zeros(3)}
+    abstract = jax.eval_shape(lambda: params)
+    mesh = {"replica": 2, "data": 2, "model": 2}
+    check_divisible(abstract, {"embed": ("replica", "data"), "heads": "model"}, mesh)
+    with pytest.raises(ValueError, match=r"\['attn'\] has axis 'heads' of size 6.*\['model'\] \(4"):
+        check_divisible(params, {"heads": "model"}, {**mesh, "model": 4})
+    with pytest.raises(ValueError, match=r"'embed' of size 32.*\['replica', 'data'\] \(64"):
+        check_divisible(params, {"embed": ("replica", "data")}, {"replica": 8, "data": 8})

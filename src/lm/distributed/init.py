@@ -33,15 +33,36 @@ class DistributedConfig:
     """Devices this process drives (e.g. one GPU per process). None: all visible devices."""
     initialize_jax_distributed: bool = True
     """Whether to call `jax.distributed.initialize` at all."""
+    initialization_timeout_seconds: int = 300
+    """How long a process waits for all the others to connect to the coordinator."""
+    heartbeat_timeout_seconds: int = 100
+    """A process that sent no heartbeat for this long is dead: the coordinator then stops every
+    other process (with an error naming the dead task) instead of letting them hang in a
+    collective. Lower it to fail faster; too low and a busy host (a long compile, a swap
+    storm) is declared dead."""
+    shutdown_timeout_seconds: int = 300
+    """At exit, how long a process waits for the others to reach shutdown too."""
 
     def __post_init__(self):
         if self.num_processes is not None and self.num_processes < 1:
-            raise ValueError(f"distributed.num_processes must be >= 1, got {self.num_processes}")
+            raise ValueError(
+                f"trainer.distributed.num_processes must be >= 1, got {self.num_processes}"
+            )
         if self.process_id is not None and self.num_processes is not None:
             if not 0 <= self.process_id < self.num_processes:
                 raise ValueError(
-                    f"distributed.process_id ({self.process_id}) must be in [0, "
+                    f"trainer.distributed.process_id ({self.process_id}) must be in [0, "
                     f"num_processes={self.num_processes})"
+                )
+        for name in (
+            "initialization_timeout_seconds",
+            "heartbeat_timeout_seconds",
+            "shutdown_timeout_seconds",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"trainer.distributed.{name} must be a whole number of seconds >= 1, got {value!r}"
                 )
 
     @property
@@ -61,7 +82,7 @@ class DistributedConfig:
         """Start `jax.distributed` if this is a multi-process run (idempotent)."""
         if not self.initialize_jax_distributed:
             return
-        if _is_initialized():
+        if jax.distributed.is_initialized():
             return
         cluster = self._detected_cluster()
         if cluster == "tpu" and self.is_manual:
@@ -75,24 +96,20 @@ class DistributedConfig:
         if isinstance(device_ids, int):
             device_ids = [device_ids]
         logger.info(
-            "Initializing jax.distributed (%s): coordinator=%s num_processes=%s process_id=%s",
+            "Initializing jax.distributed (%s): coordinator=%s num_processes=%s process_id=%s "
+            "heartbeat_timeout=%ds",
             cluster or "manual",
             self.coordinator_address,
             self.num_processes,
             self.process_id,
+            self.heartbeat_timeout_seconds,
         )
         jax.distributed.initialize(
             coordinator_address=self.coordinator_address,
             num_processes=self.num_processes,
             process_id=self.process_id,
             local_device_ids=device_ids,
+            initialization_timeout=self.initialization_timeout_seconds,
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
+            shutdown_timeout_seconds=self.shutdown_timeout_seconds,
         )
-
-
-def _is_initialized() -> bool:
-    try:
-        from jax._src import distributed as _dist
-
-        return _dist.global_state.client is not None
-    except Exception:  # the private location moved: assume not initialised
-        return False

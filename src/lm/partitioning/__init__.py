@@ -2,6 +2,7 @@
 
 from lm.partitioning.axis_rules import (
     ResourceMapping,
+    check_divisible,
     compute_axis_mapping,
     parameter_axis_mapping,
     validate_mapping,
@@ -24,6 +25,7 @@ __all__ = [
     "REPLICA",
     "MeshShape",
     "ResourceMapping",
+    "check_divisible",
     "compute_axis_mapping",
     "count_slices",
     "create_mesh",

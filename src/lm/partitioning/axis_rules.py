@@ -11,7 +11,9 @@ both mappings and `parameter_axis_resources` overrides it for parameters. Deriva
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lm.partitioning.mesh import DATA, MODEL, REPLICA
 
@@ -70,3 +72,34 @@ def validate_mapping(mapping: Mapping[str, str | tuple[str, ...]], *, field: str
                 )
         if len(set(names)) != len(names):
             raise ValueError(f"{field}: logical axis {logical!r} lists a mesh axis twice: {names}")
+
+
+def check_divisible(
+    tree: Any, mapping: Mapping[str, str | tuple[str, ...]], mesh_shape: Mapping[str, int]
+) -> None:
+    """Every named axis of every NamedArray in `tree` (concrete or from `eval_shape`) must
+    divide by the number of devices the mapping splits it over. Raises a ValueError naming
+    the first parameter, axis and mesh axes that do not fit (jax would only report an
+    array dimension)."""
+    import haliax as hax
+    import jax
+
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=hax.is_named_array)
+    for path, leaf in leaves:
+        if not hax.is_named_array(leaf):
+            continue
+        for axis in leaf.axes:
+            physical = mapping.get(axis.name)
+            if physical is None:
+                continue
+            names = (physical,) if isinstance(physical, str) else tuple(physical)
+            parts = math.prod(mesh_shape[name] for name in names)
+            if axis.size % parts:
+                raise ValueError(
+                    f"parameter {jax.tree_util.keystr(path)} has axis {axis.name!r} of size "
+                    f"{axis.size}, which the trainer's parameter axis mapping splits over mesh "
+                    f"axes {list(names)} ({parts} devices), and {parts} does not divide "
+                    f"{axis.size}. Change the model so {axis.name!r} divides by {parts}, or "
+                    f"stop sharding {axis.name!r} that way (trainer.tensor_parallel_axes / "
+                    "model_axis_size, fsdp_axis, axis_resources, parameter_axis_resources)"
+                )

@@ -7,7 +7,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import equinox as eqx
+
 from lm.checkpoint import restore_trainer_state
+from lm.partitioning import check_divisible
 from lm.trainer.state import TrainerState, init_step, trainables_only
 
 if TYPE_CHECKING:
@@ -44,6 +47,10 @@ def load_or_init_state(
     """Exactly one of `model` (a concrete model, passed to jit as an argument, never baked in
     as a constant) and `model_init` (a zero-argument builder, traced under jit)."""
     config = trainer.config
+    # a parameter axis the mapping cannot split evenly: say which one, before jax fails
+    # with only an array dimension (model_init is traced for shapes only)
+    shapes = model if model is not None else eqx.filter_eval_shape(model_init)
+    check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
     if model is not None:
         init = state_initializer(trainer, training_key, lambda m: m, is_trainable)
         init_args = (model,)
