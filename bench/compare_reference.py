@@ -97,6 +97,7 @@ trainer_config = TrainerConfig(
     tracker=JsonLoggerConfig(),
     log_dir=pathlib.Path(spec["run_dir"]) / "logs",
     checkpointer=CheckpointerConfig(base_path=os.path.join(spec["run_dir"], "checkpoints")),
+    jax_compilation_cache_dir=spec.get("compile_cache_dir"),
 )
 levanter.initialize(trainer_config)
 optimizer = AdamConfig(learning_rate=spec["learning_rate"], warmup=spec["warmup"]).build(spec["steps"])
@@ -233,6 +234,10 @@ def _aggregate(impl: str, config: str, runs: list[tuple[dict, dict]], args) -> d
         "steady_s": med("steady_s"),
         "peak_rss_gb": med("peak_rss_gb"),
         "peak_device_gb": raw.get("peak_device_gb"),
+        "first_step_cold_s": runs[0][0]["first_step_s"],
+        "first_step_warm_s": (
+            statistics.median(s["first_step_s"] for s, _ in runs[1:]) if len(runs) > 1 else None
+        ),
         "runs": [s for s, _ in runs],
     }
 
@@ -254,6 +259,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=lm_bench.DEFAULT_CACHE)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
+        "--compile-cache",
+        action="store_true",
+        help="give both sides a fresh persistent JAX compilation cache per config: repeat 0 "
+        "is cold and fills it, later repeats start warm (use --repeats >= 2)",
+    )
+    parser.add_argument(
         "--lm-args", nargs=argparse.REMAINDER, default=[], help="extra train_lm args"
     )
     args = parser.parse_args()
@@ -263,6 +274,11 @@ def main() -> None:
     for config in args.configs:
         lm_bench.ensure_cache(config, args.cache_dir)
         spec = reference_spec(config, args.steps)
+        lm_args = list(args.lm_args)
+        if args.compile_cache:
+            cache_root = tempfile.mkdtemp(prefix="lm-bench-jaxcache-")
+            spec["compile_cache_dir"] = os.path.join(cache_root, "reference")
+            lm_args += ["--trainer.jax_compilation_cache_dir", os.path.join(cache_root, "lm")]
         ref_runs, lm_runs = [], []
         for i in range(args.repeats):
             order = ("ref", "lm") if i % 2 == 0 else ("lm", "ref")
@@ -275,7 +291,7 @@ def main() -> None:
                         raw, rss = lm_bench.run_once(
                             config,
                             args.steps,
-                            args.lm_args,
+                            lm_args,
                             cache_dir=args.cache_dir,
                             run_dir=run_dir,
                         )
@@ -299,6 +315,7 @@ def main() -> None:
                 "tokens_per_s_ratio": ours["tokens_per_s"] / ref["tokens_per_s"],
                 "first_step_ratio": ours["first_step_s"] / ref["first_step_s"],
                 "steady_ratio": ours["steady_s"] / ref["steady_s"],
+                "compile_cache": args.compile_cache,
             }
         )
     out = {"results": results, "load_avg_1m": os.getloadavg()[0], "time": time.time()}
@@ -313,6 +330,12 @@ def main() -> None:
             f"=> {os.path.basename(r['config'])}: lm/reference tokens/s {r['tokens_per_s_ratio']:.2f}x, "
             f"time to first step {r['first_step_ratio']:.2f}x, to steady state {r['steady_ratio']:.2f}x"
         )
+        if r["compile_cache"] and r["lm"]["first_step_warm_s"] is not None:
+            print(
+                f"   first step cold/warm compilation cache: reference "
+                f"{r['reference']['first_step_cold_s']:.1f}/{r['reference']['first_step_warm_s']:.1f} s, "
+                f"lm {r['lm']['first_step_cold_s']:.1f}/{r['lm']['first_step_warm_s']:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,17 @@ def test_resolution_follows_the_memory_budget():
         vocab_size=512,
         tokens_per_device=4 * 64,
         bytes_available=int(need / AUTO_MEMORY_FRACTION) + 1,
+        platform="gpu",
     )
     tight = resolve_gradient_checkpointing(
-        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=need
+        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=need, platform="gpu"
     )
     assert roomy.gradient_checkpointing is False
     assert tight.gradient_checkpointing is True
+    on_cpu = resolve_gradient_checkpointing(
+        cfg, vocab_size=512, tokens_per_device=1, bytes_available=2**40, platform="cpu"
+    )
+    assert on_cpu.gradient_checkpointing is True
     # explicit choices are never overridden
     fixed = dataclasses.replace(cfg, gradient_checkpointing="full")
     assert (
