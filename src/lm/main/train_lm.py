@@ -131,6 +131,7 @@ def main(config: TrainLmConfig) -> RunSummary:
 
         Pos = model_config.Pos
         Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
+        model_config = _resolve_remat(trainer, model_config, Vocab, Pos)
 
         train_set = config.data.train_set(
             Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
@@ -253,6 +254,20 @@ class RunSummary:
         )
         lines.append(f"  checkpoint: {self.checkpoint or 'none'}")
         print("\n".join(lines), flush=True)
+
+
+def _resolve_remat(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> LmConfig:
+    """`gradient_checkpointing: auto` -> false when the no-remat step fits in memory, else true."""
+    from lm.models.layers.scan import resolve_gradient_checkpointing
+
+    config = trainer.config
+    micro = config.batch_schedule.batch_size_at_step(0) // config.num_microbatches_at_step(0)
+    return resolve_gradient_checkpointing(
+        model_config,
+        vocab_size=Vocab.size,
+        tokens_per_device=max(1, micro * Pos.size // jax.device_count()),
+        compute_dtype=trainer.mp.compute_dtype,
+    )
 
 
 def _log_plan(trainer: Trainer, model_config: LmConfig, Vocab: hax.Axis, Pos: hax.Axis) -> None:

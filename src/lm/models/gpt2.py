@@ -68,8 +68,9 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
     upcast_attn: bool = False
     """Compute attention scores and softmax in float32 under a low-precision policy."""
     gradient_checkpointing: GradientCheckpointing = True
-    """Remat policy for the scanned layers: true, false, "full", "offload", "save_all",
-    "nested", or a `ScanCheckpointPolicy` mapping."""
+    """Remat policy for the scanned layers: true (the reference default), "auto" (no remat
+    when the step fits in device memory, else true; resolved by train_lm), false, "full",
+    "offload", "save_all", "nested", or a `ScanCheckpointPolicy` mapping."""
     use_bias: bool = True
     """Biases in the linear layers and LayerNorms."""
     use_flash_attention: bool | None = None

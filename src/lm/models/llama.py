@@ -82,6 +82,9 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
     attn_backend: AttentionBackend | None = None
     flash_attention_block_size: int | None = None
     gradient_checkpointing: GradientCheckpointing = True
+    """Remat policy for the layers: true (the reference default), "auto" (no remat when
+    the step fits in device memory, else true; resolved by train_lm), false, "full",
+    "offload", "save_all", "nested", or a `ScanCheckpointPolicy` mapping."""
     scan_layers: bool = True
     """Scan over a stacked layer axis (fast compiles) instead of unrolling the layers."""
     use_bias: bool = False

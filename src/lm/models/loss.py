@@ -156,11 +156,14 @@ def next_token_cross_entropy(
 
 
 def _take(logits: NamedArray, ids: NamedArray, Vocab: Axis) -> NamedArray:
+    """`logits[..., ids]` as a masked sum over Vocab: its gradient is an elementwise select
+    that fuses with the softmax gradient, where a gather's would be a scatter into a zeroed
+    (tokens, vocab) buffer (about 10% of the dense loss's forward + backward on CPU)."""
     other = tuple(ax for ax in logits.axes if ax.name != Vocab.name)
     arr = logits.rearrange((*other, Vocab)).array
-    idx = ids.rearrange(other).array
-    picked = jnp.take_along_axis(arr, idx[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return hax.named(picked, other)
+    idx = ids.rearrange(other).array.astype(jnp.int32)
+    hit = jax.lax.broadcasted_iota(jnp.int32, arr.shape, arr.ndim - 1) == idx[..., None]
+    return hax.named(jnp.where(hit, arr, 0.0).sum(axis=-1), other)
 
 
 def _blockwise_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, block_size: int):

@@ -1,0 +1,272 @@
+"""Training throughput of `python -m lm.main.train_lm` on a config: step time, tokens/s, MFU,
+time to first step, peak memory.
+
+Usage:
+    PYTHONPATH=src python bench/train.py --config bench/configs/gpt2_256.yaml \
+        [--steps 20] [--warmup 3] [--repeats 1] [--json out.json] [-- --model.x y ...]
+
+Each repeat runs the real CLI (`lm.config.main(lm.main.train_lm.main)`) in a fresh Python
+process, so the time to first step counts interpreter start, imports, data-cache checks,
+model init and compilation: it is measured from just before the process is spawned to the
+end of step 0 (the loss on the host). Each step's end is stamped when the trainer runs its
+hooks (after the loss is on the host), so a step's time includes data loading and the hooks.
+
+Reported per run (JSON on stdout, then one summary line):
+- `step_s`: median step time over the steps after `--warmup` (step 0 compiles, and the step
+  after the first jit-hook step compiles the hook-free variant);
+- `tokens_per_s` = batch x seq_len / `step_s`;
+- `mfu` = 3 x `flops_per_token` (forward + backward) x tokens/s / (peak x devices), where the
+  peak is a float32 2048^2 matmul measured in the same process after training on CPU and the
+  dense table peak for the compute dtype on accelerators (lm.trainer.throughput);
+- `first_step_s`: process spawn -> end of step 0; `steady_s`: spawn -> end of step `warmup - 1`;
+- `peak_rss_gb` (the worker's max RSS) and `peak_device_gb` (accelerators: peak bytes in use).
+
+Extra arguments after `--` go to train_lm (e.g. `-- --model.gradient_checkpointing true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+MARKER = "BENCH_TRAIN_RESULT "
+DEFAULT_CACHE = os.path.expanduser("~/.cache/lm-bench/stdlib-cache")
+
+
+def _worker(argv: list[str]) -> None:
+    """Runs train_lm in this process and prints MARKER + JSON with per-step end times."""
+    t0 = float(os.environ["BENCH_T0"])
+    import functools
+
+    import lm.config
+    import lm.main.train_lm as train_lm
+    from lm.trainer import Trainer
+
+    step_ends: dict[int, float] = {}
+    captured = {}
+    original_run_hooks = Trainer.run_hooks
+
+    def run_hooks(self, info, force: bool = False):
+        if not force and info.step not in step_ends:
+            step_ends[info.step] = time.time() - t0
+        return original_run_hooks(self, info, force)
+
+    Trainer.run_hooks = run_hooks
+
+    @functools.wraps(train_lm.main)
+    def main(config):
+        captured["config"] = config
+        return train_lm.main(config)
+
+    lm.config.main(main)(args=argv)
+    end = time.time() - t0
+
+    import jax
+
+    from lm.trainer.throughput import device_peak_flops
+
+    config = captured["config"]
+    vocab = len(config.data.the_tokenizer)
+    flops = config.model.flops_per_token(vocab)
+    device = jax.devices()[0]
+    device_gb = None
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        device_gb = stats["peak_bytes_in_use"] / 2**30
+    result = {
+        "step_ends": [step_ends[s] for s in sorted(step_ends)],
+        "process_s": end,
+        "train_flops_per_token": 3 * flops if flops is not None else None,
+        "tokens_per_step": config.trainer.batch_schedule.batch_size_at_step(0)
+        * config.model.Pos.size,
+        "peak_flops_per_device": device_peak_flops(config.trainer.mp.compute_dtype),
+        "devices": jax.device_count(),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "peak_device_gb": device_gb,
+        "jax": jax.__version__,
+    }
+    print(MARKER + json.dumps(result), flush=True)
+
+
+def summarize(raw: dict, warmup: int) -> dict:
+    """Step times from step-end stamps, tokens/s, MFU (pure function; also used by the
+    reference comparison)."""
+    ends = raw["step_ends"]
+    if len(ends) <= warmup:
+        raise ValueError(f"{len(ends)} steps ran; need more than --warmup ({warmup})")
+    times = [ends[0]] + [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    steady = times[warmup:]
+    step_s = statistics.median(steady)
+    tokens_per_s = raw["tokens_per_step"] / step_s
+    mfu = None
+    if raw.get("train_flops_per_token") and raw.get("peak_flops_per_device"):
+        peak = raw["peak_flops_per_device"] * raw.get("devices", 1)
+        mfu = 100.0 * raw["train_flops_per_token"] * tokens_per_s / peak
+    return {
+        "step_s": step_s,
+        "step_s_min": min(steady),
+        "step_s_max": max(steady),
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu,
+        "first_step_s": ends[0],
+        "steady_s": ends[warmup - 1] if warmup > 0 else ends[0],
+        "step_times": times,
+    }
+
+
+def run_once(
+    config: str, steps: int, extra: list[str], *, cache_dir: str, run_dir: str
+) -> tuple[dict, float]:
+    """One fresh-process run of train_lm; returns (worker result, peak RSS GB)."""
+    argv = [
+        "--config_path",
+        config,
+        "--trainer.num_train_steps",
+        str(steps),
+        "--data.cache_dir",
+        cache_dir,
+        "--trainer.log_dir",
+        os.path.join(run_dir, "logs"),
+        "--trainer.checkpointer.base_path",
+        os.path.join(run_dir, "checkpoints"),
+        *extra,
+    ]
+    env = dict(os.environ)
+    t0 = time.time()
+    env["BENCH_T0"] = repr(t0)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = proc.stdout.read()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = None
+    for line in output.splitlines():
+        if line.startswith(MARKER):
+            result = json.loads(line[len(MARKER) :])
+    if proc.returncode != 0 or result is None:
+        sys.stderr.write(output[-6000:])
+        raise SystemExit(f"train_lm failed (exit {proc.returncode}) on {config}")
+    peak_rss_gb = rusage.ru_maxrss * 1024 / 2**30  # Linux: KiB
+    return result, peak_rss_gb
+
+
+def bench(
+    config: str, *, steps: int, warmup: int, repeats: int, extra: list[str], cache_dir: str
+) -> dict:
+    import tempfile
+
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="lm-bench-") as run_dir:
+            raw, rss = run_once(config, steps, extra, cache_dir=cache_dir, run_dir=run_dir)
+        summary = summarize(raw, warmup)
+        summary["peak_rss_gb"] = rss
+        summary["peak_device_gb"] = raw["peak_device_gb"]
+        runs.append((summary, raw))
+    med = lambda key: statistics.median(r[0][key] for r in runs)  # noqa: E731
+    raw = runs[0][1]
+    mfus = [r[0]["mfu"] for r in runs if r[0]["mfu"] is not None]
+    return {
+        "impl": "lm",
+        "config": config,
+        "extra_args": extra,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "tokens_per_step": raw["tokens_per_step"],
+        "train_flops_per_token": raw["train_flops_per_token"],
+        "peak_flops_per_device": raw["peak_flops_per_device"],
+        "devices": raw["devices"],
+        "device_kind": raw["device_kind"],
+        "jax": raw["jax"],
+        "step_s": med("step_s"),
+        "tokens_per_s": med("tokens_per_s"),
+        "tokens_per_s_all": [r[0]["tokens_per_s"] for r in runs],
+        "mfu": statistics.median(mfus) if mfus else None,
+        "first_step_s": med("first_step_s"),
+        "steady_s": med("steady_s"),
+        "peak_rss_gb": med("peak_rss_gb"),
+        "peak_device_gb": raw["peak_device_gb"],
+        "runs": [r[0] for r in runs],
+    }
+
+
+def summary_line(r: dict) -> str:
+    mfu = f"{r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    dev = f", device peak {r['peak_device_gb']:.2f} GB" if r.get("peak_device_gb") else ""
+    return (
+        f"{r['impl']} {os.path.basename(r['config'])}: {r['tokens_per_s']:,.0f} tokens/s "
+        f"(step {r['step_s']:.3f} s, median of {r['repeats']} run(s)), MFU {mfu}, "
+        f"first step {r['first_step_s']:.1f} s, steady after {r['steady_s']:.1f} s, "
+        f"peak RSS {r['peak_rss_gb']:.2f} GB{dev}"
+    )
+
+
+def ensure_cache(config: str, cache_dir: str) -> None:
+    """Build the token cache once (outside any timed run), so runs time training, not
+    tokenization."""
+    if os.path.exists(os.path.join(cache_dir, "train")) and os.path.exists(
+        os.path.join(cache_dir, "validation")
+    ):
+        return
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lm.main.cache_dataset",
+            "--config_path",
+            config,
+            "--data.cache_dir",
+            cache_dir,
+        ],
+        check=True,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2:])
+        return
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args(argv)
+    ensure_cache(args.config, args.cache_dir)
+    result = bench(
+        args.config,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        extra=extra,
+        cache_dir=args.cache_dir,
+    )
+    result["load_avg_1m"] = os.getloadavg()[0]
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    print(summary_line(result))
+
+
+if __name__ == "__main__":
+    main()

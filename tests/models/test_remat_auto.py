@@ -1,0 +1,89 @@
+"""`gradient_checkpointing: auto`: parsing, resolution, and the memory estimate it uses
+checked against XLA's compiled memory analysis."""
+
+import dataclasses
+
+import equinox as eqx
+import haliax as hax
+import jax
+import pytest
+
+import lm.config
+from lm.models import Gpt2Config, LlamaConfig, LmExample, compute_next_token_loss
+from lm.models.layers.scan import (
+    AUTO_MEMORY_FRACTION,
+    checkpoint_policy,
+    estimate_step_bytes,
+    resolve_gradient_checkpointing,
+)
+
+
+def test_auto_is_a_valid_policy_and_errors_list_it():
+    assert checkpoint_policy("auto") == checkpoint_policy(True)  # unresolved: the safe choice
+    with pytest.raises(ValueError, match=r"gradient_checkpointing: unknown .*'bogus'.*'auto'"):
+        checkpoint_policy("bogus")
+    cfg = lm.config.decode(Gpt2Config, {"gradient_checkpointing": "auto"})
+    assert cfg.gradient_checkpointing == "auto"
+    assert LlamaConfig(gradient_checkpointing="auto").gradient_checkpointing == "auto"
+
+
+def test_resolution_follows_the_memory_budget():
+    cfg = Gpt2Config(
+        seq_len=64, hidden_dim=32, num_layers=2, num_heads=2, gradient_checkpointing="auto"
+    )
+    need = estimate_step_bytes(cfg, vocab_size=512, tokens_per_device=4 * 64)
+    roomy = resolve_gradient_checkpointing(
+        cfg,
+        vocab_size=512,
+        tokens_per_device=4 * 64,
+        bytes_available=int(need / AUTO_MEMORY_FRACTION) + 1,
+        platform="gpu",
+    )
+    tight = resolve_gradient_checkpointing(
+        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=need, platform="gpu"
+    )
+    assert roomy.gradient_checkpointing is False
+    assert tight.gradient_checkpointing is True
+    on_cpu = resolve_gradient_checkpointing(
+        cfg, vocab_size=512, tokens_per_device=1, bytes_available=2**40, platform="cpu"
+    )
+    assert on_cpu.gradient_checkpointing is True
+    # explicit choices are never overridden
+    fixed = dataclasses.replace(cfg, gradient_checkpointing="full")
+    assert (
+        resolve_gradient_checkpointing(
+            fixed, vocab_size=512, tokens_per_device=1, bytes_available=1
+        )
+        is fixed
+    )
+    # more tokens per device need more memory; vanilla attention keeps its score matrix
+    assert estimate_step_bytes(cfg, vocab_size=512, tokens_per_device=512) > need
+    vanilla = dataclasses.replace(cfg, attn_backend="vanilla")
+    assert estimate_step_bytes(vanilla, vocab_size=512, tokens_per_device=256) > need
+
+
+def test_estimate_is_within_2x_of_the_compiled_step():
+    """Oracle: XLA's memory analysis of the compiled no-remat loss+grad (arguments, outputs
+    and temporaries; the Adam moments are added since this is not an optimizer step)."""
+    cfg = Gpt2Config(
+        seq_len=128, hidden_dim=64, num_layers=3, num_heads=4, gradient_checkpointing=False
+    )
+    V, batch = 1024, 8
+    Vocab = hax.Axis("vocab", V)
+    model = eqx.filter_eval_shape(cfg.build, Vocab, key=jax.random.PRNGKey(0))  # nothing allocated
+    tokens = hax.named(
+        jax.random.randint(jax.random.PRNGKey(1), (batch, 128), 0, V), ("batch", "position")
+    )
+    example = LmExample.causal(tokens)
+    dynamic, static = eqx.partition(model, lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+    def loss(dynamic):
+        return compute_next_token_loss(eqx.combine(dynamic, static), example).array
+
+    mem = jax.jit(jax.value_and_grad(loss)).lower(dynamic).compile().memory_analysis()
+    params = cfg.total_trainable_params(V)
+    compiled = (
+        mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes + 8 * params
+    )
+    estimate = estimate_step_bytes(cfg, vocab_size=V, tokens_per_device=batch * 128)
+    assert compiled / 2 <= estimate <= 2 * compiled, (estimate, compiled)
