@@ -191,27 +191,13 @@ def run_reference(python: str, spec: dict) -> tuple[dict, float]:
         spec = {**spec, "run_dir": run_dir}
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
         env["WANDB_MODE"] = "disabled"
-        t0 = time.time()
-        env["BENCH_T0"] = repr(t0)
-        proc = subprocess.Popen(
+        return lm_bench.run_marked(
             [python, driver, json.dumps(spec)],
-            env=env,
+            env,
+            marker=MARKER,
+            what="reference run",
             cwd=run_dir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
-        output = proc.stdout.read()
-        _, status, rusage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    result = None
-    for line in output.splitlines():
-        if line.startswith(MARKER):
-            result = json.loads(line[len(MARKER) :])
-    if code != 0 or result is None:
-        sys.stderr.write(output[-6000:])
-        raise SystemExit(f"reference run failed (exit {code})")
-    return result, rusage.ru_maxrss * 1024 / 2**30
 
 
 def _aggregate(impl: str, config: str, runs: list[tuple[dict, dict]], args) -> dict:

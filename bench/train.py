@@ -137,28 +137,30 @@ def run_once(
         os.path.join(run_dir, "checkpoints"),
         *extra,
     ]
-    env = dict(os.environ)
-    t0 = time.time()
-    env["BENCH_T0"] = repr(t0)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *argv]
+    return run_marked(cmd, dict(os.environ), marker=MARKER, what=f"train_lm on {config}")
+
+
+def run_marked(
+    cmd: list[str], env: dict, *, marker: str, what: str, cwd: str | None = None
+) -> tuple[dict, float]:
+    """Run `cmd` in a fresh process (BENCH_T0 = its start time) and return the JSON it prints
+    after `marker`, with the process's peak RSS in GB. Exits with its output tail on failure."""
+    env = {**env, "BENCH_T0": repr(time.time())}
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--worker", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     output = proc.stdout.read()
     _, status, rusage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
     result = None
     for line in output.splitlines():
-        if line.startswith(MARKER):
-            result = json.loads(line[len(MARKER) :])
-    if proc.returncode != 0 or result is None:
+        if line.startswith(marker):
+            result = json.loads(line[len(marker) :])
+    if code != 0 or result is None:
         sys.stderr.write(output[-6000:])
-        raise SystemExit(f"train_lm failed (exit {proc.returncode}) on {config}")
-    peak_rss_gb = rusage.ru_maxrss * 1024 / 2**30  # Linux: KiB
-    return result, peak_rss_gb
+        raise SystemExit(f"{what} failed (exit {code})")
+    return result, rusage.ru_maxrss * 1024 / 2**30  # Linux: KiB
 
 
 def bench(
