@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 MARKER = "BENCH_TRAIN_RESULT "
 DEFAULT_CACHE = os.path.expanduser("~/.cache/lm-bench/stdlib-cache")
@@ -138,11 +139,11 @@ def run_once(
         *extra,
     ]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *argv]
-    return run_marked(cmd, dict(os.environ), marker=MARKER, what=f"train_lm on {config}")
+    return run_marked(cmd, os.environ, marker=MARKER, what=f"train_lm on {config}")
 
 
 def run_marked(
-    cmd: list[str], env: dict, *, marker: str, what: str, cwd: str | None = None
+    cmd: list[str], env: Mapping[str, str], *, marker: str, what: str, cwd: str | None = None
 ) -> tuple[dict, float]:
     """Run `cmd` in a fresh process (BENCH_T0 = its start time) and return the JSON it prints
     after `marker`, with the process's peak RSS in GB. Exits with its output tail on failure."""
