@@ -227,9 +227,10 @@ def reference_grads(policy_example):
         "offload",
         "save_all",
         "nested",
+        "save_projections",
         ScanCheckpointPolicy(save_carries=False, save_inputs=True),
     ],
-    ids=["true", "full", "offload", "save_all", "nested", "policy_object"],
+    ids=["true", "full", "offload", "save_all", "nested", "save_projections", "policy_object"],
 )
 def test_checkpointing_policies_give_identical_gradients(policy, policy_example, reference_grads):
     grads = _grads(dataclasses.replace(POLICY_BASE, gradient_checkpointing=policy), policy_example)

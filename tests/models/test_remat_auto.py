@@ -44,10 +44,28 @@ def test_resolution_follows_the_memory_budget():
     )
     assert roomy.gradient_checkpointing is False
     assert tight.gradient_checkpointing is True
+    # between the two: saving only the matmul outputs fits where no remat does not
+    saving = estimate_step_bytes(
+        cfg, vocab_size=512, tokens_per_device=4 * 64, policy="save_projections"
+    )
+    assert saving < need
+    middle = resolve_gradient_checkpointing(
+        cfg,
+        vocab_size=512,
+        tokens_per_device=4 * 64,
+        bytes_available=int(saving / AUTO_MEMORY_FRACTION) + 1,
+        platform="gpu",
+    )
+    assert middle.gradient_checkpointing == "save_projections"
+    # on CPU no remat is never chosen (measured slower there): save_projections if it fits
     on_cpu = resolve_gradient_checkpointing(
         cfg, vocab_size=512, tokens_per_device=1, bytes_available=2**40, platform="cpu"
     )
-    assert on_cpu.gradient_checkpointing is True
+    assert on_cpu.gradient_checkpointing == "save_projections"
+    cpu_tight = resolve_gradient_checkpointing(
+        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=saving, platform="cpu"
+    )
+    assert cpu_tight.gradient_checkpointing is True
     # explicit choices are never overridden
     fixed = dataclasses.replace(cfg, gradient_checkpointing="full")
     assert (
@@ -87,3 +105,52 @@ def test_estimate_is_within_2x_of_the_compiled_step():
     )
     estimate = estimate_step_bytes(cfg, vocab_size=V, tokens_per_device=batch * 128)
     assert compiled / 2 <= estimate <= 2 * compiled, (estimate, compiled)
+
+
+def _count_dots(jaxpr) -> int:
+    """dot_general equations in a jaxpr, sub-jaxprs (scan, remat, custom_vjp, loops) included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "dot_general"
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _count_dots(inner)
+    return count
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_save_projections_recomputes_no_matmul(model):
+    """`save_projections` keeps every matmul output the backward pass needs (the flash
+    attention residuals included): its gradient has exactly as many matmuls as with no remat,
+    where `true` reruns each block's forward matmuls."""
+    if model == "gpt2":
+        base = Gpt2Config(seq_len=64, hidden_dim=32, num_layers=2, num_heads=4)
+    else:
+        base = LlamaConfig(
+            seq_len=64,
+            hidden_dim=32,
+            intermediate_dim=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+        )
+    base = dataclasses.replace(base, attn_backend="jax_flash", flash_attention_block_size=16)
+    Vocab = hax.Axis("vocab", 128)
+    tokens = hax.named(
+        jax.random.randint(jax.random.PRNGKey(1), (2, 64), 0, 128), ("batch", "position")
+    )
+    example = LmExample.causal(tokens)
+
+    def dots(policy):
+        cfg = dataclasses.replace(base, gradient_checkpointing=policy)
+        model = eqx.filter_eval_shape(cfg.build, Vocab, key=jax.random.PRNGKey(0))
+        dynamic, static = eqx.partition(model, lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+        def loss(dynamic):
+            return compute_next_token_loss(eqx.combine(dynamic, static), example).array
+
+        return _count_dots(jax.make_jaxpr(jax.grad(loss))(dynamic).jaxpr)
+
+    assert dots("save_projections") == dots(False) < dots(True)

@@ -263,7 +263,9 @@ class Gpt2Mlp(ModuleWithStateDictSerialization):
 
     @named_call
     def __call__(self, x: NamedArray) -> NamedArray:
-        return self.c_proj(self.act.to_fn()(self.c_fc(x)))
+        # checkpoint names: see PROJECTION_NAMES (gradient_checkpointing: save_projections)
+        up = hax.tree_checkpoint_name(self.c_fc(x), "mlp_up")
+        return self.c_proj(self.act.to_fn()(up))
 
 
 class Gpt2Attention(ModuleWithStateDictSerialization):
@@ -307,7 +309,7 @@ class Gpt2Attention(ModuleWithStateDictSerialization):
         key: PRNGKeyArray | None = None,
     ) -> NamedArray:
         c = self.config
-        qkv = self.c_attn(x)
+        qkv = hax.tree_checkpoint_name(self.c_attn(x), "qkv")
         q, k, v = qkv.unbind("qkv")
         k = k.rename({c.Pos.name: c.KeyPos.name})
         v = v.rename({c.Pos.name: c.KeyPos.name})
@@ -329,7 +331,8 @@ class Gpt2Attention(ModuleWithStateDictSerialization):
             dropout=self.dropout,
             prng=key,
         )
-        return self.c_proj(attn)
+        attn = hax.tree_checkpoint_name(attn, "attn_out")
+        return hax.tree_checkpoint_name(self.c_proj(attn), "attn_proj")
 
 
 class Gpt2Block(ModuleWithStateDictSerialization):

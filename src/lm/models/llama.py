@@ -363,7 +363,10 @@ class LlamaMlp(ModuleWithStateDictSerialization):
 
     @named_call
     def __call__(self, x: NamedArray) -> NamedArray:
-        return self.down_proj(self.act.to_fn()(self.gate_proj(x)) * self.up_proj(x))
+        # checkpoint names: see PROJECTION_NAMES (gradient_checkpointing: save_projections)
+        gate = hax.tree_checkpoint_name(self.gate_proj(x), "mlp_gate")
+        up = hax.tree_checkpoint_name(self.up_proj(x), "mlp_up")
+        return self.down_proj(self.act.to_fn()(gate) * up)
 
 
 class LlamaAttention(ModuleWithStateDictSerialization):
@@ -403,7 +406,9 @@ class LlamaAttention(ModuleWithStateDictSerialization):
         del key  # no attention dropout in the Llama family
         c = self.config
         a = c.attention_config()
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = hax.tree_checkpoint_name(self.q_proj(x), "q_proj")
+        k = hax.tree_checkpoint_name(self.k_proj(x), "k_proj")
+        v = hax.tree_checkpoint_name(self.v_proj(x), "v_proj")
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if a.rope is not None:
@@ -427,7 +432,8 @@ class LlamaAttention(ModuleWithStateDictSerialization):
             flash_block_size=a.flash_attention_block_size,
             upcast=a.upcast_attn,
         )
-        return self.o_proj(attn)
+        out = self.o_proj(hax.tree_checkpoint_name(attn, "attn_out"))
+        return hax.tree_checkpoint_name(out, "attn_proj")
 
 
 class LlamaDecoderLayer(ModuleWithStateDictSerialization):

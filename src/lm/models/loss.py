@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Literal
 
 import haliax as hax
-import haliax.nn as hnn
 import jax
 import jax.numpy as jnp
 from haliax import Axis, NamedArray
@@ -137,33 +136,55 @@ def next_token_cross_entropy(
     Returns:
         (cross_entropy, logsumexp), each over `hidden`'s axes without Embed.
     """
-    if block_size is None:
-        logits = hax.dot(hidden, lm_head, axis=Embed, preferred_element_type=jnp.float32)
-        logits = logits.astype(jnp.float32)
-        lse = hnn.logsumexp(logits, axis=Vocab)
-        target_logit = _take(logits, targets, Vocab)
-        return lse - target_logit, lse
-    if block_size <= 0:
+    if block_size is not None and block_size <= 0:
         raise ValueError(f"cross-entropy block_size must be positive, got {block_size}")
-
     batch_axes = tuple(ax for ax in hidden.axes if ax.name != Embed.name)
     h = hidden.rearrange((*batch_axes, Embed)).array.reshape(-1, Embed.size)
     w = lm_head.rearrange((Vocab, Embed)).array
-    t = targets.rearrange(batch_axes).array.reshape(-1)
-    ce, lse = _blockwise_cross_entropy(h, w, t, block_size)
+    t = targets.rearrange(batch_axes).array.reshape(-1).astype(jnp.int32)
+    if block_size is None:
+        ce, lse = _dense_cross_entropy(h, w, t)
+    else:
+        ce, lse = _blockwise_cross_entropy(h, w, t, block_size)
     shape = tuple(ax.size for ax in batch_axes)
     return hax.named(ce.reshape(shape), batch_axes), hax.named(lse.reshape(shape), batch_axes)
 
 
-def _take(logits: NamedArray, ids: NamedArray, Vocab: Axis) -> NamedArray:
-    """`logits[..., ids]` as a masked sum over Vocab: its gradient is an elementwise select
-    that fuses with the softmax gradient, where a gather's would be a scatter into a zeroed
-    (tokens, vocab) buffer (about 10% of the dense loss's forward + backward on CPU)."""
-    other = tuple(ax for ax in logits.axes if ax.name != Vocab.name)
-    arr = logits.rearrange((*other, Vocab)).array
-    idx = ids.rearrange(other).array.astype(jnp.int32)
-    hit = jax.lax.broadcasted_iota(jnp.int32, arr.shape, arr.ndim - 1) == idx[..., None]
-    return hax.named(jnp.where(hit, arr, 0.0).sum(axis=-1), other)
+@jax.custom_vjp
+def _dense_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array):
+    """h: [N, E], w: [V, E], targets: [N] -> (ce [N], lse [N]), float32, all logits at once.
+
+    The backward pass is written out: the gradient of the logits is formed once,
+    `(dce + dlse) * softmax - dce * onehot`, from the saved float32 logits, and feeds both
+    matmuls directly. Left to autodiff, XLA:CPU materialised it twice (once transposed for
+    the weight gradient) and ran both backward matmuls at about half speed (docs/benchmarks.md)."""
+    (ce, lse), _ = _dense_ce_fwd(h, w, targets)
+    return ce, lse
+
+
+def _dense_ce_fwd(h, w, targets):
+    logits = jnp.einsum("ne,ve->nv", h, w, preferred_element_type=jnp.float32)
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == targets[:, None]
+    # the target logit as a select (an elementwise op), not a gather
+    target_logit = jnp.where(hit, logits, 0.0).sum(axis=-1)
+    return (lse - target_logit, lse), (h, w, targets, logits, lse)
+
+
+def _dense_ce_bwd(residuals, cotangents):
+    h, w, targets, logits, lse = residuals
+    d_ce, d_lse = cotangents
+    hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == targets[:, None]
+    d_logits = (d_ce + d_lse)[:, None] * jnp.exp(logits - lse[:, None])
+    d_logits = (d_logits - jnp.where(hit, d_ce[:, None], 0.0)).astype(w.dtype)
+    d_h = jnp.einsum("nv,ve->ne", d_logits, w, preferred_element_type=jnp.float32)
+    # (E, V) then transposed: on XLA:CPU faster than contracting d_logits' leading axis
+    d_w = jnp.einsum("ne,nv->ev", h, d_logits, preferred_element_type=jnp.float32).T
+    return d_h.astype(h.dtype), d_w.astype(w.dtype), None
+
+
+_dense_cross_entropy.defvjp(_dense_ce_fwd, _dense_ce_bwd)
 
 
 def _blockwise_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, block_size: int):

@@ -199,6 +199,10 @@ def _flash_forward(spec: _Spec, q, k, v, q_seg, k_seg):
 
 def _flash_fwd(spec, q, k, v, q_seg, k_seg):
     out, lse = _flash_forward(spec, q, k, v, q_seg, k_seg)
+    # Named so that gradient_checkpointing: save_projections keeps them: then a rematerialised
+    # block's backward pass does not rerun this forward pass to rebuild the residuals.
+    out = jax.ad_checkpoint.checkpoint_name(out, "attn_out")
+    lse = jax.ad_checkpoint.checkpoint_name(lse, "attn_lse")
     return out, (q, k, v, q_seg, k_seg, out, lse)
 
 
@@ -215,30 +219,13 @@ def _flash_bwd(spec, residuals, d_out):
         allowed = spec.tile_mask(q_idx, k_idx, qs, ks)
         return jnp.where(allowed[None], jnp.exp(s - lse_t[..., None]), 0.0)
 
-    def dq_tile(i):
-        q_t, g_t = _tile(q, i, spec.bq, 1), _tile(d_out, i, spec.bq, 1)
-        lse_t, delta_t = _tile(lse, i, spec.bq, 1), _tile(delta, i, spec.bq, 1)
-        q_idx = i * spec.bq + jnp.arange(spec.bq)
-        qs = _tile(q_seg, i, spec.bq, 0)
-
-        def body(j, dq):
-            k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
-            k_idx = j * spec.bk + jnp.arange(spec.bk)
-            p = probs(q_t, k_t, lse_t, q_idx, k_idx, qs, _tile(k_seg, j, spec.bk, 0))
-            dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
-            ds = p * (dp - delta_t[..., None])
-            return dq + jnp.einsum("gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32)
-
-        lo, hi = spec.key_tiles_for(i, nk)
-        return jax.lax.fori_loop(lo, hi, body, jnp.zeros((G, spec.bq, d), jnp.float32))
-
-    def dkv_tile(j):
+    def key_tile(j, dq):
         k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
         k_idx = j * spec.bk + jnp.arange(spec.bk)
         ks = _tile(k_seg, j, spec.bk, 0)
 
         def body(i, carry):
-            dk, dv_acc = carry
+            dk, dv_acc, dq = carry
             q_t, g_t = _tile(q, i, spec.bq, 1), _tile(d_out, i, spec.bq, 1)
             lse_t, delta_t = _tile(lse, i, spec.bq, 1), _tile(delta, i, spec.bq, 1)
             q_idx = i * spec.bq + jnp.arange(spec.bq)
@@ -247,14 +234,22 @@ def _flash_bwd(spec, residuals, d_out):
             dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
             ds = p * (dp - delta_t[..., None])
             dk = dk + jnp.einsum("gqk,gqd->kd", ds, q_t, preferred_element_type=jnp.float32)
-            return dk, dv_acc
+            dq_t = _tile(dq, i, spec.bq, 1) + jnp.einsum(
+                "gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32
+            )
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_t, i * spec.bq, axis=1)
+            return dk, dv_acc, dq
 
         lo, hi = spec.query_tiles_for(j, nq)
-        init = (jnp.zeros((spec.bk, d), jnp.float32), jnp.zeros((spec.bk, dv), jnp.float32))
-        return jax.lax.fori_loop(lo, hi, body, init)
+        init = (jnp.zeros((spec.bk, d), jnp.float32), jnp.zeros((spec.bk, dv), jnp.float32), dq)
+        dk, dv_acc, dq = jax.lax.fori_loop(lo, hi, body, init)
+        return dq, (dk, dv_acc)
 
-    dq = jnp.moveaxis(jax.lax.map(dq_tile, jnp.arange(nq)), 0, 1).reshape(G, sq, d)
-    dk, dv_ = jax.lax.map(dkv_tile, jnp.arange(nk))
+    # One sweep over key tiles: each (query tile, key tile) pair's probabilities are computed
+    # once and feed dK, dV and (accumulated in place into the full-size buffer) dQ.
+    dq, (dk, dv_) = jax.lax.scan(
+        lambda dq, j: key_tile(j, dq), jnp.zeros((G, sq, d), jnp.float32), jnp.arange(nk)
+    )
     dk = dk.reshape(sk, d)
     dv_ = dv_.reshape(sk, dv)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv_.astype(v.dtype), None, None

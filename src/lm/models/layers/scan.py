@@ -7,12 +7,17 @@
 - `"offload"`: save carries and inputs in host memory.
 - `"save_all"`: save carries, inputs and block internals.
 - `"nested"`: a two-level scan with sqrt(num_layers) outer blocks.
-- `"auto"`: on accelerators, no rematerialisation when the step fits in memory, else
-  `true`; on CPU always `true` (measured no slower there). The training
-  entry point resolves it (`resolve_gradient_checkpointing`) from an estimate of the step's
-  peak memory without remat (parameters, gradients and Adam state in float32, the
-  activations every layer saves for the backward pass, the float32 logits of the loss)
-  against the device's memory; a model built with an unresolved `"auto"` uses `true`.
+- `"save_projections"`: save each block's input and the outputs of its matmuls (the names in
+  `PROJECTION_NAMES`: attention q/k/v projections, the attention output, its softmax
+  log-sum-exp and its output projection, the MLP up/gate projections); recompute only the
+  elementwise ops (norms, activations, rotary embeddings) in the backward pass.
+- `"auto"`: the fastest of `false` / `"save_projections"` / `true` whose step fits in memory.
+  On accelerators `false` (no remat) comes first; on CPU it is skipped, since storing every
+  elementwise intermediate measured slower there than recomputing them. The training entry
+  point resolves it (`resolve_gradient_checkpointing`) from an estimate of the step's peak
+  memory (parameters, gradients and Adam state in float32, the activations each layer keeps
+  for the backward pass, the float32 logits of the loss) against the device's memory; a
+  model built with an unresolved `"auto"` uses `true`.
 - a mapping with `ScanCheckpointPolicy` fields (`save_carries`, `save_inputs`,
   `save_block_internals`, `offload_block_internals`, `prevent_cse`, `disable`, `simple`,
   `nested`).
@@ -36,7 +41,22 @@ GradientCheckpointing = Union[bool, ScanCheckpointPolicy, str]  # noqa: UP007 (d
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-_POLICY_STRINGS = ("full", "recompute", "offload", "save_all", "nested", AUTO)
+SAVE_PROJECTIONS = "save_projections"
+_POLICY_STRINGS = ("full", "recompute", "offload", "save_all", "nested", SAVE_PROJECTIONS, AUTO)
+
+PROJECTION_NAMES = (
+    "qkv",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "attn_out",
+    "attn_lse",
+    "attn_proj",
+    "mlp_gate",
+    "mlp_up",
+)
+"""`checkpoint_name`s the models give their matmul outputs (and flash attention its residuals);
+`"save_projections"` keeps exactly these across the backward pass."""
 
 AUTO_MEMORY_FRACTION = 0.6
 """`"auto"` turns remat off only if the no-remat estimate fits in this fraction of the
@@ -51,6 +71,10 @@ def checkpoint_policy(value: GradientCheckpointing, *, field: str = "gradient_ch
         return ScanCheckpointPolicy.from_bool_or_str(value)
     if value == AUTO:
         return ScanCheckpointPolicy.from_bool_or_str(True)
+    if value == SAVE_PROJECTIONS:
+        return ScanCheckpointPolicy(
+            save_carries=True, save_inputs=False, save_block_internals=PROJECTION_NAMES
+        )
     if isinstance(value, str) and value in _POLICY_STRINGS:
         return ScanCheckpointPolicy.from_bool_or_str(value)
     allowed = "true, false, " + ", ".join(repr(s) for s in _POLICY_STRINGS)
@@ -70,27 +94,46 @@ def stack_layers(
 
 
 def estimate_step_bytes(
-    config: Any, *, vocab_size: int, tokens_per_device: int, compute_bytes: int = 4
+    config: Any,
+    *,
+    vocab_size: int,
+    tokens_per_device: int,
+    compute_bytes: int = 4,
+    policy: bool | str = False,
 ) -> int:
-    """Peak bytes per device of a training step with no rematerialisation (an estimate).
+    """Peak bytes per device of a training step (an estimate), with no rematerialisation
+    (`policy=False`, the default) or with `"save_projections"`.
 
     Counts float32 parameters, gradients and two Adam moments (16 bytes per parameter,
-    unsharded: a replicated upper bound), the activations each layer saves for the backward
-    pass (per token: ~10 hidden-sized and 3 MLP-sized tensors; the vanilla attention backend
-    also keeps two (heads x seq_len) score/probability rows per token), the embeddings,
-    and the loss's float32 logits and their gradient (2 x vocab per token).
+    unsharded: a replicated upper bound), the activations each layer keeps for the backward
+    pass, the embeddings, and the loss's float32 logits and their gradient (2 x vocab per
+    token). Per token and layer, no remat keeps ~10 hidden-sized and 3 MLP-sized tensors (the
+    vanilla attention backend also two (heads x seq_len) score/probability rows);
+    `"save_projections"` keeps the block input, q/k/v, the attention output, its log-sum-exp
+    and output projection and the MLP up (and gate) projections, plus one layer's full set
+    while that layer's backward pass recomputes it.
     """
+    if policy not in (False, SAVE_PROJECTIONS):
+        raise ValueError(f"no memory estimate for gradient_checkpointing {policy!r}")
     E = config.Embed.size
     M = config.Mlp.size
     H = config.Heads.size
     L = config.num_layers
     S = config.seq_len
     params = config.total_trainable_params(vocab_size)
-    per_token_layer = 10 * E + 3 * M
+    full_layer = 10 * E + 3 * M
     backend = getattr(config, "attention_backend", None)
     if backend is not None and getattr(backend, "value", backend) == "vanilla":
-        per_token_layer += 2 * H * S
-    activations = tokens_per_device * (L * per_token_layer + 2 * E) * compute_bytes
+        full_layer += 2 * H * S
+    if policy is False:
+        per_token = L * full_layer
+    else:
+        q = H * config.HeadSize.size
+        kv = getattr(config, "num_kv_heads", H) * config.HeadSize.size
+        gated = getattr(config, "intermediate_dim", None) is not None  # Llama-family GLU MLP
+        saved = 2 * E + q + 2 * kv + q + H + M * (2 if gated else 1)
+        per_token = L * saved + full_layer
+    activations = tokens_per_device * (per_token + 2 * E) * compute_bytes
     logits = tokens_per_device * 2 * vocab_size * 4
     return int(16 * params + activations + logits)
 
@@ -115,36 +158,40 @@ def resolve_gradient_checkpointing(
     bytes_available: int | None = None,
     platform: str | None = None,
 ) -> Any:
-    """`config` with `gradient_checkpointing: "auto"` replaced by `False` (no remat) when the
-    no-remat step fits in `AUTO_MEMORY_FRACTION` of `bytes_available` (default: the device's
-    memory), else by `True`. On CPU (`platform`, default `jax.default_backend()`) it is
-    always `True`: there the recomputation measured no slower than storing the activations.
-    Other values are returned unchanged."""
+    """`config` with `gradient_checkpointing: "auto"` replaced by the first of `False` (no
+    remat; accelerators only), `"save_projections"` and `True` whose estimated step fits in
+    `AUTO_MEMORY_FRACTION` of `bytes_available` (default: the device's memory). `platform`
+    defaults to `jax.default_backend()`. Other values are returned unchanged."""
     if getattr(config, "gradient_checkpointing", None) != AUTO:
         return config
     if platform is None:
         platform = jax.default_backend()
-    if platform == "cpu":
-        # Measured (docs/benchmarks.md): on XLA:CPU the no-remat step is no faster (often
-        # 3-10% slower: storing and re-reading every layer's activations through the scan
-        # costs more memory traffic than recomputing them), so keep the memory saving.
-        logger.info("gradient_checkpointing: auto -> true (CPU: recomputing is not slower)")
-        return dataclasses.replace(config, gradient_checkpointing=True)
     if bytes_available is None:
         bytes_available = device_memory_bytes()
-    need = estimate_step_bytes(
-        config,
-        vocab_size=vocab_size,
-        tokens_per_device=tokens_per_device,
-        compute_bytes=jnp.dtype(compute_dtype).itemsize,
-    )
-    fits = need <= AUTO_MEMORY_FRACTION * bytes_available
+    # Measured (docs/benchmarks.md): on XLA:CPU no remat is slower than recomputing (it
+    # stores and re-reads every elementwise intermediate), so CPU starts at save_projections.
+    ladder = [SAVE_PROJECTIONS] if platform == "cpu" else [False, SAVE_PROJECTIONS]
+    budget = AUTO_MEMORY_FRACTION * bytes_available
+    choice: bool | str = True
+    need = None
+    for candidate in ladder:
+        need = estimate_step_bytes(
+            config,
+            vocab_size=vocab_size,
+            tokens_per_device=tokens_per_device,
+            compute_bytes=jnp.dtype(compute_dtype).itemsize,
+            policy=candidate,
+        )
+        if need <= budget:
+            choice = candidate
+            break
     logger.info(
-        "gradient_checkpointing: auto -> %s (estimated %.2f GiB per device without remat; "
-        "%.2f GiB available, limit %.0f%%)",
-        "false" if fits else "true",
-        need / 2**30,
+        "gradient_checkpointing: auto -> %s (estimated %.2f GiB per device %s; %.2f GiB "
+        "available, limit %.0f%%)",
+        {False: "false", True: "true"}.get(choice, choice),
+        (need or 0) / 2**30,
+        "with it" if choice is not True else "with save_projections",
         bytes_available / 2**30,
         100 * AUTO_MEMORY_FRACTION,
     )
-    return dataclasses.replace(config, gradient_checkpointing=not fits)
+    return dataclasses.replace(config, gradient_checkpointing=choice)
