@@ -75,6 +75,20 @@ def test_builtin_tokenizer_round_trips_and_loads_as_hf(builtin_tokenizer):
     assert len(source) / len(fast(source)["input_ids"]) > 3.0
 
 
+def test_builtin_fingerprint_without_transformers_equals_the_loaded_tokenizers(builtin_tokenizer):
+    """Cache checks fingerprint the builtin tokenizer from its tokenizer.json alone; the value
+    must be the one computed from the tokenizer loaded through transformers, so caches built
+    either way stay valid."""
+    from lm.data.tokenizer import DocumentEncoder, tokenizer_fingerprint
+
+    assert bt.builtin_tokenizer_content_fingerprint() == tokenizer_fingerprint(builtin_tokenizer)
+    fast = DocumentEncoder("builtin").fingerprint()
+    encoder = DocumentEncoder("builtin")
+    _ = encoder.hf_tokenizer  # loaded: the slow path would hash this object
+    assert fast == encoder.fingerprint()
+    assert DocumentEncoder("builtin").vocab_length() == len(builtin_tokenizer)
+
+
 def test_builtin_tokenizer_is_built_once_under_concurrency(tmp_path, monkeypatch):
     # A tiny corpus keeps training fast; two threads race to build the same tokenizer.
     root = tmp_path / "lib"

@@ -47,6 +47,7 @@ from lm.checkpoint.storage import (
     read_status,
     ts_context,
 )
+from lm.compile_options import xla_compiler_options
 
 logger = logging.getLogger(__name__)
 
@@ -515,24 +516,27 @@ def _init_subset(init_fn, args, kwargs, mask, axis_mapping, mesh):
     def init_part(*a, **k):
         return eqx.filter(init_fn(*a, **k), mask)
 
-    if axis_mapping is None and mesh is None:
-        return eqx.filter_jit(init_part)(*args, **kwargs)
-    resolved = mesh if mesh is not None else jax.sharding.get_mesh()
-    if resolved is None or resolved.empty:
-        raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
-    shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
-    shardings = hax.partitioning.infer_resource_partitions(
-        eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
-        axis_mapping,
-        preserve_existing_shardings=False,
-        mesh=resolved,
-    )
     dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
 
     def arrays_only(dyn):
         a, k = eqx.combine(dyn, static)
         return eqx.filter(init_part(*a, **k), eqx.is_array)
 
-    arrays = jax.jit(arrays_only, out_shardings=shardings)(dynamic)
+    shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
     others = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    if axis_mapping is None and mesh is None:
+        arrays = jax.jit(arrays_only, compiler_options=xla_compiler_options())(dynamic)
+        return eqx.combine(arrays, others)
+    resolved = mesh if mesh is not None else jax.sharding.get_mesh()
+    if resolved is None or resolved.empty:
+        raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
+    shardings = hax.partitioning.infer_resource_partitions(
+        eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
+        axis_mapping,
+        preserve_existing_shardings=False,
+        mesh=resolved,
+    )
+    arrays = jax.jit(arrays_only, out_shardings=shardings, compiler_options=xla_compiler_options())(
+        dynamic
+    )
     return eqx.combine(arrays, others)

@@ -233,6 +233,11 @@ class LMTaskConfig:
         """The tokenizer (a `transformers.PreTrainedTokenizerBase`), loaded once."""
         return self.encoder.hf_tokenizer
 
+    @functools.cached_property
+    def the_vocab_size(self) -> int:
+        """`len(the_tokenizer)`, without loading the builtin tokenizer through transformers."""
+        return self.encoder.vocab_length()
+
     def _shuffle_seed(self, key) -> int | None:
         if self.data_seed is not None:
             return mix_seed(self.data_seed)

@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from lm.data.builtin_tokenizer import BUILTIN_TOKENIZER_NAME, load_builtin_tokenizer
+from lm.data.builtin_tokenizer import (
+    BUILTIN_TOKENIZER_NAME,
+    builtin_tokenizer_content_fingerprint,
+    builtin_tokenizer_length,
+    load_builtin_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +174,13 @@ class DocumentEncoder:
     def hf_tokenizer(self):
         return load_tokenizer(self.tokenizer, self.vocab_size)
 
+    def vocab_length(self) -> int:
+        """The tokenizer's vocabulary size, `len(hf_tokenizer)` (for the builtin tokenizer read
+        from its file, without loading transformers)."""
+        if self.tokenizer == BUILTIN_TOKENIZER_NAME:
+            return builtin_tokenizer_length()
+        return len(self.hf_tokenizer)
+
     @property
     def is_passthrough(self) -> bool:
         return self.tokenizer == PASSTHROUGH_TOKENIZER_NAME
@@ -221,6 +233,8 @@ class DocumentEncoder:
     def fingerprint(self) -> str:
         if self.is_passthrough:
             base = f"passthrough:{self.vocab_size}"
+        elif self.tokenizer == BUILTIN_TOKENIZER_NAME:
+            base = builtin_tokenizer_content_fingerprint()
         else:
             base = tokenizer_fingerprint(self.hf_tokenizer)
         return hashlib.sha256(

@@ -38,6 +38,7 @@ import optax
 from haliax.partitioning import named_jit
 
 import lm.config
+from lm.compile_options import xla_compiler_options
 from lm.lm_run import load_lm_checkpoint, vocab_axis
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
@@ -221,7 +222,12 @@ def evaluate_lm(
     if have_bytes and len(byte_lengths) != vocab:
         raise ValueError(f"byte_lengths has {len(byte_lengths)} entries, the model's vocab {vocab}")
     table = jnp.asarray(byte_lengths if have_bytes else np.zeros(vocab, np.int32), jnp.int32)
-    step = named_jit(_eval_sums, axis_resources=trainer.compute_axis_mapping, out_axis_resources={})
+    step = named_jit(
+        _eval_sums,
+        axis_resources=trainer.compute_axis_mapping,
+        out_axis_resources={},
+        compiler_options=xla_compiler_options(),
+    )
     loss = 0.0
     tokens = num_bytes = batches = 0
     start = time.perf_counter()

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 
 import haliax as hax
 import jax
@@ -85,15 +86,17 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
 
     Ray is only started when a shard actually needs building, on the cluster `trainer.ray`
     names, and a cluster started here is shut down afterwards (it holds ~1.7 GB)."""
-    import ray
-
     from lm.distributed import shutdown_ray
 
-    was_running = ray.is_initialized()
+    def ray_running() -> bool:
+        # ray is imported (~0.3 s) only when a shard needs building
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    was_running = ray_running()
     try:
         return config.data.build_caches(progress=progress, ray_config=config.trainer.ray)
     finally:
-        if not was_running and ray.is_initialized():
+        if not was_running and ray_running():
             shutdown_ray()
 
 
@@ -112,7 +115,6 @@ def main(config: TrainLmConfig) -> RunSummary:
         if config.use_hf_model_config:
             model_config = converter.config_from_hf_checkpoint(config.hf_checkpoint)
             logger.info("Model architecture from %s: %s", config.hf_checkpoint, model_config)
-    tokenizer = config.data.the_tokenizer
 
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     loss_fn = functools.partial(
@@ -130,7 +132,7 @@ def main(config: TrainLmConfig) -> RunSummary:
         trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
         Pos = model_config.Pos
-        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
+        Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
         model_config = _resolve_remat(trainer, model_config, Vocab, Pos)
 
         train_set = config.data.train_set(
@@ -159,8 +161,8 @@ def main(config: TrainLmConfig) -> RunSummary:
                 model_config.hf_checkpoint_converter(),
                 config.hf_save_path,
                 trainer_config.run_id,
-                tokenizer=tokenizer,
-                vocab_size=len(tokenizer),
+                tokenizer=config.data.the_tokenizer,
+                vocab_size=config.data.the_vocab_size,
             )
             trainer.add_hook(exporter, every=config.hf_save_steps)
         flops = model_config.flops_per_token(Vocab.size)  # forward only

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from haliax.partitioning import named_jit
 
 import lm.tracker
+from lm.compile_options import xla_compiler_options
 from lm.trainer.hooks import Callback
 from lm.trainer.state import StepInfo
 
@@ -48,6 +49,7 @@ class EvalHook(Callback):
                 eval_step,
                 axis_resources=self.trainer.compute_axis_mapping,
                 out_axis_resources={},
+                compiler_options=xla_compiler_options(),
             )
         return self._eval_step
 

@@ -34,6 +34,7 @@ from haliax.partitioning import named_jit
 from jaxtyping import PRNGKeyArray
 
 import lm.tracker
+from lm.compile_options import xla_compiler_options
 from lm.tracker import Tracker
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
@@ -280,6 +281,7 @@ class Trainer(Generic[M]):
                 axis_resources=self.compute_axis_mapping,
                 out_axis_resources=self.parameter_axis_mapping,
                 donate_args=(True, False, False),
+                compiler_options=xla_compiler_options(),
             )
             self._compiled_steps[key] = fn
         return fn
@@ -318,7 +320,12 @@ class Trainer(Generic[M]):
                 preserve_existing_shardings=False,
                 mesh=self.device_mesh,
             )
-            jitted = jax.jit(run, out_shardings=out_shardings, donate_argnums=0)
+            jitted = jax.jit(
+                run,
+                out_shardings=out_shardings,
+                donate_argnums=0,
+                compiler_options=xla_compiler_options(),
+            )
             return jitted.lower(dyn_state, dyn_inputs)
 
     def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
