@@ -316,6 +316,20 @@ def test_step_jaxpr_and_hlo_are_written_once(tmp_path):
     assert sorted(r["name"] for r in records) == ["train_step.hlo.txt", "train_step.jaxpr.txt.gz"]
 
 
+def test_artifact_logging_errors_surface_in_the_step(tmp_path, monkeypatch):
+    """The artifacts are logged in a background thread during the first step's compile; a
+    failure there is raised by that step, not lost."""
+    import lm.tracker.jit_artifacts as jit_artifacts
+
+    def broken(*args, **kwargs):
+        raise OSError("artifact store unavailable")
+
+    monkeypatch.setattr(jit_artifacts, "log_jaxpr", broken)
+    config = trainer_config(tmp_path, num_train_steps=2, log_jaxprs=True, log_xla_hlo=False)
+    with pytest.raises(OSError, match="artifact store unavailable"):
+        _train(config)
+
+
 def test_every_run_keeps_a_local_metrics_log_unless_tracking_is_off(tmp_path):
     from lm.tracker import NoopConfig, TensorboardConfig
 

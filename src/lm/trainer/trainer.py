@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -70,6 +71,27 @@ def _as_scalar(loss: Any) -> jax.Array:
     if loss.ndim != 0:
         raise ValueError(f"loss_fn must return a scalar loss, got shape {loss.shape}")
     return loss.astype(jnp.float32)
+
+
+class _Background:
+    """Runs `fn` in a thread; `join()` waits and re-raises its exception in the caller."""
+
+    def __init__(self, fn: Callable[[], None], *, name: str):
+        self._error: BaseException | None = None
+
+        def run():
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 (handed to join)
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class Trainer(Generic[M]):
@@ -337,37 +359,55 @@ class Trainer(Generic[M]):
         step = int(state.step)
         jit_hooks = tuple(self.hooks.jit_hooks_due(step))
         fn = self._step_fn(self.config.num_microbatches_at_step(step), jit_hooks)
+        artifacts = None
         if not self._logged_step_artifacts:
             self._logged_step_artifacts = True
-            self._log_step_artifacts(fn, state, batch, batch_kwargs)
+            artifacts = self._log_step_artifacts(fn, state, batch, batch_kwargs)
         start = time.perf_counter()
         with self.config.use_device_mesh():
             loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
         loss = jax.block_until_ready(loss)
         duration = time.perf_counter() - start
+        if artifacts is not None:
+            artifacts.join()
         info = StepInfo(
             state=new_state, loss=loss, step_duration=duration, metrics=metrics, completed_step=step
         )
         self._check_finite(info)
         return info, list(cb_infos)
 
-    def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> None:
-        """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo). Lowering here
-        is not wasted: jit reuses this trace when the step first runs."""
+    def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> _Background | None:
+        """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo).
+
+        The step is lowered here (jit reuses this trace when the step first runs); the HLO text
+        and the jaxpr (a second trace, of abstract inputs) are produced and logged in a
+        background thread while XLA compiles the step, and joined after the step."""
         from lm.tracker.jit_artifacts import log_jaxpr, log_xla_hlo
 
         if not (self.config.log_jaxprs or self.config.log_xla_hlo):
-            return
+            return None
         with self.config.use_device_mesh():
             lowered = fn.lower(state, tuple(batch), batch_kwargs)
+        # shapes, dtypes and shardings only: the state's buffers are donated to the step
+        abstract = jax.tree_util.tree_map(
+            lambda x: (
+                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                if isinstance(x, jax.Array)
+                else x
+            ),
+            (state, tuple(batch), batch_kwargs),
+        )
+
+        def work():
             if self.config.log_xla_hlo:
                 log_xla_hlo("train_step", lowered, tracker=self.tracker)
             if self.config.log_jaxprs:
-                # named_jit's wrapper exposes the pure step as __wrapped__
-                jaxpr, _, _ = eqx.filter_make_jaxpr(fn.__wrapped__)(
-                    state, tuple(batch), batch_kwargs
-                )
+                with self.config.use_device_mesh():
+                    # named_jit's wrapper exposes the pure step as __wrapped__
+                    jaxpr, _, _ = eqx.filter_make_jaxpr(fn.__wrapped__)(*abstract)
                 log_jaxpr("train_step", jaxpr, tracker=self.tracker)
+
+        return _Background(work, name="lm-step-artifacts")
 
     def _check_finite(self, info: StepInfo) -> None:
         value = float(info.loss)
