@@ -31,41 +31,32 @@ def test_resolution_follows_the_memory_budget():
     cfg = Gpt2Config(
         seq_len=64, hidden_dim=32, num_layers=2, num_heads=2, gradient_checkpointing="auto"
     )
-    need = estimate_step_bytes(cfg, vocab_size=512, tokens_per_device=4 * 64)
-    roomy = resolve_gradient_checkpointing(
-        cfg,
-        vocab_size=512,
-        tokens_per_device=4 * 64,
-        bytes_available=int(need / AUTO_MEMORY_FRACTION) + 1,
-        platform="gpu",
-    )
-    tight = resolve_gradient_checkpointing(
-        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=need, platform="gpu"
-    )
-    assert roomy.gradient_checkpointing is False
-    assert tight.gradient_checkpointing is True
-    # between the two: saving only the matmul outputs fits where no remat does not
+    tokens = 4 * 64
+
+    def choice(bytes_available, platform):
+        return resolve_gradient_checkpointing(
+            cfg,
+            vocab_size=512,
+            tokens_per_device=tokens,
+            bytes_available=bytes_available,
+            platform=platform,
+        ).gradient_checkpointing
+
+    def budget_for(need):  # the least memory in which an estimate fits
+        return int(need / AUTO_MEMORY_FRACTION) + 1
+
+    need = estimate_step_bytes(cfg, vocab_size=512, tokens_per_device=tokens)
     saving = estimate_step_bytes(
-        cfg, vocab_size=512, tokens_per_device=4 * 64, policy="save_projections"
+        cfg, vocab_size=512, tokens_per_device=tokens, policy="save_projections"
     )
     assert saving < need
-    middle = resolve_gradient_checkpointing(
-        cfg,
-        vocab_size=512,
-        tokens_per_device=4 * 64,
-        bytes_available=int(saving / AUTO_MEMORY_FRACTION) + 1,
-        platform="gpu",
-    )
-    assert middle.gradient_checkpointing == "save_projections"
+    # accelerators: no remat if it fits, else save only the matmul outputs, else recompute
+    assert choice(budget_for(need), "gpu") is False
+    assert choice(budget_for(saving), "gpu") == "save_projections"
+    assert choice(saving, "gpu") is True
     # on CPU no remat is never chosen (measured slower there): save_projections if it fits
-    on_cpu = resolve_gradient_checkpointing(
-        cfg, vocab_size=512, tokens_per_device=1, bytes_available=2**40, platform="cpu"
-    )
-    assert on_cpu.gradient_checkpointing == "save_projections"
-    cpu_tight = resolve_gradient_checkpointing(
-        cfg, vocab_size=512, tokens_per_device=4 * 64, bytes_available=saving, platform="cpu"
-    )
-    assert cpu_tight.gradient_checkpointing is True
+    assert choice(2**40, "cpu") == "save_projections"
+    assert choice(saving, "cpu") is True
     # explicit choices are never overridden
     fixed = dataclasses.replace(cfg, gradient_checkpointing="full")
     assert (
