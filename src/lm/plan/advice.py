@@ -21,7 +21,7 @@ def _activation_advice(plan: Plan) -> list[str]:
     temp = format_size(memory.temp_bytes)
     out = []
     checkpointing = facts.get("gradient_checkpointing")
-    if checkpointing is False or checkpointing == "save_all":
+    if checkpointing is False or checkpointing in ("save_all", "save_projections"):
         out.append(
             "set model.gradient_checkpointing: true: each layer's activations are recomputed in "
             f"the backward pass instead of kept (temporaries are {temp} per device now)"

@@ -334,7 +334,7 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
     )
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     trainer = Trainer(trainer_config, optimizer, loss_fn, add_default_hooks=False)
-    vocab_size = len(config.data.the_tokenizer)
+    vocab_size = config.data.the_vocab_size
     with trainer_config.use_device_mesh():
         Vocab = round_axis_for_partitioning(
             hax.Axis("vocab", vocab_size), trainer.parameter_axis_mapping

@@ -59,7 +59,7 @@ PROJECTION_NAMES = (
 `"save_projections"` keeps exactly these across the backward pass."""
 
 AUTO_MEMORY_FRACTION = 0.6
-"""`"auto"` turns remat off only if the no-remat estimate fits in this fraction of the
+"""`"auto"` picks a policy only if its estimate fits in this fraction of the
 device's memory (headroom for XLA's temporaries, fragmentation and the estimate's error)."""
 
 
