@@ -4,9 +4,10 @@ Queries and keys are cut into tiles of `block_size` positions. For each query ti
 forward pass walks the key tiles with an online softmax (running max, running sum and a
 rescaled accumulator), so the (QPos, KPos) score matrix never exists; it saves only the
 output and the per-row log-sum-exp. The backward pass recomputes each tile's probabilities
-from the saved log-sum-exp: one sweep over query tiles for dQ, one over key tiles for dK
-and dV. Tiles that the mask rules out entirely (above the causal diagonal, outside the
-sliding window) are skipped in both passes; segment ids are applied per element.
+from the saved log-sum-exp in a single sweep over key tiles, each tile pair feeding dK and dV
+(accumulated per key tile) and dQ (accumulated into a full-size buffer). Tiles that the mask
+rules out entirely (above the causal diagonal, outside the sliding window) are skipped in both
+passes; segment ids are applied per element.
 
 Scores, softmax statistics and gradient accumulators are float32 whatever the input dtype.
 Inputs whose lengths are not a multiple of the tile size are padded and the padding masked.
