@@ -22,6 +22,8 @@ def test_auto_is_a_valid_policy_and_errors_list_it():
     assert checkpoint_policy("auto") == checkpoint_policy(True)  # unresolved: the safe choice
     with pytest.raises(ValueError, match=r"gradient_checkpointing: unknown .*'bogus'.*'auto'"):
         checkpoint_policy("bogus")
+    with pytest.raises(ValueError, match=r"did you mean 'save_projections'\?"):
+        checkpoint_policy("save_projection")
     cfg = lm.config.decode(Gpt2Config, {"gradient_checkpointing": "auto"})
     assert cfg.gradient_checkpointing == "auto"
     assert LlamaConfig(gradient_checkpointing="auto").gradient_checkpointing == "auto"

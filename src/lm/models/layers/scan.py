@@ -27,6 +27,7 @@ All produce the same gradients; they trade memory for recomputation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from typing import Any, Union
@@ -78,8 +79,11 @@ def checkpoint_policy(value: GradientCheckpointing, *, field: str = "gradient_ch
     if isinstance(value, str) and value in _POLICY_STRINGS:
         return ScanCheckpointPolicy.from_bool_or_str(value)
     allowed = "true, false, " + ", ".join(repr(s) for s in _POLICY_STRINGS)
+    close = difflib.get_close_matches(str(value), _POLICY_STRINGS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(
-        f"{field}: unknown checkpointing policy {value!r}; allowed: {allowed}, or a policy mapping"
+        f"{field}: unknown checkpointing policy {value!r}{hint}; allowed: {allowed}, "
+        "or a policy mapping"
     )
 
 
