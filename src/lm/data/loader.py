@@ -24,6 +24,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -206,14 +207,18 @@ class DataLoader(Generic[Ex]):
         return jax.make_array_from_callback((size, *local.shape[1:]), sharding, shard)
 
 
-_LIVE: set[_Producer] = set()
+# Every producer whose thread may still be running: the thread holds its producer (through its
+# target) until the thread's very end, so a weak set drops a producer only once that is over.
+_LIVE: weakref.WeakSet[_Producer] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 _ATEXIT_REGISTERED = False
 
 
 def _stop_all_producers() -> None:
     # A daemon thread killed inside XLA or TensorStore at interpreter exit aborts the
-    # process ("terminate called without an active exception"); stop them first.
+    # process ("terminate called without an active exception"), and so does one that frees
+    # its last queued batch (jax arrays) while the runtime is being torn down: stop and join
+    # every producer thread still alive, including ones that have just returned.
     with _LIVE_LOCK:
         producers = list(_LIVE)
     for p in producers:
@@ -259,9 +264,6 @@ class _Producer:
                 step += 1
         except BaseException as e:  # handed to the consumer, raised there
             self._put(_Failure(e))
-        finally:
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
 
     def stop(self) -> None:
         self.stop_event.set()
