@@ -79,9 +79,13 @@ def test_builtin_fingerprint_without_transformers_equals_the_loaded_tokenizers(b
     """Cache checks fingerprint the builtin tokenizer from its tokenizer.json alone; the value
     must be the one computed from the tokenizer loaded through transformers, so caches built
     either way stay valid."""
-    from lm.data.tokenizer import DocumentEncoder, tokenizer_fingerprint
+    from lm.data.tokenizer import (
+        DocumentEncoder,
+        builtin_content_fingerprint,
+        tokenizer_fingerprint,
+    )
 
-    assert bt.builtin_tokenizer_content_fingerprint() == tokenizer_fingerprint(builtin_tokenizer)
+    assert builtin_content_fingerprint() == tokenizer_fingerprint(builtin_tokenizer)
     fast = DocumentEncoder("builtin").fingerprint()
     encoder = DocumentEncoder("builtin")
     _ = encoder.hf_tokenizer  # loaded: the slow path would hash this object

@@ -517,26 +517,24 @@ def _init_subset(init_fn, args, kwargs, mask, axis_mapping, mesh):
         return eqx.filter(init_fn(*a, **k), mask)
 
     dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+    non_arrays = {}  # the output's non-array leaves, recorded while jit traces
 
     def arrays_only(dyn):
         a, k = eqx.combine(dyn, static)
-        return eqx.filter(init_part(*a, **k), eqx.is_array)
+        arrays, non_arrays["tree"] = eqx.partition(init_part(*a, **k), eqx.is_array)
+        return arrays
 
-    shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
-    others = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
-    if axis_mapping is None and mesh is None:
-        arrays = jax.jit(arrays_only, compiler_options=xla_compiler_options())(dynamic)
-        return eqx.combine(arrays, others)
-    resolved = mesh if mesh is not None else jax.sharding.get_mesh()
-    if resolved is None or resolved.empty:
-        raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
-    shardings = hax.partitioning.infer_resource_partitions(
-        eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
-        axis_mapping,
-        preserve_existing_shardings=False,
-        mesh=resolved,
-    )
-    arrays = jax.jit(arrays_only, out_shardings=shardings, compiler_options=xla_compiler_options())(
-        dynamic
-    )
-    return eqx.combine(arrays, others)
+    jit_kwargs: dict[str, Any] = {"compiler_options": xla_compiler_options()}
+    if axis_mapping is not None or mesh is not None:
+        resolved = mesh if mesh is not None else jax.sharding.get_mesh()
+        if resolved is None or resolved.empty:
+            raise ValueError("an axis_mapping needs a mesh: pass mesh=... or use jax.set_mesh")
+        shapes = eqx.filter_eval_shape(init_part, *args, **kwargs)
+        jit_kwargs["out_shardings"] = hax.partitioning.infer_resource_partitions(
+            eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
+            axis_mapping,
+            preserve_existing_shardings=False,
+            mesh=resolved,
+        )
+    arrays = jax.jit(arrays_only, **jit_kwargs)(dynamic)  # a fresh jit: always traced
+    return eqx.combine(arrays, non_arrays["tree"])

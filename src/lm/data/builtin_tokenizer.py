@@ -15,6 +15,7 @@ processes may ask for it at once: one rename wins and the others use its result.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -111,25 +112,14 @@ def ensure_builtin_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> pathlib.Pa
     return final
 
 
-def builtin_tokenizer_content_fingerprint(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
-    """`lm.data.tokenizer.tokenizer_fingerprint` of the builtin tokenizer, computed from its
-    `tokenizer.json` with the `tokenizers` library alone (the same value, tested), so that
-    checking a built cache does not import and load it through `transformers` (~1-2 s)."""
-    path = ensure_builtin_tokenizer(vocab_size) / "tokenizer.json"
-    backend = tokenizers.Tokenizer.from_file(str(path))
-    eos = backend.token_to_id(EOS_TOKEN)  # also BOS and UNK
-    h = hashlib.sha256()
-    # the class transformers (5.x) loads it as: part of the value caches were built with
-    h.update(b"TokenizersBackend")
-    h.update(backend.to_str().encode())
-    h.update(f"bos={eos} eos={eos}".encode())
-    return h.hexdigest()[:16]
-
-
-def builtin_tokenizer_length(vocab_size: int = DEFAULT_VOCAB_SIZE) -> int:
-    """`len()` of the loaded builtin tokenizer (special token included), without transformers."""
-    path = ensure_builtin_tokenizer(vocab_size) / "tokenizer.json"
-    return tokenizers.Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+@functools.lru_cache(maxsize=4)
+def load_builtin_backend(vocab_size: int = DEFAULT_VOCAB_SIZE) -> tokenizers.Tokenizer:
+    """The builtin tokenizer as a `tokenizers.Tokenizer` read from its `tokenizer.json`: what
+    the transformers wrapper holds as `backend_tokenizer`, without importing transformers
+    (~1-2 s). Cached per process; treat it as read-only."""
+    return tokenizers.Tokenizer.from_file(
+        str(ensure_builtin_tokenizer(vocab_size) / "tokenizer.json")
+    )
 
 
 def load_builtin_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):

@@ -32,8 +32,8 @@ import numpy as np
 
 from lm.data.builtin_tokenizer import (
     BUILTIN_TOKENIZER_NAME,
-    builtin_tokenizer_content_fingerprint,
-    builtin_tokenizer_length,
+    EOS_TOKEN,
+    load_builtin_backend,
     load_builtin_tokenizer,
 )
 
@@ -150,14 +150,31 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides the ids a tokenizer produces."""
-    h = hashlib.sha256()
-    h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        content = backend.to_str()
     else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(f"bos={tokenizer.bos_token_id} eos={tokenizer.eos_token_id}".encode())
+        content = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return _fingerprint(
+        type(tokenizer).__name__, content, tokenizer.bos_token_id, tokenizer.eos_token_id
+    )
+
+
+def builtin_content_fingerprint() -> str:
+    """`tokenizer_fingerprint` of the builtin tokenizer loaded through transformers (the same
+    value, tested), computed from its `tokenizer.json` alone, so that checking a built cache
+    does not import transformers."""
+    backend = load_builtin_backend()
+    eos = backend.token_to_id(EOS_TOKEN)  # also its BOS
+    # the class transformers (5.x) loads it as: part of the value existing caches carry
+    return _fingerprint("TokenizersBackend", backend.to_str(), eos, eos)
+
+
+def _fingerprint(class_name: str, content: str, bos: int | None, eos: int | None) -> str:
+    h = hashlib.sha256()
+    h.update(class_name.encode())
+    h.update(content.encode())
+    h.update(f"bos={bos} eos={eos}".encode())
     return h.hexdigest()[:16]
 
 
@@ -178,7 +195,7 @@ class DocumentEncoder:
         """The tokenizer's vocabulary size, `len(hf_tokenizer)` (for the builtin tokenizer read
         from its file, without loading transformers)."""
         if self.tokenizer == BUILTIN_TOKENIZER_NAME:
-            return builtin_tokenizer_length()
+            return load_builtin_backend().get_vocab_size(with_added_tokens=True)
         return len(self.hf_tokenizer)
 
     @property
@@ -234,7 +251,7 @@ class DocumentEncoder:
         if self.is_passthrough:
             base = f"passthrough:{self.vocab_size}"
         elif self.tokenizer == BUILTIN_TOKENIZER_NAME:
-            base = builtin_tokenizer_content_fingerprint()
+            base = builtin_content_fingerprint()
         else:
             base = tokenizer_fingerprint(self.hf_tokenizer)
         return hashlib.sha256(

@@ -88,9 +88,9 @@ class _Background:
         self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
-    def join(self) -> None:
+    def join(self, *, reraise: bool = True) -> None:
         self._thread.join()
-        if self._error is not None:
+        if reraise and self._error is not None:
             raise self._error
 
 
@@ -364,9 +364,14 @@ class Trainer(Generic[M]):
             self._logged_step_artifacts = True
             artifacts = self._log_step_artifacts(fn, state, batch, batch_kwargs)
         start = time.perf_counter()
-        with self.config.use_device_mesh():
-            loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
-        loss = jax.block_until_ready(loss)
+        try:
+            with self.config.use_device_mesh():
+                loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
+            loss = jax.block_until_ready(loss)
+        except BaseException:
+            if artifacts is not None:
+                artifacts.join(reraise=False)  # the step's own error is the one to report
+            raise
         duration = time.perf_counter() - start
         if artifacts is not None:
             artifacts.join()

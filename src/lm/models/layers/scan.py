@@ -177,7 +177,6 @@ def resolve_gradient_checkpointing(
     ladder = [SAVE_PROJECTIONS] if platform == "cpu" else [False, SAVE_PROJECTIONS]
     budget = AUTO_MEMORY_FRACTION * bytes_available
     choice: bool | str = True
-    need = None
     for candidate in ladder:
         need = estimate_step_bytes(
             config,
@@ -193,7 +192,7 @@ def resolve_gradient_checkpointing(
         "gradient_checkpointing: auto -> %s (estimated %.2f GiB per device %s; %.2f GiB "
         "available, limit %.0f%%)",
         {False: "false", True: "true"}.get(choice, choice),
-        (need or 0) / 2**30,
+        need / 2**30,
         "with it" if choice is not True else "with save_projections",
         bytes_available / 2**30,
         100 * AUTO_MEMORY_FRACTION,
