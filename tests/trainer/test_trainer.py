@@ -1,5 +1,7 @@
 import dataclasses
 import math
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import optax
 import pytest
 from toy import Feature, Mlp, make_dataset, mse, mse_with_metrics, trainer_config
 
+from lm.data import ListDataset
 from lm.schedule import ScheduleStep
 from lm.tracker import read_json_log
 from lm.trainer import Callback, JitCallback, NonFiniteLossError, Trainer
@@ -125,6 +128,46 @@ def test_metrics_are_logged_with_prefixes(tmp_path):
         "eval/heldout/abs_err",
     ]:
         assert key in merged, key
+
+
+def _live_loader_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "lm-data-loader" and t.is_alive()}
+
+
+class _SlowDataset(ListDataset):
+    """Slow to produce a batch, so a producer told to stop takes a while to notice."""
+
+    def get_batch(self, indices):
+        time.sleep(0.3)
+        return super().get_batch(indices)
+
+
+def test_train_and_eval_join_their_loader_threads(tmp_path):
+    # The producers are joined as soon as the training steps and each evaluation end (the
+    # eval loop stops early at max_eval_batches), not left to stop on their own once collected.
+    def slow(n=512, seed=0):
+        return _SlowDataset(make_dataset(n, seed).items)
+
+    before = _live_loader_threads()
+    config = trainer_config(tmp_path, num_train_steps=3, max_eval_batches=1)
+    trainer = Trainer(config, optax.adam(1e-2), mse)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(0), model=Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        trainer.add_eval_hook(slow(64, seed=1))
+        infos = list(trainer.training_steps(state, trainer.data_loader(slow())))
+        assert len(infos) == 3 and not (_live_loader_threads() - before)
+        trainer._eval_hooks[0].evaluate(infos[-1].state.model)
+        assert not (_live_loader_threads() - before)
+
+        # An iterator the caller made and passed in is theirs to close.
+        mine = trainer.data_loader(slow()).iter_from_step(3)
+        list(trainer.training_steps(infos[-1].state, mine))
+        assert mine._producer.thread.is_alive()
+        with mine:
+            pass
+        assert not mine._producer.thread.is_alive()
 
 
 def test_microbatching_matches_full_batch(tmp_path):

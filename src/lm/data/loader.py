@@ -239,7 +239,9 @@ class _Producer:
                 atexit.register(_stop_all_producers)
                 _ATEXIT_REGISTERED = True
             _LIVE.add(self)
-        self.thread = threading.Thread(target=self._run, args=(step,), daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, args=(step,), name="lm-data-loader", daemon=True
+        )
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -294,8 +296,15 @@ class _LoaderIterator(Iterator):
         return item
 
     def close(self) -> None:
-        """Stop the background producer (also done when the iterator is collected)."""
+        """Stop the background producer and wait for its thread to end (collecting the
+        iterator only signals it to stop). Also `with loader.iter_from_step(s) as it:`."""
         self._producer.stop()
+
+    def __enter__(self) -> _LoaderIterator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __del__(self):
         self._producer.stop_event.set()

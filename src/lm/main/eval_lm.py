@@ -23,6 +23,7 @@ the batches per set; the batch is the trainer's eval batch (`per_device_eval_par
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -231,8 +232,9 @@ def evaluate_lm(
     loss = 0.0
     tokens = num_bytes = batches = 0
     start = time.perf_counter()
-    with trainer.config.use_device_mesh():
-        for batch in trainer.data_loader(dataset, trainer.EvalBatch):
+    loader = trainer.data_loader(dataset, trainer.EvalBatch)
+    with trainer.config.use_device_mesh(), contextlib.closing(iter(loader)) as loaded:
+        for batch in loaded:
             if max_batches is not None and batches >= max_batches:
                 break
             sums = jax.device_get(step(model, batch, table, trainer.mp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -62,8 +63,8 @@ class EvalHook(Callback):
         totals: dict[str, Any] = {}
         n = 0
         start = time.perf_counter()
-        with trainer.config.use_device_mesh():
-            for batch in loader:
+        with trainer.config.use_device_mesh(), contextlib.closing(iter(loader)) as batches:
+            for batch in batches:
                 if max_batches is not None and n >= max_batches:
                     break
                 batch = batch if isinstance(batch, tuple) else (batch,)

@@ -436,27 +436,35 @@ class Trainer(Generic[M]):
     def training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
         """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each."""
         iterator = self._iterate_from(train_loader, int(state.step))
-        while int(state.step) < self.num_train_steps:
-            load_start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                logger.warning(
-                    "The data loader ran out at step %d; stopping early.", int(state.step)
+        try:
+            while int(state.step) < self.num_train_steps:
+                load_start = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    logger.warning(
+                        "The data loader ran out at step %d; stopping early.", int(state.step)
+                    )
+                    return
+                loading_time = time.perf_counter() - load_start
+                batch_tuple = batch if isinstance(batch, tuple) else (batch,)
+                info, cb_infos = self._train_step(state, batch_tuple, {})
+                hook_start = time.perf_counter()
+                self.hooks.run_jit_hooks_outside_step(info, cb_infos)
+                info = dataclasses.replace(
+                    info, metrics={**info.metrics, "throughput/loading_time": loading_time}
                 )
-                return
-            loading_time = time.perf_counter() - load_start
-            batch_tuple = batch if isinstance(batch, tuple) else (batch,)
-            info, cb_infos = self._train_step(state, batch_tuple, {})
-            hook_start = time.perf_counter()
-            self.hooks.run_jit_hooks_outside_step(info, cb_infos)
-            info = dataclasses.replace(
-                info, metrics={**info.metrics, "throughput/loading_time": loading_time}
-            )
-            self.run_hooks(info)
-            self._last_hook_time = time.perf_counter() - hook_start
-            state = info.state
-            yield info
+                self.run_hooks(info)
+                self._last_hook_time = time.perf_counter() - hook_start
+                state = info.state
+                yield info
+        finally:
+            # Join the loader's producer thread now, rather than leaving it to end on its own
+            # once the iterator is collected (possibly while the interpreter shuts down).
+            # An iterator the caller passed in is theirs to close.
+            close = getattr(iterator, "close", None)
+            if close is not None and iterator is not train_loader:
+                close()
 
     @staticmethod
     def _iterate_from(loader: Iterable[Any], step: int) -> Iterator[Any]:
