@@ -42,6 +42,10 @@ DEFAULT_CACHE = os.path.expanduser("~/.cache/lm-bench/stdlib-cache")
 def _worker(argv: list[str]) -> None:
     """Runs train_lm in this process and prints MARKER + JSON with per-step end times."""
     t0 = float(os.environ["BENCH_T0"])
+    # What `python -m lm.main.train_lm` does first (before jax is imported).
+    from lm.host_memory import tune_host_allocator
+
+    tune_host_allocator()
     import functools
 
     import lm.config

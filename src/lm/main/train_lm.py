@@ -12,6 +12,7 @@ import haliax as hax
 import jax
 
 import lm.config
+import lm.host_memory
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.lm_run import vocab_axis
@@ -103,6 +104,11 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
 def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
     trainer_config.initialize()
+    if lm.host_memory.applied:
+        logger.info(
+            "glibc allocator tuned for CPU training (one arena, no mmap; %s=0 to disable)",
+            lm.host_memory.ENV_VAR,
+        )
     build_data_caches(config)
     model_config = config.model
     converter = None
