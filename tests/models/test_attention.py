@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm.models.layers import flash_attention
 from lm.models.layers.attention import (
     CPU_DEFAULT_BACKEND,
     AttentionBackend,
@@ -83,8 +84,16 @@ PARAMS = [(case, 32, 8) for case in CASES if case != "segments_window"] + [
 ]
 
 
+@pytest.fixture(params=["unrolled", "loops"])
+def flash_impl(request, monkeypatch):
+    """Both flash implementations: tiles unrolled (short sequences) and the tile loops."""
+    if request.param == "loops":
+        monkeypatch.setattr(flash_attention, "MAX_UNROLLED_TILES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("case, n, block", PARAMS, ids=[f"{c}-{n}-{b}" for c, n, b in PARAMS])
-def test_flash_matches_vanilla_values_and_gradients(case, n, block):
+def test_flash_matches_vanilla_values_and_gradients(case, n, block, flash_impl):
     causal, use_segments, window = CASES[case]
     Pos, KPos, q, k, v = _qkv(n)
     if causal is None:
@@ -120,7 +129,7 @@ def test_flash_matches_vanilla_values_and_gradients(case, n, block):
         np.testing.assert_allclose(a.array, b.array, rtol=1e-5, atol=1e-5)
 
 
-def test_flash_multi_head_without_groups_and_bf16_inputs():
+def test_flash_multi_head_without_groups_and_bf16_inputs(flash_impl):
     Pos, KPos, q, k, v = _qkv(24, gqa=False)
     mask = AttentionMask.causal()
     van = dot_product_attention(
