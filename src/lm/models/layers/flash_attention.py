@@ -9,9 +9,10 @@ from the saved log-sum-exp in a single sweep over key tiles, each tile pair feed
 rules out entirely (above the causal diagonal, outside the sliding window) are skipped in both
 passes; segment ids are applied per element.
 
-Up to `MAX_UNROLLED_TILES` tiles (e.g. 1,024 positions in 128-tiles), the tiles are unrolled
-instead: each query tile's scores against all the keys it can see are one matmul with an exact
-softmax, forward and backward (same skipped tiles, same saved residuals; faster on CPU).
+Up to `MAX_UNROLLED_TILES` tiles and `MAX_UNROLLED_KEYS` keys (1,024 positions in 128-tiles),
+the tiles are unrolled instead: each query tile's scores against all the keys it can see are
+one matmul with an exact softmax, forward and backward (same skipped tiles, same saved
+residuals; faster on CPU).
 
 Scores, softmax statistics and gradient accumulators are float32 whatever the input dtype.
 Inputs whose lengths are not a multiple of the tile size are padded and the padding masked.
@@ -28,9 +29,11 @@ from haliax import Axis, NamedArray
 
 _MASKED = -1e30  # finite, so fully masked tiles never produce inf - inf
 
-# With at most this many query (and key) tiles, the tiles are unrolled at trace time and each
-# query tile takes all the keys it can see in one piece (see `_unrolled`).
+# With at most this many query (and key) tiles and keys, the tiles are unrolled at trace time
+# and each query tile takes all the keys it can see in one piece (see `_unrolled`); the key
+# bound keeps one piece's scores as small as 8 tiles of 128 (long-sequence runs keep the loops).
 MAX_UNROLLED_TILES = 8
+MAX_UNROLLED_KEYS = 1024
 
 
 def flash_attention(
@@ -95,7 +98,7 @@ def flash_attention(
     k_seg = jnp.pad(k_seg, ((0, 0), (0, sk - KPos.size)), constant_values=-1)
 
     spec = _Spec(causal, window, bq, bk, KPos.size)
-    few_tiles = max(sq // bq, sk // bk) <= MAX_UNROLLED_TILES
+    few_tiles = max(sq // bq, sk // bk) <= MAX_UNROLLED_TILES and sk <= MAX_UNROLLED_KEYS
     impl = _unrolled if few_tiles else _flash
     out = jax.vmap(functools.partial(impl, spec))(q, k, v, q_seg, k_seg)
     out = out[:, :, : QPos.size].reshape(
