@@ -21,6 +21,7 @@ from lm.main.plot_lr import PlotLrConfig
 from lm.plan import (
     MemoryEstimate,
     Plan,
+    format_plan,
     format_size,
     memory_advice,
     parse_size,
@@ -162,6 +163,21 @@ def test_fsdp_off_replicates_the_state(nano_config, nano_plan):
     assert all(entry is None for p in plan.params for entry in p.pspec)
     assert plan.param_bytes_per_device == plan.param_bytes
     assert plan.state_bytes_per_device > 7 * nano_plan.state_bytes_per_device
+
+
+def test_auto_remat_is_planned_as_train_lm_resolves_it(nano_config):
+    # CPU: save_projections when it fits the device, true against a budget it does not fit.
+    auto = dataclasses.replace(
+        nano_config, model=dataclasses.replace(nano_config.model, gradient_checkpointing="auto")
+    )
+    roomy = plan_lm(auto, compile_step=False)
+    assert roomy.facts["gradient_checkpointing"] == "save_projections"
+    assert roomy.facts["gradient_checkpointing_requested"] == "auto"
+    assert "Gradient checkpointing: auto -> save_projections" in format_plan(roomy)
+    tight = plan_lm(dataclasses.replace(auto, device_memory="1MiB"), compile_step=False)
+    assert tight.facts["gradient_checkpointing"] is True
+    assert "Gradient checkpointing: auto -> true" in format_plan(tight)
+    assert "Gradient checkpointing" not in format_plan(plan_lm(nano_config, compile_step=False))
 
 
 def test_main_prints_the_plan_and_exits_by_budget(nano_plan, repo_root, capsys, monkeypatch):

@@ -139,7 +139,7 @@ def main(config: TrainLmConfig) -> RunSummary:
 
         Pos = model_config.Pos
         Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
-        model_config = _resolve_remat(trainer, model_config, Vocab, Pos)
+        model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
         train_set = config.data.train_set(
             Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
@@ -264,8 +264,12 @@ class RunSummary:
         print("\n".join(lines), flush=True)
 
 
-def _resolve_remat(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> LmConfig:
-    """`gradient_checkpointing: auto` -> false when the no-remat step fits in memory, else true."""
+def resolve_auto_remat(
+    trainer: Trainer, model_config: LmConfig, Vocab, Pos, *, bytes_available: int | None = None
+) -> LmConfig:
+    """`gradient_checkpointing: auto` resolved for this trainer's batch and devices (see
+    `resolve_gradient_checkpointing`; `bytes_available` defaults to the device's memory).
+    Shared by `train_lm` and `plan`, so a plan compiles the step the run would."""
     from lm.models.layers.scan import resolve_gradient_checkpointing
 
     config = trainer.config
@@ -275,6 +279,7 @@ def _resolve_remat(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> LmCo
         vocab_size=Vocab.size,
         tokens_per_device=max(1, micro * Pos.size // jax.device_count()),
         compute_dtype=trainer.mp.compute_dtype,
+        bytes_available=bytes_available,
     )
 
 

@@ -30,6 +30,7 @@ from haliax.partitioning import ResourceMapping, round_axis_for_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.checkpoint import leaf_name
+from lm.models.layers.scan import AUTO
 from lm.trainer.resume import state_initializer
 from lm.trainer.state import trainables_only
 
@@ -340,6 +341,16 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
             hax.Axis("vocab", vocab_size), trainer.parameter_axis_mapping
         )
     Pos = model_config.Pos
+    requested_remat = getattr(model_config, "gradient_checkpointing", None)
+    if requested_remat == AUTO:
+        from lm.main.train_lm import resolve_auto_remat
+
+        # as train_lm resolves it, against --device_memory when the plan has one
+        budget = getattr(config, "device_memory_bytes", None)
+        with trainer_config.use_device_mesh():
+            model_config = resolve_auto_remat(
+                trainer, model_config, Vocab, Pos, bytes_available=budget
+            )
 
     def make_batch(Batch: hax.Axis) -> LmExample:
         tokens = hax.zeros((Batch, Pos), dtype=jnp.int32)
@@ -353,6 +364,7 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
     facts = {
         "model": type(model_config).__name__,
         "gradient_checkpointing": getattr(model_config, "gradient_checkpointing", None),
+        "gradient_checkpointing_requested": requested_remat,
         "cross_entropy_block_size": model_config.cross_entropy_block_size,
         "vocab_size": Vocab.size,
         "tokenizer_vocab_size": vocab_size,

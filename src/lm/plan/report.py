@@ -58,6 +58,10 @@ def format_plan(plan: Plan, *, title: str | None = None) -> str:
     lines.append(f"Mesh: {mesh}")
     lines.append(f"Compute axis mapping:   {_mapping(plan.compute_axis_mapping)}")
     lines.append(f"Parameter axis mapping: {_mapping(plan.parameter_axis_mapping)}")
+    if facts.get("gradient_checkpointing_requested") == "auto":
+        resolved = facts.get("gradient_checkpointing")
+        resolved = {False: "false", True: "true"}.get(resolved, resolved)
+        lines.append(f"Gradient checkpointing: auto -> {resolved} (as train_lm resolves it)")
 
     lines.append("")
     lines.append("Parameters:")
