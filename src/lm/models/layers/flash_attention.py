@@ -171,6 +171,51 @@ def _tile(x, i, size, axis):
     return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
 
 
+# --- per tile pair (or piece), shared by both forms ---------------------------------------------
+
+
+def _masked_scores(spec: _Spec, q_t, k_t, q_idx, k_idx, qs, ks):
+    """float32 scores of queries q_t [G, q, D] against keys k_t [k, D], and where allowed."""
+    s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
+    return s, spec.tile_mask(q_idx, k_idx, qs, ks)[None]
+
+
+def _probabilities(spec: _Spec, q_t, k_t, lse_t, q_idx, k_idx, qs, ks):
+    """Softmax probabilities rebuilt from the saved log-sum-exp (0 where masked)."""
+    s, allowed = _masked_scores(spec, q_t, k_t, q_idx, k_idx, qs, ks)
+    return jnp.where(allowed, jnp.exp(s - lse_t[..., None]), 0.0)
+
+
+def _pair_grads(p, q_t, k_t, v_t, g_t, delta_t):
+    """(dV, dK, dQ) contributions of one block of probabilities p [G, q, k]."""
+    dv = jnp.einsum("gqk,gqd->kd", p, g_t, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta_t[..., None])
+    dk = jnp.einsum("gqk,gqd->kd", ds, q_t, preferred_element_type=jnp.float32)
+    dq = jnp.einsum("gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32)
+    return dv, dk, dq
+
+
+def _fwd_rule(forward):
+    """custom_vjp forward rule: `forward`'s output and log-sum-exp, saved as residuals."""
+
+    def rule(spec, q, k, v, q_seg, k_seg):
+        out, lse = forward(spec, q, k, v, q_seg, k_seg)
+        # Named so that gradient_checkpointing: save_projections keeps them: then a
+        # rematerialised block's backward pass does not rerun the forward pass for them.
+        out = jax.ad_checkpoint.checkpoint_name(out, "attn_out")
+        lse = jax.ad_checkpoint.checkpoint_name(lse, "attn_lse")
+        return out, (q, k, v, q_seg, k_seg, out, lse)
+
+    return rule
+
+
+def _output_grad_terms(out, d_out):
+    """d_out in float32 and delta = rowsum(d_out * out), the softmax backward's correction."""
+    d_out = d_out.astype(jnp.float32)
+    return d_out, (d_out * out.astype(jnp.float32)).sum(axis=-1)  # [G, Sq]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(spec: _Spec, q, k, v, q_seg, k_seg):
     out, _ = _flash_forward(spec, q, k, v, q_seg, k_seg)
@@ -192,9 +237,10 @@ def _flash_forward(spec: _Spec, q, k, v, q_seg, k_seg):
             row_max, row_sum, acc = carry
             k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
             k_idx = j * spec.bk + jnp.arange(spec.bk)
-            s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
-            allowed = spec.tile_mask(q_idx, k_idx, qs, _tile(k_seg, j, spec.bk, 0))
-            s = jnp.where(allowed[None], s, _MASKED)
+            s, allowed = _masked_scores(
+                spec, q_t, k_t, q_idx, k_idx, qs, _tile(k_seg, j, spec.bk, 0)
+            )
+            s = jnp.where(allowed, s, _MASKED)
             new_max = jnp.maximum(row_max, s.max(axis=-1))
             p = jnp.exp(s - new_max[..., None])
             correction = jnp.exp(row_max - new_max)
@@ -219,27 +265,12 @@ def _flash_forward(spec: _Spec, q, k, v, q_seg, k_seg):
     return out, lse
 
 
-def _flash_fwd(spec, q, k, v, q_seg, k_seg):
-    out, lse = _flash_forward(spec, q, k, v, q_seg, k_seg)
-    # Named so that gradient_checkpointing: save_projections keeps them: then a rematerialised
-    # block's backward pass does not rerun this forward pass to rebuild the residuals.
-    out = jax.ad_checkpoint.checkpoint_name(out, "attn_out")
-    lse = jax.ad_checkpoint.checkpoint_name(lse, "attn_lse")
-    return out, (q, k, v, q_seg, k_seg, out, lse)
-
-
 def _flash_bwd(spec, residuals, d_out):
     q, k, v, q_seg, k_seg, out, lse = residuals
     G, sq, d = q.shape
     sk, dv = v.shape
     nq, nk = sq // spec.bq, sk // spec.bk
-    d_out = d_out.astype(jnp.float32)
-    delta = (d_out * out.astype(jnp.float32)).sum(axis=-1)  # [G, Sq]
-
-    def probs(q_t, k_t, lse_t, q_idx, k_idx, qs, ks):
-        s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
-        allowed = spec.tile_mask(q_idx, k_idx, qs, ks)
-        return jnp.where(allowed[None], jnp.exp(s - lse_t[..., None]), 0.0)
+    d_out, delta = _output_grad_terms(out, d_out)
 
     def key_tile(j, dq):
         k_t, v_t = _tile(k, j, spec.bk, 0), _tile(v, j, spec.bk, 0)
@@ -251,14 +282,11 @@ def _flash_bwd(spec, residuals, d_out):
             q_t, g_t = _tile(q, i, spec.bq, 1), _tile(d_out, i, spec.bq, 1)
             lse_t, delta_t = _tile(lse, i, spec.bq, 1), _tile(delta, i, spec.bq, 1)
             q_idx = i * spec.bq + jnp.arange(spec.bq)
-            p = probs(q_t, k_t, lse_t, q_idx, k_idx, _tile(q_seg, i, spec.bq, 0), ks)
-            dv_acc = dv_acc + jnp.einsum("gqk,gqd->kd", p, g_t, preferred_element_type=jnp.float32)
-            dp = jnp.einsum("gqd,kd->gqk", g_t, v_t, preferred_element_type=jnp.float32)
-            ds = p * (dp - delta_t[..., None])
-            dk = dk + jnp.einsum("gqk,gqd->kd", ds, q_t, preferred_element_type=jnp.float32)
-            dq_t = _tile(dq, i, spec.bq, 1) + jnp.einsum(
-                "gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32
-            )
+            qs = _tile(q_seg, i, spec.bq, 0)
+            p = _probabilities(spec, q_t, k_t, lse_t, q_idx, k_idx, qs, ks)
+            dv_p, dk_p, dq_p = _pair_grads(p, q_t, k_t, v_t, g_t, delta_t)
+            dv_acc, dk = dv_acc + dv_p, dk + dk_p
+            dq_t = _tile(dq, i, spec.bq, 1) + dq_p
             dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_t, i * spec.bq, axis=1)
             return dk, dv_acc, dq
 
@@ -277,7 +305,7 @@ def _flash_bwd(spec, residuals, d_out):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv_.astype(v.dtype), None, None
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_fwd_rule(_flash_forward), _flash_bwd)
 
 
 # --- few tiles: unrolled, one piece of keys per query tile ------------------------------------
@@ -295,8 +323,9 @@ def _piece(spec: _Spec, i: int, num_k_tiles: int):
     return i * spec.bq, (i + 1) * spec.bq, lo * spec.bk, hi * spec.bk
 
 
-def _piece_mask(spec: _Spec, q_seg, k_seg, a, b, ka, kb):
-    return spec.tile_mask(jnp.arange(a, b), jnp.arange(ka, kb), q_seg[a:b], k_seg[ka:kb])
+def _piece_index(q_seg, k_seg, a, b, ka, kb):
+    """The (q_idx, k_idx, qs, ks) arguments of the per-pair helpers for one piece."""
+    return jnp.arange(a, b), jnp.arange(ka, kb), q_seg[a:b], k_seg[ka:kb]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -310,8 +339,9 @@ def _unrolled_forward(spec: _Spec, q, k, v, q_seg, k_seg):
     outs, lses = [], []
     for i in range(nq):
         a, b, ka, kb = _piece(spec, i, nk)
-        s = jnp.einsum("gqd,kd->gqk", q[:, a:b], k[ka:kb], preferred_element_type=jnp.float32)
-        s = jnp.where(_piece_mask(spec, q_seg, k_seg, a, b, ka, kb)[None], s, _MASKED)
+        index = _piece_index(q_seg, k_seg, a, b, ka, kb)
+        s, allowed = _masked_scores(spec, q[:, a:b], k[ka:kb], *index)
+        s = jnp.where(allowed, s, _MASKED)
         row_max = s.max(axis=-1)
         p = jnp.exp(s - row_max[..., None])
         row_sum = p.sum(axis=-1)
@@ -323,36 +353,22 @@ def _unrolled_forward(spec: _Spec, q, k, v, q_seg, k_seg):
     return jnp.concatenate(outs, axis=1).astype(v.dtype), jnp.concatenate(lses, axis=1)
 
 
-def _unrolled_fwd(spec, q, k, v, q_seg, k_seg):
-    out, lse = _unrolled_forward(spec, q, k, v, q_seg, k_seg)
-    out = jax.ad_checkpoint.checkpoint_name(out, "attn_out")  # as in _flash_fwd
-    lse = jax.ad_checkpoint.checkpoint_name(lse, "attn_lse")
-    return out, (q, k, v, q_seg, k_seg, out, lse)
-
-
 def _unrolled_bwd(spec, residuals, d_out):
     q, k, v, q_seg, k_seg, out, lse = residuals
     nq, nk = q.shape[1] // spec.bq, k.shape[0] // spec.bk
-    d_out = d_out.astype(jnp.float32)
-    delta = (d_out * out.astype(jnp.float32)).sum(axis=-1)  # [G, Sq]
+    d_out, delta = _output_grad_terms(out, d_out)
     dq_pieces = []
     dk = jnp.zeros(k.shape, jnp.float32)
     dv = jnp.zeros(v.shape, jnp.float32)
     for i in range(nq):
         a, b, ka, kb = _piece(spec, i, nk)
         q_t, g_t, k_t = q[:, a:b], d_out[:, a:b], k[ka:kb]
-        s = jnp.einsum("gqd,kd->gqk", q_t, k_t, preferred_element_type=jnp.float32)
-        allowed = _piece_mask(spec, q_seg, k_seg, a, b, ka, kb)[None]
-        p = jnp.where(allowed, jnp.exp(s - lse[:, a:b, None]), 0.0)
-        dv = dv.at[ka:kb].add(jnp.einsum("gqk,gqd->kd", p, g_t, preferred_element_type=jnp.float32))
-        dp = jnp.einsum("gqd,kd->gqk", g_t, v[ka:kb], preferred_element_type=jnp.float32)
-        ds = p * (dp - delta[:, a:b, None])
-        dk = dk.at[ka:kb].add(
-            jnp.einsum("gqk,gqd->kd", ds, q_t, preferred_element_type=jnp.float32)
-        )
-        dq_pieces.append(jnp.einsum("gqk,kd->gqd", ds, k_t, preferred_element_type=jnp.float32))
+        p = _probabilities(spec, q_t, k_t, lse[:, a:b], *_piece_index(q_seg, k_seg, a, b, ka, kb))
+        dv_p, dk_p, dq_p = _pair_grads(p, q_t, k_t, v[ka:kb], g_t, delta[:, a:b])
+        dv, dk = dv.at[ka:kb].add(dv_p), dk.at[ka:kb].add(dk_p)
+        dq_pieces.append(dq_p)
     dq = jnp.concatenate(dq_pieces, axis=1)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
-_unrolled.defvjp(_unrolled_fwd, _unrolled_bwd)
+_unrolled.defvjp(_fwd_rule(_unrolled_forward), _unrolled_bwd)
