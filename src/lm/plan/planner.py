@@ -347,10 +347,7 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
 
         # as train_lm resolves it, against --device_memory when the plan has one
         budget = getattr(config, "device_memory_bytes", None)
-        with trainer_config.use_device_mesh():
-            model_config = resolve_auto_remat(
-                trainer, model_config, Vocab, Pos, bytes_available=budget
-            )
+        model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos, bytes_available=budget)
 
     def make_batch(Batch: hax.Axis) -> LmExample:
         tokens = hax.zeros((Batch, Pos), dtype=jnp.int32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lm.models.layers.scan import policy_name
 from lm.plan.planner import ParamInfo, Plan
 from lm.units import format_count, format_size
 
@@ -59,8 +60,7 @@ def format_plan(plan: Plan, *, title: str | None = None) -> str:
     lines.append(f"Compute axis mapping:   {_mapping(plan.compute_axis_mapping)}")
     lines.append(f"Parameter axis mapping: {_mapping(plan.parameter_axis_mapping)}")
     if facts.get("gradient_checkpointing_requested") == "auto":
-        resolved = facts.get("gradient_checkpointing")
-        resolved = {False: "false", True: "true"}.get(resolved, resolved)
+        resolved = policy_name(facts.get("gradient_checkpointing"))
         lines.append(f"Gradient checkpointing: auto -> {resolved} (as train_lm resolves it)")
 
     lines.append("")

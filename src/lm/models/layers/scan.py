@@ -153,6 +153,13 @@ def device_memory_bytes() -> int:
     return total // max(1, jax.local_device_count())
 
 
+def policy_name(value: GradientCheckpointing) -> str:
+    """How the YAML spells a `gradient_checkpointing` value: `true`/`false`, or the policy name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def resolve_gradient_checkpointing(
     config: Any,
     *,
@@ -191,7 +198,7 @@ def resolve_gradient_checkpointing(
     logger.info(
         "gradient_checkpointing: auto -> %s (estimated %.2f GiB per device %s; %.2f GiB "
         "available, limit %.0f%%)",
-        {False: "false", True: "true"}.get(choice, choice),
+        policy_name(choice),
         need / 2**30,
         "with it" if choice is not True else "with save_projections",
         bytes_available / 2**30,
