@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from haliax.partitioning import named_jit
 
 import lm.config
 from lm.compile_options import xla_compiler_options
@@ -44,6 +43,7 @@ from lm.lm_run import load_lm_checkpoint, vocab_axis
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
+from lm.partitioning.jit import sharded_jit
 from lm.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -223,10 +223,11 @@ def evaluate_lm(
     if have_bytes and len(byte_lengths) != vocab:
         raise ValueError(f"byte_lengths has {len(byte_lengths)} entries, the model's vocab {vocab}")
     table = jnp.asarray(byte_lengths if have_bytes else np.zeros(vocab, np.int32), jnp.int32)
-    step = named_jit(
+    step = sharded_jit(
         _eval_sums,
         axis_resources=trainer.compute_axis_mapping,
-        out_axis_resources={},
+        out_mapping={},
+        mesh=lambda: trainer.device_mesh,
         compiler_options=xla_compiler_options(),
     )
     loss = 0.0

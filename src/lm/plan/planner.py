@@ -26,12 +26,12 @@ import haliax as hax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from haliax.partitioning import ResourceMapping, round_axis_for_partitioning
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from haliax.partitioning import round_axis_for_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lm.checkpoint import leaf_name
 from lm.models.layers.scan import AUTO
-from lm.trainer.resume import state_initializer
+from lm.partitioning.jit import with_shardings
 from lm.trainer.state import trainables_only
 
 if TYPE_CHECKING:
@@ -181,25 +181,6 @@ def _is_named(x: Any) -> bool:
     return isinstance(x, hax.NamedArray)
 
 
-def with_shardings(tree: Any, mapping: ResourceMapping, mesh: Mesh) -> Any:
-    """`tree` (arrays or `ShapeDtypeStruct`s) as `ShapeDtypeStruct`s carrying the shardings
-    `mapping` gives them on `mesh`: NamedArrays by their axes, other arrays replicated."""
-    shardings = hax.partitioning.infer_resource_partitions(
-        tree, mapping, preserve_existing_shardings=False, mesh=mesh
-    )
-
-    def attach(leaf, sharding):
-        if isinstance(leaf, hax.NamedArray):
-            return hax.NamedArray(attach(leaf.array, sharding), leaf.axes)
-        if isinstance(leaf, jax.ShapeDtypeStruct | jax.Array | np.ndarray):
-            if sharding is None:
-                sharding = NamedSharding(mesh, PartitionSpec())
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-        return leaf
-
-    return hax.tree_util.tree_map(attach, tree, shardings, is_leaf=_is_named)
-
-
 def _nbytes(leaf: jax.ShapeDtypeStruct, per_device: bool) -> int:
     shape = leaf.sharding.shard_shape(leaf.shape) if per_device else leaf.shape
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -276,9 +257,9 @@ def plan_training(
     """
     config = trainer.config
     mesh = config.device_mesh
-    init = state_initializer(trainer, jax.random.PRNGKey(0), model_init, is_trainable)
-    with config.use_device_mesh(), hax.axis_mapping(trainer.parameter_axis_mapping):
-        state = with_shardings(eqx.filter_eval_shape(init), trainer.parameter_axis_mapping, mesh)
+    state = trainer.abstract_state(
+        jax.random.PRNGKey(0), model_init=model_init, is_trainable=is_trainable
+    )
 
     schedule = config.batch_schedule
     biggest = max(schedule.phases(), key=lambda p: p.value)

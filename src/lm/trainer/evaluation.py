@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from haliax.partitioning import named_jit
 
 import lm.tracker
 from lm.compile_options import xla_compiler_options
+from lm.partitioning.jit import sharded_jit
 from lm.trainer.hooks import Callback
 from lm.trainer.state import StepInfo
 
@@ -46,10 +46,11 @@ class EvalHook(Callback):
                 loss, metrics = loss_fn(model, *batch, key=None)
                 return loss, metrics
 
-            self._eval_step = named_jit(
+            self._eval_step = sharded_jit(
                 eval_step,
                 axis_resources=self.trainer.compute_axis_mapping,
-                out_axis_resources={},
+                out_mapping={},
+                mesh=lambda: self.trainer.device_mesh,
                 compiler_options=xla_compiler_options(),
             )
         return self._eval_step

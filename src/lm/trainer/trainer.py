@@ -31,11 +31,11 @@ import haliax as hax
 import jax
 import jax.numpy as jnp
 import optax
-from haliax.partitioning import named_jit
 from jaxtyping import PRNGKeyArray
 
 import lm.tracker
 from lm.compile_options import xla_compiler_options
+from lm.partitioning.jit import ShardedJit, sharded_jit
 from lm.tracker import Tracker
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
@@ -119,7 +119,7 @@ class Trainer(Generic[M]):
         self.is_trainable_param: Any = True
         self._tracker: Tracker | None = None
         self._exit_stack: contextlib.ExitStack | None = None
-        self._compiled_steps: dict[tuple[int, int], Callable] = {}
+        self._compiled_steps: dict[tuple[int, int], ShardedJit] = {}
         self._logged_step_artifacts = False
         self._eval_hooks: list[Any] = []
         self.tokens_per_example: int | None = None
@@ -276,6 +276,29 @@ class Trainer(Generic[M]):
             self, training_key, is_trainable, model=model, model_init=model_init
         )
 
+    def abstract_state(
+        self,
+        training_key: PRNGKeyArray,
+        model: M | None = None,
+        model_init: Callable[[], M] | None = None,
+        *,
+        is_trainable: Any = True,
+    ) -> TrainerState[M]:
+        """The state `initial_state` builds from these arguments, as `jax.ShapeDtypeStruct`s
+        carrying their shardings (the init is traced, nothing runs or is allocated)."""
+        from lm.partitioning.jit import with_shardings
+        from lm.trainer.resume import state_initializer
+
+        if (model is None) == (model_init is None):
+            raise ValueError("abstract_state needs exactly one of `model` or `model_init`")
+        if model is not None:
+            init = state_initializer(self, training_key, lambda: model, is_trainable)
+        else:
+            init = state_initializer(self, training_key, model_init, is_trainable)
+        mapping = self.parameter_axis_mapping
+        with self.config.use_device_mesh(), hax.axis_mapping(mapping):
+            return with_shardings(eqx.filter_eval_shape(init), mapping, self.device_mesh)
+
     # ------------------------------------------------------------------ stepping
 
     def _pure_step(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
@@ -294,15 +317,16 @@ class Trainer(Generic[M]):
             learning_rate_fn=current_learning_rate,
         )
 
-    def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
+    def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> ShardedJit:
         key = (num_microbatches, tuple(id(h.callback) for h in jit_hooks))
         fn = self._compiled_steps.get(key)
         if fn is None:
-            fn = named_jit(
+            fn = sharded_jit(
                 self._pure_step(num_microbatches, jit_hooks),
                 axis_resources=self.compute_axis_mapping,
-                out_axis_resources=self.parameter_axis_mapping,
-                donate_args=(True, False, False),
+                out_mapping=self.parameter_axis_mapping,
+                mesh=lambda: self.device_mesh,
+                donate_argnums=(0,),
                 compiler_options=xla_compiler_options(),
             )
             self._compiled_steps[key] = fn
@@ -321,34 +345,9 @@ class Trainer(Generic[M]):
         defaults to `state.step`)."""
         if step is None:
             step = int(state.step) if not isinstance(state.step, jax.ShapeDtypeStruct) else 0
-        pure = self._pure_step(self.config.num_microbatches_at_step(step), ())
-
-        def is_abstract_or_array(x) -> bool:
-            return isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x)
-
-        dyn_state, static_state = eqx.partition(state, is_abstract_or_array)
-        dyn_inputs, static_inputs = eqx.partition((batch, batch_kwargs), is_abstract_or_array)
-
-        def run(dyn_state, dyn_inputs):
-            batch, batch_kwargs = eqx.combine(dyn_inputs, static_inputs)
-            out = pure(eqx.combine(dyn_state, static_state), batch, batch_kwargs)
-            return eqx.filter(out, eqx.is_array)
-
-        with self.config.use_device_mesh(), hax.axis_mapping(self.compute_axis_mapping):
-            out_shape = eqx.filter_eval_shape(run, dyn_state, dyn_inputs)
-            out_shardings = hax.partitioning.infer_resource_partitions(
-                out_shape,
-                self.parameter_axis_mapping,
-                preserve_existing_shardings=False,
-                mesh=self.device_mesh,
-            )
-            jitted = jax.jit(
-                run,
-                out_shardings=out_shardings,
-                donate_argnums=0,
-                compiler_options=xla_compiler_options(),
-            )
-            return jitted.lower(dyn_state, dyn_inputs)
+        fn = self._step_fn(self.config.num_microbatches_at_step(step), ())
+        with self.config.use_device_mesh():
+            return fn.lower(state, batch, batch_kwargs)
 
     def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
         """Run one optimizer step (no hooks)."""
@@ -384,33 +383,22 @@ class Trainer(Generic[M]):
     def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> _Background | None:
         """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo).
 
-        The step is lowered here (jit reuses this trace when the step first runs); the HLO text
-        and the jaxpr (a second trace, of abstract inputs) are produced and logged in a
-        background thread while XLA compiles the step, and joined after the step."""
+        The step is traced and lowered here, once: the call that runs it reuses both. The
+        texts are produced and logged in a background thread while XLA compiles the step,
+        and joined after the step."""
         from lm.tracker.jit_artifacts import log_jaxpr, log_xla_hlo
 
         if not (self.config.log_jaxprs or self.config.log_xla_hlo):
             return None
         with self.config.use_device_mesh():
-            lowered = fn.lower(state, tuple(batch), batch_kwargs)
-        # shapes, dtypes and shardings only: the state's buffers are donated to the step
-        abstract = jax.tree_util.tree_map(
-            lambda x: (
-                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                if isinstance(x, jax.Array)
-                else x
-            ),
-            (state, tuple(batch), batch_kwargs),
-        )
+            traced = fn.trace(state, tuple(batch), batch_kwargs)
+            lowered = traced.lower() if self.config.log_xla_hlo else None
 
         def work():
-            if self.config.log_xla_hlo:
+            if lowered is not None:
                 log_xla_hlo("train_step", lowered, tracker=self.tracker)
             if self.config.log_jaxprs:
-                with self.config.use_device_mesh():
-                    # named_jit's wrapper exposes the pure step as __wrapped__
-                    jaxpr, _, _ = eqx.filter_make_jaxpr(fn.__wrapped__)(*abstract)
-                log_jaxpr("train_step", jaxpr, tracker=self.tracker)
+                log_jaxpr("train_step", traced.jaxpr, tracker=self.tracker)
 
         return _Background(work, name="lm-step-artifacts")
 
