@@ -106,7 +106,8 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer_config.initialize()
     if lm.host_memory.applied:
         logger.info(
-            "glibc allocator tuned for CPU training (one arena, no mmap; %s=0 to disable)",
+            "glibc allocator tuned for CPU training (%s; %s=0 to disable)",
+            lm.host_memory.DESCRIPTIONS[lm.host_memory.mode],
             lm.host_memory.ENV_VAR,
         )
     build_data_caches(config)
