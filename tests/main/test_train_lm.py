@@ -249,3 +249,17 @@ def _lm_logits(run_tmp, ids):
     Pos = config.model.Pos
     tokens = hax.named(jnp.asarray(ids[0]), (Pos,))
     return np.asarray(model(tokens).array)[None]
+
+
+def test_run_keys_are_the_split_of_the_seed():
+    """The data, model and training keys come from one jitted program: the same bits as
+    `jax.random.split(PRNGKey(seed), 3)` op by op (runs and their resumes depend on them)."""
+    import jax
+    import numpy as np
+
+    from lm.main.train_lm import _run_keys
+
+    for seed in (0, 1, 12345, 2**31 - 1):
+        expected = jax.random.split(jax.random.PRNGKey(seed), 3)
+        for got, want in zip(_run_keys(seed), expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -127,7 +127,7 @@ def main(config: TrainLmConfig) -> RunSummary:
     loss_fn = functools.partial(
         compute_next_token_loss_and_metrics, z_loss_weight=config.z_loss_weight
     )
-    data_key, model_key, training_key = jax.random.split(jax.random.PRNGKey(trainer_config.seed), 3)
+    data_key, model_key, training_key = _run_keys(trainer_config.seed)
 
     trainer = Trainer(trainer_config, optimizer, loss_fn)
     summary = RunSummary(trainer_config)
@@ -187,6 +187,12 @@ def main(config: TrainLmConfig) -> RunSummary:
         summary.finish(info, trainer)
     summary.print()
     return summary
+
+
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The data, model and training keys: `jax.random.split(PRNGKey(seed), 3)`, as one small
+    program (op by op, seeding, splitting and unpacking compile four)."""
+    return jax.jit(lambda: tuple(jax.random.split(jax.random.PRNGKey(seed), 3)))()
 
 
 def _will_resume(trainer_config: TrainerConfig) -> bool:

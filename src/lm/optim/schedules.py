@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import draccus
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -344,6 +345,13 @@ def cycle_boundaries(
     return points
 
 
+def _endpoints(fn: Schedule, steps: int) -> tuple[float, float]:
+    """`fn(0)` and `fn(steps)` as floats, from one small jitted program (evaluated op by op,
+    a schedule compiles each of its operations separately at start-up)."""
+    start, end = jax.jit(lambda: (fn(0), fn(steps)))()
+    return float(start), float(end)
+
+
 def build_phases(
     *,
     total: int,
@@ -417,8 +425,8 @@ def build_phases(
                 decay_start=d0,
             )
             fn = lr_schedule.build(ctx)
-            end_lr = float(fn(decay_steps))
-            specs.append(_PhaseSpec(Phase("decay", cycle, d0, end, float(fn(0)), end_lr), fn))
+            start_lr, end_lr = _endpoints(fn, decay_steps)
+            specs.append(_PhaseSpec(Phase("decay", cycle, d0, end, start_lr, end_lr), fn))
             previous_end = end_lr
         else:
             previous_end = learning_rate
