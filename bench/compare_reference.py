@@ -123,12 +123,12 @@ with Trainer(trainer_config, optimizer, compute_next_token_loss) as trainer:
     loader = trainer.data_loader(ListAsyncDataset(examples, is_complete=True)).iter_from_step(0)
     trainer.train(state, loader)
 
-n = 2048
+n = spec["peak_n"]
 a = jnp.ones((n, n), jnp.float32)
 f = jax.jit(lambda x: x @ x)
 f(a).block_until_ready()
 best = float("inf")
-for _ in range(5):
+for _ in range(spec["peak_repeats"]):
     start = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
@@ -188,7 +188,12 @@ def run_reference(python: str, spec: dict) -> tuple[dict, float]:
     with open(driver, "w") as f:
         f.write(REFERENCE_DRIVER)
     with tempfile.TemporaryDirectory(prefix="lm-bench-ref-") as run_dir:
-        spec = {**spec, "run_dir": run_dir}
+        spec = {
+            **spec,
+            "run_dir": run_dir,
+            "peak_n": lm_bench.PEAK_N,
+            "peak_repeats": lm_bench.PEAK_REPEATS,
+        }
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
         env["WANDB_MODE"] = "disabled"
         return lm_bench.run_marked(
