@@ -301,39 +301,6 @@ def test_watch_logs_norms_every_interval(tmp_path):
     assert not any(k.startswith("grads/") for m in _metrics(config, 1) for k in m)
 
 
-def test_steps_with_and_without_jit_hooks_share_one_compile(tmp_path):
-    """Jit hooks due at steps 0 and 2 only: one compiled step serves every step, and what a hook
-    sees when due is the step's real gradient (watch's norm matches it)."""
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    seen = {}
-
-    class GradCapture(JitCallback):
-        def inside_step(self, state, inside_info):
-            return inside_info.grads
-
-        def on_step(self, step_info, cb_info):
-            seen[step_info.step] = cb_info
-
-    watch = dataclasses.replace(trainer_config(tmp_path).watch, interval=2)
-    config = trainer_config(tmp_path, num_train_steps=5, watch=watch, steps_per_eval=100)
-    _train(config, hooks=[(GradCapture(), 2)])
-    assert compiles.count("jit(train_step)") == 1, compiles
-    assert sorted(seen) == [0, 2, 4]
-    for step in (0, 2, 4):
-        leaves = jax.tree_util.tree_leaves(seen[step])
-        norm = np.sqrt(sum(float(np.sum(np.square(np.asarray(x)))) for x in leaves))
-        logged = {k: v for m in _metrics(config, step) for k, v in m.items()}
-        np.testing.assert_allclose(logged["grads/norm/total"], norm, rtol=1e-5)
-        assert norm > 0
-    assert not any(k.startswith("grads/") for m in _metrics(config, 3) for k in m)
-
-
 def test_loss_fn_with_key_gets_a_fresh_key_each_step(tmp_path):
     keys = []
 

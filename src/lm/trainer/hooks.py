@@ -55,9 +55,8 @@ class JitCallback(abc.ABC, Generic[S, CBInfo]):
     """A hook with a traced half and a host half.
 
     `inside_step(state, inside_info)` runs inside the jitted step on the *new* state and returns
-    a pytree of arrays; `on_step(info, cb_info)` gets that pytree on the host. Both run only on
-    steps where the hook is due: the step is one compiled program whose callback parts sit under
-    a condition, so steps with and without hooks do not compile twice.
+    a pytree of arrays; `on_step(info, cb_info)` gets that pytree on the host. The trainer compiles
+    a second version of the step that runs jit callbacks and uses it only on steps where one fires.
     """
 
     @abc.abstractmethod
@@ -134,9 +133,9 @@ class TrainerHooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
 
+    def jit_hooks_due(self, step: int, force: bool = False) -> list[_Registered]:
+        return [h for h in self.jit_hooks if h.due(step, force)]
+
     def run_jit_hooks_outside_step(self, info: StepInfo, cb_infos: list[Any]) -> None:
-        """`on_step` of the jit hooks due at `info.step`; `cb_infos` has one entry per jit hook
-        (those not due hold zeros)."""
-        for hook, cb_info in zip(self.jit_hooks, cb_infos, strict=True):
-            if hook.due(info.step, False):
-                hook.callback.on_step(info, cb_info)
+        for hook, cb_info in zip(self.jit_hooks_due(info.step), cb_infos, strict=True):
+            hook.callback.on_step(info, cb_info)

@@ -11,7 +11,6 @@ over examples, or a token mean with the same number of loss tokens per microbatc
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -144,7 +143,6 @@ def train_step(
     state: TrainerState,
     batch: Sequence[Any],
     batch_kwargs: Mapping[str, Any],
-    jit_callbacks_due: jax.Array | None = None,
     *,
     loss_fn: WrappedLossFn,
     optimizer: optax.GradientTransformationExtraArgs,
@@ -155,11 +153,7 @@ def train_step(
     jit_callbacks: Sequence[JitCallback] = (),
     learning_rate_fn: Callable[[Any], jax.Array | None] | None = None,
 ) -> tuple[jax.Array, TrainerState, dict[str, Any], list[Any]]:
-    """One optimizer step. Returns (loss, new_state, metrics, jit-callback infos).
-
-    `jit_callbacks_due` (bools, one per callback) says which callbacks run this step; the others
-    return zeros of their info's shapes (`lax.cond`, so one compiled step serves both kinds of
-    step). None runs them all."""
+    """One optimizer step. Returns (loss, new_state, metrics, jit-callback infos)."""
     key, new_key = jax.random.split(state.training_key)
     trainable = trainables_only(state.model, state.is_trainable)
     frozen = non_trainables_only(state.model, state.is_trainable)
@@ -199,25 +193,5 @@ def train_step(
         out_metrics["optim/learning_rate"] = lr
 
     inside = InsideStepInfo(grads=grads, updates=updates)
-    cb_infos = [
-        _when_due(
-            functools.partial(cb.inside_step, new_state, inside),
-            None if jit_callbacks_due is None else jit_callbacks_due[i],
-        )
-        for i, cb in enumerate(jit_callbacks)
-    ]
+    cb_infos = [cb.inside_step(new_state, inside) for cb in jit_callbacks]
     return loss, new_state, out_metrics, cb_infos
-
-
-def _when_due(run: Callable[[], Any], due: jax.Array | None) -> Any:
-    """`run()` if `due`, else zeros of its arrays' shapes (non-array leaves kept)."""
-    if due is None:
-        return run()
-    shapes = eqx.filter_eval_shape(run)
-    arrays, static = eqx.partition(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct))
-
-    def zeros():
-        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), arrays)
-
-    out = jax.lax.cond(due, lambda: eqx.filter(run(), eqx.is_array), zeros)
-    return eqx.combine(out, static)

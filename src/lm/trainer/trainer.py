@@ -30,7 +30,6 @@ import fsspec
 import haliax as hax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray
 
@@ -303,7 +302,7 @@ class Trainer(Generic[M]):
     # ------------------------------------------------------------------ stepping
 
     def _pure_step(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
-        """`step(state, batch, batch_kwargs, jit_hooks_due)`: the un-jitted train step."""
+        """`step(state, batch, batch_kwargs)`: the un-jitted train step for this trainer."""
         from lm.optim import current_learning_rate
 
         return functools.partial(
@@ -318,11 +317,7 @@ class Trainer(Generic[M]):
             learning_rate_fn=current_learning_rate,
         )
 
-    def _step_fn(self, num_microbatches: int) -> ShardedJit:
-        """The jitted step: one program for every step with this many microbatches. The jit
-        hooks' traced halves are in it, each run only when its `due` flag (an input) is set,
-        so steps with and without hooks share one compile."""
-        jit_hooks = tuple(self.hooks.jit_hooks)
+    def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> ShardedJit:
         key = (num_microbatches, tuple(id(h.callback) for h in jit_hooks))
         fn = self._compiled_steps.get(key)
         if fn is None:
@@ -337,12 +332,6 @@ class Trainer(Generic[M]):
             self._compiled_steps[key] = fn
         return fn
 
-    def _jit_hooks_due(self, step: int) -> np.ndarray | None:
-        """The step's `jit_hooks_due` input: which jit hooks run at `step` (None: there are none)."""
-        if not self.hooks.jit_hooks:
-            return None
-        return np.array([h.due(step, False) for h in self.hooks.jit_hooks], dtype=bool)
-
     def lower_train_step(
         self, state: S, *batch: Any, step: int | None = None, **batch_kwargs: Any
     ) -> jax.stages.Lowered:
@@ -356,27 +345,27 @@ class Trainer(Generic[M]):
         defaults to `state.step`)."""
         if step is None:
             step = int(state.step) if not isinstance(state.step, jax.ShapeDtypeStruct) else 0
-        fn = self._step_fn(self.config.num_microbatches_at_step(step))
+        fn = self._step_fn(self.config.num_microbatches_at_step(step), ())
         with self.config.use_device_mesh():
-            return fn.lower(state, batch, batch_kwargs, self._jit_hooks_due(step))
+            return fn.lower(state, batch, batch_kwargs)
 
     def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
-        """Run one optimizer step (no hooks run; jit hooks' traced halves run when due)."""
+        """Run one optimizer step (no hooks)."""
         info, _ = self._train_step(state, batch, batch_kwargs)
         return info
 
     def _train_step(self, state: S, batch, batch_kwargs) -> tuple[StepInfo[S], list[Any]]:
         step = int(state.step)
-        fn = self._step_fn(self.config.num_microbatches_at_step(step))
-        args = (state, tuple(batch), batch_kwargs, self._jit_hooks_due(step))
+        jit_hooks = tuple(self.hooks.jit_hooks_due(step))
+        fn = self._step_fn(self.config.num_microbatches_at_step(step), jit_hooks)
         artifacts = None
         if not self._logged_step_artifacts:
             self._logged_step_artifacts = True
-            artifacts = self._log_step_artifacts(fn, args)
+            artifacts = self._log_step_artifacts(fn, state, batch, batch_kwargs)
         start = time.perf_counter()
         try:
             with self.config.use_device_mesh():
-                loss, new_state, metrics, cb_infos = fn(*args)
+                loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
             loss = jax.block_until_ready(loss)
         except BaseException:
             if artifacts is not None:
@@ -391,7 +380,7 @@ class Trainer(Generic[M]):
         self._check_finite(info)
         return info, list(cb_infos)
 
-    def _log_step_artifacts(self, fn: ShardedJit, args: tuple) -> _Background | None:
+    def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> _Background | None:
         """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo).
 
         The step is traced and lowered here, once: the call that runs it reuses both. The
@@ -402,7 +391,7 @@ class Trainer(Generic[M]):
         if not (self.config.log_jaxprs or self.config.log_xla_hlo):
             return None
         with self.config.use_device_mesh():
-            traced = fn.trace(*args)
+            traced = fn.trace(state, tuple(batch), batch_kwargs)
             lowered = traced.lower() if self.config.log_xla_hlo else None
 
         def work():
