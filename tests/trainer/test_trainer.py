@@ -301,6 +301,40 @@ def test_watch_logs_norms_every_interval(tmp_path):
     assert not any(k.startswith("grads/") for m in _metrics(config, 1) for k in m)
 
 
+def test_jit_hook_steps_see_the_real_gradients_and_compile_once_more(tmp_path):
+    """Jit hooks due at steps 0, 2 and 4: the steps with hooks share one compiled variant and
+    the others another (two compiles for five steps), and a due hook sees the step's gradient
+    (watch's logged norm is its norm)."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    seen = {}
+
+    class GradCapture(JitCallback):
+        def inside_step(self, state, inside_info):
+            return inside_info.grads
+
+        def on_step(self, step_info, cb_info):
+            seen[step_info.step] = cb_info
+
+    watch = dataclasses.replace(trainer_config(tmp_path).watch, interval=2)
+    config = trainer_config(tmp_path, num_train_steps=5, watch=watch, steps_per_eval=100)
+    _train(config, hooks=[(GradCapture(), 2)])
+    assert compiles.count("jit(train_step)") == 2, compiles
+    assert sorted(seen) == [0, 2, 4]
+    for step in (0, 2, 4):
+        leaves = jax.tree_util.tree_leaves(seen[step])
+        norm = np.sqrt(sum(float(np.sum(np.square(np.asarray(x)))) for x in leaves))
+        logged = {k: v for m in _metrics(config, step) for k, v in m.items()}
+        np.testing.assert_allclose(logged["grads/norm/total"], norm, rtol=1e-5)
+        assert norm > 0
+    assert not any(k.startswith("grads/") for m in _metrics(config, 3) for k in m)
+
+
 def test_loss_fn_with_key_gets_a_fresh_key_each_step(tmp_path):
     keys = []
 
@@ -418,3 +452,26 @@ def test_model_averaging_is_evaluated_and_checkpointed(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(restored.model_averaging.model_params.w2.array), np.asarray(averaged.w2.array)
     )
+
+
+def test_abstract_state_is_the_initial_states_shapes_and_shardings(tmp_path):
+    """What `abstract_state` describes is what `initial_state` builds, leaf by leaf (shape,
+    dtype, sharding), so a step lowered on it is the step that runs."""
+    # 8 fake devices: data 4 x model 2, the toy's hidden axis split over model
+    config = trainer_config(
+        tmp_path, model_axis_size=2, parameter_axis_resources={"hidden": "model"}
+    )
+    trainer = Trainer(config, optax.adam(1e-2), mse)
+    init = lambda: Mlp.init(key=jax.random.PRNGKey(0))  # noqa: E731
+    with trainer:
+        abstract = trainer.abstract_state(jax.random.PRNGKey(1), model_init=init)
+        state = trainer.initial_state(jax.random.PRNGKey(1), model_init=init)
+    got = jax.tree_util.tree_leaves(abstract)
+    real = jax.tree_util.tree_leaves(state)
+    assert len(got) == len(real) > 0
+    assert jax.tree_util.tree_structure(abstract) == jax.tree_util.tree_structure(state)
+    for a, r in zip(got, real, strict=True):
+        assert isinstance(a, jax.ShapeDtypeStruct)
+        assert (a.shape, a.dtype, a.weak_type) == (r.shape, r.dtype, r.weak_type)
+        assert a.sharding.is_equivalent_to(r.sharding, len(r.shape)), (a.sharding, r.sharding)
+    assert any(not r.sharding.is_fully_replicated for r in real)
