@@ -83,11 +83,12 @@ def _worker(argv: list[str]) -> None:
     vocab = len(config.data.the_tokenizer)
     flops = config.model.flops_per_token(vocab)
     device = jax.devices()[0]
-    peak = device_peak_flops(config.trainer.mp.compute_dtype)
     if device.platform == "cpu":
         # measured again now that training is over (the throughput hook measures at step 0,
         # beside the data loader's thread), as the reference comparison measures its peak
         peak = measured_cpu_peak_flops(PEAK_N, PEAK_REPEATS) / max(1, jax.local_device_count())
+    else:
+        peak = device_peak_flops(config.trainer.mp.compute_dtype)
     device_gb = None
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:

@@ -101,15 +101,16 @@ def _transparent_huge_pages() -> str | None:
     return found.group(1) if found else None
 
 
-def _glibc() -> ctypes.CDLL | None:
+def _glibc() -> tuple[ctypes.CDLL, tuple[int, int]] | None:
+    """The C library and its (major, minor) version, if it is glibc."""
     try:
         libc = ctypes.CDLL(None)
         version = libc.gnu_get_libc_version  # glibc only: musl has mallopt but not this
     except (OSError, AttributeError):
         return None
     version.restype = ctypes.c_char_p
-    libc.lm_glibc_version = tuple(int(p) for p in version().decode().split(".")[:2])
-    return libc
+    major, minor = (int(p) for p in version().decode().split(".")[:2])
+    return libc, (major, minor)
 
 
 def _tunable(name: str) -> str | None:
@@ -134,15 +135,16 @@ def tune_host_allocator() -> bool:
         return False
     if any(m in sys.modules for m in ("jax", "jaxlib", "numpy")):
         return False
-    libc = _glibc()
-    if libc is None:
+    glibc = _glibc()
+    if glibc is None:
         return False
+    libc, glibc_version = glibc
     hugetlb = _tunable(HUGETLB_TUNABLE) if wanted != "arena" else None
     if hugetlb is not None:  # set by our re-execution, or by the user: theirs to keep
         applied = hugetlb not in ("", "0")
         mode = "hugepages" if applied else None
         return applied
-    wanted = choose_mode(wanted, _transparent_huge_pages(), libc.lm_glibc_version)
+    wanted = choose_mode(wanted, _transparent_huge_pages(), glibc_version)
     if wanted is None:
         return False
     if wanted == "hugepages":

@@ -13,6 +13,7 @@ parts are recorded while jit traces. One trace serves the call, `trace()` (the j
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -164,7 +165,7 @@ class ShardedJit:
 
     def _mapping(self):
         if self._axis_resources is None:
-            return _null_context()
+            return contextlib.nullcontext()
         return hax.axis_mapping(self._axis_resources)
 
     def __call__(self, *args: Any) -> Any:
@@ -182,14 +183,6 @@ class ShardedJit:
 
     def lower(self, *args: Any) -> jax.stages.Lowered:
         return self.trace(*args).lower()
-
-
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def sharded_jit(

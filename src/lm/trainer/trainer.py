@@ -35,7 +35,7 @@ from jaxtyping import PRNGKeyArray
 
 import lm.tracker
 from lm.compile_options import xla_compiler_options
-from lm.partitioning.jit import ShardedJit, sharded_jit
+from lm.partitioning.jit import ShardedJit, sharded_jit, with_shardings
 from lm.tracker import Tracker
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
@@ -286,7 +286,6 @@ class Trainer(Generic[M]):
     ) -> TrainerState[M]:
         """The state `initial_state` builds from these arguments, as `jax.ShapeDtypeStruct`s
         carrying their shardings (the init is traced, nothing runs or is allocated)."""
-        from lm.partitioning.jit import with_shardings
         from lm.trainer.resume import state_initializer
 
         if (model is None) == (model_init is None):
