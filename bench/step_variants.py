@@ -4,6 +4,9 @@ Usage:
     PYTHONPATH=src python bench/step_variants.py --config bench/configs/gpt2_512.yaml \
         [--policies true,save_projections,false] [--levels default,1] [--repeats 5]
 
+A policy may carry model overrides and a level XLA options, each as `+name=value`, e.g.
+`--policies save_projections+attn_backend=vanilla --levels 1+xla_cpu_use_fusion_emitters=false`.
+
 For every (`gradient_checkpointing` policy, XLA:CPU backend optimisation level) pair it compiles
 the model's jitted loss + gradient on random tokens (the config's batch and seq_len), checks that
 every pair computes the same loss and gradients, then times the pairs call by call in turn, so
@@ -30,6 +33,22 @@ from lm.models import LmExample, compute_next_token_loss
 POLICIES = {"true": True, "false": False}
 
 
+def _options(variant: str) -> dict | None:
+    """`default`, a level (`1`), or either followed by `+flag=value` XLA options."""
+    level, *flags = variant.split("+")
+    options = {} if level == "default" else {"xla_backend_optimization_level": int(level)}
+    options.update(_parse_flag(flag) for flag in flags)
+    return options or None
+
+
+def _parse_flag(flag: str) -> tuple[str, bool | int | str]:
+    """`name=value` with the value as a bool, an int or a string."""
+    name, _, value = flag.partition("=")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
+
+
 def _variants(config: TrainLmConfig, policies, levels, vocab: int):
     Vocab = hax.Axis("vocab", vocab)
     Pos = config.model.Pos
@@ -41,8 +60,10 @@ def _variants(config: TrainLmConfig, policies, levels, vocab: int):
     example = LmExample.causal(tokens)
     out = {}
     for policy in policies:
+        name, *fields = policy.split("+")
+        overrides = dict(_parse_flag(field) for field in fields)
         model_config = dataclasses.replace(
-            config.model, gradient_checkpointing=POLICIES.get(policy, policy)
+            config.model, gradient_checkpointing=POLICIES.get(name, name), **overrides
         )
         model = model_config.build(Vocab, key=jax.random.PRNGKey(0))
         params, static = eqx.partition(model, eqx.is_array)
@@ -52,7 +73,7 @@ def _variants(config: TrainLmConfig, policies, levels, vocab: int):
 
         lowered = jax.jit(jax.value_and_grad(loss)).lower(params)
         for level in levels:
-            options = None if level == "default" else {"xla_backend_optimization_level": int(level)}
+            options = _options(level)
             start = time.perf_counter()
             compiled = lowered.compile(options)
             compile_s = time.perf_counter() - start
@@ -65,8 +86,16 @@ def _variants(config: TrainLmConfig, policies, levels, vocab: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--policies", default="true,save_projections,false")
-    parser.add_argument("--levels", default="default,1", help="XLA:CPU backend levels")
+    parser.add_argument(
+        "--policies",
+        default="true,save_projections,false",
+        help="remat policies, each optionally with +field=value model overrides",
+    )
+    parser.add_argument(
+        "--levels",
+        default="default,1",
+        help="XLA:CPU backend levels, each optionally with +flag=value XLA options",
+    )
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -484,3 +484,29 @@ def test_unregistered_default_choice_is_reported():
         "write `type:` with one of: present"
     )
     assert decode(Orphan, {"type": "present"}) == Present()
+
+
+_SCRIPT_UNDER_ANOTHER_MAIN = '''
+from __future__ import annotations
+import dataclasses
+
+@dataclasses.dataclass
+class Inner:
+    size: int = 1
+
+@dataclasses.dataclass
+class Outer:
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+    def __post_init__(self):
+        pass
+'''
+
+
+def test_string_annotations_resolve_when_the_script_runs_under_another_main():
+    # `python -m cProfile -m lm.main.train_lm`: the config classes say `__main__`, but
+    # sys.modules["__main__"] is the profiler, where `Inner` is not defined
+    namespace = {"__name__": "__main__"}
+    exec(compile(_SCRIPT_UNDER_ANOTHER_MAIN, "<script>", "exec"), namespace)
+    outer = decode(namespace["Outer"], {"inner": {"size": 3}})
+    assert outer.inner.size == 3

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import enum
 import functools
+import inspect
 import pathlib
 import types
 import typing
@@ -116,11 +117,36 @@ def choice_name(cls: type) -> str | None:
         return None
 
 
+def _defining_globals(cls: type) -> dict[str, Any] | None:
+    """The globals of the module whose code defined `cls`, from a function in its body.
+
+    `typing.get_type_hints` looks names up in `sys.modules[cls.__module__]`, which is the wrong
+    module when a script runs under another `__main__` (`python -m cProfile -m lm.main...`,
+    `runpy`): the class says `__main__`, but `__main__` is the profiler. A method written in the
+    class body still carries its real module's globals."""
+    for klass in cls.__mro__:
+        for attr in vars(klass).values():
+            fn = getattr(attr, "fget", None) or getattr(attr, "__func__", None) or attr
+            if (
+                inspect.isfunction(fn)
+                and fn.__qualname__.startswith(klass.__qualname__ + ".")
+                and fn.__code__.co_filename != "<string>"  # not generated (dataclass __init__)
+            ):
+                return fn.__globals__
+    return None
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
     except NameError as e:
+        namespace = _defining_globals(cls)
+        if namespace is not None:
+            try:
+                return typing.get_type_hints(cls, globalns=namespace)
+            except NameError:
+                pass
         raise TypeError(
             f"cannot resolve the field annotations of {cls.__qualname__}: {e}. Define config "
             "classes at module level, or avoid string annotations naming local classes."
