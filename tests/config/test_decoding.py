@@ -486,7 +486,7 @@ def test_unregistered_default_choice_is_reported():
     assert decode(Orphan, {"type": "present"}) == Present()
 
 
-_SCRIPT_UNDER_ANOTHER_MAIN = '''
+_SCRIPT_UNDER_ANOTHER_MAIN = """
 from __future__ import annotations
 import dataclasses
 
@@ -500,7 +500,7 @@ class Outer:
 
     def __post_init__(self):
         pass
-'''
+"""
 
 
 def test_string_annotations_resolve_when_the_script_runs_under_another_main():

@@ -235,3 +235,48 @@ def test_parse_size():
     assert parse_size(1234) == 1234
     with pytest.raises(ValueError, match="cannot read 'lots' as a size"):
         parse_size("lots")
+
+
+def test_load_pretrained_stages_on_the_host_and_places_each_shard(
+    llama_model, tmp_path, monkeypatch
+):
+    # A 2x2 mesh on devices 4-7 whose device 4 is also the default device, as an accelerator
+    # is: the full tensors must be cast and unstacked on the host's CPU device, never on it.
+    from jax.sharding import Mesh, NamedSharding
+
+    import lm.models.hf.compat as compat
+
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path))
+    devices = jax.devices()[4:8]
+    mesh = Mesh(np.array(devices).reshape(2, 2), ("data", "model"))
+    mapping = {"embed": "data", "mlp": "model", "heads": "model"}
+    staged = []
+    original = compat._on_host
+
+    def recording(arrays, dtype):
+        out = original(arrays, dtype)
+        staged.extend(out.values())
+        return out
+
+    monkeypatch.setattr(compat, "_on_host", recording)
+    with jax.set_mesh(mesh), jax.default_device(devices[0]):
+        back = converter.load_pretrained(str(tmp_path), axis_mapping=mapping)
+
+    host = jax.devices("cpu")[0]
+    assert staged and all(a.devices() == {host} for a in staged)
+    params = eqx.filter(back, eqx.is_array, is_leaf=lambda x: isinstance(x, hax.NamedArray))
+    for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, hax.NamedArray)):
+        expected = NamedSharding(mesh, hax.partitioning.pspec_for_axis(leaf.axes, mapping))
+        assert leaf.array.sharding.is_equivalent_to(expected, leaf.array.ndim)
+        if any(ax.name in mapping for ax in leaf.axes):
+            shard = leaf.array.addressable_shards[0].data
+            assert shard.size < leaf.array.size  # each device holds only its part
+    assert_trees_equal(eqx.filter(llama_model, eqx.is_array), eqx.filter(back, eqx.is_array))
+
+
+def test_load_pretrained_with_a_mapping_but_no_mesh_is_a_clear_error(llama_model, tmp_path):
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path))
+    with pytest.raises(ValueError, match="axis_mapping but no mesh"):
+        converter.load_pretrained(str(tmp_path), axis_mapping={"embed": "data"})

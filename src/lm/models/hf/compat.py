@@ -27,8 +27,10 @@ from haliax.state_dict import (
     to_state_dict,
     to_torch_compatible_state_dict,
 )
+from jax.sharding import SingleDeviceSharding
 
 from lm.models.lm_model import LmConfig, LmHeadModel, LmT
+from lm.partitioning.jit import with_shardings
 
 if TYPE_CHECKING:
     from lm.models.hf.converter import HFCheckpointConverter
@@ -133,25 +135,52 @@ def model_from_hf_state_dict(
             f"({type(template).__name__}): " + "; ".join(problems)
         )
 
+    shapes = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_param(x) else x, template
+    )
+    # Casting, unstacking and reshaping run on the host's CPU device: the whole checkpoint is
+    # never put on one accelerator (device 0 would hold every full tensor before sharding).
+    # Each parameter then goes to its place, every device receiving only its own shard.
+    mesh = jax.sharding.get_mesh()
+    with (
+        jax.set_mesh(None),  # the caller's mesh need not include the host
+        hax.axis_mapping({}),
+        jax.default_device(jax.devices("cpu")[0]),
+    ):
+        arrays = _on_host({k: state_dict[k] for k in expected}, dtype)
+        model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
+    params, static = eqx.partition(model, _is_param)
+    placements = _placements(params, axis_mapping, mesh)
+    return eqx.combine(jax.device_put(params, placements), static)
+
+
+def _on_host(arrays: dict[str, Any], dtype: jnp.dtype | None) -> dict[str, jax.Array]:
+    """The checkpoint's tensors on the host's CPU device, floating ones cast to `dtype`."""
+    host = jax.devices("cpu")[0]
+
     def cast(x):
-        x = jnp.asarray(x)
+        x = jax.device_put(x, host)
         if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(dtype)
         return x
 
-    arrays = {k: cast(state_dict[k]) for k in expected}
-    shapes = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_param(x) else x, template
-    )
+    return {k: cast(v) for k, v in arrays.items()}
 
-    def build(arrays):
-        if axis_mapping is None:
-            return from_torch_compatible_state_dict(shapes, arrays)
-        with hax.axis_mapping(axis_mapping):
-            return from_torch_compatible_state_dict(shapes, arrays)
 
-    model = eqx.filter_jit(build)(arrays)
-    return model
+def _placements(params: Any, axis_mapping: ResourceMapping | None, mesh: Any) -> Any:
+    """Where each loaded parameter goes: sharded by `axis_mapping` on the current mesh, or
+    the default device without a mapping."""
+    if axis_mapping is None:
+        device = jax.config.jax_default_device
+        if not isinstance(device, jax.Device):  # unset, or a platform name
+            device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+        return jax.tree_util.tree_map(lambda _: SingleDeviceSharding(device), params)
+    if mesh is None or mesh.empty:
+        raise ValueError(
+            "load_pretrained got axis_mapping but no mesh: call it inside "
+            "`with jax.set_mesh(mesh):` (a Trainer sets it up)"
+        )
+    return jax.tree_util.tree_map(lambda s: s.sharding, with_shardings(params, axis_mapping, mesh))
 
 
 def _add_base_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
