@@ -145,7 +145,7 @@ def model_from_hf_state_dict(
     with (
         jax.set_mesh(None),  # the caller's mesh need not include the host
         hax.axis_mapping({}),
-        jax.default_device(jax.devices("cpu")[0]),
+        jax.default_device(_host_device()),
     ):
         arrays = _on_host({k: state_dict[k] for k in expected}, dtype)
         model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
@@ -154,9 +154,18 @@ def model_from_hf_state_dict(
     return eqx.combine(jax.device_put(params, placements), static)
 
 
+def _host_device() -> jax.Device:
+    """The host's CPU device; the default device where the CPU backend is disabled
+    (`JAX_PLATFORMS=cuda`), which stages there as before."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return jax.devices()[0]
+
+
 def _on_host(arrays: dict[str, Any], dtype: jnp.dtype | None) -> dict[str, jax.Array]:
     """The checkpoint's tensors on the host's CPU device, floating ones cast to `dtype`."""
-    host = jax.devices("cpu")[0]
+    host = _host_device()
 
     def cast(x):
         x = jax.device_put(x, host)
