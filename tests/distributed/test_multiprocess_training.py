@@ -301,3 +301,85 @@ def test_two_process_fsdp_kill_resume_matches_one_process(tmp_path, corpus, subp
         np.testing.assert_allclose(values, expected[step] * len(values), rtol=1e-5, err_msg=step)
     for a, b in zip(_final_params(run), _final_params(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- HF checkpoints across hosts
+
+HF_STEPS = 3
+
+
+def _run_one_process(config: pathlib.Path, env, *extra: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config), *extra],
+        env=_env(env, 8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _run_two_processes(config: pathlib.Path, env, out_dir: pathlib.Path, *extra: str) -> None:
+    procs = _start_pair(config, env, out_dir, *extra)
+    try:
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        _kill_all(procs)
+    for pid, p in enumerate(procs):
+        assert p.returncode == 0, _output(out_dir, pid)[-4000:]
+
+
+def _exported(hf_root: pathlib.Path) -> pathlib.Path:
+    (step_dir,) = list((hf_root / RUN_ID).iterdir())
+    assert step_dir.name == f"step-{HF_STEPS - 1}", step_dir
+    return step_dir
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_hf_export_and_initialize_from_hf(tmp_path, corpus, subprocess_env):
+    """HF checkpoints when the parameters are split over 2 processes (FSDP over 8 devices):
+    the export (both processes gather, process 0 writes) holds exactly the run's final
+    parameters, and a 2-process run initialized from it (each process placing only its own
+    devices' shards) starts at the loss a 1-process run initialized from it starts at."""
+    import equinox as eqx
+    import haliax as hax
+
+    from lm.models import Gpt2Config
+    from lm.models.hf.compat import model_to_hf_state_dict
+    from lm.models.hf.converter import read_hf_weights
+
+    run = tmp_path / "export"
+    _run_two_processes(
+        _run_yaml(run, corpus, steps=HF_STEPS),
+        subprocess_env,
+        run,
+        "--hf_save_path",
+        str(run / "hf"),
+    )
+    assert "2 process(es), 8 device(s)" in _output(run, 0)
+    exported_dir = _exported(run / "hf")
+    exported, _ = read_hf_weights(str(exported_dir))
+
+    # the run's own final checkpoint, in HF keys: the export must be exactly it
+    vocab = json.loads((exported_dir / "config.json").read_text())["vocab_size"]
+    model = yaml.safe_load((run / "run.yaml").read_text())["model"]
+    model.pop("type")
+    template = eqx.filter_eval_shape(
+        Gpt2Config(**model).build, hax.Axis("vocab", vocab), key=jax.random.PRNGKey(0)
+    )
+    final = discover_latest_checkpoint(str(run / "ckpt" / RUN_ID))
+    expected = model_to_hf_state_dict(load_checkpoint(template, final, subpath="model"))
+    assert sorted(exported) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(exported[key], expected[key], err_msg=key)
+
+    init = ("--initialize_from_hf", str(exported_dir))
+    one_init, two_init = tmp_path / "one_init", tmp_path / "two_init"
+    _run_one_process(_run_yaml(one_init, corpus, steps=1), subprocess_env, *init)
+    _run_two_processes(_run_yaml(two_init, corpus, steps=1), subprocess_env, two_init, *init)
+    assert f"Loaded the HF checkpoint {exported_dir}" in _output(two_init, 1)
+    start, reference_start = _losses(two_init)[0], _losses(one_init)[0]
+    np.testing.assert_allclose(start, reference_start, rtol=1e-5)
+    # a run initialized from the export starts where the exporting run ended, not at ~ln(V)
+    assert start[0] < _losses(run)[HF_STEPS - 1][-1] + 0.5

@@ -263,7 +263,7 @@ def test_load_pretrained_stages_on_the_host_and_places_each_shard(
     with jax.set_mesh(mesh), jax.default_device(devices[0]):
         back = converter.load_pretrained(str(tmp_path), axis_mapping=mapping)
 
-    host = jax.devices("cpu")[0]
+    host = jax.local_devices(backend="cpu")[0]
     assert staged and all(a.devices() == {host} for a in staged)
     params = eqx.filter(back, eqx.is_array, is_leaf=lambda x: isinstance(x, hax.NamedArray))
     for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, hax.NamedArray)):

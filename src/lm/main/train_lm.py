@@ -151,6 +151,7 @@ def main(config: TrainLmConfig) -> RunSummary:
                 config=model_config,
                 axis_mapping=trainer.parameter_axis_mapping,
             )
+            logger.info("Loaded the HF checkpoint %s", config.hf_checkpoint)
             if model.Vocab.size != Vocab.size:
                 logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
                 model = model.resize_vocab(Vocab.size, key=model_key)

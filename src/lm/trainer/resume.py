@@ -72,7 +72,11 @@ def load_or_init_state(
     trainer.restored_from = restored
     trainer.restored_step = int(restored.state.step) if restored.kind == "resumed" else None
     if restored.kind == "fresh":
-        logger.info("Starting from a fresh initialization")
+        logger.info(
+            "Starting from a fresh initialization"
+            if model is None
+            else "Starting from the given model's parameters (fresh optimizer state)"
+        )
     else:
         logger.info(
             "Initial state %s from %s (step %d)",

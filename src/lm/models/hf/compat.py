@@ -151,16 +151,24 @@ def model_from_hf_state_dict(
         model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
     params, static = eqx.partition(model, _is_param)
     placements = _placements(params, axis_mapping, mesh)
-    return eqx.combine(jax.device_put(params, placements), static)
+    return eqx.combine(jax.tree_util.tree_map(_place, params, placements), static)
+
+
+def _place(array: jax.Array, sharding: jax.sharding.Sharding) -> jax.Array:
+    """`array` (on the host) as a global array with `sharding`: each process hands over the
+    shards its own devices hold (every process read the same checkpoint), so this also works
+    when the mesh spans hosts."""
+    host = np.asarray(array)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _host_device() -> jax.Device:
-    """The host's CPU device; the default device where the CPU backend is disabled
-    (`JAX_PLATFORMS=cuda`), which stages there as before."""
+    """This process's first CPU device (`jax.devices("cpu")[0]` belongs to process 0); the
+    first local device where the CPU backend is disabled (`JAX_PLATFORMS=cuda`)."""
     try:
-        return jax.devices("cpu")[0]
+        return jax.local_devices(backend="cpu")[0]
     except RuntimeError:
-        return jax.devices()[0]
+        return jax.local_devices()[0]
 
 
 def _on_host(arrays: dict[str, Any], dtype: jnp.dtype | None) -> dict[str, jax.Array]:
@@ -182,7 +190,7 @@ def _placements(params: Any, axis_mapping: ResourceMapping | None, mesh: Any) ->
     if axis_mapping is None:
         device = jax.config.jax_default_device
         if not isinstance(device, jax.Device):  # unset, or a platform name
-            device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+            device = jax.local_devices(backend=device)[0] if device else jax.local_devices()[0]
         return jax.tree_util.tree_map(lambda _: SingleDeviceSharding(device), params)
     if mesh is None or mesh.empty:
         raise ValueError(
