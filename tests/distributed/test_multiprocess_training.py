@@ -229,6 +229,28 @@ def test_dead_process_mid_training_stops_the_other(tmp_path, corpus, subprocess_
 STEPS = 24
 
 
+def _run_one_process(config: pathlib.Path, env, *extra: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config), *extra],
+        env=_env(env, 8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _run_two_processes(config: pathlib.Path, env, out_dir: pathlib.Path, *extra: str) -> None:
+    procs = _start_pair(config, env, out_dir, *extra)
+    try:
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        _kill_all(procs)
+    for pid, p in enumerate(procs):
+        assert p.returncode == 0, _output(out_dir, pid)[-4000:]
+
+
 def _losses(tmp: pathlib.Path) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for r in read_json_log(str(tmp / "logs" / RUN_ID / "metrics.jsonl")):
@@ -248,20 +270,7 @@ def _final_params(tmp: pathlib.Path) -> list[np.ndarray]:
 def test_two_process_fsdp_kill_resume_matches_one_process(tmp_path, corpus, subprocess_env):
     # the reference: one process driving all 8 devices (it also builds the token cache)
     reference = tmp_path / "reference"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lm.main.train_lm",
-            "--config_path",
-            str(_run_yaml(reference, corpus, steps=STEPS)),
-        ],
-        env=_env(subprocess_env, 8),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _run_one_process(_run_yaml(reference, corpus, steps=STEPS), subprocess_env)
 
     run = tmp_path / "two"
     config = _run_yaml(run, corpus, steps=STEPS)
@@ -284,14 +293,7 @@ def test_two_process_fsdp_kill_resume_matches_one_process(tmp_path, corpus, subp
     chunks = step4 / "model" / "embeddings" / "token_embeddings" / "weight" / "c"
     assert sorted(int(c.name) for c in (chunks / "0").iterdir()) == list(range(8))
 
-    procs = _start_pair(config, subprocess_env, run)
-    try:
-        for p in procs:
-            p.wait(timeout=600)
-    finally:
-        _kill_all(procs)
-    for pid, p in enumerate(procs):
-        assert p.returncode == 0, _output(run, pid)[-4000:]
+    _run_two_processes(config, subprocess_env, run)
     assert f"Initial state resumed from {step4}" in _output(run, 0)
 
     losses, expected = _losses(run), _losses(reference)
@@ -306,28 +308,6 @@ def test_two_process_fsdp_kill_resume_matches_one_process(tmp_path, corpus, subp
 # ---------------------------------------------------------------- HF checkpoints across hosts
 
 HF_STEPS = 3
-
-
-def _run_one_process(config: pathlib.Path, env, *extra: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config), *extra],
-        env=_env(env, 8),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _run_two_processes(config: pathlib.Path, env, out_dir: pathlib.Path, *extra: str) -> None:
-    procs = _start_pair(config, env, out_dir, *extra)
-    try:
-        for p in procs:
-            p.wait(timeout=600)
-    finally:
-        _kill_all(procs)
-    for pid, p in enumerate(procs):
-        assert p.returncode == 0, _output(out_dir, pid)[-4000:]
 
 
 def _exported(hf_root: pathlib.Path) -> pathlib.Path:
