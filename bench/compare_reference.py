@@ -261,6 +261,7 @@ def main() -> None:
     args = parser.parse_args()
 
     python = ensure_venv()
+    lm_bench.ensure_bytecode()
     results = []
     for config in args.configs:
         lm_bench.ensure_cache(config, args.cache_dir)
