@@ -149,6 +149,7 @@ def model_from_hf_state_dict(
     ):
         arrays = _on_host({k: state_dict[k] for k in expected}, dtype)
         model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
+    del arrays  # the staged copies, before placing adds the devices' ones
     params, static = eqx.partition(model, _is_param)
     placements = _placements(params, axis_mapping, mesh)
     return eqx.combine(jax.tree_util.tree_map(_place, params, placements), static)
