@@ -246,3 +246,29 @@ def test_override_keys_are_taken_verbatim():
     assert cfg.trainer.axis_resources == {"a/b": "model"}
     with pytest.raises(ConfigError, match="malformed override --trainer..seed"):
         parse(TrainCfg, args=["--trainer..seed", "1"])
+
+
+def test_a_failed_collective_with_a_dead_peer_is_one_clear_message(capsys, monkeypatch):
+    import jax
+
+    def entry(config: SimpleCfg):
+        raise jax.errors.JaxRuntimeError(
+            "UNKNOWN: Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() "
+            "timed out with key: cpu:gloo/0,1/4 and duration: 30s\nmore runtime detail"
+        )
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: process 1 of 2 could not complete a collective operation" in err
+    assert "Gloo context initialization failed" in err and "more runtime detail" not in err
+    assert "Another process has most likely died or stalled" in err
+    assert "Traceback" not in err
+
+    # a single-process run's runtime error is not about peers: it stays a traceback
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        lm.config.main(entry)(args=[])

@@ -92,10 +92,11 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
         try:
             return fn(config)
         except Exception as e:
-            if not _is_user_facing(e) or os.environ.get("LM_TRACEBACK"):
+            message = _peer_failure(e) or (str(e) if _is_user_facing(e) else None)
+            if message is None or os.environ.get("LM_TRACEBACK"):
                 raise
             _traceback_to_log_files(e)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
             print(
                 "(the Python traceback is in the run's log file; set LM_TRACEBACK=1 to print it)",
                 file=sys.stderr,
@@ -113,6 +114,31 @@ def _is_user_facing(error: BaseException) -> bool:
     if isinstance(error, ValueError | FileNotFoundError | PermissionError | IsADirectoryError):
         return True
     return isinstance(error, RuntimeError) and type(error).__module__.startswith("lm.")
+
+
+# What XLA's runtime says when a collective or the coordination service cannot reach a peer.
+_PEER_FAILURE_MARKERS = ("Gloo", "gloo", "DEADLINE_EXCEEDED", "CoordinationService", "UNAVAILABLE")
+
+
+def _peer_failure(error: BaseException) -> str | None:
+    """For a multi-process run whose collective with the other processes failed (the XLA
+    runtime's error, a screenful of C++ status text), one message that says what to look at."""
+    if type(error).__name__ != "JaxRuntimeError" or "jax" not in sys.modules:
+        return None
+    import jax
+
+    count = jax.process_count()
+    text = str(error).strip()
+    if count <= 1 or not any(marker in text for marker in _PEER_FAILURE_MARKERS):
+        return None
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    if len(first_line) > 300:
+        first_line = first_line[:300] + " ..."
+    return (
+        f"process {jax.process_index()} of {count} could not complete a collective operation "
+        f"with the other processes: {first_line}\nAnother process has most likely died or "
+        "stalled: look at its output and log file."
+    )
 
 
 def _traceback_to_log_files(error: BaseException) -> None:
