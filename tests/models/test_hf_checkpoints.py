@@ -254,8 +254,8 @@ def test_load_pretrained_stages_on_the_host_and_places_each_shard(
     staged = []
     original = compat._on_host
 
-    def recording(arrays, dtype):
-        out = original(arrays, dtype)
+    def recording(arrays, dtype, host):
+        out = original(arrays, dtype, host)
         staged.extend(out.values())
         return out
 

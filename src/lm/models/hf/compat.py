@@ -142,12 +142,9 @@ def model_from_hf_state_dict(
     # never put on one accelerator (device 0 would hold every full tensor before sharding).
     # Each parameter then goes to its place, every device receiving only its own shard.
     mesh = jax.sharding.get_mesh()
-    with (
-        jax.set_mesh(None),  # the caller's mesh need not include the host
-        hax.axis_mapping({}),
-        jax.default_device(_host_device()),
-    ):
-        arrays = _on_host({k: state_dict[k] for k in expected}, dtype)
+    # the caller's mesh need not include the host; the jit runs where its inputs are committed
+    with jax.set_mesh(None), hax.axis_mapping({}):
+        arrays = _on_host({k: state_dict[k] for k in expected}, dtype, _host_device())
         model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
     del arrays  # the staged copies, before placing adds the devices' ones
     params, static = eqx.partition(model, _is_param)
@@ -172,9 +169,10 @@ def _host_device() -> jax.Device:
         return jax.local_devices()[0]
 
 
-def _on_host(arrays: dict[str, Any], dtype: jnp.dtype | None) -> dict[str, jax.Array]:
-    """The checkpoint's tensors on the host's CPU device, floating ones cast to `dtype`."""
-    host = _host_device()
+def _on_host(
+    arrays: dict[str, Any], dtype: jnp.dtype | None, host: jax.Device
+) -> dict[str, jax.Array]:
+    """The checkpoint's tensors committed to `host`, floating ones cast to `dtype`."""
 
     def cast(x):
         x = jax.device_put(x, host)
