@@ -268,6 +268,18 @@ class Gpt2Mlp(ModuleWithStateDictSerialization):
         return self.c_proj(self.act.to_fn()(up))
 
 
+def _unbind_qkv(qkv: NamedArray) -> list[NamedArray]:
+    """q, k, v from the fused projection's output, as one split along the qkv axis.
+
+    `hax.unbind` indexes the axis three times; the backward of each index is a pad of its
+    gradient back to the full (.., qkv, ..) shape, and the three are summed: three full-size
+    writes and two adds per layer. The backward of a split is one concatenation."""
+    index = qkv.axis_indices("qkv")
+    axes = tuple(ax for ax in qkv.axes if ax.name != "qkv")
+    parts = jnp.split(qkv.array, qkv.axis_size("qkv"), axis=index)
+    return [NamedArray(jnp.squeeze(part, index), axes) for part in parts]
+
+
 class Gpt2Attention(ModuleWithStateDictSerialization):
     c_attn: hnn.Linear
     """Embed -> (qkv, heads, head_size), stored (In, Out) like HF Conv1D."""
@@ -310,7 +322,7 @@ class Gpt2Attention(ModuleWithStateDictSerialization):
     ) -> NamedArray:
         c = self.config
         qkv = hax.tree_checkpoint_name(self.c_attn(x), "qkv")
-        q, k, v = qkv.unbind("qkv")
+        q, k, v = _unbind_qkv(qkv)
         k = k.rename({c.Pos.name: c.KeyPos.name})
         v = v.rename({c.Pos.name: c.KeyPos.name})
         scale = 1.0 / math.sqrt(c.HeadSize.size)
