@@ -37,11 +37,21 @@ import train as lm_bench  # noqa: E402  (bench/train.py)
 
 MARKER = "BENCH_LOSS_GRAD_RESULT "
 
-# Shared by both sides (exec'd in each process): time `compiled(params)`, optionally profile.
+# Shared by both sides (exec'd in each process): compile `loss_fn`'s value and gradient for
+# `model` (timed), time `spec["calls"]` calls after a warm-up, optionally profile two more.
 _TIMING = r"""
-def _time_and_profile(compiled, params, spec):
+def _loss_grad_times(model, example, loss_fn, spec):
     import time
+    import equinox as eqx
     import jax
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def loss(p):
+        return loss_fn(eqx.combine(p, static), example).array
+
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+    compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(params))
     times = []
     for _ in range(spec["calls"]):
@@ -56,55 +66,37 @@ def _time_and_profile(compiled, params, spec):
         for _ in range(2):
             jax.block_until_ready(compiled(params))
         jax.profiler.stop_trace()
-    return times
+    return {"times": times, "compile_s": compile_s}
 """
 
 REFERENCE_DRIVER = (
     r'''
 """Times the reference's (levanter) loss + gradient for bench/compare_loss_grad.py. Generated."""
-import json, sys, time
-import equinox as eqx
+import json, sys
 import haliax as hax
 import jax
 import jax.numpy as jnp
 import levanter.models.loss as levanter_loss
 from levanter.models.gpt2 import Gpt2Config
 from levanter.models.lm_model import LmExample, compute_next_token_loss
-
-def _bool_where(fn):  # jax >= 0.8 rejects the float loss mask levanter passes to where=
-    def wrapper(*args, where=None, **kwargs):
-        if where is not None:
-            where = where.astype(jnp.bool_)
-        return fn(*args, where=where, **kwargs)
-    return wrapper
-
-for _name in ("cross_entropy_and_logsumexp_penalty", "fused_cross_entropy_loss_and_logsumexp_penalty"):
-    setattr(levanter_loss, _name, _bool_where(getattr(levanter_loss, _name)))
 '''
+    + ref_bench.FLOAT_MASK_WORKAROUND
     + _TIMING
     + r'''
 spec = json.loads(sys.argv[1])
 config = Gpt2Config(**spec["model"], gradient_checkpointing=spec["remat"])
 Vocab = hax.Axis("vocab", spec["vocab_size"])
 Batch = hax.Axis("batch", spec["batch"])
-model = config.build(Vocab, key=jax.random.PRNGKey(0))
 tokens = hax.named(
     jax.random.randint(jax.random.PRNGKey(1), (Batch.size, config.Pos.size), 0, Vocab.size),
     (Batch, config.Pos),
 )
 example = hax.vmap(LmExample.causal, Batch)(tokens)
-params, static = eqx.partition(model, eqx.is_array)
-
-def loss(p):
-    return compute_next_token_loss(eqx.combine(p, static), example).array
-
-start = time.perf_counter()
-compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-compile_s = time.perf_counter() - start
-times = _time_and_profile(compiled, params, spec)
+model = config.build(Vocab, key=jax.random.PRNGKey(0))
+result = _loss_grad_times(model, example, compute_next_token_loss, spec)
 print("'''
     + MARKER
-    + r"""" + json.dumps({"times": times, "compile_s": compile_s}), flush=True)
+    + r"""" + json.dumps(result), flush=True)
 """
 )
 
@@ -112,9 +104,7 @@ print("'''
 def _lm_child(spec: dict) -> None:
     """lm's side, in its own process (`--child`)."""
     import dataclasses
-    import time
 
-    import equinox as eqx
     import haliax as hax
     import jax
 
@@ -131,23 +121,16 @@ def _lm_child(spec: dict) -> None:
         overrides["attn_backend"] = spec["attn_backend"]
     model_config = dataclasses.replace(config.model, **overrides)
     Vocab = hax.Axis("vocab", spec["vocab_size"])
-    model = model_config.build(Vocab, key=jax.random.PRNGKey(0))
     Pos = model_config.Pos
     tokens = hax.named(
         jax.random.randint(jax.random.PRNGKey(1), (spec["batch"], Pos.size), 0, Vocab.size),
         ("batch", Pos.name),
     )
-    example = LmExample.causal(tokens)
-    params, static = eqx.partition(model, eqx.is_array)
-
-    def loss(p):
-        return compute_next_token_loss(eqx.combine(p, static), example).array
-
-    start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-    compile_s = time.perf_counter() - start
-    times = namespace["_time_and_profile"](compiled, params, spec)
-    print(MARKER + json.dumps({"times": times, "compile_s": compile_s}), flush=True)
+    model = model_config.build(Vocab, key=jax.random.PRNGKey(0))
+    result = namespace["_loss_grad_times"](
+        model, LmExample.causal(tokens), compute_next_token_loss, spec
+    )
+    print(MARKER + json.dumps(result), flush=True)
 
 
 def summarize_profile(prefix: str, top: int) -> list[str]:

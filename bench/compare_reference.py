@@ -48,7 +48,25 @@ REQUIREMENTS = [
 ]
 MARKER = "BENCH_REFERENCE_RESULT "
 
-REFERENCE_DRIVER = r'''
+# jax >= 0.8: jnp.mean(where=) needs a boolean mask; levanter passes its float loss mask
+# (dense path: cross_entropy_and_logsumexp_penalty; blockwise: the fused variant). Part of every
+# generated reference driver (needs `jnp` and `levanter_loss` imported).
+FLOAT_MASK_WORKAROUND = r"""
+def _bool_where(fn):
+    def wrapper(*args, where=None, **kwargs):
+        if where is not None:
+            where = where.astype(jnp.bool_)
+        return fn(*args, where=where, **kwargs)
+
+    return wrapper
+
+
+for _name in ("cross_entropy_and_logsumexp_penalty", "fused_cross_entropy_loss_and_logsumexp_penalty"):
+    setattr(levanter_loss, _name, _bool_where(getattr(levanter_loss, _name)))
+"""
+
+REFERENCE_DRIVER = (
+    r'''
 """Drives the reference (levanter) trainer for bench/compare_reference.py. Generated."""
 import json, os, pathlib, sys, time
 
@@ -72,20 +90,9 @@ from levanter.optim import AdamConfig
 from levanter.tracker.json_logger import JsonLoggerConfig
 from levanter.trainer import Trainer, TrainerConfig
 
-# jax >= 0.8: jnp.mean(where=) needs a boolean mask; levanter passes its float loss mask
-# (dense path: cross_entropy_and_logsumexp_penalty; blockwise: the fused variant).
-def _bool_where(fn):
-    def wrapper(*args, where=None, **kwargs):
-        if where is not None:
-            where = where.astype(jnp.bool_)
-        return fn(*args, where=where, **kwargs)
-
-    return wrapper
-
-
-for _name in ("cross_entropy_and_logsumexp_penalty", "fused_cross_entropy_loss_and_logsumexp_penalty"):
-    setattr(levanter_loss, _name, _bool_where(getattr(levanter_loss, _name)))
-
+'''
+    + FLOAT_MASK_WORKAROUND
+    + r"""
 model = Gpt2Config(**spec["model"])
 trainer_config = TrainerConfig(
     num_train_steps=spec["steps"],
@@ -146,7 +153,8 @@ result = {
     "levanter": levanter.__version__ if hasattr(levanter, "__version__") else "1.2.dev1644",
 }
 print("BENCH_REFERENCE_RESULT " + json.dumps(result), flush=True)
-'''
+"""
+)
 
 
 def ensure_venv() -> str:
