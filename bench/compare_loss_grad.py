@@ -186,7 +186,7 @@ def main() -> None:
     driver = os.path.join(ref_bench.BENCH_HOME, "levanter_loss_grad_driver.py")
     with open(driver, "w") as f:
         f.write(REFERENCE_DRIVER)
-    ref_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    ref_env = ref_bench.reference_env()
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
 

@@ -191,6 +191,14 @@ def reference_spec(config_path: str, steps: int) -> dict:
     }
 
 
+def reference_env() -> dict[str, str]:
+    """The environment for a reference process: none of lm's `PYTHONPATH` or XLA flags, no
+    wandb."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env["WANDB_MODE"] = "disabled"
+    return env
+
+
 def run_reference(python: str, spec: dict) -> tuple[dict, float]:
     driver = os.path.join(BENCH_HOME, "levanter_driver.py")
     with open(driver, "w") as f:
@@ -202,8 +210,7 @@ def run_reference(python: str, spec: dict) -> tuple[dict, float]:
             "peak_n": lm_bench.PEAK_N,
             "peak_repeats": lm_bench.PEAK_REPEATS,
         }
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-        env["WANDB_MODE"] = "disabled"
+        env = reference_env()
         return lm_bench.run_marked(
             [python, driver, json.dumps(spec)],
             env,
