@@ -174,7 +174,10 @@ def reference_spec(config_path: str, steps: int) -> dict:
     import lm.config
     from lm.main.train_lm import TrainLmConfig
 
-    cfg = lm.config.parse(TrainLmConfig, config_path=config_path)
+    try:
+        cfg = lm.config.parse(TrainLmConfig, config_path=config_path)
+    except lm.config.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     m = cfg.model
     return {
         "model": {
