@@ -183,3 +183,27 @@ def test_blockwise_model_loss_uses_config_block_size(model, example):
 def test_empty_mask_gives_zero_not_nan(model, example):
     nothing = LmExample(example.tokens, hax.zeros(example.tokens.axes, dtype=jnp.bool_))
     assert float(eqx.filter_jit(compute_next_token_loss)(model, nothing).array) == 0.0
+
+
+def test_head_weight_gradient_avoids_contracting_leading_axes_on_cpu():
+    """XLA:CPU runs a dot that contracts both operands' leading axes (the tokens, for the LM
+    head's weight gradient) in Eigen at about half YNNPACK's speed: the compiled gradient
+    must not contain one, and must still equal d_logits^T . h."""
+    from lm.models.loss import _head_weight_grad
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    h = jax.random.normal(k1, (256, 32))
+    d_logits = jax.random.normal(k2, (256, 128))
+    compiled = jax.jit(_head_weight_grad).lower(h, d_logits).compile()
+    leading = [
+        line.strip()
+        for line in compiled.as_text().splitlines()
+        if " dot(" in line and "lhs_contracting_dims={0}, rhs_contracting_dims={0}" in line
+    ]
+    assert leading == []
+    np.testing.assert_allclose(
+        compiled(h, d_logits),
+        np.asarray(d_logits, np.float64).T @ np.asarray(h, np.float64),
+        rtol=1e-5,
+        atol=1e-4,
+    )

@@ -181,9 +181,23 @@ def _dense_ce_bwd(residuals, cotangents):
     d_logits = (d_ce + d_lse)[:, None] * jnp.exp(logits - lse[:, None])
     d_logits = (d_logits - jnp.where(hit, d_ce[:, None], 0.0)).astype(w.dtype)
     d_h = jnp.einsum("nv,ve->ne", d_logits, w, preferred_element_type=jnp.float32)
-    # (E, V) then transposed: on XLA:CPU faster than contracting d_logits' leading axis
-    d_w = jnp.einsum("ne,nv->ev", h, d_logits, preferred_element_type=jnp.float32).T
-    return d_h.astype(h.dtype), d_w.astype(w.dtype), None
+    return d_h.astype(h.dtype), _head_weight_grad(h, d_logits).astype(w.dtype), None
+
+
+def _head_weight_grad(h: jax.Array, d_logits: jax.Array) -> jax.Array:
+    """d_w [V, E] = d_logits^T . h, contracting the tokens (the leading axis of both).
+
+    On XLA:CPU a dot contracting both operands' leading axes runs in Eigen, not YNNPACK, at
+    ~180 GFLOP/s for the LM head's shapes (YNNPACK: ~330). It is computed here as
+    (h^T . d_logits)^T: h^T [E, N] and the [E, V] product made real by optimisation
+    barriers (XLA otherwise folds both transposes back into the dot), then one transposed
+    copy of the [E, V] result: the config-2 benchmark's 187 ms matmul becomes ~115 ms,
+    copies included (docs/benchmarks.md). Other backends contract it directly."""
+    if jax.default_backend() != "cpu":
+        return jnp.einsum("nv,ne->ve", d_logits, h, preferred_element_type=jnp.float32)
+    barrier = jax.lax.optimization_barrier
+    d_w_t = jnp.einsum("en,nv->ev", barrier(h.T), d_logits, preferred_element_type=jnp.float32)
+    return barrier(d_w_t).T
 
 
 _dense_cross_entropy.defvjp(_dense_ce_fwd, _dense_ce_bwd)
