@@ -323,6 +323,9 @@ def main() -> None:
                 "reference": ref,
                 "lm": ours,
                 "tokens_per_s_ratio": ours["tokens_per_s"] / ref["tokens_per_s"],
+                # tokens/s over each run's own matmul peak (both count the same FLOPs per
+                # token): cancels the machine's speed drifting between runs
+                "mfu_ratio": ours["mfu"] / ref["mfu"] if ours["mfu"] and ref["mfu"] else None,
                 "first_step_ratio": ours["first_step_s"] / ref["first_step_s"],
                 "steady_ratio": ours["steady_s"] / ref["steady_s"],
                 "compile_cache": args.compile_cache,
@@ -340,6 +343,11 @@ def main() -> None:
             f"=> {os.path.basename(r['config'])}: lm/reference tokens/s {r['tokens_per_s_ratio']:.2f}x, "
             f"time to first step {r['first_step_ratio']:.2f}x, to steady state {r['steady_ratio']:.2f}x"
         )
+        if r["mfu_ratio"] is not None:
+            print(
+                f"   MFU {r['lm']['mfu']:.1%} vs {r['reference']['mfu']:.1%}: tokens/s per unit of "
+                f"each run's measured peak {r['mfu_ratio']:.2f}x"
+            )
         if r["compile_cache"] and r["lm"]["first_step_warm_s"] is not None:
             print(
                 f"   first step cold/warm compilation cache: reference "
