@@ -286,3 +286,37 @@ def test_hf_config_round_trip():
     assert Gpt2Config.from_hf_config(hf) == dataclasses.replace(config, attn_backend=None)
     with pytest.raises(ValueError, match="use_bias: false has no HF GPT-2 equivalent"):
         dataclasses.replace(TINY, use_bias=False).to_hf_config(VOCAB)
+
+
+def test_backward_never_concatenates_the_qkv_activation_gradient():
+    """q, k and v come from three matmuls on slices of the fused weight: the backward then
+    has no (tokens, qkv, heads, head_size) concatenation of dq, dk, dv, which XLA:CPU wrote
+    twice (once transposed for the weight gradient). Same values: the HF oracle tests."""
+    config = dataclasses.replace(TINY, seq_len=24, gradient_checkpointing="save_projections")
+    Vocab = hax.Axis("vocab", 50)
+    model = config.build(Vocab, key=jax.random.PRNGKey(0))
+    example = LmExample.causal(_tokens(config, batch=3))
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def loss(p):
+        return compute_next_token_loss(eqx.combine(p, static), example).array
+
+    def eqns(jaxpr):
+        for e in jaxpr.eqns:
+            yield e
+            for v in e.params.values():
+                if isinstance(v, jax.extend.core.ClosedJaxpr):
+                    yield from eqns(v.jaxpr)
+                elif isinstance(v, jax.extend.core.Jaxpr):
+                    yield from eqns(v)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    tokens = {3, 24}  # the batch and position sizes, which no parameter has
+    concatenated = [
+        e.outvars[0].aval.shape
+        for e in eqns(jaxpr)
+        if e.primitive.name == "concatenate"
+        and tokens <= set(e.outvars[0].aval.shape)
+        and e.outvars[0].aval.ndim >= 4  # activations with heads (the loss shifts (batch, pos))
+    ]
+    assert concatenated == []

@@ -46,7 +46,6 @@ SAVE_PROJECTIONS = "save_projections"
 _POLICY_STRINGS = ("full", "recompute", "offload", "save_all", "nested", SAVE_PROJECTIONS, AUTO)
 
 PROJECTION_NAMES = (
-    "qkv",
     "q_proj",
     "k_proj",
     "v_proj",
