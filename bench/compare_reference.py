@@ -345,7 +345,7 @@ def main() -> None:
         )
         if r["mfu_ratio"] is not None:
             print(
-                f"   MFU {r['lm']['mfu']:.1%} vs {r['reference']['mfu']:.1%}: tokens/s per unit of "
+                f"   MFU {r['lm']['mfu']:.1f}% vs {r['reference']['mfu']:.1f}%: tokens/s per unit of "
                 f"each run's measured peak {r['mfu_ratio']:.2f}x"
             )
         if r["compile_cache"] and r["lm"]["first_step_warm_s"] is not None:
