@@ -38,6 +38,7 @@ from lm.models.layers.attention import (
     validate_attention_backend,
 )
 from lm.models.layers.init import init_embedding, init_linear
+from lm.models.layers.linear import matmul
 from lm.models.layers.normalization import LayerNorm
 from lm.models.layers.scan import GradientCheckpointing, checkpoint_policy, stack_layers
 from lm.models.lm_model import LmConfig, LmHeadModel
@@ -291,9 +292,10 @@ def _project_qkv(c_attn: hnn.Linear, x: NamedArray) -> list[NamedArray]:
     unchanged (docs/benchmarks.md). The parameter stays one fused `c_attn`."""
     weight = c_attn.weight * c_attn.reparam.active_scale
     biases = _split_qkv(c_attn.bias) if c_attn.bias is not None else [None] * 3
+    Out = tuple(ax for ax in c_attn.Out if ax.name != "qkv")
     out = []
     for w, b, name in zip(_split_qkv(weight), biases, ("q_proj", "k_proj", "v_proj"), strict=True):
-        y = hax.auto_sharded(x.dot(w, axis=c_attn.In, dot_general=c_attn.dot_general))
+        y = hax.auto_sharded(matmul(x, w, c_attn.In, Out, dot_general=c_attn.dot_general))
         if b is not None:
             y = hax.auto_sharded(y + b)
         out.append(hax.tree_checkpoint_name(y, name))

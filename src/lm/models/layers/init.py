@@ -8,6 +8,8 @@ from haliax import Axis
 from haliax.axis import AxisSpec
 from jaxtyping import PRNGKeyArray
 
+from lm.models.layers.linear import Linear
+
 
 def init_linear(
     In: AxisSpec,
@@ -17,8 +19,9 @@ def init_linear(
     std: float,
     use_bias: bool,
     out_first: bool = True,
-) -> hnn.Linear:
-    """A Linear layer with normal(0, std) weights and zero bias.
+) -> Linear:
+    """A Linear layer (lm's `Linear`, see `lm.models.layers.linear`) with normal(0, std)
+    weights and zero bias.
 
     `out_first=True` stores the weight (Out, In) like `torch.nn.Linear`; `False` stores it
     (In, Out) like HF's GPT-2 `Conv1D`.
@@ -26,7 +29,7 @@ def init_linear(
     axes = hax.concat_axis_specs(Out, In) if out_first else hax.concat_axis_specs(In, Out)
     weight = hax.random.normal(key, axes) * std
     bias = hax.zeros(Out) if use_bias else None
-    return hnn.Linear(weight, bias, In, Out)
+    return Linear(weight, bias, In, Out)
 
 
 def init_embedding(Vocab: Axis, Embed: Axis, *, key: PRNGKeyArray, std: float) -> hnn.Embedding:

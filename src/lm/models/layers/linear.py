@@ -1,0 +1,76 @@
+"""`Linear`: Haliax's `Linear` with its matmul done as one 2-D product.
+
+Haliax contracts `x (batch, position, ..., In)` with the weight as a dot_general that keeps
+every batch axis, so the weight's gradient contracts several leading axes (batch and
+position) at once. XLA:CPU lowers that worse than a plain matrix product: transposed copies
+of the activations' gradients and an Eigen matmul where YNNPACK could run. Here, for a
+single `In` axis that trails `x` (every projection of the models but attention's output
+projection), the leading axes are flattened first (a free reshape), so the forward is
+`(tokens, in) x (in, out)` and the weight gradient contracts one token axis: the GPT-2
+benchmark configs' loss + gradient 6% (config 2) to 6-10% (config 1) faster
+(docs/benchmarks.md). Attention's output projection contracts (heads, head_size) of an
+input the attention hands over transposed; flattened, XLA has to materialise that transpose
+first, and config 2 measured 5% slower, so it, like any other case (a weight whose axes are
+not `(In, Out...)` or `(Out..., In)`), keeps Haliax's named dot. Same parameters,
+checkpoints and state-dict keys as `hnn.Linear` (a subclass, so code that recognises Haliax
+linears recognises these).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import haliax as hax
+import haliax.nn as hnn
+import jax
+import jax.numpy as jnp
+from haliax import Axis, NamedArray
+from haliax.jax_utils import named_call
+
+
+def _axes(spec) -> tuple[Axis, ...]:
+    return (spec,) if isinstance(spec, Axis) else tuple(spec)
+
+
+def matmul(
+    x: NamedArray,
+    weight: NamedArray,
+    In,
+    Out,
+    *,
+    dot_general: Callable = jax.lax.dot_general,
+) -> NamedArray:
+    """`x . weight` contracting `In`: axes (x's other axes..., Out...), as a 2-D product
+    when `In` is one axis, the last of `x`, and the weight is `(In, Out...)` or
+    `(Out..., In)`; otherwise Haliax's named dot (see the module docstring)."""
+    In, Out = _axes(In), _axes(Out)
+    in_names = {ax.name for ax in In}
+    lead = tuple(ax for ax in x.axes if ax.name not in in_names)
+    w_axes = tuple(weight.axes)
+    flat = len(In) == 1 and x.axes[-1] == In[0] and w_axes in ((*In, *Out), (*Out, *In))
+    if not flat:
+        return x.dot(weight, axis=In, dot_general=dot_general)
+    k = math.prod(ax.size for ax in In)
+    n = math.prod(ax.size for ax in Out)
+    in_first = w_axes[: len(In)] == In
+    dtype = jnp.result_type(x.dtype, weight.dtype)
+    x2 = x.array.astype(dtype).reshape(-1, k)
+    w2 = weight.array.astype(dtype).reshape((k, n) if in_first else (n, k))
+    y = dot_general(x2, w2, (((1,), (0 if in_first else 1,)), ((), ())))
+    return hax.named(y.reshape(*(ax.size for ax in (*lead, *Out))), (*lead, *Out))
+
+
+class Linear(hnn.Linear):
+    """`hnn.Linear` whose call is `matmul` (see the module docstring)."""
+
+    @named_call
+    def __call__(self, inputs: NamedArray, *, key=None) -> NamedArray:
+        del key
+        weight = self.weight * self.reparam.active_scale
+        out = hax.auto_sharded(
+            matmul(inputs, weight, self.In, self.Out, dot_general=self.dot_general)
+        )
+        if self.bias is not None:
+            out = hax.auto_sharded(out + self.bias)
+        return out
