@@ -29,6 +29,15 @@ def _count(jaxpr) -> int:
     return total
 
 
+def all_eqns(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs nested in its equations (jit, scan, remat,
+    custom_vjp, ...), outermost first."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in _subjaxprs(eqn.params):
+            yield from all_eqns(sub)
+
+
 def _subjaxprs(params):
     for value in params.values():
         for item in value if isinstance(value, (tuple, list)) else (value,):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import all_eqns
 
 from lm.models.layers import flash_attention
 from lm.models.layers.attention import (
@@ -163,18 +164,8 @@ def _exp_dtypes(upcast):
 
     jaxpr = jax.make_jaxpr(f)(*bf)
     return {
-        str(e.outvars[0].aval.dtype) for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "exp"
+        str(e.outvars[0].aval.dtype) for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "exp"
     }
-
-
-def _all_eqns(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for v in e.params.values():
-            if isinstance(v, jax.extend.core.ClosedJaxpr):
-                yield from _all_eqns(v.jaxpr)
-            elif isinstance(v, jax.extend.core.Jaxpr):
-                yield from _all_eqns(v)
 
 
 def test_upcast_computes_softmax_in_float32():
@@ -253,7 +244,7 @@ def test_vanilla_never_transposes_the_scores():
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
     transposed = [
         e.invars[0].aval.shape
-        for e in _all_eqns(jaxpr.jaxpr)
+        for e in all_eqns(jaxpr.jaxpr)
         if e.primitive.name == "transpose"
         and list(e.invars[0].aval.shape).count(n) >= 2
         and e.invars[0].aval.size >= Batch.size * KvHeads.size * n * n  # not the (q, k) mask
@@ -282,7 +273,7 @@ def test_flash_backward_reduces_no_product_with_a_size_one_axis(flash_impl):
         )
         return (out * hax.cos(out)).sum().array
 
-    eqns = list(_all_eqns(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v).jaxpr))
+    eqns = list(all_eqns(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v).jaxpr))
     products = {id(e.outvars[0]) for e in eqns if e.primitive.name == "mul"}
     reduced = [
         e.invars[0].aval.shape

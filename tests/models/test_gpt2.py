@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from haliax import ScanCheckpointPolicy
-from helpers import matmul_flops, random_model
+from helpers import all_eqns, matmul_flops, random_model
 from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config, hf_state_dict_numpy
 
 from lm.models import AttentionMask, Gpt2Config, LmConfig, LmExample, compute_next_token_loss
@@ -301,20 +301,11 @@ def test_backward_never_concatenates_the_qkv_activation_gradient():
     def loss(p):
         return compute_next_token_loss(eqx.combine(p, static), example).array
 
-    def eqns(jaxpr):
-        for e in jaxpr.eqns:
-            yield e
-            for v in e.params.values():
-                if isinstance(v, jax.extend.core.ClosedJaxpr):
-                    yield from eqns(v.jaxpr)
-                elif isinstance(v, jax.extend.core.Jaxpr):
-                    yield from eqns(v)
-
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
     tokens = {3, 24}  # the batch and position sizes, which no parameter has
     concatenated = [
         e.outvars[0].aval.shape
-        for e in eqns(jaxpr)
+        for e in all_eqns(jaxpr)
         if e.primitive.name == "concatenate"
         and tokens <= set(e.outvars[0].aval.shape)
         and e.outvars[0].aval.ndim >= 4  # activations with heads (the loss shifts (batch, pos))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import all_eqns
 
 from lm.models.layers.init import init_linear
 from lm.models.layers.linear import Linear
@@ -27,17 +28,6 @@ CASES = {
     "multi_in": ((Heads, HeadSize), Embed, False, (Batch, Pos, Heads, HeadSize)),
     "in_not_last": (Embed, Mlp, True, (Batch, Embed, Pos)),
 }
-
-
-def _dots(jaxpr):
-    for e in jaxpr.eqns:
-        if e.primitive.name == "dot_general":
-            yield e
-        for v in e.params.values():
-            if isinstance(v, jax.extend.core.ClosedJaxpr):
-                yield from _dots(v.jaxpr)
-            elif isinstance(v, jax.extend.core.Jaxpr):
-                yield from _dots(v)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -79,7 +69,7 @@ def test_single_trailing_input_axis_is_one_matrix_product(case):
     jaxpr = jax.make_jaxpr(jax.grad(lambda lin, x: hax.sin(lin(x)).sum().array, argnums=(0, 1)))(
         layer, x
     )
-    dots = list(_dots(jaxpr.jaxpr))
+    dots = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
     assert len(dots) == 3  # forward, input gradient, weight gradient
     for e in dots:
         (lhs_contract, rhs_contract), _ = e.params["dimension_numbers"]
