@@ -7,8 +7,8 @@ of the activations' gradients and an Eigen matmul where YNNPACK could run. Here,
 single `In` axis that trails `x` (every projection of the models but attention's output
 projection), the leading axes are flattened first (a free reshape), so the forward is
 `(tokens, in) x (in, out)` and the weight gradient contracts one token axis: the GPT-2
-benchmark configs' loss + gradient 6% (config 2) to 6-10% (config 1) faster
-(docs/benchmarks.md). Attention's output projection contracts (heads, head_size) of an
+benchmark configs' loss + gradient about 5% (config 2) and 6-7% (config 1) faster, a small
+Llama 26% (docs/benchmarks.md). Attention's output projection contracts (heads, head_size) of an
 input the attention hands over transposed; flattened, XLA has to materialise that transpose
 first, and config 2 measured 5% slower, so it, like any other case (a weight whose axes are
 not `(In, Out...)` or `(Out..., In)`), keeps Haliax's named dot. Same parameters,
