@@ -38,7 +38,7 @@ from lm.models.layers.attention import (
     validate_attention_backend,
 )
 from lm.models.layers.init import init_embedding, init_linear
-from lm.models.layers.linear import matmul
+from lm.models.layers.linear import project
 from lm.models.layers.normalization import LayerNorm
 from lm.models.layers.scan import GradientCheckpointing, checkpoint_policy, stack_layers
 from lm.models.lm_model import LmConfig, LmHeadModel
@@ -283,7 +283,7 @@ def _split_qkv(x: NamedArray) -> list[NamedArray]:
 
 def _project_qkv(c_attn: hnn.Linear, x: NamedArray) -> list[NamedArray]:
     """q, k, v: the fused projection as three matmuls, one per slice of its weight (what
-    `c_attn(x)` then a split of its output computes, `Linear.__call__`'s steps kept).
+    `c_attn(x)` then a split of its output computes, through `Linear`'s own `project`).
 
     Split after one matmul, the backward concatenates dq, dk and dv into the fused
     (.., qkv, heads, head_size) gradient, and XLA:CPU writes that twice, once transposed for
@@ -293,13 +293,13 @@ def _project_qkv(c_attn: hnn.Linear, x: NamedArray) -> list[NamedArray]:
     weight = c_attn.weight * c_attn.reparam.active_scale
     biases = _split_qkv(c_attn.bias) if c_attn.bias is not None else [None] * 3
     Out = tuple(ax for ax in c_attn.Out if ax.name != "qkv")
-    out = []
-    for w, b, name in zip(_split_qkv(weight), biases, ("q_proj", "k_proj", "v_proj"), strict=True):
-        y = hax.auto_sharded(matmul(x, w, c_attn.In, Out, dot_general=c_attn.dot_general))
-        if b is not None:
-            y = hax.auto_sharded(y + b)
-        out.append(hax.tree_checkpoint_name(y, name))
-    return out
+    names = ("q_proj", "k_proj", "v_proj")
+    return [
+        hax.tree_checkpoint_name(
+            project(x, w, b, c_attn.In, Out, dot_general=c_attn.dot_general), name
+        )
+        for w, b, name in zip(_split_qkv(weight), biases, names, strict=True)
+    ]
 
 
 class Gpt2Attention(ModuleWithStateDictSerialization):

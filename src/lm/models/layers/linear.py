@@ -61,16 +61,28 @@ def matmul(
     return hax.named(y.reshape(*(ax.size for ax in (*lead, *Out))), (*lead, *Out))
 
 
+def project(
+    x: NamedArray,
+    weight: NamedArray,
+    bias: NamedArray | None,
+    In,
+    Out,
+    *,
+    dot_general: Callable = jax.lax.dot_general,
+) -> NamedArray:
+    """A linear layer's steps on an already scaled weight (as `hnn.Linear.__call__` takes
+    them): `matmul`, sharded by the axis mapping, plus the bias, sharded again."""
+    out = hax.auto_sharded(matmul(x, weight, In, Out, dot_general=dot_general))
+    if bias is not None:
+        out = hax.auto_sharded(out + bias)
+    return out
+
+
 class Linear(hnn.Linear):
-    """`hnn.Linear` whose call is `matmul` (see the module docstring)."""
+    """`hnn.Linear` whose call is `project` (see the module docstring)."""
 
     @named_call
     def __call__(self, inputs: NamedArray, *, key=None) -> NamedArray:
         del key
         weight = self.weight * self.reparam.active_scale
-        out = hax.auto_sharded(
-            matmul(inputs, weight, self.In, self.Out, dot_general=self.dot_general)
-        )
-        if self.bias is not None:
-            out = hax.auto_sharded(out + self.bias)
-        return out
+        return project(inputs, weight, self.bias, self.In, self.Out, dot_general=self.dot_general)
