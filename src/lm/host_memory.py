@@ -11,12 +11,13 @@ in, 4 KiB at a time: ~84,000 minor faults and ~0.2 s of kernel time per step on
   large blocks and heap: ~550 faults per step. Tunables are read when a process starts, so
   the process re-executes itself once with the tunable added to `GLIBC_TUNABLES` (same
   arguments, same pid), before anything else happens.
-* `arena` (what `auto` picks without transparent huge pages): two arenas, no `mmap` for large
+* `arena` (what `auto` picks without transparent huge pages): one arena, no `mmap` for large
   blocks and a trim threshold above the temporaries, so the block is carved from the heap
-  once and reused: no faults after the first step. One arena would do that too, but makes
-  XLA's multi-threaded compiler contend for it (a train step compiled 0.8-1.5 s slower on 2
-  cores); with two the compile costs ~0.1 s more than with glibc's defaults. With more, the
-  large blocks keep landing in fresh mappings for a few steps before settling.
+  once and reused: no faults after the first step. It makes XLA's multi-threaded compiler
+  contend for that arena (a train step compiled 0.8-1.5 s slower on 2 cores). Two arenas
+  compile almost as fast as glibc's defaults but are not reliable: a block of 64 MiB or more
+  taken by a thread of the second arena was served fresh, and faulted in, on every call in
+  about a quarter of the processes (tests/test_host_memory.py).
 * `0` (or `off`): glibc's defaults.
 
 Both need to be in place before any thread other than the main one has allocated, so
@@ -47,7 +48,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes (an int)
-_ARENAS = 2  # see the module docstring (`arena`)
+_ARENAS = 1  # see the module docstring (`arena`)
 
 _ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin")
 
