@@ -131,6 +131,9 @@ class LmConfig(draccus.ChoiceRegistry, abc.ABC, Generic[LmT]):
 
     def build(self, Vocab: Axis, *, key: PRNGKeyArray) -> LmT:
         """Initialise a fresh model for vocabulary axis `Vocab` (named "vocab")."""
+        from lm.compile_options import use_unrolled_threefry_on_cpu
+
+        use_unrolled_threefry_on_cpu()  # same values; compiles and runs faster on CPU
         return self.model_type.init(Vocab, self, key=key)
 
 

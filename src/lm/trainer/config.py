@@ -370,6 +370,9 @@ class TrainerConfig:
             jax.config.update(key, value)
         if self.jax_compilation_cache_dir is not None:
             jax.config.update("jax_compilation_cache_dir", self.jax_compilation_cache_dir)
+        from lm.compile_options import use_unrolled_threefry_on_cpu
+
+        use_unrolled_threefry_on_cpu()
         self.distributed.initialize()
         run_id = self.run_id
         from lm.tracker.logs import configure_logging
