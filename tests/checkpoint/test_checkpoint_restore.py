@@ -59,6 +59,16 @@ def test_restore_onto_one_device(fsdp_checkpoint, trained_state):
             assert isinstance(leaf.sharding, SingleDeviceSharding)
 
 
+def test_restore_onto_the_default_device(fsdp_checkpoint, trained_state):
+    """Abstract leaves without a mapping land on `jax_default_device`, like `load_pretrained`."""
+    exemplar = eqx.filter_eval_shape(make_state, jax.random.PRNGKey(3))
+    with jax.default_device(jax.devices()[5]):
+        restored = load_checkpoint(exemplar, str(fsdp_checkpoint))
+    assert_trees_equal(restored, trained_state)
+    arrays = [x for x in jax.tree.leaves(restored) if isinstance(x, jax.Array)]
+    assert arrays and all(x.sharding == SingleDeviceSharding(jax.devices()[5]) for x in arrays)
+
+
 def test_restore_onto_4way_tensor_parallel(fsdp_checkpoint, trained_state):
     tp_mesh = Mesh(np.array(jax.devices()[:4]), ("model",))
     exemplar = eqx.filter_eval_shape(make_state, jax.random.PRNGKey(3))

@@ -48,6 +48,7 @@ from lm.checkpoint.storage import (
     ts_context,
 )
 from lm.compile_options import xla_compiler_options
+from lm.partitioning.mesh import default_device
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _target_sharding(
     sharding = getattr(arr, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding):
         return sharding
-    return SingleDeviceSharding(jax.local_devices()[0])
+    return SingleDeviceSharding(default_device())
 
 
 def _index_key(index: tuple[slice, ...], shape: Sequence[int]) -> tuple:
@@ -331,7 +332,9 @@ def load_checkpoint_with_path(
         exemplar: a pytree like the saved one. Leaves may be concrete arrays or
             `jax.ShapeDtypeStruct`s (`eqx.filter_eval_shape(init_fn)` makes them without
             allocating); NamedArrays may wrap either. Each array is read straight into
-            its target sharding, each process reading only its addressable shards.
+            its target sharding, each process reading only its addressable shards;
+            abstract leaves without a sharding (and no mapping) land on the default device
+            (`jax.default_device`, else the first local one).
         checkpoint_path: a checkpoint directory, or with `discover_latest` a run
             directory whose newest complete checkpoint is used.
         discover_latest: search `checkpoint_path` for the newest complete checkpoint.

@@ -117,6 +117,15 @@ def count_slices(devices: Sequence[jax.Device]) -> int:
     return max(indices) + 1
 
 
+def default_device() -> jax.Device:
+    """The device unsharded arrays land on: `jax_default_device` when it names a device or a
+    platform, else this process's first local device."""
+    device = jax.config.jax_default_device
+    if isinstance(device, jax.Device):
+        return device
+    return jax.local_devices(backend=device)[0] if device else jax.local_devices()[0]
+
+
 def create_mesh(shape: MeshShape, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `Mesh` with axes ("replica", "data", "model"), laid out for the interconnect."""
     devices = list(jax.devices() if devices is None else devices)

@@ -31,6 +31,7 @@ from jax.sharding import SingleDeviceSharding
 
 from lm.models.lm_model import LmConfig, LmHeadModel, LmT
 from lm.partitioning.jit import with_shardings
+from lm.partitioning.mesh import default_device
 
 if TYPE_CHECKING:
     from lm.models.hf.converter import HFCheckpointConverter
@@ -187,9 +188,7 @@ def _placements(params: Any, axis_mapping: ResourceMapping | None, mesh: Any) ->
     """Where each loaded parameter goes: sharded by `axis_mapping` on the current mesh, or
     the default device without a mapping."""
     if axis_mapping is None:
-        device = jax.config.jax_default_device
-        if not isinstance(device, jax.Device):  # unset, or a platform name
-            device = jax.local_devices(backend=device)[0] if device else jax.local_devices()[0]
+        device = default_device()
         return jax.tree_util.tree_map(lambda _: SingleDeviceSharding(device), params)
     if mesh is None or mesh.empty:
         raise ValueError(
