@@ -2,7 +2,7 @@
 
 Usage:
     PYTHONPATH=src python bench/step_variants.py --config bench/configs/gpt2_512.yaml \
-        [--policies true,save_projections,false] [--levels default,1] [--repeats 5]
+        [--policies true,save_projections,false] [--levels default,1,lm] [--repeats 5]
 
 A policy may carry model overrides and a level XLA options, each as `+name=value`, e.g.
 `--policies save_projections+attn_backend=vanilla --levels 1+xla_cpu_use_fusion_emitters=false`.
@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 import lm.config
+from lm.compile_options import xla_compiler_options
 from lm.main.train_lm import TrainLmConfig
 from lm.models import LmExample, compute_next_token_loss
 
@@ -34,9 +35,15 @@ POLICIES = {"true": True, "false": False}
 
 
 def _options(variant: str) -> dict | None:
-    """`default`, a level (`1`), or either followed by `+flag=value` XLA options."""
+    """`default`, `lm` (what lm compiles its steps with, `lm.compile_options`), a level (`1`),
+    or any of them followed by `+flag=value` XLA options."""
     level, *flags = variant.split("+")
-    options = {} if level == "default" else {"xla_backend_optimization_level": int(level)}
+    if level == "default":
+        options = {}
+    elif level == "lm":
+        options = dict(xla_compiler_options("cpu") or {})
+    else:
+        options = {"xla_backend_optimization_level": int(level)}
     options.update(_parse_flag(flag) for flag in flags)
     return options or None
 
