@@ -37,6 +37,7 @@ from lm.models.layers.attention import (
     dot_product_attention,
     validate_attention_backend,
 )
+from lm.models.layers.embedding import lookup
 from lm.models.layers.init import init_embedding, init_linear
 from lm.models.layers.linear import project
 from lm.models.layers.normalization import LayerNorm
@@ -458,8 +459,8 @@ class Gpt2Embeddings(ModuleWithStateDictSerialization):
             raise ValueError(
                 f"input has {InPos.size} positions but the model has {Pos.size} position embeddings (seq_len)"
             )
-        x = self.token_embeddings.embed(input_ids)
-        x = x + self.position_embeddings.embed(hax.arange(InPos))
+        x = lookup(self.token_embeddings, input_ids)
+        x = x + lookup(self.position_embeddings, hax.arange(InPos))
         return self.dropout(x, key=key, inference=key is None)
 
     def resize(self, new_size: int, key: PRNGKeyArray | None = None) -> Gpt2Embeddings:

@@ -43,6 +43,7 @@ from lm.models.layers.attention import (
     validate_attention_backend,
 )
 from lm.models.layers.configs import AttentionConfig, LayerNormConfig
+from lm.models.layers.embedding import lookup
 from lm.models.layers.init import init_embedding, init_linear
 from lm.models.layers.normalization import RmsNorm
 from lm.models.layers.rotary import (
@@ -514,7 +515,7 @@ class LlamaEmbedding(ModuleWithStateDictSerialization):
 
     @named_call
     def embed(self, input_ids: NamedArray) -> NamedArray:
-        x = self.token_embeddings.embed(input_ids)
+        x = lookup(self.token_embeddings, input_ids)
         return self.norm(x) if self.norm is not None else x
 
     def resize(self, new_size: int, key: PRNGKeyArray | None = None) -> LlamaEmbedding:
