@@ -59,7 +59,7 @@ mode: str | None = None
 
 DESCRIPTIONS = {
     "hugepages": f"huge pages for large blocks, GLIBC_TUNABLES={HUGETLB_TUNABLE}=1",
-    "arena": f"{_ARENAS} arenas, no mmap for large blocks",
+    "arena": f"{_ARENAS} arena{'' if _ARENAS == 1 else 's'}, no mmap for large blocks",
 }
 
 
