@@ -49,8 +49,10 @@ def _worker(argv: list[str]) -> None:
     t0 = float(os.environ["BENCH_T0"])
     # What `python -m lm.main.train_lm` does first (before jax is imported).
     from lm.host_memory import tune_host_allocator
+    from lm.startup_gc import pause
 
     tune_host_allocator()
+    pause()
     import functools
 
     import lm.config

@@ -37,6 +37,26 @@ def _metrics(config, step=None):
     return logs if step is None else [r["metrics"] for r in logs if r["step"] == step]
 
 
+def test_a_startup_gc_pause_ends_after_the_first_step(tmp_path):
+    import gc
+
+    from lm import startup_gc
+
+    enabled = []
+    try:
+        assert startup_gc.pause()
+        _train(
+            trainer_config(tmp_path, num_train_steps=2),
+            hooks=[(lambda info: enabled.append(gc.isenabled()), 1)],
+        )
+        assert enabled == [True, True, True] and not startup_gc.paused()  # + the final hooks
+        assert gc.get_freeze_count() > 0
+    finally:
+        startup_gc.end_pause()
+        gc.unfreeze()
+        gc.enable()
+
+
 def test_loss_decreases_and_step_semantics(tmp_path):
     seen = []
     config = trainer_config(tmp_path, num_train_steps=30)

@@ -13,6 +13,7 @@ import jax
 
 import lm.config
 import lm.host_memory
+import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.lm_run import vocab_axis
@@ -185,6 +186,8 @@ def main(config: TrainLmConfig) -> RunSummary:
             logger.warning("%s", e)
             print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        finally:
+            lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
         summary.finish(info, trainer)
     summary.print()
     return summary

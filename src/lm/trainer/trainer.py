@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import PRNGKeyArray
 
+import lm.startup_gc
 import lm.tracker
 from lm.compile_options import xla_compiler_options
 from lm.partitioning.jit import ShardedJit, sharded_jit, with_shardings
@@ -436,6 +437,7 @@ class Trainer(Generic[M]):
                 loading_time = time.perf_counter() - load_start
                 batch_tuple = batch if isinstance(batch, tuple) else (batch,)
                 info, cb_infos = self._train_step(state, batch_tuple, {})
+                lm.startup_gc.end_pause()  # start-up is over (a no-op unless train_lm paused)
                 hook_start = time.perf_counter()
                 self.hooks.run_jit_hooks_outside_step(info, cb_infos)
                 info = dataclasses.replace(
