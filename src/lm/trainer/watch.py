@@ -92,6 +92,8 @@ class WatchCallback(JitCallback[TrainerState, dict[str, Any]]):
         self.config = config
 
     def inside_step(self, state: TrainerState, inside_info: InsideStepInfo) -> dict[str, Any]:
+        """Each leaf's sum of squares is taken once (per layer for stacked layers, a vector);
+        the total norm is the root of their sum. Layer vectors are split on the host."""
         trees = {
             "grads": inside_info.grads,
             "params": state.trainable_model,
@@ -100,33 +102,37 @@ class WatchCallback(JitCallback[TrainerState, dict[str, Any]]):
         }
         out: dict[str, Any] = {}
         for target in self.config.watch_targets:
-            leaves = _leaves_with_names(trees[target])
-            arrays = [leaf.array if hax.is_named_array(leaf) else leaf for _, leaf in leaves]
-            if self.config.include_norms:
-                sq = sum(
-                    (jnp.sum(jnp.square(a.astype(jnp.float32))) for a in arrays), jnp.float32(0)
-                )
-                out[f"{target}/norm/total"] = jnp.sqrt(sq)
-            for name, leaf in leaves:
+            total = jnp.float32(0)
+            for name, leaf in _leaves_with_names(trees[target]):
                 array = leaf.array if hax.is_named_array(leaf) else leaf
+                squares = jnp.square(array.astype(jnp.float32))
                 layer_axis = _layer_axis(leaf) if self.config.split_scan_layers else None
-                if self.config.include_per_parameter_norms:
-                    if layer_axis is not None:
-                        reduce_axes = tuple(a for a in leaf.axes if a.name != layer_axis)
-                        norms = hax.sqrt(
-                            hax.sum(hax.square(leaf.astype(jnp.float32)), axis=reduce_axes)
-                        )
-                        for i in range(norms.array.shape[0]):
-                            out[f"{target}/norm/{name}/layer_{i}"] = norms.array[i]
-                    else:
-                        out[f"{target}/norm/{name}"] = jnp.linalg.norm(
-                            array.astype(jnp.float32).ravel()
-                        )
+                if layer_axis is not None and self.config.include_per_parameter_norms:
+                    layer = leaf.axis_indices(layer_axis)
+                    per_layer = jnp.sum(
+                        squares, axis=tuple(i for i in range(array.ndim) if i != layer)
+                    )
+                    total = total + jnp.sum(per_layer)
+                    out[f"{target}/norm/{name}"] = jnp.sqrt(per_layer)  # one entry per layer
+                else:
+                    sq = jnp.sum(squares)
+                    total = total + sq
+                    if self.config.include_per_parameter_norms:
+                        out[f"{target}/norm/{name}"] = jnp.sqrt(sq)
                 if self.config.include_histograms:
                     out[f"{target}/hist/{name}"] = array
+            if self.config.include_norms:
+                out[f"{target}/norm/total"] = jnp.sqrt(total)
         return out
 
     def on_step(self, step_info: StepInfo, cb_info: dict[str, Any]) -> None:
-        scalars = jax.device_get({k: v for k, v in cb_info.items() if "/hist/" not in k})
+        scalars = {}
+        for key, value in jax.device_get(
+            {k: v for k, v in cb_info.items() if "/hist/" not in k}
+        ).items():
+            if getattr(value, "ndim", 0) == 1:  # a stacked parameter's norm per layer
+                scalars.update({f"{key}/layer_{i}": v for i, v in enumerate(value)})
+            else:
+                scalars[key] = value
         hists = {k: lm.tracker.Histogram.from_array(v) for k, v in cb_info.items() if "/hist/" in k}
         lm.tracker.log({**scalars, **hists}, step=step_info.step)

@@ -1,0 +1,100 @@
+"""`watch` norms against numpy: total, per parameter, and per layer for stacked layers."""
+
+import dataclasses
+
+import equinox as eqx
+import haliax as hax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.tracker import NoopTracker
+from lm.trainer.hooks import InsideStepInfo
+from lm.trainer.watch import WatchConfig
+
+Layers = hax.Axis("layers", 3)
+Embed = hax.Axis("embed", 4)
+Mlp = hax.Axis("mlp", 5)
+
+
+class Block(eqx.Module):
+    w: hax.NamedArray  # stacked: (layers, embed, mlp)
+    b: jax.Array  # plain array
+
+
+class Model(eqx.Module):
+    block: Block
+    head: hax.NamedArray  # (embed,)
+
+
+class State(eqx.Module):
+    trainable_model: Model
+    opt_state: object = None
+
+
+class Recorder(NoopTracker):
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, metrics, *, step, commit=None):
+        self.logged.update(metrics)
+
+
+def _model(seed):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return Model(
+        Block(hax.random.normal(k1, (Layers, Embed, Mlp)), jax.random.normal(k2, (2, 3))),
+        hax.random.normal(k3, (Embed,)),
+    )
+
+
+def _logged(config, params, grads):
+    callback = config.build()
+    out = jax.jit(
+        lambda p, g: callback.inside_step(State(p), InsideStepInfo(grads=g, updates=None))
+    )(params, grads)
+    recorder = Recorder()
+    with recorder:
+        callback.on_step(dataclasses.make_dataclass("Info", ["step"])(0), out)
+    return recorder.logged
+
+
+def test_norms_match_numpy_per_parameter_per_layer_and_total():
+    params, grads = _model(0), _model(1)
+    logged = _logged(WatchConfig(), params, grads)
+    for target, tree in (("params", params), ("grads", grads)):
+        w = np.asarray(tree.block.w.array, np.float64)
+        b = np.asarray(tree.block.b, np.float64)
+        head = np.asarray(tree.head.array, np.float64)
+        for i in range(Layers.size):
+            np.testing.assert_allclose(
+                logged[f"{target}/norm/block/w/layer_{i}"], np.linalg.norm(w[i]), rtol=1e-6
+            )
+        assert f"{target}/norm/block/w" not in logged  # split into layers
+        np.testing.assert_allclose(logged[f"{target}/norm/block/b"], np.linalg.norm(b), rtol=1e-6)
+        np.testing.assert_allclose(logged[f"{target}/norm/head"], np.linalg.norm(head), rtol=1e-6)
+        total = np.sqrt(np.sum(w**2) + np.sum(b**2) + np.sum(head**2))
+        np.testing.assert_allclose(logged[f"{target}/norm/total"], total, rtol=1e-6)
+    assert len(logged) == 2 * (Layers.size + 3)
+
+
+def test_unsplit_layers_and_totals_only():
+    params, grads = _model(0), _model(1)
+    logged = _logged(WatchConfig(split_scan_layers=False), params, grads)
+    w = np.asarray(params.block.w.array, np.float64)
+    np.testing.assert_allclose(logged["params/norm/block/w"], np.linalg.norm(w), rtol=1e-6)
+    assert not any("layer_" in k for k in logged)
+    totals = _logged(WatchConfig(include_per_parameter_norms=False), params, grads)
+    assert sorted(totals) == ["grads/norm/total", "params/norm/total"]
+    np.testing.assert_allclose(totals["grads/norm/total"], logged["grads/norm/total"], rtol=1e-6)
+
+
+def test_histograms_are_the_arrays():
+    params = _model(0)
+    logged = _logged(
+        WatchConfig(watch_targets=("params",), include_histograms=True), params, params
+    )
+    assert logged["params/hist/block/w"].num == Layers.size * Embed.size * Mlp.size
+    np.testing.assert_allclose(
+        logged["params/hist/head"].max, float(jnp.max(params.head.array)), rtol=1e-6
+    )
