@@ -311,3 +311,28 @@ def test_backward_never_concatenates_the_qkv_activation_gradient():
         and e.outvars[0].aval.ndim >= 4  # activations with heads (the loss shifts (batch, pos))
     ]
     assert concatenated == []
+
+
+@pytest.mark.parametrize("backend, expected", [("jax_flash", 8), ("vanilla", 7)])
+def test_save_projections_stores_each_residual_once(backend, expected, capsys):
+    """Per layer: the block input, q, k, v, the attention output, attn_proj and mlp_up, and
+    with jax_flash its log-sum-exp. The attention output once: jax_flash keeps it in its own
+    layout, and the model's (transposed) copy of it is not stored again."""
+    config = dataclasses.replace(
+        TINY, seq_len=24, gradient_checkpointing="save_projections", attn_backend=backend
+    )
+    model = config.build(Vocab, key=jax.random.PRNGKey(0))
+    example = LmExample.causal(_tokens(config, batch=3))
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def loss(p):
+        return compute_next_token_loss(eqx.combine(p, static), example).array
+
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    stacked = [  # the layers' residuals, stacked by the scan over layers
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if "output of scan" in line and f"[{config.num_layers}," in line.split()[0]
+    ]
+    assert len(stacked) == expected, "\n".join(stacked)

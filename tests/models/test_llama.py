@@ -235,3 +235,26 @@ def test_norm_and_attention_configs_describe_the_built_layers():
         AttentionConfig(Embed=Embed, num_heads=4, num_kv_heads=3, head_dim=8)
     with pytest.raises(ValueError, match="norm kind must be 'rms' or 'layer'"):
         LayerNormConfig(kind="batch")
+
+
+def test_save_projections_stores_the_attention_output_once(capsys):
+    """Block input, q, k, v, attention output and log-sum-exp (jax_flash), attn_proj, and the
+    MLP's gate and up projections: 9 stacked residuals, the attention output once."""
+    config = dataclasses.replace(
+        TINY, seq_len=24, gradient_checkpointing="save_projections", attn_backend="jax_flash"
+    )
+    model = config.build(Vocab, key=jax.random.PRNGKey(0))
+    example = LmExample.causal(_tokens(batch=3, seq=24))
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def loss(p):
+        return compute_next_token_loss(eqx.combine(p, static), example).array
+
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    stacked = [  # the layers' residuals, stacked by the scan over layers
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if "output of scan" in line and f"[{config.num_layers}," in line.split()[0]
+    ]
+    assert len(stacked) == 9, "\n".join(stacked)

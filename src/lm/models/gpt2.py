@@ -365,7 +365,7 @@ class Gpt2Attention(ModuleWithStateDictSerialization):
             dropout=self.dropout,
             prng=key,
         )
-        attn = hax.tree_checkpoint_name(attn, "attn_out")
+        # the attention output is named "attn_out" by dot_product_attention
         return hax.tree_checkpoint_name(self.c_proj(attn), "attn_proj")
 
 

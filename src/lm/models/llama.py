@@ -433,7 +433,7 @@ class LlamaAttention(ModuleWithStateDictSerialization):
             flash_block_size=a.flash_attention_block_size,
             upcast=a.upcast_attn,
         )
-        out = self.o_proj(hax.tree_checkpoint_name(attn, "attn_out"))
+        out = self.o_proj(attn)  # named "attn_out" by dot_product_attention
         return hax.tree_checkpoint_name(out, "attn_proj")
 
 

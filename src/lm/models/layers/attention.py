@@ -231,7 +231,12 @@ def dot_product_attention(
     out_axes = tuple(
         value.resolve_axis(HeadSize.name) if ax == HeadSize else ax for ax in query.axes
     )
-    return out.rearrange(out_axes).astype(value.dtype)
+    out = out.rearrange(out_axes).astype(value.dtype)
+    if resolved != AttentionBackend.jax_flash:
+        # For `save_projections`. jax_flash names its own residual (in its internal layout);
+        # naming this copy too would store the attention output twice.
+        out = hax.tree_checkpoint_name(out, "attn_out")
+    return out
 
 
 def _vanilla_attention(QPos, KPos, HeadSize, query, key, value, mask, upcast, dropout, prng):
