@@ -76,3 +76,30 @@ def random_model(config, Vocab, seed: int = 0, std: float = 0.05):
     return jax.tree_util.tree_map(
         norms_near_one, model, is_leaf=lambda n: isinstance(n, (LayerNorm, RmsNorm))
     )
+
+
+def stacked_residuals(config, Vocab, tokens) -> list[str]:
+    """The residuals the loss's backward pass keeps stacked by the scan over layers, one line
+    each (`jax.ad_checkpoint.print_saved_residuals`), for `config`'s remat policy."""
+    import contextlib
+    import io
+
+    import equinox as eqx
+
+    from lm.models import LmExample, compute_next_token_loss
+
+    model = config.build(Vocab, key=jax.random.PRNGKey(0))
+    example = LmExample.causal(tokens)
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def loss(p):
+        return compute_next_token_loss(eqx.combine(p, static), example).array
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        jax.ad_checkpoint.print_saved_residuals(loss, params)
+    return [
+        line
+        for line in printed.getvalue().splitlines()
+        if "output of scan" in line and f"[{config.num_layers}," in line.split()[0]
+    ]

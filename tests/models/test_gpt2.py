@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from haliax import ScanCheckpointPolicy
-from helpers import all_eqns, matmul_flops, random_model
+from helpers import all_eqns, matmul_flops, random_model, stacked_residuals
 from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config, hf_state_dict_numpy
 
 from lm.models import AttentionMask, Gpt2Config, LmConfig, LmExample, compute_next_token_loss
@@ -314,25 +314,12 @@ def test_backward_never_concatenates_the_qkv_activation_gradient():
 
 
 @pytest.mark.parametrize("backend, expected", [("jax_flash", 8), ("vanilla", 7)])
-def test_save_projections_stores_each_residual_once(backend, expected, capsys):
+def test_save_projections_stores_each_residual_once(backend, expected):
     """Per layer: the block input, q, k, v, the attention output, attn_proj and mlp_up, and
     with jax_flash its log-sum-exp. The attention output once: jax_flash keeps it in its own
     layout, and the model's (transposed) copy of it is not stored again."""
     config = dataclasses.replace(
         TINY, seq_len=24, gradient_checkpointing="save_projections", attn_backend=backend
     )
-    model = config.build(Vocab, key=jax.random.PRNGKey(0))
-    example = LmExample.causal(_tokens(config, batch=3))
-    params, static = eqx.partition(model, eqx.is_array)
-
-    def loss(p):
-        return compute_next_token_loss(eqx.combine(p, static), example).array
-
-    capsys.readouterr()
-    jax.ad_checkpoint.print_saved_residuals(loss, params)
-    stacked = [  # the layers' residuals, stacked by the scan over layers
-        line
-        for line in capsys.readouterr().out.splitlines()
-        if "output of scan" in line and f"[{config.num_layers}," in line.split()[0]
-    ]
+    stacked = stacked_residuals(config, Vocab, _tokens(config, batch=3))
     assert len(stacked) == expected, "\n".join(stacked)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jmp
 import numpy as np
 import pytest
-from helpers import matmul_flops, random_model
+from helpers import matmul_flops, random_model, stacked_residuals
 
 from lm.models import (
     AttentionMask,
@@ -237,24 +237,11 @@ def test_norm_and_attention_configs_describe_the_built_layers():
         LayerNormConfig(kind="batch")
 
 
-def test_save_projections_stores_the_attention_output_once(capsys):
+def test_save_projections_stores_the_attention_output_once():
     """Block input, q, k, v, attention output and log-sum-exp (jax_flash), attn_proj, and the
     MLP's gate and up projections: 9 stacked residuals, the attention output once."""
     config = dataclasses.replace(
         TINY, seq_len=24, gradient_checkpointing="save_projections", attn_backend="jax_flash"
     )
-    model = config.build(Vocab, key=jax.random.PRNGKey(0))
-    example = LmExample.causal(_tokens(batch=3, seq=24))
-    params, static = eqx.partition(model, eqx.is_array)
-
-    def loss(p):
-        return compute_next_token_loss(eqx.combine(p, static), example).array
-
-    capsys.readouterr()
-    jax.ad_checkpoint.print_saved_residuals(loss, params)
-    stacked = [  # the layers' residuals, stacked by the scan over layers
-        line
-        for line in capsys.readouterr().out.splitlines()
-        if "output of scan" in line and f"[{config.num_layers}," in line.split()[0]
-    ]
+    stacked = stacked_residuals(config, Vocab, _tokens(batch=3, seq=24))
     assert len(stacked) == 9, "\n".join(stacked)
