@@ -67,9 +67,7 @@ def host_has_avx512() -> bool:
     return False
 
 
-_threefry_installed: bool | None = None
-
-
+@functools.cache
 def use_unrolled_threefry_on_cpu() -> bool:
     """Lower `threefry2x32` (every `jax.random` draw and split) on CPU without its loop.
 
@@ -88,19 +86,16 @@ def use_unrolled_threefry_on_cpu() -> bool:
     whether the lowering is in place: False if this JAX no longer has the private names
     it uses (JAX's own lowering stays, values are the same either way).
     """
-    global _threefry_installed
-    if _threefry_installed is None:
-        try:
-            from jax._src.interpreters import mlir
-            from jax._src.random import threefry2x32
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32
 
-            mlir.register_lowering(
-                threefry2x32.threefry2x32_p,
-                threefry2x32._threefry2x32_lowering_rule,
-                platform="cpu",
-            )
-            _threefry_installed = True
-        except (ImportError, AttributeError) as e:  # a JAX without these private names
-            logger.debug("keeping JAX's CPU threefry lowering: %s", e)
-            _threefry_installed = False
-    return _threefry_installed
+        mlir.register_lowering(
+            threefry2x32.threefry2x32_p,
+            threefry2x32._threefry2x32_lowering_rule,
+            platform="cpu",
+        )
+    except (ImportError, AttributeError) as e:  # a JAX without these private names
+        logger.debug("keeping JAX's CPU threefry lowering: %s", e)
+        return False
+    return True

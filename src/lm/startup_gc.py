@@ -34,7 +34,7 @@ def command_module(argv: Sequence[str]) -> str | None:
             return argv[i + 1] if i + 1 < len(argv) else None
         if arg.startswith("-m"):
             return arg[2:]
-        if arg == "-c" or arg.startswith("-c") or not arg.startswith("-"):
+        if arg.startswith("-c") or not arg.startswith("-"):
             return None  # a -c program or a script: no module
         i += 2 if arg in ("-X", "-W") else 1  # the interpreter options that take a value
     return None
