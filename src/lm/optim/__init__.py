@@ -4,6 +4,7 @@
 default adam); `config.build(num_train_steps)` returns the optax transformation.
 """
 
+from lm.jax_compat import install as _install_jax_compat
 from lm.optim.adam import AdamConfig
 from lm.optim.adopt import AdoptConfig
 from lm.optim.clipping import ClipUpdateNormConfig, clip_by_block_rms
@@ -32,6 +33,8 @@ from lm.optim.schedules import (
 )
 from lm.optim.sgd import SgdConfig
 from lm.optim.skip_step import SkipStepConfig
+
+_install_jax_compat()  # haliax's matmuls on newer JAX (see lm.jax_compat)
 
 __all__ = [
     "AdamConfig",

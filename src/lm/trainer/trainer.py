@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import PRNGKeyArray
 
+import lm.jax_compat
 import lm.startup_gc
 import lm.tracker
 from lm.compile_options import xla_compiler_options
@@ -42,6 +43,8 @@ from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
 from lm.trainer.state import StepInfo, TrainerState
 from lm.trainer.step import train_step as _pure_train_step
+
+lm.jax_compat.install()  # haliax's matmuls on newer JAX (see lm.jax_compat)
 
 logger = logging.getLogger(__name__)
 
