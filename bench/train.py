@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import importlib.util
 import json
 import os
 import statistics
@@ -248,18 +249,13 @@ def ensure_cache(config: str, cache_dir: str) -> None:
         os.path.join(cache_dir, "validation")
     ):
         return
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lm.main.cache_dataset",
-            "--config_path",
-            config,
-            "--data.cache_dir",
-            cache_dir,
-        ],
-        check=True,
-    )
+    cmd = [sys.executable, "-m", "lm.main.cache_dataset", "--config_path", config]
+    cmd += ["--data.cache_dir", cache_dir]
+    if importlib.util.find_spec("ray") is None:
+        # e.g. the GPU machines' image, which has no Ray and cannot fetch it
+        print("Ray is not installed: building the token cache in this process", flush=True)
+        cmd += ["--data.cache_options.backend", "local"]
+    subprocess.run(cmd, check=True)
 
 
 def main() -> None:

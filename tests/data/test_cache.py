@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -208,3 +209,14 @@ def test_only_process_zero_builds_the_others_wait(tmp_path, jsonl_corpus, monkey
     zero.join(30)
     waiter.join(30)
     assert results[0].num_tokens == results[1].num_tokens > 0
+
+
+def test_ray_backend_without_ray_says_how_to_build_in_process(tmp_path, monkeypatch):
+    """An image with its own packages (the GPU machines') may have no Ray: a clear error
+    naming the local backend, not an ImportError traceback."""
+    (tmp_path / "ids.jsonl").write_text('{"ids": [1, 2, 3]}\n')
+    source = UrlSource.from_patterns([str(tmp_path / "ids.jsonl")], text_key="ids")
+    enc = DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails
+    with pytest.raises(ValueError, match="Ray is not installed.*backend: local"):
+        build_or_load_cache(str(tmp_path / "cache"), source, enc, CacheOptions(backend="ray"))

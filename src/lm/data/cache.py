@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -469,7 +470,16 @@ def _build_local(cache_dir, source, encoder, options, ledger, pending, bar) -> N
 
 
 def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_config) -> None:
-    import ray
+    try:
+        import ray
+    except ImportError:
+        # lm depends on Ray, but an image with its own Python packages (the GPU machines') may
+        # run lm without it
+        raise ValueError(
+            "cache_options.backend is 'ray' but Ray is not installed in this Python "
+            f"({sys.executable}); install it (pip install 'ray[default]') or build the cache "
+            "in-process with cache_options.backend: local"
+        ) from None
 
     from lm.distributed.ray import RayConfig
 
