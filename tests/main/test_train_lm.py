@@ -186,6 +186,22 @@ def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
 
 
 @pytest.mark.entry
+def test_gpu_only_attention_on_cpu_stops_before_writing_anything(tmp_path, subprocess_env):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data:\n  train_urls: ['{tmp_path / 'missing.jsonl'}']\n"
+        "model: {type: llama, attn_backend: nvte}\n"
+        "trainer:\n  id: nvte\n  require_accelerator: false\n  tracker: {type: json}\n"
+        f"  log_dir: {tmp_path / 'logs'}\n"
+    )
+    proc = run_train_lm(config, subprocess_env, check=False, timeout=120)
+    assert proc.returncode == 1
+    assert "model.attn_backend: 'nvte'" in proc.stderr and "needs a GPU" in proc.stderr
+    assert "missing.jsonl" not in proc.stderr  # stopped before the data
+    assert not (tmp_path / "logs" / "nvte").exists()  # no run directory
+
+
+@pytest.mark.entry
 def test_hf_export_roundtrip_and_initialize_from_hf(uninterrupted, subprocess_env, tmp_path):
     """export_lm_to_hf writes a checkpoint transformers loads with the same logits; a new run
     initialized from it (initialize_from_hf + use_hf_model_config) starts at the exported loss."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import all_eqns
 
+from lm.models.layers import attention as attention_module
 from lm.models.layers import flash_attention
 from lm.models.layers.attention import (
     CPU_DEFAULT_BACKEND,
@@ -180,8 +181,58 @@ def test_backend_resolution():
     assert resolve_attention_backend("jax_flash") == AttentionBackend.jax_flash
     with pytest.raises(ValueError, match="does not support attention dropout"):
         resolve_attention_backend("jax_flash", dropout_active=True)
-    with pytest.raises(ValueError, match="'nvte' .* is not available in this build"):
+    with pytest.raises(ValueError, match="'splash' .* is not available in this build"):
+        resolve_attention_backend("splash")
+    with pytest.raises(ValueError, match="'nvte' runs NVIDIA's fused attention .* needs a GPU"):
         resolve_attention_backend("nvte")
+    with pytest.raises(ValueError, match="'nvte' does not support attention dropout"):
+        resolve_attention_backend("nvte", dropout_active=True)
+
+
+@pytest.fixture
+def fused_on_xla(monkeypatch):
+    """`nvte`'s plumbing (layouts, GQA head order, masks) over JAX's reference implementation,
+    which runs on the CPU; the cuDNN kernel itself needs a GPU."""
+    monkeypatch.setattr(attention_module, "FUSED_IMPLEMENTATION", "xla")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("gqa", [True, False], ids=["gqa", "mha"])
+def test_nvte_matches_vanilla_values_and_gradients(case, gqa, fused_on_xla):
+    causal, use_segments, window = CASES[case]
+    Pos, KPos, q, k, v = _qkv(12, gqa=gqa)
+    if causal is None:
+        mask = None
+    else:
+        mask = AttentionMask(causal, _segments(Pos) if use_segments else None, window)
+    # the models' layout: (batch, position, heads, head size), which the kernel takes as is
+    k = k.rearrange((Batch, KPos, KvHeads, HeadSize))
+    v = v.rearrange((Batch, KPos, KvHeads, HeadSize))
+
+    def run(backend):
+        def f(q, k, v):
+            out = dot_product_attention(
+                Pos.name, KPos.name, HeadSize.name, q, k, v, mask, backend=backend
+            )
+            return (out * hax.cos(out)).sum().array, out
+
+        (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+        return out, grads
+
+    (van_out, van_grads), (nv_out, nv_grads) = jax.jit(lambda: (run("vanilla"), run("nvte")))()
+    assert nv_out.axes == van_out.axes == q.axes
+    np.testing.assert_allclose(nv_out.array, van_out.array, rtol=1e-5, atol=1e-5)
+    for a, b in zip(nv_grads, van_grads, strict=True):
+        np.testing.assert_allclose(a.array, b.array, rtol=1e-5, atol=1e-5)
+
+
+def test_nvte_wants_half_precision_inputs(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    Pos, KPos, q, k, v = _qkv(8)
+    with pytest.raises(ValueError, match="takes bfloat16 or float16 inputs, got float32"):
+        dot_product_attention(
+            Pos.name, KPos.name, HeadSize.name, q, k, v, AttentionMask.causal(), backend="nvte"
+        )
 
 
 def test_vanilla_dropout_needs_prng():

@@ -80,7 +80,7 @@ def test_defaults_and_axes_follow_the_reference():
             dict(activation_function="swiglu"),
             "activation_function: unknown activation function 'swiglu'",
         ),
-        (dict(attn_backend="nvte"), "'nvte' .* is not available in this build"),
+        (dict(attn_backend="splash"), "'splash' .* is not available in this build"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, message):

@@ -19,6 +19,7 @@ from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.lm_run import vocab_axis
 from lm.models import Gpt2Config, LmConfig
 from lm.models.hf.converter import HFCheckpointConverter
+from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
 from lm.trainer import Preempted, Trainer, TrainerConfig
@@ -105,6 +106,8 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
 def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
     trainer_config.initialize()
+    # before the caches are built and the run directory is made
+    check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")
     if lm.host_memory.applied:
         logger.info(
             "glibc allocator tuned for CPU training (%s; %s=0 to disable)",

@@ -12,9 +12,13 @@ Backends (`attn_backend:` in model configs):
   tiles the mask rules out (causal, sliding window).
 - `default`: `jax_flash` on every platform (on CPU it measured faster in a GPT-2-nano
   training step; see docs/benchmarks.md), `vanilla` when attention dropout is active.
-- `nvte` (NVIDIA Transformer Engine) and `splash` (TPU Pallas) are reference backends
-  that this build does not ship; asking for them explicitly is an error, never a silent
-  substitution.
+- `nvte`: NVIDIA's fused attention on GPUs: cuDNN's flash-attention kernels (the ones
+  Transformer Engine's JAX attention runs) through `jax.nn.dot_product_attention(
+  implementation="cudnn")`, without the Transformer Engine package. GPU only, bfloat16 or
+  float16 inputs; anything else is an error naming the alternatives, never a silent
+  substitution. Not the GPU `default` until measured on a GPU (docs/benchmarks.md).
+- `splash` (TPU Pallas) is a reference backend that this build does not ship; asking for it
+  explicitly is an error.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ class AttentionBackend(enum.Enum):
     splash = "splash"
 
 
-_IMPLEMENTED = (AttentionBackend.vanilla, AttentionBackend.jax_flash)
+_IMPLEMENTED = (AttentionBackend.vanilla, AttentionBackend.jax_flash, AttentionBackend.nvte)
+
+FUSED_IMPLEMENTATION = "cudnn"
+"""`jax.nn.dot_product_attention`'s implementation behind `nvte` (tests run the same plumbing
+with "xla", JAX's reference implementation, on the CPU)."""
+_FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
 CPU_DEFAULT_BACKEND = AttentionBackend.jax_flash
 """What `default` means on CPU (chosen by `bench/attention_cpu.py`; see docs/benchmarks.md)."""
@@ -66,12 +75,27 @@ def validate_attention_backend(
         raise ValueError(
             f"{field}: unknown attention backend {backend!r}; allowed: {allowed}"
         ) from None
-    if backend in (AttentionBackend.nvte, AttentionBackend.splash):
+    if backend == AttentionBackend.splash:
         raise ValueError(
             f"{field}: {backend.value!r} (a vendor kernel) is not available in this build; use "
             "'jax_flash' (blockwise attention in pure JAX), 'vanilla', or 'default'"
         )
     return backend
+
+
+def check_backend_platform(
+    backend: AttentionBackend | str | None, *, field: str = "attn_backend"
+) -> None:
+    """An error if this run's platform cannot run `backend` (`nvte` needs a GPU); `train_lm`
+    calls it at start-up, before anything is written."""
+    backend = validate_attention_backend(backend, field=field)
+    if backend == AttentionBackend.nvte and FUSED_IMPLEMENTATION == "cudnn":
+        platform = jax.default_backend()
+        if platform != "gpu":
+            raise ValueError(
+                f"{field}: 'nvte' runs NVIDIA's fused attention (cuDNN) and needs a GPU; this "
+                f"run is on {platform}: use jax_flash or default"
+            )
 
 
 def resolve_attention_backend(
@@ -90,11 +114,12 @@ def resolve_attention_backend(
         if jax.default_backend() == "cpu":
             return CPU_DEFAULT_BACKEND
         return AttentionBackend.jax_flash
-    if backend == AttentionBackend.jax_flash and dropout_active:
+    if backend in (AttentionBackend.jax_flash, AttentionBackend.nvte) and dropout_active:
         raise ValueError(
-            "attn_backend 'jax_flash' does not support attention dropout (attn_pdrop > 0); "
+            f"attn_backend {backend.value!r} does not support attention dropout (attn_pdrop > 0); "
             "use attn_backend: vanilla or set attn_pdrop: 0"
         )
+    check_backend_platform(backend)
     assert backend in _IMPLEMENTED
     return backend
 
@@ -224,6 +249,8 @@ def dot_product_attention(
             mask,
             block_size=flash_block_size or DEFAULT_FLASH_BLOCK_SIZE,
         )
+    elif resolved == AttentionBackend.nvte:
+        out = _fused_attention(QPos, KPos, HeadSize, query, key, value, mask)
     else:
         out = _vanilla_attention(
             QPos, KPos, HeadSize, query, key, value, mask, upcast, dropout, prng
@@ -237,6 +264,74 @@ def dot_product_attention(
         # naming this copy too would store the attention output twice.
         out = hax.tree_checkpoint_name(out, "attn_out")
     return out
+
+
+def _fused_attention(QPos, KPos, HeadSize, query, key, value, mask):
+    """`nvte`: `jax.nn.dot_product_attention` on already-scaled queries.
+
+    Its layout is (batch, position, heads, head size), keys with K heads and queries with
+    N = K * G. Axes the keys share with the queries are batch axes when they come before the
+    key position in the keys' order and head axes after it (the models' (batch, position,
+    heads, head size)); query-only axes (query heads per KV group) are the groups. Causal
+    masks and causal sliding windows are the kernel's own (it skips the masked tiles);
+    segment ids (and a non-causal window) go in as a boolean mask."""
+    names = {QPos.name, KPos.name, HeadSize.name}
+    q_names = {ax.name for ax in query.axes}
+    key_names = [ax.name for ax in key.axes]
+    shared = [ax for ax in key.axes if ax.name not in names]
+    missing = [ax.name for ax in shared if ax.name not in q_names]
+    if missing:
+        raise ValueError(f"key axes {missing} are not in the query axes {query.axes}")
+    kpos_at = key_names.index(KPos.name)
+    batch = tuple(ax for ax in shared if key_names.index(ax.name) < kpos_at)
+    heads = tuple(ax for ax in shared if key_names.index(ax.name) > kpos_at)
+    shared_names = {ax.name for ax in shared}
+    group = tuple(ax for ax in query.axes if ax.name not in names | shared_names)
+    VHead = value.resolve_axis(HeadSize.name)
+    if FUSED_IMPLEMENTATION == "cudnn" and not all(
+        x.dtype in _FUSED_DTYPES for x in (query, key, value)
+    ):
+        raise ValueError(
+            "attn_backend 'nvte' (cuDNN fused attention) takes bfloat16 or float16 inputs, got "
+            f"{query.dtype}; compute in bfloat16 (trainer.mp: p=f32,c=bfloat16) or use "
+            "attn_backend: jax_flash"
+        )
+    B, K, G = _size(batch), _size(heads), _size(group)
+    T, S = QPos.size, KPos.size
+    q = query.rearrange((*batch, QPos, *heads, *group, HeadSize)).array
+    k = key.rearrange((*batch, KPos, *heads, HeadSize)).array
+    v = value.rearrange((*batch, KPos, *heads, VHead)).array
+    q = q.reshape(B, T, K * G, HeadSize.size)
+    k = k.reshape(B, S, K, HeadSize.size)
+    v = v.reshape(B, S, K, VHead.size)
+
+    causal = mask is not None and mask.is_causal
+    window = mask.sliding_window if mask is not None else None
+    local = (window - 1, 0) if causal and window is not None else None
+    allowed = None
+    if mask is not None and (mask.segment_ids is not None or (window is not None and not causal)):
+        rest = AttentionMask(False, mask.segment_ids, None if causal else window)
+        allowed = hax.broadcast_to(rest.materialize(QPos, KPos), (*batch, QPos, KPos))
+        allowed = allowed.array.reshape(B, 1, T, S)
+    out = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=allowed,
+        scale=1.0,
+        is_causal=causal,
+        local_window_size=local,
+        implementation=FUSED_IMPLEMENTATION,
+    )
+    out = out.reshape(*(ax.size for ax in batch), T, *(ax.size for ax in (*heads, *group)), -1)
+    return hax.named(out, (*batch, QPos, *heads, *group, VHead))
+
+
+def _size(axes) -> int:
+    size = 1
+    for ax in axes:
+        size *= ax.size
+    return size
 
 
 def _vanilla_attention(QPos, KPos, HeadSize, query, key, value, mask, upcast, dropout, prng):
