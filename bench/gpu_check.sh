@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 10 as one prepared command, for a session lent a GPU machine
+# (H100/H200, the 'cuda' image: Python 3.12, jax 0.11.2; nothing can be fetched there).
+#
+# Here first (with network):   PYTHONPATH=src python bench/device_wheels.py
+# Then with the device tool:    command "bash bench/gpu_check.sh", carry [".whl"], timeout 600
+#
+# 1. installs the carried wheels (haliax, draccus, jmp, ...) into /tmp/site
+# 2. lists the devices
+# 3. tests/gpu: bf16 attention (nvte = cuDNN, jax_flash) against float32 vanilla, values and
+#    gradients
+# 4. builds the benchmark token cache in-process (no Ray there), then bench/train.py on
+#    bench/configs/llama_1b_gpu.yaml (Llama 1.0B, seq 2048, batch 16, bf16 compute) once per
+#    attention backend: step time, tokens/s, MFU against the card's bf16 peak, peak memory
+#
+# Logs and JSON go to $OUT (the device tool brings them back), or ./gpu-check elsewhere.
+# STEPS, BACKENDS, CONFIG and JAX_PLATFORMS override the defaults (a CPU dry run of the
+# script: JAX_PLATFORMS=cpu CONFIG=bench/configs/gpt2_256.yaml BACKENDS=jax_flash STEPS=8).
+# Each stage has its own time limit, so one that hangs still leaves the others' results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+STEPS=${STEPS:-20}
+BACKENDS=${BACKENDS:-"jax_flash nvte"}
+CONFIG=${CONFIG:-bench/configs/llama_1b_gpu.yaml}
+NAME=$(basename "$CONFIG" .yaml)
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || { echo "no wheels: run bench/device_wheels.py first"; exit 1; }
+export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
+
+python3 -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tee "$OUT/devices.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/devices.txt"
+
+timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -15
+
+CACHE=/tmp/lm-bench-cache
+timeout 180 python3 -m lm.main.cache_dataset --config_path "$CONFIG" \
+    --data.cache_dir "$CACHE" --data.cache_options.backend local > "$OUT/cache.log" 2>&1 \
+    || { echo "cache build failed:"; tail -20 "$OUT/cache.log"; }
+
+for backend in $BACKENDS; do
+    echo "== $NAME, attn_backend $backend"
+    timeout 240 python3 bench/train.py --config "$CONFIG" --steps "$STEPS" --warmup 5 \
+        --cache-dir "$CACHE" --json "$OUT/${NAME}_$backend.json" \
+        -- --model.attn_backend "$backend" > "$OUT/${NAME}_$backend.log" 2>&1
+    tail -3 "$OUT/${NAME}_$backend.log"
+done
