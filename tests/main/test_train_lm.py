@@ -167,19 +167,26 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
     assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
 
 
+def _run_failing(tmp_path, env, run_id: str, missing_data: str, model_yaml: str = ""):
+    """train_lm on a config whose data files do not exist; asserts exit status 1."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data:\n  train_urls: ['{tmp_path / missing_data}']\n"
+        "  cache_options: {backend: local}\n"
+        + model_yaml
+        + f"trainer:\n  id: {run_id}\n  require_accelerator: false\n  tracker: {{type: json}}\n"
+        f"  log_dir: {tmp_path / 'logs'}\n"
+    )
+    proc = run_train_lm(config, env, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    return proc
+
+
 @pytest.mark.entry
 def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
     tmp_path, subprocess_env
 ):
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        "data:\n  train_urls: ['" + str(tmp_path / "missing-{0..3}.jsonl") + "']\n"
-        "  cache_options: {backend: local}\n"
-        "trainer:\n  id: broken\n  require_accelerator: false\n  tracker: {type: json}\n"
-        f"  log_dir: {tmp_path / 'logs'}\n"
-    )
-    proc = run_train_lm(config, subprocess_env, check=False, timeout=120)
-    assert proc.returncode == 1
+    proc = _run_failing(tmp_path, subprocess_env, "broken", "missing-{0..3}.jsonl")
     assert "error:" in proc.stderr and "missing-0.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Traceback" in (tmp_path / "logs" / "broken.log").read_text()
@@ -187,15 +194,8 @@ def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
 
 @pytest.mark.entry
 def test_gpu_only_attention_on_cpu_stops_before_writing_anything(tmp_path, subprocess_env):
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        f"data:\n  train_urls: ['{tmp_path / 'missing.jsonl'}']\n"
-        "model: {type: llama, attn_backend: nvte}\n"
-        "trainer:\n  id: nvte\n  require_accelerator: false\n  tracker: {type: json}\n"
-        f"  log_dir: {tmp_path / 'logs'}\n"
-    )
-    proc = run_train_lm(config, subprocess_env, check=False, timeout=120)
-    assert proc.returncode == 1
+    model = "model: {type: llama, attn_backend: nvte}\n"
+    proc = _run_failing(tmp_path, subprocess_env, "nvte", "missing.jsonl", model)
     assert "model.attn_backend: 'nvte'" in proc.stderr and "needs a GPU" in proc.stderr
     assert "missing.jsonl" not in proc.stderr  # stopped before the data
     assert not (tmp_path / "logs" / "nvte").exists()  # no run directory
