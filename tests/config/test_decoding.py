@@ -224,6 +224,15 @@ def test_literal_and_enum():
     assert decode(Literal[1, 2], "2") == 2
 
 
+def test_optional_enum_and_literal_suggest_the_close_spelling():
+    from lm.models.layers.attention import AttentionBackend
+
+    _, message = only_problem(AttentionBackend | None, "nvtee")
+    assert "or null, got 'nvtee' (a string); did you mean 'nvte'?" in message
+    _, message = only_problem(Literal["online", "offline"] | None, "ofline")
+    assert message.endswith("did you mean 'offline'?")
+
+
 def test_codec_fields_decode_through_draccus_registry():
     cfg = decode(
         TrainerCfg, {"save_interval": "1h30m", "mp": "p=f32,c=bfloat16", "log_dir": "/tmp/x"}

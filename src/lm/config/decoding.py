@@ -343,8 +343,9 @@ class Decoder:
         candidates = [m for _, _, m in ranked]
         if isinstance(value, dict):
             candidates = _prefer_matching_keys(candidates, value)
+        hint = _did_you_mean(value, _spelled_options(members))
         if not candidates:
-            return self.mismatch(tp, value, path)
+            return self.mismatch(tp, value, path, hint)
         for member in candidates:
             out, sub = self.trial(member, value, path)
             if not sub.problems:
@@ -354,7 +355,7 @@ class Decoder:
                 # those problems are the useful ones.
                 self.problems.extend(sub.problems)
                 return INVALID
-        return self.mismatch(tp, value, path)
+        return self.mismatch(tp, value, path, hint)
 
 
 def _rank(member: Any, value: Any) -> int | None:
@@ -433,6 +434,18 @@ def _nest(path: str, sub: str) -> str:
     if not path:
         return sub
     return f"{path}{sub}" if sub.startswith("[") else f"{path}.{sub}"
+
+
+def _spelled_options(members) -> list[str]:
+    """The strings that the enum and literal members of a union accept (for did-you-mean)."""
+    options: list[str] = []
+    for member in members:
+        if ti.is_enum(member):
+            options += list(member.__members__)
+            options += [str(m.value) for m in member if isinstance(m.value, str)]
+        elif ti.is_literal(member):
+            options += [o for o in typing.get_args(member) if isinstance(o, str)]
+    return list(dict.fromkeys(options))
 
 
 def _did_you_mean(value: Any, options: list[str]) -> str:
