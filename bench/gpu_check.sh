@@ -16,7 +16,9 @@
 # Logs and JSON go to $OUT (the device tool brings them back), or ./gpu-check elsewhere.
 # STEPS, BACKENDS, CONFIG and JAX_PLATFORMS override the defaults (a CPU dry run of the
 # script: JAX_PLATFORMS=cpu CONFIG=bench/configs/gpt2_256.yaml BACKENDS=jax_flash STEPS=8).
-# Each stage has its own time limit, so one that hangs still leaves the others' results.
+# Each stage has its own time limit (120 + 100 + 2 x 170 s: the whole script ends inside the
+# device tool's 600 s per call even if every stage hits its limit), so one that hangs still
+# leaves the others' results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -33,17 +35,17 @@ export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS
 python3 -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tee "$OUT/devices.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/devices.txt"
 
-timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 \
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 \
     | tee "$OUT/gpu_tests.log" | tail -15
 
 CACHE=/tmp/lm-bench-cache
-timeout 180 python3 -m lm.main.cache_dataset --config_path "$CONFIG" \
+timeout 100 python3 -m lm.main.cache_dataset --config_path "$CONFIG" \
     --data.cache_dir "$CACHE" --data.cache_options.backend local > "$OUT/cache.log" 2>&1 \
     || { echo "cache build failed:"; tail -20 "$OUT/cache.log"; }
 
 for backend in $BACKENDS; do
     echo "== $NAME, attn_backend $backend"
-    timeout 240 python3 bench/train.py --config "$CONFIG" --steps "$STEPS" --warmup 5 \
+    timeout 170 python3 bench/train.py --config "$CONFIG" --steps "$STEPS" --warmup 5 \
         --cache-dir "$CACHE" --json "$OUT/${NAME}_$backend.json" \
         -- --model.attn_backend "$backend" > "$OUT/${NAME}_$backend.log" 2>&1
     tail -3 "$OUT/${NAME}_$backend.log"
