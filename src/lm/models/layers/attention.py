@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 
 import equinox as eqx
 import haliax as hax
@@ -296,7 +297,7 @@ def _fused_attention(QPos, KPos, HeadSize, query, key, value, mask):
             f"{query.dtype}; compute in bfloat16 (trainer.mp: p=f32,c=bfloat16) or use "
             "attn_backend: jax_flash"
         )
-    B, K, G = _size(batch), _size(heads), _size(group)
+    B, K, G = (math.prod(ax.size for ax in axes) for axes in (batch, heads, group))
     T, S = QPos.size, KPos.size
     q = query.rearrange((*batch, QPos, *heads, *group, HeadSize)).array
     k = key.rearrange((*batch, KPos, *heads, HeadSize)).array
@@ -325,13 +326,6 @@ def _fused_attention(QPos, KPos, HeadSize, query, key, value, mask):
     )
     out = out.reshape(*(ax.size for ax in batch), T, *(ax.size for ax in (*heads, *group)), -1)
     return hax.named(out, (*batch, QPos, *heads, *group, VHead))
-
-
-def _size(axes) -> int:
-    size = 1
-    for ax in axes:
-        size *= ax.size
-    return size
 
 
 def _vanilla_attention(QPos, KPos, HeadSize, query, key, value, mask, upcast, dropout, prng):
