@@ -80,6 +80,7 @@ def test_yaml_round_trip_through_draccus():
         (dict(activation_function="gelu_neww"), "activation_function: unknown activation"),
         (dict(use_flash_attention=True, attn_backend="vanilla"), "contradicts attn_backend"),
         (dict(attn_pdrop=0.1, attn_backend="jax_flash"), "attn_pdrop (0.1) needs attn_backend"),
+        (dict(attn_pdrop=0.1, attn_backend="nvte"), "vanilla; nvte has no attention dropout"),
         (dict(attn_backend="splash"), "not available in this build"),
         (dict(attn_backend="fast"), "unknown attention backend 'fast'"),
         (dict(resid_pdrop=1.0), "resid_pdrop must be in [0, 1)"),

@@ -78,7 +78,7 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
     use_flash_attention: bool | None = None
     """Legacy switch: true means attn_backend jax_flash, false means vanilla."""
     attn_backend: AttentionBackend | None = None
-    """vanilla, jax_flash or default (None: default)."""
+    """vanilla, jax_flash, nvte (GPU) or default (None: default)."""
     flash_attention_block_size: int | None = None
     """Tile size for jax_flash (None: 128)."""
 
@@ -119,10 +119,11 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
                     f"use_flash_attention ({self.use_flash_attention}) contradicts attn_backend "
                     f"({backend.value}); set only attn_backend"
                 )
-        if self.attention_backend == AttentionBackend.jax_flash and self.attn_pdrop > 0:
+        fused = (AttentionBackend.jax_flash, AttentionBackend.nvte)
+        if self.attention_backend in fused and self.attn_pdrop > 0:
             raise ValueError(
-                f"attn_pdrop ({self.attn_pdrop}) needs attn_backend: vanilla; jax_flash has no "
-                "attention dropout"
+                f"attn_pdrop ({self.attn_pdrop}) needs attn_backend: vanilla; "
+                f"{self.attention_backend.value} has no attention dropout"
             )
         if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
             raise ValueError(
