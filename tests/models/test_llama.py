@@ -139,6 +139,21 @@ def test_flops_per_token_matches_counted_matmuls():
     assert flops == config.flops_per_token(VOCAB) * config.seq_len
 
 
+def test_nvte_backend_in_the_model_matches_vanilla(tiny_model, monkeypatch):
+    """The model's own axis layout through `nvte` (grouped-query heads, packed segments), on
+    JAX's reference implementation of the fused call (the cuDNN kernel needs a GPU)."""
+    from lm.models.layers import attention
+
+    monkeypatch.setattr(attention, "FUSED_IMPLEMENTATION", "xla")
+    fused = random_model(dataclasses.replace(TINY, attn_backend="nvte"), Vocab)
+    tokens = _tokens()
+    segments = hax.named(jnp.array([[0] * 20 + [1] * 44, [3] * 64]), ("batch", "position"))
+    for mask in (AttentionMask.causal(), AttentionMask.causal().with_segment_ids(segments)):
+        np.testing.assert_allclose(
+            _logits(fused, tokens, mask), _logits(tiny_model, tokens, mask), atol=1e-5, rtol=1e-5
+        )
+
+
 def test_packed_documents_match_separate_documents(tiny_model):
     # RoPE makes attention depend only on relative positions, so a document packed after
     # another (with segment ids) gets the same logits as when run on its own.
