@@ -167,7 +167,9 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
     assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
 
 
-def _run_failing(tmp_path, env, run_id: str, missing_data: str, model_yaml: str = ""):
+def _run_failing(
+    tmp_path, env, run_id: str, missing_data: str, model_yaml: str = "", trainer_yaml: str = ""
+):
     """train_lm on a config whose data files do not exist; asserts exit status 1."""
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -175,7 +177,7 @@ def _run_failing(tmp_path, env, run_id: str, missing_data: str, model_yaml: str 
         "  cache_options: {backend: local}\n"
         + model_yaml
         + f"trainer:\n  id: {run_id}\n  require_accelerator: false\n  tracker: {{type: json}}\n"
-        f"  log_dir: {tmp_path / 'logs'}\n"
+        f"  log_dir: {tmp_path / 'logs'}\n" + trainer_yaml
     )
     proc = run_train_lm(config, env, check=False, timeout=120)
     assert proc.returncode == 1, proc.stderr
@@ -199,6 +201,17 @@ def test_gpu_only_attention_on_cpu_stops_before_writing_anything(tmp_path, subpr
     assert "model.attn_backend: 'nvte'" in proc.stderr and "needs a GPU" in proc.stderr
     assert "missing.jsonl" not in proc.stderr  # stopped before the data
     assert not (tmp_path / "logs" / "nvte").exists()  # no run directory
+
+
+@pytest.mark.entry
+def test_quantization_target_typo_stops_before_writing_anything(tmp_path, subprocess_env):
+    model = "model: {type: llama}\n"
+    trainer = "  quantization: {fp8: true, targets: [q_proj, up_prj]}\n"
+    proc = _run_failing(tmp_path, subprocess_env, "fp8", "missing.jsonl", model, trainer)
+    assert "trainer.quantization.targets[1]: 'up_prj'" in proc.stderr
+    assert "did you mean 'up_proj'?" in proc.stderr
+    assert "missing.jsonl" not in proc.stderr  # stopped before the data
+    assert not (tmp_path / "logs" / "fp8").exists()  # no run directory
 
 
 @pytest.mark.entry

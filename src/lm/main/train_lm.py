@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+import equinox as eqx
 import haliax as hax
 import jax
 
@@ -23,6 +24,7 @@ from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
 from lm.trainer import Preempted, Trainer, TrainerConfig
+from lm.trainer.quantization import check_targets
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,11 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer_config.initialize()
     # before the caches are built and the run directory is made
     check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")
+    if trainer_config.quantization is not None:
+        shapes = eqx.filter_eval_shape(
+            config.model.build, hax.Axis("vocab", 8), key=jax.random.PRNGKey(0)
+        )
+        check_targets(shapes, trainer_config.quantization)
     if lm.host_memory.applied:
         logger.info(
             "glibc allocator tuned for CPU training (%s; %s=0 to disable)",

@@ -27,7 +27,6 @@ from typing import Any
 import haliax as hax
 import jax
 import jmp
-from haliax.quantization import QuantizationConfig
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
@@ -48,6 +47,7 @@ from lm.schedule import BatchSchedule, ScheduleStep
 from lm.tracker import TrackerConfig
 from lm.tracker.deprecations import move_deprecated_wandb
 from lm.tracker.wandb import WandbConfig
+from lm.trainer.quantization import QuantizationConfig
 from lm.trainer.watch import WatchConfig
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class TrainerConfig:
     mp: jmp.Policy = dataclasses.field(default_factory=lambda: jmp.get_policy("f32"))
     """Mixed precision policy, e.g. `p=f32,c=bfloat16` (params f32, compute bf16)."""
     quantization: QuantizationConfig | None = None
-    """fp8/int8 dot-general replacement for Linear layers (haliax QuantizationConfig)."""
+    """fp8 or int8 matmuls in the Linear layers (`fp8: true` or `int8: true`; Haliax's
+    quantization, see lm.trainer.quantization)."""
     model_averaging: ModelAveragingConfig | None = None
     """Keep an averaged copy of the model (`type: ema | ema_decay_sqrt`) for eval and export."""
 

@@ -11,6 +11,7 @@ import equinox as eqx
 
 from lm.checkpoint import restore_trainer_state
 from lm.partitioning import check_divisible
+from lm.trainer.quantization import quantize, split_overwrites
 from lm.trainer.state import TrainerState, init_step, trainables_only
 
 if TYPE_CHECKING:
@@ -24,14 +25,19 @@ def state_initializer(trainer: Trainer, training_key, model_init: Callable[..., 
     mp = trainer.mp
     optimizer = trainer.optimizer
     averaging_config = trainer.config.model_averaging
+    quantization = trainer.config.quantization
 
     def init(*model_args) -> TrainerState:
         model = mp.cast_to_param(model_init(*model_args))
+        if quantization is not None:
+            model = quantize(model, quantization)
         trainable = trainables_only(model, is_trainable)
+        # the quantization state is overwritten each step, never optimized
+        _, optimized = split_overwrites(trainable)
         return TrainerState(
             step=init_step(),
             model=model,
-            opt_state=optimizer.init(trainable),
+            opt_state=optimizer.init(optimized),
             training_key=training_key,
             model_averaging=averaging_config.create(trainable) if averaging_config else None,
             is_trainable=is_trainable,

@@ -16,12 +16,14 @@ from typing import Any
 
 import equinox as eqx
 import haliax as hax
+import haliax.quantization as hq
 import jax
 import jax.numpy as jnp
 import optax
 
 import lm.tracker
 from lm.trainer.hooks import InsideStepInfo, JitCallback
+from lm.trainer.quantization import split_overwrites
 from lm.trainer.state import TrainerState, non_trainables_only, trainables_only
 
 MICROBATCH_AXIS = "microbatch"
@@ -171,8 +173,11 @@ def train_step(
             compute_mapping=compute_mapping,
             parameter_mapping=parameter_mapping,
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, trainable, loss=loss)
-        new_trainable = eqx.apply_updates(trainable, updates)
+        # quantization state (fp8 scales) comes back as its "gradient": written, not optimized
+        overwrites, grads = split_overwrites(grads)
+        _, optimized = split_overwrites(trainable)
+        updates, opt_state = optimizer.update(grads, state.opt_state, optimized, loss=loss)
+        new_trainable = hq.apply_updates(trainable, updates, overwrites)
     new_model = hax.shard(eqx.combine(new_trainable, frozen), parameter_mapping)
     averaging = state.model_averaging
     if averaging is not None:

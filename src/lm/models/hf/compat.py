@@ -29,6 +29,7 @@ from haliax.state_dict import (
 )
 from jax.sharding import SingleDeviceSharding
 
+from lm.models.layers.linear import dequantize
 from lm.models.lm_model import LmConfig, LmHeadModel, LmT
 from lm.partitioning.jit import with_shardings
 from lm.partitioning.mesh import default_device
@@ -74,10 +75,9 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
 
 def model_to_hf_state_dict(model: LmHeadModel) -> dict[str, np.ndarray]:
     """The model's parameters under HF keys, as host numpy arrays (Linear axes flattened,
-    stacked layers unstacked)."""
-    return {
-        k: np.asarray(jax.device_get(v)) for k, v in to_torch_compatible_state_dict(model).items()
-    }
+    stacked layers unstacked; no quantization state)."""
+    state_dict = to_torch_compatible_state_dict(dequantize(model))
+    return {k: np.asarray(jax.device_get(v)) for k, v in state_dict.items()}
 
 
 def expected_hf_state_dict(template: LmHeadModel) -> dict[str, jax.ShapeDtypeStruct]:

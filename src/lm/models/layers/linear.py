@@ -18,8 +18,10 @@ linears recognises these).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import haliax as hax
 import haliax.nn as hnn
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from haliax import Axis, NamedArray
 from haliax.jax_utils import named_call
+from haliax.quantization import DefaultDotGeneralOp, OverwriteWithGradient
 
 
 def _axes(spec) -> tuple[Axis, ...]:
@@ -86,3 +89,16 @@ class Linear(hnn.Linear):
         del key
         weight = self.weight * self.reparam.active_scale
         return project(inputs, weight, self.bias, self.In, self.Out, dot_general=self.dot_general)
+
+
+def dequantize(model: Any) -> Any:
+    """`model` with every `Linear`'s quantized matmul (`trainer.quantization`: fp8 scales
+    and amax histories, int8 settings) put back to the plain one; the weights are the same.
+    For evaluation and HF export, where the quantization state is not part of the model."""
+
+    def plain(x):
+        if isinstance(x, hnn.Linear) and isinstance(x.dot_general, OverwriteWithGradient):
+            return dataclasses.replace(x, dot_general=DefaultDotGeneralOp.init())
+        return x
+
+    return jax.tree_util.tree_map(plain, model, is_leaf=lambda x: isinstance(x, hnn.Linear))
