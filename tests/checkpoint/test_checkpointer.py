@@ -4,12 +4,14 @@ import datetime
 import json
 import pathlib
 
+import fsspec
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from ckpt_helpers import dummy_step_info
 
+import lm.config
 from lm.checkpoint import (
     Checkpointer,
     CheckpointerConfig,
@@ -139,6 +141,28 @@ def test_checkpointer_deletes_previous_checkpoints(tmp_path):
     ckpt.on_step(dummy_step_info(10))
     ckpt.wait_until_finished()
     assert checkpoint_steps(tmp_path) == [5, 8, 10]
+
+
+def test_previous_temporary_is_deleted_only_if_its_metadata_still_says_temporary(tmp_path):
+    """Reference: a commit deletes the previous temporary checkpoint only while its
+    metadata.json says is_temporary (something else may have kept it since)."""
+    clock = Clock()
+    ckpt = make(tmp_path, clock, S10, [CheckpointInterval(100)])
+    clock.advance(10)
+    ckpt.on_step(dummy_step_info(1))  # temporary
+    ckpt.wait_until_finished()
+    meta_path = tmp_path / "step-1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["is_temporary"] is True
+    meta_path.write_text(json.dumps({**meta, "is_temporary": False}))  # kept by hand
+    clock.advance(10)
+    ckpt.on_step(dummy_step_info(2))  # temporary; its commit looks at step-1 again
+    ckpt.wait_until_finished()
+    assert checkpoint_steps(tmp_path) == [1, 2]
+    clock.advance(10)
+    ckpt.on_step(dummy_step_info(3))  # step-2 is still temporary: deleted as usual
+    ckpt.wait_until_finished()
+    assert checkpoint_steps(tmp_path) == [1, 3]
 
 
 def test_new_attempt_removes_torn_checkpoints(tmp_path):
@@ -302,6 +326,39 @@ def test_config_defaults_and_create(tmp_path):
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CheckpointerConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "base_path, expected",
+    [
+        (
+            "gcs://b/ckpt",
+            "trainer.checkpointer.base_path: unsupported protocol 'gcs' in 'gcs://b/ckpt' (did "
+            "you mean 'gs://'?); expected a local path or a file://, memory://, gs:// or s3:// URL",
+        ),
+        ("gs:/b/ckpt", "trainer.checkpointer.base_path: 'gs:/b/ckpt' looks like a URL"),
+        (
+            "s4://b/ckpt",
+            "trainer.checkpointer.base_path: unknown protocol 's4' in 's4://b/ckpt' (did you mean 's3://'?)",
+        ),
+        ("https://h/ckpt", "trainer.checkpointer.base_path: unsupported protocol 'https'"),
+    ],
+)
+def test_base_path_protocol_typos_are_config_errors(base_path, expected):
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.decode(CheckpointerConfig, {"base_path": base_path}, path="trainer.checkpointer")
+    (problem,) = info.value.problems
+    assert str(problem).startswith(expected), str(problem)
+
+
+@pytest.mark.parametrize(
+    "base_path",
+    ["checkpoints/", "/abs/ckpt", "file:///abs/ckpt", "memory://c", "gs://b/c", "s3://b/c"],
+)
+def test_base_path_protocols_tensorstore_writes_parse(base_path, monkeypatch):
+    # TensorStore writes checkpoints itself: gs:// and s3:// need no fsspec package.
+    monkeypatch.setattr(fsspec, "get_filesystem_class", lambda p: pytest.fail("fsspec used"))
+    assert CheckpointerConfig(base_path=base_path).base_path == base_path
 
 
 def test_background_failure_surfaces(tmp_path):

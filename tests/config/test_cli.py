@@ -1,8 +1,10 @@
 """Command line: `parse`, overrides, `main` (exit code 2, stderr, no traceback), `--help`."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 from config_schemas import (
@@ -272,3 +274,98 @@ def test_a_failed_collective_with_a_dead_peer_is_one_clear_message(capsys, monke
     monkeypatch.setattr(jax, "process_count", lambda: 1)
     with pytest.raises(jax.errors.JaxRuntimeError):
         lm.config.main(entry)(args=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class Deprecating:
+    rate: float = 0.1
+    old_rate: float | None = None
+    """Deprecated: use rate."""
+
+    def __post_init__(self):
+        if self.old_rate is not None:
+            warnings.warn(
+                "old_rate is deprecated:\n  use rate instead.", DeprecationWarning, stacklevel=3
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeprecatingRun:
+    inner: Deprecating = dataclasses.field(default_factory=Deprecating)
+    steps: int = 1
+
+
+def test_main_prints_warnings_raised_while_parsing(capsys):
+    def entry(config: DeprecatingRun):
+        return config
+
+    config = lm.config.main(entry)(args=["--inner.old_rate", "0.2"])
+    assert config.inner.old_rate == 0.2
+    err = capsys.readouterr().err
+    assert err == "warning: old_rate is deprecated: use rate instead.\n"  # one line, once
+
+    with pytest.raises(SystemExit) as info:  # printed before the config problems too
+        lm.config.main(entry)(args=["--inner.old_rate", "0.2", "--steps", "x"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("warning: old_rate is deprecated: use rate instead.\nInvalid config")
+
+
+@dataclasses.dataclass(frozen=True)
+class WarnsFromElsewhere:
+    x: int = 1
+
+    def __post_init__(self):  # a warning attributed to a file outside lm
+        warnings.warn_explicit("from elsewhere", UserWarning, "/site-packages/other.py", 1)
+
+
+def test_main_passes_other_packages_warnings_on(capsys):
+    def entry(config: WarnsFromElsewhere):
+        return config
+
+    with pytest.warns(UserWarning, match="from elsewhere"):
+        lm.config.main(entry)(args=[])
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_one_message(capsys):
+    def entry(config: SimpleCfg):
+        raise ImportError("the tensorboard tracker needs tensorboardX: pip install 'lm[tb]'")
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: the tensorboard tracker needs tensorboardX: pip install 'lm[tb]'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "url, package, extra",
+    [("gs://bucket/run.yaml", "gcsfs", "gcs"), ("s3://b/run.yaml", "s3fs", "s3")],
+)
+def test_config_path_on_a_filesystem_that_is_not_installed(
+    capsys, monkeypatch, url, package, extra
+):
+    monkeypatch.setitem(sys.modules, package, None)  # `import gcsfs` raises ImportError
+
+    def entry(config: SimpleCfg):
+        raise AssertionError("must not run")
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=["--config_path", url])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "--config_path" in line]
+    assert line.startswith(f"  - (top level) [--config_path]: cannot read {url}: ")
+    assert f"needs {package}, which is not installed" in line
+    assert f"pip install 'lm[{extra}]'" in line
+    assert "Traceback" not in err
+
+
+def test_config_path_with_an_unknown_protocol():
+    with pytest.raises(ConfigError) as info:
+        parse(SimpleCfg, args=["--config_path", "nosuchfs://b/run.yaml"])
+    assert str(info.value.problems[0]).startswith(
+        "(top level) [--config_path]: cannot read nosuchfs://b/run.yaml: nosuchfs://"
+    )

@@ -3,6 +3,8 @@
 import dataclasses
 import datetime
 import pathlib
+import subprocess
+import sys
 
 import draccus
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 
 import lm.config
 from lm.config import ConfigError, decode, format_duration, format_policy, parse_policy
+from lm.config.codecs import HalfPolicy
 
 td = datetime.timedelta
 
@@ -88,6 +91,45 @@ F32, BF16, F16, F64 = jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64
 def test_policy_valid(raw, dtypes):
     policy = decode(jmp.Policy, raw)
     assert (policy.param_dtype, policy.compute_dtype, policy.output_dtype) == dtypes
+
+
+def test_half_stays_half_until_a_dtype_is_read():
+    policy = parse_policy("p=f32,c=half")
+    assert isinstance(policy, HalfPolicy)
+    assert format_policy(policy) == "p=f32,c=half,o=half" == str(policy)
+    assert draccus.encode(policy) == "p=f32,c=half,o=half"
+    assert decode(jmp.Policy, format_policy(policy)) == policy
+    # on CPU, jmp's half is float16; once read, it behaves as jmp's own policy
+    assert (policy.param_dtype, policy.compute_dtype, policy.output_dtype) == (F32, F16, F16)
+    assert policy == jmp.get_policy("p=f32,c=f16") and jmp.get_policy("p=f32,c=f16") == policy
+    assert hash(policy) == hash(jmp.get_policy("p=f32,c=f16"))
+    assert policy.cast_to_compute(jnp.ones(2)).dtype == F16
+    assert policy.with_output_dtype(F32).output_dtype == F32
+    assert type(parse_policy("p=f32,c=bf16")) is jmp.Policy
+
+
+PARSE_HALF = """
+import jax
+from jax._src import xla_bridge
+import lm.config
+from lm.main.train_lm import TrainLmConfig
+
+config = lm.config.parse(TrainLmConfig, args=["--trainer.mp", "half"])
+assert not xla_bridge.backends_are_initialized(), "parsing `mp: half` started the backend"
+print(lm.config.format_policy(config.trainer.mp))
+print(jax.numpy.dtype(config.trainer.mp.compute_dtype).name)
+"""
+
+
+def test_parsing_half_does_not_start_the_jax_backend(subprocess_env):
+    """`jax.distributed.initialize()` (in TrainerConfig.initialize) must come before the XLA
+    backend starts; `half` depends on the backend, so parsing it must not ask (DST-03)."""
+    env = {**subprocess_env, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_HALF], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["p=half,c=half,o=half", "float16"]
 
 
 @pytest.mark.parametrize(

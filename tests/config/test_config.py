@@ -107,3 +107,44 @@ def test_example_yaml_parses_exactly_as_written(tmp_path):
 def test_example_yaml_round_trips():
     cfg = lm.config.decode(TrainCfg, yaml.safe_load(EXAMPLE_RUN_YAML))
     assert lm.config.decode(TrainCfg, yaml.safe_load(lm.config.to_yaml(cfg))) == cfg
+
+
+def test_example_yaml_parses_into_the_real_run_config(tmp_path):
+    """The same YAML through `lm.main.train_lm.TrainLmConfig`, not the look-alike schema."""
+    from lm.main.train_lm import TrainLmConfig
+    from lm.models import Gpt2Config
+    from lm.optim import AdamConfig
+    from lm.tracker import WandbConfig
+
+    path = tmp_path / "my-run.yaml"
+    path.write_text(EXAMPLE_RUN_YAML)
+    cfg = lm.config.parse(TrainLmConfig, str(path))
+    assert cfg.data.train_urls == [
+        "gs://my_bucket/openwebtext-sharded/openwebtext_train.{1..128}-of-128.jsonl.gz"
+    ]
+    assert cfg.data.validation_urls == [
+        "gs://my_bucket/openwebtext-sharded/openwebtext_val.{1..8}-of-8.jsonl.gz"
+    ]
+    assert cfg.data.cache_dir == "gs://my_bucket/tokenized/openwebtext_2/"
+    assert cfg.model == Gpt2Config(
+        hidden_dim=768,
+        num_heads=12,
+        num_layers=12,
+        seq_len=1024,
+        gradient_checkpointing=True,
+        scale_attn_by_inverse_layer_idx=True,
+    )
+    assert cfg.trainer.tracker == WandbConfig(project="levanter", tags=["openwebtext", "gpt2"])
+    mp = cfg.trainer.mp
+    assert (mp.param_dtype, mp.compute_dtype, mp.output_dtype) == (
+        jnp.float32,
+        jnp.bfloat16,
+        jnp.bfloat16,
+    )
+    assert cfg.trainer.model_axis_size == 1
+    assert cfg.trainer.per_device_parallelism == 4
+    assert cfg.trainer.train_batch_size == 512
+    assert cfg.optimizer == AdamConfig(learning_rate=6e-4, weight_decay=0.1, min_lr_ratio=0.1)
+    assert type(cfg.optimizer.learning_rate) is float
+    assert cfg.trainer.checkpointer.save_interval == datetime.timedelta(minutes=15)
+    assert lm.config.decode(TrainLmConfig, yaml.safe_load(lm.config.to_yaml(cfg))) == cfg

@@ -31,9 +31,13 @@ from config_schemas import (
     UnionHolder,
     WandbCfg,
 )
+from haliax import ScanCheckpointPolicy
 
 import lm.config
 from lm.config import ConfigError, decode
+from lm.main.train_lm import TrainLmConfig
+from lm.optim import SkipStepConfig
+from lm.tracker import JsonLoggerConfig, NoopConfig
 
 
 def problems(cls, data) -> list[tuple[str, str]]:
@@ -519,3 +523,78 @@ def test_string_annotations_resolve_when_the_script_runs_under_another_main():
     exec(compile(_SCRIPT_UNDER_ANOTHER_MAIN, "<script>", "exec"), namespace)
     outer = decode(namespace["Outer"], {"inner": {"size": 3}})
     assert outer.inner.size == 3
+
+
+@pytest.mark.parametrize(
+    "dotted, raw, expected",
+    [
+        ("trainer.tracker", {"type": "noop"}, NoopConfig()),
+        (
+            "trainer.tracker",
+            [{"type": "noop"}, {"type": "json"}],
+            (NoopConfig(), JsonLoggerConfig()),
+        ),
+        ("trainer.fsdp_axis", "embed", "embed"),
+        ("trainer.fsdp_axis", ["embed", "mlp"], ["embed", "mlp"]),
+        ("trainer.fsdp_axis", None, None),
+        ("trainer.train_batch_size", 256, 256),
+        (
+            "trainer.train_batch_size",
+            [{"start": 0, "value": 32}, {"start": 100, "value": 64}],
+            [ScheduleStep(0, 32), ScheduleStep(100, 64)],
+        ),
+        ("optimizer.skip_bad_steps", True, True),
+        ("optimizer.skip_bad_steps", 50, 50),
+        (
+            "optimizer.skip_bad_steps",
+            {"rolling_interval_length": 7},
+            SkipStepConfig(rolling_interval_length=7),
+        ),
+        ("optimizer.cycles", 3, 3),
+        ("optimizer.cycles", [100, 200], [100, 200]),
+        ("optimizer.cycle_length", 100, 100),
+        ("optimizer.cycle_length", 0.25, 0.25),
+        ("optimizer.cycle_length", [10, 20], [10, 20]),
+        ("optimizer.warmup", 1, 1),
+        ("optimizer.warmup", 0.5, 0.5),
+        ("optimizer.warmup", 1000, 1000),
+        ("optimizer.warmup", "6E-4", 6e-4),
+        ("optimizer.decay", 0.2, 0.2),
+        ("optimizer.rewarmup", 10, 10),
+        ("optimizer.weight_decay_modules", "attn", "attn"),
+        ("optimizer.weight_decay_modules", ["attn", "mlp"], ["attn", "mlp"]),
+        ("trainer.distributed.local_device_ids", 3, 3),
+        ("trainer.distributed.local_device_ids", [0, 1], [0, 1]),
+        ("trainer.shutdown_at_exit", True, True),
+        ("trainer.shutdown_at_exit", 5.5, 5.5),
+        ("trainer.shutdown_at_exit", 5, 5.0),
+        ("trainer.axis_resources", {"mlp": "model"}, {"mlp": "model"}),
+        ("trainer.axis_resources", {"batch": ["replica", "data"]}, {"batch": ("replica", "data")}),
+        ("trainer.checkpointer.save_interval", "15m", datetime.timedelta(minutes=15)),
+        ("model.gradient_checkpointing", True, True),
+        ("model.gradient_checkpointing", "nested", "nested"),
+        (
+            "model.gradient_checkpointing",
+            {"save_carries": False},
+            ScanCheckpointPolicy(save_carries=False),
+        ),
+    ],
+)
+def test_real_run_config_union_fields_decode_by_shape(dotted, raw, expected):
+    """CFG-06 through `lm.main.train_lm.TrainLmConfig` (the schema tests above use look-alikes)."""
+    data: dict = {"model": {"type": "llama"}}
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = raw
+    value = decode(TrainLmConfig, data)
+    for key in dotted.split("."):
+        value = getattr(value, key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_real_run_config_mp_string():
+    mp = decode(TrainLmConfig, {"trainer": {"mp": "p=f32,c=bfloat16"}}).trainer.mp
+    assert lm.config.format_policy(mp) == "p=f32,c=bf16,o=bf16"

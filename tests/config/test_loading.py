@@ -1,5 +1,6 @@
 """YAML loading: `!include` (CFG-04), `base:` inheritance, duplicate keys, syntax errors."""
 
+import sys
 import uuid
 
 import fsspec
@@ -92,6 +93,15 @@ def test_missing_include_names_resolved_path_and_including_line(mem):
     (problem,) = err.problems
     assert problem.path == "data"
     assert problem.message == (f"file not found: {mem.root}/nope/data.yaml (referenced at {run}:2)")
+
+
+def test_include_on_a_filesystem_that_is_not_installed(mem, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # `import gcsfs` raises ImportError
+    run = mem("run.yaml", "trainer: {}\ndata: !include gs://bucket/data.yaml\n")
+    (problem,) = error_of(run).problems
+    assert (problem.path, problem.location) == ("data", f"{run}:2")
+    assert problem.message.startswith("cannot read gs://bucket/data.yaml: gs:// needs gcsfs")
+    assert "pip install 'lm[gcs]'" in problem.message
 
 
 def test_include_cycle_is_detected(mem):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 import time
 
@@ -220,3 +222,83 @@ def test_ray_backend_without_ray_says_how_to_build_in_process(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails
     with pytest.raises(ValueError, match="Ray is not installed.*backend: local"):
         build_or_load_cache(str(tmp_path / "cache"), source, enc, CacheOptions(backend="ray"))
+
+
+def _three_shard_cache(tmp_path, write_jsonl):
+    for i in range(3):
+        write_jsonl(
+            tmp_path / "src" / f"s{i}.jsonl", [f"shard {i} document {j} " * 20 for j in range(8)]
+        )
+    source = UrlSource.from_patterns([str(tmp_path / "src" / "s{0..2}.jsonl")])
+    path = str(tmp_path / "c")
+    return source, path, build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_a_missing_shard_is_an_error_naming_it_and_its_entry_can_be_rebuilt(
+    tmp_path, write_jsonl, monkeypatch
+):
+    source, path, cache = _three_shard_cache(tmp_path, write_jsonl)
+    expected_tokens = cache.read_ranges([(0, cache.num_tokens)])[0].tolist()
+    shutil.rmtree(tmp_path / "c" / "shards" / "00002")
+    # The ledger still says complete: opening checks every shard it lists.
+    p = re.escape(path)
+    message = (
+        rf"cache shard {p}/shards/00002 is missing \(NOT_FOUND: .*\): the tokenized cache at "
+        rf"{p} is damaged\. Delete {p} to rebuild the cache, or rebuild just this shard: "
+        rf'remove "{re.escape(source.urls[2])}" from "finished" in {p}/ledger.json'
+    )
+    with pytest.raises(ValueError, match=message) as info:
+        build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    assert "tensorstore_spec" not in str(info.value)
+    with pytest.raises(ValueError, match=message):
+        TokenCache(path)
+
+    # Following the advice rebuilds only that shard.
+    ledger = json.loads((tmp_path / "c" / "ledger.json").read_text())
+    del ledger["finished"][source.urls[2]]
+    ledger["complete"] = False
+    (tmp_path / "c" / "ledger.json").write_text(json.dumps(ledger))
+    built = []
+    orig = cache_mod.build_shard
+    monkeypatch.setattr(
+        cache_mod, "build_shard", lambda c, i, *a, **k: built.append(i) or orig(c, i, *a, **k)
+    )
+    rebuilt = build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    assert built == [2]
+    assert rebuilt.read_ranges([(0, rebuilt.num_tokens)])[0].tolist() == expected_tokens
+
+
+def test_a_truncated_chunk_read_mid_run_is_an_error_naming_the_shard(tmp_path, write_jsonl):
+    _, path, _ = _three_shard_cache(tmp_path, write_jsonl)
+    cache = TokenCache(path)  # opened before the damage, as in a running job
+    (chunk,) = (tmp_path / "c" / "shards" / "00001" / "tokens" / "c").iterdir()
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    start = int(cache.shard_starts[1])
+    assert cache.read_ranges([(0, start)])[0].size == start  # other shards still read
+    with pytest.raises(
+        ValueError,
+        match=rf"cache shard {re.escape(path)}/shards/00001 cannot be read \(.*Zstd.*\): the "
+        rf"tokenized cache at {re.escape(path)} is damaged or unreachable\. Delete",
+    ):
+        cache.read_ranges([(start - 2, start + 2)])
+
+
+def test_a_ledger_that_disagrees_with_its_shards_is_an_error(tmp_path, write_jsonl):
+    source, path, _ = _three_shard_cache(tmp_path, write_jsonl)
+    p = re.escape(path)
+    ledger_path = tmp_path / "c" / "ledger.json"
+    good = ledger_path.read_text()
+    ledger = json.loads(good)
+    ledger["finished"][source.urls[1]]["num_docs"] += 1
+    ledger_path.write_text(json.dumps(ledger))
+    with pytest.raises(
+        ValueError,
+        match=rf"cache shard {p}/shards/00001 holds \d+ tokens in 8 documents but the ledger "
+        rf"says \d+ in 9: the tokenized cache at {p} is damaged",
+    ):
+        TokenCache(path)
+    ledger = json.loads(good)
+    del ledger["finished"][source.urls[0]]
+    ledger_path.write_text(json.dumps(ledger))
+    with pytest.raises(ValueError, match=rf"cache at {p} is damaged: its ledger says complete"):
+        TokenCache(path)

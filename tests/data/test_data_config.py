@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import pathlib
+import sys
 
 import draccus
+import fsspec
 import haliax as hax
 import jax
 import numpy as np
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+import lm.config
 from lm.data import (
     CacheOptions,
     LMDatasetConfig,
@@ -234,3 +237,213 @@ def test_passthrough_the_tokenizer_is_an_hf_tokenizer():
     assert tok.decode([5, 17, 3]) == "5 17 3"
     with pytest.raises(ValueError, match="outside"):
         tok("5 100")
+
+
+# ---------------------------------------------------------------------------- URLs (DAT-01)
+
+
+def _decode_problems(data: dict) -> list[str]:
+    """The problems `lm.config` reports for `data:` (empty when it decodes)."""
+    try:
+        lm.config.decode(DataConfig, data, path="data")
+    except lm.config.ConfigError as e:
+        return [str(p) for p in e.problems]
+    return []
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            {"train_urls": ["a.jsonl", "s4://b/x.jsonl"]},
+            "data.train_urls[1]: unknown protocol 's4' in 's4://b/x.jsonl' (did you mean 's3://'?)",
+        ),
+        (
+            {"validation_urls": ["gcs:/b/val.jsonl"]},
+            "data.validation_urls[0]: 'gcs:/b/val.jsonl' looks like a URL with a malformed "
+            "scheme (a URL starts with '<protocol>://'); did you mean 'gcs://b/val.jsonl'?",
+        ),
+        (
+            {"train_urls": ["GS://b/x.jsonl"]},
+            "data.train_urls[0]: unknown protocol 'GS' in 'GS://b/x.jsonl' (did you mean 'gs://'?)",
+        ),
+        (
+            # TensorStore writes the cache: gcs:// (gcsfs's alias) is not one of its protocols.
+            {"cache_dir": "gcs://b/cache"},
+            "data.cache_dir: unsupported protocol 'gcs' in 'gcs://b/cache' (did you mean 'gs://'?); "
+            "expected a local path or a file://, memory://, gs:// or s3:// URL",
+        ),
+        ({"tokenizer": "gs:/b/tok"}, "data.tokenizer: 'gs:/b/tok' looks like a URL"),
+        (
+            {"configs": {"web": {"train_urls": ["memroy://x.jsonl"]}}, "train_weights": {"web": 1}},
+            "data.configs.web.train_urls[0]: unknown protocol 'memroy' in 'memroy://x.jsonl' "
+            "(did you mean 'memory://'?)",
+        ),
+        (
+            {
+                "configs": {"web": {"builtin": "stdlib", "cache_dir": "https://h/c"}},
+                "train_weights": {"web": 1},
+            },
+            "data.configs.web.cache_dir: unsupported protocol 'https'",
+        ),
+    ],
+)
+def test_unknown_url_protocols_are_config_errors_at_the_field(data, expected):
+    problems = _decode_problems(data)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://corpus/train.jsonl",
+        "file:///data/train.{1..4}.jsonl",
+        "/data/train.jsonl",
+        "~/data/*.jsonl.gz",
+        "relative/train.jsonl",
+        "notes:2024/train.jsonl",  # a colon in a local name is not a URL
+        "gs://b/x.{1..128}-of-128.jsonl.gz",
+        "s3://b/x.jsonl",
+        "https://host/x.jsonl",
+        "simplecache::gs://b/x.jsonl",
+    ],
+)
+def test_local_memory_and_known_urls_parse(url):
+    assert _decode_problems({"train_urls": [url]}) == []
+    assert _decode_problems({"builtin": "stdlib", "cache_dir": "memory://caches/c"}) == []
+
+
+def _without(*missing: str):
+    """`fsspec.get_filesystem_class` as if the packages of `missing` protocols were absent."""
+    real = fsspec.get_filesystem_class
+
+    def get_filesystem_class(protocol):
+        if protocol in missing:
+            raise ImportError(f"Please install the package for {protocol}")
+        return real(protocol)
+
+    return get_filesystem_class
+
+
+def test_gs_without_gcsfs_parses_but_fails_before_reading_naming_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setattr(fsspec, "get_filesystem_class", _without("gs", "s3"))
+    opened = []
+    monkeypatch.setattr(fsspec.core, "url_to_fs", lambda *a, **k: opened.append(a))
+    cfg = lm.config.decode(
+        DataConfig,
+        {
+            "train_urls": ["gs://b/train.{1..2}.jsonl"],
+            "validation_urls": [str(tmp_path / "val.jsonl")],
+            "cache_dir": "gs://b/cache",
+        },
+        path="data",
+    )  # a gs:// config still parses without gcsfs
+    Pos = hax.Axis("position", 16)
+    expected = (
+        r"^data.cache_dir, data.train_urls\[0\]: gs:// needs gcsfs, which is not installed in "
+        r"this Python \(.*\); install it with pip install 'lm\[gcs\]'$"
+    )
+    for use in (
+        lambda: cfg.train_set(Pos),
+        lambda: cfg.validation_sets(Pos),
+        lambda: cfg.build_caches(),
+        lambda: cfg.the_vocab_size,
+        cfg.check_filesystems,
+    ):
+        with pytest.raises(ValueError, match=expected):
+            use()
+    assert opened == []  # nothing was opened
+
+    mixture = LMMixtureDatasetConfig(
+        configs={
+            "web": _src(train_urls=["s3://b/web.jsonl"], cache_dir="s3://b/web-cache"),
+            "code": _src(builtin="stdlib"),
+        },
+        train_weights={"web": 1, "code": 1},
+        tokenizer="gs://b/tokenizer",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(ValueError) as info:
+        mixture.train_set(Pos, key=jax.random.PRNGKey(0))
+    assert str(info.value).splitlines() == [
+        "data.tokenizer: gs:// needs gcsfs, which is not installed in this Python "
+        f"({sys.executable}); install it with pip install 'lm[gcs]'",
+        "data.configs.web.train_urls[0], data.configs.web.cache_dir: s3:// needs s3fs, which is "
+        f"not installed in this Python ({sys.executable}); install it with pip install 'lm[s3]'",
+    ]
+
+
+def test_filesystem_check_passes_when_the_package_imports(monkeypatch):
+    class FakeGCS:
+        protocol = "gs"
+
+    real = fsspec.get_filesystem_class
+    monkeypatch.setattr(fsspec, "get_filesystem_class", lambda p: FakeGCS if p == "gs" else real(p))
+    LMDatasetConfig(train_urls=["gs://b/x.jsonl"], cache_dir="gs://b/c").check_filesystems()
+    LMDatasetConfig(train_urls=["memory://x.jsonl"], cache_dir="memory://c").check_filesystems()
+
+
+# ---------------------------------------------------------------------------- tags (DAT-04)
+
+
+def test_tags_from_the_command_line_and_yaml_round_trip(tmp_path):
+    cfg = lm.config.parse(Run, args=["--data.tags", "[web, english]"]).data
+    assert isinstance(cfg, LMDatasetConfig) and cfg.tags == ["web", "english"]
+    assert cfg.validation_tags() == {"": ["web", "english"]}
+    assert LMDatasetConfig().tags == [] and LMDatasetConfig().validation_tags() == {"": []}
+    dumped = io.StringIO()
+    draccus.dump(cfg, dumped)
+    assert draccus.load(LMDatasetConfig, io.StringIO(dumped.getvalue())) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            {"tags": ["web", "a/b"]},
+            "data.tags[1]: got 'a/b', expected a non-empty name without '/'",
+        ),
+        ({"tags": [""]}, "data.tags[0]: got '', expected a non-empty name"),
+        ({"tags": ["web", "web"]}, "data.tags: 'web' is listed more than once"),
+        ({"tags": "web"}, "data.tags"),
+        (
+            {
+                "configs": {
+                    "web": {"builtin": "stdlib", "tags": ["english", "code"]},
+                    "code": {"builtin": "stdlib"},
+                },
+                "train_weights": {"web": 1},
+            },
+            "data.configs.web.tags[1]: 'code' is the name of another component",
+        ),
+    ],
+)
+def test_bad_tags_are_config_errors_at_the_field(data, expected):
+    problems = _decode_problems(data)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_mixture_validation_sets_carry_their_tags(tmp_path, jsonl_corpus):
+    val = str(jsonl_corpus / "val.*.jsonl")
+    cfg = LMMixtureDatasetConfig(
+        configs={
+            "web": _src(validation_urls=[val], tags=["english", "web"]),
+            "books": _src(validation_urls=[val], tags=["english"]),
+            "code": _src(train_urls=[str(jsonl_corpus / "train.*.jsonl")], tags=["python"]),
+            "plain": _src(validation_urls=[val]),
+        },
+        train_weights={"code": 1},
+        cache_dir=str(tmp_path / "cache"),
+        cache_options=LOCAL,
+    )
+    tags = cfg.validation_tags()
+    # A component's own name is not repeated as a tag: its set already logs eval/<name>/...
+    assert tags == {"web": ["english"], "books": ["english"], "code": ["python"], "plain": []}
+    sets = cfg.validation_sets(hax.Axis("position", 16))
+    assert sorted(sets) == ["books", "plain", "web"] and set(sets) <= set(tags)
+    # Tags do not change what is cached: the same cache serves a config without them.
+    untagged = dataclasses.replace(
+        cfg, configs={n: dataclasses.replace(c, tags=[]) for n, c in cfg.configs.items()}
+    )
+    assert untagged.cache_dir_for("web", "validation") == cfg.cache_dir_for("web", "validation")
+    assert sorted(untagged.validation_sets(hax.Axis("position", 16))) == sorted(sets)

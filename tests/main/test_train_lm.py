@@ -2,6 +2,7 @@
 
 import pathlib
 import platform
+import types
 
 import numpy as np
 import pytest
@@ -53,6 +54,39 @@ def test_every_yaml_under_config_parses(path):
             ["--model.num_heads", "5", "--trainer.tracker.type", "jsn"],
             ["model", "num_heads", "trainer.tracker.type", "jsn", "json"],
         ),
+        # schedule problems (OPT-03..06) before any data is cached
+        (
+            ["--optimizer.warmup", "500"],
+            [
+                "optimizer.warmup [--optimizer.warmup 500]: optimizer.warmup (500 steps) is "
+                "longer than cycle 0 (200 steps) (trainer.num_train_steps: 200)"
+            ],
+        ),
+        (
+            ["--optimizer.cycle_length", "[150, 100]"],
+            ["optimizer.cycle_length [", "[150, 100] sums to 250 > 200 schedule steps"],
+        ),
+        (
+            ["--optimizer.cycles", "[100, 300]"],
+            ["optimizer.cycles [", "cycle minima [300] lie past the end of the schedule"],
+        ),
+        (
+            ["--optimizer.schedule_steps", "100"],
+            ["optimizer.schedule_steps [", "(100) is less than num_train_steps (200)"],
+        ),
+        (
+            ["--optimizer.warmup", "0.5", "--optimizer.decay", "0.6"],
+            ["optimizer.warmup [", "+ optimizer.decay (120 steps) exceed the length of cycle 0"],
+        ),
+        (
+            ["--optimizer.cooldown", "1.0"],
+            ["warning: optimizer.cooldown is deprecated", "optimizer.cooldown [", "leaves no"],
+        ),
+        (
+            ["--trainer.jax_config", "{jax_bogus_flag: true}"],
+            ["trainer.jax_config.jax_bogus_flag [--trainer.jax_config", "unknown jax config"],
+        ),
+        (["--trainer.tracker", "[]"], ["trainer.tracker [--trainer.tracker []]: got []"]),
     ],
 )
 def test_bad_configs_give_one_clear_message_and_exit_2(
@@ -69,6 +103,76 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
         assert fragment in err, (fragment, err)
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_deprecated_fields_are_printed_as_warnings(capsys):
+    """CFG-07: the DeprecationWarnings of trainer.wandb, optimizer.cooldown and optimizer.haps
+    reach the user (Python hides them by default, and logging is not configured yet)."""
+    seen = []
+
+    def entry(config: TrainLmConfig):
+        seen.append(config)
+
+    lm.config.main(entry)(
+        args=[
+            "--config_path", str(CONFIG_DIR / "gpt2_nano.yaml"),
+            "--trainer.tracker", "{type: wandb, project: p}",
+            "--trainer.wandb", "{project: p}",
+            "--optimizer.cooldown", "0.1",
+            "--optimizer.haps", "[50, 100]",
+        ]
+    )  # fmt: skip
+    (config,) = seen
+    assert config.optimizer.cooldown == 0.1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "warning: trainer.wandb is deprecated: move its fields under trainer.tracker (W&B is the "
+        "default tracker, so `type: wandb` is optional). It is used as trainer.tracker now.",
+        "warning: optimizer.cooldown is deprecated: use decay (with cycles if needed) instead.",
+        "warning: optimizer.haps is deprecated: use cycles with a list of steps instead.",
+    ]
+
+
+def test_a_finished_run_summary_says_no_step_ran(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from lm.main.train_lm import RunSummary
+    from lm.trainer import TrainerConfig
+
+    config = TrainerConfig(id="done", num_train_steps=20, log_dir=tmp_path)
+    state = types.SimpleNamespace(step=jnp.int32(20))
+    info = types.SimpleNamespace(step=19, loss=jnp.float32(jnp.nan), state=state)
+    summary = RunSummary(config)
+    summary.record(info, force=True)  # the final hooks are all that run
+    summary.finish(info, types.SimpleNamespace(_eval_hooks=[]))
+    summary.print()
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert "  no steps run: the checkpoint is already at step 20 (trainer.num_train_steps: 20)" in (
+        out
+    )
+
+    ran = RunSummary(config)  # a run that trained: the final hooks repeat the last step
+    for step, loss in [(0, 9.0), (1, 8.0)]:
+        ran.record(types.SimpleNamespace(step=step, loss=jnp.float32(loss)))
+    ran.record(types.SimpleNamespace(step=1, loss=jnp.float32(8.0)), force=True)
+    assert (ran.first_loss, ran.last_loss, ran.last_step) == (9.0, 8.0, 1)
+
+
+def test_resolved_config_goes_to_the_log_file_only(tmp_path):
+    import io
+
+    from lm.main.train_lm import _log_to_file
+    from lm.tracker.logs import configure_logging, reset_logging
+
+    console = io.StringIO()
+    configure_logging(tmp_path / "run.log", stream=console)
+    try:
+        _log_to_file("Resolved configuration:\n%s", "trainer:\n  seed: 0\n")
+    finally:
+        reset_logging()
+    assert "Resolved configuration:\ntrainer:\n  seed: 0" in (tmp_path / "run.log").read_text()
+    assert console.getvalue() == ""
 
 
 def test_bad_config_from_the_command_line_has_no_traceback(tmp_path, subprocess_env):
@@ -108,6 +212,7 @@ def test_cli_run_trains_and_says_where_things_are(uninterrupted):
     assert (tmp / "logs" / "tiny" / "curves.png").stat().st_size > 0
     log = (tmp / "logs" / "tiny.log").read_text()
     assert log.count("step") > 0
+    assert "Resolved configuration:\ndata:" in log and "Resolved configuration" not in proc.stderr
     if _expected_allocator_mode() is not None:  # a CPU-only `python -m` run: lm.host_memory
         assert "glibc allocator tuned for CPU training" in log
     complete = [c for c in list_checkpoints(str(tmp / "ckpt" / "tiny")) if c.complete]
@@ -164,6 +269,8 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
     before = [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))]
     proc = run_train_lm(tmp / "run.yaml", subprocess_env)
     assert "already at step 20" in proc.stderr
+    assert "no steps run: the checkpoint is already at step 20" in proc.stdout
+    assert "nan" not in proc.stdout
     assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
 
 

@@ -75,7 +75,10 @@ def test_yaml_round_trip_through_draccus():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(hidden_dim=30, num_heads=4), "hidden_dim (30) must be divisible by num_heads (4)"),
+        (
+            dict(hidden_dim=30, num_heads=4),
+            "num_heads: got 4, expected a divisor of hidden_dim (30)",
+        ),
         (dict(gradient_checkpointing="sometimes"), "gradient_checkpointing: unknown"),
         (dict(activation_function="gelu_neww"), "activation_function: unknown activation"),
         (dict(use_flash_attention=True, attn_backend="vanilla"), "contradicts attn_backend"),
@@ -83,8 +86,8 @@ def test_yaml_round_trip_through_draccus():
         (dict(attn_pdrop=0.1, attn_backend="nvte"), "vanilla; nvte has no attention dropout"),
         (dict(attn_backend="splash"), "not available in this build"),
         (dict(attn_backend="fast"), "unknown attention backend 'fast'"),
-        (dict(resid_pdrop=1.0), "resid_pdrop must be in [0, 1)"),
-        (dict(cross_entropy_block_size=0), "cross_entropy_block_size must be a positive"),
+        (dict(resid_pdrop=1.0), "resid_pdrop: got 1.0, expected a probability in [0, 1)"),
+        (dict(cross_entropy_block_size=0), "cross_entropy_block_size: got 0, expected a positive"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, message):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from helpers import matmul_flops, random_model, stacked_residuals
 
+import lm.config
 from lm.models import (
     AttentionMask,
     LlamaConfig,
+    LmConfig,
     LmExample,
     MistralConfig,
     Qwen2Config,
@@ -69,9 +71,9 @@ def test_defaults_and_axes_follow_the_reference():
     [
         (
             dict(num_heads=32, num_kv_heads=5),
-            r"num_heads \(32\) must be divisible by num_kv_heads \(5\)",
+            r"num_kv_heads: got 5, expected a divisor of num_heads \(32\)",
         ),
-        (dict(head_dim=7), "head_dim must be a positive even int"),
+        (dict(head_dim=7), "head_dim: got 7, expected a positive even int"),
         (
             dict(gradient_checkpointing="never"),
             "gradient_checkpointing: unknown checkpointing policy 'never'",
@@ -88,10 +90,62 @@ def test_bad_config_values_are_named(kwargs, message):
         LlamaConfig(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    model: LmConfig = dataclasses.field(default_factory=LlamaConfig)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, args, path, location, message",
+    [
+        (
+            "model:\n  type: llama\n  num_heads: 32\n  num_kv_heads: 5\n",
+            [],
+            "model.num_kv_heads",
+            "run.yaml:4",
+            "got 5, expected a divisor of num_heads (32)",
+        ),
+        (
+            "model:\n  type: llama\n  num_heads: 32\n",
+            ["--model.num_kv_heads", "5"],
+            "model.num_kv_heads",
+            "--model.num_kv_heads 5",
+            "got 5, expected a divisor of num_heads (32)",
+        ),
+        (
+            "model:\n  type: mistral\n  hidden_dim: 96\n  num_heads: 7\n  num_kv_heads: 7\n",
+            [],
+            "model.num_heads",
+            "run.yaml:4",
+            "got 7, expected a divisor of hidden_dim (96) unless head_dim is set",
+        ),
+        (
+            "model:\n  type: qwen2\n\n  use_bias: true\n",
+            [],
+            "model.use_bias",
+            "run.yaml:4",
+            "must be false for qwen2",
+        ),
+    ],
+)
+def test_config_problems_are_reported_at_the_field_and_its_line(
+    tmp_path, yaml_text, args, path, location, message
+):
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml_text)
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.parse(_Run, str(run_yaml), args)
+    [problem] = caught.value.problems
+    assert problem.path == path
+    expected_location = str(tmp_path / location) if location.startswith("run.yaml") else location
+    assert problem.location == expected_location
+    assert problem.message.startswith(message)
+
+
 def test_variant_specific_validation():
-    with pytest.raises(ValueError, match="sliding_window must be positive"):
+    with pytest.raises(ValueError, match="sliding_window: got 0, expected a positive int"):
         MistralConfig(sliding_window=0)
-    with pytest.raises(ValueError, match="use_bias must be false for qwen2"):
+    with pytest.raises(ValueError, match="use_bias: must be false for qwen2"):
         Qwen2Config(use_bias=True)
     with pytest.raises(ValueError, match="use_qk_norm: false has no HF Qwen3 equivalent"):
         Qwen3Config(use_qk_norm=False).to_hf_config(VOCAB)
@@ -177,19 +231,33 @@ def test_unrolled_layers_compute_the_same_model(tiny_model):
     )
 
 
-def test_hybrid_and_input_embedding_norms_are_applied():
+@pytest.mark.parametrize(
+    "norm",
+    [
+        lambda m: m.embeddings.norm,
+        lambda m: m.transformer.layers.stacked.post_attn_norm,
+        lambda m: m.transformer.layers.stacked.post_mlp_norm,
+    ],
+    ids=["input_embedding_norm", "post_attn_norm", "post_mlp_norm"],
+)
+def test_hybrid_and_input_embedding_norms_are_applied(norm):
+    """Each optional norm is on the forward path: rescaling its weight changes the logits
+    (a norm that is built but never called would leave them as they are)."""
     config = dataclasses.replace(TINY, hybrid_norm=True, input_embedding_norm=True)
     model = random_model(config, Vocab)
-    assert model.embeddings.norm is not None
-    assert model.transformer.layers.stacked.post_attn_norm is not None
+    assert norm(model) is not None
+    weight = norm(model).weight
+    scale = np.random.default_rng(3).uniform(0.5, 3.0, weight.array.shape).astype(np.float32)
+    rescaled = eqx.tree_at(lambda m: norm(m).weight, model, weight * hax.named(scale, weight.axes))
     tokens = _tokens(batch=1)
-    base = _logits(model, tokens, None)
-    scaled = eqx.tree_at(
-        lambda m: m.transformer.layers.stacked.post_mlp_norm.weight,
-        model,
-        model.transformer.layers.stacked.post_mlp_norm.weight * 3.0,
-    )
-    assert not np.allclose(base, _logits(scaled, tokens, None))
+    base, changed = _logits(model, tokens, None), _logits(rescaled, tokens, None)
+    assert np.abs(base - changed).max() > 1e-3
+
+
+def test_norms_are_absent_unless_asked_for(tiny_model):
+    assert tiny_model.embeddings.norm is None
+    assert tiny_model.transformer.layers.stacked.post_attn_norm is None
+    assert tiny_model.transformer.layers.stacked.post_mlp_norm is None
 
 
 def test_resize_vocab_resizes_untied_head(tiny_model):

@@ -3,10 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lm.config
 from lm.models import (
     DefaultRotaryEmbeddingsConfig,
     LinearRotaryEmbeddingsConfig,
     Llama3RotaryEmbeddingsConfig,
+    LmConfig,
     RotaryEmbeddingsConfig,
     YarnRotaryEmbeddingsConfig,
 )
@@ -77,7 +79,72 @@ def test_rotation_matches_rotate_half_formula():
 def test_bad_rope_values():
     with pytest.raises(ValueError, match="rope_type 'dynamic' is not supported"):
         RotaryEmbeddingsConfig.from_hf_rope_parameters({"rope_type": "dynamic", "factor": 2.0})
-    with pytest.raises(ValueError, match="rope.theta must be positive"):
+    with pytest.raises(ValueError, match=r"theta: got 0.0, expected a number > 0"):
         DefaultRotaryEmbeddingsConfig(theta=0.0)
-    with pytest.raises(ValueError, match=r"high_freq_factor \(1.0\) must exceed"):
+    with pytest.raises(
+        ValueError,
+        match=r"high_freq_factor: got 1.0, expected a number greater than low_freq_factor \(1.0\)",
+    ):
         Llama3RotaryEmbeddingsConfig(high_freq_factor=1.0)
+
+
+@pytest.mark.parametrize(
+    "rope, field, value",
+    [
+        ({"type": "default", "theta": 0.0}, "theta", 0.0),
+        ({"type": "default", "factor": 0.0}, "factor", 0.0),
+        ({"type": "linear", "factor": -2.0}, "factor", -2.0),
+        ({"type": "llama3", "factor": 0.0}, "factor", 0.0),
+        ({"type": "llama3", "factor": -8.0}, "factor", -8.0),
+        ({"type": "llama3", "low_freq_factor": 0.0}, "low_freq_factor", 0.0),
+        (
+            {"type": "llama3", "original_max_position_embeddings": 0},
+            "original_max_position_embeddings",
+            0,
+        ),
+        ({"type": "yarn", "factor": 0.0}, "factor", 0.0),
+        ({"type": "yarn", "factor": -4.0}, "factor", -4.0),
+        (
+            {"type": "yarn", "original_max_position_embeddings": 0},
+            "original_max_position_embeddings",
+            0,
+        ),
+        (
+            {"type": "yarn", "original_max_position_embeddings": -64},
+            "original_max_position_embeddings",
+            -64,
+        ),
+        ({"type": "yarn", "beta_fast": 0.0}, "beta_fast", 0.0),
+        ({"type": "yarn", "beta_slow": -1.0}, "beta_slow", -1.0),
+        ({"type": "yarn", "mscale_all_dim": -1.0}, "mscale_all_dim", -1.0),
+    ],
+)
+def test_bad_rope_values_are_reported_at_the_rope_field(rope, field, value):
+    """Values that would give zero, negative or non-finite frequencies (or fail inside
+    `frequencies`) are config errors at `model.rope.<field>`."""
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(LmConfig, {"type": "llama", "rope": rope}, path="model")
+    [problem] = caught.value.problems
+    assert problem.path == f"model.rope.{field}"
+    assert problem.message.startswith(f"got {value!r}, expected ")
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"type": "llama3", "factor": 1e-3},
+        {"type": "llama3", "factor": 32.0, "low_freq_factor": 0.5, "high_freq_factor": 0.75},
+        {"type": "llama3", "original_max_position_embeddings": 1},
+        {"type": "yarn", "factor": 1e-3},
+        {"type": "yarn", "factor": 0.5, "beta_fast": 0.1, "beta_slow": 0.01},
+        {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 1},
+        {"type": "yarn", "factor": 16.0, "mscale": 0.0, "mscale_all_dim": 0.0},
+        {"type": "default", "theta": 1e-3, "factor": 1e-3},
+    ],
+)
+def test_accepted_rope_values_give_finite_positive_frequencies(rope):
+    config = lm.config.decode(LmConfig, {"type": "llama", "rope": rope}).rope
+    inv_freq, attention_factor = config.frequencies(HEAD_DIM)
+    assert inv_freq.shape == (HEAD_DIM // 2,)
+    assert np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0), inv_freq
+    assert np.isfinite(attention_factor) and attention_factor > 0

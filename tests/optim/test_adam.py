@@ -243,7 +243,9 @@ def test_update_rms_clipping_per_layer_matches_formula(gpt2_like):
 
 
 def test_update_rms_clipping_validation():
-    with pytest.raises(ValueError, match="update_rms_clipping must be a positive number"):
+    with pytest.raises(
+        ValueError, match="update_rms_clipping: got 0.0, expected a positive number"
+    ):
         AdamConfig(update_rms_clipping=0.0)
     with pytest.raises(
         ValueError, match="Cannot use both update_rms_clipping and clip_update_norm"
@@ -283,6 +285,31 @@ def test_clip_update_norm_matches_historical_formula():
     assert float(metrics["optim/clip_update/did_clip"]) == 1.0
 
 
+@pytest.mark.parametrize("build", ["function", "config"])
+def test_clip_update_norm_waits_for_half_the_history(build):
+    """With a history of 10, nothing is clipped until 10 // 2 = 5 norms are in it."""
+    length = 10
+    if build == "config":
+        tx = ClipUpdateNormConfig(rolling_interval_length=length, sigma_factor=1.0).build()
+    else:
+        tx = clip_update_by_historical_norm(length, 1.0)
+    base = {"a": jnp.ones((4,), jnp.float32) / 2.0}  # unit norm
+    calm = [1.0, 1.2, 0.8, 1.1, 0.9]
+
+    def last_step(norms):
+        state = tx.init(base)
+        for n in norms:
+            with lm.tracker.capture_metrics() as metrics:
+                out, state = tx.update(jax.tree_util.tree_map(lambda x, n=n: x * n, base), state)
+        return float(optax.tree.norm(out)), float(metrics["optim/clip_update/did_clip"])
+
+    # 4 norms in the history: the spike passes unclipped
+    assert last_step([*calm[:4], 9.0]) == (pytest.approx(9.0, rel=1e-6), 0.0)
+    # 5 norms: it is clipped to mean + std of the history
+    limit = np.mean(calm) + np.std(calm)
+    assert last_step([*calm, 9.0]) == (pytest.approx(limit, rel=1e-5), 1.0)
+
+
 def test_clip_update_norm_in_adam_logs_and_clips():
     config = AdamConfig(
         learning_rate=1e-2,
@@ -317,7 +344,7 @@ def test_skip_step_coercion():
     assert SkipStepConfig.from_bool_int_or_config(32) == SkipStepConfig(rolling_interval_length=32)
     cfg = SkipStepConfig(16, 2.0)
     assert SkipStepConfig.from_bool_int_or_config(cfg) is cfg
-    with pytest.raises(ValueError, match="rolling_interval_length"):
+    with pytest.raises(ValueError, match="skip_bad_steps: got -4, .*rolling_interval_length"):
         AdamConfig(skip_bad_steps=-4)
 
 
@@ -352,6 +379,73 @@ def test_skipped_step_leaves_params_and_inner_state_untouched():
     ref_params, ref_state, _ = ref[-1]
     assert_trees_close(history[5][0], ref_params, atol=1e-7)
     assert_trees_close(inner(history[5][1]), inner(ref_state), atol=1e-7)
+
+
+def _unit_norm_grads(params, scales):
+    """Gradients whose global norms are exactly `scales`."""
+    grads = grads_for(params, len(scales))
+    return [
+        jax.tree_util.tree_map(lambda x, g=g, s=s: x * s / optax.tree.norm(g), g)
+        for g, s in zip(grads, scales, strict=True)
+    ]
+
+
+def test_grad_norm_spike_with_a_flat_loss_is_skipped():
+    config = AdamConfig(
+        learning_rate=1e-2,
+        warmup=0.0,
+        lr_schedule="constant",
+        max_grad_norm=None,  # the skip rule sees the raw gradient norm
+        skip_bad_steps=SkipStepConfig(rolling_interval_length=4, sigma_factor=2.0),
+    )
+    params = small_params()
+    grads = _unit_norm_grads(params, [1.0, 1.1, 0.9, 1.05, 50.0, 1.0])  # step 4: norm spike
+    history = run(config.build(6), params, grads, [1.0] * 6)  # the loss never moves
+    skipped = [float(m["optim/skip_step/skipped"]) for _, _, m in history]
+    assert skipped == [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert_trees_close(history[3][0], history[4][0], atol=0)
+    norms = np.array([1.0, 1.1, 0.9, 1.05])
+    threshold = float(history[4][2]["optim/skip_step/grad_norm_threshold"])
+    assert threshold == pytest.approx(norms.mean() + 2.0 * norms.std(), rel=1e-5)
+
+
+def test_skip_decision_follows_each_signal_alone():
+    from lm.optim.skip_step import SkipStepState, skip_decision
+
+    state = SkipStepState(
+        inner_opt_state=(),
+        losses=jnp.array([2.0, 2.1, 1.9, 2.0], jnp.float32),
+        grad_norms=jnp.array([1.0, 1.1, 0.9, 1.0], jnp.float32),
+        index=jnp.array(0, jnp.int32),
+        count=jnp.array(4, jnp.int32),
+    )
+
+    def skip(loss, norm):
+        decision = skip_decision(
+            state, jnp.float32(loss), jnp.float32(norm), min_history=2, sigma=3.0
+        )
+        return bool(decision.skip)
+
+    assert not skip(2.0, 1.0)
+    assert skip(2.0, 5.0)  # only the gradient norm spikes
+    assert skip(9.0, 1.0)  # only the loss spikes
+
+
+@pytest.mark.parametrize("calm_steps, skipped", [(4, 0.0), (5, 1.0)])
+def test_skip_waits_for_half_the_history(calm_steps, skipped):
+    """With a history of 10, nothing is skipped until 10 // 2 = 5 steps are in it."""
+    config = AdamConfig(
+        learning_rate=1e-2,
+        warmup=0.0,
+        lr_schedule="constant",
+        skip_bad_steps=SkipStepConfig(rolling_interval_length=10, sigma_factor=2.0),
+    )
+    params = small_params()
+    losses = [1.0, 1.1, 0.9, 1.05, 0.95][:calm_steps] + [50.0]  # then a loss spike
+    grads = _unit_norm_grads(params, [1.0] * len(losses))
+    history = run(config.build(len(losses)), params, grads, losses)
+    flags = [float(m["optim/skip_step/skipped"]) for _, _, m in history]
+    assert flags == [0.0] * calm_steps + [skipped]
 
 
 def test_nonfinite_loss_is_skipped_even_without_history():

@@ -312,24 +312,36 @@ def test_schedule_horizon_shorter_than_run_is_an_error():
     ("kwargs", "message"),
     [
         ({"cycles": 2, "cycle_length": 500}, "Can't use both cycle_length and cycles"),
-        ({"warmup": -0.1}, r"optimizer.warmup \(-0.1\) must be >= 0"),
-        ({"decay": -5}, r"optimizer.decay \(-5\) must be >= 0"),
-        ({"rewarmup": -1}, r"optimizer.rewarmup \(-1\) must be >= 0"),
-        ({"warmup": 10.5}, r"Invalid fraction 10.5 for optimizer.warmup"),
-        ({"decay": 2.5}, r"Invalid fraction 2.5 for optimizer.decay"),
-        ({"cycle_length": 12.5}, r"Invalid fraction 12.5 for optimizer.cycle_length"),
-        ({"cycle_length": -3}, r"optimizer.cycle_length \(-3\) must be >= 0"),
+        ({"warmup": -0.1}, r"warmup: got -0.1, expected a number >= 0"),
+        ({"decay": -5}, r"decay: got -5, expected a number >= 0"),
+        ({"rewarmup": -1}, r"rewarmup: got -1, expected a number >= 0"),
+        ({"warmup": 10.5}, r"warmup: got 10.5, expected a fraction <= 1.0 .*use 10 or 11"),
+        ({"decay": 2.5}, r"decay: got 2.5, expected a fraction <= 1.0 .*use 2 or 3"),
+        ({"cycle_length": 12.5}, r"cycle_length: got 12.5, expected a fraction <= 1.0"),
+        ({"cycle_length": -3}, r"cycle_length: got -3, expected a number >= 0"),
         ({"cycle_length": [100, 0]}, r"positive whole numbers"),
-        ({"cycles": 0}, r"optimizer.cycles \(0\) must be >= 1"),
+        ({"cycles": 0}, r"cycles: got 0, expected an int >= 1"),
         ({"cycles": [500, 300]}, "strictly increasing"),
-        ({"cycles": [0, 300]}, "must be a step >= 1"),
-        ({"lr_schedule": "cosin"}, r"Unknown lr_schedule 'cosin'.*did you mean 'cosine'"),
+        (
+            {"cycles": [0, 300]},
+            r"cycles: got \[0, 300\], expected cycle minima that are steps >= 1",
+        ),
+        (
+            {"lr_schedule": "cosin"},
+            r"lr_schedule: got 'cosin', expected one of .*did you mean 'cosine'",
+        ),
         ({"lr_schedule": "power"}, r"needs parameters \['batch_size', 'seq_length'\]"),
-        ({"lr_schedule": "inv", "min_lr_ratio": 0.0}, "'inv' needs optimizer.min_lr_ratio > 0"),
-        ({"min_lr_ratio": 1.5}, r"min_lr_ratio \(1.5\) must be between 0.0 and 1.0"),
-        ({"learning_rate": 0.0}, r"learning_rate \(0.0\) must be > 0"),
-        ({"weight_decay": -0.1}, r"weight_decay \(-0.1\) must be >= 0"),
-        ({"weight_decay_modules": "attn(["}, "not a valid regex"),
+        (
+            {"lr_schedule": "inv", "min_lr_ratio": 0.0},
+            "min_lr_ratio: got 0.0, expected a number > 0 with lr_schedule 'inv'",
+        ),
+        ({"min_lr_ratio": 1.5}, r"min_lr_ratio: got 1.5, expected a number between 0.0 and 1.0"),
+        ({"learning_rate": 0.0}, r"learning_rate: got 0.0, expected a number > 0"),
+        ({"weight_decay": -0.1}, r"weight_decay: got -0.1, expected a number >= 0"),
+        (
+            {"weight_decay_modules": "attn(["},
+            "weight_decay_modules: 'attn\\(\\[' is not a valid regex",
+        ),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -361,11 +373,23 @@ def test_schedule_validation(kwargs, steps, message):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        (lambda: PowerLrSchedule(batch_size=4, seq_length=8, a=0.0), "a > 0 and b < 0"),
-        (lambda: PowerLrSchedule(batch_size=4, seq_length=8, b=0.5), "a > 0 and b < 0"),
-        (lambda: PowerLrSchedule(batch_size=0, seq_length=8), "batch_size"),
-        (lambda: CosineLrSchedule(exponent=0.0), "exponent"),
-        (lambda: InvSqrtLrSchedule(timescale=-1), "timescale"),
+        (
+            lambda: PowerLrSchedule(batch_size=4, seq_length=8, a=0.0),
+            "a: got 0.0, expected a number > 0",
+        ),
+        (
+            lambda: PowerLrSchedule(batch_size=4, seq_length=8, b=0.5),
+            "b: got 0.5, expected a number < 0",
+        ),
+        (
+            lambda: PowerLrSchedule(batch_size=0, seq_length=8),
+            "batch_size: got 0, expected a positive",
+        ),
+        (lambda: CosineLrSchedule(exponent=0.0), "exponent: got 0.0, expected a number > 0"),
+        (
+            lambda: InvSqrtLrSchedule(timescale=-1),
+            "timescale: got -1, expected a number of steps > 0",
+        ),
     ],
 )
 def test_lr_schedule_validation(schedule, message):

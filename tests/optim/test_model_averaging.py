@@ -96,10 +96,16 @@ def test_averaging_state_round_trips_through_serialisation(tmp_path):
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: EmaModelAveragingConfig(beta=1.0), r"model_averaging.beta \(1.0\)"),
-        (lambda: EmaDecaySqrtConfig(beta=-0.1), r"model_averaging.beta \(-0.1\)"),
-        (lambda: EmaDecaySqrtConfig(switch_step=-1), r"switch_step \(-1\) must be >= 0"),
-        (lambda: EmaDecaySqrtConfig(decay_steps=0), r"decay_steps \(0\) must be >= 1"),
+        (
+            lambda: EmaModelAveragingConfig(beta=1.0),
+            r"beta: got 1.0, expected a number in \[0, 1\)",
+        ),
+        (lambda: EmaDecaySqrtConfig(beta=-0.1), r"beta: got -0.1, expected a number in \[0, 1\)"),
+        (lambda: EmaDecaySqrtConfig(switch_step=-1), r"switch_step: got -1, expected a step >= 0"),
+        (
+            lambda: EmaDecaySqrtConfig(decay_steps=0),
+            r"decay_steps: got 0, expected a number of steps >= 1",
+        ),
     ],
 )
 def test_validation(factory, message):

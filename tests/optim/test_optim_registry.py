@@ -1,5 +1,6 @@
 """The optimizer registry, its YAML examples and draccus round trips."""
 
+import dataclasses
 import pathlib
 
 import draccus
@@ -8,6 +9,7 @@ import optax
 import pytest
 import yaml
 
+import lm.config
 import lm.tracker
 from lm.optim import (
     AdamConfig,
@@ -18,6 +20,7 @@ from lm.optim import (
     SgdConfig,
     SkipStepConfig,
 )
+from lm.optim.model_averaging import ModelAveragingConfig
 
 EXAMPLES = sorted((pathlib.Path(__file__).parents[2] / "config" / "optim").glob("*.yaml"))
 
@@ -86,13 +89,21 @@ def test_skip_bad_steps_yaml_forms():
 @pytest.mark.parametrize(
     ("cls", "kwargs", "message"),
     [
-        (AdamConfig, {"beta2": 1.0}, r"optimizer.beta2 \(1.0\) must be in \[0, 1\)"),
-        (AdamConfig, {"max_grad_norm": -1.0}, r"max_grad_norm \(-1.0\) must be > 0, or 0/null"),
-        (LionConfig, {"beta1": 1.5}, r"optimizer.beta1 \(1.5\)"),
-        (AdoptConfig, {"epsilon": 0.0}, r"optimizer.epsilon \(0.0\) must be > 0"),
-        (SgdConfig, {"momentum": 0.0, "nesterov": True}, "nesterov needs optimizer.momentum > 0"),
-        (MuonConfig, {"backend_steps": 0}, r"backend_steps \(0\) must be >= 1"),
-        (MuonConfig, {"adam_lr": 0.0}, r"adam_lr \(0.0\) must be > 0"),
+        (AdamConfig, {"beta2": 1.0}, r"beta2: got 1.0, expected a number in \[0, 1\)"),
+        (
+            AdamConfig,
+            {"max_grad_norm": -1.0},
+            r"max_grad_norm: got -1.0, expected a number > 0, or 0/null",
+        ),
+        (LionConfig, {"beta1": 1.5}, r"beta1: got 1.5, expected a number in \[0, 1\)"),
+        (AdoptConfig, {"epsilon": 0.0}, r"epsilon: got 0.0, expected a number > 0"),
+        (
+            SgdConfig,
+            {"momentum": 0.0, "nesterov": True},
+            r"nesterov: needs momentum > 0 \(got 0.0\)",
+        ),
+        (MuonConfig, {"backend_steps": 0}, r"backend_steps: got 0, expected an integer >= 1"),
+        (MuonConfig, {"adam_lr": 0.0}, r"adam_lr: got 0.0, expected a number > 0"),
     ],
 )
 def test_optimizer_field_validation(cls, kwargs, message):
@@ -111,3 +122,110 @@ def test_max_grad_norm_none_or_zero_disables_clipping():
     tx = SgdConfig(learning_rate=1.0, warmup=0.0, momentum=0.0, lr_schedule="constant").build(10)
     updates, _ = tx.update(params, tx.init(params), params)
     assert abs(float(jnp.linalg.norm(updates["w"])) - 1.0) < 1e-6
+
+
+# --- where config problems are reported -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=AdamConfig)
+    model_averaging: ModelAveragingConfig | None = None
+
+
+def _problems(tmp_path, yaml_text: str, *args: str) -> dict[str, tuple[str | None, str]]:
+    """{path: (location, message)} of every problem parsing `yaml_text` plus `args`."""
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml_text)
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.parse(_Run, str(run_yaml), list(args))
+    found = {p.path: (p.location, p.message) for p in caught.value.problems}
+    assert len(found) == len(caught.value.problems)
+    return {
+        path: (None if loc is None else loc.replace(str(run_yaml), "run.yaml"), message)
+        for path, (loc, message) in found.items()
+    }
+
+
+def test_each_optimizer_problem_is_reported_at_its_field_and_where_it_was_set(tmp_path):
+    found = _problems(
+        tmp_path,
+        "optimizer:\n  type: adam\n  learning_rate: 0.0\n  beta1: 1.5\n  cycles: 0\n",
+        "--optimizer.warmup",
+        "-3",
+    )
+    assert found == {
+        "optimizer.learning_rate": ("run.yaml:3", "got 0.0, expected a number > 0"),
+        "optimizer.warmup": (
+            "--optimizer.warmup -3",
+            "got -3, expected a number >= 0: a fraction <= 1.0 of the cycle or a whole "
+            "number of steps",
+        ),
+        "optimizer.cycles": ("run.yaml:5", "got 0, expected an int >= 1 or a list of steps"),
+        "optimizer.beta1": ("run.yaml:4", "got 1.5, expected a number in [0, 1)"),
+    }
+
+
+@pytest.mark.parametrize(
+    "yaml_text, path, message",
+    [
+        ("optimizer:\n  cycles: 2\n  cycle_length: 10\n", "optimizer.cycles", "Can't use both"),
+        ("optimizer:\n  lr_schedule: cosin\n", "optimizer.lr_schedule", "got 'cosin'"),
+        (
+            "optimizer:\n  lr_schedule: {type: power, batch_size: 0, seq_length: 8}\n",
+            "optimizer.lr_schedule.batch_size",
+            "got 0, expected a positive integer",
+        ),
+        (
+            "optimizer:\n  lr_schedule: inv\n  min_lr_ratio: 0.0\n",
+            "optimizer.min_lr_ratio",
+            "got 0.0, expected a number > 0 with lr_schedule 'inv'",
+        ),
+        ("optimizer:\n  skip_bad_steps: -4\n", "optimizer.skip_bad_steps", "got -4, expected"),
+        (
+            "optimizer:\n  skip_bad_steps: {rolling_interval_length: 1}\n",
+            "optimizer.skip_bad_steps.rolling_interval_length",
+            "got 1, expected an integer >= 2",
+        ),
+        (
+            "optimizer:\n  clip_update_norm: {sigma_factor: 0.0}\n",
+            "optimizer.clip_update_norm.sigma_factor",
+            "got 0.0, expected a number > 0",
+        ),
+        (
+            "optimizer:\n  update_rms_clipping: 1.0\n  clip_update_norm: {}\n",
+            "optimizer.clip_update_norm",
+            "Cannot use both update_rms_clipping and clip_update_norm",
+        ),
+        (
+            "optimizer:\n  type: sgd\n  momentum: 0.0\n  nesterov: true\n",
+            "optimizer.nesterov",
+            "needs momentum > 0",
+        ),
+        (
+            "optimizer:\n  type: muon\n  backend_steps: 0\n",
+            "optimizer.backend_steps",
+            "got 0, expected an integer >= 1",
+        ),
+        ("optimizer:\n  weight_decay_modules: 'a(['\n", "optimizer.weight_decay_modules", "'a(['"),
+        ("optimizer:\n  schedule_steps: 0\n", "optimizer.schedule_steps", "got 0, expected"),
+        (
+            "model_averaging:\n  type: ema_decay_sqrt\n  decay_steps: 0\n",
+            "model_averaging.decay_steps",
+            "got 0, expected a number of steps >= 1",
+        ),
+    ],
+)
+def test_optimizer_problems_name_the_field(tmp_path, yaml_text, path, message):
+    found = _problems(tmp_path, yaml_text)
+    assert list(found) == [path]
+    location, text = found[path]
+    assert location is not None and location.startswith("run.yaml:")
+    assert text.startswith(message) or message in text
+
+
+def test_several_problems_in_one_config_are_a_value_error_naming_each():
+    with pytest.raises(ValueError) as caught:
+        AdamConfig(learning_rate=0.0, beta2=1.0)
+    assert isinstance(caught.value, lm.config.ConfigError)
+    assert [p.path for p in caught.value.problems] == ["learning_rate", "beta2"]

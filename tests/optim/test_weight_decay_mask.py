@@ -46,8 +46,10 @@ def mask_as_dict(config, model):
         ],
         r".*attn.*weight|.*mlp.*weight|.*token_embeddings|.*position_embeddings",
         ["Linear.weight", "Embedding.weight"],
+        # re.match against the class path: no path from the root starts with "Linear"
+        r"Linear\.weight|Embedding\.weight",
     ],
-    ids=["module_paths", "regex", "class_paths"],
+    ids=["module_paths", "regex", "class_paths", "class_path_regex"],
 )
 def test_three_specifications_give_the_same_mask(gpt2_like, modules):
     mask = mask_as_dict(AdamConfig(weight_decay_modules=modules), gpt2_like)

@@ -1,3 +1,6 @@
+import re
+
+import numpy as np
 import pytest
 
 from lm.partitioning import compute_axis_mapping, parameter_axis_mapping, validate_mapping
@@ -56,7 +59,119 @@ def test_check_divisible_names_parameter_axis_and_mesh_axes():
     abstract = jax.eval_shape(lambda: params)
     mesh = {"replica": 2, "data": 2, "model": 2}
     check_divisible(abstract, {"embed": ("replica", "data"), "heads": "model"}, mesh)
-    with pytest.raises(ValueError, match=r"\['attn'\] has axis 'heads' of size 6.*\['model'\] \(4"):
+    with pytest.raises(
+        ValueError, match=r"parameter attn has axis 'heads' of size 6.*\['model'\] \(4"
+    ):
         check_divisible(params, {"heads": "model"}, {**mesh, "model": 4})
     with pytest.raises(ValueError, match=r"'embed' of size 32.*\['replica', 'data'\] \(64"):
         check_divisible(params, {"embed": ("replica", "data")}, {"replica": 8, "data": 8})
+
+
+# --- two logical axes of one parameter on one mesh axis (PAR-02/PAR-04) ---------------------
+
+
+def _tiny_models():
+    from lm.models import Gpt2Config, LlamaConfig
+
+    gpt2 = Gpt2Config(seq_len=16, hidden_dim=32, num_layers=2, num_heads=4)
+    llama = LlamaConfig(
+        seq_len=16, hidden_dim=32, intermediate_dim=48, num_layers=2, num_heads=4, num_kv_heads=2
+    )
+    return {"gpt2": gpt2, "llama": llama}
+
+
+def _shapes(config):
+    import haliax as hax
+    import jax
+
+    from lm.partitioning import abstract_shapes
+
+    return abstract_shapes(lambda: config.build(hax.Axis("vocab", 64), key=jax.random.PRNGKey(0)))
+
+
+def test_check_distinct_mesh_axes_names_parameter_axes_mesh_axis_and_fields():
+    import haliax as hax
+    import jax
+
+    from lm.partitioning import check_distinct_mesh_axes
+
+    Embed, Mlp, Heads = hax.Axis("embed", 8), hax.Axis("mlp", 16), hax.Axis("heads", 4)
+    params = {"mlp": {"up": hax.zeros((Embed, Mlp))}, "norm": hax.zeros(Embed)}
+    abstract = jax.eval_shape(lambda: params)
+    check_distinct_mesh_axes(abstract, {"embed": "data", "mlp": "model"})
+    check_distinct_mesh_axes(abstract, {"embed": "data"})
+    check_distinct_mesh_axes({"norm": params["norm"]}, {"embed": "data", "mlp": "data"})
+    with pytest.raises(ValueError) as caught:
+        check_distinct_mesh_axes(abstract, {"embed": "data", "mlp": "data"})
+    message = str(caught.value)
+    assert "parameter mlp.up has axes 'embed' ('data') and 'mlp' ('data')" in message
+    assert "both shards over mesh axis 'data'" in message
+    assert "trainer.fsdp_axis" in message and "trainer.axis_resources" in message
+    # a tuple mapping shares a mesh axis too; the hint follows the mesh axis
+    with pytest.raises(ValueError, match=r"over mesh axis 'model'.*trainer.tensor_parallel_axes"):
+        check_distinct_mesh_axes(
+            {"w": hax.zeros((Heads, Mlp))}, {"heads": ("replica", "model"), "mlp": "model"}
+        )
+    with pytest.raises(ValueError, match="compute axis mapping"):
+        check_distinct_mesh_axes(
+            abstract, {"embed": "model", "mlp": "model"}, mapping_name="compute axis mapping"
+        )
+
+
+@pytest.mark.parametrize(
+    "model, trainer_fields, axes, mesh_axis",
+    [
+        ("gpt2", {"fsdp_axis": ["embed", "mlp"]}, ("embed", "mlp"), "data"),
+        ("llama", {"fsdp_axis": ["embed", "mlp"]}, ("embed", "mlp"), "data"),
+        ("gpt2", {"tensor_parallel_axes": ["heads", "head_size"]}, ("heads", "head_size"), "model"),
+        (
+            "llama",
+            {"tensor_parallel_axes": ["kv_head", "head_size"]},
+            ("kv_head", "head_size"),
+            "model",
+        ),
+        ("llama", {"fsdp_axis": ["vocab", "embed"]}, ("vocab", "embed"), "data"),
+    ],
+)
+def test_shared_mesh_axis_in_a_model_is_found_before_jax_fails(
+    model, trainer_fields, axes, mesh_axis
+):
+    """The train_lm crashes of `--trainer.fsdp_axis=[embed, mlp]` and
+    `--trainer.tensor_parallel_axes=[heads, head_size]`: building the model under the mapping
+    fails inside jax (DuplicateSpecError); `abstract_shapes` ignores the mapping, and the
+    check names the parameter instead."""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    from jax.sharding import Mesh
+
+    from lm.partitioning import check_distinct_mesh_axes
+
+    compute = compute_axis_mapping(tensor_parallel_axes=trainer_fields.get("tensor_parallel_axes"))
+    params = parameter_axis_mapping(compute, fsdp_axis=trainer_fields.get("fsdp_axis", "embed"))
+    config = _tiny_models()[model]
+    devices = np.asarray(jax.devices()[:8]).reshape(1, 4, 2)
+    with hax.set_mesh(Mesh(devices, ("replica", "data", "model"))), hax.axis_mapping(params):
+        with pytest.raises(Exception, match="duplicate entries"):  # jax DuplicateSpecError
+            eqx.filter_eval_shape(config.build, hax.Axis("vocab", 64), key=jax.random.PRNGKey(0))
+        shapes = _shapes(config)
+    with pytest.raises(ValueError) as caught:
+        check_distinct_mesh_axes(shapes, params)
+    message = str(caught.value)
+    named = re.match(r"parameter [\w.]+ has axes '(\w+)' \(.*?\) and '(\w+)' \(", message)
+    assert named is not None, message
+    assert set(named.groups()) == set(axes)
+    assert f"both shards over mesh axis '{mesh_axis}'" in message
+    field = "trainer.fsdp_axis" if mesh_axis == "data" else "trainer.tensor_parallel_axes"
+    assert field in message and "trainer.axis_resources" in message
+
+
+@pytest.mark.parametrize("model, tp", [("gpt2", ["mlp", "heads"]), ("llama", ["mlp", "kv_head"])])
+def test_default_and_usual_mappings_pass(model, tp):
+    from lm.partitioning import check_distinct_mesh_axes
+
+    shapes = _shapes(_tiny_models()[model])
+    for compute in (compute_axis_mapping(), compute_axis_mapping(tensor_parallel_axes=tp)):
+        for fsdp in ("embed", None):
+            check_distinct_mesh_axes(shapes, parameter_axis_mapping(compute, fsdp_axis=fsdp))
+            check_distinct_mesh_axes(shapes, compute, mapping_name="compute axis mapping")

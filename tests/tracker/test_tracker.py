@@ -192,3 +192,40 @@ def test_importing_lm_tracker_is_cheap_and_side_effect_free(subprocess_env):
         [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def no_tensorboard(monkeypatch):
+    """`tensorboard` looks uninstalled to `importlib.util.find_spec`."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name.split(".")[0] == "tensorboard" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_missing_tensorboard_is_reported_at_the_trackers_type(no_tensorboard):
+    """Found when the config is parsed, at `trainer.tracker.type`, with the install hint;
+    not when the tracker starts (after Ray, the data cache and the model)."""
+    import lm.config
+    from lm.trainer import TrainerConfig
+
+    with pytest.raises(lm.config.FieldError, match=r"pip install 'lm\[profiling\]'") as error:
+        TensorboardConfig()
+    assert error.value.field == "type"
+
+    for tracker, where in [
+        ({"type": "tensorboard", "logdir": "tb"}, "trainer.tracker.type"),
+        ([{"type": "json"}, {"type": "tensorboard"}], "trainer.tracker[1].type"),
+    ]:
+        with pytest.raises(lm.config.ConfigError) as error:
+            lm.config.decode(TrainerConfig, {"tracker": tracker}, path="trainer")
+        problems = error.value.problems
+        assert [p.path for p in problems] == [where], problems
+        assert "needs the `tensorboard` package" in problems[0].message
+        assert "pip install 'lm[profiling]'" in problems[0].message
+    # the other trackers do not need it
+    assert lm.config.decode(TrainerConfig, {"tracker": {"type": "json"}}, path="trainer")

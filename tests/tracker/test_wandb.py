@@ -272,3 +272,53 @@ def test_resolve_run_id_from_env(tmp_path):
 def test_bad_wandb_config_is_a_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WandbConfig(**kwargs)
+
+
+def _assert_user_facing_with_hints(error, hints):
+    from lm.config.cli import _is_user_facing
+
+    # an lm error: the CLI prints its message alone, without a traceback
+    assert _is_user_facing(error), type(error)
+    for hint in hints:
+        assert hint in str(error), (hint, str(error))
+
+
+def test_no_wandb_login_says_what_to_do(wandb_env, tmp_path, monkeypatch):
+    import wandb
+
+    from lm.tracker import TrackerInitError
+
+    def not_logged_in(**kwargs):
+        # what wandb 0.31 raises for an online run with no API key and no TTY to ask on
+        # (faked: a real attempt would use any key this process or machine has)
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", not_logged_in)
+    with pytest.raises(TrackerInitError, match="Could not start the W&B run") as error:
+        WandbConfig(mode="online", save_dir=str(tmp_path), save_code=False).init("nologin")
+    _assert_user_facing_with_hints(
+        error.value, ["wandb login", "WANDB_API_KEY", "mode: offline", "type: json"]
+    )
+
+
+def test_unreachable_wandb_says_what_to_do(wandb_env, tmp_path, monkeypatch):
+    import wandb
+
+    from lm.tracker import TrackerInitError
+
+    def unreachable(**kwargs):
+        raise wandb.errors.CommError("Network error (ConnectionError), entering retry loop.")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    with pytest.raises(TrackerInitError, match="Could not reach W&B") as error:
+        WandbConfig(save_dir=str(tmp_path), save_code=False).init("offline-net")
+    _assert_user_facing_with_hints(error.value, ["network", "mode: offline", "type: json"])
+
+
+def test_missing_wandb_package_says_what_to_do(monkeypatch):
+    from lm.tracker import TrackerInitError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    with pytest.raises(TrackerInitError, match=r"pip install wandb") as error:
+        WandbConfig(save_code=False).init("nowandb")
+    _assert_user_facing_with_hints(error.value, ["type: json"])

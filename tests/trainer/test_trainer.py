@@ -127,6 +127,15 @@ def test_initial_state_needs_exactly_one_of_model_and_init(tmp_path):
         trainer.initial_state(jax.random.PRNGKey(0), model=m, model_init=lambda: m)
 
 
+def test_checkpoint_path_is_the_configs(tmp_path):
+    config = trainer_config(tmp_path)
+    trainer = Trainer(config, optax.sgd(0.1), mse)
+    assert trainer.checkpoint_path == config.checkpoint_path == str(tmp_path / "ckpt" / "toy")
+    elsewhere = trainer_config(tmp_path, load_checkpoint_path=str(tmp_path / "other" / "step-3"))
+    trainer = Trainer(elsewhere, optax.sgd(0.1), mse)
+    assert trainer.checkpoint_path == str(tmp_path / "other" / "step-3")
+
+
 def test_metrics_are_logged_with_prefixes(tmp_path):
     config = trainer_config(tmp_path, num_train_steps=5, steps_per_eval=5)
     trainer = Trainer(config, optax.adam(1e-2), mse_with_metrics)
@@ -245,6 +254,48 @@ def test_crash_on_nan_names_the_step(tmp_path):
     assert math.isnan(float(info.loss))
 
 
+@pytest.mark.parametrize(
+    "bad, flags, crashes",
+    [
+        (jnp.inf, dict(crash_on_inf=True, crash_on_nan=False), "Loss is infinite at step 0"),
+        (jnp.inf, dict(crash_on_inf=False, crash_on_nan=True), None),
+        (jnp.nan, dict(crash_on_nan=True, crash_on_inf=False), "Loss is NaN at step 0"),
+        (jnp.nan, dict(crash_on_nan=False, crash_on_inf=True), None),
+    ],
+)
+def test_crash_on_inf_and_nan_are_separate_switches(tmp_path, bad, flags, crashes):
+    def bad_loss(model, batch):
+        # a non-finite loss with finite gradients: the parameters stay finite
+        return mse(model, batch) + jax.lax.stop_gradient(jnp.float32(bad))
+
+    config = trainer_config(tmp_path, num_train_steps=3, steps_per_eval=100, **flags)
+    if crashes:
+        with pytest.raises(NonFiniteLossError, match=crashes):
+            _train(config, bad_loss)
+    else:
+        _, info = _train(config, bad_loss)
+        assert info.step == 2
+        assert math.isinf(float(info.loss)) if math.isinf(bad) else math.isnan(float(info.loss))
+
+
+def test_hook_time_is_the_previous_steps(tmp_path):
+    """`throughput/hook_time` at step N is how long step N-1's hooks took (step N's own hooks,
+    the logging one included, are still running when it is logged); 0 at the first step."""
+
+    def slow_at_step_one(info):
+        if info.step == 1:
+            time.sleep(0.5)
+
+    config = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100)
+    _train(config, hooks=[(slow_at_step_one, 1)])
+    hook_time = {r["step"]: r["metrics"].get("throughput/hook_time") for r in _metrics(config)}
+    hook_time = {step: t for step, t in hook_time.items() if t is not None}
+    assert sorted(hook_time) == [0, 1, 2, 3]
+    assert hook_time[0] == 0.0
+    assert hook_time[2] >= 0.5
+    assert hook_time[1] < 0.5 and hook_time[3] < 0.5
+
+
 def test_frozen_parameters_are_untouched(tmp_path):
     spec = Mlp(w1=False, w2=True, bias=True)
     config = trainer_config(tmp_path, num_train_steps=4)
@@ -305,6 +356,56 @@ def test_write_artifact(tmp_path):
     assert gzip.decompress(pathlib.Path(gz).read_bytes()) == b"\x00\x01"
 
 
+def _zstd_decompress(data: bytes) -> bytes:
+    zstandard = pytest.importorskip("zstandard")
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def _unzip(data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.read("file")
+
+
+@pytest.mark.parametrize(
+    "suffix, decompress",
+    [
+        (".gz", lambda b: __import__("gzip").decompress(b)),
+        (".bz2", lambda b: __import__("bz2").decompress(b)),
+        (".xz", lambda b: __import__("lzma").decompress(b)),
+        (".lzma", lambda b: __import__("lzma").decompress(b)),
+        (".zst", _zstd_decompress),
+        (".zip", _unzip),
+    ],
+)
+def test_write_artifact_compresses_by_extension(tmp_path, suffix, decompress):
+    import pathlib
+
+    trainer = Trainer(trainer_config(tmp_path), optax.sgd(0.1), mse)
+    text = "step 1: loss 2.5\n" * 50
+    with trainer:
+        text_path = trainer.write_artifact(f"notes.txt{suffix}", text)
+        bytes_path = trainer.write_artifact(f"blob.bin{suffix}", b"\x00\x01" * 100)
+    assert decompress(pathlib.Path(text_path).read_bytes()).decode() == text
+    assert decompress(pathlib.Path(bytes_path).read_bytes()) == b"\x00\x01" * 100
+    assert pathlib.Path(text_path).read_bytes() != text.encode()  # compressed, not plain
+
+
+@pytest.mark.parametrize("artifact", [{"lr": 0.1}, 5, None])
+def test_write_artifact_rejects_other_types_by_name(tmp_path, artifact):
+    trainer = Trainer(trainer_config(tmp_path), optax.sgd(0.1), mse)
+    with trainer, pytest.raises(TypeError, match=r"write_artifact\('cfg.json'\).*str.*bytes.*got"):
+        trainer.write_artifact("cfg.json", artifact)
+    assert not (tmp_path / "logs" / "toy" / "artifacts" / "cfg.json").exists()
+    trainer = Trainer(trainer_config(tmp_path), optax.sgd(0.1), mse)
+    with trainer:  # the accepted byte types
+        path = trainer.write_artifact("view.bin", memoryview(bytearray(b"ab")))
+    with open(path, "rb") as f:
+        assert f.read() == b"ab"
+
+
 def test_require_accelerator_refuses_cpu(tmp_path):
     config = trainer_config(tmp_path, require_accelerator=True)
     with pytest.raises(RuntimeError, match="No accelerator found"):
@@ -316,9 +417,9 @@ def test_watch_logs_norms_every_interval(tmp_path):
     config = trainer_config(tmp_path, num_train_steps=4, watch=watch, steps_per_eval=100)
     _train(config)
     step0 = {k: v for m in _metrics(config, 0) for k, v in m.items()}
-    assert "grads/norm/total" in step0 and "params/norm/w1" in step0
-    assert "grads/hist/w1" in step0
-    assert not any(k.startswith("grads/") for m in _metrics(config, 1) for k in m)
+    assert "grad/norm/total" in step0 and "params/norm/w1" in step0
+    assert "grad/hist/w1" in step0
+    assert not any(k.startswith("grad/") for m in _metrics(config, 1) for k in m)
 
 
 def test_jit_hook_steps_see_the_real_gradients_and_compile_once_more(tmp_path):
@@ -350,9 +451,9 @@ def test_jit_hook_steps_see_the_real_gradients_and_compile_once_more(tmp_path):
         leaves = jax.tree_util.tree_leaves(seen[step])
         norm = np.sqrt(sum(float(np.sum(np.square(np.asarray(x)))) for x in leaves))
         logged = {k: v for m in _metrics(config, step) for k, v in m.items()}
-        np.testing.assert_allclose(logged["grads/norm/total"], norm, rtol=1e-5)
+        np.testing.assert_allclose(logged["grad/norm/total"], norm, rtol=1e-5)
         assert norm > 0
-    assert not any(k.startswith("grads/") for m in _metrics(config, 3) for k in m)
+    assert not any(k.startswith("grad/") for m in _metrics(config, 3) for k in m)
 
 
 def test_loss_fn_with_key_gets_a_fresh_key_each_step(tmp_path):

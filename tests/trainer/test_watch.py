@@ -48,11 +48,11 @@ def _model(seed):
     )
 
 
-def _logged(config, params, grads):
+def _logged(config, params, grads, updates=None, opt_state=None):
     callback = config.build()
     out = jax.jit(
-        lambda p, g: callback.inside_step(State(p), InsideStepInfo(grads=g, updates=None))
-    )(params, grads)
+        lambda p, g, u, o: callback.inside_step(State(p, o), InsideStepInfo(grads=g, updates=u))
+    )(params, grads, updates, opt_state)
     recorder = Recorder()
     with recorder:
         callback.on_step(dataclasses.make_dataclass("Info", ["step"])(0), out)
@@ -62,7 +62,7 @@ def _logged(config, params, grads):
 def test_norms_match_numpy_per_parameter_per_layer_and_total():
     params, grads = _model(0), _model(1)
     logged = _logged(WatchConfig(), params, grads)
-    for target, tree in (("params", params), ("grads", grads)):
+    for target, tree in (("params", params), ("grad", grads)):
         w = np.asarray(tree.block.w.array, np.float64)
         b = np.asarray(tree.block.b, np.float64)
         head = np.asarray(tree.head.array, np.float64)
@@ -85,8 +85,8 @@ def test_unsplit_layers_and_totals_only():
     np.testing.assert_allclose(logged["params/norm/block/w"], np.linalg.norm(w), rtol=1e-6)
     assert not any("layer_" in k for k in logged)
     totals = _logged(WatchConfig(include_per_parameter_norms=False), params, grads)
-    assert sorted(totals) == ["grads/norm/total", "params/norm/total"]
-    np.testing.assert_allclose(totals["grads/norm/total"], logged["grads/norm/total"], rtol=1e-6)
+    assert sorted(totals) == ["grad/norm/total", "params/norm/total"]
+    np.testing.assert_allclose(totals["grad/norm/total"], logged["grad/norm/total"], rtol=1e-6)
 
 
 def test_histograms_are_the_arrays():
@@ -98,3 +98,19 @@ def test_histograms_are_the_arrays():
     np.testing.assert_allclose(
         logged["params/hist/head"].max, float(jnp.max(params.head.array)), rtol=1e-6
     )
+
+
+def test_each_target_logs_under_its_prefix():
+    """Gradients log as `grad/...` (Levanter's and the checklist's name); the other targets
+    under their own names."""
+    trees = [_model(seed) for seed in range(4)]
+    config = WatchConfig(
+        watch_targets=("grads", "params", "opt_state", "updates"), include_per_parameter_norms=False
+    )
+    logged = _logged(config, *trees)
+    assert sorted(logged) == [
+        "grad/norm/total",
+        "opt_state/norm/total",
+        "params/norm/total",
+        "updates/norm/total",
+    ]

@@ -31,6 +31,7 @@ from lm.checkpoint.storage import (
     read_status,
     write_json,
 )
+from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol
 from lm.trainer.state import StepInfo, TrainerState, saveable_state
 
 logger = logging.getLogger(__name__)
@@ -335,6 +336,9 @@ class CheckpointerConfig:
             )
         if not self.base_path:
             raise ValueError("checkpointer.base_path must not be empty")
+        # TensorStore writes checkpoints itself (gs:// and s3:// need no fsspec package), so
+        # only the protocol is checked: a typo fails here, not at the first save.
+        check_url_protocol(self.base_path, "base_path", allowed=TENSORSTORE_PROTOCOLS)
 
     @property
     def step_policies(self) -> list[CheckpointInterval]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import tensorstore as ts
 
+from lm.fs import TENSORSTORE_PROTOCOLS
+
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
@@ -32,7 +34,7 @@ MANIFEST_FILE = "manifest.json"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 # Schemes TensorStore's kvstore opens directly.
-_SUPPORTED_SCHEMES = ("file", "memory", "gs", "s3")
+_SUPPORTED_SCHEMES = TENSORSTORE_PROTOCOLS
 
 
 @functools.cache

@@ -12,8 +12,9 @@ Entry points::
 
 API:
     main(fn)(args=None)                  parse argv into fn's config class, call fn; on a config
-                                         problem print it to stderr and exit 2; --help prints
-                                         the field tree.
+                                         problem print it to stderr and exit 2; warnings from
+                                         parsing (deprecated fields) print as `warning: ...`;
+                                         --help prints the field tree.
     parse(cls, config_path=None, args=()) -> cls       raises ConfigError
     load_yaml(path_or_url) -> dict       PyYAML safe load + `!include` + `base:`
     decode(cls, data, *, path="") -> cls                type-directed, raises ConfigError

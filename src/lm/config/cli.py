@@ -15,19 +15,17 @@ import os
 import re
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import yaml
 
 from lm.config.decoding import Decoder
-from lm.config.encoding import to_yaml
 from lm.config.errors import ConfigError, ConfigProblem, index_path, join_path
 from lm.config.helptext import format_help
 from lm.config.loading import load_document, under
 from lm.config.typeinfo import show_value
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONFIG_PATH_FLAG = "--config_path"
@@ -49,11 +47,13 @@ def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()
     """
     problems: list[ConfigProblem] = []
     overrides: list[tuple[str, str, str]] = []  # (dotted path, raw value, flag as written)
+    given = config_path
     config_path = _split_args(list(args), config_path, overrides, problems)
     data: Any = {}
     locations: dict[str, str] = {}
     if config_path is not None:
-        loaded = load_document(config_path)  # ConfigError for an unreadable document
+        via = CONFIG_PATH_FLAG if config_path != given else None
+        loaded = load_document(config_path, via=via)  # ConfigError for an unreadable document
         data, locations = loaded.data, dict(loaded.locations)
     for dotted, raw, flag in overrides:
         data = _apply_override(data, dotted, raw, flag, locations, problems)
@@ -73,7 +73,10 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
     `lm.config.main(train)(args=["--config_path", "run.yaml", "--x", "2"])`.
 
     `--help` prints the field tree and exits 0. Any configuration problem prints the
-    aggregated message to stderr and exits with status 2 before `fn` runs.
+    aggregated message to stderr and exits with status 2 before `fn` runs. Warnings the
+    config classes raise while parsing (deprecated fields) are printed to stderr as
+    `warning: ...` lines: Python hides DeprecationWarnings from library code by default, and
+    logging is not configured yet.
     """
     cls = _config_class(fn)
 
@@ -82,13 +85,18 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
         if any(a in HELP_FLAGS for a in argv):
             print(format_help(cls, prog=_prog()))
             raise SystemExit(0)
-        try:
-            config = parse(cls, args=argv)
-        except ConfigError as e:
-            print(str(e), file=sys.stderr)
+        error: ConfigError | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                config = parse(cls, args=argv)
+            except ConfigError as e:
+                error = e
+        _report_warnings(caught)
+        if error is not None:
+            print(str(error), file=sys.stderr)
             print(f"(run with --help to list the fields of {cls.__name__})", file=sys.stderr)
             raise SystemExit(2) from None
-        logger.info("Resolved configuration:\n%s", to_yaml(config))
         try:
             return fn(config)
         except Exception as e:
@@ -108,10 +116,30 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
     return run
 
 
+_LM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Print the warnings lm's config classes raised (deprecated fields: their text starts
+    with the YAML path, `optimizer.cooldown is deprecated: ...`), one line each, once each.
+    Warnings from other packages go back to the `warnings` machinery unchanged."""
+    seen: set[str] = set()
+    for w in caught:
+        if not os.path.abspath(w.filename).startswith(_LM_DIR + os.sep):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            continue
+        text = " ".join(str(w.message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+
 def _is_user_facing(error: BaseException) -> bool:
-    """Errors that explain themselves (bad values, missing files, lm's own runtime errors such
-    as an unreadable checkpoint or a NaN loss): shown as one message, not a traceback."""
-    if isinstance(error, ValueError | FileNotFoundError | PermissionError | IsADirectoryError):
+    """Errors that explain themselves (bad values, missing files, a missing optional package,
+    lm's own runtime errors such as an unreadable checkpoint or a NaN loss): shown as one
+    message, not a traceback."""
+    user_errors = ValueError | FileNotFoundError | PermissionError | IsADirectoryError | ImportError
+    if isinstance(error, user_errors):
         return True
     return isinstance(error, RuntimeError) and type(error).__module__.startswith("lm.")
 

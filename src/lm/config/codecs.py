@@ -11,8 +11,9 @@ Units: w, d, h, m (minutes), s, ms, us. A duration encodes back to the compact f
 Mixed precision (jmp grammar): comma-separated `key=dtype` with keys `p`/`params`,
 `c`/`compute`, `o`/`output`, or a bare dtype for all three. Dtypes: `full`/`f32`/`float32`,
 `bf16`/`bfloat16`, `f16`/`float16`, `f64`/`float64`, and `half` (bfloat16 on TPU, float16
-elsewhere; resolving it asks jax for the local devices). Params default to f32, compute
-follows params, output follows compute. A policy encodes back to `p=..,c=..,o=..`.
+elsewhere). Params default to f32, compute follows params, output follows compute. A policy
+encodes back to `p=..,c=..,o=..`. A policy with `half` in it is a `HalfPolicy`, which keeps
+`half` symbolic until a dtype is read (see there): parsing never touches the devices.
 """
 
 from __future__ import annotations
@@ -167,10 +168,55 @@ _POLICY_HELP = (
 _DTYPE_HELP = "full, f32, float32, bf16, bfloat16, f16, float16, f64, float64 or half"
 
 
+HALF = "half"
+_ROLES = frozenset({"param_dtype", "compute_dtype", "output_dtype"})
+
+
+class HalfPolicy(jmp.Policy):
+    """A `jmp.Policy` with `half` in it, resolved when a dtype is read.
+
+    `half` is bfloat16 on TPU and float16 elsewhere, which only the backend knows. Asking it
+    while parsing (`jmp.half_dtype()` reads `jax.local_devices()`) would start the XLA backend,
+    and a later `jax.distributed.initialize()` would then fail (DST-03). So the roles given as
+    `half` hold the string until `param_dtype`/`compute_dtype`/`output_dtype` is read, which
+    happens after `TrainerConfig.initialize()`. It encodes back to `half`.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        # A dtype is never a str here; `np.dtype("float16") == "half"` is why this isn't `==`.
+        if name in _ROLES and isinstance(value, str):
+            return jmp.half_dtype()
+        return value
+
+    def _spelled(self) -> tuple[Any, Any, Any]:
+        return tuple(object.__getattribute__(self, role) for role in sorted(_ROLES))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HalfPolicy) and self._spelled() == other._spelled():
+            return True
+        if not isinstance(other, jmp.Policy):
+            return NotImplemented
+        return (self.param_dtype, self.compute_dtype, self.output_dtype) == (
+            other.param_dtype,
+            other.compute_dtype,
+            other.output_dtype,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.param_dtype, self.compute_dtype, self.output_dtype))
+
+    def __str__(self) -> str:
+        return format_policy(self)
+
+    def __repr__(self) -> str:
+        return f"HalfPolicy({format_policy(self)!r})"
+
+
 def _parse_dtype(name: str, raw: str):
     key = name.strip().lower()
-    if key == "half":
-        return jmp.half_dtype()
+    if key == HALF:
+        return HALF
     if key in _DTYPE_NAMES:
         return _DTYPE_NAMES[key]
     close = difflib.get_close_matches(key, [*_DTYPE_NAMES, "half"], n=1)
@@ -189,7 +235,7 @@ def parse_policy(raw: Any) -> jmp.Policy:
         raise ValueError(f"expected {_POLICY_HELP}, got {raw!r}")
     if "=" not in raw:
         dtype = _parse_dtype(raw, raw)
-        return jmp.Policy(param_dtype=dtype, compute_dtype=dtype, output_dtype=dtype)
+        return _policy(dtype, dtype, dtype)
     chosen: dict[str, Any] = {}
     for part in raw.split(","):
         if "=" not in part:
@@ -210,10 +256,17 @@ def parse_policy(raw: Any) -> jmp.Policy:
     params = chosen.get("params", jnp.float32)
     compute = chosen.get("compute", params)
     output = chosen.get("output", compute)
-    return jmp.Policy(param_dtype=params, compute_dtype=compute, output_dtype=output)
+    return _policy(params, compute, output)
+
+
+def _policy(params: Any, compute: Any, output: Any) -> jmp.Policy:
+    cls = HalfPolicy if HALF in (params, compute, output) else jmp.Policy
+    return cls(param_dtype=params, compute_dtype=compute, output_dtype=output)
 
 
 def _dtype_short(dtype: Any) -> str:
+    if isinstance(dtype, str):  # HalfPolicy's unresolved `half`
+        return dtype
     name = jnp.dtype(dtype).name
     if name not in _CANONICAL:
         raise ValueError(f"dtype {name} cannot be written in a jmp policy string")
@@ -221,10 +274,12 @@ def _dtype_short(dtype: Any) -> str:
 
 
 def format_policy(policy: jmp.Policy) -> str:
-    """The canonical string of a policy: `p=f32,c=bf16,o=bf16`."""
+    """The canonical string of a policy: `p=f32,c=bf16,o=bf16` (`half` stays `half`)."""
+    read = object.__getattribute__  # a HalfPolicy's own spelling, without resolving `half`
     return (
-        f"p={_dtype_short(policy.param_dtype)},c={_dtype_short(policy.compute_dtype)},"
-        f"o={_dtype_short(policy.output_dtype)}"
+        f"p={_dtype_short(read(policy, 'param_dtype'))},"
+        f"c={_dtype_short(read(policy, 'compute_dtype'))},"
+        f"o={_dtype_short(read(policy, 'output_dtype'))}"
     )
 
 
@@ -257,6 +312,6 @@ def register() -> None:
     draccus.decode.register(datetime.timedelta, _decode_duration)
     draccus.encode.register(datetime.timedelta, _encode_duration)
     draccus.decode.register(jmp.Policy, _decode_policy)
-    draccus.encode.register(jmp.Policy, _encode_policy)
+    draccus.encode.register(jmp.Policy, _encode_policy, include_subclasses=True)
     draccus.decode.register(pathlib.Path, _decode_path)
     draccus.encode.register(pathlib.PurePath, _encode_path, include_subclasses=True)

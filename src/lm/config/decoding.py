@@ -60,6 +60,16 @@ class Decoder:
         self.problems.append(ConfigProblem(path, message, self.locations.get(path)))
         return INVALID
 
+    def written_at(self, path: str) -> str | None:
+        """Where `path` was written, else where its closest parent was (a `__post_init__`
+        problem inside `--trainer.jax_config '{...}'` is at the flag that set the mapping)."""
+        while path:
+            if path in self.locations:
+                return self.locations[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return None
+
     def mismatch(self, tp: Any, value: Any, path: str, hint: str = "") -> Any:
         got = ti.show_value(value)
         kind = ti.kind_of(value)
@@ -323,10 +333,12 @@ class Decoder:
         except ConfigError as e:
             for p in e.problems:
                 sub = _nest(path, p.path)
-                self.problems.append(ConfigProblem(sub, p.message, self.locations.get(sub)))
+                self.problems.append(ConfigProblem(sub, p.message, self.written_at(sub)))
             return INVALID
         except FieldError as e:
-            return self.fail(_nest(path, e.field), e.message)
+            sub = _nest(path, e.field)
+            self.problems.append(ConfigProblem(sub, e.message, self.written_at(sub)))
+            return INVALID
         except (ValueError, TypeError) as e:
             return self.fail(path, f"invalid {cls.__name__}: {e}")
 

@@ -45,11 +45,13 @@ def load_yaml(path_or_url: str | os.PathLike) -> dict:
     return load_document(path_or_url).data
 
 
-def load_document(path_or_url: str | os.PathLike) -> LoadedYaml:
-    """`load_yaml` plus the source location of every value."""
+def load_document(path_or_url: str | os.PathLike, *, via: str | None = None) -> LoadedYaml:
+    """`load_yaml` plus the source location of every value.
+
+    `via` is where the document was named (`--config_path`), for problems with the file."""
     url = os.fspath(path_or_url)
     loader = _Loader()
-    data = loader.load_run_config(url, "")
+    data = loader.load_run_config(url, "", via)
     if loader.problems:
         raise ConfigError(loader.problems, source=url)
     return LoadedYaml(data, loader.locations)
@@ -108,6 +110,14 @@ def _file_key(url: str) -> tuple[str, str]:
     return type(fs).__name__, path
 
 
+def _unopenable(url: str, error: Exception) -> str:
+    """Why fsspec cannot open `url`: a filesystem package that is not installed (and what to
+    install: `gs://` needs gcsfs, `lm[gcs]`), an unknown protocol, or `error` itself."""
+    from lm.fs import missing_filesystem  # lm.fs imports lm.config.errors: not at the top
+
+    return f"cannot read {url}: {missing_filesystem(url) or error}"
+
+
 class _Loader:
     def __init__(self):
         self.problems: list[ConfigProblem] = []
@@ -121,7 +131,11 @@ class _Loader:
     # Files ------------------------------------------------------------------------------------
 
     def _enter(self, url: str, path: str, via: str | None) -> bool:
-        key = _file_key(url)
+        try:
+            key = _file_key(url)
+        except (ImportError, ValueError) as e:  # a filesystem package missing, unknown protocol
+            self.fail(path, _unopenable(url, e), via)
+            return False
         chain = [u for k, u in self.stack]
         if any(k == key for k, _ in self.stack):
             cycle = " -> ".join([*chain[[k for k, _ in self.stack].index(key) :], url])
@@ -140,8 +154,8 @@ class _Loader:
                 message += f" (referenced at {via})"
             self.fail(path, message)
             return False, None
-        except OSError as e:
-            self.fail(path, f"cannot read {url}: {e}", via)
+        except (OSError, ImportError) as e:
+            self.fail(path, _unopenable(url, e), via)
             return False, None
         try:
             return True, yaml.compose(text, Loader=yaml.SafeLoader)

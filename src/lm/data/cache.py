@@ -19,6 +19,7 @@ or a silent rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -541,8 +542,17 @@ class TokenCache:
             raise ValueError(f"the tokenized cache at {cache_dir} is not finished; rebuild it")
         self.cache_dir = cache_dir
         self.ledger = ledger
-        counts = [ledger.finished[name].num_tokens for name in ledger.shards]
+        unfinished = [name for name in ledger.shards if name not in ledger.finished]
+        if unfinished:
+            raise ValueError(
+                f"the tokenized cache at {cache_dir} is damaged: its ledger says complete but "
+                f"lists no stats for shard {unfinished[0]!r}; delete {cache_dir} to rebuild it"
+            )
+        stats = [ledger.finished[name] for name in ledger.shards]
+        counts = [s.num_tokens for s in stats]
         self.shard_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        # Every shard the ledger lists must open: a missing one is an error now, naming it,
+        # not a TensorStore NOT_FOUND in the middle of training.
         futures = [
             (
                 _open_array(_join(shard_dir(cache_dir, i), "tokens")),
@@ -550,18 +560,50 @@ class TokenCache:
             )
             for i in range(len(ledger.shards))
         ]
-        self._tokens = [t.result() for t, _ in futures]
-        ends = [o.result().read().result() for _, o in futures]
-        for i, (arr, count) in enumerate(zip(self._tokens, counts, strict=True)):
-            if arr.shape[0] != count:
+        self._tokens = []
+        ends = []
+        for i, (tokens, offsets) in enumerate(futures):
+            with self._shard_errors(i):
+                self._tokens.append(tokens.result())
+                ends.append(offsets.result().read().result())
+        for i, (arr, end, s) in enumerate(zip(self._tokens, ends, stats, strict=True)):
+            found = (arr.shape[0], len(end), int(end[-1]) if len(end) else 0)
+            if found != (s.num_tokens, s.num_docs, s.num_tokens):
                 raise ValueError(
-                    f"cache shard {shard_dir(cache_dir, i)} holds {arr.shape[0]} tokens but the "
-                    f"ledger says {count}; the cache is damaged, delete it to rebuild"
+                    f"cache shard {shard_dir(cache_dir, i)} holds {found[0]} tokens in "
+                    f"{found[1]} documents but the ledger says {s.num_tokens} in {s.num_docs}: "
+                    f"the tokenized cache at {cache_dir} is damaged. {self._rebuild_advice(i)}"
                 )
         self.doc_ends = np.concatenate(
             [e.astype(np.int64) + s for e, s in zip(ends, self.shard_starts[:-1], strict=True)]
             or [np.zeros(0, np.int64)]
         )
+
+    def _rebuild_advice(self, index: int) -> str:
+        ledger_url = _join(self.cache_dir, LEDGER_NAME)
+        return (
+            f"Delete {self.cache_dir} to rebuild the cache, or rebuild just this shard: remove "
+            f'{json.dumps(self.ledger.shards[index])} from "finished" in {ledger_url}, set '
+            '"complete" to false, and run again'
+        )
+
+    @contextlib.contextmanager
+    def _shard_errors(self, index: int):
+        """TensorStore's errors while opening or reading shard `index`, as a `ValueError` that
+        names the shard and says how to rebuild it."""
+        try:
+            yield
+        except ValueError as e:
+            # TensorStore's message ends in the whole JSON spec; the status line is enough.
+            status = str(e).split(" [tensorstore_spec=", 1)[0]
+            if status.startswith("NOT_FOUND"):
+                what, state = "is missing", "damaged"
+            else:
+                what, state = "cannot be read", "damaged or unreachable"
+            raise ValueError(
+                f"cache shard {shard_dir(self.cache_dir, index)} {what} ({status}): the "
+                f"tokenized cache at {self.cache_dir} is {state}. {self._rebuild_advice(index)}"
+            ) from e
 
     @property
     def num_tokens(self) -> int:
@@ -577,7 +619,7 @@ class TokenCache:
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """The tokens of each global [start, stop) range, read concurrently."""
-        pieces: list[list[tuple[ts.Future, int]]] = []
+        pieces: list[list[tuple[int, ts.Future]]] = []
         for start, stop in ranges:
             if not 0 <= start <= stop <= self.num_tokens:
                 raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
@@ -588,13 +630,16 @@ class TokenCache:
                 base, end = self.shard_starts[shard], self.shard_starts[shard + 1]
                 take = min(stop, end)
                 if take > pos:
-                    parts.append(self._tokens[shard][pos - base : take - base].read())
+                    parts.append((shard, self._tokens[shard][pos - base : take - base].read()))
                 pos = max(pos, take)
                 shard += 1
             pieces.append(parts)
         out = []
         for parts in pieces:
-            arrays = [p.result() for p in parts]
+            arrays = []
+            for shard, future in parts:
+                with self._shard_errors(shard):
+                    arrays.append(future.result())
             if not arrays:
                 out.append(np.zeros(0, np.int32))
             else:

@@ -4,6 +4,7 @@ Both build packed, optionally shuffled `AsyncDataset[LmExample]`s:
 
     train = config.train_set(Pos, key=data_key, batch_schedule=schedule)
     evals = config.validation_sets(Pos)   # {name: dataset}; "" for a single source
+    tags = config.validation_tags()       # {name: [tag, ...]}: eval groups (`tags:`), no I/O
 
 A single-source config with no source field set (`train_urls`, `validation_urls`, `id`,
 `builtin`) uses the embedded corpus (`builtin: stdlib`, the Python standard library)
@@ -27,6 +28,7 @@ from dataclasses import field
 
 import haliax as hax
 
+from lm.config.errors import FieldError, invalid
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage
@@ -34,6 +36,7 @@ from lm.data.packing import CausalLmDataset
 from lm.data.permutation import PERMUTATION_TYPES, mix_seed, seed_from_key
 from lm.data.sources import BUILTIN_SOURCES, HfSource, ShardedSource, StdlibSource, UrlSource
 from lm.data.tokenizer import PASSTHROUGH_TOKENIZER_NAME, DocumentEncoder
+from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol, missing_filesystem
 from lm.models.lm_model import LmExample
 from lm.schedule import BatchSchedule
 
@@ -49,6 +52,19 @@ def did_you_mean(value: str, allowed) -> str:
 
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+def _validate_tags(tags) -> None:
+    if isinstance(tags, str) or not isinstance(tags, list | tuple):
+        raise invalid("tags", tags, "a list of tag names, e.g. [web, english]")
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str) or not tag or "/" in tag:
+            raise invalid(
+                f"tags[{i}]", tag, "a non-empty name without '/' (it goes in eval/<tag>/loss)"
+            )
+    duplicates = sorted({t for t in tags if tags.count(t) > 1})
+    if duplicates:
+        raise FieldError("tags", f"{duplicates[0]!r} is listed more than once")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +97,10 @@ class _SourceFields:
     """Skip (and count) malformed JSON lines instead of failing."""
     builtin: str | None = None
     """A builtin corpus: `stdlib` (the Python standard library sources, ~2% validation)."""
+    tags: list[str] = field(default_factory=list)
+    """Evaluation groups this source belongs to: besides `eval/<set>/...`, the trainer logs
+    `eval/<tag>/loss` over all validation sets carrying the tag (weighted by tokens). A
+    mixture component's tags must not name another component."""
 
     def _validate_source(self, where: str) -> None:
         kinds = [
@@ -103,8 +123,19 @@ class _SourceFields:
             value = getattr(self, f)
             if isinstance(value, str):
                 raise ValueError(f"{where}{f} must be a list of URLs, got the string {value!r}")
+            for i, url in enumerate(value):
+                check_url_protocol(url, f"{f}[{i}]")
         if not self.text_key:
             raise ValueError(f"{where}text_key must be a non-empty string")
+        _validate_tags(self.tags)
+
+    def _source_urls(self, where: str) -> list[tuple[str, str]]:
+        """(config path, URL) of every file pattern this source reads."""
+        return [
+            (f"{where}{f}[{i}]", url)
+            for f in ("train_urls", "validation_urls")
+            for i, url in enumerate(getattr(self, f))
+        ]
 
     def has_source(self) -> bool:
         return bool(self.train_urls or self.validation_urls or self.id or self.builtin)
@@ -159,6 +190,8 @@ class LMDatasetSourceConfig(_SourceFields):
 
     def __post_init__(self):
         self._validate_source("")
+        if self.cache_dir is not None:
+            check_url_protocol(self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +239,8 @@ class LMTaskConfig:
             raise ValueError("data.tokenizer must be a non-empty name or path")
         if not self.cache_dir:
             raise ValueError("data.cache_dir must be a non-empty path or URL")
+        check_url_protocol(self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS)
+        check_url_protocol(self.tokenizer, "tokenizer")
         if isinstance(self.shuffle, bool):
             pass
         elif not isinstance(self.shuffle, int) or self.shuffle <= 0:
@@ -231,12 +266,36 @@ class LMTaskConfig:
     @functools.cached_property
     def the_tokenizer(self):
         """The tokenizer (a `transformers.PreTrainedTokenizerBase`), loaded once."""
+        self.check_filesystems()
         return self.encoder.hf_tokenizer
 
     @functools.cached_property
     def the_vocab_size(self) -> int:
         """`len(the_tokenizer)`, without loading the builtin tokenizer through transformers."""
+        self.check_filesystems()
         return self.encoder.vocab_length()
+
+    def _urls(self) -> list[tuple[str, str]]:
+        """(config path, URL) of every path or URL this config opens."""
+        return [("data.tokenizer", self.tokenizer), ("data.cache_dir", self.cache_dir)]
+
+    def check_filesystems(self) -> None:
+        """Raise a `ValueError` if this Python cannot open some URL of this config.
+
+        A `gs://` URL needs `gcsfs` (`pip install 'lm[gcs]'`), `s3://` needs `s3fs`
+        (`lm[s3]`). Every method that reads data (`train_set`, `validation_sets`,
+        `build_caches`, `the_tokenizer`, `the_vocab_size`) calls it before opening anything;
+        parsing a config does not, so a `gs://` config still parses where it is not run.
+        """
+        missing: dict[str, list[str]] = {}  # reason -> the fields it applies to
+        for path, url in self._urls():
+            reason = missing_filesystem(url)
+            if reason is not None:
+                missing.setdefault(reason, []).append(path)
+        if missing:
+            raise ValueError(
+                "\n".join(f"{', '.join(fields)}: {reason}" for reason, fields in missing.items())
+            )
 
     def _shuffle_seed(self, key) -> int | None:
         if self.data_seed is not None:
@@ -299,8 +358,16 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
     def cache_dir_for(self, split: str) -> str:
         return _join(self.cache_dir, split)
 
+    def _urls(self) -> list[tuple[str, str]]:
+        return [*LMTaskConfig._urls(self), *self._source_urls("data.")]
+
+    def validation_tags(self) -> dict[str, list[str]]:
+        """`{"": tags}`: the tags of the validation set `validation_sets` returns (no I/O)."""
+        return {"": list(self.tags)}
+
     def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
         """Build (or open) the cache of every split this source has."""
+        self.check_filesystems()
         out = {}
         for split in SPLITS:
             source = self.effective_source.source_for(split)
@@ -325,6 +392,7 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
     ) -> AsyncDataset[LmExample]:
         """Packed training windows over `Pos`, shuffled per `shuffle` (needs `key` or
         `data_seed` when shuffling). `batch_schedule` is unused for a single source."""
+        self.check_filesystems()
         cache = self._split_cache("train")
         if cache is None:
             raise ValueError(
@@ -335,7 +403,9 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
         return self._shuffled(ds, self._shuffle_seed(key), "train_set")
 
     def validation_sets(self, Pos: hax.Axis) -> dict[str, AsyncDataset[LmExample]]:
-        """`{"": dataset}` when this source has validation data, else `{}` (unshuffled)."""
+        """`{"": dataset}` when this source has validation data, else `{}` (unshuffled).
+        `validation_tags()` gives its tags."""
+        self.check_filesystems()
         cache = self._split_cache("validation")
         if cache is None:
             return {}
@@ -370,6 +440,14 @@ class LMMixtureDatasetConfig(LMTaskConfig):
                 )
             if not isinstance(cfg, LMDatasetSourceConfig):
                 raise ValueError(f"data.configs.{name} must be a source config, got {cfg!r}")
+        for name, cfg in self.configs.items():
+            for i, tag in enumerate(cfg.tags):
+                if tag in self.configs and tag != name:
+                    raise FieldError(
+                        f"configs.{name}.tags[{i}]",
+                        f"{tag!r} is the name of another component, whose eval/{tag}/... metrics "
+                        "it would mix with this tag's; choose another tag",
+                    )
         if self.mixture_block_size <= 0:
             raise ValueError(
                 f"data.mixture_block_size must be positive, got {self.mixture_block_size}"
@@ -422,6 +500,20 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         names = {n for _, w in self.weight_stages for n, v in w.items() if v > 0}
         return [n for n in self.configs if n in names]
 
+    def _urls(self) -> list[tuple[str, str]]:
+        out = LMTaskConfig._urls(self)
+        for name, cfg in self.configs.items():
+            where = f"data.configs.{name}."
+            out += cfg._source_urls(where)
+            if cfg.cache_dir is not None:
+                out.append((f"{where}cache_dir", cfg.cache_dir))
+        return out
+
+    def validation_tags(self) -> dict[str, list[str]]:
+        """`{name: tags}` for every component (no I/O); a component's own name is left out
+        of its tags, since its set already logs `eval/<name>/...`."""
+        return {name: [t for t in cfg.tags if t != name] for name, cfg in self.configs.items()}
+
     def cache_dir_for(self, name: str, split: str) -> str:
         own = self.configs[name].cache_dir
         return _join(own if own else _join(self.cache_dir, name), split)
@@ -435,6 +527,7 @@ class LMMixtureDatasetConfig(LMTaskConfig):
 
     def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
         """Build (or open) every component's caches; keys are `<name>/<split>`."""
+        self.check_filesystems()
         out = {}
         for name in self.configs:
             for split in SPLITS:
@@ -454,6 +547,7 @@ class LMMixtureDatasetConfig(LMTaskConfig):
             batch_schedule: converts weight-stage steps into example offsets; required when
                 `train_weights` has more than one stage.
         """
+        self.check_filesystems()
         seed = self._shuffle_seed(key)
         if seed is None:
             raise ValueError(
@@ -480,7 +574,9 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         return MixtureDataset(components, mixture_stages, self.mixture_block_size, seed)
 
     def validation_sets(self, Pos: hax.Axis) -> dict[str, AsyncDataset[LmExample]]:
-        """`{name: dataset}` for every component with validation data."""
+        """`{name: dataset}` for every component with validation data; `validation_tags()`
+        gives their tags."""
+        self.check_filesystems()
         out = {}
         for name in self.configs:
             cache = self._component_cache(name, "validation")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import sys
 
-import equinox as eqx
 import haliax as hax
 import jax
 
@@ -23,6 +23,8 @@ from lm.models.hf.converter import HFCheckpointConverter
 from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
+from lm.optim.schedules import ScheduleError
+from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
 from lm.trainer import Preempted, Trainer, TrainerConfig
 from lm.trainer.quantization import check_targets
 
@@ -77,6 +79,7 @@ class TrainLmConfig:
                 f"is true but model type {type(self.model).__name__} has no reference_checkpoint; "
                 "give the HF checkpoint directory instead",
             )
+        check_schedule(self.optimizer, self.trainer.num_train_steps)
 
     @property
     def hf_checkpoint(self) -> str | None:
@@ -84,6 +87,35 @@ class TrainLmConfig:
         if self.initialize_from_hf is True:
             return self.model.reference_checkpoint
         return self.initialize_from_hf or None
+
+
+def check_schedule(optimizer: OptimizerConfig, num_train_steps: int) -> None:
+    """The LR schedule's lengths against the run length (OPT-03..06), checked at config time
+    so a schedule that does not fit is a config error at `optimizer.<field>`, not a failure
+    after the data caches are built (`check_schedule` runs no jax: the backend must not start
+    before `jax.distributed.initialize()`)."""
+    if not isinstance(num_train_steps, int) or num_train_steps < 1:
+        return  # nothing to schedule; TrainerConfig reports a bad value
+    # cycle_boundaries warns about a cycle_length that does not divide the run; the warning
+    # comes (once, to the log file too) when the optimizer is built
+    with _disabled(logging.getLogger("lm.optim.schedules")):
+        try:
+            optimizer.check_schedule(num_train_steps)
+        except ScheduleError as e:
+            message = str(e)
+            if "num_train_steps" not in message:
+                message += f" (trainer.num_train_steps: {num_train_steps})"
+            raise lm.config.FieldError(f"optimizer.{e.field}", message) from None
+
+
+@contextlib.contextmanager
+def _disabled(log: logging.Logger):
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
@@ -108,13 +140,17 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
 def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
     trainer_config.initialize()
+    _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
     check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")
+    # the model's parameter shapes (any vocabulary size will do) for the checks that need them
+    shapes = abstract_shapes(
+        lambda: config.model.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
+    )
+    check_distinct_mesh_axes(shapes, trainer_config.parameter_axis_mapping)
     if trainer_config.quantization is not None:
-        shapes = eqx.filter_eval_shape(
-            config.model.build, hax.Axis("vocab", 8), key=jax.random.PRNGKey(0)
-        )
         check_targets(shapes, trainer_config.quantization)
+    config.data.check_filesystems()
     if lm.host_memory.applied:
         logger.info(
             "glibc allocator tuned for CPU training (%s; %s=0 to disable)",
@@ -173,8 +209,7 @@ def main(config: TrainLmConfig) -> RunSummary:
             )
         _log_plan(trainer, model_config, Vocab, Pos)
 
-        for name, dataset in config.data.validation_sets(Pos).items():
-            trainer.add_eval_hook(dataset, name or None)
+        trainer.add_eval_hooks(config.data.validation_sets(Pos), config.data.validation_tags())
         if config.hf_save_path is not None:
             exporter = HfExportHook(
                 model_config.hf_checkpoint_converter(),
@@ -201,6 +236,15 @@ def main(config: TrainLmConfig) -> RunSummary:
         summary.finish(info, trainer)
     summary.print()
     return summary
+
+
+def _log_to_file(message: str, *args) -> None:
+    """An INFO record for the run's log file only: the console shows INFO too, and this is
+    long (the whole resolved config)."""
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, args, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -249,20 +293,24 @@ class RunSummary:
         self.first_loss: float | None = None
         self.last_loss: float | None = None
         self.last_step: int | None = None
+        self.steps_taken: int | None = None
         self.eval_loss: float | None = None
         self.checkpoint: str | None = None
 
-    def record(self, info) -> None:
+    def record(self, info, force: bool = False) -> None:
+        self.last_step = info.step
+        if force:  # the final hooks: the last step again, or no step at all (a finished run)
+            return
         loss = float(info.loss)
         if self.first_loss is None:
             self.first_loss = loss
         self.last_loss = loss
-        self.last_step = info.step
 
     def finish(self, info, trainer: Trainer) -> None:
         from lm.checkpoint import discover_latest_checkpoint
 
         self.last_step = info.step
+        self.steps_taken = int(info.state.step)
         self.checkpoint = discover_latest_checkpoint(self.config.checkpoint_path)
         for hook in trainer._eval_hooks:
             if hook.last_result is not None:
@@ -274,6 +322,11 @@ class RunSummary:
         if self.first_loss is not None:
             lines.append(
                 f"  train loss: {self.first_loss:.4f} (first step) -> {self.last_loss:.4f} (last)"
+            )
+        else:
+            lines.append(
+                f"  no steps run: the checkpoint is already at step {self.steps_taken} "
+                f"(trainer.num_train_steps: {self.config.num_train_steps})"
             )
         if self.eval_loss is not None:
             lines.append(f"  eval loss:  {self.eval_loss:.4f}")

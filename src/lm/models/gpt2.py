@@ -29,6 +29,7 @@ from haliax.jax_utils import maybe_rng_split, named_call, shaped_rng_split
 from haliax.state_dict import ModuleWithStateDictSerialization
 from jaxtyping import PRNGKeyArray
 
+from lm.config import invalid
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import (
@@ -90,18 +91,18 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
         super().__post_init__()
         for name in ("seq_len", "hidden_dim", "num_layers", "num_heads", "mlp_scale"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise invalid(name, value, "a positive int")
         if self.hidden_dim % self.num_heads != 0:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            raise invalid(
+                "num_heads", self.num_heads, f"a divisor of hidden_dim ({self.hidden_dim})"
             )
         for name in ("embed_pdrop", "resid_pdrop", "attn_pdrop"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
+                raise invalid(name, value, "a probability in [0, 1)")
+        if not self.layer_norm_epsilon > 0:
+            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a number > 0")
         object.__setattr__(
             self,
             "activation_function",
@@ -126,8 +127,10 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
                 f"{self.attention_backend.value} has no attention dropout"
             )
         if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
-            raise ValueError(
-                f"flash_attention_block_size must be positive, got {self.flash_attention_block_size}"
+            raise invalid(
+                "flash_attention_block_size",
+                self.flash_attention_block_size,
+                "a positive int or null",
             )
 
     # Axes

@@ -34,6 +34,7 @@ from haliax.jax_utils import maybe_rng_split, named_call, shaped_rng_split
 from haliax.state_dict import ModuleWithStateDictSerialization
 from jaxtyping import PRNGKeyArray
 
+from lm.config import invalid
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import (
@@ -111,28 +112,40 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
             "num_kv_heads",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise invalid(name, value, "a positive int")
         if self.num_heads % self.num_kv_heads != 0:
-            raise ValueError(
-                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
+            raise invalid(
+                "num_kv_heads", self.num_kv_heads, f"a divisor of num_heads ({self.num_heads})"
             )
+        if self.head_dim is not None and (
+            isinstance(self.head_dim, bool)
+            or not isinstance(self.head_dim, int)
+            or self.head_dim <= 0
+            or self.head_dim % 2 != 0
+        ):
+            raise invalid("head_dim", self.head_dim, "a positive even int or null")
         if self.head_dim is None and self.hidden_dim % self.num_heads != 0:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads}) "
-                "unless head_dim is set"
+            raise invalid(
+                "num_heads",
+                self.num_heads,
+                f"a divisor of hidden_dim ({self.hidden_dim}) unless head_dim is set",
             )
-        if self.head_dim is not None and (self.head_dim <= 0 or self.head_dim % 2 != 0):
-            raise ValueError(f"head_dim must be a positive even int, got {self.head_dim}")
         if self.actual_head_size % 2 != 0:
-            raise ValueError(
-                f"the head size ({self.actual_head_size}) must be even for rotary embeddings"
+            raise invalid(
+                "num_heads",
+                self.num_heads,
+                f"a divisor of hidden_dim ({self.hidden_dim}) giving an even head size for "
+                f"rotary embeddings (hidden_dim / num_heads is {self.actual_head_size}), or "
+                "set head_dim",
             )
-        if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
+        if not self.layer_norm_epsilon > 0:
+            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a number > 0")
         if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
-            raise ValueError(
-                f"flash_attention_block_size must be positive, got {self.flash_attention_block_size}"
+            raise invalid(
+                "flash_attention_block_size",
+                self.flash_attention_block_size,
+                "a positive int or null",
             )
         object.__setattr__(
             self,
@@ -142,7 +155,7 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
         object.__setattr__(self, "attn_backend", validate_attention_backend(self.attn_backend))
         checkpoint_policy(self.gradient_checkpointing)
         if not isinstance(self.rope, RotaryEmbeddingsConfig):
-            raise ValueError(f"rope must be a rotary embeddings config, got {self.rope!r}")
+            raise invalid("rope", self.rope, "a rotary embeddings config (a mapping with `type:`)")
 
     # Axes
     Pos = property(lambda self: Axis("position", self.seq_len))

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from haliax import Axis, NamedArray
 from jaxtyping import PRNGKeyArray
 
+from lm.config import invalid
+
 
 class LmExample(eqx.Module):
     tokens: NamedArray
@@ -91,9 +93,8 @@ class LmConfig(draccus.ChoiceRegistry, abc.ABC, Generic[LmT]):
 
     def __post_init__(self):
         if self.cross_entropy_block_size is not None and self.cross_entropy_block_size <= 0:
-            raise ValueError(
-                f"cross_entropy_block_size must be a positive int or null, got "
-                f"{self.cross_entropy_block_size}"
+            raise invalid(
+                "cross_entropy_block_size", self.cross_entropy_block_size, "a positive int or null"
             )
 
     @property

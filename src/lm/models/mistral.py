@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from lm.config import FieldError, invalid
 from lm.models.llama import LlamaConfig
 from lm.models.lm_model import LmConfig
 
@@ -31,10 +32,11 @@ class MistralConfig(LlamaConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ValueError(f"sliding_window must be positive or null, got {self.sliding_window}")
+            raise invalid("sliding_window", self.sliding_window, "a positive int or null")
         if self.use_bias:
-            raise ValueError(
-                "use_bias: true is not part of Mistral (HF Mistral has no biases); use type: llama"
+            raise FieldError(
+                "use_bias",
+                "true is not part of Mistral (HF Mistral has no biases); use type: llama",
             )
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from lm.config import FieldError
 from lm.models.llama import LlamaConfig
 from lm.models.lm_model import LmConfig
 
@@ -37,9 +38,10 @@ class Qwen2Config(LlamaConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.use_bias:
-            raise ValueError(
-                "use_bias must be false for qwen2: its q/k/v projections always have biases and "
-                "o_proj/MLP never do"
+            raise FieldError(
+                "use_bias",
+                "must be false for qwen2: its q/k/v projections always have biases and "
+                "o_proj/MLP never do",
             )
 
     @property

@@ -6,16 +6,31 @@ from dataclasses import dataclass
 
 import optax
 
+from lm.config import FieldError, invalid
 from lm.optim.clipping import ClipUpdateNormConfig, clip_by_block_rms, log_global_norm
-from lm.optim.config import OptimizerConfig
+from lm.optim.config import OptimizerConfig, field_problem
 from lm.optim.skip_step import SkipStepConfig
 
 
 def check_max_grad_norm(value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(
-            f"optimizer.max_grad_norm ({value}) must be > 0, or 0/null to disable clipping"
-        )
+    if value is not None and not value >= 0:
+        raise invalid("max_grad_norm", value, "a number > 0, or 0/null to disable clipping")
+
+
+def unit_interval_problems(config: OptimizerConfig, *names: str) -> list[FieldError]:
+    """A problem for each of these fields (betas, momentum) outside [0, 1)."""
+    return [
+        invalid(name, getattr(config, name), "a number in [0, 1)")
+        for name in names
+        if not 0.0 <= getattr(config, name) < 1.0
+    ]
+
+
+def common_problems(config: OptimizerConfig) -> list[FieldError]:
+    """Checks of the fields several optimizers share: `max_grad_norm`, `skip_bad_steps`."""
+    return field_problem(lambda: check_max_grad_norm(config.max_grad_norm)) + field_problem(
+        lambda: SkipStepConfig.from_bool_int_or_config(config.skip_bad_steps)
+    )
 
 
 def decayed_weights(config: OptimizerConfig, learning_rate, *, adamc: bool = False):
@@ -66,26 +81,26 @@ class AdamConfig(OptimizerConfig):
     """AdamC: scale weight decay by lr_t / learning_rate so weight_decay / lr stays constant
     (Defazio 2025, arXiv:2506.02285)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"optimizer.beta1 ({self.beta1}) must be in [0, 1)")
-        if not 0.0 <= self.beta2 < 1.0:
-            raise ValueError(f"optimizer.beta2 ({self.beta2}) must be in [0, 1)")
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems() + unit_interval_problems(self, "beta1", "beta2")
         if not self.epsilon >= 0:
-            raise ValueError(f"optimizer.epsilon ({self.epsilon}) must be >= 0")
-        check_max_grad_norm(self.max_grad_norm)
-        if self.update_rms_clipping is not None and self.update_rms_clipping <= 0:
-            raise ValueError(
-                f"update_rms_clipping must be a positive number or None; got "
-                f"optimizer.update_rms_clipping={self.update_rms_clipping}"
+            problems.append(invalid("epsilon", self.epsilon, "a number >= 0"))
+        problems += common_problems(self)
+        if self.update_rms_clipping is not None and not self.update_rms_clipping > 0:
+            problems.append(
+                invalid(
+                    "update_rms_clipping", self.update_rms_clipping, "a positive number or null"
+                )
             )
-        if self.clip_update_norm is not None and self.update_rms_clipping is not None:
-            raise ValueError(
-                "Cannot use both update_rms_clipping and clip_update_norm at the same time: "
-                "unset optimizer.update_rms_clipping or optimizer.clip_update_norm"
+        elif self.clip_update_norm is not None and self.update_rms_clipping is not None:
+            problems.append(
+                FieldError(
+                    "clip_update_norm",
+                    "Cannot use both update_rms_clipping and clip_update_norm at the same time: "
+                    "unset update_rms_clipping or clip_update_norm",
+                )
             )
-        SkipStepConfig.from_bool_int_or_config(self.skip_bad_steps)
+        return problems
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
         def make_chain(learning_rate):

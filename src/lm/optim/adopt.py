@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import optax
 import optax.contrib
 
-from lm.optim.adam import check_max_grad_norm, decayed_weights
+from lm.config import FieldError, invalid
+from lm.optim.adam import common_problems, decayed_weights, unit_interval_problems
 from lm.optim.config import OptimizerConfig
 from lm.optim.skip_step import SkipStepConfig
 
@@ -39,16 +40,11 @@ class AdoptConfig(OptimizerConfig):
     skip_bad_steps: SkipStepConfig | int | bool = False
     """As for adam: skip steps whose loss or grad norm is far above the recent history."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"optimizer.{name} ({value}) must be in [0, 1)")
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems() + unit_interval_problems(self, "beta1", "beta2")
         if not self.epsilon > 0:
-            raise ValueError(f"optimizer.epsilon ({self.epsilon}) must be > 0")
-        check_max_grad_norm(self.max_grad_norm)
-        SkipStepConfig.from_bool_int_or_config(self.skip_bad_steps)
+            problems.append(invalid("epsilon", self.epsilon, "a number > 0"))
+        return problems + common_problems(self)
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
         def make_chain(learning_rate):

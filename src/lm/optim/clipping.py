@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
+from lm.config import invalid
 from lm.optim.masks import ParamInfo, map_params
 
 
@@ -109,12 +110,11 @@ class ClipUpdateNormConfig:
 
     def __post_init__(self):
         if isinstance(self.rolling_interval_length, bool) or self.rolling_interval_length < 2:
-            raise ValueError(
-                f"clip_update_norm.rolling_interval_length ({self.rolling_interval_length}) "
-                "must be an integer >= 2"
+            raise invalid(
+                "rolling_interval_length", self.rolling_interval_length, "an integer >= 2"
             )
         if not self.sigma_factor > 0:
-            raise ValueError(f"clip_update_norm.sigma_factor ({self.sigma_factor}) must be > 0")
+            raise invalid("sigma_factor", self.sigma_factor, "a number > 0")
 
     def build(self) -> optax.GradientTransformationExtraArgs:
         return clip_update_by_historical_norm(self.rolling_interval_length, self.sigma_factor)

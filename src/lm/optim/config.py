@@ -22,13 +22,16 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
+from lm.config import ConfigError, ConfigProblem, FieldError, invalid
 from lm.optim.masks import WeightDecayMask, build_weight_decay_mask, param_infos
 from lm.optim.schedules import (
     LrSchedule,
     Phase,
     Schedule,
+    ScheduleError,
     build_phases,
     check_frac_or_steps,
+    plan_cycles,
     resolve_lr_schedule,
     schedule_from_phases,
 )
@@ -39,6 +42,32 @@ logger = logging.getLogger(__name__)
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+class ConfigProblems(ConfigError, ValueError):
+    """Several invalid fields of one config, raised together from `__post_init__`.
+
+    The decoder reports each at its own path (`optimizer.warmup`, `optimizer.beta1`); code
+    that builds a config directly can catch it as the `ValueError` a single problem is.
+    """
+
+
+def raise_problems(problems: list[FieldError]) -> None:
+    """Raise the problems one `__post_init__` found: the `FieldError` itself when there is
+    one, `ConfigProblems` with all of them when there are several."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems([ConfigProblem(p.field, p.message) for p in problems])
+
+
+def field_problem(check: Callable[[], Any]) -> list[FieldError]:
+    """`[the FieldError check() raises]`, or `[]` when it passes."""
+    try:
+        check()
+    except FieldError as e:
+        return [e]
+    return []
 
 
 @dataclass(frozen=True)
@@ -92,87 +121,109 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
     resume or branch later). Must be >= num_train_steps. None: the run length."""
 
     def __post_init__(self):
-        if not self.learning_rate > 0:
-            raise ValueError(f"optimizer.learning_rate ({self.learning_rate}) must be > 0")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"optimizer.weight_decay ({self.weight_decay}) must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"optimizer.min_lr_ratio ({self.min_lr_ratio}) must be between 0.0 and 1.0"
-            )
-        check_frac_or_steps(self.warmup, "optimizer.warmup")
-        check_frac_or_steps(self.rewarmup, "optimizer.rewarmup")
-        if self.decay is not None:
-            check_frac_or_steps(self.decay, "optimizer.decay")
         if self.cooldown is not None:
             warnings.warn(
                 "optimizer.cooldown is deprecated: use decay (with cycles if needed) instead.",
                 DeprecationWarning,
                 stacklevel=3,
             )
-            check_frac_or_steps(self.cooldown, "optimizer.cooldown")
         if self.haps is not None:
             warnings.warn(
                 "optimizer.haps is deprecated: use cycles with a list of steps instead.",
                 DeprecationWarning,
                 stacklevel=3,
             )
-        self._check_cycles()
-        schedule = resolve_lr_schedule(self.lr_schedule)
-        if schedule.__class__.__name__ == "InvLrSchedule" and self.min_lr_ratio <= 0:
-            raise ValueError(
-                "lr_schedule 'inv' needs optimizer.min_lr_ratio > 0 (got 0.0): it decays towards "
-                "min_lr = learning_rate * min_lr_ratio and would drop to 0 after one step"
+        raise_problems(self._field_problems())
+
+    def _field_problems(self) -> list[FieldError]:
+        """Every invalid field, each as a `FieldError` naming it (the decoder reports them at
+        `optimizer.<field>`). Subclasses add theirs to `super()._field_problems()`."""
+        problems: list[FieldError] = []
+        if not self.learning_rate > 0:
+            problems.append(invalid("learning_rate", self.learning_rate, "a number > 0"))
+        if not self.weight_decay >= 0:
+            problems.append(invalid("weight_decay", self.weight_decay, "a number >= 0"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            problems.append(
+                invalid("min_lr_ratio", self.min_lr_ratio, "a number between 0.0 and 1.0")
             )
-        self._check_weight_decay_modules()
+        for name in ("warmup", "rewarmup", "decay", "cooldown"):
+            value = getattr(self, name)
+            if value is not None:
+                problems += field_problem(lambda v=value, n=name: check_frac_or_steps(v, n))
+        problems += self._cycle_problems()
+        try:
+            schedule = resolve_lr_schedule(self.lr_schedule, "lr_schedule")
+        except FieldError as e:
+            problems.append(e)
+        else:
+            if schedule.__class__.__name__ == "InvLrSchedule" and self.min_lr_ratio <= 0:
+                problems.append(
+                    invalid(
+                        "min_lr_ratio",
+                        self.min_lr_ratio,
+                        "a number > 0 with lr_schedule 'inv': it decays towards min_lr = "
+                        "learning_rate * min_lr_ratio and would drop to 0 after one step",
+                    )
+                )
+        problems += field_problem(self._check_weight_decay_modules)
         if self.schedule_steps is not None and (
             not _is_int(self.schedule_steps) or self.schedule_steps < 1
         ):
-            raise ValueError(
-                f"optimizer.schedule_steps ({self.schedule_steps!r}) must be a positive integer "
-                "or null (the run length)"
+            problems.append(
+                invalid(
+                    "schedule_steps",
+                    self.schedule_steps,
+                    "a positive integer or null (the run length)",
+                )
             )
+        return problems
 
-    def _check_cycles(self):
+    def _cycle_problems(self) -> list[FieldError]:
         given = [
             name for name in ("cycle_length", "cycles", "haps") if getattr(self, name) is not None
         ]
         if len(given) > 1:
             a, b = given[0], given[1]
-            raise ValueError(
-                f"Can't use both {a} and {b}: optimizer.{a}={getattr(self, a)!r} and "
-                f"optimizer.{b}={getattr(self, b)!r}. Can use at most one of cycle_length, "
-                "cycles, or haps."
-            )
+            return [
+                FieldError(
+                    b,
+                    f"Can't use both {a} and {b}: {a}={getattr(self, a)!r} and "
+                    f"{b}={getattr(self, b)!r}. Can use at most one of cycle_length, cycles, "
+                    "or haps.",
+                )
+            ]
+        problems: list[FieldError] = []
         if self.cycles is not None:
             if _is_int(self.cycles):
                 if self.cycles < 1:
-                    raise ValueError(f"optimizer.cycles ({self.cycles}) must be >= 1")
-            else:
-                self._check_minima(self.cycles, "optimizer.cycles")
-        if self.haps is not None:
-            self._check_minima(self.haps, "optimizer.haps")
-        cl = self.cycle_length
-        if cl is not None:
-            if isinstance(cl, list):
-                if not cl or not all(_is_int(x) and x >= 1 for x in cl):
-                    raise ValueError(
-                        f"optimizer.cycle_length {cl!r}: a list must hold positive whole "
-                        "numbers of steps"
+                    problems.append(
+                        invalid("cycles", self.cycles, "an int >= 1 or a list of steps")
                     )
             else:
-                check_frac_or_steps(cl, "optimizer.cycle_length")
-                if cl == 0:
-                    raise ValueError("optimizer.cycle_length (0) must be > 0")
+                problems += field_problem(lambda: self._check_minima(self.cycles, "cycles"))
+        if self.haps is not None:
+            problems += field_problem(lambda: self._check_minima(self.haps, "haps"))
+        cl = self.cycle_length
+        if isinstance(cl, list):
+            if not cl or not all(_is_int(x) and x >= 1 for x in cl):
+                problems.append(
+                    invalid("cycle_length", cl, "a list of positive whole numbers of steps")
+                )
+        elif cl is not None:
+            problems += field_problem(lambda: check_frac_or_steps(cl, "cycle_length"))
+            if cl == 0:
+                problems.append(invalid("cycle_length", cl, "a number > 0"))
+        return problems
 
     @staticmethod
     def _check_minima(points: Any, field: str) -> None:
         if not isinstance(points, list) or not points:
-            raise ValueError(f"{field} ({points!r}) must be an int or a non-empty list of steps")
+            raise invalid(field, points, "an int or a non-empty list of steps")
         if not all(_is_int(p) and p >= 1 for p in points):
-            raise ValueError(f"{field} {points}: every cycle minimum must be a step >= 1")
+            raise invalid(field, points, "cycle minima that are steps >= 1")
         if any(b <= a for a, b in zip(points, points[1:], strict=False)):
-            raise ValueError(f"{field} {points}: cycle minima must be strictly increasing")
+            raise invalid(field, points, "strictly increasing cycle minima")
 
     def _check_weight_decay_modules(self):
         mods = self.weight_decay_modules
@@ -180,16 +231,13 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             try:
                 re.compile(mods)
             except re.error as e:
-                raise ValueError(
-                    f"optimizer.weight_decay_modules {mods!r} is not a valid regex: {e}"
+                raise FieldError(
+                    "weight_decay_modules", f"{mods!r} is not a valid regex: {e}"
                 ) from None
         elif mods is not None and not (
             isinstance(mods, list | tuple) and all(isinstance(m, str) for m in mods)
         ):
-            raise ValueError(
-                f"optimizer.weight_decay_modules ({mods!r}) must be a regex string or a list of "
-                "strings"
-            )
+            raise invalid("weight_decay_modules", mods, "a regex string or a list of strings")
 
     @classmethod
     def default_choice_name(cls) -> str | None:
@@ -212,22 +260,23 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
         if self.schedule_steps is None:
             return num_train_steps
         if self.schedule_steps < num_train_steps:
-            raise ValueError(
+            raise ScheduleError(
+                "schedule_steps",
                 f"optimizer.schedule_steps ({self.schedule_steps}) is less than "
                 f"num_train_steps ({num_train_steps}): the run would go on past the end of the "
                 "LR schedule. Set schedule_steps >= num_train_steps, or leave it unset to use "
-                "the run length."
+                "the run length.",
             )
         return self.schedule_steps
 
-    def _phase_specs(self, num_train_steps: int, override_lr: float | None = None):
-        learning_rate = self.learning_rate if override_lr is None else override_lr
-        if not learning_rate > 0:
-            raise ValueError(f"override_lr ({override_lr}) must be > 0")
-        return build_phases(
+    def check_schedule(self, num_train_steps: int) -> None:
+        """Raise `ScheduleError` (a ValueError naming the field to change) if the schedule
+        does not fit `num_train_steps`: the checks `lr_scheduler` makes, without jax."""
+        self._cycle_plan(num_train_steps)
+
+    def _cycle_plan(self, num_train_steps: int):
+        return plan_cycles(
             total=self.schedule_horizon(num_train_steps),
-            learning_rate=learning_rate,
-            min_lr_ratio=self.min_lr_ratio,
             warmup=self.warmup,
             decay=self.decay,
             rewarmup=self.rewarmup,
@@ -235,6 +284,19 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             cycles=self.cycles,
             cycle_length=self.cycle_length,
             haps=self.haps,
+        )
+
+    def _phase_specs(self, num_train_steps: int, override_lr: float | None = None):
+        learning_rate = self.learning_rate if override_lr is None else override_lr
+        if not learning_rate > 0:
+            raise ValueError(f"override_lr ({override_lr}) must be > 0")
+        plans, cooldown_steps = self._cycle_plan(num_train_steps)
+        return build_phases(
+            plans,
+            cooldown_steps,
+            total=self.schedule_horizon(num_train_steps),
+            learning_rate=learning_rate,
+            min_lr_ratio=self.min_lr_ratio,
             lr_schedule=resolve_lr_schedule(self.lr_schedule),
         )
 

@@ -21,6 +21,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from lm.config import invalid
+
 M = TypeVar("M")
 
 
@@ -115,7 +117,7 @@ class ModelAveragingConfig(draccus.ChoiceRegistry, abc.ABC):
 
 def _check_beta(beta: float) -> None:
     if not 0.0 <= beta < 1.0:
-        raise ValueError(f"model_averaging.beta ({beta}) must be in [0, 1)")
+        raise invalid("beta", beta, "a number in [0, 1)")
 
 
 @ModelAveragingConfig.register_subclass("ema")
@@ -149,9 +151,9 @@ class EmaDecaySqrtConfig(ModelAveragingConfig):
     def __post_init__(self):
         _check_beta(self.beta)
         if isinstance(self.switch_step, bool) or self.switch_step < 0:
-            raise ValueError(f"model_averaging.switch_step ({self.switch_step}) must be >= 0")
+            raise invalid("switch_step", self.switch_step, "a step >= 0")
         if isinstance(self.decay_steps, bool) or self.decay_steps < 1:
-            raise ValueError(f"model_averaging.decay_steps ({self.decay_steps}) must be >= 1")
+            raise invalid("decay_steps", self.decay_steps, "a number of steps >= 1")
 
     def create(self, model: Any) -> EmaDecaySqrtModelAveraging:
         return EmaDecaySqrtModelAveraging(

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm.optim.adam import check_max_grad_norm, decayed_weights
+from lm.config import FieldError, invalid
+from lm.optim.adam import common_problems, decayed_weights, unit_interval_problems
 from lm.optim.config import OptimizerConfig
 from lm.optim.masks import ParamInfo, map_params
 from lm.optim.skip_step import SkipStepConfig
@@ -172,18 +173,14 @@ class MuonConfig(OptimizerConfig):
     skip_bad_steps: SkipStepConfig | int | bool = False
     """As for adam: skip steps whose loss or grad norm is far above the recent history."""
 
-    def __post_init__(self):
-        super().__post_init__()
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
         if not self.adam_lr > 0:
-            raise ValueError(f"optimizer.adam_lr ({self.adam_lr}) must be > 0")
-        for name in ("momentum", "beta1", "beta2"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"optimizer.{name} ({value}) must be in [0, 1)")
+            problems.append(invalid("adam_lr", self.adam_lr, "a number > 0"))
+        problems += unit_interval_problems(self, "momentum", "beta1", "beta2")
         if isinstance(self.backend_steps, bool) or self.backend_steps < 1:
-            raise ValueError(f"optimizer.backend_steps ({self.backend_steps}) must be >= 1")
-        check_max_grad_norm(self.max_grad_norm)
-        SkipStepConfig.from_bool_int_or_config(self.skip_bad_steps)
+            problems.append(invalid("backend_steps", self.backend_steps, "an integer >= 1"))
+        return problems + common_problems(self)
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
         def make_chain(learning_rate):

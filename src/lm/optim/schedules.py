@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lm.config import FieldError, invalid
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class CosineLrSchedule(LrSchedule):
 
     def __post_init__(self):
         if not self.exponent > 0:
-            raise ValueError(f"lr_schedule.exponent ({self.exponent}) must be > 0")
+            raise invalid("exponent", self.exponent, "a number > 0")
 
     def build(self, ctx: LrScheduleContext) -> Schedule:
         return optax.cosine_decay_schedule(
@@ -106,7 +109,7 @@ class InvSqrtLrSchedule(LrSchedule):
 
     def __post_init__(self):
         if not self.timescale > 0:
-            raise ValueError(f"lr_schedule.timescale ({self.timescale}) must be > 0")
+            raise invalid("timescale", self.timescale, "a number of steps > 0")
 
     def build(self, ctx: LrScheduleContext) -> Schedule:
         lr, min_lr, warmup, timescale = (
@@ -162,15 +165,14 @@ class PowerLrSchedule(LrSchedule):
     """Power-law exponent; must be < 0."""
 
     def __post_init__(self):
-        if self.a <= 0 or self.b >= 0:
-            raise ValueError(
-                f"Power schedule expects a > 0 and b < 0; got lr_schedule.a={self.a}, "
-                f"lr_schedule.b={self.b}"
-            )
+        if not self.a > 0:
+            raise invalid("a", self.a, "a number > 0 (the power schedule's amplitude)")
+        if not self.b < 0:
+            raise invalid("b", self.b, "a number < 0 (the power-law exponent)")
         for name in ("batch_size", "seq_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"lr_schedule.{name} ({value!r}) must be a positive integer")
+                raise invalid(name, value, "a positive integer")
 
     def build(self, ctx: LrScheduleContext) -> Schedule:
         lr, start = ctx.learning_rate, ctx.decay_start
@@ -191,19 +193,22 @@ def lr_schedule_names() -> list[str]:
 def resolve_lr_schedule(
     value: LrSchedule | str, field: str = "optimizer.lr_schedule"
 ) -> LrSchedule:
-    """A registry object for `value`; strings name a shape with its default parameters."""
+    """A registry object for `value`; strings name a shape with its default parameters.
+
+    Raises a `FieldError` for `field`."""
     if isinstance(value, LrSchedule):
         return value
     if not isinstance(value, str):
-        raise ValueError(
-            f"{field} must be a name ({', '.join(lr_schedule_names())}) or a mapping with "
-            f"`type:`; got {value!r}"
+        raise invalid(
+            field,
+            value,
+            f"a name ({', '.join(lr_schedule_names())}) or a mapping with `type:`",
         )
     known = lr_schedule_names()
     if value not in known:
         close = difflib.get_close_matches(value, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown lr_schedule {value!r} ({field}): choose one of {known}{hint}")
+        raise invalid(field, value, f"one of {known}{hint}")
     cls = LrSchedule.get_choice_class(value)
     required = [
         f.name
@@ -211,11 +216,12 @@ def resolve_lr_schedule(
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if required:
-        raise ValueError(
-            f"{field}: the {value!r} schedule needs parameters {required}; write it as a "
+        raise FieldError(
+            field,
+            f"the {value!r} schedule needs parameters {required}; write it as a "
             f"mapping, e.g. `lr_schedule: {{type: {value}, "
             + ", ".join(f"{r}: ..." for r in required)
-            + "}`"
+            + "}`",
         )
     return cls()
 
@@ -224,18 +230,20 @@ def resolve_lr_schedule(
 
 
 def check_frac_or_steps(value: int | float, field: str) -> None:
-    """A fraction (<= 1.0) or a whole number of steps (> 1); raise otherwise."""
+    """A fraction (<= 1.0) or a whole number of steps (> 1); raise a `FieldError` for
+    `field` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field} ({value!r}) must be a number: a fraction <= 1.0 or whole steps")
+        raise invalid(field, value, "a number: a fraction <= 1.0 or whole steps")
     if value < 0 or not np.isfinite(value):
-        raise ValueError(
-            f"{field} ({value}) must be >= 0: a fraction <= 1.0 of the cycle or a whole number "
-            "of steps"
+        raise invalid(
+            field, value, "a number >= 0: a fraction <= 1.0 of the cycle or a whole number of steps"
         )
     if value > 1.0 and value % 1 != 0:
-        raise ValueError(
-            f"Invalid fraction {value} for {field}: values <= 1.0 are fractions of the cycle, "
-            f"values > 1 are whole steps (use {int(value)} or {int(value) + 1})"
+        raise invalid(
+            field,
+            value,
+            "a fraction <= 1.0 of the cycle or a whole number of steps (values > 1 are "
+            f"steps: use {int(value)} or {int(value) + 1})",
         )
 
 
@@ -288,6 +296,15 @@ def schedule_from_phases(specs: Sequence[_PhaseSpec]) -> Schedule:
     return optax.join_schedules([s.fn for s in specs], [s.phase.start for s in specs[1:]])
 
 
+class ScheduleError(ValueError):
+    """A schedule that does not fit its number of steps; `field` is the optimizer field to
+    change (`warmup`, `decay`, `cycles`, ...)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 def cycle_boundaries(
     total: int,
     *,
@@ -300,17 +317,19 @@ def cycle_boundaries(
         if isinstance(cycle_length, list):
             lengths = list(cycle_length)
             if sum(lengths) > total:
-                raise ValueError(
+                raise ScheduleError(
+                    "cycle_length",
                     f"Cycle lengths exceed total number of steps: optimizer.cycle_length "
-                    f"{lengths} sums to {sum(lengths)} > {total} schedule steps"
+                    f"{lengths} sums to {sum(lengths)} > {total} schedule steps",
                 )
             points = np.cumsum(lengths).tolist()
         else:
             length = frac_or_steps(cycle_length, total, "optimizer.cycle_length")
             if length < 1 or length > total:
-                raise ValueError(
+                raise ScheduleError(
+                    "cycle_length",
                     f"optimizer.cycle_length ({cycle_length}) gives cycles of {length} steps; it "
-                    f"must be between 1 and the {total} schedule steps"
+                    f"must be between 1 and the {total} schedule steps",
                 )
             points = [i * length for i in range(1, total // length)]
             if total % length != 0:
@@ -322,18 +341,20 @@ def cycle_boundaries(
                     total % length,
                 )
     elif haps is not None or isinstance(cycles, list):
-        field = "optimizer.haps" if haps is not None else "optimizer.cycles"
+        field = "haps" if haps is not None else "cycles"
         points = list(haps if haps is not None else cycles)  # type: ignore[arg-type]
         past = [p for p in points if p > total]
         if past:
-            raise ValueError(
-                f"{field} {points}: cycle minima {past} lie past the end of the schedule "
-                f"({total} steps); every minimum must be <= {total}"
+            raise ScheduleError(
+                field,
+                f"optimizer.{field} {points}: cycle minima {past} lie past the end of the schedule "
+                f"({total} steps); every minimum must be <= {total}",
             )
     elif isinstance(cycles, int):
         if cycles > total:
-            raise ValueError(
-                f"optimizer.cycles ({cycles}) is more cycles than the {total} schedule steps"
+            raise ScheduleError(
+                "cycles",
+                f"optimizer.cycles ({cycles}) is more cycles than the {total} schedule steps",
             )
         points = [int(total / cycles * (i + 1)) for i in range(cycles - 1)]
     else:
@@ -352,11 +373,22 @@ def _endpoints(fn: Schedule, steps: int) -> tuple[float, float]:
     return float(start), float(end)
 
 
-def build_phases(
+@dataclass(frozen=True)
+class CyclePlan:
+    """The step counts of one cycle: steps `[start, end)`, of which `warmup`, then `stable`,
+    then `decay` steps."""
+
+    cycle: int
+    start: int
+    end: int
+    warmup: int
+    stable: int
+    decay: int
+
+
+def plan_cycles(
     *,
     total: int,
-    learning_rate: float,
-    min_lr_ratio: float,
     warmup: int | float,
     decay: int | float | None,
     rewarmup: int | float,
@@ -364,42 +396,66 @@ def build_phases(
     cycles: int | list[int] | None,
     cycle_length: int | float | list[int] | None,
     haps: list[int] | None,
-    lr_schedule: LrSchedule,
-) -> list[_PhaseSpec]:
-    """The phases of a schedule of `total` steps (see `OptimizerConfig.schedule_phases`)."""
-    min_lr = learning_rate * min_lr_ratio
+) -> tuple[list[CyclePlan], int]:
+    """(the cycles, the cooldown's steps) of a schedule of `total` steps: every length check
+    of the schedule, in plain Python (no jax, so it can run while a config is read, before
+    `jax.distributed.initialize()`). Raises `ScheduleError` naming the field to change."""
     cooldown_steps = 0
     if cooldown is not None:
         cooldown_steps = frac_or_steps(cooldown, total, "optimizer.cooldown")
         if cooldown_steps >= total:
-            raise ValueError(
+            raise ScheduleError(
+                "cooldown",
                 f"optimizer.cooldown ({cooldown}) is {cooldown_steps} steps, which leaves no "
-                f"steps of the {total}-step schedule before it"
+                f"steps of the {total}-step schedule before it",
             )
-    main_steps = total - cooldown_steps
-    points = cycle_boundaries(main_steps, cycles=cycles, cycle_length=cycle_length, haps=haps)
-
-    specs: list[_PhaseSpec] = []
-    previous_end = 0.0
-    for cycle, (start, end) in enumerate(zip(points[:-1], points[1:], strict=True)):
+    points = cycle_boundaries(
+        total - cooldown_steps, cycles=cycles, cycle_length=cycle_length, haps=haps
+    )
+    plans = []
+    for cycle, (start, end) in enumerate(itertools.pairwise(points)):
         n = end - start
-        warm_field = "optimizer.warmup" if cycle == 0 else "optimizer.rewarmup"
-        warm = frac_or_steps(warmup if cycle == 0 else rewarmup, n, warm_field)
+        warm_field = "warmup" if cycle == 0 else "rewarmup"
+        warm = frac_or_steps(warmup if cycle == 0 else rewarmup, n, f"optimizer.{warm_field}")
         if decay is None:
             if warm > n:
-                raise ValueError(
-                    f"{warm_field} ({warm} steps) is longer than cycle {cycle} ({n} steps)"
+                raise ScheduleError(
+                    warm_field,
+                    f"optimizer.{warm_field} ({warm} steps) is longer than cycle {cycle} "
+                    f"({n} steps)",
                 )
             decay_steps = n - warm
         else:
             decay_steps = frac_or_steps(decay, n, "optimizer.decay")
         stable = n - warm - decay_steps
         if stable < 0:
-            raise ValueError(
-                f"{warm_field} ({warm} steps) + optimizer.decay ({decay_steps} steps) exceed the "
-                f"length of cycle {cycle} ({n} steps, steps {start}..{end}); shorten them"
+            raise ScheduleError(
+                warm_field,
+                f"optimizer.{warm_field} ({warm} steps) + optimizer.decay ({decay_steps} steps) "
+                f"exceed the length of cycle {cycle} ({n} steps, steps {start}..{end}); "
+                "shorten them",
             )
+        plans.append(CyclePlan(cycle, start, end, warm, stable, decay_steps))
+    return plans, cooldown_steps
 
+
+def build_phases(
+    plans: Sequence[CyclePlan],
+    cooldown_steps: int,
+    *,
+    total: int,
+    learning_rate: float,
+    min_lr_ratio: float,
+    lr_schedule: LrSchedule,
+) -> list[_PhaseSpec]:
+    """The phases of a schedule of `total` steps laid out by `plan_cycles` (see
+    `OptimizerConfig.schedule_phases`)."""
+    min_lr = learning_rate * min_lr_ratio
+    specs: list[_PhaseSpec] = []
+    previous_end = 0.0
+    for plan in plans:
+        cycle, start, end = plan.cycle, plan.start, plan.end
+        warm, stable, decay_steps = plan.warmup, plan.stable, plan.decay
         if warm > 0:
             fn = optax.linear_schedule(previous_end, learning_rate, warm)
             kind: PhaseKind = "warmup" if cycle == 0 else "rewarmup"
@@ -435,7 +491,10 @@ def build_phases(
         fn = optax.linear_schedule(previous_end, min_lr, cooldown_steps)
         specs.append(
             _PhaseSpec(
-                Phase("cooldown", len(points) - 2, main_steps, total, previous_end, min_lr), fn
+                Phase(
+                    "cooldown", len(plans) - 1, total - cooldown_steps, total, previous_end, min_lr
+                ),
+                fn,
             )
         )
     return specs

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import optax
 
-from lm.optim.adam import check_max_grad_norm, decayed_weights
+from lm.config import FieldError
+from lm.optim.adam import common_problems, decayed_weights, unit_interval_problems
 from lm.optim.config import OptimizerConfig
 from lm.optim.skip_step import SkipStepConfig
 
@@ -34,14 +35,11 @@ class SgdConfig(OptimizerConfig):
     skip_bad_steps: SkipStepConfig | int | bool = False
     """As for adam: skip steps whose loss or grad norm is far above the recent history."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"optimizer.momentum ({self.momentum}) must be in [0, 1)")
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems() + unit_interval_problems(self, "momentum")
         if self.nesterov and self.momentum == 0:
-            raise ValueError("optimizer.nesterov needs optimizer.momentum > 0 (got 0.0)")
-        check_max_grad_norm(self.max_grad_norm)
-        SkipStepConfig.from_bool_int_or_config(self.skip_bad_steps)
+            problems.append(FieldError("nesterov", f"needs momentum > 0 (got {self.momentum!r})"))
+        return problems + common_problems(self)
 
     def build(self, num_train_steps: int) -> optax.GradientTransformationExtraArgs:
         def make_chain(learning_rate):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
+from lm.config import invalid
 
 
 class SkipStepState(NamedTuple):
@@ -78,12 +79,11 @@ class SkipStepConfig:
 
     def __post_init__(self):
         if isinstance(self.rolling_interval_length, bool) or self.rolling_interval_length < 2:
-            raise ValueError(
-                f"skip_bad_steps.rolling_interval_length ({self.rolling_interval_length}) must "
-                "be an integer >= 2"
+            raise invalid(
+                "rolling_interval_length", self.rolling_interval_length, "an integer >= 2"
             )
         if not self.sigma_factor > 0:
-            raise ValueError(f"skip_bad_steps.sigma_factor ({self.sigma_factor}) must be > 0")
+            raise invalid("sigma_factor", self.sigma_factor, "a number > 0")
 
     @staticmethod
     def from_bool_int_or_config(
@@ -93,6 +93,7 @@ class SkipStepConfig:
 
         YAML `true`/`false` reach us as 1/0 (draccus decodes the `bool | int` union as an
         int), so 1 means the defaults and 0 means off: neither is a usable history length.
+        Anything else raises a `FieldError` for `skip_bad_steps`.
         """
         if config is None or config is False or config == 0:
             return None
@@ -100,11 +101,13 @@ class SkipStepConfig:
             return SkipStepConfig()
         if isinstance(config, SkipStepConfig):
             return config
-        if isinstance(config, int):
+        if isinstance(config, int) and config >= 2:
             return SkipStepConfig(rolling_interval_length=config)
-        raise ValueError(
-            f"skip_bad_steps ({config!r}) must be a bool, an int (history length) or a mapping "
-            "with rolling_interval_length / sigma_factor"
+        raise invalid(
+            "skip_bad_steps",
+            config,
+            "a bool, an int >= 2 (the history length, rolling_interval_length) or a mapping "
+            "with rolling_interval_length / sigma_factor",
         )
 
     def wrap(self, inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

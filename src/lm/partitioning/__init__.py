@@ -2,6 +2,8 @@
 
 from lm.partitioning.axis_rules import (
     ResourceMapping,
+    abstract_shapes,
+    check_distinct_mesh_axes,
     check_divisible,
     compute_axis_mapping,
     parameter_axis_mapping,
@@ -25,6 +27,8 @@ __all__ = [
     "REPLICA",
     "MeshShape",
     "ResourceMapping",
+    "abstract_shapes",
+    "check_distinct_mesh_axes",
     "check_divisible",
     "compute_axis_mapping",
     "count_slices",

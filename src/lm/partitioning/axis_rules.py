@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from lm.partitioning.mesh import DATA, MODEL, REPLICA
 
 logger = logging.getLogger(__name__)
 
 ResourceMapping = dict[str, str | tuple[str, ...]]
+T = TypeVar("T")
+
+# The trainer fields that put logical axes on each mesh axis (for error messages).
+_FIELDS_FOR_MESH_AXIS = {
+    DATA: "trainer.fsdp_axis (parameter axes on 'data')",
+    MODEL: "trainer.tensor_parallel_axes (axes on 'model')",
+}
 
 
 def _normalize(value: str | Sequence[str]) -> str | tuple[str, ...]:
@@ -92,14 +99,85 @@ def check_divisible(
             physical = mapping.get(axis.name)
             if physical is None:
                 continue
-            names = (physical,) if isinstance(physical, str) else tuple(physical)
+            names = _mesh_axes(physical)
             parts = math.prod(mesh_shape[name] for name in names)
             if axis.size % parts:
                 raise ValueError(
-                    f"parameter {jax.tree_util.keystr(path)} has axis {axis.name!r} of size "
+                    f"parameter {_path_name(path)} has axis {axis.name!r} of size "
                     f"{axis.size}, which the trainer's parameter axis mapping splits over mesh "
                     f"axes {list(names)} ({parts} devices), and {parts} does not divide "
                     f"{axis.size}. Change the model so {axis.name!r} divides by {parts}, or "
                     f"stop sharding {axis.name!r} that way (trainer.tensor_parallel_axes / "
                     "model_axis_size, fsdp_axis, axis_resources, parameter_axis_resources)"
                 )
+
+
+def _mesh_axes(physical: str | Sequence[str]) -> tuple[str, ...]:
+    return (physical,) if isinstance(physical, str) else tuple(physical)
+
+
+def abstract_shapes(init: Callable[[], T]) -> T:
+    """`eqx.filter_eval_shape(init)` with no axis mapping active.
+
+    Model builders shard every new array by the current axis mapping, so tracing a model
+    under a mapping that puts two of a parameter's axes on one mesh axis fails inside jax
+    (`DuplicateSpecError`) before `check_distinct_mesh_axes` can say which ones. Shapes alone
+    need no mapping.
+    """
+    import equinox as eqx
+    import haliax as hax
+
+    with hax.axis_mapping({}):
+        return eqx.filter_eval_shape(init)
+
+
+def check_distinct_mesh_axes(
+    tree: Any,
+    mapping: Mapping[str, str | tuple[str, ...]],
+    *,
+    mapping_name: str = "parameter axis mapping",
+) -> None:
+    """No NamedArray in `tree` (concrete or abstract) may have two axes that `mapping` puts
+    on the same mesh axis: a mesh axis can split only one dimension of an array.
+
+    `validate_mapping` checks each logical axis on its own; this needs the parameters, since
+    `fsdp_axis: [embed, mlp]` is fine for a model with no (embed, mlp) weight. Raises a
+    ValueError naming the first parameter, its two logical axes, the mesh axis and the
+    trainer fields to change (jax would raise `DuplicateSpecError` on a bare PartitionSpec).
+    """
+    import haliax as hax
+    import jax
+
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=hax.is_named_array)
+    for path, leaf in leaves:
+        if not hax.is_named_array(leaf):
+            continue
+        owner: dict[str, str] = {}  # mesh axis -> the logical axis of `leaf` it splits
+        for axis in leaf.axes:
+            physical = mapping.get(axis.name)
+            if physical is None:
+                continue
+            for mesh_axis in _mesh_axes(physical):
+                first = owner.setdefault(mesh_axis, axis.name)
+                if first == axis.name:
+                    continue
+                fields = (
+                    [_FIELDS_FOR_MESH_AXIS[mesh_axis]] if mesh_axis in _FIELDS_FOR_MESH_AXIS else []
+                )
+                fields += ["trainer.axis_resources", "trainer.parameter_axis_resources"]
+                raise ValueError(
+                    f"parameter {_path_name(path)} has axes {first!r} "
+                    f"({mapping.get(first)!r}) and {axis.name!r} ({physical!r}), which the "
+                    f"trainer's {mapping_name} both shards over mesh axis {mesh_axis!r}; a mesh "
+                    "axis can split only one axis of an array. Map at most one of "
+                    f"{first!r} and {axis.name!r} to {mesh_axis!r}: change "
+                    + ", ".join(fields[:-1])
+                    + f" or {fields[-1]}"
+                )
+
+
+def _path_name(path) -> str:
+    """A pytree key path as `transformer.blocks.stacked.mlp.c_fc.weight`."""
+    import jax
+
+    return jax.tree_util.keystr(path, simple=True, separator=".")

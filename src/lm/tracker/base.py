@@ -26,6 +26,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+class TrackerInitError(RuntimeError):
+    """A tracker could not start (no W&B login, W&B unreachable, its package missing). The
+    message says what to do; the CLI shows it without a traceback."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Histogram:
     """A histogram of values: `counts[i]` values fell in `[edges[i], edges[i+1])`."""

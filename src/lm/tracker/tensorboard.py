@@ -9,6 +9,7 @@ record writer and summary protos (no TensorFlow or torch needed) through fsspec,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import fsspec
 import jax
 import numpy as np
 
+from lm.config.errors import FieldError
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -68,6 +70,15 @@ class TensorboardConfig(TrackerConfig):
         if self.flush_interval_s < 0:
             raise ValueError(
                 f"tracker.flush_interval_s must be >= 0 seconds, got {self.flush_interval_s}"
+            )
+        # Checked here, when the config is parsed, not when the tracker starts: that comes
+        # after the cluster, the data cache and the model are set up.
+        if importlib.util.find_spec("tensorboard") is None:
+            raise FieldError(
+                "type",
+                "`type: tensorboard` needs the `tensorboard` package, which is not installed: "
+                "pip install 'lm[profiling]' (or `uv sync --extra profiling`), or choose another "
+                "tracker type (json, wandb).",
             )
 
     def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:

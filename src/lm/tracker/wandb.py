@@ -37,6 +37,7 @@ from lm.tracker.base import (
     Histogram,
     Tracker,
     TrackerConfig,
+    TrackerInitError,
     plain_value,
     to_python_scalar,
 )
@@ -108,7 +109,14 @@ class WandbConfig(TrackerConfig):
             )
 
     def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
-        import wandb
+        try:
+            import wandb
+        except ImportError as e:
+            raise TrackerInitError(
+                f"The wandb tracker needs the `wandb` package, which cannot be imported ({e}). "
+                "Install it (pip install wandb), or set `trainer.tracker.type: json` to log to a "
+                "local file instead."
+            ) from e
 
         mode = self.mode
         if jax.process_index() != 0:
@@ -152,10 +160,17 @@ class WandbConfig(TrackerConfig):
                 reinit="finish_previous",
             )
         except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as e:
-            raise RuntimeError(
+            raise TrackerInitError(
                 f"Could not start the W&B run ({e}). Log in with `wandb login` or set "
                 "WANDB_API_KEY, or set `trainer.tracker.mode: offline` to track without "
-                "network (upload later with `wandb sync`)."
+                "network (upload later with `wandb sync`), or `trainer.tracker.type: json` to "
+                "log to a local file instead."
+            ) from e
+        except wandb.errors.CommError as e:
+            raise TrackerInitError(
+                f"Could not reach W&B to start the run ({e}). Check the network connection, or "
+                "set `trainer.tracker.mode: offline` to track without network (upload later "
+                "with `wandb sync`), or `trainer.tracker.type: json` to log to a local file."
             ) from e
 
         xla_dump_dir = None

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
 import functools
 import logging
+import math
 import os
 import platform
 import secrets
@@ -30,6 +32,8 @@ import jmp
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
+from lm.config import FieldError, invalid
+from lm.config.errors import join_path
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
 from lm.optim.model_averaging import ModelAveragingConfig
@@ -120,14 +124,19 @@ class TrainerConfig:
     train_batch_size: int | list[ScheduleStep] = 512
     """Examples per step, or a schedule `[{start: 0, value: 64}, {start: 1000, value: 128}]`."""
     per_device_parallelism: int = -1
-    """Examples per device per forward/backward. -1: the whole batch at once (no accumulation)."""
+    """Examples per device per forward/backward; the step accumulates gradients over
+    `batch / (per_device_parallelism x data_axis_size)` microbatches, so every batch size
+    (each phase of a schedule) must divide by that product. -1: the whole batch at once
+    (`batch / data_axis_size` per device, no accumulation)."""
     per_device_eval_parallelism: int = -1
     """Examples per device per eval forward. -1: same as per_device_parallelism."""
     allow_nondivisible_batch_size: bool = False
     """Allow batch sizes that do not divide by the batch-parallel device count."""
 
     num_train_steps: int = 400_000
+    """Total optimizer steps."""
     steps_per_eval: int = 1_000
+    """Evaluate (every validation set) every this many steps."""
     max_eval_batches: int | None = None
     """Cap on eval batches per evaluation. None: the whole validation set; 0: no evaluation."""
 
@@ -148,7 +157,10 @@ class TrainerConfig:
     jax_config: Mapping[str, JsonAtom] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_JAX_CONFIG)
     )
-    """Any `jax.config` flag, applied at initialize()."""
+    """`jax.config` flags applied at initialize(), merged over `DEFAULT_JAX_CONFIG`
+    (`jax_threefry_partitionable`, `jax_softmax_custom_jvp`: true); set a default to false to
+    turn it off. Unlike Levanter, where a given mapping replaces the defaults. Unknown flags
+    and values of the wrong type are config errors."""
     jax_compilation_cache_dir: str | None = None
     """Persistent compilation cache directory (local or gs://). None: JAX's default."""
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
@@ -165,32 +177,59 @@ class TrainerConfig:
                 self, "tracker", move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
             )
             object.__setattr__(self, "wandb", None)
+        if not isinstance(self.tracker, TrackerConfig) and len(self.tracker) == 0:
+            raise invalid(
+                "tracker",
+                [],
+                "one tracker or a non-empty list of them; to turn tracking off, use "
+                "`tracker: {type: noop}`",
+            )
         if self.num_train_steps < 0:
-            raise ValueError(f"num_train_steps must be >= 0, got {self.num_train_steps}")
+            raise invalid("num_train_steps", self.num_train_steps, "a number of steps >= 0")
         if self.steps_per_eval <= 0:
-            raise ValueError(f"steps_per_eval must be > 0, got {self.steps_per_eval}")
+            raise invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0")
         if self.max_eval_batches is not None and self.max_eval_batches < 0:
-            raise ValueError(f"max_eval_batches must be None or >= 0, got {self.max_eval_batches}")
+            raise invalid(
+                "max_eval_batches",
+                self.max_eval_batches,
+                "null (the whole validation set) or a number of batches >= 0",
+            )
         if isinstance(self.train_batch_size, int):
             if self.train_batch_size <= 0 and self.train_batch_size != -1:
-                raise ValueError(f"train_batch_size must be positive, got {self.train_batch_size}")
+                raise invalid(
+                    "train_batch_size",
+                    self.train_batch_size,
+                    "a positive number of examples, or -1 (per_device_parallelism x the "
+                    "batch-parallel devices)",
+                )
             if self.train_batch_size == -1 and self.per_device_parallelism == -1:
-                raise ValueError(
-                    "train_batch_size and per_device_parallelism cannot both be -1: set one of them"
+                raise FieldError(
+                    "train_batch_size",
+                    "and per_device_parallelism cannot both be -1: set one of them",
                 )
         else:
-            BatchSchedule(list(self.train_batch_size))  # validates the phases
+            try:
+                BatchSchedule(list(self.train_batch_size))  # validates the phases
+            except ValueError as e:
+                raise FieldError("train_batch_size", str(e)) from None
         for name in ("per_device_parallelism", "per_device_eval_parallelism"):
             value = getattr(self, name)
             if value == 0 or value < -1:
-                raise ValueError(f"{name} must be positive or -1, got {value}")
+                raise invalid(name, value, "a positive number of examples per device, or -1")
+        object.__setattr__(self, "jax_config", {**DEFAULT_JAX_CONFIG, **self.jax_config})
+        for key, value in self.jax_config.items():
+            _check_jax_flag(key, value, field=join_path("jax_config", key))
         validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
         validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
         from lm.launch.shutdown import shutdown_delay_seconds
 
-        shutdown_delay_seconds(self.shutdown_at_exit)  # validates bool | non-negative seconds
+        try:
+            shutdown_delay_seconds(self.shutdown_at_exit)  # bool | non-negative seconds
+        except ValueError as e:
+            message = str(e).removeprefix("shutdown_at_exit: ")
+            raise FieldError("shutdown_at_exit", message) from None
         if self.profiler and self.profiler_num_steps <= 0:
-            raise ValueError(f"profiler_num_steps must be > 0, got {self.profiler_num_steps}")
+            raise invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
 
     # ---------------------------------------------------------------- axis mappings
 
@@ -288,7 +327,11 @@ class TrainerConfig:
     def num_microbatches_at_step(self, step: int) -> int:
         batch = self.batch_schedule.batch_size_at_step(step)
         micro = self.microbatch_size
-        return 1 if micro is None or micro >= batch else batch // micro
+        if micro is None:
+            return 1
+        if batch % micro:
+            raise ValueError(self._microbatch_problem(batch, self._batch_field(step)))
+        return batch // micro
 
     @property
     def eval_batch_size(self) -> int:
@@ -306,26 +349,46 @@ class TrainerConfig:
         return hax.Axis(self.batch_axis, self.eval_batch_size)
 
     def validate_batch_sizes(self) -> None:
-        """Device-dependent batch checks (PAR-08/09); call after devices are known."""
+        """Device-dependent batch checks (PAR-06/08/09); call after devices are known.
+
+        Every batch size (each phase of a schedule) must divide by `per_device_parallelism x
+        data_axis_size`, the examples of one forward/backward, and (unless
+        `allow_nondivisible_batch_size`) by `data_axis_size`.
+        """
         parallel = self.data_axis_size
         micro = self.microbatch_size
         for phase in self.batch_schedule.phases():
-            where = (
-                "train_batch_size"
-                if self.batch_schedule.is_constant
-                else (f"train_batch_size phase starting at step {phase.start}")
-            )
-            if micro is not None and micro < phase.value and phase.value % micro:
-                raise ValueError(
-                    f"{where} ({phase.value}) must be divisible by per_device_parallelism x "
-                    f"data_axis_size = {self.per_device_parallelism} x {parallel} = {micro}"
-                )
+            where = self._batch_field(phase.start)
+            if micro is not None and phase.value % micro:
+                raise ValueError(self._microbatch_problem(phase.value, where))
             if not self.allow_nondivisible_batch_size and phase.value % parallel:
                 raise ValueError(
                     f"{where} ({phase.value}) must be divisible by the number of batch-parallel "
                     f"devices ({parallel}); change the batch size or set "
                     "trainer.allow_nondivisible_batch_size: true"
                 )
+
+    def _batch_field(self, step: int) -> str:
+        if self.batch_schedule.is_constant:
+            return "trainer.train_batch_size"
+        start = max(p.start for p in self.batch_schedule.phases() if p.start <= step)
+        return f"trainer.train_batch_size phase starting at step {start}"
+
+    def _microbatch_problem(self, batch: int, where: str) -> str:
+        per_device, parallel = self.per_device_parallelism, self.data_axis_size
+        common = math.gcd(*(p.value for p in self.batch_schedule.phases()))
+        fits = [n for n in range(1, common // parallel + 1) if common % (n * parallel) == 0]
+        options = ", ".join(str(n) for n in fits[:8]) + (", ..." if len(fits) > 8 else "")
+        if not fits:
+            allowed = "use -1"
+        else:
+            allowed = f"use {options} or -1" if len(fits) == 1 else f"use one of {options} or -1"
+        return (
+            f"trainer.per_device_parallelism ({per_device}) does not fit {where} ({batch}): "
+            f"{per_device} examples per device x {parallel} batch-parallel devices = "
+            f"{per_device * parallel} examples per forward/backward, which must divide every "
+            f"batch size; {allowed} (the whole batch at once, no gradient accumulation)"
+        )
 
     # ---------------------------------------------------------------- run id & initialize
 
@@ -396,6 +459,42 @@ class TrainerConfig:
             jax.devices()[0].device_kind,
             dict(self.device_mesh.shape),
         )
+
+
+def _check_jax_flag(name: str, value: Any, *, field: str) -> None:
+    """Raise `FieldError(field, ...)` unless `jax.config.update(name, value)` would accept it:
+    `name` is a jax flag (did-you-mean otherwise) and `value` has the flag's type."""
+    known = jax.config.values
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else " (jax.config.values lists them)"
+        raise FieldError(field, f"unknown jax config flag {name!r}{hint}")
+    # The type of the flag's current value; jax's int, float and str flags also take None.
+    current = known[name]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(current, bool):
+        ok, expected, kind = isinstance(value, bool), "true or false", "boolean"
+    elif isinstance(current, int):
+        ok, expected, kind = (
+            value is None or (number and isinstance(value, int)),
+            "an integer",
+            "integer",
+        )
+    elif isinstance(current, float):
+        ok, expected, kind = value is None or number, "a number", "float"
+    elif isinstance(current, str):
+        ok, expected, kind = value is None or isinstance(value, str), "a string", "string"
+    else:  # None (unset) or one of jax's enum objects: the parser below decides
+        ok, expected, kind = True, "", ""
+    if not ok:
+        raise invalid(field, value, f"{expected} ({name} is a {kind} flag)")
+    # jax's own parser (enum choices, ...); private, so only where it exists
+    parser = getattr(getattr(jax.config, "_value_holders", {}).get(name), "_parser", None)
+    if parser is not None:
+        try:
+            parser(value)
+        except (TypeError, ValueError) as e:
+            raise FieldError(field, f"got {value!r}, which jax rejects: {e}") from None
 
 
 def _broadcast_string(value: str, length: int = 8) -> str:

@@ -45,7 +45,8 @@ class LogMetricsHook(Callback):
         metrics["throughput/duration"] = duration
         metrics["throughput/examples_per_second"] = examples_per_s
         metrics["throughput/total_examples"] = schedule.global_data_offset_by_step(info.step + 1)
-        metrics["throughput/hook_time"] = getattr(trainer, "_last_hook_time", 0.0)
+        # this step's hooks are still running: the time is the previous step's
+        metrics["throughput/hook_time"] = trainer._last_hook_time
         if trainer.tokens_per_example:
             metrics["throughput/tokens_per_second"] = examples_per_s * trainer.tokens_per_example
             metrics["throughput/total_tokens"] = (
@@ -58,7 +59,12 @@ class LogMetricsHook(Callback):
 
 
 class ProfilerHook(Callback):
-    """Captures a JAX trace for steps [start, start + num) into `<run_dir>/profiler`."""
+    """Captures a JAX trace of steps [start, start + num) into `<run_dir>/profiler`.
+
+    The trace starts once step `start - 1` is done, or before the first step when the run
+    starts at `start` (`profiler_start_step: 0`), and stops after step `start + num - 1`
+    (clamped to the run) or at the end of training. Each step is a `train` step annotation
+    in it. Only process 0 offers a Perfetto link (it waits until the link is opened)."""
 
     def __init__(self, trainer: Trainer):
         config = trainer.config
@@ -77,15 +83,25 @@ class ProfilerHook(Callback):
         self.log_dir = os.path.join(config.run_dir, "profiler")
         self.active = False
 
+    def _maybe_start(self, next_step: int) -> None:
+        if self.active or next_step != self.start or self.start >= self.stop:
+            return
+        logger.info(
+            "Starting profiler (steps %d-%d) into %s", self.start, self.stop - 1, self.log_dir
+        )
+        jax.profiler.start_trace(
+            self.log_dir,
+            create_perfetto_link=self.perfetto and jax.process_index() == 0,
+            create_perfetto_trace=self.perfetto,
+        )
+        self.active = True
+
+    def on_train_start(self, step: int) -> None:
+        self._maybe_start(step)
+
     def on_step(self, info: StepInfo, force: bool = False) -> None:
         next_step = info.step + 1
-        if not self.active and next_step == self.start and self.start < self.stop:
-            logger.info(
-                "Starting profiler (steps %d-%d) into %s", self.start, self.stop - 1, self.log_dir
-            )
-            jax.profiler.start_trace(self.log_dir, create_perfetto_link=self.perfetto)
-            self.active = True
-        elif self.active and (next_step >= self.stop or force):
+        if self.active and (next_step >= self.stop or force):
             jax.block_until_ready(info.state)
             jax.profiler.stop_trace()
             self.active = False
@@ -94,6 +110,8 @@ class ProfilerHook(Callback):
                 self.log_dir,
                 self.log_dir,
             )
+        elif not force:
+            self._maybe_start(next_step)
 
 
 class CheckpointHook(Callback):

@@ -100,3 +100,36 @@ class EvalHook(Callback):
             result[f"{self.prefix}/batches"],
         )
         lm.tracker.log(result, step=info.step)
+
+
+class TaggedEvalHook(Callback):
+    """`eval/<tag>/loss` and `/perplexity` for each data tag: the mean loss over the evaluation
+    sets carrying the tag, weighted by the tokens each was evaluated on.
+
+    Every set is evaluated with the same `EvalBatch` and `seq_len`, so a set's tokens are
+    proportional to its batch count. Registered after the sets' `EvalHook`s (hooks run in
+    the order added), it combines the results they produced at the same step.
+    """
+
+    def __init__(self, hooks_by_tag: dict[str, list[EvalHook]]):
+        self.hooks_by_tag = hooks_by_tag
+        self._last_step: int | None = None
+        self.last_result: dict[str, float] | None = None
+
+    def on_step(self, info: StepInfo, force: bool = False) -> None:
+        if self._last_step == info.step:
+            return  # the forced final run must not log a step twice
+        self._last_step = info.step
+        result: dict[str, float] = {}
+        for tag, hooks in self.hooks_by_tag.items():
+            done = [h for h in hooks if h._last_evaluated_step == info.step and h.last_result]
+            if not done:
+                continue
+            batches = [h.last_result[f"{h.prefix}/batches"] for h in done]
+            losses = [h.last_result[f"{h.prefix}/loss"] for h in done]
+            loss = sum(x * n for x, n in zip(losses, batches, strict=True)) / sum(batches)
+            result[f"eval/{tag}/loss"] = loss
+            result[f"eval/{tag}/perplexity"] = math.exp(min(loss, 50.0))
+        if result:
+            self.last_result = result
+            lm.tracker.log(result, step=info.step)

@@ -9,7 +9,8 @@ Four ways to add one (TRN-07), all with `every=N` (run when `step % N == 0`):
     def log_something(info): ...
 
 `run_hooks(info, force=True)` runs every hook regardless of `every`, and passes `force` on
-(the final checkpoint is a forced save).
+(the final checkpoint is a forced save). Before the first step, `Callback.on_train_start`
+runs once for every host hook.
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ CBInfo = TypeVar("CBInfo")
 
 
 class Callback(abc.ABC, Generic[S]):
-    """A host-side hook. Override `on_step`."""
+    """A host-side hook. Override `on_step`, and `on_train_start` to act before the first
+    step (e.g. start a profile that includes it)."""
 
     @abc.abstractmethod
     def on_step(self, info: StepInfo[S], force: bool = False) -> None: ...
+
+    def on_train_start(self, step: int) -> None:  # noqa: B027 (optional, a no-op by default)
+        """Called once by `training_steps` before it runs step `step` (0, or the step a
+        resumed run restarts at), whatever the hook's `every`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +138,10 @@ class TrainerHooks:
         for hook in self.hooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
+
+    def run_train_start(self, step: int) -> None:
+        for hook in self.hooks:
+            hook.callback.on_train_start(step)
 
     def jit_hooks_due(self, step: int, force: bool = False) -> list[_Registered]:
         return [h for h in self.jit_hooks if h.due(step, force)]

@@ -7,12 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import equinox as eqx
-
 from lm.checkpoint import restore_trainer_state
-from lm.partitioning import check_divisible
-from lm.trainer.quantization import quantize, split_overwrites
-from lm.trainer.state import TrainerState, init_step, trainables_only
+from lm.partitioning import abstract_shapes, check_distinct_mesh_axes, check_divisible
+from lm.trainer.state import TrainerState
 
 if TYPE_CHECKING:
     from lm.trainer.trainer import Trainer
@@ -21,27 +18,13 @@ logger = logging.getLogger(__name__)
 
 
 def state_initializer(trainer: Trainer, training_key, model_init: Callable[..., Any], is_trainable):
-    """A function building a fresh `TrainerState` from `model_init(*args)` (traced under jit)."""
-    mp = trainer.mp
-    optimizer = trainer.optimizer
-    averaging_config = trainer.config.model_averaging
-    quantization = trainer.config.quantization
+    """A function building a fresh state from `model_init(*args)` (traced under jit) through
+    `trainer._initialize_state_from_scratch`, so a trainer's `TrainerState` subclass is the
+    state of fresh starts and the template checkpoints are restored into."""
 
     def init(*model_args) -> TrainerState:
-        model = mp.cast_to_param(model_init(*model_args))
-        if quantization is not None:
-            model = quantize(model, quantization)
-        trainable = trainables_only(model, is_trainable)
-        # the quantization state is overwritten each step, never optimized
-        _, optimized = split_overwrites(trainable)
-        return TrainerState(
-            step=init_step(),
-            model=model,
-            opt_state=optimizer.init(optimized),
-            training_key=training_key,
-            model_averaging=averaging_config.create(trainable) if averaging_config else None,
-            is_trainable=is_trainable,
-            mp=mp,
+        return trainer._initialize_state_from_scratch(
+            model_init(*model_args), training_key, is_trainable
         )
 
     return init
@@ -53,9 +36,11 @@ def load_or_init_state(
     """Exactly one of `model` (a concrete model, passed to jit as an argument, never baked in
     as a constant) and `model_init` (a zero-argument builder, traced under jit)."""
     config = trainer.config
-    # a parameter axis the mapping cannot split evenly: say which one, before jax fails
-    # with only an array dimension (model_init is traced for shapes only)
-    shapes = model if model is not None else eqx.filter_eval_shape(model_init)
+    # a parameter axis the mapping cannot split evenly, or two axes of one parameter on the
+    # same mesh axis: say which, before jax fails with only array dimensions (model_init is
+    # traced for shapes only, outside the axis mapping, under which jax would fail first)
+    shapes = model if model is not None else abstract_shapes(model_init)
+    check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
     check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
     if model is not None:
         init = state_initializer(trainer, training_key, lambda m: m, is_trainable)

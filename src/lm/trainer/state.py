@@ -36,6 +36,11 @@ class TrainerState(eqx.Module, Generic[M]):
         is_trainable: filter spec marking trainable leaves; the rest get no gradient,
             no optimizer state and are not checkpointed.
         mp: the mixed-precision policy.
+
+    Subclass it to carry more state (give the new fields defaults, or `kw_only=True`, as they
+    follow fields with defaults) and build it in `Trainer._initialize_state_from_scratch`.
+    The train step updates its fields with `dataclasses.replace`, so extra fields pass through
+    each step unchanged, and are checkpointed and restored with the rest.
     """
 
     step: jax.Array
@@ -45,6 +50,13 @@ class TrainerState(eqx.Module, Generic[M]):
     model_averaging: Any = None
     is_trainable: FilterTree = eqx.field(static=True, default=True)
     mp: jmp.Policy = eqx.field(static=True, default=None)
+
+    @classmethod
+    def from_state(cls: type[S], state: TrainerState, **extra: Any) -> S:
+        """A `cls` (a `TrainerState` subclass) holding `state`'s fields plus the subclass's
+        own fields given in `extra`; for `Trainer._initialize_state_from_scratch` overrides."""
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        return cls(**fields, **extra)
 
     @property
     def int_step(self) -> int:

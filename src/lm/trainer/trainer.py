@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gzip
 import inspect
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import equinox as eqx
@@ -41,7 +40,8 @@ from lm.partitioning.jit import ShardedJit, sharded_jit, with_shardings
 from lm.tracker import Tracker
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
-from lm.trainer.state import StepInfo, TrainerState
+from lm.trainer.quantization import quantize, split_overwrites
+from lm.trainer.state import StepInfo, TrainerState, init_step, trainables_only
 from lm.trainer.step import train_step as _pure_train_step
 
 lm.jax_compat.install()  # haliax's matmuls on newer JAX (see lm.jax_compat)
@@ -130,6 +130,8 @@ class Trainer(Generic[M]):
         self.flops_per_example: float | None = None
         self.restored_from = None
         self.restored_step: int | None = None
+        # how long the last step's hooks took; logged with the next step (throughput/hook_time)
+        self._last_hook_time = 0.0
         self.checkpointer = config.checkpointer.create(self.run_id) if add_default_hooks else None
         if add_default_hooks:
             self._add_default_hooks()
@@ -179,6 +181,12 @@ class Trainer(Generic[M]):
     @property
     def device_mesh(self):
         return self.config.device_mesh
+
+    @property
+    def checkpoint_path(self) -> str:
+        """Where this run's checkpoints are read from: `load_checkpoint_path`, else the
+        checkpointer's `<base_path>/<run_id>` (the config's `checkpoint_path`)."""
+        return self.config.checkpoint_path
 
     @property
     def TrainBatch(self) -> hax.Axis:
@@ -302,6 +310,35 @@ class Trainer(Generic[M]):
         with self.config.use_device_mesh(), hax.axis_mapping(mapping):
             return with_shardings(eqx.filter_eval_shape(init), mapping, self.device_mesh)
 
+    def _initialize_state_from_scratch(
+        self, model: M, training_key: PRNGKeyArray, is_trainable: Any
+    ) -> TrainerState[M]:
+        """A fresh state for `model`: parameters cast to the param dtype, quantized when
+        `trainer.quantization` is set, optimizer state for the trainable leaves, an averaged
+        copy when `model_averaging` is set. Traced under jit (also for shapes only).
+
+        Override it to train with a `TrainerState` subclass carrying extra fields: call
+        `super()` and extend the result with `MyState.from_state(state, extra=...)`. Fresh
+        starts, `abstract_state` and the template a checkpoint is restored into all come from
+        here, so the extra fields are initialized, checkpointed and restored like the rest.
+        """
+        model = self.mp.cast_to_param(model)
+        if self.config.quantization is not None:
+            model = quantize(model, self.config.quantization)
+        trainable = trainables_only(model, is_trainable)
+        # the quantization state is overwritten each step, never optimized
+        _, optimized = split_overwrites(trainable)
+        averaging = self.config.model_averaging
+        return TrainerState(
+            step=init_step(),
+            model=model,
+            opt_state=self.optimizer.init(optimized),
+            training_key=training_key,
+            model_averaging=averaging.create(trainable) if averaging else None,
+            is_trainable=is_trainable,
+            mp=self.mp,
+        )
+
     # ------------------------------------------------------------------ stepping
 
     def _pure_step(self, num_microbatches: int, jit_hooks: tuple) -> Callable:
@@ -367,9 +404,11 @@ class Trainer(Generic[M]):
             artifacts = self._log_step_artifacts(fn, state, batch, batch_kwargs)
         start = time.perf_counter()
         try:
-            with self.config.use_device_mesh():
-                loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
-            loss = jax.block_until_ready(loss)
+            # the step's span in a profile (TensorBoard's step view, ProfileData's "train")
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                with self.config.use_device_mesh():
+                    loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
+                loss = jax.block_until_ready(loss)
         except BaseException:
             if artifacts is not None:
                 artifacts.join(reraise=False)  # the step's own error is the one to report
@@ -427,6 +466,8 @@ class Trainer(Generic[M]):
     def training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
         """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each."""
         iterator = self._iterate_from(train_loader, int(state.step))
+        if int(state.step) < self.num_train_steps:
+            self.hooks.run_train_start(int(state.step))
         try:
             while int(state.step) < self.num_train_steps:
                 load_start = time.perf_counter()
@@ -510,16 +551,37 @@ class Trainer(Generic[M]):
 
     # ------------------------------------------------------------------ eval & data
 
-    def add_eval_hook(self, eval_dataset, name: str | None = None) -> None:
+    def add_eval_hook(self, eval_dataset, name: str | None = None) -> Any:
         """Evaluate the mean loss (and metrics) on `eval_dataset` every `steps_per_eval` steps,
-        logged as `eval/<name>/...` (or `eval/...` without a name)."""
+        logged as `eval/<name>/...` (or `eval/...` without a name). Returns the hook (None
+        when `max_eval_batches` is 0: evaluation off)."""
         from lm.trainer.evaluation import EvalHook
 
         if self.config.max_eval_batches == 0:
-            return
+            return None
         hook = EvalHook(self, eval_dataset, name)
         self._eval_hooks.append(hook)
         self.add_hook(hook, every=self.config.steps_per_eval)
+        return hook
+
+    def add_eval_hooks(
+        self, eval_sets: Mapping[str, Any], tags: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        """`add_eval_hook` for each named set (the name "" is the unnamed `eval/...` set), then
+        for each tag in `tags` (set name -> its tags) `eval/<tag>/loss` and `/perplexity`: the
+        token-weighted mean over the sets carrying the tag, at the same steps."""
+        from lm.trainer.evaluation import TaggedEvalHook
+
+        added = {
+            name: self.add_eval_hook(dataset, name or None) for name, dataset in eval_sets.items()
+        }
+        by_tag: dict[str, list[Any]] = {}
+        for name, set_tags in (tags or {}).items():
+            if added.get(name) is not None:
+                for tag in set_tags:
+                    by_tag.setdefault(tag, []).append(added[name])
+        if by_tag:
+            self.add_hook(TaggedEvalHook(by_tag), every=self.config.steps_per_eval)
 
     def data_loader(self, dataset, batch: hax.Axis | None = None):
         """A loader over `dataset` batched along `batch` (default: the trainer's batch axis
@@ -537,21 +599,36 @@ class Trainer(Generic[M]):
 
     # ------------------------------------------------------------------ artifacts
 
-    def write_artifact(self, name: str, artifact: Any, type: str | None = None) -> str:
+    def write_artifact(self, name: str, artifact: str | bytes, type: str | None = None) -> str:
         """Save `artifact` under `<log_dir>/<run_id>/artifacts/<name>` and log it to the tracker.
 
-        A str is written as text, anything else as bytes; a name ending in `.gz` is gzipped."""
+        A str is written as UTF-8 text (secrets scrubbed), bytes as they are. The name's
+        extension picks the compression, as fsspec infers it: `.gz`, `.bz2`, `.xz`, `.lzma`,
+        `.zst`, or `.zip` (an archive of one member, `file`); any other name is written as is.
+
+        Raises:
+            TypeError: `artifact` is neither str nor bytes (encode it first, e.g. `json.dumps`).
+        """
+        from lm.tracker.scrub import scrub_text
+
+        if isinstance(artifact, str):
+            data = scrub_text(artifact).encode("utf-8")
+        elif isinstance(artifact, bytes | bytearray | memoryview):
+            data = bytes(artifact)
+        else:
+            raise TypeError(
+                f"write_artifact({name!r}): the artifact must be a str (written as text) or bytes "
+                f"(bytes, bytearray, memoryview), got {_type_name(artifact)}; encode it first "
+                "(e.g. json.dumps(...) for a dict)."
+            )
         path = os.path.join(self.config.run_dir, "artifacts", name)
         fs, fs_path = fsspec.core.url_to_fs(path)
         fs.makedirs(os.path.dirname(fs_path), exist_ok=True)
-        from lm.tracker.scrub import scrub_text
-
-        data = (
-            scrub_text(artifact).encode("utf-8") if isinstance(artifact, str) else bytes(artifact)
-        )
-        if name.endswith(".gz"):
-            data = gzip.compress(data)
-        with fs.open(fs_path, "wb") as f:
+        with fs.open(fs_path, "wb", compression="infer") as f:
             f.write(data)
         self.tracker.log_artifact(path, name=name, type=type)
         return path
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")

@@ -16,6 +16,8 @@ from lm.trainer.hooks import InsideStepInfo, JitCallback
 from lm.trainer.state import StepInfo, TrainerState
 
 WATCH_TARGETS = ("grads", "params", "opt_state", "updates")
+# The metric prefix of each target; gradients log as `grad/...`, as in Levanter.
+_PREFIXES = {"grads": "grad", "params": "params", "opt_state": "opt_state", "updates": "updates"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +25,10 @@ class WatchConfig:
     watch_targets: tuple[str, ...] = ("grads", "params")
     """Which trees to watch: any of grads, params, opt_state, updates."""
     include_norms: bool = True
-    """Log the global L2 norm of each target (`<target>/norm/total`)."""
+    """Log the global L2 norm of each target (`<prefix>/norm/total`; the prefix is the
+    target's name, except `grad` for grads: `grad/norm/total`)."""
     include_per_parameter_norms: bool = True
-    """Log the L2 norm of each parameter (`<target>/norm/<path>`)."""
+    """Log the L2 norm of each parameter (`<prefix>/norm/<path>`)."""
     include_histograms: bool = False
     """Log a histogram of each parameter's values (costly: device -> host copy)."""
     split_scan_layers: bool = True
@@ -102,6 +105,7 @@ class WatchCallback(JitCallback[TrainerState, dict[str, Any]]):
         }
         out: dict[str, Any] = {}
         for target in self.config.watch_targets:
+            prefix = _PREFIXES[target]
             total = jnp.float32(0)
             for name, leaf in _leaves_with_names(trees[target]):
                 array = leaf.array if hax.is_named_array(leaf) else leaf
@@ -113,16 +117,16 @@ class WatchCallback(JitCallback[TrainerState, dict[str, Any]]):
                         squares, axis=tuple(i for i in range(array.ndim) if i != layer)
                     )
                     total = total + jnp.sum(per_layer)
-                    out[f"{target}/norm/{name}"] = jnp.sqrt(per_layer)  # one entry per layer
+                    out[f"{prefix}/norm/{name}"] = jnp.sqrt(per_layer)  # one entry per layer
                 else:
                     sq = jnp.sum(squares)
                     total = total + sq
                     if self.config.include_per_parameter_norms:
-                        out[f"{target}/norm/{name}"] = jnp.sqrt(sq)
+                        out[f"{prefix}/norm/{name}"] = jnp.sqrt(sq)
                 if self.config.include_histograms:
-                    out[f"{target}/hist/{name}"] = array
+                    out[f"{prefix}/hist/{name}"] = array
             if self.config.include_norms:
-                out[f"{target}/norm/total"] = jnp.sqrt(total)
+                out[f"{prefix}/norm/total"] = jnp.sqrt(total)
         return out
 
     def on_step(self, step_info: StepInfo, cb_info: dict[str, Any]) -> None:

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from haliax import Axis, NamedArray
 
+from lm.config import invalid
+
 
 @dataclasses.dataclass(frozen=True)
 class RotaryEmbeddingsConfig(draccus.ChoiceRegistry, abc.ABC):
@@ -48,8 +50,10 @@ class RotaryEmbeddingsConfig(draccus.ChoiceRegistry, abc.ABC):
         """HF `rope_parameters` (transformers >= 5)."""
 
     def __post_init__(self):
-        if self.theta <= 0:
-            raise ValueError(f"rope.theta must be positive, got {self.theta}")
+        # Each check keeps the frequencies finite and positive; errors name the field, so a
+        # YAML run reports `model.rope.<field>`.
+        if not self.theta > 0:
+            raise invalid("theta", self.theta, "a number > 0")
 
     @staticmethod
     def from_hf_rope_parameters(params: dict[str, Any] | None) -> RotaryEmbeddingsConfig:
@@ -86,6 +90,14 @@ class RotaryEmbeddingsConfig(draccus.ChoiceRegistry, abc.ABC):
         )
 
 
+def _check_positive(config: RotaryEmbeddingsConfig, *names: str) -> None:
+    """Fields that divide a frequency or a wavelength (or go through a log) must be > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not value > 0:
+            raise invalid(name, value, "a number > 0")
+
+
 def _base_inv_freq(theta: float, head_dim: int) -> np.ndarray:
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
     return (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
@@ -99,8 +111,7 @@ class DefaultRotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.factor <= 0:
-            raise ValueError(f"rope.factor must be positive, got {self.factor}")
+        _check_positive(self, "factor")
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
         return (_base_inv_freq(self.theta, head_dim) / np.float32(self.factor)).astype(
@@ -130,10 +141,12 @@ class Llama3RotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise ValueError(
-                f"rope.high_freq_factor ({self.high_freq_factor}) must exceed rope.low_freq_factor "
-                f"({self.low_freq_factor})"
+        _check_positive(self, "factor", "low_freq_factor", "original_max_position_embeddings")
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise invalid(
+                "high_freq_factor",
+                self.high_freq_factor,
+                f"a number greater than low_freq_factor ({self.low_freq_factor})",
             )
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
@@ -176,6 +189,16 @@ class YarnRotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
     """Explicit cos/sin scale; overrides the mscale rule."""
     truncate: bool = True
     """Round the correction range to whole dimensions (HF default)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive(
+            self, "factor", "beta_fast", "beta_slow", "original_max_position_embeddings"
+        )
+        for name in ("mscale", "mscale_all_dim"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise invalid(name, value, "a number >= 0 or null")
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
         dim, base, factor = head_dim, self.theta, self.factor

@@ -1,0 +1,220 @@
+"""`TrainerConfig` validation: field paths in errors, jax_config, trackers, batch sizes,
+microbatching (PAR-06/08/09), and the run-id order (TRN-02). 8 fake CPU devices."""
+
+import re
+
+import pytest
+
+import lm.config
+from lm.config import ConfigError, FieldError
+from lm.schedule import ScheduleStep
+from lm.tracker import NoopConfig, WandbConfig
+from lm.trainer import DEFAULT_JAX_CONFIG, TrainerConfig
+
+
+def only_problem(*args: str) -> tuple[str, str, str | None]:
+    with pytest.raises(ConfigError) as info:
+        lm.config.parse(TrainerConfig, args=list(args))
+    (problem,) = info.value.problems
+    return problem.path, problem.message, problem.location
+
+
+# ---------------------------------------------------------------- errors name the field
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("per_device_eval_parallelism", "0", "got 0, expected a positive number of examples"),
+        ("per_device_parallelism", "-2", "got -2, expected a positive number of examples"),
+        ("num_train_steps", "-1", "got -1, expected a number of steps >= 0"),
+        ("steps_per_eval", "0", "got 0, expected a number of steps > 0"),
+        ("max_eval_batches", "-1", "got -1, expected null (the whole validation set)"),
+        ("train_batch_size", "0", "got 0, expected a positive number of examples, or -1"),
+        ("train_batch_size", "[{start: 5, value: 8}]", "the first phase of a schedule must start"),
+        ("shutdown_at_exit", "-3", "got -3.0, expected true (shut down 300 s after exit)"),
+    ],
+)
+def test_post_init_errors_are_reported_at_the_field(field, value, expected):
+    path, message, location = only_problem(f"--{field}", value)
+    assert path == field
+    assert message.startswith(expected), message
+    assert location == f"--{field} {value}"
+
+
+def test_post_init_errors_carry_the_trainer_prefix_in_a_run_config():
+    from lm.main.train_lm import TrainLmConfig
+
+    with pytest.raises(ConfigError) as info:
+        lm.config.parse(TrainLmConfig, args=["--trainer.per_device_eval_parallelism", "0"])
+    assert str(info.value.problems[0]).startswith(
+        "trainer.per_device_eval_parallelism [--trainer.per_device_eval_parallelism 0]: got 0, "
+        "expected a positive number of examples per device, or -1"
+    )
+
+
+def test_post_init_errors_are_value_errors_in_python():
+    with pytest.raises(FieldError, match="per_device_parallelism: got 0") as info:
+        TrainerConfig(per_device_parallelism=0)
+    assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------- tracker
+
+
+@pytest.mark.parametrize("value", ["[]", "[ ]"])
+def test_an_empty_tracker_list_is_rejected_with_the_noop_hint(value):
+    path, message, _ = only_problem("--tracker", value)
+    assert path == "tracker"
+    assert message.startswith("got [], expected one tracker or a non-empty list")
+    assert "{type: noop}" in message
+
+
+def test_a_tracker_list_is_fine():
+    config = lm.config.parse(TrainerConfig, args=["--tracker", "[{type: noop}]"])
+    assert config.tracker == (NoopConfig(),)
+
+
+# ---------------------------------------------------------------- jax_config (CFG-08)
+
+
+def test_jax_config_entries_merge_over_the_defaults():
+    assert DEFAULT_JAX_CONFIG == {
+        "jax_threefry_partitionable": True,
+        "jax_softmax_custom_jvp": True,
+    }
+    config = lm.config.parse(
+        TrainerConfig, args=["--jax_config", "{jax_persistent_cache_min_compile_time_secs: 0}"]
+    )
+    assert config.jax_config == {
+        "jax_threefry_partitionable": True,
+        "jax_softmax_custom_jvp": True,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+    }
+    off = TrainerConfig(jax_config={"jax_softmax_custom_jvp": False})
+    assert off.jax_config == {"jax_threefry_partitionable": True, "jax_softmax_custom_jvp": False}
+    assert TrainerConfig().jax_config == DEFAULT_JAX_CONFIG
+    again = lm.config.decode(TrainerConfig, lm.config.to_data(off))
+    assert again.jax_config == off.jax_config
+
+
+def test_unknown_jax_flag_is_a_config_error_with_a_suggestion():
+    path, message, location = only_problem("--jax_config.jax_threefry_partitionabel", "true")
+    assert path == "jax_config.jax_threefry_partitionabel"
+    assert message == (
+        "unknown jax config flag 'jax_threefry_partitionabel'; "
+        "did you mean 'jax_threefry_partitionable'?"
+    )
+    assert location == "--jax_config.jax_threefry_partitionabel true"
+    path, message, location = only_problem("--jax_config", "{jax_bogus_flag: true}")
+    assert path == "jax_config.jax_bogus_flag"
+    assert message.startswith("unknown jax config flag 'jax_bogus_flag'")
+    assert location == "--jax_config {jax_bogus_flag: true}"  # the flag that set the mapping
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        (
+            "jax_persistent_cache_min_compile_time_secs",
+            "abc",
+            "got 'abc', expected a number (jax_persistent_cache_min_compile_time_secs is a "
+            "float flag)",
+        ),
+        ("jax_softmax_custom_jvp", "1", "got 1, expected true or false"),
+        ("jax_softmax_custom_jvp", "null", "got None, expected true or false"),
+        ("jax_persistent_cache_min_entry_size_bytes", "1.5", "got 1.5, expected an integer"),
+        ("jax_persistent_cache_min_entry_size_bytes", "true", "got True, expected an integer"),
+        ("jax_compilation_cache_dir", "5", "got 5, expected a string"),
+        ("jax_default_matmul_precision", "hgh", "got 'hgh', which jax rejects: "),
+    ],
+)
+def test_jax_flag_of_the_wrong_type_is_a_config_error(flag, value, expected):
+    path, message, _ = only_problem("--jax_config", f"{{{flag}: {value}}}")
+    assert path == f"jax_config.{flag}"
+    assert message.startswith(expected), message
+
+
+def test_jax_flag_values_jax_accepts_pass():
+    config = TrainerConfig(
+        jax_config={
+            "jax_persistent_cache_min_compile_time_secs": 0,  # an int for a float flag
+            "jax_default_matmul_precision": "highest",
+            "jax_compilation_cache_dir": None,
+        }
+    )
+    assert config.jax_config["jax_default_matmul_precision"] == "highest"
+
+
+# ---------------------------------------------------------------- batches (PAR-06/08/09)
+
+
+def test_per_device_parallelism_too_large_for_the_batch_is_an_error():
+    # 8 devices: 4 per device is 32 examples per forward/backward, more than the batch of 8
+    config = TrainerConfig(train_batch_size=8, per_device_parallelism=4)
+    message = (
+        "trainer.per_device_parallelism (4) does not fit trainer.train_batch_size (8): 4 "
+        "examples per device x 8 batch-parallel devices = 32 examples per forward/backward, "
+        "which must divide every batch size; use 1 or -1 (the whole batch at once"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config.validate_batch_sizes()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config.num_microbatches_at_step(0)
+
+
+def test_per_device_parallelism_must_divide_every_phase():
+    schedule = [ScheduleStep(0, 32), ScheduleStep(10, 48)]
+    config = TrainerConfig(train_batch_size=schedule, per_device_parallelism=4)
+    assert config.num_microbatches_at_step(0) == 1
+    with pytest.raises(ValueError) as info:
+        config.validate_batch_sizes()
+    text = str(info.value)
+    assert text.startswith(
+        "trainer.per_device_parallelism (4) does not fit trainer.train_batch_size phase "
+        "starting at step 10 (48)"
+    )
+    assert "use one of 1, 2 or -1" in text  # gcd(32, 48) = 16 = 2 x 8 devices
+    with pytest.raises(ValueError, match="phase starting at step 10 .48."):
+        config.num_microbatches_at_step(12)
+
+
+@pytest.mark.parametrize(
+    "batch, per_device, microbatches",
+    [(16, -1, 1), (16, 2, 1), (16, 1, 2), (64, 2, 4), (-1, 3, 1)],
+)
+def test_microbatches(batch, per_device, microbatches):
+    config = TrainerConfig(train_batch_size=batch, per_device_parallelism=per_device)
+    config.validate_batch_sizes()
+    assert config.num_microbatches_at_step(0) == microbatches
+
+
+def test_batch_not_divisible_by_devices_names_the_trainer_field():
+    config = TrainerConfig(train_batch_size=12)
+    with pytest.raises(ValueError) as info:
+        config.validate_batch_sizes()
+    assert str(info.value) == (
+        "trainer.train_batch_size (12) must be divisible by the number of batch-parallel "
+        "devices (8); change the batch size or set trainer.allow_nondivisible_batch_size: true"
+    )
+    TrainerConfig(train_batch_size=12, allow_nondivisible_batch_size=True).validate_batch_sizes()
+
+
+# ---------------------------------------------------------------- run id (TRN-02)
+
+
+def test_run_id_order(monkeypatch):
+    """`id`, then env RUN_ID, then the W&B run id, then a random 8-character [a-z0-9] id."""
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.delenv("WANDB_RESUME", raising=False)
+    monkeypatch.setenv("RUN_ID", "from-env")
+    wandb = WandbConfig(id="from-wandb", mode="offline")
+    assert TrainerConfig(id="explicit", tracker=wandb).run_id == "explicit"
+    assert TrainerConfig(tracker=wandb).run_id == "from-env"
+    monkeypatch.delenv("RUN_ID")
+    assert TrainerConfig(tracker=wandb).run_id == "from-wandb"
+    monkeypatch.setenv("RUN_ID", "")  # empty: unset
+    first, second = TrainerConfig(tracker=NoopConfig()), TrainerConfig(tracker=NoopConfig())
+    assert re.fullmatch(r"[a-z0-9]{8}", first.run_id), first.run_id
+    assert first.run_id == first.run_id  # resolved once
+    assert second.run_id != first.run_id
