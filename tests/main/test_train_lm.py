@@ -87,6 +87,14 @@ def test_every_yaml_under_config_parses(path):
             ["trainer.jax_config.jax_bogus_flag [--trainer.jax_config", "unknown jax config"],
         ),
         (["--trainer.tracker", "[]"], ["trainer.tracker [--trainer.tracker []]: got []"]),
+        (
+            ["--trainer.num_train_steps", "0"],
+            ["trainer.num_train_steps [--trainer.num_train_steps 0]: got 0, expected"],
+        ),
+        (
+            ["--data.train_urls", "[a.jsonl]"],
+            ["set only one kind of source", "got train_urls/validation_urls and builtin"],
+        ),
     ],
 )
 def test_bad_configs_give_one_clear_message_and_exit_2(

@@ -113,7 +113,11 @@ class _SourceFields:
             if on
         ]
         if len(kinds) > 1:
-            raise ValueError(f"{where}: set only one kind of source, got {' and '.join(kinds)}")
+            raise ValueError(
+                f"{where.rstrip('.') or 'data'}: set only one kind of source (train_urls / "
+                f"validation_urls, id or builtin), got {' and '.join(kinds)}; unset the others "
+                f"(on the command line: --{where}builtin null, --{where}id null)"
+            )
         if self.builtin is not None and self.builtin not in BUILTIN_SOURCES:
             raise ValueError(
                 f"{where}builtin: unknown builtin corpus {self.builtin!r}; allowed: "

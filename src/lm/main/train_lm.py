@@ -79,7 +79,12 @@ class TrainLmConfig:
                 f"is true but model type {type(self.model).__name__} has no reference_checkpoint; "
                 "give the HF checkpoint directory instead",
             )
-        check_schedule(self.optimizer, self.trainer.num_train_steps)
+        steps = self.trainer.num_train_steps
+        if isinstance(steps, int) and steps == 0:
+            raise lm.config.invalid(
+                "trainer.num_train_steps", steps, "a number of steps >= 1 (a run trains)"
+            )
+        check_schedule(self.optimizer, steps)
 
     @property
     def hf_checkpoint(self) -> str | None:
