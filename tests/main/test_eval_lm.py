@@ -309,3 +309,19 @@ def test_eval_lm_cli_prints_and_logs(trained_run, first_batch_result, subprocess
     assert len(logged) == 1 and logged[0]["step"] == 1
     assert logged[0]["metrics"]["eval/loss"] == pytest.approx(result.loss, rel=1e-5)
     assert logged[0]["metrics"]["eval/tokens"] == result.num_tokens
+
+
+def test_tags_pool_their_sets_tokens_and_bytes():
+    from lm.main.eval_lm import EvalResult, pool_by_tag
+
+    a = EvalResult("a", total_loss=30.0, num_tokens=10, num_bytes=40, num_batches=2, seconds=1.0)
+    b = EvalResult("b", total_loss=10.0, num_tokens=10, num_bytes=20, num_batches=1, seconds=0.5)
+    c = EvalResult("c", total_loss=8.0, num_tokens=4, num_bytes=None, num_batches=1, seconds=0.2)
+    pooled = pool_by_tag({"a": a, "b": b, "c": c}, {"a": ["web", "all"], "b": ["all"], "c": ["x"]})
+    assert sorted(pooled) == ["all", "web", "x"]
+    assert pooled["all"].loss == 2.0  # 40 nats over 20 tokens, not the mean of 3.0 and 1.0
+    assert pooled["all"].bits_per_byte == pytest.approx(40.0 / (math.log(2) * 60))
+    assert pooled["all"].num_batches == 3 and pooled["all"].prefix == "eval/all"
+    assert pooled["web"].loss == a.loss
+    assert pooled["x"].bits_per_byte is None  # a set without bytes: no pooled bits per byte
+    assert pool_by_tag({"a": a}, {"a": [], "zzz": ["t"]}) == {}

@@ -17,8 +17,10 @@ as the trainer's own evaluation does) and reports, for every validation set of `
 
 The numbers are printed and logged to `trainer.tracker` as `eval/<set>/loss`,
 `eval/<set>/perplexity`, `eval/<set>/bpb`, `eval/<set>/tokens` and `eval/<set>/bytes`
-(`eval/...` for an unnamed set) at the checkpoint's step. `trainer.max_eval_batches` caps
-the batches per set; the batch is the trainer's eval batch (`per_device_eval_parallelism`).
+(`eval/...` for an unnamed set) at the checkpoint's step, and the same for each data `tags`
+entry over the sets carrying it (`eval/<tag>/...`, tokens and bytes pooled).
+`trainer.max_eval_batches` caps the batches per set; the batch is the trainer's eval batch
+(`per_device_eval_parallelism`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -182,6 +185,31 @@ class EvalResult:
         return out
 
 
+def pool_by_tag(
+    results: Mapping[str, EvalResult], tags: Mapping[str, Sequence[str]]
+) -> dict[str, EvalResult]:
+    """`{tag: result}` over the sets carrying each tag (`tags`: set name -> its data tags):
+    losses, tokens and bytes summed, so a tag's loss is the token-weighted mean of its sets'
+    (and its bits per byte the byte-weighted one, when every set has bytes)."""
+    by_tag: dict[str, list[EvalResult]] = {}
+    for name, set_tags in tags.items():
+        if name in results:
+            for tag in set_tags:
+                by_tag.setdefault(tag, []).append(results[name])
+    pooled = {}
+    for tag, parts in by_tag.items():
+        counts = [p.num_bytes for p in parts]
+        pooled[tag] = EvalResult(
+            name=tag,
+            total_loss=sum(p.total_loss for p in parts),
+            num_tokens=sum(p.num_tokens for p in parts),
+            num_bytes=None if any(c is None for c in counts) else sum(counts),
+            num_batches=sum(p.num_batches for p in parts),
+            seconds=sum(p.seconds for p in parts),
+        )
+    return pooled
+
+
 def _eval_sums(model, example: LmExample, byte_lengths: jax.Array, mp) -> dict[str, jax.Array]:
     model = mp.cast_to_compute(eqx.nn.inference_mode(model))
     per_token = compute_next_token_loss(model, example, key=None, reduction=None)
@@ -312,6 +340,10 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
             )
             results[name] = result
             trainer.tracker.log(result.metrics(), step=step)
+        tagged = pool_by_tag(results, config.data.validation_tags())
+        for result in tagged.values():
+            trainer.tracker.log(result.metrics(), step=step)
+        results.update(tagged)
         trainer.tracker.log_summary(
             {k: v for r in results.values() for k, v in r.metrics().items()}
         )
