@@ -45,7 +45,15 @@ from lm.config.cli import main, parse
 from lm.config.codecs import format_duration, format_policy, parse_duration, parse_policy
 from lm.config.decoding import decode
 from lm.config.encoding import save_config, to_data, to_flat_dict, to_yaml
-from lm.config.errors import ConfigError, ConfigProblem, FieldError, invalid
+from lm.config.errors import (
+    ConfigError,
+    ConfigProblem,
+    ConfigProblems,
+    FieldError,
+    field_problem,
+    invalid,
+    raise_problems,
+)
 from lm.config.helptext import format_help
 from lm.config.loading import deep_merge, load_document, load_yaml, resolve_relative
 
@@ -54,9 +62,11 @@ _codecs.register()
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "ConfigProblems",
     "FieldError",
     "decode",
     "deep_merge",
+    "field_problem",
     "format_duration",
     "format_help",
     "format_policy",
@@ -67,6 +77,7 @@ __all__ = [
     "parse",
     "parse_duration",
     "parse_policy",
+    "raise_problems",
     "resolve_relative",
     "save_config",
     "to_data",

@@ -1,9 +1,11 @@
-"""Config problems, the aggregated `ConfigError`, and the `invalid` helper for `__post_init__`."""
+"""Config problems, the aggregated `ConfigError`, and the helpers `__post_init__` raises with
+(`invalid`; `field_problem` and `raise_problems` to report several fields at once)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +98,29 @@ def join_path(path: str, key: object) -> str:
 def index_path(path: str, index: int) -> str:
     """`path` extended by a list index: `a.b` + 1 -> `a.b[1]`."""
     return f"{path}[{index}]"
+
+
+class ConfigProblems(ConfigError, ValueError):
+    """Several invalid fields of one config, raised together from `__post_init__`.
+
+    The decoder reports each at its own path (`optimizer.warmup`, `optimizer.beta1`); code
+    that builds a config directly can catch it as the `ValueError` a single problem is.
+    """
+
+
+def raise_problems(problems: list[FieldError]) -> None:
+    """Raise the problems one `__post_init__` found: the `FieldError` itself when there is
+    one, `ConfigProblems` with all of them when there are several."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems([ConfigProblem(p.field, p.message) for p in problems])
+
+
+def field_problem(check: Callable[[], Any]) -> list[FieldError]:
+    """`[the FieldError check() raises]`, or `[]` when it passes."""
+    try:
+        check()
+    except FieldError as e:
+        return [e]
+    return []

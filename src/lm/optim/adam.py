@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import optax
 
-from lm.config import FieldError, invalid
+from lm.config import FieldError, field_problem, invalid
 from lm.optim.clipping import ClipUpdateNormConfig, clip_by_block_rms, log_global_norm
-from lm.optim.config import OptimizerConfig, field_problem
+from lm.optim.config import OptimizerConfig
 from lm.optim.skip_step import SkipStepConfig
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
-from lm.config import ConfigError, ConfigProblem, FieldError, invalid
+from lm.config import FieldError, field_problem, invalid, raise_problems
 from lm.optim.masks import WeightDecayMask, build_weight_decay_mask, param_infos
 from lm.optim.schedules import (
     LrSchedule,
@@ -42,32 +42,6 @@ logger = logging.getLogger(__name__)
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-class ConfigProblems(ConfigError, ValueError):
-    """Several invalid fields of one config, raised together from `__post_init__`.
-
-    The decoder reports each at its own path (`optimizer.warmup`, `optimizer.beta1`); code
-    that builds a config directly can catch it as the `ValueError` a single problem is.
-    """
-
-
-def raise_problems(problems: list[FieldError]) -> None:
-    """Raise the problems one `__post_init__` found: the `FieldError` itself when there is
-    one, `ConfigProblems` with all of them when there are several."""
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise ConfigProblems([ConfigProblem(p.field, p.message) for p in problems])
-
-
-def field_problem(check: Callable[[], Any]) -> list[FieldError]:
-    """`[the FieldError check() raises]`, or `[]` when it passes."""
-    try:
-        check()
-    except FieldError as e:
-        return [e]
-    return []
 
 
 @dataclass(frozen=True)
