@@ -16,6 +16,8 @@
 # Logs and JSON go to $OUT (the device tool brings them back), or ./gpu-check elsewhere.
 # STEPS, BACKENDS, CONFIG and JAX_PLATFORMS override the defaults (a CPU dry run of the
 # script: JAX_PLATFORMS=cpu CONFIG=bench/configs/gpt2_256.yaml BACKENDS=jax_flash STEPS=8).
+# FP8=1 runs each backend with fp8 matmuls instead (trainer.quantization.fp8; H100 and later):
+# a second call such as `BACKENDS=nvte FP8=1 bash bench/gpu_check.sh` after the first.
 # Each stage has its own time limit (120 + 100 + 2 x 170 s: the whole script ends inside the
 # device tool's 600 s per call even if every stage hits its limit), so one that hangs still
 # leaves the others' results.
@@ -43,10 +45,14 @@ timeout 100 python3 -m lm.main.cache_dataset --config_path "$CONFIG" \
     --data.cache_dir "$CACHE" --data.cache_options.backend local > "$OUT/cache.log" 2>&1 \
     || { echo "cache build failed:"; tail -20 "$OUT/cache.log"; }
 
+QUANT=()
+SUFFIX=""
+if [ "${FP8:-0}" = 1 ]; then QUANT=(--trainer.quantization "{fp8: true}"); SUFFIX=_fp8; fi
 for backend in $BACKENDS; do
-    echo "== $NAME, attn_backend $backend"
+    RUN="${NAME}_$backend$SUFFIX"
+    echo "== $NAME, attn_backend $backend${SUFFIX:+, fp8}"
     timeout 170 python3 bench/train.py --config "$CONFIG" --steps "$STEPS" --warmup 5 \
-        --cache-dir "$CACHE" --json "$OUT/${NAME}_$backend.json" \
-        -- --model.attn_backend "$backend" > "$OUT/${NAME}_$backend.log" 2>&1
-    tail -3 "$OUT/${NAME}_$backend.log"
+        --cache-dir "$CACHE" --json "$OUT/$RUN.json" \
+        -- --model.attn_backend "$backend" "${QUANT[@]}" > "$OUT/$RUN.log" 2>&1
+    tail -3 "$OUT/$RUN.log"
 done
