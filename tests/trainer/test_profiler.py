@@ -1,6 +1,8 @@
 """The profiler hook (TRN-14): a JAX trace of the configured steps under
-`<run_dir>/profiler/plugins/profile/<timestamp>/`, read back with `jax.profiler.ProfileData`."""
+`<run_dir>/profiler/plugins/profile/<timestamp>/`, read back from its trace JSON."""
 
+import gzip
+import json
 import pathlib
 
 import jax
@@ -13,15 +15,16 @@ from lm.trainer.default_hooks import ProfilerHook
 
 
 def _traced_steps(profile_dir: pathlib.Path) -> list[int]:
-    """The `step_num` of every `train` step annotation in the trace files."""
-    files = sorted(profile_dir.glob("plugins/profile/*/*.xplane.pb"))
+    """The `step_num` of every `train` step annotation in the trace files (the Chrome-trace
+    JSON JAX writes beside the XPlane file; reading the XPlane back through
+    `jax.profiler.ProfileData` aborted the process on jax 0.11.2)."""
+    files = sorted(profile_dir.glob("plugins/profile/*/*.trace.json.gz"))
     assert files, f"no trace under {profile_dir}: {sorted(profile_dir.rglob('*'))}"
+    assert sorted(profile_dir.glob("plugins/profile/*/*.xplane.pb"))  # what TensorBoard reads
     steps = []
     for file in files:
-        data = jax.profiler.ProfileData.from_file(str(file))
-        for plane in data.planes:
-            for line in plane.lines:
-                steps += [dict(e.stats)["step_num"] for e in line.events if e.name == "train"]
+        events = json.loads(gzip.decompress(file.read_bytes()))["traceEvents"]
+        steps += [int(e["args"]["step_num"]) for e in events if e.get("name") == "train"]
     return sorted(steps)
 
 
