@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 
 import lm.tracker
-from lm.config import invalid
 from lm.optim.masks import ParamInfo, map_params
+from lm.optim.skip_step import check_rolling_statistics
 
 
 def log_global_norm(name: str) -> optax.GradientTransformationExtraArgs:
@@ -109,12 +109,7 @@ class ClipUpdateNormConfig:
     """Threshold in standard deviations above the mean."""
 
     def __post_init__(self):
-        if isinstance(self.rolling_interval_length, bool) or self.rolling_interval_length < 2:
-            raise invalid(
-                "rolling_interval_length", self.rolling_interval_length, "an integer >= 2"
-            )
-        if not self.sigma_factor > 0:
-            raise invalid("sigma_factor", self.sigma_factor, "a number > 0")
+        check_rolling_statistics(self.rolling_interval_length, self.sigma_factor)
 
     def build(self) -> optax.GradientTransformationExtraArgs:
         return clip_update_by_historical_norm(self.rolling_interval_length, self.sigma_factor)

@@ -268,7 +268,6 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
         return build_phases(
             plans,
             cooldown_steps,
-            total=self.schedule_horizon(num_train_steps),
             learning_rate=learning_rate,
             min_lr_ratio=self.min_lr_ratio,
             lr_schedule=resolve_lr_schedule(self.lr_schedule),

@@ -443,14 +443,14 @@ def build_phases(
     plans: Sequence[CyclePlan],
     cooldown_steps: int,
     *,
-    total: int,
     learning_rate: float,
     min_lr_ratio: float,
     lr_schedule: LrSchedule,
 ) -> list[_PhaseSpec]:
-    """The phases of a schedule of `total` steps laid out by `plan_cycles` (see
+    """The phases of the schedule `plan_cycles` laid out (see
     `OptimizerConfig.schedule_phases`)."""
     min_lr = learning_rate * min_lr_ratio
+    total = plans[-1].end + cooldown_steps
     specs: list[_PhaseSpec] = []
     previous_end = 0.0
     for plan in plans:

@@ -63,6 +63,15 @@ def skip_decision(
     return SkipDecision(skip, loss_threshold, norm_threshold)
 
 
+def check_rolling_statistics(rolling_interval_length: int, sigma_factor: float) -> None:
+    """The fields of a rule over recent history (`skip_bad_steps`, `clip_update_norm`): a
+    history of at least 2 entries and a positive threshold; `FieldError`s naming them."""
+    if isinstance(rolling_interval_length, bool) or rolling_interval_length < 2:
+        raise invalid("rolling_interval_length", rolling_interval_length, "an integer >= 2")
+    if not sigma_factor > 0:
+        raise invalid("sigma_factor", sigma_factor, "a number > 0")
+
+
 @dataclass(frozen=True)
 class SkipStepConfig:
     """Skip a step whose loss or gradient norm is far above the recent history.
@@ -78,12 +87,7 @@ class SkipStepConfig:
     """Threshold in standard deviations above the mean."""
 
     def __post_init__(self):
-        if isinstance(self.rolling_interval_length, bool) or self.rolling_interval_length < 2:
-            raise invalid(
-                "rolling_interval_length", self.rolling_interval_length, "an integer >= 2"
-            )
-        if not self.sigma_factor > 0:
-            raise invalid("sigma_factor", self.sigma_factor, "a number > 0")
+        check_rolling_statistics(self.rolling_interval_length, self.sigma_factor)
 
     @staticmethod
     def from_bool_int_or_config(
