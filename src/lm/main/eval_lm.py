@@ -48,6 +48,7 @@ from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
 from lm.partitioning.jit import sharded_jit
 from lm.trainer import Trainer
+from lm.trainer.evaluation import group_by_tag
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +192,8 @@ def pool_by_tag(
     """`{tag: result}` over the sets carrying each tag (`tags`: set name -> its data tags):
     losses, tokens and bytes summed, so a tag's loss is the token-weighted mean of its sets'
     (and its bits per byte the byte-weighted one, when every set has bytes)."""
-    by_tag: dict[str, list[EvalResult]] = {}
-    for name, set_tags in tags.items():
-        if name in results:
-            for tag in set_tags:
-                by_tag.setdefault(tag, []).append(results[name])
     pooled = {}
-    for tag, parts in by_tag.items():
+    for tag, parts in group_by_tag(results, tags).items():
         counts = [p.num_bytes for p in parts]
         pooled[tag] = EvalResult(
             name=tag,

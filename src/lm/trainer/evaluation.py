@@ -6,7 +6,8 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from lm.trainer.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class EvalHook(Callback):
@@ -100,6 +103,18 @@ class EvalHook(Callback):
             result[f"{self.prefix}/batches"],
         )
         lm.tracker.log(result, step=info.step)
+
+
+def group_by_tag(items: Mapping[str, T], tags: Mapping[str, Sequence[str]]) -> dict[str, list[T]]:
+    """`{tag: [the items of the sets carrying it]}` from `items` (set name -> item: an eval
+    hook, a result) and `tags` (set name -> its data tags, `validation_tags()`); sets
+    missing from `items` are left out."""
+    groups: dict[str, list[T]] = {}
+    for name, set_tags in tags.items():
+        if name in items:
+            for tag in set_tags:
+                groups.setdefault(tag, []).append(items[name])
+    return groups
 
 
 class TaggedEvalHook(Callback):

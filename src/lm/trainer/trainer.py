@@ -570,16 +570,13 @@ class Trainer(Generic[M]):
         """`add_eval_hook` for each named set (the name "" is the unnamed `eval/...` set), then
         for each tag in `tags` (set name -> its tags) `eval/<tag>/loss` and `/perplexity`: the
         token-weighted mean over the sets carrying the tag, at the same steps."""
-        from lm.trainer.evaluation import TaggedEvalHook
+        from lm.trainer.evaluation import TaggedEvalHook, group_by_tag
 
         added = {
             name: self.add_eval_hook(dataset, name or None) for name, dataset in eval_sets.items()
         }
-        by_tag: dict[str, list[Any]] = {}
-        for name, set_tags in (tags or {}).items():
-            if added.get(name) is not None:
-                for tag in set_tags:
-                    by_tag.setdefault(tag, []).append(added[name])
+        hooks = {name: hook for name, hook in added.items() if hook is not None}
+        by_tag = group_by_tag(hooks, tags or {})
         if by_tag:
             self.add_hook(TaggedEvalHook(by_tag), every=self.config.steps_per_eval)
 
