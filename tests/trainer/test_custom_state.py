@@ -5,9 +5,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from toy import Mlp, make_dataset, mse, trainer_config
+from toy import Mlp, assert_leaves_equal, make_dataset, mse, trainer_config
 
 from lm.checkpoint import discover_latest_checkpoint, load_checkpoint
 from lm.trainer import Trainer, TrainerState
@@ -72,10 +71,7 @@ def test_a_subclassed_state_is_initialized_trained_checkpointed_and_resumed(tmp_
 
     # and the resumed run is the uninterrupted one
     _, _, full = _train(trainer_config(tmp_path / "a", num_train_steps=8, steps_per_eval=100))
-    for a, b in zip(
-        jax.tree_util.tree_leaves(full.state), jax.tree_util.tree_leaves(resumed.state), strict=True
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_leaves_equal(full.state, resumed.state)
 
 
 def test_the_plain_step_keeps_extra_fields(tmp_path):

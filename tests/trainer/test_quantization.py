@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 from haliax.quantization import DefaultDotGeneralOp, Fp8DotGeneralOp, Int8DotGeneralOp
-from toy import Example, Feature, Hidden, make_dataset, trainer_config
+from toy import Example, Feature, Hidden, assert_leaves_equal, make_dataset, trainer_config
 
 import lm.config
 from lm.config import ConfigError
@@ -172,12 +172,7 @@ def test_quantized_run_resumes_exactly(tmp_path):
     _train(first)
     _, info_resumed = _train(dataclasses.replace(first, num_train_steps=6))
     assert int(info_resumed.state.step) == 6
-    for a, b in zip(
-        jax.tree_util.tree_leaves(info_full.state.model),
-        jax.tree_util.tree_leaves(info_resumed.state.model),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_leaves_equal(info_full.state.model, info_resumed.state.model)
 
 
 def test_dequantize_restores_the_plain_matmuls_and_weights():
@@ -186,10 +181,7 @@ def test_dequantize_restores_the_plain_matmuls_and_weights():
     plain = dequantize(quantized)
     assert count_quantized(plain) == 0
     assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(model)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(model), strict=True
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_leaves_equal(plain, model)
 
 
 def test_hf_state_dict_of_a_quantized_model_has_only_the_weights():

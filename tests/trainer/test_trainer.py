@@ -9,7 +9,15 @@ import jmp
 import numpy as np
 import optax
 import pytest
-from toy import Feature, Mlp, make_dataset, mse, mse_with_metrics, trainer_config
+from toy import (
+    Feature,
+    Mlp,
+    assert_leaves_equal,
+    make_dataset,
+    mse,
+    mse_with_metrics,
+    trainer_config,
+)
 
 from lm.data import ListDataset
 from lm.schedule import ScheduleStep
@@ -486,12 +494,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed = dataclasses.replace(first, num_train_steps=8)
     _, info_resumed = _train(resumed)
     assert int(info_resumed.state.step) == 8
-    for a, b in zip(
-        jax.tree_util.tree_leaves(info_full.state.model),
-        jax.tree_util.tree_leaves(info_resumed.state.model),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_leaves_equal(info_full.state.model, info_resumed.state.model)
     full_losses = [m["metrics"]["train/loss"] for m in _metrics(full)]
     resumed_losses = [
         m["metrics"]["train/loss"] for m in _metrics(resumed) if "train/loss" in m["metrics"]

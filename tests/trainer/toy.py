@@ -81,3 +81,9 @@ def trainer_config(tmp_path, **overrides) -> TrainerConfig:
     )
     base.update(overrides)
     return TrainerConfig(**base)
+
+
+def assert_leaves_equal(a, b) -> None:
+    """Two pytrees with the same number of leaves, each pair bit for bit equal."""
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
