@@ -175,3 +175,49 @@ def test_default_and_usual_mappings_pass(model, tp):
         for fsdp in ("embed", None):
             check_distinct_mesh_axes(shapes, parameter_axis_mapping(compute, fsdp_axis=fsdp))
             check_distinct_mesh_axes(shapes, compute, mapping_name="compute axis mapping")
+
+
+@pytest.mark.parametrize(
+    "axis_resources, batch_axis, clash",
+    [
+        ({"position": "data"}, "batch", ("position", "data")),
+        ({"embed": ["replica"]}, "batch", ("embed", "replica")),
+        ({"mlp": ["model", "data"]}, "batch", ("mlp", "data")),
+        ({"heads": "model", "mlp": "model"}, "batch", None),
+        ({"batch": "data"}, "batch", None),  # the batch axis itself
+        ({"batch": "data"}, "rows", ("batch", "data")),  # another batch axis name
+    ],
+)
+def test_batch_axis_clash_finds_compute_axes_on_the_batch_mesh_axes(
+    axis_resources, batch_axis, clash
+):
+    from lm.partitioning import batch_axis_clash
+
+    compute = compute_axis_mapping(batch_axis=batch_axis, axis_resources=axis_resources)
+    found = batch_axis_clash(compute, batch_axis=batch_axis)
+    if clash is None:
+        assert found is None
+        return
+    axis, mesh_axis = clash
+    assert found is not None and found[0] == axis
+    assert f"batch axis {batch_axis!r} is always split over ['replica', 'data']" in found[1]
+    assert f"({mesh_axis!r} here)" in found[1]
+    assert f"trainer.parameter_axis_resources ({{{axis}: {mesh_axis}}})" in found[1]
+
+
+def test_an_activation_axis_on_the_batch_mesh_axis_fails_inside_jax():
+    """What the check spares the user: a batch laid out by the compute mapping with 'position'
+    on 'data' is a DuplicateSpecError in jax (the data loader's first batch)."""
+    import haliax as hax
+    import jax
+    from jax.sharding import Mesh
+
+    from lm.partitioning import batch_axis_clash
+
+    compute = compute_axis_mapping(axis_resources={"position": "data"})
+    assert batch_axis_clash(compute, batch_axis="batch") is not None
+    Batch, Pos = hax.Axis("batch", 8), hax.Axis("position", 16)
+    devices = np.asarray(jax.devices()[:8]).reshape(1, 4, 2)
+    with hax.set_mesh(Mesh(devices, ("replica", "data", "model"))):
+        with pytest.raises(Exception, match="duplicate entries"):
+            hax.named_jit(lambda: hax.zeros((Batch, Pos)), out_axis_resources=compute)()

@@ -218,3 +218,14 @@ def test_run_id_order(monkeypatch):
     assert re.fullmatch(r"[a-z0-9]{8}", first.run_id), first.run_id
     assert first.run_id == first.run_id  # resolved once
     assert second.run_id != first.run_id
+
+
+def test_a_compute_axis_on_the_batch_mesh_axes_is_a_config_error_at_its_entry():
+    path, message, location = only_problem("--axis_resources", "{position: data}")
+    assert path == "axis_resources.position"
+    assert message.startswith(
+        "got 'data', but the batch axis 'batch' is always split over ['replica', 'data']"
+    )
+    assert location == "--axis_resources {position: data}"
+    # parameter-only sharding and the model axis stay allowed
+    TrainerConfig(axis_resources={"mlp": "model"}, parameter_axis_resources={"position": "data"})

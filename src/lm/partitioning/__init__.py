@@ -3,6 +3,7 @@
 from lm.partitioning.axis_rules import (
     ResourceMapping,
     abstract_shapes,
+    batch_axis_clash,
     check_distinct_mesh_axes,
     check_divisible,
     compute_axis_mapping,
@@ -28,6 +29,7 @@ __all__ = [
     "MeshShape",
     "ResourceMapping",
     "abstract_shapes",
+    "batch_axis_clash",
     "check_distinct_mesh_axes",
     "check_divisible",
     "compute_axis_mapping",

@@ -81,6 +81,33 @@ def validate_mapping(mapping: Mapping[str, str | tuple[str, ...]], *, field: str
             raise ValueError(f"{field}: logical axis {logical!r} lists a mesh axis twice: {names}")
 
 
+def batch_axis_clash(
+    mapping: Mapping[str, str | tuple[str, ...]], *, batch_axis: str
+) -> tuple[str, str] | None:
+    """The first logical axis of a compute mapping that shares a mesh axis with the batch axis,
+    and what to tell the user about it; None if there is none.
+
+    Every activation of a training step carries the batch axis (`[batch, position, embed]`,
+    `[batch, position, mlp]`, ...), and a mesh axis can split only one axis of an array, so a
+    compute-mapping entry on `replica` or `data` (where the batch always goes) would make jax
+    raise `DuplicateSpecError` on the first batch. Parameter-only sharding belongs in
+    `parameter_axis_resources` / `fsdp_axis`, which the compute mapping does not see.
+    """
+    batch_mesh = _mesh_axes(mapping.get(batch_axis, ()))
+    for logical, physical in mapping.items():
+        shared = [name for name in _mesh_axes(physical) if name in batch_mesh]
+        if logical == batch_axis or not shared:
+            continue
+        return logical, (
+            f"got {physical!r}, but the batch axis {batch_axis!r} is always split over "
+            f"{list(batch_mesh)} in compute and every activation has both axes: a mesh axis can "
+            f"split only one axis of an array ({shared[0]!r} here). Map {logical!r} to 'model' "
+            "(tensor or sequence parallelism), or shard it for parameters only with "
+            f"trainer.parameter_axis_resources ({{{logical}: {shared[0]}}}) or trainer.fsdp_axis"
+        )
+    return None
+
+
 def check_divisible(
     tree: Any, mapping: Mapping[str, str | tuple[str, ...]], mesh_shape: Mapping[str, int]
 ) -> None:

@@ -40,6 +40,7 @@ from lm.optim.model_averaging import ModelAveragingConfig
 from lm.partitioning import (
     MeshShape,
     ResourceMapping,
+    batch_axis_clash,
     compute_axis_mapping,
     count_slices,
     create_mesh,
@@ -220,6 +221,9 @@ class TrainerConfig:
         for key, value in self.jax_config.items():
             _check_jax_flag(key, value, field=join_path("jax_config", key))
         validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
+        clash = batch_axis_clash(self.compute_axis_mapping, batch_axis=self.batch_axis)
+        if clash is not None:
+            raise FieldError(join_path("axis_resources", clash[0]), clash[1])
         validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
         from lm.launch.shutdown import shutdown_delay_seconds
 
