@@ -302,3 +302,70 @@ def test_a_ledger_that_disagrees_with_its_shards_is_an_error(tmp_path, write_jso
     ledger_path.write_text(json.dumps(ledger))
     with pytest.raises(ValueError, match=rf"cache at {p} is damaged: its ledger says complete"):
         TokenCache(path)
+
+
+def _zeros_cache(tmp_path, write_jsonl):
+    """One shard of passthrough ids: chunk 0 all zeros, chunk 1 ones, chunk 2 a short tail."""
+    n = cache_mod.TOKENS_CHUNK
+    docs = [[0] * n, [1] * n, [2] * 10]
+    write_jsonl(tmp_path / "ids.jsonl", docs, key="ids")
+    source = UrlSource.from_patterns([str(tmp_path / "ids.jsonl")], text_key="ids")
+    enc = DocumentEncoder("passthrough", vocab_size=4, enforce_eos=False)
+    path = str(tmp_path / "c")
+    return path, build_or_load_cache(path, source, enc, LOCAL)
+
+
+def test_every_chunk_is_stored_and_a_deleted_one_is_an_error(tmp_path, write_jsonl):
+    """Format 2: a chunk of zeros is written like any other, so a chunk file that is not
+    there is damage, and reading it is an error naming the shard, never zeros."""
+    path, cache = _zeros_cache(tmp_path, write_jsonl)
+    assert read_ledger(path).version == cache_mod.CACHE_FORMAT_VERSION == 2
+    chunks = tmp_path / "c" / "shards" / "00000" / "tokens" / "c"
+    assert sorted(p.name for p in chunks.iterdir()) == ["0", "1", "2"]
+    n = cache_mod.TOKENS_CHUNK
+    assert cache.read_ranges([(n - 2, n + 2)])[0].tolist() == [0, 0, 1, 1]
+    (chunks / "0").unlink()
+    assert cache.read_ranges([(n, n + 2)])[0].tolist() == [1, 1]
+    with pytest.raises(
+        ValueError,
+        match=rf"cache shard {re.escape(path)}/shards/00000 has a missing chunk \(NOT_FOUND: "
+        r".*tokens/c/0.*\): the tokenized cache at .* is damaged\. Delete",
+    ):
+        cache.read_ranges([(0, 4)])
+
+
+def test_a_flipped_bit_fails_the_chunk_checksum(tmp_path, write_jsonl):
+    path, cache = _zeros_cache(tmp_path, write_jsonl)
+    chunk = tmp_path / "c" / "shards" / "00000" / "tokens" / "c" / "1"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1  # the stored crc32c itself: the zstd frame still decodes
+    chunk.write_bytes(bytes(data))
+    n = cache_mod.TOKENS_CHUNK
+    with pytest.raises(ValueError, match=r"shards/00000 cannot be read \(DATA_LOSS: .*Digest"):
+        TokenCache(path).read_ranges([(n, n + 2)])
+
+
+def test_a_format_1_cache_still_reads_and_an_unknown_format_is_refused(
+    tmp_path, write_jsonl, caplog
+):
+    """Caches from before chunk checksums (format 1) read as before, with a note saying a
+    missing chunk would read as zeros; a newer format than this code knows is refused."""
+    path, _ = _zeros_cache(tmp_path, write_jsonl)
+    ledger_path = tmp_path / "c" / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())
+    ledger["version"] = 1
+    ledger_path.write_text(json.dumps(ledger))
+    (tmp_path / "c" / "shards" / "00000" / "tokens" / "c" / "0").unlink()
+    with caplog.at_level("INFO", logger="lm.data.cache"):
+        old = TokenCache(path)
+    assert "format version 1: its chunks carry no checksums" in caplog.text
+    assert old.read_ranges([(0, 3)])[0].tolist() == [0, 0, 0]
+    ledger["version"] = 3
+    ledger_path.write_text(json.dumps(ledger))
+    with pytest.raises(ValueError, match=r"format version 3, this code reads versions \[1, 2\]"):
+        build_or_load_cache(
+            path,
+            UrlSource.from_patterns([str(tmp_path / "ids.jsonl")], text_key="ids"),
+            DocumentEncoder("passthrough", vocab_size=4, enforce_eos=False),
+            LOCAL,
+        )

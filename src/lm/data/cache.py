@@ -41,7 +41,10 @@ from lm.data.tokenizer import DocumentEncoder
 logger = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.json"
-CACHE_FORMAT_VERSION = 1
+# 2: chunks carry a crc32c checksum and are all stored (even all-zero ones), so a missing or
+# damaged chunk is an error on read; 1 (still read): no checksums, a missing chunk read as 0s.
+CACHE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 TOKENS_CHUNK = 1 << 16
 OFFSETS_CHUNK = 1 << 14
 FLUSH_TOKENS = 1 << 20
@@ -110,8 +113,11 @@ def _array_spec(url: str, dtype: str, chunk: int) -> dict:
             "codecs": [
                 {"name": "bytes", "configuration": {"endian": "little"}},
                 {"name": "zstd", "configuration": {"level": 1}},
+                {"name": "crc32c"},
             ],
         },
+        # A chunk of zeros is stored too, so a chunk that is not there is always damage.
+        "store_data_equal_to_fill_value": True,
     }
 
 
@@ -121,8 +127,11 @@ def _create_array(url: str, dtype: str, chunk: int) -> ts.TensorStore:
     ).result()
 
 
-def _open_array(url: str) -> ts.Future:
-    return ts.open({"driver": "zarr3", "kvstore": _kvstore_url(url)}, open=True, context=_context())
+def _open_array(url: str, *, strict: bool) -> ts.Future:
+    """Open a cache array for reading; `strict`: a missing chunk is an error (format 2), not
+    zeros (format 1 did not store all-zero chunks)."""
+    spec = {"driver": "zarr3", "kvstore": _kvstore_url(url), "fill_missing_data_reads": not strict}
+    return ts.open(spec, open=True, read=True, context=_context())
 
 
 class _Appender:
@@ -213,10 +222,10 @@ def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
 
 def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
     """Raise if a cache was built from another tokenizer or other sources."""
-    if found.version != expected.version:
+    if found.version not in READABLE_FORMAT_VERSIONS:
         raise ValueError(
             f"the cache at {cache_dir} has format version {found.version}, this code reads "
-            f"{expected.version}; delete it or choose another cache_dir"
+            f"versions {list(READABLE_FORMAT_VERSIONS)}; delete it or choose another cache_dir"
         )
     problems = []
     if found.tokenizer_fingerprint != expected.tokenizer_fingerprint:
@@ -553,10 +562,19 @@ class TokenCache:
         self.shard_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         # Every shard the ledger lists must open: a missing one is an error now, naming it,
         # not a TensorStore NOT_FOUND in the middle of training.
+        strict = ledger.version >= 2
+        if not strict:
+            logger.info(
+                "The tokenized cache at %s has format version %d: its chunks carry no checksums "
+                "and a missing chunk would read as zeros. Delete it to rebuild it in version %d.",
+                cache_dir,
+                ledger.version,
+                CACHE_FORMAT_VERSION,
+            )
         futures = [
             (
-                _open_array(_join(shard_dir(cache_dir, i), "tokens")),
-                _open_array(_join(shard_dir(cache_dir, i), "offsets")),
+                _open_array(_join(shard_dir(cache_dir, i), "tokens"), strict=strict),
+                _open_array(_join(shard_dir(cache_dir, i), "offsets"), strict=strict),
             )
             for i in range(len(ledger.shards))
         ]
@@ -597,7 +615,8 @@ class TokenCache:
             # TensorStore's message ends in the whole JSON spec; the status line is enough.
             status = str(e).split(" [tensorstore_spec=", 1)[0]
             if status.startswith("NOT_FOUND"):
-                what, state = "is missing", "damaged"
+                what = "has a missing chunk" if "chunk" in status else "is missing"
+                state = "damaged"
             else:
                 what, state = "cannot be read", "damaged or unreachable"
             raise ValueError(
