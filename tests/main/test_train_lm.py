@@ -58,17 +58,20 @@ def test_every_yaml_under_config_parses(path):
         (
             ["--optimizer.warmup", "500"],
             [
-                "optimizer.warmup [--optimizer.warmup 500]: optimizer.warmup (500 steps) is "
-                "longer than cycle 0 (200 steps) (trainer.num_train_steps: 200)"
+                "optimizer.warmup [--optimizer.warmup 500]: 500 steps is longer than cycle 0 "
+                "(200 steps) (trainer.num_train_steps: 200)"
             ],
         ),
         (
             ["--optimizer.cycle_length", "[150, 100]"],
-            ["optimizer.cycle_length [", "[150, 100] sums to 250 > 200 schedule steps"],
+            [
+                "optimizer.cycle_length [",
+                "]: cycle lengths [150, 100] exceed the schedule: they sum to 250 steps, more than its 200",
+            ],
         ),
         (
             ["--optimizer.cycles", "[100, 300]"],
-            ["optimizer.cycles [", "cycle minima [300] lie past the end of the schedule"],
+            ["optimizer.cycles [", "]: [100, 300]: cycle minima [300] lie past the end of the"],
         ),
         (
             ["--optimizer.schedule_steps", "100"],
@@ -76,7 +79,7 @@ def test_every_yaml_under_config_parses(path):
         ),
         (
             ["--optimizer.warmup", "0.5", "--optimizer.decay", "0.6"],
-            ["optimizer.warmup [", "+ optimizer.decay (120 steps) exceed the length of cycle 0"],
+            ["optimizer.warmup [", "]: 100 steps + optimizer.decay (120 steps) exceed the length"],
         ),
         (
             ["--optimizer.cooldown", "1.0"],

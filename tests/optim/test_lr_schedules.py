@@ -355,13 +355,26 @@ def test_config_validation(kwargs, message):
         (
             {"cycle_length": [600, 600]},
             1000,
-            r"Cycle lengths exceed total number of steps.*1200 > 1000",
+            r"optimizer.cycle_length: cycle lengths \[600, 600\] exceed the schedule: they sum "
+            r"to 1200 steps, more than its 1000",
         ),
-        ({"cycles": [300, 1200]}, 1000, r"cycle minima \[1200\] lie past the end"),
-        ({"cycles": 20}, 10, r"optimizer.cycles \(20\) is more cycles than the 10"),
+        (
+            {"cycles": [300, 1200]},
+            1000,
+            r"optimizer.cycles: \[300, 1200\]: cycle minima \[1200\] lie past the end",
+        ),
+        ({"cycles": 20}, 10, r"optimizer.cycles: 20 cycles are more than the 10 schedule steps"),
         ({"cycle_length": 2000}, 1000, r"must be between 1 and the 1000 schedule steps"),
-        ({"warmup": 600, "decay": 500}, 1000, r"exceed the length of cycle 0"),
-        ({"warmup": 2000}, 1000, r"optimizer.warmup \(2000 steps\) is longer than cycle 0"),
+        (
+            {"warmup": 600, "decay": 500},
+            1000,
+            r"optimizer.warmup: 600 steps \+ optimizer.decay \(500 steps\) exceed the length of cycle 0",
+        ),
+        (
+            {"warmup": 2000},
+            1000,
+            r"optimizer.warmup: 2000 steps is longer than cycle 0 \(1000 steps\)",
+        ),
     ],
 )
 def test_schedule_validation(kwargs, steps, message):

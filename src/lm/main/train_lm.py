@@ -107,7 +107,7 @@ def check_schedule(optimizer: OptimizerConfig, num_train_steps: int) -> None:
         try:
             optimizer.check_schedule(num_train_steps)
         except ScheduleError as e:
-            message = str(e)
+            message = e.detail
             if "num_train_steps" not in message:
                 message += f" (trainer.num_train_steps: {num_train_steps})"
             raise lm.config.FieldError(f"optimizer.{e.field}", message) from None

@@ -297,12 +297,16 @@ def schedule_from_phases(specs: Sequence[_PhaseSpec]) -> Schedule:
 
 
 class ScheduleError(ValueError):
-    """A schedule that does not fit its number of steps; `field` is the optimizer field to
-    change (`warmup`, `decay`, `cycles`, ...)."""
+    """A schedule that does not fit its number of steps: `field` is the optimizer field to
+    change (`warmup`, `decay`, `cycles`, ...) and `detail` what is wrong with its value,
+    written to follow the field's name (`optimizer.warmup: 5000 steps is longer than ...`, the
+    exception's text; a config error puts its own `optimizer.warmup [--optimizer.warmup 5000]`
+    in front instead)."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, detail: str):
         self.field = field
-        super().__init__(message)
+        self.detail = detail
+        super().__init__(f"optimizer.{field}: {detail}")
 
 
 def cycle_boundaries(
@@ -319,8 +323,8 @@ def cycle_boundaries(
             if sum(lengths) > total:
                 raise ScheduleError(
                     "cycle_length",
-                    f"Cycle lengths exceed total number of steps: optimizer.cycle_length "
-                    f"{lengths} sums to {sum(lengths)} > {total} schedule steps",
+                    f"cycle lengths {lengths} exceed the schedule: they sum to {sum(lengths)} "
+                    f"steps, more than its {total}",
                 )
             points = np.cumsum(lengths).tolist()
         else:
@@ -328,8 +332,8 @@ def cycle_boundaries(
             if length < 1 or length > total:
                 raise ScheduleError(
                     "cycle_length",
-                    f"optimizer.cycle_length ({cycle_length}) gives cycles of {length} steps; it "
-                    f"must be between 1 and the {total} schedule steps",
+                    f"{cycle_length} gives cycles of {length} steps; a cycle must be between 1 "
+                    f"and the {total} schedule steps",
                 )
             points = [i * length for i in range(1, total // length)]
             if total % length != 0:
@@ -347,14 +351,14 @@ def cycle_boundaries(
         if past:
             raise ScheduleError(
                 field,
-                f"optimizer.{field} {points}: cycle minima {past} lie past the end of the schedule "
-                f"({total} steps); every minimum must be <= {total}",
+                f"{points}: cycle minima {past} lie past the end of the schedule ({total} "
+                f"steps); every minimum must be <= {total}",
             )
     elif isinstance(cycles, int):
         if cycles > total:
             raise ScheduleError(
                 "cycles",
-                f"optimizer.cycles ({cycles}) is more cycles than the {total} schedule steps",
+                f"{cycles} cycles are more than the {total} schedule steps",
             )
         points = [int(total / cycles * (i + 1)) for i in range(cycles - 1)]
     else:
@@ -406,8 +410,8 @@ def plan_cycles(
         if cooldown_steps >= total:
             raise ScheduleError(
                 "cooldown",
-                f"optimizer.cooldown ({cooldown}) is {cooldown_steps} steps, which leaves no "
-                f"steps of the {total}-step schedule before it",
+                f"{cooldown} is {cooldown_steps} steps, which leaves no steps of the "
+                f"{total}-step schedule before it",
             )
     points = cycle_boundaries(
         total - cooldown_steps, cycles=cycles, cycle_length=cycle_length, haps=haps
@@ -421,8 +425,7 @@ def plan_cycles(
             if warm > n:
                 raise ScheduleError(
                     warm_field,
-                    f"optimizer.{warm_field} ({warm} steps) is longer than cycle {cycle} "
-                    f"({n} steps)",
+                    f"{warm} steps is longer than cycle {cycle} ({n} steps)",
                 )
             decay_steps = n - warm
         else:
@@ -431,9 +434,8 @@ def plan_cycles(
         if stable < 0:
             raise ScheduleError(
                 warm_field,
-                f"optimizer.{warm_field} ({warm} steps) + optimizer.decay ({decay_steps} steps) "
-                f"exceed the length of cycle {cycle} ({n} steps, steps {start}..{end}); "
-                "shorten them",
+                f"{warm} steps + optimizer.decay ({decay_steps} steps) exceed the length of "
+                f"cycle {cycle} ({n} steps, steps {start}..{end}); shorten them",
             )
         plans.append(CyclePlan(cycle, start, end, warm, stable, decay_steps))
     return plans, cooldown_steps
