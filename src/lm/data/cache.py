@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -540,6 +541,18 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
 # ---------------------------------------------------------------------------- reading
 
 
+@functools.cache
+def _note_old_format(cache_dir: str, version: int) -> None:
+    """Say once per process and cache that an old-format cache is read without checksums."""
+    logger.info(
+        "The tokenized cache at %s has format version %d: its chunks carry no checksums and a "
+        "missing chunk would read as zeros. Delete it to rebuild it in version %d.",
+        cache_dir,
+        version,
+        CACHE_FORMAT_VERSION,
+    )
+
+
 class TokenCache:
     """A finished tokenized cache: random access to the token stream and document bounds."""
 
@@ -564,13 +577,7 @@ class TokenCache:
         # not a TensorStore NOT_FOUND in the middle of training.
         strict = ledger.version >= 2
         if not strict:
-            logger.info(
-                "The tokenized cache at %s has format version %d: its chunks carry no checksums "
-                "and a missing chunk would read as zeros. Delete it to rebuild it in version %d.",
-                cache_dir,
-                ledger.version,
-                CACHE_FORMAT_VERSION,
-            )
+            _note_old_format(cache_dir, ledger.version)
         futures = [
             (
                 _open_array(_join(shard_dir(cache_dir, i), "tokens"), strict=strict),
