@@ -17,6 +17,7 @@ Plain paths (relative, absolute, `~`) name no protocol and always pass.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -140,3 +141,35 @@ def missing_filesystem(url: str) -> str | None:
         except ValueError:
             return f"{protocol}:// is not a protocol fsspec knows"
     return None
+
+
+def local_path(url: str) -> str | None:
+    """The local filesystem path `url` names (a plain path or `file://`), expanded and absolute;
+    None for any other protocol."""
+    protocols = url_protocols(url)
+    if protocols and protocols != ["file"]:
+        return None
+    path = url.split("://", 1)[1] if protocols else url
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def not_a_directory(url: str) -> str | None:
+    """Why `url` cannot be (or become) a local directory: it, or a folder on its way, is an
+    existing file. None when it can, and for remote URLs (checked when they are opened).
+
+    `os.makedirs` would fail later with `FileExistsError` / `NotADirectoryError`, after a run
+    has started; a config names the field up front instead."""
+    path = local_path(url)
+    if path is None:
+        return None
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    if os.path.isdir(probe):
+        return None
+    if probe == path:
+        return f"{url} is a file, not a directory"
+    return f"{url} cannot be a directory: {probe}, on its path, is a file"

@@ -276,6 +276,51 @@ def test_a_failed_collective_with_a_dead_peer_is_one_clear_message(capsys, monke
         lm.config.main(entry)(args=[])
 
 
+def test_out_of_memory_is_one_message_that_says_what_to_shrink(capsys):
+    import jax
+
+    def entry(config: SimpleCfg):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 115160352656 bytes.\nruntime detail"
+        )
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 115160352656" in err
+    assert "trainer.train_batch_size" in err and "lm.main.plan" in err
+    assert "runtime detail" not in err and "Traceback" not in err
+
+    def other(config: SimpleCfg):  # any other runtime error keeps its traceback
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        lm.config.main(other)(args=[])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    def entry(config: SimpleCfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
+@pytest.mark.parametrize("error", [FileExistsError, NotADirectoryError])
+def test_a_path_in_the_way_is_one_message(capsys, error):
+    def entry(config: SimpleCfg):
+        raise error(17, "File exists", "/tmp/x")
+
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 17] File exists: '/tmp/x'") and "Traceback" not in err
+
+
 @dataclasses.dataclass(frozen=True)
 class Deprecating:
     rate: float = 0.1

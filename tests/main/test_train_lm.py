@@ -1,5 +1,6 @@
 """End-to-end tests of `python -m lm.main.train_lm` (entry points run as subprocesses)."""
 
+import dataclasses
 import pathlib
 import platform
 import types
@@ -116,6 +117,45 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--hf_save_path", "afile"], "error: hf_save_path: afile is a file, not a directory"),
+        (
+            ["--trainer.log_dir", "afile/logs"],
+            "error: trainer.log_dir: afile/logs cannot be a directory: {tmp}/afile, on its "
+            "path, is a file",
+        ),
+        (
+            ["--initialize_from_hf", "./no_such_checkpoint"],
+            "error: initialize_from_hf: ./no_such_checkpoint does not exist; expected a Hugging "
+            "Face checkpoint directory (with config.json) or a hub id such as 'gpt2'",
+        ),
+        (
+            ["--initialize_from_hf", "empty_dir"],
+            "error: initialize_from_hf: empty_dir has no config.json",
+        ),
+    ],
+)
+def test_local_paths_in_the_way_are_one_message_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, args, expected
+):
+    """An output folder that is a file would fail mid-run (hf_save_path: after the last step,
+    losing the export); a local HF checkpoint that is not there would fail after the caches."""
+    from lm.main.train_lm import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        lm.config.main(main)(args=["--config_path", str(CONFIG_DIR / "gpt2_nano.yaml"), *args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert expected.format(tmp=tmp_path) in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty_dir"]
+
+
 def test_deprecated_fields_are_printed_as_warnings(capsys):
     """CFG-07: the DeprecationWarnings of trainer.wandb, optimizer.cooldown and optimizer.haps
     reach the user (Python hides them by default, and logging is not configured yet)."""
@@ -168,6 +208,33 @@ def test_a_finished_run_summary_says_no_step_ran(tmp_path, capsys):
         ran.record(types.SimpleNamespace(step=step, loss=jnp.float32(loss)))
     ran.record(types.SimpleNamespace(step=1, loss=jnp.float32(8.0)), force=True)
     assert (ran.first_loss, ran.last_loss, ran.last_step) == (9.0, 8.0, 1)
+
+
+def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from lm.checkpoint import CheckpointerConfig
+    from lm.main.train_lm import RunSummary
+    from lm.trainer import TrainerConfig
+
+    checkpointer = CheckpointerConfig(base_path=str(tmp_path / "ck"))
+    config = TrainerConfig(id="run1", log_dir=tmp_path, checkpointer=checkpointer)
+    summary = RunSummary(config)
+    summary.interrupted()
+    assert capsys.readouterr().out == (
+        "Run run1 interrupted before its first step; no checkpoint was saved.\n"
+    )
+    summary.record(types.SimpleNamespace(step=0, loss=jnp.float32(9.0)))
+    # the summary looks where this run saves, also when it started from load_checkpoint_path
+    config = dataclasses.replace(config, load_checkpoint_path=str(tmp_path / "elsewhere"))
+    summary.config = config
+    step = tmp_path / "ck" / "run1" / "step-0"
+    step.mkdir(parents=True)
+    (step / "metadata.json").write_text('{"step": 0}')
+    (step / "manifest.json").write_text("{}")
+    summary.interrupted()
+    out = capsys.readouterr().out
+    assert out.startswith("Run run1 interrupted after step 0; last checkpoint: "), out
 
 
 def test_resolved_config_goes_to_the_log_file_only(tmp_path):

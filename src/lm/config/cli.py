@@ -99,8 +99,16 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
             raise SystemExit(2) from None
         try:
             return fn(config)
+        except KeyboardInterrupt as e:
+            if os.environ.get("LM_TRACEBACK"):
+                raise
+            _traceback_to_log_files(e)
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            raise SystemExit(130) from None
         except Exception as e:
-            message = _peer_failure(e) or (str(e) if _is_user_facing(e) else None)
+            message = (
+                _peer_failure(e) or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
+            )
             if message is None or os.environ.get("LM_TRACEBACK"):
                 raise
             _traceback_to_log_files(e)
@@ -138,7 +146,15 @@ def _is_user_facing(error: BaseException) -> bool:
     """Errors that explain themselves (bad values, missing files, a missing optional package,
     lm's own runtime errors such as an unreadable checkpoint or a NaN loss): shown as one
     message, not a traceback."""
-    user_errors = ValueError | FileNotFoundError | PermissionError | IsADirectoryError | ImportError
+    user_errors = (
+        ValueError
+        | FileNotFoundError
+        | FileExistsError
+        | PermissionError
+        | IsADirectoryError
+        | NotADirectoryError
+        | ImportError
+    )
     if isinstance(error, user_errors):
         return True
     return isinstance(error, RuntimeError) and type(error).__module__.startswith("lm.")
@@ -166,6 +182,23 @@ def _peer_failure(error: BaseException) -> str | None:
         f"process {jax.process_index()} of {count} could not complete a collective operation "
         f"with the other processes: {first_line}\nAnother process has most likely died or "
         "stalled: look at its output and log file."
+    )
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """XLA's RESOURCE_EXHAUSTED (a buffer that does not fit the device, or the host on CPU) as
+    one message that says what to change, instead of the runtime's traceback."""
+    text = str(error).strip()
+    if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in text:
+        return None
+    first_line = text.splitlines()[0]
+    if len(first_line) > 300:
+        first_line = first_line[:300] + " ..."
+    return (
+        f"out of memory: {first_line}\nMake the step smaller: a lower trainer.train_batch_size "
+        "or trainer.per_device_parallelism (gradient accumulation), "
+        "model.gradient_checkpointing: true, or a smaller model. "
+        "`python -m lm.main.plan --config_path ...` estimates a config's memory before a run."
     )
 
 

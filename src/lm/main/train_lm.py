@@ -17,6 +17,7 @@ import lm.host_memory
 import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
+from lm.fs import local_path, not_a_directory
 from lm.lm_run import vocab_axis
 from lm.models import Gpt2Config, LmConfig
 from lm.models.hf.converter import HFCheckpointConverter
@@ -123,6 +124,37 @@ def _disabled(log: logging.Logger):
         log.disabled = was
 
 
+def check_local_paths(config: TrainLmConfig) -> None:
+    """Local paths the run needs, checked before anything is written (TrainerConfig.initialize
+    checks its own): `hf_save_path` must be able to become a directory (otherwise the export
+    fails after the last step), and a local `initialize_from_hf` must exist. A hub id such as
+    `gpt2` or `org/name` is not a local path; one written as a path (`/...`, `./...`, `~/...`,
+    `file://...`) or an existing one is."""
+    if config.hf_save_path is not None:
+        why = not_a_directory(config.hf_save_path)
+        if why is not None:
+            raise lm.config.FieldError("hf_save_path", why)
+    source = config.hf_checkpoint
+    if not isinstance(source, str):
+        return
+    written_as_path = source.startswith(("/", "./", "../", "~", "file://"))
+    path = local_path(source)
+    if path is None or not (written_as_path or os.path.exists(path)):
+        return  # a hub id or a remote URL: checked when it is fetched
+    if not os.path.isdir(path):
+        what = "does not exist" if not os.path.exists(path) else "is not a directory"
+        raise lm.config.FieldError(
+            "initialize_from_hf",
+            f"{source} {what}; expected a Hugging Face checkpoint directory (with config.json) "
+            "or a hub id such as 'gpt2'",
+        )
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise lm.config.FieldError(
+            "initialize_from_hf",
+            f"{source} has no config.json; expected a Hugging Face checkpoint directory",
+        )
+
+
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
     """Build (or just open and check) every tokenized cache the run needs.
 
@@ -144,6 +176,7 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
 
 def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
+    check_local_paths(config)
     trainer_config.initialize()
     _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
@@ -236,6 +269,9 @@ def main(config: TrainLmConfig) -> RunSummary:
             logger.warning("%s", e)
             print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        except KeyboardInterrupt:
+            summary.interrupted()
+            raise
         finally:
             lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
         summary.finish(info, trainer)
@@ -316,10 +352,28 @@ class RunSummary:
 
         self.last_step = info.step
         self.steps_taken = int(info.state.step)
-        self.checkpoint = discover_latest_checkpoint(self.config.checkpoint_path)
+        # where this run saves (a load_checkpoint_path it started from may be elsewhere)
+        self.checkpoint = discover_latest_checkpoint(
+            self.config.checkpointer.expanded_path(self.config.run_id)
+        )
         for hook in trainer._eval_hooks:
             if hook.last_result is not None:
                 self.eval_loss = hook.last_result.get(f"{hook.prefix}/loss")
+
+    def interrupted(self) -> None:
+        """Say (console and log) how far an interrupted run got and how to go on from there."""
+        from lm.checkpoint import discover_latest_checkpoint
+
+        run_id = self.config.run_id
+        last = discover_latest_checkpoint(self.config.checkpointer.expanded_path(run_id))
+        done = "before its first step" if self.last_step is None else f"after step {self.last_step}"
+        if last is None:
+            then = "no checkpoint was saved"
+        else:
+            then = f"last checkpoint: {last}; rerun with --trainer.id {run_id} to resume from it"
+        message = f"Run {run_id} interrupted {done}; {then}."
+        logger.warning("%s", message)
+        print(message, flush=True)
 
     def print(self) -> None:
         run_dir = self.config.run_dir

@@ -86,6 +86,7 @@ class JsonLogger(Tracker):
             with self._fs.open(self._fs_path, "r") as f:
                 self._buffer = f.read().splitlines(keepends=True)
         self._finished = False
+        self._logged_metrics = False
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(_jsonable(record)) + "\n"
@@ -110,6 +111,7 @@ class JsonLogger(Tracker):
         metrics = {k: v for k, v in metrics.items()}
         self._summary.update({k: v for k, v in metrics.items() if not isinstance(v, Histogram)})
         self._write({"event": "log", "step": step, "time": time.time(), "metrics": metrics})
+        self._logged_metrics = True
 
     def log_summary(self, metrics):
         self._summary.update(metrics)
@@ -157,8 +159,10 @@ class JsonLogger(Tracker):
     def _plot(self) -> None:
         from lm.tracker.viz import RunLogError, plot_run
 
+        if not self._logged_metrics:
+            return  # nothing ran (a run that failed before its first step): no figure, no noise
         try:
-            panels = plot_run(self.path, self.plot_path)
+            panels = plot_run(self.path, self.plot_path, missing_level=logging.INFO)
         except RunLogError as e:
             logger.warning("No training curves drawn: %s", e)
         else:

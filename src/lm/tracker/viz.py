@@ -107,8 +107,15 @@ def _sorted(points: Mapping[int, float]) -> tuple[list[int], list[float]]:
     return steps, [points[s] for s in steps]
 
 
-def make_figure(records: Sequence[Mapping[str, Any]], *, title: str = "run", source: str = "run"):
-    """A matplotlib `Figure` of the run's curves and the names of the panels drawn.
+def make_figure(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "run",
+    source: str = "run",
+    missing_level: int = logging.WARNING,
+):
+    """A matplotlib `Figure` of the run's curves and the names of the panels drawn; a panel
+    whose metrics are missing is skipped with a log line at `missing_level`.
 
     Raises:
         RunLogError: none of the plotted metrics is in `records`.
@@ -125,17 +132,30 @@ def make_figure(records: Sequence[Mapping[str, Any]], *, title: str = "run", sou
     if losses:
         panels.append(("loss", "loss", losses))
     else:
-        logger.warning(
-            "%s: no %s or eval/.../loss metrics; skipping the loss panel", source, TRAIN_LOSS
+        logger.log(
+            missing_level,
+            "%s: no %s or eval/.../loss metrics; skipping the loss panel",
+            source,
+            TRAIN_LOSS,
         )
     if LEARNING_RATE in series:
         panels.append(("learning rate", "learning rate", [("lr", series[LEARNING_RATE])]))
     else:
-        logger.warning("%s: no %s metric; skipping the learning-rate panel", source, LEARNING_RATE)
+        logger.log(
+            missing_level,
+            "%s: no %s metric; skipping the learning-rate panel",
+            source,
+            LEARNING_RATE,
+        )
     if TOKENS_PER_SECOND in series:
         panels.append(("throughput", "tokens / s", [("tokens/s", series[TOKENS_PER_SECOND])]))
     else:
-        logger.warning("%s: no %s metric; skipping the throughput panel", source, TOKENS_PER_SECOND)
+        logger.log(
+            missing_level,
+            "%s: no %s metric; skipping the throughput panel",
+            source,
+            TOKENS_PER_SECOND,
+        )
     if not panels:
         raise RunLogError(
             f"{source} has no plottable metrics: expected {TRAIN_LOSS}, eval/<set>/loss, "
@@ -165,6 +185,7 @@ def plot_run(
     output: str | os.PathLike,
     *,
     title: str | None = None,
+    missing_level: int = logging.WARNING,
 ) -> list[str]:
     """Draw the run's curves into the image `output` (local path or fsspec URL).
 
@@ -172,6 +193,8 @@ def plot_run(
         records_or_path: JSON-log records, a `metrics.jsonl` path, or a run directory.
         output: image path; the format follows the extension (png, pdf, svg).
         title: figure title; default the log's path.
+        missing_level: the log level of "skipping the ... panel" lines (the `json` tracker,
+            which plots every run it logs, passes INFO: an eval-only run has no throughput).
 
     Returns:
         The panels drawn, a subset of `["loss", "learning rate", "throughput"]`.
@@ -185,7 +208,9 @@ def plot_run(
     else:
         source = "run"
         records = list(records_or_path)
-    fig, panels = make_figure(records, title=title or source, source=source)
+    fig, panels = make_figure(
+        records, title=title or source, source=source, missing_level=missing_level
+    )
 
     output = os.fspath(output)
     fmt = os.path.splitext(output)[1].lstrip(".").lower() or "png"

@@ -434,6 +434,16 @@ class TrainerConfig:
 
     def initialize(self) -> None:
         """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks."""
+        from lm.fs import not_a_directory
+
+        # before anything is written: `os.makedirs` would fail mid-run on a file in the way
+        for field, url in (
+            ("log_dir", str(self.log_dir)),
+            ("checkpointer.base_path", self.checkpointer.base_path),
+        ):
+            why = not_a_directory(url)
+            if why is not None:
+                raise FieldError(f"trainer.{field}", why)
         for key, value in self.jax_config.items():
             jax.config.update(key, value)
         if self.jax_compilation_cache_dir is not None:
