@@ -231,9 +231,12 @@ def test_help_lists_choices_and_nested_defaults():
     assert "  model: ModelCfg  (type: gpt2 | llama)" in text
     assert "  optimizer: OptimizerCfg  (type: adam | lion; default adam)" in text
     assert "    type: adam\n    learning_rate: float = 0.0006\n        Peak learning rate." in text
+    # a union whose default is a config: the default's fields are listed under it
     assert (
-        "    tracker: TrackerCfg | tuple[TrackerCfg, ...] = {type: 'wandb', project: null" in text
-    )
+        "    tracker: TrackerCfg | tuple[TrackerCfg, ...]  (default: WandbCfg, fields below)  "
+        "(type: noop | tensorboard | wandb; default wandb)\n"
+        "        One tracker, or a list of them.\n      type: wandb\n      project: str | None = null"
+    ) in text
     assert "    save_interval: timedelta = '15m'" in text
     assert "    mp: Policy = 'p=f32,c=f32,o=f32'" in text
     assert "    hidden_dim: int = 768\n        Width of the residual stream." in text

@@ -65,7 +65,7 @@ def _fields(cls: type, instance: Any, depth: int, lines: list[str], seen: set[ty
         value = getattr(instance, f.name, None) if instance is not None else None
         known_value = instance is not None
         header = f"{pad}{f.name}: {ti.type_name(tp)}"
-        nested = None
+        nested = member = None
         if ti.codec_for(tp) is not None:
             header += f" = {_show_default(value, tp)}" if known_value else ""
         elif ti.is_choice(tp):
@@ -73,6 +73,12 @@ def _fields(cls: type, instance: Any, depth: int, lines: list[str], seen: set[ty
             header += extra
         elif ti.is_dataclass_type(tp):
             nested = tp
+        elif (member := _union_member_of(tp, value if known_value else None)) is not None:
+            # `data: LMDatasetConfig | LMMixtureDatasetConfig`: the default's own fields
+            nested = type(value)
+            header += f"  (default: {type(value).__name__}, fields below)"
+            if ti.is_choice(member):
+                header += _choice_target(member, value)[1]
         elif not ti.has_default(f):
             header += "  (required)"
         elif known_value:
@@ -87,11 +93,21 @@ def _fields(cls: type, instance: Any, depth: int, lines: list[str], seen: set[ty
             )
         if nested is not None:
             sub_instance = value if known_value and value is not None else None
-            if isinstance(sub_instance, nested) and ti.is_choice(tp):
+            if isinstance(sub_instance, nested) and (ti.is_choice(tp) or ti.is_choice(member)):
                 name = ti.choice_name(type(sub_instance))
                 if name is not None:
                     lines.append(f"{pad}{_INDENT}type: {name}")
             _fields(nested, sub_instance, depth + 1, lines, seen)
+
+
+def _union_member_of(tp: Any, value: Any) -> type | None:
+    """For a union field whose default is a config dataclass, the member it belongs to."""
+    if value is None or not ti.is_union(tp) or not dataclasses.is_dataclass(value):
+        return None
+    for member in ti.union_members(tp):
+        if ti.is_dataclass_type(member) and isinstance(value, typing.get_origin(member) or member):
+            return member
+    return None
 
 
 def _choice_target(tp: type, value: Any) -> tuple[type | None, str]:
