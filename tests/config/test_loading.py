@@ -188,6 +188,15 @@ def test_syntax_error_names_file_line_column(mem):
     assert problem.message.startswith(f"{run}:4:6: YAML syntax error:")
 
 
+def test_a_tab_indent_says_yaml_wants_spaces(mem):
+    run = mem("run.yaml", "trainer:\n\tseed: 1\n")
+    (problem,) = error_of(run).problems
+    assert problem.message.startswith(f"{run}:2:1: YAML syntax error: found character '\\t'")
+    assert problem.message.endswith("; YAML indents with spaces, not tabs")
+    (problem,) = error_of(mem("ok.yaml", "trainer:\n  seed: [1\n")).problems
+    assert "tabs" not in problem.message
+
+
 def test_syntax_error_in_an_included_file(mem):
     mem("data.yaml", "a: b: c\n")
     run = mem("run.yaml", "data: !include data.yaml\n")

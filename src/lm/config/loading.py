@@ -163,7 +163,8 @@ class _Loader:
             mark = e.problem_mark or e.context_mark
             where = f"{url}:{mark.line + 1}:{mark.column + 1}" if mark else url
             context = f" ({e.context})" if e.context else ""
-            self.fail(path, f"{where}: YAML syntax error: {e.problem}{context}")
+            hint = "; YAML indents with spaces, not tabs" if "'\\t'" in str(e.problem) else ""
+            self.fail(path, f"{where}: YAML syntax error: {e.problem}{context}{hint}")
             return False, None
         except yaml.YAMLError as e:
             self.fail(path, f"{url}: YAML error: {e}")
