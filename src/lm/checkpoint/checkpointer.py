@@ -59,8 +59,9 @@ class Checkpointer:
             saved as None). The state's non-trainable parameters are never saved.
         dt_now_injection: the clock (tests replace it).
         delete_old_temp_checkpoints: on the first commit, delete temporary and torn
-            checkpoints left in `base_path` by earlier attempts (older than the new one).
-            False keeps them.
+            (never committed) checkpoints left in `base_path` by earlier attempts (older
+            than the new one). False keeps them. Damaged checkpoints (metadata.json
+            present but unreadable) are always kept.
         max_permanent_checkpoints: keep only the newest N permanent checkpoints.
         manager: the async save manager (one per checkpointer by default).
     """
@@ -189,21 +190,30 @@ class Checkpointer:
     def _after_commit(
         self, path: str, step: int, is_temporary: bool, previous_temp: str | None
     ) -> None:
+        # Only provably disposable directories are deleted: a complete checkpoint whose
+        # metadata says temporary, or one that never committed (no metadata.json). One
+        # whose metadata.json exists but is unreadable did commit; it is kept.
         if previous_temp is not None:
             status = read_status(previous_temp)
-            if status is not None and (status.is_temporary or not status.complete):
+            if status is not None and status.deletable_leftover:
                 logger.info("Deleting previous temporary checkpoint %s", previous_temp)
                 delete_tree(previous_temp)
+            elif status is not None and status.damaged:
+                logger.warning("Keeping damaged checkpoint %s: %s", status.path, status.problem)
         if not self._swept:
             self._swept = True
             for s in list_checkpoints(self.base_path):
-                if s.path != path and s.step < step and (s.is_temporary or not s.complete):
+                if s.path == path or s.step >= step:
+                    continue
+                if s.deletable_leftover:
                     logger.info(
                         "Deleting %s checkpoint %s left by an earlier attempt",
-                        "temporary" if s.complete else "incomplete",
+                        "temporary" if s.committed else "incomplete",
                         s.path,
                     )
                     delete_tree(s.path)
+                elif s.damaged:
+                    logger.warning("Keeping damaged checkpoint %s: %s", s.path, s.problem)
         if not is_temporary:
             self._enforce_retention(keep=path)
 

@@ -5,8 +5,8 @@ the slice it holds is read from the zarr3 array (each distinct slice once), so a
 process reads only what it keeps, and a checkpoint saved on one mesh loads onto any
 other. Reads are all issued before any is awaited.
 
-A checkpoint that exists but cannot be read (no manifest, a missing or corrupted chunk)
-raises `CheckpointCorruptError`; with `discover_latest` the loader then warns and tries
+A checkpoint that exists but cannot be read (unreadable metadata.json, no manifest, a
+missing or corrupted chunk) raises `CheckpointCorruptError`; with `discover_latest` the loader then warns and tries
 the previous complete checkpoint. If none can be read it raises `CheckpointLoadError`
 rather than letting a run start over from step 0.
 """
@@ -361,33 +361,38 @@ def load_checkpoint_with_path(
         ValueError: the checkpoint does not fit the exemplar (names, shapes, dtypes).
     """
     if discover_latest:
-        complete, torn = checkpoint_candidates(checkpoint_path)
-        newest = complete[0].step if complete else None
+        committed, torn = checkpoint_candidates(checkpoint_path)
+        newest = committed[0].step if committed else None
         for t in torn:
             if newest is None or t.step > newest:
                 logger.warning("Skipping incomplete checkpoint %s: %s", t.path, t.problem)
-        if not complete:
+        if not committed:
             # Directories without metadata.json never committed: they hold no state a run
             # could lose, so they count as "no checkpoint" (a run killed during its very
-            # first save starts over, which loses nothing).
+            # first save starts over, which loses nothing). A damaged metadata.json is
+            # not this case: it is committed and fails below.
             where = f"no complete checkpoint at or under {checkpoint_path}"
             if torn:
                 where += f" (incomplete, skipped: {', '.join(t.path for t in torn)})"
             raise FileNotFoundError(where)
-        candidates = [c.path for c in complete]
+        candidates = committed
     else:
         status = read_status(checkpoint_path)
         if status is None:
             raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
         if not status.complete:
+            what = "damaged" if status.damaged else "incomplete"
             raise CheckpointCorruptError(
-                f"checkpoint {checkpoint_path} is incomplete: {status.problem}"
+                f"checkpoint {checkpoint_path} is {what}: {status.problem}"
             )
-        candidates = [checkpoint_path]
+        candidates = [status]
 
     failures: list[str] = []
-    for path in candidates:
+    for status in candidates:
+        path = status.path
         try:
+            if status.damaged:
+                raise CheckpointCorruptError(f"checkpoint {path} is damaged: {status.problem}")
             result = _load_one(
                 exemplar,
                 path,
@@ -399,8 +404,9 @@ def load_checkpoint_with_path(
         except CheckpointCorruptError as e:
             if not discover_latest:
                 raise
-            logger.warning("Checkpoint %s is unreadable, trying an older one: %s", path, e)
             failures.append(str(e))
+            if len(failures) < len(candidates):
+                logger.warning("Checkpoint %s is unreadable, trying an older one: %s", path, e)
             continue
         logger.info("Loaded checkpoint %s", path)
         return result, path

@@ -11,15 +11,18 @@
    trainable parameters (a warm start: fresh optimizer state, step 0).
 3. Otherwise a fresh initialization.
 
-Complete checkpoints that exist but are all unreadable raise `CheckpointLoadError`:
-the run fails instead of restarting from step 0. Directories whose save never
-committed (no metadata.json) are skipped with a warning; they hold nothing to lose.
+Committed checkpoints that exist but are all unreadable (a damaged metadata.json
+included) raise `CheckpointLoadError`: the run fails instead of restarting from step 0.
+Directories whose save never committed (no metadata.json) hold nothing to lose and
+count as no checkpoint. When the user named the path explicitly and nothing is there,
+the fresh start is logged as a warning rather than passing silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
@@ -27,7 +30,7 @@ import equinox as eqx
 import jax
 
 from lm.checkpoint.restore import _init_subset, _load_or_init
-from lm.checkpoint.storage import checkpoint_candidates
+from lm.checkpoint.storage import CheckpointStatus, checkpoint_candidates, exists, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,27 @@ def _params_only_spec(shapes: Any) -> Any:
     return eqx.tree_at(lambda s: s.model, spec, True)
 
 
+def _why_none_found(path: str, torn: list[CheckpointStatus]) -> str:
+    """Why `path` yields no checkpoint, e.g. "does not exist"."""
+    if torn:
+        return "holds only incomplete checkpoints (saves that never committed: " + (
+            ", ".join(t.path for t in torn) + ")"
+        )
+    local = local_path(path)
+    if local is None:
+        return "holds no step-N checkpoint" if exists(path) else "does not exist or is empty"
+    if not os.path.exists(local):
+        return "does not exist"
+    if not os.path.isdir(local):
+        return "is a file, not a run directory or a step-N checkpoint directory"
+    return "holds no step-N checkpoint"
+
+
 def restore_trainer_state(
     init_fn: Callable[[], S],
     *,
     checkpoint_path: str | None,
+    checkpoint_path_field: str | None = None,
     load_checkpoint: bool | None = None,
     initialize_from: str | None = None,
     initialize_from_params_only: bool = False,
@@ -80,6 +100,10 @@ def restore_trainer_state(
     Args:
         init_fn: builds a fresh state; takes no arguments.
         checkpoint_path: this run's checkpoints (run dir or a specific `step-N`).
+        checkpoint_path_field: the config field that named `checkpoint_path` explicitly
+            (e.g. "trainer.load_checkpoint_path"), or None for the run's own directory.
+            When set, finding no checkpoint there (with `load_checkpoint=None`) is logged
+            as a warning naming the field, and errors name it.
         load_checkpoint: None: load if one exists; True: must load; False: never.
         initialize_from: another run's checkpoint, used when this run has none loaded.
         initialize_from_params_only: take only the `model` subtree from
@@ -101,8 +125,8 @@ def restore_trainer_state(
     if load_checkpoint is not False and checkpoint_path is None and load_checkpoint:
         raise ValueError("load_checkpoint=True needs a checkpoint path to load from")
     if load_checkpoint is not False and checkpoint_path is not None:
-        complete, _ = checkpoint_candidates(checkpoint_path)
-        if complete:
+        committed, torn = checkpoint_candidates(checkpoint_path)
+        if committed:
             # Raises CheckpointLoadError when none of them loads: never start over.
             state, loaded = _load_or_init(
                 init_fn,
@@ -117,13 +141,31 @@ def restore_trainer_state(
             logger.info("Resuming from checkpoint %s", loaded)
             return RestoredState(state, "resumed", loaded)
         if load_checkpoint:
+            where = checkpoint_path_field or "the run's checkpoint directory"
             raise FileNotFoundError(
-                f"load_checkpoint=True but no checkpoint was found under {checkpoint_path}"
+                f"load_checkpoint=True but no checkpoint was found in {where} "
+                f"({checkpoint_path}): it {_why_none_found(checkpoint_path, torn)}. Point it "
+                "at a run directory or a step-N checkpoint, or leave load_checkpoint unset "
+                "(null) to start fresh when there is none"
+            )
+        if checkpoint_path_field is not None:
+            then = (
+                "the run starts from scratch"
+                if initialize_from is None
+                else f"the run starts from initialize_from ({initialize_from})"
+            )
+            logger.warning(
+                "No checkpoint to resume from: %s (%s) %s, so %s. Set load_checkpoint: "
+                "true to make a missing checkpoint an error",
+                checkpoint_path_field,
+                checkpoint_path,
+                _why_none_found(checkpoint_path, torn),
+                then,
             )
 
     if initialize_from is not None:
-        complete, _ = checkpoint_candidates(initialize_from)
-        if not complete:
+        committed, _ = checkpoint_candidates(initialize_from)
+        if not committed:
             raise ValueError(
                 f"initialize_from ({initialize_from!r}) is not a checkpoint path: no "
                 f"complete checkpoint at or under it"

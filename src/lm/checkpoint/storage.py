@@ -6,9 +6,17 @@ is used for all of it: TensorStore's `memory://` store is owned by its context, 
 arrays, manifests and metadata written by different calls must share it to see each
 other.
 
-A checkpoint directory is *complete* when its `metadata.json` exists and parses; the
-metadata is written last (see `serialization.py`), so a directory without it is a save
-that was interrupted ("torn") and is never loaded.
+`metadata.json` is the commit marker: it is written last, in one atomic object write,
+after every process has written its arrays (see `serialization.py`). So a checkpoint
+directory is
+
+- *complete*: metadata.json exists and parses;
+- *torn*: no metadata.json, a save that never committed (or a delete that was cut
+  short, which removes the marker first). It holds nothing a run could lose: it is
+  never loaded, and the Checkpointer may delete it;
+- *damaged*: metadata.json exists but is unreadable (not JSON, no integer step). The
+  save did commit, so the directory holds a real checkpoint: loading it is an error
+  and nothing ever deletes it.
 """
 
 from __future__ import annotations
@@ -138,11 +146,13 @@ class CheckpointStatus:
 
     Attributes:
         path: the checkpoint directory (`<run dir>/step-N`).
-        step: the step from metadata.json, or parsed from the name for torn ones.
-        complete: metadata.json exists and parses (the save committed).
-        is_temporary: the metadata's flag (False for torn checkpoints).
+        step: the step from metadata.json, or parsed from the name when it is unreadable.
+        complete: metadata.json exists and parses.
+        is_temporary: the metadata's flag (False when it is unreadable).
         timestamp: the metadata's ISO timestamp, or None.
         problem: why the checkpoint is not complete, or None.
+        committed: metadata.json, the commit marker, exists: the save finished. A
+            committed checkpoint that is not complete is damaged, never a torn save.
     """
 
     path: str
@@ -151,6 +161,20 @@ class CheckpointStatus:
     is_temporary: bool = False
     timestamp: str | None = None
     problem: str | None = None
+    committed: bool = False
+
+    def __post_init__(self):
+        assert self.committed or not self.complete, "a complete checkpoint is committed"
+
+    @property
+    def damaged(self) -> bool:
+        """Committed but unreadable metadata: a real checkpoint, never to be deleted."""
+        return self.committed and not self.complete
+
+    @property
+    def deletable_leftover(self) -> bool:
+        """Provably disposable: a torn save (never committed) or a complete temporary one."""
+        return not self.committed or (self.complete and self.is_temporary)
 
 
 def _name_step(path: str) -> int:
@@ -168,22 +192,35 @@ def read_status(path: str, *, nonempty: bool | None = None) -> CheckpointStatus 
     try:
         meta = read_json(path, METADATA_FILE)
     except ValueError as e:
-        return CheckpointStatus(path, name_step, complete=False, problem=str(e))
+        return _damaged(path, name_step, str(e))
     if meta is None:
         if not (nonempty if nonempty is not None else exists(path)):
             return None
         return CheckpointStatus(path, name_step, complete=False, problem="no metadata.json")
     step = meta.get("step")
-    if not isinstance(step, int):
-        return CheckpointStatus(
-            path, name_step, complete=False, problem=f"metadata.json has no integer step: {meta}"
-        )
+    if not isinstance(step, int) or isinstance(step, bool):
+        return _damaged(path, name_step, f"{join(path, METADATA_FILE)} has no integer step: {meta}")
     return CheckpointStatus(
         path,
         step,
         complete=True,
         is_temporary=bool(meta.get("is_temporary", False)),
         timestamp=meta.get("timestamp"),
+        committed=True,
+    )
+
+
+def _damaged(path: str, step: int, problem: str) -> CheckpointStatus:
+    return CheckpointStatus(
+        path,
+        step,
+        complete=False,
+        committed=True,
+        problem=(
+            f"{problem}. Its commit marker exists, so this is a committed checkpoint, not an "
+            f"unfinished save: repair {METADATA_FILE} (step, timestamp, is_temporary) or "
+            f"move {path} aside"
+        ),
     )
 
 
@@ -215,8 +252,10 @@ def list_checkpoints(path: str) -> list[CheckpointStatus]:
 
 
 def checkpoint_candidates(path: str) -> tuple[list[CheckpointStatus], list[CheckpointStatus]]:
-    """(complete checkpoints newest first, torn ones) for a run dir or a checkpoint dir.
+    """(committed checkpoints newest first, torn ones) for a run dir or a checkpoint dir.
 
+    The committed ones include damaged checkpoints (`status.damaged`): they are real
+    checkpoints, so a loader must fail on them rather than treat them as absent.
     If `path` is itself a checkpoint (it holds metadata.json, or is a `step-N`
     directory without checkpoints inside), it is the only candidate.
     """
@@ -227,23 +266,27 @@ def checkpoint_candidates(path: str) -> tuple[list[CheckpointStatus], list[Check
     if METADATA_FILE in keys or (not statuses and _name_step(path) >= 0):
         own = read_status(path, nonempty=True)
         assert own is not None
-        return ([own], []) if own.complete else ([], [own])
-    complete = [s for s in reversed(statuses) if s.complete]
-    torn = [s for s in statuses if not s.complete]
-    return complete, torn
+        return ([own], []) if own.committed else ([], [own])
+    committed = [s for s in reversed(statuses) if s.committed]
+    torn = [s for s in statuses if not s.committed]
+    return committed, torn
 
 
 def discover_latest_checkpoint(path: str) -> str | None:
     """The newest complete checkpoint under `path` (highest step), or None.
 
-    `path` may be a run directory or a checkpoint directory itself. Torn checkpoints
-    newer than the one returned are skipped with a warning.
+    `path` may be a run directory or a checkpoint directory itself. Torn and damaged
+    checkpoints newer than the one returned are skipped with a warning (loading from
+    `path` fails on a damaged one; see `load_checkpoint`).
     """
-    complete, torn = checkpoint_candidates(path)
-    newest = complete[0] if complete else None
+    committed, torn = checkpoint_candidates(path)
+    newest = next((s for s in committed if s.complete), None)
     for t in torn:
         if newest is None or t.step > newest.step:
             logger.warning("Skipping incomplete checkpoint %s: %s", t.path, t.problem)
+    for d in committed:
+        if d.damaged and (newest is None or d.step > newest.step):
+            logger.warning("Skipping damaged checkpoint %s: %s", d.path, d.problem)
     if newest is None:
         return None
     return newest.path

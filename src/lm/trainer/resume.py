@@ -52,6 +52,9 @@ def load_or_init_state(
         restored = restore_trainer_state(
             init,
             checkpoint_path=config.checkpoint_path,
+            checkpoint_path_field=(
+                "trainer.load_checkpoint_path" if config.load_checkpoint_path is not None else None
+            ),
             load_checkpoint=config.load_checkpoint,
             initialize_from=config.initialize_from,
             initialize_from_params_only=config.initialize_from_params_only,
