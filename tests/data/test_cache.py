@@ -345,23 +345,29 @@ def test_a_flipped_bit_fails_the_chunk_checksum(tmp_path, write_jsonl):
         TokenCache(path).read_ranges([(n, n + 2)])
 
 
-def test_a_format_1_cache_still_reads_and_an_unknown_format_is_refused(
-    tmp_path, write_jsonl, caplog
-):
-    """Caches from before chunk checksums (format 1) read as before, with a note saying a
-    missing chunk would read as zeros; a newer format than this code knows is refused."""
-    path, _ = _zeros_cache(tmp_path, write_jsonl)
-    ledger_path = tmp_path / "c" / "ledger.json"
+def _as_format_1(cache_dir) -> dict:
+    """Mark the cache at `cache_dir` (a local path) as format 1; returns its ledger."""
+    ledger_path = cache_dir / "ledger.json"
     ledger = json.loads(ledger_path.read_text())
     ledger["version"] = 1
     ledger_path.write_text(json.dumps(ledger))
-    (tmp_path / "c" / "shards" / "00000" / "tokens" / "c" / "0").unlink()
-    with caplog.at_level("INFO", logger="lm.data.cache"):
+    return ledger
+
+
+def test_a_format_1_cache_still_reads_with_a_warning_and_an_unknown_format_is_refused(
+    tmp_path, write_jsonl, caplog
+):
+    """Caches from before chunk checksums (format 1) read as before, with a warning that a
+    damaged chunk may go unnoticed; a newer format than this code knows is refused."""
+    path, _ = _zeros_cache(tmp_path, write_jsonl)
+    ledger = _as_format_1(tmp_path / "c")
+    with caplog.at_level("WARNING", logger="lm.data.cache"):
         old = TokenCache(path)
-    assert "format version 1: its chunks carry no checksums" in caplog.text
+    (record,) = [r for r in caplog.records if "format version 1" in r.getMessage()]
+    assert record.levelname == "WARNING" and "carry no checksums" in record.getMessage()
     assert old.read_ranges([(0, 3)])[0].tolist() == [0, 0, 0]
     ledger["version"] = 3
-    ledger_path.write_text(json.dumps(ledger))
+    (tmp_path / "c" / "ledger.json").write_text(json.dumps(ledger))
     with pytest.raises(ValueError, match=r"format version 3, this code reads versions \[1, 2\]"):
         build_or_load_cache(
             path,
@@ -369,3 +375,118 @@ def test_a_format_1_cache_still_reads_and_an_unknown_format_is_refused(
             DocumentEncoder("passthrough", vocab_size=4, enforce_eos=False),
             LOCAL,
         )
+
+
+def test_a_format_1_cache_missing_a_chunk_is_refused_on_open(tmp_path, write_jsonl):
+    """Format 1 did not store all-zero chunks, so a deleted chunk read as zeros and the run
+    trained on them: opening one now checks that every chunk its shape implies is there."""
+    path, _ = _zeros_cache(tmp_path, write_jsonl)
+    _as_format_1(tmp_path / "c")
+    chunks = tmp_path / "c" / "shards" / "00000" / "tokens" / "c"
+    (chunks / "0").unlink()
+    p = re.escape(path)
+    message = (
+        rf"cache shard {p}/shards/00000 is missing chunk tokens/c/0: the tokenized cache at {p} "
+        r"is damaged \(it has format version 1, which did not store chunks that were entirely "
+        r"token id 0, so a rebuild is the way to be sure\)\. Delete .* to rebuild the cache, or "
+        r'rebuild just this shard: remove ".*ids\.jsonl" from "finished"'
+    )
+    with pytest.raises(ValueError, match=message):
+        TokenCache(path)
+    (chunks / "2").unlink()
+    with pytest.raises(ValueError, match=r"missing chunk tokens/c/0 \(and 1 more\): "):
+        TokenCache(path)
+
+
+def test_a_format_1_memory_cache_is_checked_too(tmp_path):
+    """The chunk listing goes through TensorStore's kvstore, so it works for any URL."""
+    import fsspec
+    import tensorstore as ts
+
+    (tmp_path / "ids.jsonl").write_text('{"ids": [1, 2, 3]}\n{"ids": [4]}\n')
+    source = UrlSource.from_patterns([str(tmp_path / "ids.jsonl")], text_key="ids")
+    enc = DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False)
+    path = "memory://caches/format1"
+    build_or_load_cache(path, source, enc, LOCAL)
+    fs = fsspec.filesystem("memory")
+    ledger = json.loads(fs.cat_file(f"{path}/ledger.json"))
+    ledger["version"] = 1
+    fs.pipe_file(f"{path}/ledger.json", json.dumps(ledger).encode())
+    assert TokenCache(path).read_ranges([(0, 4)])[0].tolist() == [1, 2, 3, 4]
+    store = ts.KvStore.open(f"{path}/shards/00000/offsets/", context=cache_mod._context())
+    store.result().delete_range(ts.KvStore.KeyRange("c/0", "c/1")).result()
+    with pytest.raises(ValueError, match=r"shards/00000 is missing chunk offsets/c/0: "):
+        TokenCache(path)
+
+
+def test_a_build_that_failed_before_any_shard_starts_over_with_new_settings(
+    tmp_path, write_jsonl, caplog, monkeypatch
+):
+    """A failed build (here: the wrong text_key) with no finished shard is replaced by a
+    rerun with the fixed config, not refused as a cache of another source."""
+    write_jsonl(tmp_path / "a.jsonl", ["first document", "second document"], key="content")
+    path = str(tmp_path / "c")
+    wrong = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    with pytest.raises(ValueError, match=r"a\.jsonl:1: no key 'text' \(text_key\)"):
+        build_or_load_cache(path, wrong, DocumentEncoder("builtin"), LOCAL)
+    assert not read_ledger(path).complete and not read_ledger(path).finished
+    fixed = UrlSource.from_patterns([str(tmp_path / "a.jsonl")], text_key="content")
+
+    # A process that is not the builder waits for process 0 to replace the ledger.
+    import threading
+
+    local = threading.local()
+    monkeypatch.setattr(cache_mod, "_is_builder_process", lambda: getattr(local, "is_zero", True))
+    monkeypatch.setattr(cache_mod, "WAIT_POLL_S", 0.05)
+    waited = {}
+
+    def other_process():
+        local.is_zero = False
+        waited["cache"] = build_or_load_cache(path, fixed, DocumentEncoder("builtin"), LOCAL)
+
+    waiter = threading.Thread(target=other_process, daemon=True)
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()
+
+    with caplog.at_level("INFO", logger="lm.data.cache"):
+        cache = build_or_load_cache(path, fixed, DocumentEncoder("builtin"), LOCAL)
+    waiter.join(30)
+    assert cache.num_docs == 2 and waited["cache"].num_docs == 2
+    assert (
+        "is an unfinished build, with no finished shards, for other settings (sources: cache "
+        "built from "
+        in caplog.text
+        and "starting it over for this config" in caplog.text
+    )
+
+
+def test_a_settings_mismatch_names_the_setting(tmp_path, write_jsonl):
+    """With a shard finished, a failed build is not thrown away: a rerun with another
+    text_key is refused, and the message shows the text_key of each side."""
+    write_jsonl(tmp_path / "a.jsonl", ["one", "two"])
+    write_jsonl(tmp_path / "b.jsonl", ["three"], key="content")
+    path = str(tmp_path / "c")
+    urls = [str(tmp_path / "{a,b}.jsonl")]
+    with pytest.raises(ValueError, match=r"b\.jsonl:1: no key 'text'"):
+        build_or_load_cache(path, UrlSource.from_patterns(urls), DocumentEncoder("builtin"), LOCAL)
+    assert len(read_ledger(path).finished) == 1
+    other = UrlSource.from_patterns(urls, text_key="content", skip_bad_lines=True)
+    a = re.escape(str(tmp_path / "a.jsonl"))
+    with pytest.raises(
+        ValueError,
+        match=rf"sources: cache built from {a} \(\+1 more\), text_key='text' \[\w+, 2 shards\], "
+        rf"config asks for {a} \(\+1 more\), text_key='content', skip_bad_lines=true \[",
+    ):
+        build_or_load_cache(path, other, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_a_source_file_that_changed_size_is_named_as_such(tmp_path, write_jsonl):
+    write_jsonl(tmp_path / "a.jsonl", ["one", "two"])
+    source = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    path = str(tmp_path / "c")
+    build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    write_jsonl(tmp_path / "a.jsonl", ["one", "two", "three"])
+    changed = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    with pytest.raises(ValueError, match=r"\(the same files and settings: a file changed size"):
+        build_or_load_cache(path, changed, DocumentEncoder("builtin"), LOCAL)

@@ -447,3 +447,38 @@ def test_mixture_validation_sets_carry_their_tags(tmp_path, jsonl_corpus):
     )
     assert untagged.cache_dir_for("web", "validation") == cfg.cache_dir_for("web", "validation")
     assert sorted(untagged.validation_sets(hax.Axis("position", 16))) == sorted(sets)
+
+
+def test_empty_source_files_are_named_when_there_are_too_few_tokens(tmp_path, write_jsonl):
+    (tmp_path / "empty.jsonl").write_text("")
+    Pos = hax.Axis("position", 16)
+    cfg = LMDatasetConfig(
+        train_urls=[str(tmp_path / "empty.jsonl")],
+        cache_dir=str(tmp_path / "cache"),
+        cache_options=LOCAL,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"the training data has 0 tokens \(0 documents\), fewer than one window of "
+        r"seq_len=16; the only file of data\.train_urls has no documents: .*empty\.jsonl; add "
+        r"data or lower seq_len",
+    ):
+        cfg.train_set(Pos)
+    write_jsonl(tmp_path / "short.jsonl", ["x"])
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    mixture = LMMixtureDatasetConfig(
+        configs={
+            "web": _src(train_urls=[str(tmp_path / "{empty,bad,short}.jsonl")], skip_bad_lines=True)
+        },
+        train_weights={"web": 1},
+        cache_dir=str(tmp_path / "mix"),
+        cache_options=LOCAL,
+        data_seed=0,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"data\.configs\.web \(training\) has \d+ tokens \(1 documents\), fewer than one "
+        r"window of seq_len=16; 2 of the 3 files of data\.configs\.web\.train_urls have no "
+        r"documents \(1 bad lines skipped\): .*empty\.jsonl, .*bad\.jsonl; add data",
+    ):
+        mixture.train_set(Pos)

@@ -14,7 +14,9 @@ for tiny builds and `memory://` caches). The ledger lists the shards that are fi
 after a crash, rebuilding skips them and redoes only the rest. The ledger also records
 fingerprints of the tokenizer (with the BOS/EOS policy) and of the sources: opening a
 cache with a different tokenizer or different sources is an error, never a silent reuse
-or a silent rebuild.
+or a silent rebuild. The one exception is a build that failed before finishing any shard
+(a bad line, a wrong `text_key`): nothing is lost by starting it over, so a rerun with
+other settings does (and logs that it did).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.json"
 # 2: chunks carry a crc32c checksum and are all stored (even all-zero ones), so a missing or
-# damaged chunk is an error on read; 1 (still read): no checksums, a missing chunk read as 0s.
+# damaged chunk is an error on read; 1 (still read): no checksums and all-zero chunks were not
+# stored, so opening one checks that every chunk is there (a missing one is refused).
 CACHE_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 TOKENS_CHUNK = 1 << 16
@@ -128,11 +131,19 @@ def _create_array(url: str, dtype: str, chunk: int) -> ts.TensorStore:
     ).result()
 
 
-def _open_array(url: str, *, strict: bool) -> ts.Future:
-    """Open a cache array for reading; `strict`: a missing chunk is an error (format 2), not
-    zeros (format 1 did not store all-zero chunks)."""
-    spec = {"driver": "zarr3", "kvstore": _kvstore_url(url), "fill_missing_data_reads": not strict}
+def _open_array(url: str) -> ts.Future:
+    """Open a cache array for reading; a missing chunk is an error when read, never zeros."""
+    spec = {"driver": "zarr3", "kvstore": _kvstore_url(url), "fill_missing_data_reads": False}
     return ts.open(spec, open=True, read=True, context=_context())
+
+
+def _chunk_keys(array: ts.TensorStore) -> list[str]:
+    """The keys of every chunk a 1-D array's shape implies, relative to its directory."""
+    encoding = array.spec().to_json()["metadata"].get("chunk_key_encoding", {})
+    separator = encoding.get("configuration", {}).get("separator", "/")
+    prefix = "" if encoding.get("name") == "v2" else f"c{separator}"
+    (chunk,) = array.chunk_layout.read_chunk.shape
+    return [f"{prefix}{i}" for i in range(-(-array.shape[0] // chunk))]
 
 
 class _Appender:
@@ -221,13 +232,8 @@ def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
         fs.pipe_file(path, data)
 
 
-def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
-    """Raise if a cache was built from another tokenizer or other sources."""
-    if found.version not in READABLE_FORMAT_VERSIONS:
-        raise ValueError(
-            f"the cache at {cache_dir} has format version {found.version}, this code reads "
-            f"versions {list(READABLE_FORMAT_VERSIONS)}; delete it or choose another cache_dir"
-        )
+def _mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
+    """How a cache's tokenizer and sources differ from the config's, one line each."""
     problems = []
     if found.tokenizer_fingerprint != expected.tokenizer_fingerprint:
         problems.append(
@@ -235,17 +241,44 @@ def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) 
             f"config asks for {expected.tokenizer} [{expected.tokenizer_fingerprint}]"
         )
     if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
+        same = (
+            " (the same files and settings: a file changed size since the cache was built)"
+            if found.source == expected.source and found.shards == expected.shards
+            else ""
+        )
         problems.append(
             f"sources: cache built from {found.source} [{found.source_fingerprint}, "
             f"{len(found.shards)} shards], config asks for {expected.source} "
-            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]"
+            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{same}"
         )
+    return problems
+
+
+def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
+    """Raise if a cache was built from another tokenizer or other sources."""
+    if found.version not in READABLE_FORMAT_VERSIONS:
+        raise ValueError(
+            f"the cache at {cache_dir} has format version {found.version}, this code reads "
+            f"versions {list(READABLE_FORMAT_VERSIONS)}; delete it or choose another cache_dir"
+        )
+    problems = _mismatches(found, expected)
     if problems:
         raise ValueError(
             f"the tokenized cache at {cache_dir} does not match this config ("
             + "; ".join(problems)
             + "). Use another cache_dir, or delete this one to rebuild it."
         )
+
+
+def _is_replaceable(found: CacheLedger | None, expected: CacheLedger) -> bool:
+    """Whether `found` is a build that failed before finishing any shard, for other settings
+    or another format: starting it over for `expected` loses nothing."""
+    return (
+        found is not None
+        and not found.complete
+        and not found.finished
+        and (found.version != expected.version or bool(_mismatches(found, expected)))
+    )
 
 
 # ---------------------------------------------------------------------------- building
@@ -359,6 +392,15 @@ def build_or_load_cache(
     """
     expected = _expected_ledger(source, encoder)
     ledger = read_ledger(cache_dir)
+    if _is_replaceable(ledger, expected):
+        if _is_builder_process():
+            logger.info(
+                "The tokenized cache at %s is an unfinished build, with no finished shards, for "
+                "other settings (%s); starting it over for this config",
+                cache_dir,
+                "; ".join(_mismatches(ledger, expected)) or f"format version {ledger.version}",
+            )
+        ledger = None
     if ledger is not None:
         check_compatible(cache_dir, ledger, expected)
         if ledger.complete:
@@ -420,7 +462,8 @@ def _wait_for_cache(cache_dir: str, expected: CacheLedger) -> TokenCache:
     logger.info("Waiting for process 0 to build the cache at %s", cache_dir)
     while True:
         ledger = read_ledger(cache_dir)
-        if ledger is not None:
+        # An empty failed build for other settings is what process 0 is about to replace.
+        if ledger is not None and not _is_replaceable(ledger, expected):
             check_compatible(cache_dir, ledger, expected)
             if ledger.complete:
                 return TokenCache(cache_dir, ledger)
@@ -543,10 +586,10 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
 
 @functools.cache
 def _note_old_format(cache_dir: str, version: int) -> None:
-    """Say once per process and cache that an old-format cache is read without checksums."""
-    logger.info(
-        "The tokenized cache at %s has format version %d: its chunks carry no checksums and a "
-        "missing chunk would read as zeros. Delete it to rebuild it in version %d.",
+    """Warn once per process and cache that an old-format cache is read without checksums."""
+    logger.warning(
+        "The tokenized cache at %s has format version %d: its chunks carry no checksums, so a "
+        "damaged chunk may go unnoticed. Delete it to rebuild it in version %d.",
         cache_dir,
         version,
         CACHE_FORMAT_VERSION,
@@ -575,22 +618,27 @@ class TokenCache:
         self.shard_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         # Every shard the ledger lists must open: a missing one is an error now, naming it,
         # not a TensorStore NOT_FOUND in the middle of training.
-        strict = ledger.version >= 2
-        if not strict:
-            _note_old_format(cache_dir, ledger.version)
         futures = [
             (
-                _open_array(_join(shard_dir(cache_dir, i), "tokens"), strict=strict),
-                _open_array(_join(shard_dir(cache_dir, i), "offsets"), strict=strict),
+                _open_array(_join(shard_dir(cache_dir, i), "tokens")),
+                _open_array(_join(shard_dir(cache_dir, i), "offsets")),
             )
             for i in range(len(ledger.shards))
         ]
         self._tokens = []
-        ends = []
+        offset_arrays = []
         for i, (tokens, offsets) in enumerate(futures):
             with self._shard_errors(i):
                 self._tokens.append(tokens.result())
-                ends.append(offsets.result().read().result())
+                offset_arrays.append(offsets.result())
+        if ledger.version < 2:
+            _note_old_format(cache_dir, ledger.version)
+            self._check_chunks(offset_arrays)
+        reads = [offsets.read() for offsets in offset_arrays]
+        ends = []
+        for i, read in enumerate(reads):
+            with self._shard_errors(i):
+                ends.append(read.result())
         for i, (arr, end, s) in enumerate(zip(self._tokens, ends, stats, strict=True)):
             found = (arr.shape[0], len(end), int(end[-1]) if len(end) else 0)
             if found != (s.num_tokens, s.num_docs, s.num_tokens):
@@ -603,6 +651,31 @@ class TokenCache:
             [e.astype(np.int64) + s for e, s in zip(ends, self.shard_starts[:-1], strict=True)]
             or [np.zeros(0, np.int64)]
         )
+
+    def _check_chunks(self, offset_arrays: list[ts.TensorStore]) -> None:
+        """Raise if a chunk the arrays' shapes imply is not stored. Format 1 did not store
+        all-zero chunks and read a missing one as zeros, so a deleted chunk went unnoticed;
+        this costs one listing per array, all in flight at once."""
+        arrays = [
+            {"tokens": tokens, "offsets": offsets}
+            for tokens, offsets in zip(self._tokens, offset_arrays, strict=True)
+        ]
+        listings = [{name: a.kvstore.list() for name, a in shard.items()} for shard in arrays]
+        for i, (shard, listing) in enumerate(zip(arrays, listings, strict=True)):
+            missing = []
+            for name, array in shard.items():
+                with self._shard_errors(i):
+                    present = {key.decode() for key in listing[name].result()}
+                missing += [f"{name}/{k}" for k in _chunk_keys(array) if k not in present]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise ValueError(
+                    f"cache shard {shard_dir(self.cache_dir, i)} is missing chunk {missing[0]}"
+                    f"{more}: the tokenized cache at {self.cache_dir} is damaged (it has format "
+                    f"version {self.ledger.version}, which did not store chunks that were "
+                    "entirely token id 0, so a rebuild is the way to be sure). "
+                    + self._rebuild_advice(i)
+                )
 
     def _rebuild_advice(self, index: int) -> str:
         ledger_url = _join(self.cache_dir, LEDGER_NAME)

@@ -141,6 +141,12 @@ class _SourceFields:
             for i, url in enumerate(getattr(self, f))
         ]
 
+    def _urls_field(self, split: str, where: str = "data.") -> str | None:
+        """The field naming `split`'s files (`data.train_urls`), or None for another source."""
+        if self.id is not None or self.builtin is not None or not self.has_split(split):
+            return None
+        return f"{where}{split}_urls"
+
     def has_source(self) -> bool:
         return bool(self.train_urls or self.validation_urls or self.id or self.builtin)
 
@@ -334,13 +340,17 @@ class LMTaskConfig:
             progress=progress,
         )
 
-    def _packed(self, cache: TokenCache, Pos: hax.Axis, what: str) -> CausalLmDataset:
+    def _packed(
+        self, cache: TokenCache, Pos: hax.Axis, what: str, urls_field: str | None = None
+    ) -> CausalLmDataset:
+        """Windows over `cache`; `urls_field` (e.g. `data.train_urls`) names the files it was
+        built from, for the error when there are too few tokens."""
         ds = CausalLmDataset(cache, Pos, ignore_id=self.ignore_token_id)
         if len(ds) == 0:
             raise ValueError(
                 f"{what} has {cache.num_tokens} tokens ({cache.num_docs} documents), fewer than "
-                f"one window of seq_len={Pos.size}; add data or lower seq_len (cache: "
-                f"{cache.cache_dir})"
+                f"one window of seq_len={Pos.size}{_empty_files(cache, urls_field)}; add data "
+                f"or lower seq_len (cache: {cache.cache_dir})"
             )
         return ds
 
@@ -403,7 +413,7 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
                 "data: no training data (set train_urls, id or builtin, or nothing at all for "
                 "the embedded corpus)"
             )
-        ds = self._packed(cache, Pos, "the training data")
+        ds = self._packed(cache, Pos, "the training data", self._urls_field("train"))
         return self._shuffled(ds, self._shuffle_seed(key), "train_set")
 
     def validation_sets(self, Pos: hax.Axis) -> dict[str, AsyncDataset[LmExample]]:
@@ -413,7 +423,7 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
         cache = self._split_cache("validation")
         if cache is None:
             return {}
-        return {"": self._packed(cache, Pos, "the validation data")}
+        return {"": self._packed(cache, Pos, "the validation data", self._urls_field("validation"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,7 +576,8 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         for name in self.components_with_weight():
             cache = self._component_cache(name, "train")
             assert cache is not None
-            ds = self._packed(cache, Pos, f"data.configs.{name} (training)")
+            urls = self.configs[name]._urls_field("train", f"data.configs.{name}.")
+            ds = self._packed(cache, Pos, f"data.configs.{name} (training)", urls)
             components[name] = self._shuffled(ds, mix_seed(seed, _stable_hash(name)), "train_set")
         mixture_stages = [
             MixtureStage(
@@ -585,8 +596,28 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         for name in self.configs:
             cache = self._component_cache(name, "validation")
             if cache is not None:
-                out[name] = self._packed(cache, Pos, f"data.configs.{name} (validation)")
+                urls = self.configs[name]._urls_field("validation", f"data.configs.{name}.")
+                out[name] = self._packed(cache, Pos, f"data.configs.{name} (validation)", urls)
         return out
+
+
+def _empty_files(cache: TokenCache, urls_field: str | None) -> str:
+    """'; ' + which files of `urls_field` gave no documents (and the bad lines skipped), or ''."""
+    if urls_field is None:
+        return ""
+    shards = cache.ledger.shards
+    empty = [name for name in shards if cache.ledger.finished[name].num_docs == 0]
+    if not empty:
+        return ""
+    skipped = sum(cache.ledger.finished[name].skipped_lines for name in empty)
+    skipped_note = f" ({skipped} bad lines skipped)" if skipped else ""
+    listed = ", ".join(empty[:3]) + (f" (+{len(empty) - 3} more)" if len(empty) > 3 else "")
+    verb = "has" if len(empty) == 1 else "have"
+    if len(empty) == len(shards):
+        which = "the only file" if len(shards) == 1 else f"all {len(shards)} files"
+    else:
+        which = f"{len(empty)} of the {len(shards)} files"
+    return f"; {which} of {urls_field} {verb} no documents{skipped_note}: {listed}"
 
 
 def _stable_hash(name: str) -> int:

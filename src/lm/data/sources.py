@@ -246,9 +246,15 @@ class UrlSource(ShardedSource):
         return h.hexdigest()[:16]
 
     def describe(self) -> str:
+        """The files and every setting the fingerprint covers, so two descriptions of
+        different sources differ visibly (sizes excepted)."""
         first = self.urls[0] if self.urls else ""
         more = f" (+{len(self.urls) - 1} more)" if len(self.urls) > 1 else ""
-        return f"{first}{more}"
+        settings = [f"text_key={self.text_key!r}"]
+        settings += [
+            f"{name}=true" for name in ("plaintext", "skip_bad_lines") if getattr(self, name)
+        ]
+        return ", ".join([f"{first}{more}", *settings])
 
 
 # ---------------------------------------------------------------------------- HF datasets
@@ -340,7 +346,10 @@ class HfSource(ShardedSource):
 
     def describe(self) -> str:
         name = f" ({self.name})" if self.name else ""
-        return f"HF dataset {self.id}{name} split {self.split}, {self.num_rows} rows"
+        return (
+            f"HF dataset {self.id}{name} split {self.split}, text_key={self.text_key!r}, "
+            f"{self.num_rows} rows"
+        )
 
 
 # ---------------------------------------------------------------------------- embedded corpus

@@ -4,9 +4,11 @@
 - `builtin`: the project's byte-level BPE trained on the embedded corpus (no network);
 - `passthrough`: documents are already token ids (a JSON list of ints, or a string of
   whitespace-separated ints); `vocab_size` is required and every id must be below it;
-- a local directory or an fsspec URL of a directory holding an HF tokenizer;
+- a local directory or an fsspec URL of a directory holding an HF tokenizer; a name that
+  starts with `/`, `./`, `../`, `~` or `file://` is always a path, never a hub id;
 - an HF hub name (`gpt2`, `meta-llama/...`), taken from the local HF cache first; the
-  network is tried only when it is not cached, and a clear error says so if that fails.
+  network is tried only when it is not cached and the hub's host resolves, and a clear
+  error says so if that fails.
 
 `DocumentEncoder` is the picklable recipe a cache builder ships to its workers: it loads
 the tokenizer lazily in the worker and applies the BOS/EOS policy:
@@ -90,17 +92,81 @@ def passthrough_tokenizer(vocab_size: int):
     return _passthrough_class()(vocab_size)
 
 
+_FIELD = "data.tokenizer"
+_ALLOWED = "use 'builtin', 'passthrough', a Hugging Face tokenizer directory or a hub id"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "special_tokens_map.json",
+)
+"""Files of which an HF tokenizer directory holds at least one."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name no hub id could be: absolute, `./`, `../`, `~` or `file://`."""
+    return name in (".", "..") or name.startswith(("/", "./", "../", "~", "file://"))
+
+
 def _download_dir(url: str) -> str:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.isdir(root):
-        raise ValueError(f"tokenizer {url!r}: no such directory")
+        raise ValueError(f"{_FIELD}: {url} does not exist (or is not a directory); {_ALLOWED}")
     local = tempfile.mkdtemp(prefix="lm-tokenizer-")
     for path in fs.ls(root, detail=False):
         if fs.isfile(path):
             fs.get(path, os.path.join(local, os.path.basename(path)))
     return local
+
+
+def _load_dir(path: str, shown: str):
+    """The HF tokenizer in local directory `path` (`shown` in errors: what the config says)."""
+    from transformers import AutoTokenizer
+
+    if not any(f in TOKENIZER_FILES for f in os.listdir(path)):
+        raise ValueError(
+            f"{_FIELD}: {shown} is a directory with no tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:2])}, ...); {_ALLOWED}"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises ValueError, OSError, ImportError, ...
+        reason = " ".join(str(e).split())
+        raise ValueError(
+            f"{_FIELD}: the tokenizer directory {shown} could not be loaded "
+            f"({type(e).__name__}: {reason}); {_ALLOWED}"
+        ) from e
+
+
+def _hub_unresolvable() -> str | None:
+    """Why the hub's host cannot be reached, if its name does not resolve; else None.
+
+    huggingface_hub retries a failed request five times with backoff (about 45 s of log
+    lines) even when the host does not resolve; one DNS lookup answers that at once. Behind
+    a proxy the local resolver may not know the host, so then the hub is simply tried.
+    """
+    import socket
+    import urllib.parse
+
+    import huggingface_hub.constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"its host {host} does not resolve ({e})"
+    return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -109,6 +175,11 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
 
     Returns:
         a `transformers.PreTrainedTokenizerBase`.
+
+    Raises:
+        ValueError: naming `data.tokenizer` and the value: a path that does not exist, a
+            directory without tokenizer files, or a hub id that is neither cached nor
+            downloadable.
     """
     if name == BUILTIN_TOKENIZER_NAME:
         return load_builtin_tokenizer()
@@ -118,31 +189,41 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
                 f"tokenizer: passthrough needs vocab_size (a positive int), got {vocab_size!r}"
             )
         return passthrough_tokenizer(vocab_size)
+    path = os.path.expanduser(name.removeprefix("file://"))
+    if os.path.isdir(path):
+        return _load_dir(path, name)
+    if "://" in name and not name.startswith("file://"):
+        return _load_dir(_download_dir(name), name)
+    if _looks_like_path(name):
+        what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+        raise ValueError(f"{_FIELD}: {name} {what}; {_ALLOWED}")
     # Imported here: AutoTokenizer pulls in transformers' model configs (and torch).
-    from transformers import AutoTokenizer
-
-    path = name[len("file://") :] if name.startswith("file://") else name
-    if os.path.isdir(os.path.expanduser(path)):
-        return AutoTokenizer.from_pretrained(os.path.expanduser(path))
-    if "://" in name:
-        return AutoTokenizer.from_pretrained(_download_dir(name))
     import huggingface_hub.constants
+    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as cached_error:
         if huggingface_hub.constants.HF_HUB_OFFLINE:
             raise ValueError(
-                f"tokenizer {name!r} is not a local directory and not in the local HF cache, "
+                f"{_FIELD}: {name!r} is not a local directory and not in the local HF cache, "
                 "and HF_HUB_OFFLINE is set. Use 'builtin', 'passthrough', a local tokenizer "
                 "directory, or download it first (huggingface-cli download)."
+            ) from cached_error
+        unreachable = _hub_unresolvable()
+        if unreachable is not None:
+            raise ValueError(
+                f"{_FIELD}: {name!r} is not a local directory and not in the local HF cache, "
+                f"and the hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached: "
+                f"{unreachable}. Use 'builtin', 'passthrough', a local tokenizer directory, or "
+                "download it first where there is network (huggingface-cli download)."
             ) from cached_error
         logger.info("tokenizer %r is not in the local HF cache; trying the hub", name)
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:
         raise ValueError(
-            f"tokenizer {name!r} is not a local directory, not in the local HF cache, and could "
+            f"{_FIELD}: {name!r} is not a local directory, not in the local HF cache, and could "
             f"not be downloaded ({type(e).__name__}: {e}). Use 'builtin', 'passthrough', a local "
             "tokenizer directory, or download it first (huggingface-cli download)."
         ) from e

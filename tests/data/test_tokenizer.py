@@ -1,0 +1,85 @@
+"""Loading `data.tokenizer`: every bad value is an error naming the field and the value."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import pytest
+
+from lm.data import LMDatasetConfig
+from lm.data.tokenizer import load_tokenizer
+
+ALLOWED = re.escape(
+    "; use 'builtin', 'passthrough', a Hugging Face tokenizer directory or a hub id"
+)
+
+
+def test_a_directory_without_tokenizer_files_is_named(tmp_path):
+    (tmp_path / "not_a_tok").mkdir()
+    (tmp_path / "not_a_tok" / "notes.txt").write_text("hello")
+    path = str(tmp_path / "not_a_tok")
+    with pytest.raises(
+        ValueError,
+        match=rf"^data\.tokenizer: {re.escape(path)} is a directory with no tokenizer files "
+        rf"\(tokenizer\.json, tokenizer_config\.json, \.\.\.\){ALLOWED}$",
+    ):
+        _ = LMDatasetConfig(tokenizer=path).the_tokenizer
+
+
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("{tmp}/missing", "does not exist"),
+        ("./surely-missing-tokenizer-dir", "does not exist"),
+        ("../surely-missing-tokenizer-dir", "does not exist"),
+        ("file://{tmp}/missing", "does not exist"),
+        ("{tmp}/tokenizer.json", "is a file, not a directory"),
+    ],
+)
+def test_a_path_that_is_not_a_directory_is_not_looked_up_on_the_hub(
+    tmp_path, monkeypatch, name, what
+):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    name = name.format(tmp=tmp_path)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a path must not be looked up on the hub")
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", no_hub)
+    with pytest.raises(ValueError, match=rf"^data\.tokenizer: {re.escape(name)} {what}{ALLOWED}$"):
+        load_tokenizer(name)
+
+
+def test_a_hub_id_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch):
+    """huggingface_hub would retry for ~45 s; one DNS lookup says the hub is unreachable."""
+    import huggingface_hub.constants
+
+    def not_cached(name, local_files_only=False, **kwargs):
+        assert local_files_only, "the hub must not be tried when its host does not resolve"
+        raise OSError(f"{name} is not in the cache")
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", not_cached)
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    host = re.escape(huggingface_hub.constants.ENDPOINT.split("://", 1)[1].split("/")[0])
+    with pytest.raises(
+        ValueError,
+        match=rf"^data\.tokenizer: 'someorg/no-such-tokenizer' is not a local directory and not "
+        rf"in the local HF cache, and the hub \(.*\) cannot be reached: its host {host} does not "
+        r"resolve \(.*Name or service not known\)\. Use 'builtin'",
+    ):
+        load_tokenizer("someorg/no-such-tokenizer")
+
+
+def test_a_local_tokenizer_directory_still_loads(tmp_path, builtin_tokenizer):
+    builtin_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    assert os.path.exists(tmp_path / "tok" / "tokenizer.json")
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    assert tok("def f(): pass")["input_ids"] == builtin_tokenizer("def f(): pass")["input_ids"]
