@@ -5,6 +5,7 @@ import json
 import os
 
 import equinox as eqx
+import fsspec
 import haliax as hax
 import jax
 import numpy as np
@@ -280,3 +281,135 @@ def test_load_pretrained_with_a_mapping_but_no_mesh_is_a_clear_error(llama_model
     converter.save_pretrained(llama_model, str(tmp_path))
     with pytest.raises(ValueError, match="axis_mapping but no mesh"):
         converter.load_pretrained(str(tmp_path), axis_mapping={"embed": "data"})
+
+
+def _word_tokenizer(specials: dict[str, int]):
+    """A word-level tokenizer over VOCAB ids whose named special tokens sit at given ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"<unk>": VOCAB - 1}
+    names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    for field, token_id in specials.items():
+        del vocab[f"w{token_id}"]
+        vocab[names[field]] = token_id
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", **{f: names[f] for f in specials}
+    )
+
+
+@pytest.fixture
+def transformers_warnings():
+    """Warnings transformers logs (its logger does not propagate to caplog), with its
+    `warning_once` memory cleared so an earlier test cannot hide one."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    yield records
+    hf_logger.removeHandler(handler)
+
+
+def _reloaded_ids(path) -> tuple:
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(str(path))
+    return hf_config.bos_token_id, hf_config.eos_token_id, hf_config.pad_token_id
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "specials, expected",
+    [
+        (dict(bos_token=3, eos_token=7, pad_token=9), (3, 7, 9)),
+        (dict(eos_token=0), (None, 0, None)),  # the builtin tokenizer's layout, minus BOS
+        ({}, (None, None, None)),  # passthrough-like: no special tokens at all
+    ],
+    ids=["bos_eos_pad", "eos_only", "none"],
+)
+def test_special_token_ids_come_from_the_tokenizer(
+    name, specials, expected, tmp_path, transformers_warnings
+):
+    model = random_model(CASES[name], Vocab)
+    tokenizer = _word_tokenizer(specials)
+    CASES[name].hf_checkpoint_converter().save_pretrained(model, str(tmp_path), tokenizer=tokenizer)
+    assert _reloaded_ids(tmp_path) == expected
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == expected
+    assert not [m for m in transformers_warnings if "token_id" in m], transformers_warnings
+
+
+def test_builtin_tokenizer_ids_and_passthrough_none(tmp_path, transformers_warnings):
+    from lm.data import load_builtin_tokenizer
+    from lm.data.tokenizer import passthrough_tokenizer
+
+    builtin = load_builtin_tokenizer()
+    config = CASES["gpt2"]
+    model = random_model(config, hax.Axis("vocab", len(builtin)))
+    converter = config.hf_checkpoint_converter()
+    converter.save_pretrained(model, str(tmp_path / "b"), tokenizer=builtin)
+    eos = builtin.convert_tokens_to_ids("<|endoftext|>")
+    assert _reloaded_ids(tmp_path / "b") == (eos, eos, None)
+    small = random_model(config, Vocab)
+    converter.save_pretrained(small, str(tmp_path / "p"), tokenizer=passthrough_tokenizer(VOCAB))
+    assert _reloaded_ids(tmp_path / "p") == (None, None, None)
+    assert not [m for m in transformers_warnings if "token_id" in m], transformers_warnings
+
+
+@pytest.mark.parametrize("name, expected", [("gpt2", (None, None, None)), ("qwen2", (None,) * 3)])
+def test_without_a_tokenizer_out_of_vocab_defaults_become_none(
+    name, expected, tmp_path, transformers_warnings
+):
+    # GPT-2's default <|endoftext|> id (50256) is not in a 101-token vocabulary.
+    CASES[name].hf_checkpoint_converter().save_pretrained(
+        random_model(CASES[name], Vocab), str(tmp_path)
+    )
+    assert _reloaded_ids(tmp_path) == expected
+    assert not [m for m in transformers_warnings if "token_id" in m], transformers_warnings
+
+
+def test_without_a_tokenizer_in_vocab_defaults_are_kept(llama_model, tmp_path):
+    llama_model.config.hf_checkpoint_converter().save_pretrained(llama_model, str(tmp_path))
+    assert _reloaded_ids(tmp_path) == (1, 2, None)  # HF Llama's defaults
+
+
+def test_out_of_vocab_special_token_ids_are_errors(llama_model, tmp_path):
+    converter = llama_model.config.hf_checkpoint_converter()
+    big = _word_tokenizer({"eos_token": 5})
+    big.add_special_tokens({"bos_token": "<new-bos>"})  # id 101: beyond the model's 101 tokens
+    with pytest.raises(ValueError, match=r"tokenizer's bos_token_id \(101\) is outside the vocab"):
+        converter.save_pretrained(llama_model, str(tmp_path / "a"), tokenizer=big)
+    with pytest.raises(
+        ValueError, match=r"config_overrides\['eos_token_id'\] \(50256\) is outside the vocab"
+    ):
+        converter.save_pretrained(
+            llama_model, str(tmp_path / "b"), config_overrides={"eos_token_id": 50256}
+        )
+    converter.save_pretrained(
+        llama_model, str(tmp_path / "c"), tokenizer=big, config_overrides={"bos_token_id": 4}
+    )
+    assert _reloaded_ids(tmp_path / "c") == (4, 5, None)  # overrides win over the tokenizer
+
+
+def test_saving_to_a_file_is_a_clear_error(llama_model, tmp_path):
+    converter = llama_model.config.hf_checkpoint_converter()
+    target = tmp_path / "export_file"
+    target.write_text("keep me")
+    with pytest.raises(ValueError, match=rf"^output_dir: {target} is a file, not a directory"):
+        converter.save_pretrained(llama_model, str(target))
+    with pytest.raises(
+        ValueError, match=rf"cannot be a directory: {target}, on its path, is a file"
+    ):
+        converter.save_pretrained(llama_model, str(target / "sub" / "dir"))
+    assert target.read_text() == "keep me"
+    with fsspec.open("memory://export-file/x", "wb") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=r"output_dir: memory://export-file/x is a file"):
+        converter.save_pretrained(llama_model, "memory://export-file/x")

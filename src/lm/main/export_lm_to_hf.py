@@ -6,8 +6,9 @@ config.json, tokenizer):
 
 `--config_path` is the run's YAML (the model architecture, tokenizer and model averaging
 come from it; `logs/<run_id>/config.yaml` is the resolved copy every run writes).
-The vocabulary padded for partitioning is trimmed back to the tokenizer's size; with model
-averaging the averaged model is exported.
+The vocabulary padded for partitioning is trimmed back to the tokenizer's size, and
+config.json's bos/eos/pad token ids are the tokenizer's; with model averaging the averaged
+model is exported. An `--output_dir` that is an existing file is an error before any work.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import lm.config
 from lm.lm_run import load_lm_checkpoint, vocab_axis
 from lm.main.train_lm import TrainLmConfig
+from lm.models.hf.converter import check_output_dir
 from lm.partitioning import create_mesh, resolve_mesh_shape
 from lm.tracker.logs import configure_logging
 
@@ -44,6 +46,7 @@ class ExportLmToHfConfig(TrainLmConfig):
 
 def main(config: ExportLmToHfConfig) -> str:
     configure_logging(None)
+    check_output_dir(config.output_dir)  # before loading anything
     tokenizer = config.data.the_tokenizer
     trainer = config.trainer
     # Read the checkpoint into one process's devices (all of them, data-parallel layout).

@@ -185,6 +185,9 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
 
         if not self.use_bias:
             raise ValueError("use_bias: false has no HF GPT-2 equivalent (GPT-2 always has biases)")
+        # GPT-2's <|endoftext|> (50256) as BOS/EOS only when the vocabulary has it (the
+        # exporter then sets the ids of the tokenizer the model was trained with)
+        ids = {} if vocab_size > 50256 else {"bos_token_id": None, "eos_token_id": None}
         hf = HfGpt2Config(
             vocab_size=vocab_size,
             n_positions=self.seq_len,
@@ -202,9 +205,8 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
             reorder_and_upcast_attn=False,
             tie_word_embeddings=True,
             architectures=[self.hf_architecture],
+            **ids,
         )
-        if vocab_size <= hf.eos_token_id:  # GPT-2's <|endoftext|> (50256) is not in this vocab
-            hf.bos_token_id = hf.eos_token_id = None
         for k, v in (config_overrides or {}).items():
             setattr(hf, k, v)
         return hf

@@ -57,6 +57,8 @@ TOKENIZER_FILES = (
 )
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3
 """5 GB, as HF `save_pretrained` writes shards."""
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+"""The config.json fields an export takes from the tokenizer."""
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -172,8 +174,18 @@ class HFCheckpointConverter(Generic[ConfigT]):
             vocab_size: the tokenizer's vocabulary size; a vocabulary padded beyond it (for
                 partitioning) is trimmed to it.
             dtype: store floating weights in this dtype (default: as they are).
-            config_overrides: extra attributes set on the HF config.
+            config_overrides: extra attributes set on the HF config (they win over the
+                tokenizer's special-token ids).
+
+        config.json's `bos_token_id`, `eos_token_id` and `pad_token_id` are the tokenizer's
+        (None for a token it lacks). Without a tokenizer they are the architecture's
+        defaults where those lie inside the vocabulary, else None.
+
+        Raises:
+            ValueError: `output_dir` is a file; a special-token id (the tokenizer's or in
+                `config_overrides`) lies outside the vocabulary; bad `vocab_size`.
         """
+        check_output_dir(output_dir)
         if not isinstance(model.config, self.config_class):
             raise ValueError(
                 f"model config is {type(model.config).__name__}, converter is for {self.config_class.__name__}"
@@ -185,7 +197,11 @@ class HFCheckpointConverter(Generic[ConfigT]):
                 )
             model = model.resize_vocab(vocab_size)
         shard_limit = parse_size(max_shard_size)
-        hf_config = model.config.to_hf_config(model.Vocab.size, config_overrides)
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        hf_config = _hf_config(model, tokenizer, config_overrides)
         # Every process takes part in gathering sharded parameters; only process 0 writes.
         state_dict = model_to_hf_state_dict(model)
         if jax.process_index() != 0:
@@ -240,6 +256,59 @@ class HFCheckpointConverter(Generic[ConfigT]):
                 if fs.exists(posixpath.join(root, name)):
                     fs.get(posixpath.join(root, name), os.path.join(tmp, name))
             return AutoTokenizer.from_pretrained(tmp)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become a
+    directory: it is a file, or (a local path) a folder on its way is one."""
+    from lm.fs import local_path, not_a_directory
+
+    if local_path(output_dir) is not None:
+        why = not_a_directory(output_dir)
+    else:
+        fs, root = fsspec.core.url_to_fs(output_dir)
+        why = f"{output_dir} is a file, not a directory" if fs.isfile(root) else None
+    if why is not None:
+        raise ValueError(f"output_dir: {why}; give a new or existing directory")
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """An HF tokenizer's BOS, EOS and PAD ids (None for a token it lacks), by config field."""
+    ids: dict[str, int | None] = {}
+    for name in SPECIAL_TOKEN_IDS:
+        value = getattr(tokenizer, name, None)
+        ids[name] = None if value is None else int(value)
+    return ids
+
+
+def _hf_config(model: LmHeadModel, tokenizer: Any, config_overrides: Mapping[str, Any] | None):
+    """The model's HF config with the special-token ids of `tokenizer` (see `save_pretrained`)."""
+    vocab_size = model.Vocab.size
+    overrides = dict(config_overrides or {})
+    hf_config = model.config.to_hf_config(vocab_size, overrides)
+
+    def outside(value: Any) -> bool:
+        return isinstance(value, int) and not 0 <= value < vocab_size
+
+    where = f"outside the vocabulary (0..{vocab_size - 1})"
+    for name, value in overrides.items():
+        if name.endswith("_token_id") and outside(value):
+            raise ValueError(f"config_overrides[{name!r}] ({value}) is {where}")
+    if tokenizer is None:
+        ids = {n: getattr(hf_config, n, None) for n in SPECIAL_TOKEN_IDS}
+        ids = {n: None if outside(v) else v for n, v in ids.items()}
+    else:
+        ids = special_token_ids(tokenizer)
+        for name, value in ids.items():
+            if name not in overrides and outside(value):
+                raise ValueError(
+                    f"the tokenizer's {name} ({value}) is {where}: export with the tokenizer "
+                    "the model was trained with"
+                )
+    for name, value in ids.items():
+        if name not in overrides:
+            setattr(hf_config, name, value)
+    return hf_config
 
 
 def read_hf_config(path: str):
@@ -378,10 +447,6 @@ def _write(fs, path: str, data: bytes) -> None:
 
 
 def _save_tokenizer(tokenizer: Any, fs, root: str) -> None:
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         for name in sorted(os.listdir(tmp)):
