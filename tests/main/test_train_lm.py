@@ -237,6 +237,25 @@ def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, caps
     assert out.startswith("Run run1 interrupted after step 0; last checkpoint: "), out
 
 
+def test_training_data_smaller_than_one_batch_is_named_before_the_run_starts():
+    import haliax as hax
+
+    from lm.data import ListDataset
+    from lm.main.train_lm import check_enough_data
+    from lm.trainer import TrainerConfig
+
+    Pos = hax.Axis("position", 256)
+    config = TrainerConfig(train_batch_size=16)
+    with pytest.raises(ValueError) as info:
+        check_enough_data(ListDataset([0]), Pos, config)
+    assert str(info.value) == (
+        "the training data holds 1 window of seq_len=256, fewer than one batch "
+        "(trainer.train_batch_size: 16): add data, or lower trainer.train_batch_size or "
+        "model.seq_len"
+    )
+    check_enough_data(ListDataset(list(range(16))), Pos, config)
+
+
 def test_resolved_config_goes_to_the_log_file_only(tmp_path):
     import io
 

@@ -599,3 +599,30 @@ def test_abstract_state_is_the_initial_states_shapes_and_shardings(tmp_path):
         assert (a.shape, a.dtype, a.weak_type) == (r.shape, r.dtype, r.weak_type)
         assert a.sharding.is_equivalent_to(r.sharding, len(r.shape)), (a.sharding, r.sharding)
     assert any(not r.sharding.is_fully_replicated for r in real)
+
+
+def test_data_too_small_for_one_batch_is_an_error_and_saves_nothing(tmp_path):
+    """A loader with no batch for step 0 used to run the final hooks of a run that never
+    stepped: a checkpoint named step--1."""
+    config = trainer_config(tmp_path)
+    trainer = Trainer(config, optax.sgd(0.1), mse)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        with pytest.raises(ValueError, match="no batch for step 0 .* nothing was trained"):
+            trainer.train(state, trainer.data_loader(make_dataset(n=5)))  # batch is 16
+    assert not (tmp_path / "ckpt").exists() or list((tmp_path / "ckpt").rglob("step-*")) == []
+
+
+def test_data_that_runs_out_mid_run_stops_and_saves_the_last_step(tmp_path):
+    config = trainer_config(tmp_path, num_train_steps=10)
+    trainer = Trainer(config, optax.sgd(0.1), mse)
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        info = trainer.train(state, trainer.data_loader(make_dataset(n=16 * 3)))
+    assert info.step == 2
+    saved = sorted(p.name for p in (tmp_path / "ckpt" / "toy").iterdir())
+    assert saved == ["step-2"]

@@ -155,6 +155,20 @@ def check_local_paths(config: TrainLmConfig) -> None:
         )
 
 
+def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -> None:
+    """A finite training set must fill the first batch (a run that cannot take one step is a
+    data or config problem, reported before the run directory is made)."""
+    batch = trainer_config.batch_schedule.batch_size_at_step(0)
+    if not train_set.is_finite() or len(train_set) >= batch:
+        return
+    raise ValueError(
+        f"the training data holds {len(train_set)} window{'' if len(train_set) == 1 else 's'} "
+        f"of seq_len={Pos.size}, fewer than "
+        f"one batch (trainer.train_batch_size: {batch}): add data, or lower "
+        "trainer.train_batch_size or model.seq_len"
+    )
+
+
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
     """Build (or just open and check) every tokenized cache the run needs.
 
@@ -214,6 +228,12 @@ def main(config: TrainLmConfig) -> RunSummary:
     )
     data_key, model_key, training_key = _run_keys(trainer_config.seed)
 
+    Pos = model_config.Pos
+    train_set = config.data.train_set(
+        Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
+    )
+    check_enough_data(train_set, Pos, trainer_config)
+
     trainer = Trainer(trainer_config, optimizer, loss_fn)
     summary = RunSummary(trainer_config)
     trainer.add_hook(summary.record, every=1)
@@ -223,13 +243,9 @@ def main(config: TrainLmConfig) -> RunSummary:
         lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
         trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
-        Pos = model_config.Pos
         Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
         model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
-        train_set = config.data.train_set(
-            Pos, key=data_key, batch_schedule=trainer_config.batch_schedule
-        )
         if converter is not None and not _will_resume(trainer_config):
             model = converter.load_pretrained(
                 config.hf_checkpoint,

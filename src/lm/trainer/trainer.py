@@ -522,7 +522,12 @@ class Trainer(Generic[M]):
                         f"Preempted (signal {preemption.signal_received}) after step {info.step}; "
                         f"checkpoint saved under {self.config.checkpoint_path}. Rerun to resume."
                     )
-        if info is None:  # nothing to do: the run had already finished
+        if info is None and int(state.step) == 0 < self.num_train_steps:
+            raise ValueError(
+                "the data loader produced no batch for step 0 (the training data holds fewer "
+                "examples than one batch): nothing was trained or saved"
+            )
+        if info is None:  # nothing to do: the run had already finished (or its data ran out)
             info = StepInfo(
                 state=state,
                 loss=jnp.float32(jnp.nan),
@@ -530,7 +535,8 @@ class Trainer(Generic[M]):
                 completed_step=int(state.step) - 1,
             )
             logger.info(
-                "Run already at step %d of %d; running the final hooks only.",
+                "Run %s at step %d of %d; running the final hooks only.",
+                "already" if int(state.step) >= self.num_train_steps else "out of data",
                 int(state.step),
                 self.num_train_steps,
             )
