@@ -302,10 +302,14 @@ def test_out_of_memory_is_one_message_that_says_what_to_shrink(capsys):
         lm.config.main(other)(args=[])
 
 
-def test_ctrl_c_is_one_line_and_exit_130(capsys):
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
     def entry(config: SimpleCfg):
         raise KeyboardInterrupt
 
+    def exit_now(status):  # the real one leaves the process at once (os._exit)
+        raise SystemExit(status)
+
+    monkeypatch.setattr(lm.config.cli, "_exit_now", exit_now)
     with pytest.raises(SystemExit) as info:
         lm.config.main(entry)(args=[])
     assert info.value.code == 130

@@ -282,6 +282,48 @@ def test_bad_config_from_the_command_line_has_no_traceback(tmp_path, subprocess_
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("when", ["compiling", "training"])
+def test_ctrl_c_exits_130_with_where_the_run_got(tmp_path, subprocess_env, when):
+    """SIGINT while XLA compiles used to crash the interpreter's teardown (SIGSEGV / "pure
+    virtual method called"); in training it says the last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = write_tiny_corpus(tmp_path / "corpus")
+    train = pathlib.Path(corpus[0])
+    train.write_text(train.read_text() * 100)  # data for longer than the test waits
+    config = tiny_run_yaml(tmp_path, corpus, steps=100000, checkpointer={
+        "base_path": str(tmp_path / "ckpt"), "save_interval": "1s", "keep": []})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config)],
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = "Starting from a fresh initialization" if when == "compiling" else "Committed"
+    seen = ""
+    deadline = time.monotonic() + 240
+    while marker not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+    assert marker in seen, seen[-3000:]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert err.rstrip().endswith("interrupted (Ctrl-C)"), err[-3000:]
+    assert "Traceback" not in err
+    if when == "compiling":
+        assert "Run tiny interrupted before its first step; no checkpoint was saved." in out
+    else:
+        assert "Run tiny interrupted after step " in out
+        assert "; rerun with --trainer.id tiny to resume from it." in out
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))

@@ -104,7 +104,7 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
                 raise
             _traceback_to_log_files(e)
             print("interrupted (Ctrl-C)", file=sys.stderr)
-            raise SystemExit(130) from None
+            _exit_now(130)
         except Exception as e:
             message = (
                 _peer_failure(e) or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
@@ -183,6 +183,20 @@ def _peer_failure(error: BaseException) -> str | None:
         f"with the other processes: {first_line}\nAnother process has most likely died or "
         "stalled: look at its output and log file."
     )
+
+
+def _exit_now(status: int) -> None:
+    """Exit at once, skipping the interpreter's teardown.
+
+    Ctrl-C can land while XLA compiles: jax returns the KeyboardInterrupt while XLA's
+    compile threads are still running, and tearing the interpreter down under them crashes
+    the process ("pure virtual method called", SIGSEGV). Everything the run wrote is
+    already flushed here (the trainer's context has exited); the log files are closed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _out_of_memory(error: BaseException) -> str | None:

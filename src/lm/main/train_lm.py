@@ -237,60 +237,61 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer = Trainer(trainer_config, optimizer, loss_fn)
     summary = RunSummary(trainer_config)
     trainer.add_hook(summary.record, every=1)
-    with trainer:
-        run_dir = trainer_config.run_dir
-        resolved = dataclasses.replace(config, model=model_config)
-        lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
-        trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
+    try:
+        with trainer:
+            run_dir = trainer_config.run_dir
+            resolved = dataclasses.replace(config, model=model_config)
+            lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
+            trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
-        Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
-        model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
+            Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
+            model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
-        if converter is not None and not _will_resume(trainer_config):
-            model = converter.load_pretrained(
-                config.hf_checkpoint,
-                config=model_config,
-                axis_mapping=trainer.parameter_axis_mapping,
-            )
-            logger.info("Loaded the HF checkpoint %s", config.hf_checkpoint)
-            if model.Vocab.size != Vocab.size:
-                logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
-                model = model.resize_vocab(Vocab.size, key=model_key)
-            state = trainer.initial_state(training_key, model=model)
-        else:
-            state = trainer.initial_state(
-                training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
-            )
-        _log_plan(trainer, model_config, Vocab, Pos)
+            if converter is not None and not _will_resume(trainer_config):
+                model = converter.load_pretrained(
+                    config.hf_checkpoint,
+                    config=model_config,
+                    axis_mapping=trainer.parameter_axis_mapping,
+                )
+                logger.info("Loaded the HF checkpoint %s", config.hf_checkpoint)
+                if model.Vocab.size != Vocab.size:
+                    logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
+                    model = model.resize_vocab(Vocab.size, key=model_key)
+                state = trainer.initial_state(training_key, model=model)
+            else:
+                state = trainer.initial_state(
+                    training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
+                )
+            _log_plan(trainer, model_config, Vocab, Pos)
 
-        trainer.add_eval_hooks(config.data.validation_sets(Pos), config.data.validation_tags())
-        if config.hf_save_path is not None:
-            exporter = HfExportHook(
-                model_config.hf_checkpoint_converter(),
-                config.hf_save_path,
-                trainer_config.run_id,
-                tokenizer=config.data.the_tokenizer,
-                vocab_size=config.data.the_vocab_size,
+            trainer.add_eval_hooks(config.data.validation_sets(Pos), config.data.validation_tags())
+            if config.hf_save_path is not None:
+                exporter = HfExportHook(
+                    model_config.hf_checkpoint_converter(),
+                    config.hf_save_path,
+                    trainer_config.run_id,
+                    tokenizer=config.data.the_tokenizer,
+                    vocab_size=config.data.the_vocab_size,
+                )
+                trainer.add_hook(exporter, every=config.hf_save_steps)
+            flops = model_config.flops_per_token(Vocab.size)  # forward only
+            trainer.set_throughput_model(
+                tokens_per_example=Pos.size,
+                # forward + backward = 3x forward: 6N + 12*L*S*d per token, as the reference counts
+                flops_per_example=3 * flops * Pos.size if flops is not None else None,
             )
-            trainer.add_hook(exporter, every=config.hf_save_steps)
-        flops = model_config.flops_per_token(Vocab.size)  # forward only
-        trainer.set_throughput_model(
-            tokens_per_example=Pos.size,
-            # forward + backward = 3x forward: 6N + 12*L*S*d per token, as the reference counts
-            flops_per_example=3 * flops * Pos.size if flops is not None else None,
-        )
-        try:
-            info = trainer.train(state, trainer.data_loader(train_set))
-        except Preempted as e:
-            logger.warning("%s", e)
-            print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
-            raise SystemExit(PREEMPTED_EXIT_CODE) from None
-        except KeyboardInterrupt:
-            summary.interrupted()
-            raise
-        finally:
-            lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
-        summary.finish(info, trainer)
+            try:
+                info = trainer.train(state, trainer.data_loader(train_set))
+            except Preempted as e:
+                logger.warning("%s", e)
+                print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
+                raise SystemExit(PREEMPTED_EXIT_CODE) from None
+            finally:
+                lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
+            summary.finish(info, trainer)
+    except KeyboardInterrupt:
+        summary.interrupted()
+        raise
     summary.print()
     return summary
 
