@@ -117,6 +117,14 @@ def test_override_problems_are_aggregated_with_locations(tmp_path):
     assert text.startswith(f"Invalid configuration in {path} (")
 
 
+def test_an_unknown_section_written_only_by_an_override_names_the_override():
+    with pytest.raises(ConfigError) as info:
+        parse(TrainCfg, args=["--trainr.num_train_steps", "2"])
+    (problem,) = info.value.problems
+    assert (problem.path, problem.location) == ("trainr", "--trainr.num_train_steps 2")
+    assert problem.message.endswith("did you mean `trainer`?")
+
+
 def test_override_index_out_of_range():
     with pytest.raises(ConfigError, match=r"trainer.tracker has 1 items"):
         parse(TrainCfg, args=["--trainer.tracker", "[{type: noop}]", "--trainer.tracker[3].x", "1"])

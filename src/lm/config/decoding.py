@@ -57,8 +57,18 @@ class Decoder:
         self.shape_mismatches: set[int] = set()
 
     def fail(self, path: str, message: str) -> Any:
-        self.problems.append(ConfigProblem(path, message, self.locations.get(path)))
+        self.problems.append(ConfigProblem(path, message, self._location(path)))
         return INVALID
+
+    def _location(self, path: str) -> str | None:
+        """Where `path` was written; for a key only an override below it wrote (the unknown
+        `trainr` of `--trainr.num_train_steps 2`), where that override was."""
+        if path in self.locations:
+            return self.locations[path]
+        if not path:
+            return None
+        below = sorted(k for k in self.locations if k.startswith((path + ".", path + "[")))
+        return self.locations[below[0]] if below else None
 
     def written_at(self, path: str) -> str | None:
         """Where `path` was written, else where its closest parent was (a `__post_init__`
