@@ -109,6 +109,9 @@ def test_override_problems_are_aggregated_with_locations(tmp_path):
     assert found[("optimizer.warmup", "--optimizer.warmup [1")].startswith(
         "cannot parse the value '[1' as YAML"
     )
+    assert found[("optimizer.warmup", "--optimizer.warmup [1")].endswith(
+        """; for a string, quote it inside the shell's quotes: --optimizer.warmup '"[1"'"""
+    )
     assert found[("trainer.seed", f"{path}:2")] == "expected an integer, got 'x' (a string)"
     assert found[("trainer.num_train_step", "--trainer.num_train_step 3")].endswith(
         "did you mean `num_train_steps`?"

@@ -306,9 +306,19 @@ def _parse_value(raw: str, dotted: str, problems: list[ConfigProblem], flag: str
     except yaml.YAMLError as e:
         detail = getattr(e, "problem", None) or str(e)
         problems.append(
-            ConfigProblem(dotted, f"cannot parse the value {raw!r} as YAML: {detail}", flag)
+            ConfigProblem(
+                dotted,
+                f"cannot parse the value {raw!r} as YAML: {detail}; for a string, quote it "
+                f"inside the shell's quotes: --{dotted} '{_yaml_quoted(raw)}'",
+                flag,
+            )
         )
         return _UNPARSED
+
+
+def _yaml_quoted(raw: str) -> str:
+    """`raw` as a double-quoted YAML string (for the hint; shell single quotes go around it)."""
+    return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _apply_override(
