@@ -79,3 +79,18 @@ def assert_trees_equal(a, b):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         else:
             assert x == y
+
+
+def save_state(state: TrainerState, path, step: int) -> None:
+    """Save `state` as checkpoint `step` under `path` and wait for it to commit."""
+    from lm.checkpoint import AsyncCheckpointManager, save_checkpoint
+    from lm.trainer.state import saveable_state
+
+    manager = AsyncCheckpointManager()
+    save_checkpoint(saveable_state(state), step, str(path), manager=manager)
+    manager.wait_until_finished()
+
+
+def init_fn() -> TrainerState:
+    """The `init_fn` the restore tests pass: a fresh state, always the same."""
+    return make_state(jax.random.PRNGKey(42))

@@ -8,10 +8,9 @@ import logging
 import jax
 import optax
 import pytest
-from ckpt_helpers import dummy_step_info, make_mlp, make_state
+from ckpt_helpers import dummy_step_info, init_fn, make_mlp, make_state, save_state
 
 from lm.checkpoint import (
-    AsyncCheckpointManager,
     Checkpointer,
     CheckpointerConfig,
     CheckpointInterval,
@@ -19,23 +18,11 @@ from lm.checkpoint import (
     discover_latest_checkpoint,
     list_checkpoints,
     restore_trainer_state,
-    save_checkpoint,
 )
 from lm.tracker import JsonLoggerConfig
 from lm.trainer import Trainer, TrainerConfig
-from lm.trainer.state import saveable_state
 
 T0 = datetime.datetime(2021, 1, 1)
-
-
-def save_state(state, path, step):
-    manager = AsyncCheckpointManager()
-    save_checkpoint(saveable_state(state), step, str(path), manager=manager)
-    manager.wait_until_finished()
-
-
-def init_fn():
-    return make_state(jax.random.PRNGKey(42))
 
 
 def truncate(meta):

@@ -9,25 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from ckpt_helpers import assert_trees_equal, make_state
+from ckpt_helpers import assert_trees_equal, init_fn, make_state, save_state
 
 from lm.checkpoint import (
-    AsyncCheckpointManager,
     CheckpointLoadError,
     restore_trainer_state,
-    save_checkpoint,
 )
-from lm.trainer.state import TrainerState, saveable_state
-
-
-def save_state(state, path, step):
-    manager = AsyncCheckpointManager()
-    save_checkpoint(saveable_state(state), step, str(path), manager=manager)
-    manager.wait_until_finished()
-
-
-def init_fn():
-    return make_state(jax.random.PRNGKey(42))
+from lm.trainer.state import TrainerState
 
 
 @pytest.fixture(scope="module")
