@@ -305,6 +305,8 @@ def test_out_of_memory_is_one_message_that_says_what_to_shrink(capsys):
     assert "error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 115160352656" in err
     assert "trainer.train_batch_size" in err and "lm.main.plan" in err
     assert "runtime detail" not in err and "Traceback" not in err
+    # no log file here (only train_lm / eval_lm write one): the hint does not point at one
+    assert "(the Python traceback is not shown: set LM_TRACEBACK=1 to print it)" in err
 
     def other(config: SimpleCfg):  # any other runtime error keeps its traceback
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")

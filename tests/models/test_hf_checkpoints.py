@@ -21,7 +21,7 @@ from lm.models import (
     Qwen2Config,
     Qwen3Config,
 )
-from lm.models.hf.converter import HFCheckpointConverter, read_hf_weights
+from lm.models.hf.converter import SAFETENSORS_FILE, HFCheckpointConverter, read_hf_weights
 from lm.units import parse_size
 
 VOCAB = 101
@@ -103,6 +103,40 @@ def test_sharded_safetensors_reload_in_hf_and_bit_exact(llama_model, tmp_path):
     np.testing.assert_allclose(
         hf_logits(hf, tokens.array), _logits(llama_model, tokens), atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.torch
+def test_an_export_over_an_earlier_one_leaves_only_its_own_weights(llama_model, tmp_path):
+    """A single-file export over a sharded one (and back) must not leave the other form's
+    files: HF would load the stale ones, lm the new ones."""
+    from transformers import AutoModelForCausalLM
+
+    other = random_model(CASES["llama_gqa_tied_llama3_rope"], Vocab, seed=7)
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(other, str(tmp_path), max_shard_size=1024)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"stale")
+    (tmp_path / "notes.txt").write_text("mine")
+    converter.save_pretrained(llama_model, str(tmp_path))
+    weights = sorted(p for p in os.listdir(tmp_path) if "model" in p and "tokenizer" not in p)
+    assert weights == ["model.safetensors"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # not a weight file: kept
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = _tokens(batch=1)
+    np.testing.assert_allclose(
+        hf_logits(hf, tokens.array), _logits(llama_model, tokens), atol=1e-4, rtol=1e-4
+    )
+    converter.save_pretrained(other, str(tmp_path), max_shard_size=1024)
+    assert SAFETENSORS_FILE not in os.listdir(tmp_path)
+    back = converter.load_pretrained(str(tmp_path))
+    assert_trees_equal(eqx.filter(other, eqx.is_array), eqx.filter(back, eqx.is_array))
+
+
+def test_an_export_into_a_checkpoint_directory_is_refused(llama_model, tmp_path):
+    (tmp_path / "metadata.json").write_text('{"step": 3}')
+    converter = llama_model.config.hf_checkpoint_converter()
+    with pytest.raises(ValueError, match=r"holds an lm checkpoint \(metadata.json\); export to"):
+        converter.save_pretrained(llama_model, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["metadata.json"]
 
 
 def test_padded_vocab_is_trimmed_on_export(tmp_path):

@@ -22,7 +22,7 @@ from toy import (
 from lm.data import ListDataset
 from lm.schedule import ScheduleStep
 from lm.tracker import read_json_log
-from lm.trainer import Callback, JitCallback, NonFiniteLossError, Trainer
+from lm.trainer import Callback, JitCallback, NoAcceleratorError, NonFiniteLossError, Trainer
 
 
 def _train(config, loss_fn=mse, *, optimizer=None, hooks=(), is_trainable=True, seed=0):
@@ -416,7 +416,7 @@ def test_write_artifact_rejects_other_types_by_name(tmp_path, artifact):
 
 def test_require_accelerator_refuses_cpu(tmp_path):
     config = trainer_config(tmp_path, require_accelerator=True)
-    with pytest.raises(RuntimeError, match="No accelerator found"):
+    with pytest.raises(NoAcceleratorError, match="No accelerator found"):
         config.initialize()
 
 

@@ -111,12 +111,10 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
             )
             if message is None or os.environ.get("LM_TRACEBACK"):
                 raise
-            _traceback_to_log_files(e)
+            logged = _traceback_to_log_files(e)
             print(f"error: {message}", file=sys.stderr)
-            print(
-                "(the Python traceback is in the run's log file; set LM_TRACEBACK=1 to print it)",
-                file=sys.stderr,
-            )
+            where = "is in the run's log file; set" if logged else "is not shown: set"
+            print(f"(the Python traceback {where} LM_TRACEBACK=1 to print it)", file=sys.stderr)
             raise SystemExit(1) from None
 
     run.__name__ = getattr(fn, "__name__", "main")
@@ -216,8 +214,9 @@ def _out_of_memory(error: BaseException) -> str | None:
     )
 
 
-def _traceback_to_log_files(error: BaseException) -> None:
-    """Write the traceback to the file handlers only (the console gets the short message)."""
+def _traceback_to_log_files(error: BaseException) -> bool:
+    """Write the traceback to the file handlers only (the console gets the short message);
+    whether there was one (entry points other than train_lm / eval_lm have no log file)."""
     record = logging.getLogger("lm").makeRecord(
         "lm",
         logging.ERROR,
@@ -227,9 +226,14 @@ def _traceback_to_log_files(error: BaseException) -> None:
         (error,),
         (type(error), error, error.__traceback__),
     )
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and h.baseFilename != os.devnull
+    ]
+    for handler in handlers:
+        handler.handle(record)
+    return bool(handlers)
 
 
 def _prog() -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 _EXPORTS = {
     "DEFAULT_JAX_CONFIG": "lm.trainer.config",
+    "NoAcceleratorError": "lm.trainer.config",
     "TrainerConfig": "lm.trainer.config",
     "Callback": "lm.trainer.hooks",
     "InsideStepInfo": "lm.trainer.hooks",

@@ -457,9 +457,9 @@ class TrainerConfig:
 
         configure_logging(os.path.join(str(self.log_dir), f"{run_id}.log"))
         if self.effective_require_accelerator and jax.default_backend() == "cpu":
-            raise RuntimeError(
+            raise NoAcceleratorError(
                 "No accelerator found: JAX is running on CPU. Set trainer.require_accelerator: false "
-                "to train on CPU anyway."
+                "to run on CPU anyway."
             )
         self.validate_batch_sizes()
         from lm.launch.shutdown import register_shutdown_at_exit
@@ -473,6 +473,11 @@ class TrainerConfig:
             jax.devices()[0].device_kind,
             dict(self.device_mesh.shape),
         )
+
+
+class NoAcceleratorError(RuntimeError):
+    """`trainer.require_accelerator` is set (the default off CPU-only configs) and JAX found
+    only the CPU."""
 
 
 def _check_jax_flag(name: str, value: Any, *, field: str) -> None:

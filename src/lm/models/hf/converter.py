@@ -220,6 +220,7 @@ class HFCheckpointConverter(Generic[ConfigT]):
         fs, root = fsspec.core.url_to_fs(output_dir)
         fs.makedirs(root, exist_ok=True)
         shards = _shard(state_dict, shard_limit)
+        written = {SAFETENSORS_FILE} if len(shards) == 1 else {SAFETENSORS_INDEX}
         if len(shards) == 1:
             _write(fs, posixpath.join(root, SAFETENSORS_FILE), _safetensors(shards[0]))
         else:
@@ -228,6 +229,7 @@ class HFCheckpointConverter(Generic[ConfigT]):
                 name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
                 _write(fs, posixpath.join(root, name), _safetensors(shard))
                 weight_map.update({k: name for k in shard})
+                written.add(name)
             total = sum(v.nbytes for v in state_dict.values())
             index = {
                 "metadata": {"total_size": total},
@@ -236,6 +238,7 @@ class HFCheckpointConverter(Generic[ConfigT]):
             _write(
                 fs, posixpath.join(root, SAFETENSORS_INDEX), json.dumps(index, indent=2).encode()
             )
+        _remove_stale_weights(fs, root, keep=written)
         _write(fs, posixpath.join(root, CONFIG_FILE), hf_config.to_json_string().encode())
         if tokenizer is not None:
             _save_tokenizer(tokenizer, fs, root)
@@ -258,6 +261,25 @@ class HFCheckpointConverter(Generic[ConfigT]):
             return AutoTokenizer.from_pretrained(tmp)
 
 
+_WEIGHT_FILE = re.compile(
+    r"^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+    r"|pytorch_model(-\d+-of-\d+)?\.bin|pytorch_model\.bin\.index\.json)$"
+)
+
+
+def _remove_stale_weights(fs, root: str, *, keep: set[str]) -> None:
+    """Delete weight files an earlier export left in `root` that this one did not write.
+
+    A single-file export over a sharded one would otherwise leave the old index beside the
+    new `model.safetensors` (and the other way round), and HF and lm would each load a
+    different model from the folder. `save_pretrained` in transformers does the same."""
+    for path in fs.ls(root, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        if _WEIGHT_FILE.match(name) and name not in keep:
+            fs.rm(path)
+            logger.info("Removed %s, left by an earlier export to %s", name, root)
+
+
 def check_output_dir(output_dir: str) -> None:
     """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become a
     directory: it is a file, or (a local path) a folder on its way is one."""
@@ -268,6 +290,17 @@ def check_output_dir(output_dir: str) -> None:
     else:
         fs, root = fsspec.core.url_to_fs(output_dir)
         why = f"{output_dir} is a file, not a directory" if fs.isfile(root) else None
+    if why is None:
+        fs, root = fsspec.core.url_to_fs(output_dir)
+        marker = next(
+            (m for m in ("metadata.json", "manifest.json") if fs.exists(posixpath.join(root, m))),
+            None,
+        )
+        if marker is not None:
+            raise ValueError(
+                f"output_dir: {output_dir} holds an lm checkpoint ({marker}); export to "
+                "another directory"
+            )
     if why is not None:
         raise ValueError(f"output_dir: {why}; give a new or existing directory")
 
