@@ -113,6 +113,43 @@ def test_unreadable_logs_are_clear_errors(tmp_path, setup, match):
     assert str(path) in str(e.value)
 
 
+def test_a_record_cut_off_by_a_kill_is_skipped_and_a_resumed_log_starts_a_new_line(
+    tmp_path, caplog
+):
+    from lm.tracker.json_logger import JsonLogger
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(
+        '{"event": "log", "step": 0, "metrics": {"train/loss": 2.0}}\n{"event": "log", "st'
+    )
+    logger = JsonLogger(str(log))  # a resumed run appends
+    logger.log({"train/loss": 1.0}, step=1)
+    logger.finish()
+    with caplog.at_level("WARNING"):
+        records = load_records(str(log))
+    assert [r["metrics"]["train/loss"] for r in records if r["event"] == "log"] == [2.0, 1.0]
+    assert f"{log}:2: skipping a cut-off record" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("out", "--output {tmp}/out is a directory; give an image file's path"),
+        ("c.txt", "--output {tmp}/c.txt: .txt is not an image type matplotlib writes; end the"),
+        ("afile/c.png", "--output {tmp}/afile/c.png: {tmp}/afile is a file, not a directory"),
+    ],
+)
+def test_viz_run_output_that_cannot_be_written_is_one_message(tmp_path, capsys, output, message):
+    log = write_log(
+        tmp_path / "run" / "metrics.jsonl",
+        [{"event": "log", "step": 0, "metrics": {"train/loss": 1.0}}],
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("")
+    assert viz_run.main([str(log), "-o", str(tmp_path / output)]) == 2
+    assert capsys.readouterr().err.startswith("error: " + message.format(tmp=tmp_path))
+
+
 def test_viz_run_cli(tmp_path, capsys):
     log = write_log(
         tmp_path / "run" / "metrics.jsonl",

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from lm.fs import local_path, not_a_directory
 from lm.tracker.json_logger import sibling_path
 from lm.tracker.viz import METRICS_FILENAME, RunLogError, plot_run, resolve_log_path
 
@@ -36,6 +37,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_output(output: str) -> None:
+    """Raise `RunLogError` naming `--output` if matplotlib cannot write an image there."""
+    from matplotlib.figure import Figure
+
+    path = local_path(output)
+    if path is not None and os.path.isdir(path):
+        raise RunLogError(f"--output {output} is a directory; give an image file's path")
+    kinds = sorted(Figure().canvas.get_supported_filetypes())
+    ext = os.path.splitext(output)[1].lstrip(".").lower()
+    if ext not in kinds:
+        raise RunLogError(
+            f"--output {output}: {'.' + ext if ext else 'no extension'} is not an image type "
+            f"matplotlib writes; end the name with one of {', '.join('.' + k for k in kinds)}"
+        )
+    why = not_a_directory(os.path.dirname(output) or ".")
+    if why is not None:
+        raise RunLogError(f"--output {output}: {why}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -44,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output
         if output is None:
             output = sibling_path(log_path, "curves.png")
+        else:
+            check_output(output)
         panels = plot_run(log_path, output, title=args.title)
     except RunLogError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -82,11 +82,24 @@ class JsonLogger(Tracker):
         self._last_flush = time.monotonic()
         self._flush_interval_s = flush_interval_s
         self._file = self._fs.open(self._fs_path, "a") if self._local else None
+        if self._file is not None and self._ends_mid_line():
+            self._file.write("\n")  # a run killed mid-write: its cut-off record stays alone
         if not self._local and self._fs.exists(self._fs_path):
             with self._fs.open(self._fs_path, "r") as f:
                 self._buffer = f.read().splitlines(keepends=True)
+            if self._buffer and not self._buffer[-1].endswith("\n"):
+                self._buffer[-1] += "\n"
         self._finished = False
         self._logged_metrics = False
+
+    def _ends_mid_line(self) -> bool:
+        """Whether the local log's last byte is not a newline (the last record was cut)."""
+        with open(self._fs_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(_jsonable(record)) + "\n"

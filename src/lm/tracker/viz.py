@@ -66,10 +66,13 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise RunLogError(
-                        f"{log_path}:{lineno} is not a JSON line ({e.msg}); is this a metrics "
-                        "log written by the json tracker?"
-                    ) from e
+                    if not line.lstrip().startswith("{"):
+                        raise RunLogError(
+                            f"{log_path}:{lineno} is not a JSON line ({e.msg}); is this a "
+                            "metrics log written by the json tracker?"
+                        ) from e
+                    # a record cut off by a run killed while writing it
+                    logger.warning("%s:%d: skipping a cut-off record (%s)", log_path, lineno, e.msg)
     except (OSError, UnicodeDecodeError) as e:
         raise RunLogError(f"cannot read metrics log {log_path}: {e}") from e
     return records
