@@ -94,3 +94,18 @@ def test_output_dir_that_is_a_file_is_one_clear_error(nested, tmp_path, subproce
     assert expected in proc.stderr, proc.stderr
     assert "missing" not in proc.stderr  # stopped before the checkpoint
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("5gb", "unknown size unit 'gb' in '5gb' (did you mean 5GB?)"), ("0", "must be positive")],
+)
+def test_a_bad_max_shard_size_is_a_config_error_before_the_checkpoint_is_read(value, message):
+    import lm.config
+    from lm.main.export_lm_to_hf import ExportLmToHfConfig
+
+    args = ["--checkpoint_path", "/no/such", "--output_dir", "/tmp/x", "--max_shard_size", value]
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.parse(ExportLmToHfConfig, args=args)
+    (problem,) = info.value.problems
+    assert problem.path == "max_shard_size" and message in problem.message

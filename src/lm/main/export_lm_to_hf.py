@@ -24,6 +24,7 @@ from lm.main.train_lm import TrainLmConfig
 from lm.models.hf.converter import check_output_dir
 from lm.partitioning import create_mesh, resolve_mesh_shape
 from lm.tracker.logs import configure_logging
+from lm.units import parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class ExportLmToHfConfig(TrainLmConfig):
         for name in ("checkpoint_path", "output_dir"):
             if not getattr(self, name):
                 raise lm.config.FieldError(name, "is required")
+        try:
+            parse_size(self.max_shard_size)
+        except ValueError as e:
+            raise lm.config.FieldError("max_shard_size", str(e)) from None
 
 
 def main(config: ExportLmToHfConfig) -> str:

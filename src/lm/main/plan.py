@@ -8,7 +8,8 @@ the compiled train step from XLA's memory analysis.
     --device_memory 16GiB   exit 3 with advice if the step needs more than this per device
     --num_devices 64        plan for 64 devices (simulated CPU devices) instead of the local ones
 
-Exit codes: 0 planned (and fits), 1 does not fit `device_memory`, 2 bad configuration.
+Exit codes: 0 planned (and fits), 3 does not fit `device_memory`, 2 bad configuration,
+1 any other error.
 """
 
 from __future__ import annotations
