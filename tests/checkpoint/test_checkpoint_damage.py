@@ -171,3 +171,11 @@ def test_trainer_warns_only_for_an_explicit_load_checkpoint_path(tmp_path, caplo
     else:
         assert not any("load_checkpoint" in w for w in warnings)
     assert "Starting from a fresh initialization" in caplog.text
+
+
+def test_a_checkpoint_path_that_is_a_file_is_named():
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        with pytest.raises(ValueError, match=f"^{f.name} is a file; a checkpoint path is a run"):
+            restore_trainer_state(init_fn, checkpoint_path=f.name)

@@ -259,6 +259,12 @@ def checkpoint_candidates(path: str) -> tuple[list[CheckpointStatus], list[Check
     If `path` is itself a checkpoint (it holds metadata.json, or is a `step-N`
     directory without checkpoints inside), it is the only candidate.
     """
+    local = local_path(path)
+    if local is not None and os.path.isfile(local.rstrip("/")):
+        raise ValueError(
+            f"{path} is a file; a checkpoint path is a run's checkpoint directory or one of its "
+            "step-N directories"
+        )
     keys = list_keys(path)
     if not keys:
         return [], []
