@@ -106,15 +106,19 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
             print("interrupted (Ctrl-C)", file=sys.stderr)
             _exit_now(130)
         except Exception as e:
-            message = (
-                _peer_failure(e) or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
-            )
+            peer = _peer_failure(e)
+            message = peer or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
             if message is None or os.environ.get("LM_TRACEBACK"):
                 raise
             logged = _traceback_to_log_files(e)
             print(f"error: {message}", file=sys.stderr)
             where = "is in the run's log file; set" if logged else "is not shown: set"
             print(f"(the Python traceback {where} LM_TRACEBACK=1 to print it)", file=sys.stderr)
+            if peer is not None:
+                # jax's exit-time distributed shutdown waits on a barrier with the dead peer
+                # (until its heartbeat times out, a minute or more, then aborts with a C++
+                # stack dump): leave now, which also frees the accelerator at once
+                _exit_now(1)
             raise SystemExit(1) from None
 
     run.__name__ = getattr(fn, "__name__", "main")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 import jax
 
@@ -95,15 +96,20 @@ class DistributedConfig:
         device_ids = self.local_device_ids
         if isinstance(device_ids, int):
             device_ids = [device_ids]
-        logger.info(
-            "Initializing jax.distributed (%s): coordinator=%s num_processes=%s process_id=%s "
-            "heartbeat_timeout=%ds",
-            cluster or "manual",
-            self.coordinator_address,
-            self.num_processes,
-            self.process_id,
-            self.heartbeat_timeout_seconds,
+        # Printed as well as logged: logging is configured only after this returns (the run
+        # id needs the other processes), and a wrong address or process count waits here
+        # for initialization_timeout_seconds before jax aborts the process.
+        message = (
+            f"Connecting to the jax.distributed coordinator ({cluster or 'manual'}): "
+            f"coordinator={self.coordinator_address or 'auto'} "
+            f"num_processes={self.num_processes or 'auto'} "
+            f"process_id={'auto' if self.process_id is None else self.process_id}; waiting up "
+            f"to {self.initialization_timeout_seconds}s for every process "
+            "(trainer.distributed.initialization_timeout_seconds). If it times out, check "
+            "coordinator_address, num_processes and process_id on every process."
         )
+        logger.info("%s", message)
+        print(message, file=sys.stderr, flush=True)
         jax.distributed.initialize(
             coordinator_address=self.coordinator_address,
             num_processes=self.num_processes,
