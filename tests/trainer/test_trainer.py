@@ -22,7 +22,14 @@ from toy import (
 from lm.data import ListDataset
 from lm.schedule import ScheduleStep
 from lm.tracker import read_json_log
-from lm.trainer import Callback, JitCallback, NoAcceleratorError, NonFiniteLossError, Trainer
+from lm.trainer import (
+    Callback,
+    JitCallback,
+    NoAcceleratorError,
+    NonFiniteLossError,
+    Trainer,
+    TrainerConfig,
+)
 
 
 def _train(config, loss_fn=mse, *, optimizer=None, hooks=(), is_trainable=True, seed=0):
@@ -314,6 +321,17 @@ def test_frozen_parameters_are_untouched(tmp_path):
     # no optimizer state for the frozen leaf
     opt_leaves = jax.tree_util.tree_leaves(info.state.opt_state)
     assert all(leaf.shape != (Feature.size, 8) for leaf in opt_leaves)
+
+
+def test_frozen_parameters_train_with_the_watch_hook_on(tmp_path):
+    """The watch hook measured the frozen leaf too (a NamedArray holding None in the
+    trainable model, the gradients and the updates) and crashed at step 0."""
+    watch = dataclasses.replace(TrainerConfig().watch, interval=1)
+    config = trainer_config(tmp_path, num_train_steps=2, watch=watch)
+    _train(config, is_trainable=Mlp(w1=False, w2=True, bias=True))
+    metrics = _metrics(config, step=0)[0]
+    assert "grad/norm/w2" in metrics and "params/norm/w2" in metrics
+    assert not any(key.endswith("/w1") for key in metrics)
 
 
 def test_mixed_precision_computes_in_bf16_and_keeps_f32_params(tmp_path):

@@ -75,9 +75,10 @@ def _leaves_with_names(tree) -> list[tuple[str, Any]]:
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=hax.is_named_array)[0]
     out = []
     for path, leaf in flat:
-        if hax.is_named_array(leaf):
-            out.append((_path_name(path), leaf))
-        elif eqx.is_inexact_array(leaf):
+        # a frozen parameter (`is_trainable`) is a NamedArray holding None in the trainable
+        # model, the gradients and the updates: nothing to measure
+        array = leaf.array if hax.is_named_array(leaf) else leaf
+        if eqx.is_inexact_array(array):
             out.append((_path_name(path), leaf))
     return out
 
