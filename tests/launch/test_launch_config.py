@@ -84,7 +84,7 @@ def test_validation_reports_every_problem_at_once():
         "secrets[0]", "secrets[1]", "retries", "poll_interval_s", "image_tag",
     }  # fmt: skip
     assert "got 'us-central2'" in found["zone"]
-    assert "needs use_queued_resources: true" in found["node_count"]
+    assert "pass --queued or set use_queued_resources: true" in found["node_count"]
     assert "also set under env:" in found["secrets[0]"]
     assert "build_image is false" in found["image_tag"]
 
@@ -99,7 +99,10 @@ def test_queued_resources_have_no_preemptible_tier():
 def test_unknown_generation_needs_a_runtime_version():
     with pytest.raises(ConfigError) as e:
         LaunchConfig(**{**BASE, "tpu_type": "v9-8"})
-    assert "no default for generation 'v9'" in problems(e.value)["runtime_version"]
+    assert problems(e.value)["tpu_type"].startswith(
+        "got 'v9-8': no default runtime_version is known for v9; set --runtime_version or "
+        "runtime_version: in .lm.yaml"
+    )
 
 
 def test_overrides_win_and_env_merges(tmp_path):

@@ -59,6 +59,9 @@ secrets: [WANDB_API_KEY]
 
 
 def write(tmp_path, text):
+    """A project: `.lm.yaml` holding `text`, beside the default `docker/Dockerfile`."""
+    (tmp_path / "docker").mkdir(exist_ok=True)
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM scratch\n")
     path = tmp_path / ".lm.yaml"
     path.write_text(text)
     return str(path)
@@ -148,7 +151,7 @@ def test_queued_spot_multislice_exact_commands(tmp_path):
 
 def test_dry_run_prints_every_command_with_secrets_masked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".lm.yaml").write_text(WITH_SECRETS)
+    write(tmp_path, WITH_SECRETS)
     env = {**ENV, "WANDB_API_KEY": "wandb-secret-123"}
     out = io.StringIO()
     assert main(["--dry-run", "--", *TRAIN], environ=env, stdout=out) == 0
@@ -381,12 +384,100 @@ def test_usage_errors(tmp_path, capsys):
     missing = str(tmp_path / "missing.yaml")
     assert main(["--config", missing, "--", "x"], environ=ENV, executor=ex) == 2
     assert "missing.yaml" in capsys.readouterr().err
-    secrets = write(tmp_path, WITH_SECRETS)
-    assert main(["--config", secrets, "--", "x"], environ=ENV, executor=ex) == 1
-    assert "['WANDB_API_KEY']" in capsys.readouterr().err
     assert ex.commands == []
     with pytest.raises(SystemExit):
         main(["--config", config, "--env", "NOVALUE", "--", "x"], environ=ENV, executor=ex)
+
+
+def test_unset_secrets_are_shown_as_unset_in_a_dry_run_and_stop_a_real_launch(tmp_path, capsys):
+    config = write(tmp_path, WITH_SECRETS.replace("[WANDB_API_KEY]", "[WANDB_API_KEY, MY_PASS]"))
+    out = io.StringIO()
+    assert main(["--config", config, "--dry-run", "--", "x"], environ=ENV, stdout=out) == 0
+    start = out.getvalue().splitlines()[4]
+    assert "-e 'WANDB_API_KEY=<unset>' -e 'MY_PASS=<unset>'" in shlex.split(start)[-1]
+    err = capsys.readouterr().err
+    assert err.count("a real launch would stop with exit status 2") == 1
+    assert "WANDB_API_KEY, MY_PASS not set" in err
+    ex = RecordingExecutor()
+    assert main(["--config", config, "--", "x"], environ=ENV, executor=ex) == 2
+    assert capsys.readouterr().err == (
+        "error: secrets: WANDB_API_KEY, MY_PASS are listed under secrets: in .lm.yaml but not "
+        "set (or empty) in the local environment; export them (`export WANDB_API_KEY=...`) or "
+        "remove them from secrets:\n"
+    )
+    assert ex.commands == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_missing_dockerfile_is_a_config_error_at_dockerfile(tmp_path, capsys, dry_run):
+    config = write(tmp_path, ON_DEMAND + "dockerfile: nothere/Dockerfile\n")
+    ex = RecordingExecutor()
+    args = ["--config", config, *(["--dry-run"] if dry_run else []), "--", "x"]
+    assert main(args, environ=ENV, executor=ex, stdout=io.StringIO()) == 2
+    assert capsys.readouterr().err == (
+        f"Invalid configuration in {config} (1 problem):\n"
+        f"  - dockerfile [{config}:7]: no Dockerfile at {tmp_path}/nothere/Dockerfile "
+        "('nothere/Dockerfile', relative to the directory of .lm.yaml); set dockerfile: in "
+        ".lm.yaml, or pass --no_build --image_tag TAG to run an image already pushed\n"
+    )
+    bare = tmp_path / "bare"  # a project without docker/Dockerfile
+    bare.mkdir()
+    config = str(bare / ".lm.yaml")
+    (bare / ".lm.yaml").write_text(ON_DEMAND)
+    assert main(["--config", config, *args[2:]], environ=ENV, executor=ex) == 2
+    err = capsys.readouterr().err
+    assert f"  - dockerfile: no Dockerfile at {bare}/docker/Dockerfile (the default " in err
+    assert ex.commands == []
+    assert main(["--config", config, "--no_build", "--", "x"], environ=ENV, executor=ex) == 0
+
+
+def test_an_env_flag_that_is_also_a_secret_is_reported_at_the_flag(tmp_path, capsys):
+    config = write(tmp_path, WITH_SECRETS)
+    args = ["--config", config, "--env", "WANDB_API_KEY=zz", "--", "x"]
+    assert main(args, environ=ENV, executor=RecordingExecutor()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Invalid launch flags (1 problem):\n  - env.WANDB_API_KEY [--env ")
+    assert (
+        "[--env WANDB_API_KEY=...]: WANDB_API_KEY is listed under secrets: "
+        f"({config}:15), so its value is read from your local environment; drop --env "
+        "WANDB_API_KEY=..." in err
+    )
+    assert "zz" not in err and "secrets[0]" not in err
+
+
+def test_errors_name_the_flag_that_sets_the_field(tmp_path, capsys):
+    config = write(tmp_path, ON_DEMAND)
+    ex = RecordingExecutor()
+    args = ["--config", config, "--tpu_type", "v7x-8", "--", "x"]
+    assert main(args, environ=ENV, executor=ex) == 2
+    assert capsys.readouterr().err.startswith(
+        "Invalid launch flags (1 problem):\n  - tpu_type [--tpu_type]: got 'v7x-8': no default "
+        "runtime_version is known for v7x; set --runtime_version or runtime_version: in .lm.yaml"
+    )
+    assert main(["--config", config, "--node_count", "2", "--", "x"], environ=ENV, executor=ex) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Invalid launch flags (1 problem):\n  - node_count [--node_count]: ")
+    assert "got 2: more than one slice (multislice) needs queued resources; pass --queued" in err
+    untagged = write(tmp_path, ON_DEMAND.replace("image_tag: v1\n", ""))
+    assert main(["--config", untagged, "--no_build", "--", "x"], environ=ENV, executor=ex) == 2
+    assert "build_image is false (--no_build or build_image: false)" in capsys.readouterr().err
+    assert ex.commands == []
+
+
+def test_errors_are_headed_by_whether_the_file_or_the_flags_are_at_fault(tmp_path, capsys):
+    ex = RecordingExecutor()
+    config = write(tmp_path, ON_DEMAND)
+    assert main(["--config", config, "--zone", "moon-1", "--", "x"], environ=ENV, executor=ex) == 2
+    assert capsys.readouterr().err.startswith(
+        "Invalid launch flags (1 problem):\n  - zone [--zone]"
+    )
+    both = write(tmp_path, ON_DEMAND.replace("v4-8", "v4"))
+    assert main(["--config", both, "--zone", "moon-1", "--", "x"], environ=ENV, executor=ex) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Invalid launch settings ({both} and flags) (2 problems):\n")
+    assert main(["--config", both, "--", "x"], environ=ENV, executor=ex) == 2
+    assert capsys.readouterr().err.startswith(f"Invalid configuration in {both} (1 problem):")
+    assert ex.commands == []
 
 
 def test_default_tpu_name():
@@ -399,7 +490,7 @@ def test_module_entry_point_dry_run(tmp_path, subprocess_env):
     import subprocess
     import sys
 
-    (tmp_path / ".lm.yaml").write_text(WITH_SECRETS)
+    write(tmp_path, WITH_SECRETS)
     env = {**subprocess_env, "USER": "alice", "WANDB_API_KEY": "wandb-secret-123"}
     argv = [sys.executable, "-m", "lm.launch.tpu", "--dry-run", "--queued", "--capacity_type",
             "spot", "--", *TRAIN]  # fmt: skip

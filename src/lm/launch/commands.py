@@ -15,6 +15,9 @@ from collections.abc import Callable
 from lm.launch.config import LaunchConfig
 from lm.launch.executor import MASK, Command
 
+UNSET = "<unset>"
+"""Shown in place of a secret's value when it is not set locally (dry run only)."""
+
 CONTAINER_NAME = "lm"
 """Name of the container on every worker (`sudo docker logs -f lm` follows it)."""
 
@@ -41,6 +44,8 @@ class LaunchPlan:
         env: (name, value) pairs exported in the container, `env:` then `secrets:`.
         command: the command run in the container on every worker.
         base_dir: directory the Dockerfile and build context paths are relative to.
+        unset_secrets: names under `secrets:` with no local value (a dry run only); their
+            value in `env` is empty and their printed value `UNSET`.
     """
 
     config: LaunchConfig
@@ -49,6 +54,7 @@ class LaunchPlan:
     env: tuple[tuple[str, str], ...]
     command: tuple[str, ...]
     base_dir: str = ""
+    unset_secrets: frozenset[str] = frozenset()
 
     @property
     def image(self) -> str:
@@ -175,6 +181,8 @@ def start_script(plan: LaunchPlan, *, reveal: bool) -> str:
     run += ["--privileged", "--volume=/tmp:/tmp"]
     for name, value in plan.env:
         shown = value if reveal or not cfg.is_secret(name) else MASK
+        if name in plan.unset_secrets:
+            shown = UNSET
         run += ["-e", f"{name}={shown}"]
     run += cfg.docker_run_flags
     run.append(plan.image)

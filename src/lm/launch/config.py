@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import lm.config
 from lm.config import ConfigError, ConfigProblem, invalid
+from lm.config.errors import join_path
 
 CapacityType = Literal["on-demand", "preemptible", "spot", "reserved"]
 CAPACITY_TYPES: tuple[str, ...] = ("on-demand", "preemptible", "spot", "reserved")
@@ -119,11 +120,13 @@ class LaunchConfig:
             bad("tpu_type", self.tpu_type, "`<generation>-<cores>` such as `v4-8` or `v5p-32`")
         elif self.runtime_version is None and match.group(1) not in DEFAULT_RUNTIME_VERSIONS:
             known = ", ".join(sorted(DEFAULT_RUNTIME_VERSIONS))
-            bad(
-                "runtime_version",
-                None,
-                f"a TPU software version; there is no default for generation "
-                f"{match.group(1)!r} (defaults exist for {known})",
+            problems.append(
+                ConfigProblem(
+                    "tpu_type",
+                    f"got {self.tpu_type!r}: no default runtime_version is known for "
+                    f"{match.group(1)}; set --runtime_version or runtime_version: in .lm.yaml "
+                    f"(defaults exist for {known})",
+                )
             )
         if not _REPOSITORY.match(self.docker_repository):
             bad(
@@ -148,8 +151,9 @@ class LaunchConfig:
             problems.append(
                 ConfigProblem(
                     "node_count",
-                    f"node_count={self.node_count} (multislice) needs use_queued_resources: "
-                    "true; plain `tpu-vm create` makes one slice",
+                    f"got {self.node_count}: more than one slice (multislice) needs queued "
+                    "resources; pass --queued or set use_queued_resources: true in .lm.yaml "
+                    "(plain `tpu-vm create` makes one slice)",
                 )
             )
         if self.use_queued_resources and self.capacity_type == "preemptible":
@@ -168,7 +172,8 @@ class LaunchConfig:
             problems.append(
                 ConfigProblem(
                     "image_tag",
-                    "build_image is false, so image_tag must name the pushed image to run",
+                    "build_image is false (--no_build or build_image: false), so an image tag "
+                    "must name the pushed image to run; pass --image_tag or set image_tag:",
                 )
             )
         for name in self.docker_build_args:
@@ -225,12 +230,70 @@ class LaunchConfig:
 DEFAULT_CONFIG_FILE = ".lm.yaml"
 
 
+class LaunchSettingsError(ConfigError):
+    """A `ConfigError` headed by where its problems came from: the file, the flags, or both.
+
+    A problem whose location starts with `--` was set by a command-line flag.
+    """
+
+    def _format(self) -> str:
+        by_flag = [bool(p.location and p.location.startswith("--")) for p in self.problems]
+        if all(by_flag):
+            heading = "Invalid launch flags"
+        elif any(by_flag) and self.source:
+            heading = f"Invalid launch settings ({self.source} and flags)"
+        elif not any(by_flag) and self.source:
+            heading = f"Invalid configuration in {self.source}"
+        else:
+            heading = "Invalid launch settings"
+        n = len(self.problems)
+        lines = [f"{heading} ({n} problem{'' if n == 1 else 's'}):"]
+        lines += ["  - " + str(p).replace("\n", "\n    ") for p in self.problems]
+        return "\n".join(lines)
+
+    def with_source(self, source: str | None) -> LaunchSettingsError:
+        return LaunchSettingsError(self.problems, source=source)
+
+
+def _env_flag(name: str) -> str:
+    """How an `env:` entry given on the command line is shown (its value may be a secret)."""
+    return f"--env {name}=..."
+
+
+def _missing_files(data: Mapping[str, Any], base_dir: str, locations: Mapping[str, str]):
+    """Problems for a Dockerfile or build context that is not there, when the image is built."""
+    if data.get("build_image", True) is False:
+        return []
+    problems = []
+    wanted = [("dockerfile", "docker/Dockerfile", os.path.isfile, "Dockerfile")]
+    wanted.append(("docker_build_context", ".", os.path.isdir, "build context directory"))
+    for field, default, exists, noun in wanted:
+        value = data.get(field, default)
+        if not isinstance(value, str):
+            continue  # the decoder reports the wrong type
+        path = os.path.abspath(os.path.join(base_dir, value))
+        if not exists(path):
+            given = f"{value!r}" if field in data else f"the default {value!r}"
+            problems.append(
+                ConfigProblem(
+                    field,
+                    f"no {noun} at {path} ({given}, relative to the directory of .lm.yaml); "
+                    f"set {field}: in .lm.yaml, or pass --no_build --image_tag TAG to run an "
+                    "image already pushed",
+                    locations.get(field),
+                )
+            )
+    return problems
+
+
 def load_launch_config(
     path: str | os.PathLike | None,
     overrides: Mapping[str, Any] | None = None,
     *,
     required: bool = False,
     merge_env: bool = False,
+    flags: Mapping[str, str] | None = None,
+    check_files: bool = False,
 ) -> LaunchConfig:
     """Read `.lm.yaml` (if present), apply command-line `overrides`, and decode.
 
@@ -240,10 +303,15 @@ def load_launch_config(
         overrides: field name -> value, from command-line flags; they win over the file.
         required: whether `path` must exist.
         merge_env: an `env` override adds to (and wins over) the file's `env:` instead of
-            replacing it, as `--env NAME=VALUE` does.
+            replacing it, as `--env NAME=VALUE` does; each entry is reported at its flag.
+        flags: field name -> the flag that set it (`use_queued_resources` -> `--queued`),
+            named in problems; default `--<field>`.
+        check_files: also check that the Dockerfile and build context exist (relative to the
+            directory of `path`) when the image is to be built.
 
     Raises:
-        ConfigError: every problem in the file, the overrides and the decoded values.
+        LaunchSettingsError: every problem in the file, the overrides and the decoded values
+            (a `ConfigError`, headed by whether the file, the flags or both are at fault).
     """
     data: dict[str, Any] = {}
     locations: dict[str, str] = {}
@@ -261,16 +329,43 @@ def load_launch_config(
             )
         data = dict(loaded.data or {})
         locations = dict(loaded.locations)
+    problems: list[ConfigProblem] = []
     for key, value in (overrides or {}).items():
-        if key == "env" and merge_env and isinstance(data.get("env"), dict):
-            value = {**data["env"], **value}
+        if key == "env" and merge_env and isinstance(value, dict):
+            secrets = data.get("secrets")
+            secrets = secrets if isinstance(secrets, list) else []
+            for name in [n for n in value if n in secrets]:
+                where = locations.get(f"secrets[{secrets.index(name)}]", "secrets:")
+                problems.append(
+                    ConfigProblem(
+                        join_path("env", name),
+                        f"{name} is listed under secrets: ({where}), so its value is read from "
+                        f"your local environment; drop {_env_flag(name)} and run "
+                        f"`{name}=... python -m lm.launch.tpu ...`, or remove it from secrets:",
+                        _env_flag(name),
+                    )
+                )
+            value = {n: v for n, v in value.items() if n not in secrets}
+            for name in value:
+                locations[join_path("env", name)] = _env_flag(name)
+            if isinstance(data.get("env"), dict):
+                value = {**data["env"], **value}
+            data[key] = value
+            continue
         data[key] = value
-        locations[key] = f"--{key}"
+        locations[key] = (flags or {}).get(key, f"--{key}")
+    if check_files:
+        base_dir = os.path.dirname(source) if source else ""
+        problems += _missing_files(data, base_dir, locations)
+    config: LaunchConfig | None = None
     try:
-        return lm.config.decode(LaunchConfig, data, locations=locations)
+        config = lm.config.decode(LaunchConfig, data, locations=locations)
     except ConfigError as e:
+        problems = [*e.problems, *problems]
+    if config is None or problems:
         if source is not None and not os.path.exists(source):
-            e = ConfigError(
-                [*e.problems, ConfigProblem("", f"(no {source} was found; see .lm.yaml.example)")]
-            )
-        raise e.with_source(source if source and os.path.exists(source) else None) from None
+            problems.append(ConfigProblem("", f"(no {source} was found; see .lm.yaml.example)"))
+        raise LaunchSettingsError(
+            problems, source=source if source and os.path.exists(source) else None
+        ) from None
+    return config

@@ -62,6 +62,20 @@ def default_tpu_name(environ: Mapping[str, str]) -> str:
     return f"lm-{cleaned}" if cleaned else "lm"
 
 
+class UnsetSecretsError(ValueError):
+    """Names listed under `secrets:` that have no value in the local environment."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+        one = len(self.names) == 1
+        super().__init__(
+            f"secrets: {', '.join(self.names)} {'is' if one else 'are'} listed under secrets: "
+            "in .lm.yaml but not set (or empty) in the local environment; export "
+            f"{'it' if one else 'them'} (`export {self.names[0]}=...`) or remove "
+            f"{'it' if one else 'them'} from secrets:"
+        )
+
+
 def plan_launch(
     config: LaunchConfig,
     command: Sequence[str],
@@ -69,11 +83,17 @@ def plan_launch(
     environ: Mapping[str, str],
     base_dir: str = "",
     now: Callable[[], float] = time.time,
+    allow_unset_secrets: bool = False,
 ) -> commands.LaunchPlan:
     """Resolve the TPU name, image tag and secret values into a `LaunchPlan`.
 
+    Args:
+        allow_unset_secrets: plan anyway when a secret is not set locally, with an empty
+            value shown as `<unset>` (what a dry run prints).
+
     Raises:
-        LaunchError: no command, or a secret named in `secrets:` is not set locally.
+        LaunchError: no command.
+        UnsetSecretsError: a secret named in `secrets:` is not set locally (and not allowed).
     """
     if not command:
         raise LaunchError(
@@ -81,12 +101,9 @@ def plan_launch(
             "python -m lm.main.train_lm --config_path config/gpt2_small.yaml`"
         )
     missing = [name for name in config.secrets if not environ.get(name)]
-    if missing:
-        raise LaunchError(
-            f"secrets {missing} are listed in .lm.yaml `secrets:` but not set in the local "
-            "environment; export them (e.g. `export WANDB_API_KEY=...`) or remove them"
-        )
-    env = [*config.env.items(), *((name, environ[name]) for name in config.secrets)]
+    if missing and not allow_unset_secrets:
+        raise UnsetSecretsError(missing)
+    env = [*config.env.items(), *((name, environ.get(name, "")) for name in config.secrets)]
     tag = config.image_tag or time.strftime("%Y%m%d-%H%M%S", time.gmtime(now()))
     return commands.LaunchPlan(
         config=config,
@@ -95,6 +112,7 @@ def plan_launch(
         env=tuple(env),
         command=tuple(command),
         base_dir=base_dir,
+        unset_secrets=frozenset(missing),
     )
 
 
@@ -308,6 +326,13 @@ _SWITCHES = {
 }
 
 
+def _flag_names() -> dict[str, str]:
+    """LaunchConfig field -> the flag that sets it, for error messages."""
+    names = {field: f"--{flag}" for flag, field in _VALUE_FLAGS.items()}
+    names.update({field: f"--{flag}" for flag, (field, _, _) in _SWITCHES.items()})
+    return names
+
+
 def _spellings(name: str) -> list[str]:
     dashed = name.replace("_", "-")
     return [f"--{name}"] if dashed == name else [f"--{name}", f"--{dashed}"]
@@ -397,15 +422,36 @@ def main(
     config_path = ns.config if ns.config is not None else DEFAULT_CONFIG_FILE
     try:
         config = load_launch_config(
-            config_path, overrides, required=ns.config is not None, merge_env=True
+            config_path,
+            overrides,
+            required=ns.config is not None,
+            merge_env=True,
+            flags=_flag_names(),
+            check_files=True,
+        )
+        plan = plan_launch(
+            config,
+            command,
+            environ=environ,
+            base_dir=os.path.dirname(config_path),
+            now=now,
+            allow_unset_secrets=ns.dry_run,
         )
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    try:
-        plan = plan_launch(
-            config, command, environ=environ, base_dir=os.path.dirname(config_path), now=now
+    except UnsetSecretsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if plan.unset_secrets:
+        names = ", ".join(n for n in config.secrets if n in plan.unset_secrets)
+        print(
+            f"note: secrets {names} not set in the local environment are shown as "
+            f"{commands.UNSET}; a real launch would stop with exit status 2 until they are "
+            "exported",
+            file=sys.stderr,
         )
+    try:
         if executor is None:
             if ns.dry_run:
                 executor = PrintingExecutor(stdout)
