@@ -215,6 +215,37 @@ def _kill_one_and_time_the_other(tmp_path, corpus, env, *, victim: int, when: st
     print(f"process {survivor} exited ({code}) {took:.1f}s after process {victim} was killed")
 
 
+def test_two_process_eval_of_many_batches_finishes(tmp_path, corpus, subprocess_env):
+    """Eval steps dispatched ahead of each other ran concurrently on the CPU backend, and
+    their gloo collectives could meet in a different order on each process: the run hung in
+    its first eval (the docs' two-process example, with the whole validation set). Without
+    the fix this configuration (watch and step artifacts on, 300 batches) hung every time;
+    with 49 batches, or with watch and the artifacts off, it did not."""
+    config = _run_yaml(tmp_path, corpus, steps=2)
+    validation = tmp_path / "validation.jsonl"  # ~390 eval batches; 40 never hung, 120 did
+    validation.write_text(pathlib.Path(corpus).read_text() * 8)
+    eval_args = (
+        "--data.validation_urls", f"[{validation}]",
+        "--trainer.max_eval_batches", "300",
+        "--trainer.steps_per_eval", "1000",
+        "--trainer.watch.interval", "10",
+        "--trainer.log_jaxprs", "true",
+        "--trainer.log_xla_hlo", "true",
+    )  # fmt: skip
+    procs = _start_pair(config, subprocess_env, tmp_path, *eval_args)
+    try:
+        for p in procs:
+            p.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the two processes hung:\n" + _output(tmp_path, 0)[-3000:]) from None
+    finally:
+        _kill_all(procs)
+    for pid, p in enumerate(procs):
+        assert p.returncode == 0, _output(tmp_path, pid)[-3000:]
+    assert _output(tmp_path, 0).count("] eval loss") == 2  # at step 0 and the final step
+    assert "over 300 batches" in _output(tmp_path, 0)
+
+
 def test_dead_coordinator_stops_the_worker(tmp_path, corpus, subprocess_env):
     _kill_one_and_time_the_other(tmp_path, corpus, subprocess_env, victim=0, when="joined")
 

@@ -67,12 +67,18 @@ class EvalHook(Callback):
         totals: dict[str, Any] = {}
         n = 0
         start = time.perf_counter()
+        # Several processes: one eval step at a time. Steps dispatched ahead run concurrently
+        # on the CPU backend, and their cross-process collectives (gloo) can then meet in a
+        # different order on each process and wait for each other forever.
+        one_at_a_time = jax.process_count() > 1
         with trainer.config.use_device_mesh(), contextlib.closing(iter(loader)) as batches:
             for batch in batches:
                 if max_batches is not None and n >= max_batches:
                     break
                 batch = batch if isinstance(batch, tuple) else (batch,)
                 loss, metrics = step(model, batch)
+                if one_at_a_time:
+                    loss = jax.block_until_ready(loss)
                 values = {"loss": loss, **metrics}
                 totals = values if not totals else jax.tree_util.tree_map(jnp.add, totals, values)
                 n += 1
