@@ -246,6 +246,42 @@ def test_two_process_eval_of_many_batches_finishes(tmp_path, corpus, subprocess_
     assert "over 300 batches" in _output(tmp_path, 0)
 
 
+def test_a_process_given_another_config_is_named_before_training(tmp_path, corpus, subprocess_env):
+    """A flag given to one process only used to train silently on different batches (seed,
+    batch size) or hang in a collective the other never reached (num_train_steps)."""
+    config = _run_yaml(tmp_path, corpus, steps=4)
+    port = _free_port()
+    procs = []
+    for pid, extra in enumerate([(), ("--trainer.seed", "1", "--trainer.num_train_steps", "3")]):
+        log = open(tmp_path / f"process{pid}.out", "ab")
+        command = [
+            sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config),
+            "--trainer.distributed.coordinator_address", f"localhost:{port}",
+            "--trainer.distributed.num_processes", "2",
+            "--trainer.distributed.process_id", str(pid), *extra,
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                command, env=_env(subprocess_env, 4), stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+        log.close()
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        _kill_all(procs)
+    assert codes == [1, 1], [_output(tmp_path, i)[-2000:] for i in range(2)]
+    assert "error: process(es) [1] were given a config that differs from process 0's" in (
+        _output(tmp_path, 0)
+    )
+    assert (
+        "error: process 1's config differs from process 0's (every process of a run must be "
+        "given the same config and flags, except trainer.distributed.process_id): "
+        "trainer.num_train_steps: 3 here, 4 on process 0; trainer.seed: 1 here, 0 on process 0"
+    ) in _output(tmp_path, 1)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_dead_coordinator_stops_the_worker(tmp_path, corpus, subprocess_env):
     _kill_one_and_time_the_other(tmp_path, corpus, subprocess_env, victim=0, when="joined")
 

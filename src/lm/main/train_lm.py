@@ -17,6 +17,7 @@ import lm.host_memory
 import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
+from lm.distributed.consistency import check_same_config
 from lm.fs import local_path, not_a_directory
 from lm.lm_run import vocab_axis
 from lm.models import Gpt2Config, LmConfig
@@ -192,6 +193,7 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
     check_local_paths(config)
     trainer_config.initialize()
+    check_same_config(lm.config.to_flat_dict(config))
     _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
     check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")

@@ -1,0 +1,72 @@
+"""Every process of a multi-process run must run the same config.
+
+Each process parses its own command line, so a flag given to one process only (another seed,
+batch size or step count) would otherwise go unnoticed: the processes then train on
+different batches and silently diverge, or one of them waits forever in a collective the
+other never reaches. `check_same_config` compares the resolved configs once, right after
+`jax.distributed` starts, and names the fields that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+PER_PROCESS_FIELDS = ("trainer.distributed.process_id", "trainer.distributed.local_device_ids")
+"""Fields that legitimately differ between the processes of one run."""
+
+
+def config_differences(mine: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """`field: value here vs value on process 0` for every flat key whose values differ."""
+    out = []
+    for key in sorted(set(mine) | set(reference)):
+        if mine.get(key, "<unset>") != reference.get(key, "<unset>"):
+            out.append(
+                f"{key}: {mine.get(key, '<unset>')!r} here, {reference.get(key, '<unset>')!r} "
+                "on process 0"
+            )
+    return out
+
+
+def check_same_config(flat: Mapping[str, Any], *, exclude: Iterable[str] = PER_PROCESS_FIELDS):
+    """Raise a ValueError on every process unless all processes hold the same `flat` config
+    (`lm.config.to_flat_dict`), leaving out `exclude`. A no-op for one process.
+
+    Collective: every process must call it, in the same place.
+    """
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    skip = set(exclude)
+    mine = {k: v for k, v in flat.items() if k not in skip}
+    text = json.dumps(mine, sort_keys=True, default=str).encode()
+    digest = np.frombuffer(hashlib.sha256(text).digest(), dtype=np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))
+    differing = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+    if not differing:
+        return
+    # Name the fields: process 0's config goes to everyone (length first, then the bytes).
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(text))))
+    padded = np.zeros(size, np.uint8)
+    if jax.process_index() == 0:
+        padded[:] = np.frombuffer(text, np.uint8)
+    reference = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))))
+    here = jax.process_index()
+    if here in differing:
+        lines = config_differences(json.loads(text), reference)
+        raise ValueError(
+            f"process {here}'s config differs from process 0's (every process of a run must "
+            "be given the same config and flags, except trainer.distributed.process_id): "
+            + "; ".join(lines)
+        )
+    raise ValueError(
+        f"process(es) {differing} were given a config that differs from process 0's (their "
+        "output names the fields); every process of a run must be given the same config and "
+        "flags, except trainer.distributed.process_id"
+    )
