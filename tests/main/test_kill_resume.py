@@ -137,7 +137,8 @@ def test_sigterm_checkpoints_the_current_step_then_resume_finishes(
     finally:
         log.close()
     output = log_path.read_text()
-    assert "was preempted" in output and "Traceback" not in output
+    assert "Run tiny: Preempted (signal 15) after step " in output
+    assert "Traceback" not in output
     saved = discover_latest_checkpoint(str(tmp_path / "ckpt" / "tiny"))
     assert saved is not None and not saved.endswith(
         ("step-1", "step-3")

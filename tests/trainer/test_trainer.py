@@ -644,3 +644,14 @@ def test_data_that_runs_out_mid_run_stops_and_saves_the_last_step(tmp_path):
     assert info.step == 2
     saved = sorted(p.name for p in (tmp_path / "ckpt" / "toy").iterdir())
     assert saved == ["step-2"]
+
+
+def test_a_preemption_signalled_on_another_process_says_so():
+    import types
+
+    from lm.trainer.trainer import _preemption_cause
+
+    assert _preemption_cause(types.SimpleNamespace(signal_received=15)) == "signal 15"
+    assert _preemption_cause(types.SimpleNamespace(signal_received=None)) == (
+        "another process received SIGTERM"
+    )

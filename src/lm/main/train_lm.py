@@ -286,7 +286,7 @@ def main(config: TrainLmConfig) -> RunSummary:
                 info = trainer.train(state, trainer.data_loader(train_set))
             except Preempted as e:
                 logger.warning("%s", e)
-                print(f"Run {trainer_config.run_id} was preempted: {e}", flush=True)
+                print(f"Run {trainer_config.run_id}: {e}", flush=True)
                 raise SystemExit(PREEMPTED_EXIT_CODE) from None
             finally:
                 lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)

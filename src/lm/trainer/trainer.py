@@ -98,6 +98,12 @@ class _Background:
             raise self._error
 
 
+def _preemption_cause(preemption) -> str:
+    """`signal 15` here, or that another process was signalled (then this one got none)."""
+    received = preemption.signal_received
+    return f"signal {received}" if received is not None else "another process received SIGTERM"
+
+
 class Trainer(Generic[M]):
     def __init__(
         self,
@@ -519,7 +525,7 @@ class Trainer(Generic[M]):
                 if preemption.requested_on_any_process():
                     self._save_for_preemption(info)
                     raise Preempted(
-                        f"Preempted (signal {preemption.signal_received}) after step {info.step}; "
+                        f"Preempted ({_preemption_cause(preemption)}) after step {info.step}; "
                         f"checkpoint saved under {self.config.checkpoint_path}. Rerun to resume."
                     )
         if info is None and int(state.step) == 0 < self.num_train_steps:
