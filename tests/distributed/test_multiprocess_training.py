@@ -282,6 +282,45 @@ def test_a_process_given_another_config_is_named_before_training(tmp_path, corpu
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_a_checkpoint_directory_the_processes_do_not_share_is_named(
+    tmp_path, corpus, subprocess_env
+):
+    """A relative base_path from two working directories: each process wrote only its own
+    shards, every checkpoint was reported committed and none could be loaded."""
+    config = _run_yaml(tmp_path, corpus, steps=4)
+    text = config.read_text().replace(str(tmp_path / "ckpt"), "ckpt")
+    config.write_text(text)
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        cwd = tmp_path / f"host{pid}"
+        cwd.mkdir()
+        log = open(tmp_path / f"process{pid}.out", "ab")
+        command = [
+            sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config),
+            "--trainer.distributed.coordinator_address", f"localhost:{port}",
+            "--trainer.distributed.num_processes", "2",
+            "--trainer.distributed.process_id", str(pid),
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                command, env=_env(subprocess_env, 4), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+        log.close()
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        _kill_all(procs)
+    assert codes == [1, 1], [_output(tmp_path, i)[-2000:] for i in range(2)]
+    for pid in range(2):
+        assert (
+            f"error: trainer.checkpointer.base_path (ckpt/{RUN_ID}) is not one directory shared "
+            "by the processes: process(es) [1] cannot see a file process 0 wrote into it"
+        ) in _output(tmp_path, pid)
+    assert not (tmp_path / "host0" / "ckpt" / RUN_ID).exists()
+
+
 def test_dead_coordinator_stops_the_worker(tmp_path, corpus, subprocess_env):
     _kill_one_and_time_the_other(tmp_path, corpus, subprocess_env, victim=0, when="joined")
 

@@ -70,3 +70,42 @@ def check_same_config(flat: Mapping[str, Any], *, exclude: Iterable[str] = PER_P
         "output names the fields); every process of a run must be given the same config and "
         "flags, except trainer.distributed.process_id"
     )
+
+
+def check_shared_directory(url: str, *, field: str) -> None:
+    """Raise a ValueError on every process unless all processes see the same local directory
+    `url` (a checkpoint directory, which each process writes its own shards into). Remote
+    URLs (gs://, s3://) are shared by nature and are not checked. A no-op for one process.
+
+    Collective: every process must call it, in the same place.
+    """
+    import os
+
+    import jax
+    from jax.experimental import multihost_utils
+
+    from lm.fs import local_path
+
+    path = local_path(url)
+    if jax.process_count() == 1 or path is None:
+        return
+    marker = os.path.join(path, ".lm-shared-directory-check")
+    created = not os.path.exists(path)
+    if jax.process_index() == 0:
+        os.makedirs(path, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("written by process 0 to check that every process sees this directory\n")
+    multihost_utils.sync_global_devices("lm-shared-directory-written")
+    seen = np.asarray(multihost_utils.process_allgather(np.int32(os.path.exists(marker))))
+    if jax.process_index() == 0:
+        os.remove(marker)
+    blind = [i for i, s in enumerate(seen.reshape(-1)) if not s]
+    if blind and created and jax.process_index() == 0:
+        os.rmdir(path)  # made only for the check
+    if blind:
+        raise ValueError(
+            f"{field} ({url}) is not one directory shared by the processes: process(es) "
+            f"{blind} cannot see a file process 0 wrote into it. Every process writes its own "
+            "shards of each checkpoint there, so it must be shared storage (a network "
+            "filesystem mounted at the same path on every host, or gs:// / s3://)"
+        )

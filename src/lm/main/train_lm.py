@@ -17,7 +17,7 @@ import lm.host_memory
 import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
-from lm.distributed.consistency import check_same_config
+from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, not_a_directory
 from lm.lm_run import vocab_axis
 from lm.models import Gpt2Config, LmConfig
@@ -194,6 +194,10 @@ def main(config: TrainLmConfig) -> RunSummary:
     check_local_paths(config)
     trainer_config.initialize()
     check_same_config(lm.config.to_flat_dict(config))
+    check_shared_directory(
+        trainer_config.checkpointer.expanded_path(trainer_config.run_id),
+        field="trainer.checkpointer.base_path",
+    )
     _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
     check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")
