@@ -109,8 +109,11 @@ def _env(base: dict[str, str], devices: int) -> dict[str, str]:
     return env
 
 
-def _start_pair(config, base_env, out_dir: pathlib.Path, *extra) -> list[subprocess.Popen]:
-    """Process 0 and 1 of a 2-process run; `extra` are more command-line overrides."""
+def _start_pair(
+    config, base_env, out_dir: pathlib.Path, *extra, own_args=((), ()), cwds=(None, None)
+) -> list[subprocess.Popen]:
+    """Process 0 and 1 of a 2-process run; `extra` are more command-line overrides for both,
+    `own_args[i]` for process i only, which runs in `cwds[i]`."""
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -130,8 +133,10 @@ def _start_pair(config, base_env, out_dir: pathlib.Path, *extra) -> list[subproc
                     "--trainer.distributed.process_id",
                     str(pid),
                     *extra,
+                    *own_args[pid],
                 ],
                 env=_env(base_env, 4),
+                cwd=cwds[pid],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -250,22 +255,8 @@ def test_a_process_given_another_config_is_named_before_training(tmp_path, corpu
     """A flag given to one process only used to train silently on different batches (seed,
     batch size) or hang in a collective the other never reached (num_train_steps)."""
     config = _run_yaml(tmp_path, corpus, steps=4)
-    port = _free_port()
-    procs = []
-    for pid, extra in enumerate([(), ("--trainer.seed", "1", "--trainer.num_train_steps", "3")]):
-        log = open(tmp_path / f"process{pid}.out", "ab")
-        command = [
-            sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config),
-            "--trainer.distributed.coordinator_address", f"localhost:{port}",
-            "--trainer.distributed.num_processes", "2",
-            "--trainer.distributed.process_id", str(pid), *extra,
-        ]  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                command, env=_env(subprocess_env, 4), stdout=log, stderr=subprocess.STDOUT
-            )
-        )
-        log.close()
+    odd = ("--trainer.seed", "1", "--trainer.num_train_steps", "3")
+    procs = _start_pair(config, subprocess_env, tmp_path, own_args=((), odd))
     try:
         codes = [p.wait(timeout=180) for p in procs]
     finally:
@@ -290,24 +281,10 @@ def test_a_checkpoint_directory_the_processes_do_not_share_is_named(
     config = _run_yaml(tmp_path, corpus, steps=4)
     text = config.read_text().replace(str(tmp_path / "ckpt"), "ckpt")
     config.write_text(text)
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        cwd = tmp_path / f"host{pid}"
+    cwds = (tmp_path / "host0", tmp_path / "host1")
+    for cwd in cwds:
         cwd.mkdir()
-        log = open(tmp_path / f"process{pid}.out", "ab")
-        command = [
-            sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config),
-            "--trainer.distributed.coordinator_address", f"localhost:{port}",
-            "--trainer.distributed.num_processes", "2",
-            "--trainer.distributed.process_id", str(pid),
-        ]  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                command, env=_env(subprocess_env, 4), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        )
-        log.close()
+    procs = _start_pair(config, subprocess_env, tmp_path, cwds=cwds)
     try:
         codes = [p.wait(timeout=180) for p in procs]
     finally:
