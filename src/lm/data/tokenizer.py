@@ -38,6 +38,7 @@ from lm.data.builtin_tokenizer import (
     load_builtin_backend,
     load_builtin_tokenizer,
 )
+from lm.hf_files import TOKENIZER_DEFINING_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +95,6 @@ def passthrough_tokenizer(vocab_size: int):
 
 _FIELD = "data.tokenizer"
 _ALLOWED = "use 'builtin', 'passthrough', a Hugging Face tokenizer directory or a hub id"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "special_tokens_map.json",
-)
-"""Files of which an HF tokenizer directory holds at least one."""
 
 
 def _looks_like_path(name: str) -> bool:
@@ -130,10 +119,10 @@ def _load_dir(path: str, shown: str):
     """The HF tokenizer in local directory `path` (`shown` in errors: what the config says)."""
     from transformers import AutoTokenizer
 
-    if not any(f in TOKENIZER_FILES for f in os.listdir(path)):
+    if not any(f in TOKENIZER_DEFINING_FILES for f in os.listdir(path)):
         raise ValueError(
             f"{_FIELD}: {shown} is a directory with no tokenizer files "
-            f"({', '.join(TOKENIZER_FILES[:2])}, ...); {_ALLOWED}"
+            f"({', '.join(TOKENIZER_DEFINING_FILES[:2])}, ...); {_ALLOWED}"
         )
     try:
         return AutoTokenizer.from_pretrained(path)

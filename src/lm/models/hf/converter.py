@@ -33,6 +33,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from haliax.partitioning import ResourceMapping
 
+from lm.hf_files import TOKENIZER_FILES
 from lm.models.hf import safetensors_io
 from lm.models.hf.compat import HFCompatConfig, model_from_hf_state_dict, model_to_hf_state_dict
 from lm.models.lm_model import LmConfig, LmHeadModel
@@ -45,16 +46,6 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3
 """5 GB, as HF `save_pretrained` writes shards."""
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
