@@ -70,11 +70,8 @@ def _why_none_found(path: str, torn: list[CheckpointStatus]) -> str:
     local = local_path(path)
     if local is None:
         return "holds no step-N checkpoint" if exists(path) else "does not exist or is empty"
-    if not os.path.exists(local):
-        return "does not exist"
-    if not os.path.isdir(local):
-        return "is a file, not a run directory or a step-N checkpoint directory"
-    return "holds no step-N checkpoint"
+    # (a file is refused before this, by `checkpoint_candidates`)
+    return "holds no step-N checkpoint" if os.path.exists(local) else "does not exist"
 
 
 def restore_trainer_state(
