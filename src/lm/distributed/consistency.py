@@ -32,19 +32,22 @@ def config_differences(mine: Mapping[str, Any], reference: Mapping[str, Any]) ->
     return out
 
 
-def check_same_config(flat: Mapping[str, Any], *, exclude: Iterable[str] = PER_PROCESS_FIELDS):
-    """Raise a ValueError on every process unless all processes hold the same `flat` config
-    (`lm.config.to_flat_dict`), leaving out `exclude`. A no-op for one process.
+def check_same_config(config: Any, *, exclude: Iterable[str] = PER_PROCESS_FIELDS) -> None:
+    """Raise a ValueError on every process unless all processes hold the same config (a
+    config dataclass, compared field by field through `lm.config.to_flat_dict`), leaving out
+    `exclude`. A no-op for one process.
 
     Collective: every process must call it, in the same place.
     """
     import jax
     from jax.experimental import multihost_utils
 
+    import lm.config
+
     if jax.process_count() == 1:
         return
     skip = set(exclude)
-    mine = {k: v for k, v in flat.items() if k not in skip}
+    mine = {k: v for k, v in lm.config.to_flat_dict(config).items() if k not in skip}
     text = json.dumps(mine, sort_keys=True, default=str).encode()
     digest = np.frombuffer(hashlib.sha256(text).digest(), dtype=np.uint8)
     digests = np.asarray(multihost_utils.process_allgather(digest))

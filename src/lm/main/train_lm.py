@@ -193,7 +193,7 @@ def main(config: TrainLmConfig) -> RunSummary:
     trainer_config = config.trainer
     check_local_paths(config)
     trainer_config.initialize()
-    check_same_config(lm.config.to_flat_dict(config))
+    check_same_config(config)
     check_shared_directory(
         trainer_config.checkpointer.expanded_path(trainer_config.run_id),
         field="trainer.checkpointer.base_path",
