@@ -166,24 +166,33 @@ def _is_user_facing(error: BaseException) -> bool:
 _PEER_FAILURE_MARKERS = ("Gloo", "gloo", "DEADLINE_EXCEEDED", "CoordinationService", "UNAVAILABLE")
 
 
+def _runtime_error_text(error: BaseException) -> str | None:
+    """The text of XLA's runtime error (jax's `JaxRuntimeError`: jax is imported then), else
+    None."""
+    return str(error).strip() if type(error).__name__ == "JaxRuntimeError" else None
+
+
+def _status_line(error: BaseException, text: str) -> str:
+    """The runtime error's first line, at most 300 characters (the rest is C++ detail)."""
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    return first_line if len(first_line) <= 300 else first_line[:300] + " ..."
+
+
 def _peer_failure(error: BaseException) -> str | None:
     """For a multi-process run whose collective with the other processes failed (the XLA
     runtime's error, a screenful of C++ status text), one message that says what to look at."""
-    if type(error).__name__ != "JaxRuntimeError":  # jax's own: jax is imported
+    text = _runtime_error_text(error)
+    if text is None:
         return None
     import jax
 
     count = jax.process_count()
-    text = str(error).strip()
     if count <= 1 or not any(marker in text for marker in _PEER_FAILURE_MARKERS):
         return None
-    first_line = text.splitlines()[0] if text else type(error).__name__
-    if len(first_line) > 300:
-        first_line = first_line[:300] + " ..."
     return (
         f"process {jax.process_index()} of {count} could not complete a collective operation "
-        f"with the other processes: {first_line}\nAnother process has most likely died or "
-        "stalled: look at its output and log file."
+        f"with the other processes: {_status_line(error, text)}\nAnother process has most "
+        "likely died or stalled: look at its output and log file."
     )
 
 
@@ -204,14 +213,11 @@ def _exit_now(status: int) -> None:
 def _out_of_memory(error: BaseException) -> str | None:
     """XLA's RESOURCE_EXHAUSTED (a buffer that does not fit the device, or the host on CPU) as
     one message that says what to change, instead of the runtime's traceback."""
-    text = str(error).strip()
-    if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in text:
+    text = _runtime_error_text(error)
+    if text is None or "RESOURCE_EXHAUSTED" not in text:
         return None
-    first_line = text.splitlines()[0]
-    if len(first_line) > 300:
-        first_line = first_line[:300] + " ..."
     return (
-        f"out of memory: {first_line}\nMake the step smaller: a lower trainer.train_batch_size "
+        f"out of memory: {_status_line(error, text)}\nMake the step smaller: a lower trainer.train_batch_size "
         "or trainer.per_device_parallelism (gradient accumulation), "
         "model.gradient_checkpointing: true, or a smaller model. "
         "`python -m lm.main.plan --config_path ...` estimates a config's memory before a run."
