@@ -272,28 +272,25 @@ def _remove_stale_weights(fs, root: str, *, keep: set[str]) -> None:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become a
-    directory: it is a file, or (a local path) a folder on its way is one."""
+    """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become an
+    export directory: it is a file, (a local path) a folder on its way is one, or it holds
+    an lm checkpoint."""
+    from lm.checkpoint.storage import MANIFEST_FILE, METADATA_FILE
     from lm.fs import local_path, not_a_directory
 
+    fs, root = fsspec.core.url_to_fs(output_dir)
     if local_path(output_dir) is not None:
         why = not_a_directory(output_dir)
     else:
-        fs, root = fsspec.core.url_to_fs(output_dir)
         why = f"{output_dir} is a file, not a directory" if fs.isfile(root) else None
-    if why is None:
-        fs, root = fsspec.core.url_to_fs(output_dir)
-        marker = next(
-            (m for m in ("metadata.json", "manifest.json") if fs.exists(posixpath.join(root, m))),
-            None,
-        )
-        if marker is not None:
+    if why is not None:
+        raise ValueError(f"output_dir: {why}; give a new or existing directory")
+    for marker in (METADATA_FILE, MANIFEST_FILE):
+        if fs.exists(posixpath.join(root, marker)):
             raise ValueError(
                 f"output_dir: {output_dir} holds an lm checkpoint ({marker}); export to "
                 "another directory"
             )
-    if why is not None:
-        raise ValueError(f"output_dir: {why}; give a new or existing directory")
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
