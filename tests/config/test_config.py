@@ -90,18 +90,23 @@ def test_example_yaml_parses_exactly_as_written(tmp_path):
         scale_attn_by_inverse_layer_idx=True,
     )
     assert cfg.trainer.tracker == WandbCfg(project="levanter", tags=("openwebtext", "gpt2"))
-    mp = cfg.trainer.mp
+    _assert_example_trainer(cfg.trainer)
+    assert cfg.optimizer == AdamCfg(learning_rate=6e-4, weight_decay=0.1, min_lr_ratio=0.1)
+    assert type(cfg.optimizer.learning_rate) is float
+    assert cfg.trainer.save_interval == datetime.timedelta(minutes=15)
+
+
+def _assert_example_trainer(trainer) -> None:
+    """The example's trainer fields that the look-alike schema and TrainerConfig share."""
+    mp = trainer.mp
     assert (mp.param_dtype, mp.compute_dtype, mp.output_dtype) == (
         jnp.float32,
         jnp.bfloat16,
         jnp.bfloat16,
     )
-    assert cfg.trainer.model_axis_size == 1
-    assert cfg.trainer.per_device_parallelism == 4
-    assert cfg.trainer.train_batch_size == 512
-    assert cfg.optimizer == AdamCfg(learning_rate=6e-4, weight_decay=0.1, min_lr_ratio=0.1)
-    assert type(cfg.optimizer.learning_rate) is float
-    assert cfg.trainer.save_interval == datetime.timedelta(minutes=15)
+    assert trainer.model_axis_size == 1
+    assert trainer.per_device_parallelism == 4
+    assert trainer.train_batch_size == 512
 
 
 def test_example_yaml_round_trips():
@@ -135,15 +140,7 @@ def test_example_yaml_parses_into_the_real_run_config(tmp_path):
         scale_attn_by_inverse_layer_idx=True,
     )
     assert cfg.trainer.tracker == WandbConfig(project="levanter", tags=["openwebtext", "gpt2"])
-    mp = cfg.trainer.mp
-    assert (mp.param_dtype, mp.compute_dtype, mp.output_dtype) == (
-        jnp.float32,
-        jnp.bfloat16,
-        jnp.bfloat16,
-    )
-    assert cfg.trainer.model_axis_size == 1
-    assert cfg.trainer.per_device_parallelism == 4
-    assert cfg.trainer.train_batch_size == 512
+    _assert_example_trainer(cfg.trainer)
     assert cfg.optimizer == AdamConfig(learning_rate=6e-4, weight_decay=0.1, min_lr_ratio=0.1)
     assert type(cfg.optimizer.learning_rate) is float
     assert cfg.trainer.checkpointer.save_interval == datetime.timedelta(minutes=15)
