@@ -46,7 +46,7 @@ def test_damaged_metadata_is_an_error_not_a_fresh_start(
     save_state(trained_state, run / "step-1", 1)
     damage_fn, problem = DAMAGE[damage]
     damage_fn(run / "step-1" / "metadata.json")
-    with pytest.raises(CheckpointLoadError, match="refusing to start over") as info:
+    with pytest.raises(CheckpointLoadError, match="refusing to start the run over") as info:
         restore_trainer_state(init_fn, checkpoint_path=str(run), load_checkpoint=load_checkpoint)
     assert f"checkpoint {run}/step-1 is damaged" in str(info.value)
     assert problem in str(info.value)

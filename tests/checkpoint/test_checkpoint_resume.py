@@ -61,7 +61,7 @@ def test_unreadable_checkpoints_never_restart_from_zero(tmp_path, trained_state)
     save_state(trained_state, run / "step-2", 2)
     chunk = run / "step-2" / "model" / "layers" / "0" / "weight" / "c" / "0" / "0"
     os.remove(chunk)
-    with pytest.raises(CheckpointLoadError, match="refusing to start over"):
+    with pytest.raises(CheckpointLoadError, match="refusing to start the run over"):
         restore_trainer_state(init_fn, checkpoint_path=str(run))
     # A save that never committed holds nothing: the run starts fresh.
     os.remove(run / "step-2" / "metadata.json")

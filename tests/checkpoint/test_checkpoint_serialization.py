@@ -183,8 +183,15 @@ def test_save_overwrites_a_torn_directory(tmp_path):
 
 def test_shape_mismatch_names_leaf_and_shapes(tmp_path):
     save({"model": {"w": jnp.ones((3, 4))}}, tmp_path / "ck")
-    with pytest.raises(ValueError, match=r"'model/w': shape \(3, 4\) in the checkpoint, \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"'model/w': shape \(3, 4\) in the checkpoint, \(4, 3\)"
+    ) as e:
         load_checkpoint({"model": {"w": jnp.ones((4, 3))}}, str(tmp_path / "ck"))
+    # The message names the checkpoint and says why a leaf would differ.
+    assert f"checkpoint {tmp_path / 'ck'} does not fit what it is loaded into" in str(e.value)
+    assert "saved with a different model or optimizer configuration" in str(e.value)
+    with pytest.raises(ValueError, match=r"'model/w' is an array in the checkpoint but int"):
+        load_checkpoint({"model": {"w": 3}}, str(tmp_path / "ck"))
     with pytest.raises(ValueError, match=r"'model/w': dtype float32 in the checkpoint, bfloat16"):
         load_checkpoint({"model": {"w": jnp.ones((3, 4), jnp.bfloat16)}}, str(tmp_path / "ck"))
 
@@ -262,7 +269,7 @@ def test_all_torn_is_a_loud_error(tmp_path):
     exemplar = _two_checkpoints(tmp_path)
     os.remove(_chunk(tmp_path / "step-2"))
     os.remove(_chunk(tmp_path / "step-1"))
-    with pytest.raises(CheckpointLoadError, match="refusing to start over"):
+    with pytest.raises(CheckpointLoadError, match="none of the 2 checkpoint"):
         load_checkpoint(exemplar, str(tmp_path))
     (tmp_path / "step-2" / "metadata.json").unlink()
     (tmp_path / "step-1" / "metadata.json").unlink()

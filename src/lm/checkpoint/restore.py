@@ -91,13 +91,17 @@ class _Read:
     host_only: bool = False
 
 
+class _LeafMismatch(ValueError):
+    """A checkpoint leaf whose kind, shape, dtype or axes differ from the target's."""
+
+
 def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
     arr = _array_of(leaf)
     shape = tuple(getattr(arr, "shape", ()))
     want_key = _is_key_array(arr)
     have_key = record.get("key_impl") is not None
     if want_key != have_key:
-        raise ValueError(
+        raise _LeafMismatch(
             f"checkpoint leaf {name!r}: the checkpoint holds "
             f"{'a PRNG key array' if have_key else 'a plain array'} but the target expects "
             f"{'a PRNG key array' if want_key else 'a plain array'}"
@@ -107,24 +111,24 @@ def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
         want_data = jax.eval_shape(jax.random.key_data, arr)
         impl = str(jax.random.key_impl(arr)) if isinstance(arr, jax.Array) else None
         if impl is not None and impl != record["key_impl"]:
-            raise ValueError(
+            raise _LeafMismatch(
                 f"checkpoint leaf {name!r}: PRNG impl {record['key_impl']} in the checkpoint, "
                 f"{impl} in the target"
             )
         if stored_shape != tuple(want_data.shape):
-            raise ValueError(
+            raise _LeafMismatch(
                 f"checkpoint leaf {name!r}: key data shape {stored_shape} in the checkpoint, "
                 f"{tuple(want_data.shape)} for the target's keys of shape {shape}"
             )
         return
     if tuple(record["shape"]) != shape:
-        raise ValueError(
+        raise _LeafMismatch(
             f"checkpoint leaf {name!r}: shape {tuple(record['shape'])} in the checkpoint, "
             f"{shape} in the target"
         )
     dtype = _dtype_name(arr.dtype)
     if record["dtype"] != dtype:
-        raise ValueError(
+        raise _LeafMismatch(
             f"checkpoint leaf {name!r}: dtype {record['dtype']} in the checkpoint, "
             f"{dtype} in the target"
         )
@@ -132,7 +136,7 @@ def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
     if isinstance(leaf, hax.NamedArray) and saved_axes is not None:
         want_axes = [a.name for a in leaf.axes]
         if list(saved_axes) != want_axes:
-            raise ValueError(
+            raise _LeafMismatch(
                 f"checkpoint leaf {name!r}: axes {tuple(saved_axes)} in the checkpoint, "
                 f"{tuple(want_axes)} in the target"
             )
@@ -172,48 +176,55 @@ def _load_one(
     reads: list[tuple[int, _Read]] = []
     missing: list[str] = []
     unsaved: list[str] = []
-    for name, leaf in leaves:
-        full = prefix + name if name != "root" or not prefix else prefix.rstrip("/")
-        record = records.get(full)
-        if leaf is None or (isinstance(leaf, hax.NamedArray) and leaf.array is None):
-            out.append(leaf)
-            continue
-        if record is None:
-            missing.append(full)
-            out.append(leaf)
-            continue
-        kind = record["kind"]
-        if kind in ("none", "skipped"):
-            # Not saved (e.g. a non-trainable parameter): the exemplar's value stays, and
-            # an abstract one stays abstract for load_checkpoint_or_initialize to fill.
-            if kind == "none":
-                unsaved.append(full)
-            out.append(leaf)
-        elif kind == "scalar":
-            if _is_array_like(_array_of(leaf)):
-                raise ValueError(
-                    f"checkpoint leaf {full!r} is a Python {record['type']} in the checkpoint "
-                    f"but an array in the target"
-                )
-            out.append(record["value"])
-        elif kind == "array":
-            arr = _array_of(leaf)
-            if not _is_array_like(arr):
-                raise ValueError(
-                    f"checkpoint leaf {full!r} is an array in the checkpoint but "
-                    f"{type(leaf).__name__} in the target"
-                )
-            _check_compatible(full, leaf, record)
-            spec = {
-                "driver": "zarr3",
-                "kvstore": base_url + full + "/",
-                "fill_missing_data_reads": False,
-            }
-            future = ts.open(spec, open=True, read=True, context=ts_context())
-            reads.append((len(out), _Read(full, leaf, record, future)))
-            out.append(None)
-        else:
-            raise CheckpointCorruptError(f"checkpoint {path}: leaf {full!r} has kind {kind!r}")
+    try:
+        for name, leaf in leaves:
+            full = prefix + name if name != "root" or not prefix else prefix.rstrip("/")
+            record = records.get(full)
+            if leaf is None or (isinstance(leaf, hax.NamedArray) and leaf.array is None):
+                out.append(leaf)
+                continue
+            if record is None:
+                missing.append(full)
+                out.append(leaf)
+                continue
+            kind = record["kind"]
+            if kind in ("none", "skipped"):
+                # Not saved (e.g. a non-trainable parameter): the exemplar's value stays, and
+                # an abstract one stays abstract for load_checkpoint_or_initialize to fill.
+                if kind == "none":
+                    unsaved.append(full)
+                out.append(leaf)
+            elif kind == "scalar":
+                if _is_array_like(_array_of(leaf)):
+                    raise _LeafMismatch(
+                        f"checkpoint leaf {full!r} is a Python {record['type']} in the checkpoint "
+                        f"but an array in the target"
+                    )
+                out.append(record["value"])
+            elif kind == "array":
+                arr = _array_of(leaf)
+                if not _is_array_like(arr):
+                    raise _LeafMismatch(
+                        f"checkpoint leaf {full!r} is an array in the checkpoint but "
+                        f"{type(leaf).__name__} in the target"
+                    )
+                _check_compatible(full, leaf, record)
+                spec = {
+                    "driver": "zarr3",
+                    "kvstore": base_url + full + "/",
+                    "fill_missing_data_reads": False,
+                }
+                future = ts.open(spec, open=True, read=True, context=ts_context())
+                reads.append((len(out), _Read(full, leaf, record, future)))
+                out.append(None)
+            else:
+                raise CheckpointCorruptError(f"checkpoint {path}: leaf {full!r} has kind {kind!r}")
+    except _LeafMismatch as e:
+        raise ValueError(
+            f"checkpoint {path} does not fit what it is loaded into: {e}. It was saved with a "
+            "different model or optimizer configuration (its run's config.yaml holds the one "
+            "it was saved with)"
+        ) from None
 
     if missing:
         if not allow_partial:
@@ -412,7 +423,7 @@ def load_checkpoint_with_path(
         return result, path
     raise CheckpointLoadError(
         f"none of the {len(candidates)} checkpoint(s) under {checkpoint_path} could be "
-        "loaded; refusing to start over. Errors: " + " | ".join(failures)
+        "loaded. Errors: " + " | ".join(failures)
     )
 
 

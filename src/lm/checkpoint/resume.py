@@ -30,6 +30,7 @@ import equinox as eqx
 import jax
 
 from lm.checkpoint.restore import _init_subset, _load_or_init
+from lm.checkpoint.serialization import CheckpointLoadError
 from lm.checkpoint.storage import CheckpointStatus, checkpoint_candidates, exists, local_path
 
 logger = logging.getLogger(__name__)
@@ -124,16 +125,19 @@ def restore_trainer_state(
     if load_checkpoint is not False and checkpoint_path is not None:
         committed, torn = checkpoint_candidates(checkpoint_path)
         if committed:
-            # Raises CheckpointLoadError when none of them loads: never start over.
-            state, loaded = _load_or_init(
-                init_fn,
-                init_args,
-                {},
-                checkpoint_path,
-                is_checkpointed=True,
-                subpath=None,
-                **common,
-            )
+            try:
+                state, loaded = _load_or_init(
+                    init_fn,
+                    init_args,
+                    {},
+                    checkpoint_path,
+                    is_checkpointed=True,
+                    subpath=None,
+                    **common,
+                )
+            except CheckpointLoadError as e:
+                # Never start over when checkpoints exist but none can be read.
+                raise CheckpointLoadError(f"refusing to start the run over: {e}") from None
             assert loaded is not None
             logger.info("Resuming from checkpoint %s", loaded)
             return RestoredState(state, "resumed", loaded)
