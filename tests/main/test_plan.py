@@ -216,6 +216,16 @@ def test_bad_plan_options_are_config_errors(repo_root, capsys):
     with pytest.raises(SystemExit):
         lm.config.main(main)(args=[*base, "--device_memory", "1GiB", "--compile_step", "false"])
     assert "compile_step" in capsys.readouterr().err
+    # Found only once the devices are known, still a bad config: exit 2, no traceback hint.
+    with pytest.raises(SystemExit) as e:
+        lm.config.main(main)(args=[*base, "--num_devices", "8", "--trainer.train_batch_size", "12"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: trainer.train_batch_size (12) must be divisible by the number of batch-parallel "
+        "devices (8)"
+    )
+    assert "traceback" not in err
 
 
 def test_num_devices_that_cannot_be_simulated_is_an_error(repo_root):

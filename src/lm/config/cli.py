@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 import yaml
 
 from lm.config.decoding import Decoder
-from lm.config.errors import ConfigError, ConfigProblem, index_path, join_path
+from lm.config.errors import (
+    ConfigError,
+    ConfigProblem,
+    SetupConfigError,
+    index_path,
+    join_path,
+)
 from lm.config.helptext import format_help
 from lm.config.loading import load_document, under
 from lm.config.typeinfo import show_value
@@ -73,7 +79,8 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
     `lm.config.main(train)(args=["--config_path", "run.yaml", "--x", "2"])`.
 
     `--help` prints the field tree and exits 0. Any configuration problem prints the
-    aggregated message to stderr and exits with status 2 before `fn` runs. Warnings the
+    aggregated message to stderr and exits with status 2 before `fn` runs (as does a
+    `SetupConfigError` that `fn` raises once the devices are known). Warnings the
     config classes raise while parsing (deprecated fields) are printed to stderr as
     `warning: ...` lines: Python hides DeprecationWarnings from library code by default, and
     logging is not configured yet.
@@ -112,6 +119,8 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
                 raise
             logged = _traceback_to_log_files(e)
             print(f"error: {message}", file=sys.stderr)
+            if isinstance(e, SetupConfigError):
+                raise SystemExit(2) from None  # a bad configuration, as when parsing
             where = "is in the run's log file; set" if logged else "is not shown: set"
             print(f"(the Python traceback {where} LM_TRACEBACK=1 to print it)", file=sys.stderr)
             if peer is not None:

@@ -73,6 +73,13 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class SetupConfigError(ValueError):
+    """A config value that turns out wrong only once the run is set up: batch sizes against
+    the device count, say. Its message starts with the YAML path (`trainer.train_batch_size
+    (12) must be divisible by ...`); the command-line entry points report it as
+    `error: <message>` and exit with status 2, as for any other bad configuration."""
+
+
 def invalid(field: str, value: object, allowed: str) -> FieldError:
     """Build the error for a field whose value is not allowed; `raise` the result.
 

@@ -32,7 +32,7 @@ import jmp
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
-from lm.config import FieldError, invalid
+from lm.config import FieldError, SetupConfigError, invalid
 from lm.config.errors import join_path
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
@@ -334,7 +334,7 @@ class TrainerConfig:
         if micro is None:
             return 1
         if batch % micro:
-            raise ValueError(self._microbatch_problem(batch, self._batch_field(step)))
+            raise SetupConfigError(self._microbatch_problem(batch, self._batch_field(step)))
         return batch // micro
 
     @property
@@ -364,9 +364,9 @@ class TrainerConfig:
         for phase in self.batch_schedule.phases():
             where = self._batch_field(phase.start)
             if micro is not None and phase.value % micro:
-                raise ValueError(self._microbatch_problem(phase.value, where))
+                raise SetupConfigError(self._microbatch_problem(phase.value, where))
             if not self.allow_nondivisible_batch_size and phase.value % parallel:
-                raise ValueError(
+                raise SetupConfigError(
                     f"{where} ({phase.value}) must be divisible by the number of batch-parallel "
                     f"devices ({parallel}); change the batch size or set "
                     "trainer.allow_nondivisible_batch_size: true"
