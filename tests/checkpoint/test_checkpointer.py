@@ -19,6 +19,7 @@ from lm.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+from lm.config import ConfigProblems
 
 T0 = datetime.datetime(2021, 1, 1)
 S10 = datetime.timedelta(seconds=10)
@@ -316,16 +317,28 @@ def test_config_defaults_and_create(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(keep=[{"every": 5}, {"every": 10, "until": 50}]), r"checkpointer\.keep\[0\]"),
-        (dict(keep=[{"every": 5, "untl": 50}]), r"did you mean 'until'"),
-        (dict(save_interval=datetime.timedelta(0)), r"checkpointer\.save_interval \(0:00:00\)"),
-        (dict(save_interval="15m"), r"checkpointer\.save_interval \('15m'\) must be a duration"),
-        (dict(max_permanent_checkpoints=0), r"checkpointer\.max_permanent_checkpoints \(0\)"),
+        (dict(keep=[{"every": 5}, {"every": 10, "until": 50}]), r"^keep\[0\]: \{every: 5\}"),
+        (dict(keep=[{"every": 5, "untl": 50}]), r"^keep\[0\]: .*did you mean 'until'"),
+        (dict(save_interval=datetime.timedelta(0)), r"^save_interval: got 0s, expected a positive"),
+        (dict(save_interval="15m"), r"^save_interval: got '15m', expected a duration"),
+        (dict(max_permanent_checkpoints=0), r"^max_permanent_checkpoints: got 0, expected a pos"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CheckpointerConfig(**kwargs)
+
+
+def test_every_checkpointer_problem_is_reported_at_its_own_field():
+    with pytest.raises(ConfigProblems) as info:
+        CheckpointerConfig(
+            keep=[{"every": 0}],
+            save_interval=datetime.timedelta(0),
+            max_permanent_checkpoints=0,
+            base_path="gz://x",
+        )
+    paths = [p.path for p in info.value.problems]
+    assert paths == ["keep[0]", "save_interval", "max_permanent_checkpoints", "base_path"]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ from lm.checkpoint.storage import (
     read_status,
     write_json,
 )
+from lm.config.codecs import format_duration
+from lm.config.errors import FieldError, field_problem, invalid, raise_problems
 from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol
 from lm.trainer.state import StepInfo, TrainerState, saveable_state
 
@@ -327,25 +330,41 @@ class CheckpointerConfig:
     """Keep only the newest N permanent checkpoints; None keeps all of them."""
 
     def __post_init__(self):
-        parse_keep(self.keep, field="checkpointer.keep")
+        raise_problems(
+            [
+                *field_problem(self._check_keep),
+                *field_problem(self._check_save_interval),
+                *field_problem(self._check_max_permanent),
+                *field_problem(self._check_base_path),
+            ]
+        )
+
+    def _check_keep(self) -> None:
+        try:
+            parse_keep(self.keep, field="keep")
+        except ValueError as e:
+            # "keep[1] = {...}: problem" -> reported at trainer.checkpointer.keep[1]
+            match = re.match(r"(keep(?:\[\d+\])?)(?: = | )(.*)", str(e), re.DOTALL)
+            field, message = match.groups() if match else ("keep", str(e))
+            raise FieldError(field, message) from None
+
+    def _check_save_interval(self) -> None:
         if not isinstance(self.save_interval, datetime.timedelta):
-            raise ValueError(
-                f"checkpointer.save_interval ({self.save_interval!r}) must be a duration "
-                f"such as 15m"
-            )
+            raise invalid("save_interval", self.save_interval, "a duration such as 15m")
         if self.save_interval <= datetime.timedelta(0):
-            raise ValueError(f"checkpointer.save_interval ({self.save_interval}) must be positive")
-        if self.max_permanent_checkpoints is not None and (
-            isinstance(self.max_permanent_checkpoints, bool)
-            or not isinstance(self.max_permanent_checkpoints, int)
-            or self.max_permanent_checkpoints < 1
-        ):
-            raise ValueError(
-                f"checkpointer.max_permanent_checkpoints ({self.max_permanent_checkpoints!r}) "
-                f"must be a positive integer or null (keep all)"
+            raise FieldError(
+                "save_interval",
+                f"got {format_duration(self.save_interval)}, expected a positive duration",
             )
+
+    def _check_max_permanent(self) -> None:
+        n = self.max_permanent_checkpoints
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise invalid("max_permanent_checkpoints", n, "a positive integer, or null to keep all")
+
+    def _check_base_path(self) -> None:
         if not self.base_path:
-            raise ValueError("checkpointer.base_path must not be empty")
+            raise FieldError("base_path", "must not be empty")
         # TensorStore writes checkpoints itself (gs:// and s3:// need no fsspec package), so
         # only the protocol is checked: a typo fails here, not at the first save.
         check_url_protocol(self.base_path, "base_path", allowed=TENSORSTORE_PROTOCOLS)
