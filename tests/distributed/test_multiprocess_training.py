@@ -249,6 +249,9 @@ def test_two_process_eval_of_many_batches_finishes(tmp_path, corpus, subprocess_
         assert p.returncode == 0, _output(tmp_path, pid)[-3000:]
     assert _output(tmp_path, 0).count("] eval loss") == 2  # at step 0 and the final step
     assert "over 300 batches" in _output(tmp_path, 0)
+    # Both processes append to the one <run_id>.log; each line says which wrote it.
+    log = (tmp_path / "logs" / f"{RUN_ID}.log").read_text()
+    assert " process 0 INFO " in log and " process 1 INFO " in log
 
 
 def test_a_process_given_another_config_is_named_before_training(tmp_path, corpus, subprocess_env):

@@ -63,6 +63,21 @@ def test_appends_on_restart(tmp_path, restore_root_logger):
     assert [line.rsplit(" ", 1)[-1] for line in lines] == ["first", "second"]
 
 
+def test_each_process_of_a_multi_process_run_tags_its_lines(tmp_path, restore_root_logger):
+    # Two processes append to the same <run_id>.log (a shared log_dir): their lines differ.
+    for index in (0, 1):
+        configure_logging(tmp_path / "r.log", stream=io.StringIO(), process_index=index)
+        logging.getLogger("lm.x").info("started")
+    configure_logging(tmp_path / "r.log", stream=io.StringIO())
+    logging.getLogger("lm.x").info("alone")
+    lines = (tmp_path / "r.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "process 0 INFO lm.x: started",
+        "process 1 INFO lm.x: started",
+        "INFO lm.x: alone",
+    ]
+
+
 def test_bad_arguments_are_clear_errors(restore_root_logger):
     with pytest.raises(ValueError, match="log level must be one of .*INFO.*got 'LOUD'"):
         configure_logging(None, level="LOUD")

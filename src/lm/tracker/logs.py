@@ -57,6 +57,7 @@ def configure_logging(
     level: str | int = "INFO",
     stream: TextIO | None = None,
     fmt: str = DEFAULT_FORMAT,
+    process_index: int | None = None,
 ) -> None:
     """Send `logging` records at `level` and above to `stream` (stderr) and `log_file`.
 
@@ -66,8 +67,13 @@ def configure_logging(
         level: level name ("DEBUG", "INFO", ...) or number, applied to the root logger.
         stream: console stream; default `sys.stderr` at the time of the call.
         fmt: `logging.Formatter` format string.
+        process_index: set in a multi-process run: every line then carries `process <i>`
+            after its time, so the processes' lines in a shared log file (and in collected
+            console output) can be told apart.
     """
     numeric_level = _parse_level(level)
+    if process_index is not None:
+        fmt = fmt.replace("%(asctime)s ", f"%(asctime)s process {process_index} ", 1)
     if log_file is not None and "://" in str(log_file) and not str(log_file).startswith("file://"):
         raise ValueError(
             f"log file {str(log_file)!r} must be a local path (the Python log is appended "

@@ -455,7 +455,10 @@ class TrainerConfig:
         run_id = self.run_id
         from lm.tracker.logs import configure_logging
 
-        configure_logging(os.path.join(str(self.log_dir), f"{run_id}.log"))
+        configure_logging(
+            os.path.join(str(self.log_dir), f"{run_id}.log"),
+            process_index=jax.process_index() if jax.process_count() > 1 else None,
+        )
         if self.effective_require_accelerator and jax.default_backend() == "cpu":
             raise NoAcceleratorError(
                 "No accelerator found: JAX is running on CPU. Set trainer.require_accelerator: false "
