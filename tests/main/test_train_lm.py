@@ -210,6 +210,29 @@ def test_a_finished_run_summary_says_no_step_ran(tmp_path, capsys):
     assert (ran.first_loss, ran.last_loss, ran.last_step) == (9.0, 8.0, 1)
 
 
+def test_the_summary_names_each_validation_sets_eval_loss(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from lm.main.train_lm import RunSummary
+    from lm.trainer import TrainerConfig
+
+    def hook(name, loss):
+        prefix = f"eval/{name}" if name else "eval"
+        return types.SimpleNamespace(name=name, prefix=prefix, last_result={f"{prefix}/loss": loss})
+
+    state = types.SimpleNamespace(step=jnp.int32(2))
+    info = types.SimpleNamespace(step=1, loss=jnp.float32(8.0), state=state)
+    for hooks, expected in [
+        ([hook(None, 8.5)], "  eval loss:  8.5000\n"),
+        ([hook("web", 8.25), hook("code", 7.5)], "  eval loss:  web 8.2500, code 7.5000\n"),
+    ]:
+        summary = RunSummary(TrainerConfig(id="r", log_dir=tmp_path))
+        summary.record(info)
+        summary.finish(info, types.SimpleNamespace(_eval_hooks=hooks))
+        summary.print()
+        assert expected in capsys.readouterr().out
+
+
 def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, capsys):
     import jax.numpy as jnp
 
@@ -254,6 +277,19 @@ def test_training_data_smaller_than_one_batch_is_named_before_the_run_starts():
         "model.seq_len"
     )
     check_enough_data(ListDataset(list(range(16))), Pos, config)
+
+
+def test_a_run_without_validation_data_says_it_will_not_evaluate(caplog):
+    from lm.main.train_lm import warn_if_no_validation
+    from lm.trainer import TrainerConfig
+
+    config = TrainerConfig(steps_per_eval=50)
+    with caplog.at_level("WARNING", logger="lm.main.train_lm"):
+        warn_if_no_validation({"": object()}, config)
+        assert caplog.text == ""
+        warn_if_no_validation({}, config)
+    assert "No validation data" in caplog.text
+    assert "Set data.validation_urls to evaluate every trainer.steps_per_eval (50)" in caplog.text
 
 
 def test_resolved_config_goes_to_the_log_file_only(tmp_path):

@@ -8,6 +8,8 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import haliax as hax
 import jax
@@ -270,7 +272,9 @@ def main(config: TrainLmConfig) -> RunSummary:
                 )
             _log_plan(trainer, model_config, Vocab, Pos)
 
-            trainer.add_eval_hooks(config.data.validation_sets(Pos), config.data.validation_tags())
+            validation_sets = config.data.validation_sets(Pos)
+            warn_if_no_validation(validation_sets, trainer_config)
+            trainer.add_eval_hooks(validation_sets, config.data.validation_tags())
             if config.hf_save_path is not None:
                 exporter = HfExportHook(
                     model_config.hf_checkpoint_converter(),
@@ -349,6 +353,17 @@ class HfExportHook:
         logger.info("Exported HF checkpoint %s", path)
 
 
+def warn_if_no_validation(validation_sets: Mapping[str, Any], config: TrainerConfig) -> None:
+    """Say so when a run will never evaluate because its data has no validation set."""
+    if not validation_sets:
+        logger.warning(
+            "No validation data (data has no validation_urls or validation split): the run "
+            "will not evaluate. Set data.validation_urls to evaluate every "
+            "trainer.steps_per_eval (%d) steps",
+            config.steps_per_eval,
+        )
+
+
 class RunSummary:
     """Collects what the user wants to know at the end: losses and where things are."""
 
@@ -358,7 +373,7 @@ class RunSummary:
         self.last_loss: float | None = None
         self.last_step: int | None = None
         self.steps_taken: int | None = None
-        self.eval_loss: float | None = None
+        self.eval_losses: dict[str, float] = {}  # the last eval loss of each validation set
         self.checkpoint: str | None = None
 
     def record(self, info, force: bool = False) -> None:
@@ -380,8 +395,9 @@ class RunSummary:
             self.config.checkpointer.expanded_path(self.config.run_id)
         )
         for hook in trainer._eval_hooks:
-            if hook.last_result is not None:
-                self.eval_loss = hook.last_result.get(f"{hook.prefix}/loss")
+            loss = None if hook.last_result is None else hook.last_result.get(f"{hook.prefix}/loss")
+            if loss is not None:
+                self.eval_losses[hook.name or ""] = loss
 
     def interrupted(self) -> None:
         """Say (console and log) how far an interrupted run got and how to go on from there."""
@@ -410,8 +426,11 @@ class RunSummary:
                 f"  no steps run: the checkpoint is already at step {self.steps_taken} "
                 f"(trainer.num_train_steps: {self.config.num_train_steps})"
             )
-        if self.eval_loss is not None:
-            lines.append(f"  eval loss:  {self.eval_loss:.4f}")
+        if list(self.eval_losses) == [""]:  # the one unnamed validation set
+            lines.append(f"  eval loss:  {self.eval_losses['']:.4f}")
+        elif self.eval_losses:
+            per_set = ", ".join(f"{name} {loss:.4f}" for name, loss in self.eval_losses.items())
+            lines.append(f"  eval loss:  {per_set}")
         lines.append(f"  run dir:    {run_dir}/ (config.yaml, metrics, plots)")
         lines.append(
             f"  log file:   {os.path.join(str(self.config.log_dir), self.config.run_id)}.log"
