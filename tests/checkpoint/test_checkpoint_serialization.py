@@ -196,6 +196,19 @@ def test_shape_mismatch_names_leaf_and_shapes(tmp_path):
         load_checkpoint({"model": {"w": jnp.ones((3, 4), jnp.bfloat16)}}, str(tmp_path / "ck"))
 
 
+def test_leaves_the_target_lacks_are_a_warning(tmp_path, caplog):
+    # e.g. an Adam checkpoint resumed with optimizer.type: lion (nu has no place in Lion)
+    save({"opt": {"mu": jnp.ones(3), "nu": jnp.ones(3)}}, tmp_path / "ck")
+    with caplog.at_level("WARNING", logger="lm.checkpoint.restore"):
+        loaded = load_checkpoint({"opt": {"mu": jnp.zeros(3)}}, str(tmp_path / "ck"))
+    assert float(loaded["opt"]["mu"].sum()) == 3.0
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert f"Checkpoint {tmp_path / 'ck'} holds 1 leaf that" in record.getMessage()
+    assert "['opt/nu']" in record.getMessage()
+    assert "saved with a different model or optimizer configuration" in record.getMessage()
+
+
 def test_named_axes_mismatch(tmp_path):
     A, B = hax.Axis("a", 3), hax.Axis("b", 3)
     save({"w": hax.zeros((A, B))}, tmp_path / "ck")

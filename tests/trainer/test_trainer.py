@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 import threading
 import time
@@ -520,6 +521,65 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed_losses == full_losses
 
 
+def test_resuming_with_another_batch_size_is_an_error_unless_scheduled(tmp_path):
+    """The loader of a resumed run starts where the batch schedule puts the step: with a
+    changed batch size that is not where the run stopped, and data would be skipped."""
+    from lm.config import SetupConfigError
+
+    first = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100, train_batch_size=8)
+    _train(first)
+    meta = json.loads((tmp_path / "ckpt" / "toy" / "step-3" / "metadata.json").read_text())
+    assert meta["examples_seen"] == 32
+    with pytest.raises(SetupConfigError) as info:
+        _train(dataclasses.replace(first, num_train_steps=6, train_batch_size=16))
+    assert str(info.value).startswith(
+        f"trainer.train_batch_size changed since {tmp_path}/ckpt/toy/step-3 was saved (with a "
+        "batch of 8): the run has trained on 32 examples, but the current schedule starts step "
+        "4 at example 64, so resuming would skip 32 examples. To go on, keep "
+        "trainer.train_batch_size: 8, or change it from this step on with a schedule: "
+        "train_batch_size: [{start: 0, value: 8}, {start: 4, value: 16}]"
+    )
+    scheduled = [ScheduleStep(0, 8), ScheduleStep(4, 16)]
+    _, info = _train(dataclasses.replace(first, num_train_steps=6, train_batch_size=scheduled))
+    assert int(info.state.step) == 6
+
+
+def test_an_evaluation_cut_short_after_its_checkpoint_is_redone_on_resume(tmp_path, monkeypatch):
+    """The checkpoint hook runs before the eval at a step: a run that stops during step 5's
+    eval resumes from step 5's checkpoint and must still log step 5's eval."""
+    from lm.checkpoint import CheckpointerConfig
+    from lm.trainer.evaluation import EvalHook
+
+    checkpointer = CheckpointerConfig(base_path=str(tmp_path / "ckpt"), keep=[{"every": 5}])
+    config = trainer_config(tmp_path, num_train_steps=8, checkpointer=checkpointer)
+    calls = []
+    evaluate = EvalHook.evaluate
+
+    def stopping_at_the_second_eval(self, model):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped during the eval of step 5")
+        return evaluate(self, model)
+
+    monkeypatch.setattr(EvalHook, "evaluate", stopping_at_the_second_eval)
+
+    def run():
+        trainer = Trainer(config, optax.adam(1e-2), mse)
+        with trainer:
+            trainer.add_eval_hook(make_dataset(64, seed=1))
+            state = trainer.initial_state(
+                jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+            )
+            trainer.train(state, trainer.data_loader(make_dataset()))
+
+    with pytest.raises(RuntimeError, match="stopped during the eval of step 5"):
+        run()
+    assert (tmp_path / "ckpt" / "toy" / "step-5" / "metadata.json").exists()
+    run()
+    evals = [r["step"] for r in _metrics(config) if "eval/loss" in r["metrics"]]
+    assert evals == [0, 5, 7]
+
+
 def test_step_jaxpr_and_hlo_are_written_once(tmp_path):
     traces = []
 
@@ -655,3 +715,51 @@ def test_a_preemption_signalled_on_another_process_says_so():
     assert _preemption_cause(types.SimpleNamespace(signal_received=None)) == (
         "another process received SIGTERM"
     )
+
+
+def test_a_preempted_run_without_an_id_says_which_id_resumes_it(tmp_path, monkeypatch):
+    import signal
+
+    from lm.trainer import Preempted
+
+    monkeypatch.delenv("RUN_ID", raising=False)
+    config = trainer_config(tmp_path, num_train_steps=6, id=None)
+
+    def sigterm_at_step_2(info):
+        if info.step == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(Preempted) as e:
+        _train(config, hooks=[(sigterm_at_step_2, 1)])
+    assert str(e.value).endswith(
+        f"Rerun with --trainer.id {config.run_id} to resume (the run id was not set)."
+    )
+    with pytest.raises(Preempted) as e:
+        _train(trainer_config(tmp_path / "b", num_train_steps=6), hooks=[(sigterm_at_step_2, 1)])
+    assert str(e.value).endswith("Rerun the same command to resume.")
+
+
+def test_a_sigterm_during_the_final_hooks_lets_the_final_checkpoint_commit(tmp_path, caplog):
+    import signal
+
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+
+        def sigterm_in_the_final_hooks(info, force=False):
+            if force:
+                signal.raise_signal(signal.SIGTERM)
+
+        with caplog.at_level("WARNING"):
+            _, info = _train(
+                trainer_config(tmp_path, num_train_steps=3),
+                hooks=[(sigterm_in_the_final_hooks, 1000)],
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # The trainer's handler took the signal (not the default, which ends the process), and
+    # the final hooks went on to commit the final checkpoint.
+    assert received == []
+    assert "Termination signal received during the final hooks" in caplog.text
+    assert info.step == 2
+    assert (tmp_path / "ckpt" / "toy" / "step-2" / "metadata.json").exists()

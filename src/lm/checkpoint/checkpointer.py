@@ -67,6 +67,8 @@ class Checkpointer:
             present but unreadable) are always kept.
         max_permanent_checkpoints: keep only the newest N permanent checkpoints.
         manager: the async save manager (one per checkpointer by default).
+        metadata_fn: more metadata.json fields for the checkpoint of a step, from its
+            `StepInfo` (the trainer records how many examples the run has trained on).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Checkpointer:
         delete_old_temp_checkpoints: bool = True,
         max_permanent_checkpoints: int | None = None,
         manager: AsyncCheckpointManager | None = None,
+        metadata_fn: Callable[[StepInfo], dict[str, Any]] | None = None,
     ):
         if max_permanent_checkpoints is not None and max_permanent_checkpoints < 1:
             raise ValueError(
@@ -95,6 +98,7 @@ class Checkpointer:
         self.max_permanent_checkpoints = max_permanent_checkpoints
         self._now = dt_now_injection or datetime.datetime.now
         self._manager = manager if manager is not None else AsyncCheckpointManager()
+        self._metadata_fn = metadata_fn
         self._policy = PolicyState(last_save_time=self._now())
         self._last_temporary_checkpoint: str | None = None
         self._swept = not delete_old_temp_checkpoints
@@ -178,6 +182,7 @@ class Checkpointer:
             is_temporary=is_temporary,
             commit_callback=on_commit,
             manager=self._manager,
+            extra_metadata=None if self._metadata_fn is None else self._metadata_fn(info),
         )
 
     def wait_until_finished(self) -> None:

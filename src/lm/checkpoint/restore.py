@@ -248,7 +248,18 @@ def _load_one(
     unused = [n for n in records if n.startswith(prefix) and n not in used]
     unused = [n for n in unused if records[n]["kind"] == "array"]
     if unused:
-        logger.info("Not loading %d leaves of %s, e.g. %s", len(unused), path, unused[:5])
+        # The state loaded into lacks them: it was built from another config than the one
+        # the checkpoint was saved with (another optimizer.type, say), and whatever they
+        # share (Adam's mu as Lion's momentum) is loaded as if it meant the same.
+        logger.warning(
+            "Checkpoint %s holds %d %s that what it is loaded into does not have, e.g. %s: "
+            "it was saved with a different model or optimizer configuration. They are ignored; "
+            "the leaves both have are loaded as they are",
+            path,
+            len(unused),
+            "leaf" if len(unused) == 1 else "leaves",
+            unused[:5],
+        )
 
     # Issue every read before waiting on any.
     for _, r in reads:

@@ -414,6 +414,14 @@ class TrainerConfig:
         return run_id
 
     @property
+    def run_id_is_generated(self) -> bool:
+        """Whether `run_id` is a random one (no `id`, env RUN_ID or W&B run id given): the
+        same command run again would start another run, not resume this one."""
+        from lm.tracker.wandb import resolve_run_id_from_env
+
+        return not (self.id or os.environ.get("RUN_ID") or resolve_run_id_from_env(self.tracker))
+
+    @property
     def checkpoint_path(self) -> str:
         """Where this run's checkpoints are read from: `load_checkpoint_path`, else the
         checkpointer's `<base_path>/<run_id>`."""

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 
 class EvalHook(Callback):
+    redo_after_resume = True  # an eval cut short by a stop after its step's checkpoint
+
     def __init__(self, trainer: Trainer, dataset, name: str | None):
         self.trainer = trainer
         self.dataset = dataset
@@ -131,6 +133,8 @@ class TaggedEvalHook(Callback):
     proportional to its batch count. Registered after the sets' `EvalHook`s (hooks run in
     the order added), it combines the results they produced at the same step.
     """
+
+    redo_after_resume = True  # with the EvalHooks it combines
 
     def __init__(self, hooks_by_tag: dict[str, list[EvalHook]]):
         self.hooks_by_tag = hooks_by_tag

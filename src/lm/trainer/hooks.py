@@ -36,6 +36,12 @@ class Callback(abc.ABC, Generic[S]):
     """A host-side hook. Override `on_step`, and `on_train_start` to act before the first
     step (e.g. start a profile that includes it)."""
 
+    redo_after_resume: bool = False
+    """Run again, when due, for the step a resumed run restored. The checkpoint hook runs
+    first at a step, so a run can stop after the step's checkpoint and before such a hook
+    finished (an evaluation): its result would be lost. Without this, a hook runs only at
+    steps the resumed run takes."""
+
     @abc.abstractmethod
     def on_step(self, info: StepInfo[S], force: bool = False) -> None: ...
 
@@ -138,6 +144,18 @@ class TrainerHooks:
         for hook in self.hooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
+
+    def run_redo_after_resume(self, info: StepInfo) -> bool:
+        """Run the `redo_after_resume` hooks due at `info.step` (the restored step); returns
+        whether any ran."""
+        due = [
+            h
+            for h in self.hooks
+            if getattr(h.callback, "redo_after_resume", False) and h.due(info.step, False)
+        ]
+        for hook in due:
+            hook.callback.on_step(info, force=False)
+        return bool(due)
 
     def run_train_start(self, step: int) -> None:
         for hook in self.hooks:

@@ -7,11 +7,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lm.checkpoint import restore_trainer_state
+from lm.checkpoint import load_metadata, restore_trainer_state
+from lm.config import SetupConfigError
 from lm.partitioning import abstract_shapes, check_distinct_mesh_axes, check_divisible
 from lm.trainer.state import TrainerState
 
 if TYPE_CHECKING:
+    from lm.trainer.config import TrainerConfig
     from lm.trainer.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ def load_or_init_state(
         )
     trainer.restored_from = restored
     trainer.restored_step = int(restored.state.step) if restored.kind == "resumed" else None
+    if restored.kind == "resumed":
+        check_batch_schedule_unchanged(config, restored.checkpoint, int(restored.state.step))
     if restored.kind == "fresh":
         logger.info(
             "Starting from a fresh initialization"
@@ -79,3 +83,37 @@ def load_or_init_state(
             int(restored.state.step),
         )
     return restored.state
+
+
+def check_batch_schedule_unchanged(config: TrainerConfig, checkpoint: str, step: int) -> None:
+    """A run resumed at `step` reads its data from the example the batch schedule puts that
+    step at. If the schedule changed since `checkpoint` was saved (another
+    `train_batch_size`), that is not the example the run had got to: it would skip data (a
+    larger batch) or train on some twice (a smaller one). Checkpoints record the examples
+    trained on (`examples_seen` in metadata.json); those without it are not checked.
+
+    Raises:
+        SetupConfigError: the current schedule does not put `step` where the run stopped.
+    """
+    seen = load_metadata(checkpoint).get("examples_seen")
+    schedule = config.batch_schedule
+    expected = schedule.global_data_offset_by_step(step)
+    if seen is None or int(seen) == expected:
+        return
+    now = schedule.batch_size_at_step(step)
+    if schedule.is_constant and step > 0 and seen % step == 0:
+        was = f"a batch of {seen // step}"
+        fix = (
+            f"keep trainer.train_batch_size: {seen // step}, or change it from this step on "
+            f"with a schedule: train_batch_size: [{{start: 0, value: {seen // step}}}, "
+            f"{{start: {step}, value: {now}}}]"
+        )
+    else:
+        was = "another batch schedule"
+        fix = "resume with the batch schedule it was saved with (its run's config.yaml)"
+    raise SetupConfigError(
+        f"trainer.train_batch_size changed since {checkpoint} was saved (with {was}): the run "
+        f"has trained on {seen} examples, but the current schedule starts step {step} at "
+        f"example {expected}, so resuming would {'skip' if expected > seen else 'repeat'} "
+        f"{abs(expected - int(seen))} examples. To go on, {fix}"
+    )

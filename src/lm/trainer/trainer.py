@@ -138,7 +138,11 @@ class Trainer(Generic[M]):
         self.restored_step: int | None = None
         # how long the last step's hooks took; logged with the next step (throughput/hook_time)
         self._last_hook_time = 0.0
-        self.checkpointer = config.checkpointer.create(self.run_id) if add_default_hooks else None
+        self.checkpointer = (
+            config.checkpointer.create(self.run_id, metadata_fn=self._checkpoint_metadata)
+            if add_default_hooks
+            else None
+        )
         if add_default_hooks:
             self._add_default_hooks()
 
@@ -271,6 +275,12 @@ class Trainer(Generic[M]):
         self.flops_per_example = flops_per_example
 
     # ------------------------------------------------------------------ state
+
+    def _checkpoint_metadata(self, info: StepInfo) -> dict[str, Any]:
+        """What a checkpoint records besides the state: the examples trained on so far, which
+        a resumed run checks against its batch schedule (`lm.trainer.resume`)."""
+        steps_done = info.step + 1
+        return {"examples_seen": self.config.batch_schedule.global_data_offset_by_step(steps_done)}
 
     def initial_state(
         self,
@@ -473,6 +483,7 @@ class Trainer(Generic[M]):
         """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each."""
         iterator = self._iterate_from(train_loader, int(state.step))
         if int(state.step) < self.num_train_steps:
+            self._redo_hooks_of_the_restored_step(state)
             self.hooks.run_train_start(int(state.step))
         try:
             while int(state.step) < self.num_train_steps:
@@ -505,6 +516,22 @@ class Trainer(Generic[M]):
             if close is not None and iterator is not train_loader:
                 close()
 
+    def _redo_hooks_of_the_restored_step(self, state: S) -> None:
+        """On a resumed run, the hooks whose work at the restored step may have been cut
+        short (`Callback.redo_after_resume`: evaluation) run again for that step."""
+        step = int(state.step)
+        if step == 0 or self.restored_step != step:
+            return
+        info = StepInfo(
+            state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=step - 1
+        )
+        if self.hooks.run_redo_after_resume(info):
+            logger.info(
+                "Ran the evaluation of step %d again: the run stopped after that step's "
+                "checkpoint, possibly before its evaluation was logged",
+                step - 1,
+            )
+
     @staticmethod
     def _iterate_from(loader: Iterable[Any], step: int) -> Iterator[Any]:
         if hasattr(loader, "iter_from_step"):
@@ -520,36 +547,50 @@ class Trainer(Generic[M]):
         from lm.checkpoint import PreemptionSignal
 
         info = None
+        # The handler stays installed until the final checkpoint has committed: a SIGTERM
+        # during the final hooks must not kill the process half-way through that save.
         with PreemptionSignal() as preemption:
             for info in self.training_steps(state, train_loader):
                 if preemption.requested_on_any_process():
                     self._save_for_preemption(info)
                     raise Preempted(
                         f"Preempted ({_preemption_cause(preemption)}) after step {info.step}; "
-                        f"checkpoint saved under {self.config.checkpoint_path}. Rerun to resume."
+                        f"checkpoint saved under {self.config.checkpoint_path}. "
+                        f"{self._how_to_resume()}"
                     )
-        if info is None and int(state.step) == 0 < self.num_train_steps:
-            raise ValueError(
-                "the data loader produced no batch for step 0 (the training data holds fewer "
-                "examples than one batch): nothing was trained or saved"
-            )
-        if info is None:  # nothing to do: the run had already finished (or its data ran out)
-            info = StepInfo(
-                state=state,
-                loss=jnp.float32(jnp.nan),
-                step_duration=0.0,
-                completed_step=int(state.step) - 1,
-            )
-            logger.info(
-                "Run %s at step %d of %d; running the final hooks only.",
-                "already" if int(state.step) >= self.num_train_steps else "out of data",
-                int(state.step),
-                self.num_train_steps,
-            )
-        self.run_hooks(info, force=True)
-        if self.checkpointer is not None:
-            self.checkpointer.wait_until_finished()
+            if info is None and int(state.step) == 0 < self.num_train_steps:
+                raise ValueError(
+                    "the data loader produced no batch for step 0 (the training data holds "
+                    "fewer examples than one batch): nothing was trained or saved"
+                )
+            if info is None:  # nothing to do: the run had already finished (or ran out of data)
+                info = StepInfo(
+                    state=state,
+                    loss=jnp.float32(jnp.nan),
+                    step_duration=0.0,
+                    completed_step=int(state.step) - 1,
+                )
+                logger.info(
+                    "Run %s at step %d of %d; running the final hooks only.",
+                    "already" if int(state.step) >= self.num_train_steps else "out of data",
+                    int(state.step),
+                    self.num_train_steps,
+                )
+            self.run_hooks(info, force=True)
+            if self.checkpointer is not None:
+                self.checkpointer.wait_until_finished()
+            if preemption.requested:
+                logger.warning(
+                    "Termination signal received during the final hooks; they have finished "
+                    "(final checkpoint committed), so the run is complete"
+                )
         return info
+
+    def _how_to_resume(self) -> str:
+        """The rerun that resumes this run: the same command only if it fixes the run id."""
+        if not self.config.run_id_is_generated:
+            return "Rerun the same command to resume."
+        return f"Rerun with --trainer.id {self.run_id} to resume (the run id was not set)."
 
     def _save_for_preemption(self, info: StepInfo) -> None:
         if self.checkpointer is None:
