@@ -1,8 +1,10 @@
 """Pieces shared by the language-model entry points (train_lm, eval_lm, export_lm_to_hf):
-the vocabulary axis for a tokenizer, and loading a model from a `train_lm` checkpoint."""
+the model a run trains (its config and vocabulary, from the YAML or an HF checkpoint), the
+vocabulary axis for a tokenizer, and loading a model from a `train_lm` checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -11,9 +13,177 @@ import haliax as hax
 import jax
 from haliax.partitioning import round_axis_for_partitioning
 
-from lm.models import LmConfig
+from lm.config import SetupConfigError
+from lm.models import Gpt2Config, LmConfig
+from lm.models.hf.compat import (
+    HFCompatConfig,
+    architecture_differences,
+    shown,
+    with_user_runtime_fields,
+)
+from lm.models.hf.converter import HFCheckpointConverter
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunModel:
+    """The model a run trains, resolved the same way by train_lm, eval_lm and
+    export_lm_to_hf (`resolve_run_model`)."""
+
+    config: LmConfig
+    """The model config: the YAML's, or with `use_hf_model_config` the HF checkpoint's
+    architecture plus the YAML's runtime fields."""
+    vocab_size: int
+    """Rows of the vocabulary before partition padding: the tokenizer's size, or an HF
+    checkpoint's when that is larger (its extra rows are kept)."""
+    tokenizer_size: int
+    """`len(tokenizer)`."""
+    hf_checkpoint: str | None = None
+    """The HF checkpoint the run is initialized from (`initialize_from_hf`)."""
+    hf_vocab_size: int | None = None
+    """That checkpoint's `vocab_size`."""
+    converter: HFCheckpointConverter | None = None
+    """Loads `hf_checkpoint` into `config`."""
+
+
+def resolve_run_model(
+    model: LmConfig,
+    *,
+    tokenizer_size: int,
+    hf_checkpoint: str | None = None,
+    use_hf_model_config: bool = False,
+) -> RunModel:
+    """The model config and vocabulary size of a run (the `train_lm` fields `model`,
+    `initialize_from_hf` resolved to `hf_checkpoint`, `use_hf_model_config`).
+
+    Without an HF checkpoint the model is `model` and the vocabulary the tokenizer's. From an
+    HF checkpoint, the vocabulary is the larger of the tokenizer's and the checkpoint's (rows
+    are never dropped: HF models pad theirs, e.g. 50304 for 50257 tokens). With
+    `use_hf_model_config` the architecture is the checkpoint's and every runtime field `model`
+    sets to a value other than its class default (`seq_len`, `attn_backend`,
+    `gradient_checkpointing`, `scan_layers`, `flash_attention_block_size`,
+    `cross_entropy_block_size`, dropout, ...) is applied on top.
+
+    Raises:
+        SetupConfigError: the checkpoint's architecture differs from `model`'s (without
+            `use_hf_model_config`: in any field; with it: in a field `model` sets, or its
+            type), or `seq_len` lies beyond a learned position table; every differing field
+            is named with both values.
+    """
+    if hf_checkpoint is None:
+        return RunModel(model, tokenizer_size, tokenizer_size)
+    if use_hf_model_config:
+        converter = HFCheckpointConverter.for_checkpoint(hf_checkpoint)
+    else:
+        if not isinstance(model, HFCompatConfig):
+            raise ValueError(
+                f"initialize_from_hf: model type {type(model).__name__} has no HF form"
+            )
+        converter = model.hf_checkpoint_converter(hf_checkpoint)
+    hf_config = converter.hf_config_from_checkpoint(hf_checkpoint)
+    checkpoint = converter.config_class.from_hf_config(hf_config)
+    if use_hf_model_config:
+        model = _with_checkpoint_architecture(model, checkpoint, hf_checkpoint)
+    else:
+        differences = architecture_differences(model, checkpoint)
+        if differences:
+            raise SetupConfigError(
+                f"model: differs from the architecture of {hf_checkpoint} "
+                "(initialize_from_hf), whose weights would then compute other logits: "
+                + "; ".join(differences)
+                + ". Set use_hf_model_config: true to take the architecture from the "
+                "checkpoint, or set these model fields to the checkpoint's values"
+            )
+    hf_vocab_size = int(hf_config.vocab_size)
+    return RunModel(
+        model,
+        max(tokenizer_size, hf_vocab_size),
+        tokenizer_size,
+        hf_checkpoint=hf_checkpoint,
+        hf_vocab_size=hf_vocab_size,
+        converter=converter,
+    )
+
+
+def _with_checkpoint_architecture(
+    model: LmConfig, checkpoint: HFCompatConfig, source: str
+) -> HFCompatConfig:
+    """`use_hf_model_config: true`: the checkpoint's architecture with the user's runtime
+    fields (see `resolve_run_model`)."""
+    hint = (
+        "with use_hf_model_config: true the architecture comes from the checkpoint: remove "
+        "these fields from model: (or set them to the checkpoint's values), or set "
+        "use_hf_model_config: false to train the YAML's model"
+    )
+    if type(model) is not type(checkpoint):
+        if model != type(model)():
+            raise SetupConfigError(
+                f"model.type: {LmConfig.get_choice_name(type(model))}, but {source} is a "
+                f"{LmConfig.get_choice_name(type(checkpoint))} checkpoint and "
+                "use_hf_model_config: true takes the architecture from it: set model.type: "
+                f"{LmConfig.get_choice_name(type(checkpoint))} (keeping only runtime fields "
+                "such as seq_len), or leave the model section out"
+            )
+        if model != Gpt2Config():  # the default of an omitted model section says nothing
+            logger.warning(
+                "use_hf_model_config: model.type %s ignored: %s is a %s checkpoint",
+                LmConfig.get_choice_name(type(model)),
+                source,
+                LmConfig.get_choice_name(type(checkpoint)),
+            )
+        return checkpoint
+    conflicts = architecture_differences(model, checkpoint, set_only=True)
+    if conflicts:
+        raise SetupConfigError(
+            f"model: sets architecture fields that differ from {source}: "
+            + "; ".join(conflicts)
+            + f"; {hint}"
+        )
+    merged = with_user_runtime_fields(checkpoint, model)
+    if merged.seq_len > checkpoint.seq_len:
+        logger.warning(
+            "model.seq_len %d is beyond %s's max_position_embeddings (%d): the checkpoint was "
+            "not trained on positions that far",
+            merged.seq_len,
+            source,
+            checkpoint.seq_len,
+        )
+    kept = {
+        f.name: getattr(merged, f.name)
+        for f in dataclasses.fields(merged)
+        if f.name in merged.runtime_fields
+        and getattr(merged, f.name) != getattr(checkpoint, f.name)
+    }
+    logger.info(
+        "Model architecture from %s (%s); from model: %s",
+        source,
+        type(merged).__name__,
+        ", ".join(f"{k}: {shown(v)}" for k, v in kept.items()) or "nothing",
+    )
+    return merged
+
+
+def describe_vocab_change(run: RunModel) -> str | None:
+    """A warning for a tokenizer whose size differs from the HF checkpoint's vocabulary (None
+    when they agree or there is no checkpoint)."""
+    tokens, rows = run.tokenizer_size, run.hf_vocab_size
+    if rows is None or rows == tokens:
+        return None
+    if tokens > rows:
+        return (
+            f"The tokenizer has {tokens} tokens but {run.hf_checkpoint}'s vocabulary {rows}: "
+            f"rows {rows}..{tokens - 1} of the embeddings (and of an untied LM head) are new, "
+            "drawn at random from the existing rows' mean and std, and exports have "
+            f"vocab_size {tokens}. Use the checkpoint's own tokenizer (data.tokenizer) unless "
+            "you mean to add tokens"
+        )
+    return (
+        f"The tokenizer has {tokens} tokens but {run.hf_checkpoint}'s vocabulary {rows}: "
+        f"keeping all {rows} rows (ids {tokens}..{rows - 1} never occur in the data; exports "
+        f"keep vocab_size {rows}). Expected for a checkpoint whose vocabulary is padded (e.g. "
+        "to a multiple of 64); otherwise check that data.tokenizer is the checkpoint's own"
+    )
 
 
 def vocab_axis(vocab_size: int, parameter_mapping) -> hax.Axis:

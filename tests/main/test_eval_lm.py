@@ -325,3 +325,37 @@ def test_tags_pool_their_sets_tokens_and_bytes():
     assert pooled["web"].loss == a.loss
     assert pooled["x"].bits_per_byte is None  # a set without bytes: no pooled bits per byte
     assert pool_by_tag({"a": a}, {"a": [], "zzz": ["t"]}) == {}
+
+
+@pytest.mark.torch
+def test_an_hf_initialized_run_is_loaded_with_the_checkpoints_architecture(tmp_path):
+    """`use_hf_model_config: true` with a YAML model of just its type: eval_lm builds the
+    checkpoint's architecture (Llama 3.1 RoPE, its norm eps, all 128 vocabulary rows) and
+    the YAML's seq_len, as train_lm trained it, instead of LlamaConfig's defaults."""
+    from test_export_lm_to_hf import (
+        hf_llama_checkpoint,
+        lm_logits,
+        save_lm_checkpoint,
+        torch_logits,
+    )
+
+    source = tmp_path / "src"
+    hf = hf_llama_checkpoint(source)
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{type: llama, seq_len: 32}}\n"
+        f"initialize_from_hf: {source}\n"
+        "use_hf_model_config: true\n"
+        f"data: {{tokenizer: {source}}}\n"
+    )
+    config = lm.config.parse(
+        EvalLmConfig, str(tmp_path / "run.yaml"), args=["--checkpoint_path", str(tmp_path / "c")]
+    )
+    run_model = config.run_model()
+    saved = run_model.converter.load_pretrained(str(source), config=run_model.config)
+    save_lm_checkpoint(saved, tmp_path / "c")
+    trainer = _eval_trainer(config)
+    Vocab = hax.Axis("vocab", run_model.vocab_size)  # the parameter mapping does not shard it
+    model, _ = load_model_for_eval(config, trainer, Vocab)
+    assert model.config == run_model.config and model.config.seq_len == 32
+    ids = np.random.default_rng(0).integers(0, 101, (2, 32))
+    np.testing.assert_allclose(lm_logits(model, ids), torch_logits(hf, ids), atol=1e-4, rtol=1e-4)

@@ -10,6 +10,7 @@ import sys
 import pytest
 from run_helpers import run_train_lm, tiny_run_yaml, write_tiny_corpus
 
+import lm.config
 from lm.data import load_builtin_tokenizer
 
 TOKEN_ID_WARNING = "must be `None` or an integer within the vocabulary"
@@ -109,3 +110,131 @@ def test_a_bad_max_shard_size_is_a_config_error_before_the_checkpoint_is_read(va
         lm.config.parse(ExportLmToHfConfig, args=args)
     (problem,) = info.value.problems
     assert problem.path == "max_shard_size" and message in problem.message
+
+
+# ----------------------------------------------------------- a run initialized from an HF checkpoint
+
+TOKENIZER_SIZE = 101
+
+
+def word_tokenizer(size: int = TOKENIZER_SIZE):
+    """A word-level HF tokenizer of `size` tokens: `<s>` is 1, `</s>` is 2, no PAD."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(size)}
+    vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2})
+    for i in range(3):
+        del vocab[f"w{i}"]
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def hf_llama_checkpoint(path, *, vocab_size: int = 128, **overrides):
+    """A random HF Llama (Llama 3.1 RoPE, rms_norm_eps 1e-4, 64 positions, eos [2, 0],
+    a generation_config.json) saved by transformers with `word_tokenizer()`; returns it."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
+    kwargs = dict(
+        vocab_size=vocab_size,
+        max_position_embeddings=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-4,
+        rope_parameters=rope,
+        bos_token_id=1,
+        eos_token_id=[2, 0],
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(LlamaConfig(**kwargs), attn_implementation="eager")
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    hf = hf.eval().float()
+    hf.save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return hf
+
+
+def save_lm_checkpoint(model, path) -> None:
+    """`model` as a train_lm checkpoint directory (the subtree eval_lm and export read)."""
+    from lm.checkpoint import save_checkpoint, wait_until_finished
+
+    save_checkpoint({"model": model}, 1, str(path))
+    wait_until_finished()
+
+
+def torch_logits(hf, ids):
+    import torch
+
+    with torch.no_grad():
+        return hf(torch.from_numpy(ids).long()).logits.numpy()
+
+
+def lm_logits(model, ids):
+    import haliax as hax
+    import jax.numpy as jnp
+    import numpy as np
+
+    return np.asarray(model(hax.named(jnp.asarray(ids), ("batch", "position"))).array)
+
+
+@pytest.mark.torch
+def test_export_resolves_an_hf_initialized_run_as_train_lm_does(tmp_path):
+    """A run from an HF checkpoint with `use_hf_model_config: true` and a YAML model of just
+    its type and a shorter seq_len: the export has the checkpoint's architecture (RoPE, norm
+    eps), all 128 vocabulary rows, its eos list, context and generation config, and the
+    trained model's logits."""
+    import json
+
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from lm.main.export_lm_to_hf import ExportLmToHfConfig, main
+
+    source = tmp_path / "src"
+    hf = hf_llama_checkpoint(source)
+    (source / "generation_config.json").write_text('{"bos_token_id": 1, "eos_token_id": [2, 0]}')
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{type: llama, seq_len: 32}}\n"
+        f"initialize_from_hf: {source}\n"
+        "use_hf_model_config: true\n"
+        f"data: {{tokenizer: {source}}}\n"
+    )
+    args = ["--checkpoint_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "out")]
+    config = lm.config.parse(ExportLmToHfConfig, str(tmp_path / "run.yaml"), args=args)
+    run_model = config.run_model()
+    assert run_model.config.seq_len == 32 and run_model.vocab_size == 128
+    converter = run_model.converter
+    model = converter.load_pretrained(str(source), config=run_model.config)
+    save_lm_checkpoint(model, tmp_path / "ckpt")
+
+    main(config)
+    out = tmp_path / "out"
+    exported = json.loads((out / "config.json").read_text())
+    original = json.loads((source / "config.json").read_text())
+    for key in ("rope_parameters", "rms_norm_eps", "vocab_size", "max_position_embeddings"):
+        assert exported[key] == original[key], key
+    assert (exported["bos_token_id"], exported["eos_token_id"]) == (1, [2, 0])
+    assert (out / "generation_config.json").exists()
+    ids = np.random.default_rng(0).integers(0, TOKENIZER_SIZE, (2, 32))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ours = lm_logits(model, ids)
+    np.testing.assert_allclose(torch_logits(reloaded, ids), ours, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(torch_logits(hf, ids), ours, atol=1e-4, rtol=1e-4)

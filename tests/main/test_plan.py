@@ -461,3 +461,33 @@ def test_entry_configs_round_trip(cls, repo_root, tmp_path):
     assert lm.config.to_yaml(again) == path.read_text()
     assert again.model == config.model and again.optimizer == config.optimizer
     assert dataclasses.replace(again, data=config.data, trainer=config.trainer) == config
+
+
+@pytest.mark.torch
+def test_plan_resolves_an_hf_initialized_run_as_train_lm_does(tmp_path):
+    """`use_hf_model_config: true`: the plan is of the checkpoint's architecture and its 128
+    vocabulary rows (the tokenizer has 101), at the YAML's seq_len."""
+    from test_export_lm_to_hf import hf_llama_checkpoint
+
+    source = tmp_path / "src"
+    hf_llama_checkpoint(source)
+    (tmp_path / "run.yaml").write_text(
+        "model: {type: llama, seq_len: 32}\n"
+        f"initialize_from_hf: {source}\n"
+        "use_hf_model_config: true\n"
+        f"data: {{tokenizer: {source}}}\n"
+        "trainer: {train_batch_size: 8, require_accelerator: false}\n"
+    )
+    config = lm.config.parse(PlanConfig, str(tmp_path / "run.yaml"))
+    plan = plan_lm(config, compile_step=False)
+    assert plan.facts["model"] == "LlamaConfig"
+    assert plan.facts["seq_len"] == 32
+    assert plan.facts["vocab_size"] == 128 and plan.facts["tokenizer_vocab_size"] == 101
+    # hidden 32, MLP 48, 2 layers, untied 128-row embeddings and head: the checkpoint's model
+    assert plan.num_params == sum(p.numel() for p in hf_model_params(source))
+
+
+def hf_model_params(path):
+    from transformers import AutoModelForCausalLM
+
+    return list(AutoModelForCausalLM.from_pretrained(path).parameters())

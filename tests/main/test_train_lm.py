@@ -574,3 +574,179 @@ def test_run_keys_are_the_split_of_the_seed():
         expected = jax.random.split(jax.random.PRNGKey(seed), 3)
         for got, want in zip(_run_keys(seed), expected, strict=True):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+# ------------------------------------------------------------- the model of a run from an HF checkpoint
+
+
+def _hf_run_config(tmp_path, model_yaml: str, *, use_hf_model_config: bool = True, **hf):
+    """A TrainLmConfig whose run starts from a random HF Llama (`hf_llama_checkpoint`)."""
+    from test_export_lm_to_hf import hf_llama_checkpoint
+
+    source = tmp_path / "src"
+    if not source.exists():
+        hf_llama_checkpoint(source, **hf)
+    (tmp_path / "run.yaml").write_text(
+        f"model: {model_yaml}\n"
+        f"initialize_from_hf: {source}\n"
+        f"use_hf_model_config: {str(use_hf_model_config).lower()}\n"
+        f"data: {{tokenizer: {source}}}\n"
+    )
+    return lm.config.parse(TrainLmConfig, str(tmp_path / "run.yaml"))
+
+
+def _checkpoint_config(tmp_path):
+    from lm.models.hf.converter import HFCheckpointConverter
+
+    return HFCheckpointConverter.for_checkpoint(str(tmp_path / "src")).config_from_hf_checkpoint()
+
+
+@pytest.mark.torch
+def test_use_hf_model_config_keeps_the_yamls_runtime_fields(tmp_path):
+    """The architecture is the checkpoint's; seq_len, the attention kernel and its block,
+    remat, layer scan and the loss's block size are the YAML's (not silently dropped)."""
+    config = _hf_run_config(
+        tmp_path,
+        "{type: llama, seq_len: 32, attn_backend: vanilla, flash_attention_block_size: 16, "
+        "gradient_checkpointing: false, scan_layers: false, cross_entropy_block_size: 64}",
+    )
+    resolved = config.run_model().config
+    assert resolved == dataclasses.replace(
+        _checkpoint_config(tmp_path),
+        seq_len=32,
+        attn_backend="vanilla",
+        flash_attention_block_size=16,
+        gradient_checkpointing=False,
+        scan_layers=False,
+        cross_entropy_block_size=64,
+    )
+    assert resolved.layer_norm_epsilon == 1e-4 and resolved.rope.theta == 500000.0
+    # no model section (TrainLmConfig's default gpt2) or just the type: all from the checkpoint
+    for section in ("{type: gpt2}", "{type: llama}"):
+        config = _hf_run_config(tmp_path, section)
+        assert config.run_model().config == _checkpoint_config(tmp_path)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "model_yaml, expected",
+    [
+        (
+            "{type: llama, seq_len: 32, hidden_dim: 64, rope: {type: default, theta: 1.0e+6}}",
+            "model: sets architecture fields that differ from {src}: hidden_dim: 64 (checkpoint: "
+            "32); rope: {type: default, theta: 1000000.0, factor: 1.0} (checkpoint: {type: "
+            "llama3, theta: 500000.0, factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, "
+            "original_max_position_embeddings: 16}); with use_hf_model_config: true the "
+            "architecture comes from the checkpoint",
+        ),
+        (
+            "{type: mistral, seq_len: 32}",
+            "model.type: mistral, but {src} is a llama checkpoint and use_hf_model_config: true "
+            "takes the architecture from it: set model.type: llama",
+        ),
+    ],
+    ids=["fields", "type"],
+)
+def test_use_hf_model_config_names_the_yamls_architecture_conflicts(tmp_path, model_yaml, expected):
+    config = _hf_run_config(tmp_path, model_yaml)
+    with pytest.raises(lm.config.SetupConfigError) as info:
+        config.run_model()
+    assert expected.replace("{src}", str(tmp_path / "src")) in str(info.value)
+
+
+@pytest.mark.torch
+def test_initialize_from_hf_refuses_a_yaml_model_of_another_architecture(tmp_path):
+    """Without use_hf_model_config the YAML's model is trained: a checkpoint of the same
+    shapes but another RoPE and norm eps is an error naming both, before the run starts."""
+    arch = (
+        "type: llama, hidden_dim: 32, intermediate_dim: 48, num_layers: 2, num_heads: 4, "
+        "num_kv_heads: 2, seq_len: 32"
+    )
+    config = _hf_run_config(tmp_path, "{" + arch + "}", use_hf_model_config=False)
+    with pytest.raises(lm.config.SetupConfigError) as info:
+        config.run_model()
+    message = str(info.value)
+    assert "layer_norm_epsilon: 1e-05 (checkpoint: 0.0001)" in message
+    assert (
+        "rope: {type: default, theta: 10000.0, factor: 1.0} (checkpoint: {type: llama3" in message
+    )
+    assert "Set use_hf_model_config: true" in message
+    matching = (
+        "{" + arch + ", layer_norm_epsilon: 1.0e-4, rope: {type: llama3, theta: 500000.0, "
+        "original_max_position_embeddings: 16}}"
+    )
+    config = _hf_run_config(tmp_path, matching, use_hf_model_config=False)
+    assert config.run_model().config == config.model
+
+
+@pytest.mark.torch
+def test_gpt2_seq_len_from_the_yaml_is_at_most_the_checkpoints_position_table(tmp_path):
+    import torch
+    from test_export_lm_to_hf import word_tokenizer
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    source = tmp_path / "src"
+    torch.manual_seed(0)
+    hf_config = GPT2Config(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    AutoModelForCausalLM.from_config(hf_config).save_pretrained(source)
+    word_tokenizer().save_pretrained(source)
+    assert _hf_run_config(tmp_path, "{type: gpt2, seq_len: 32}").run_model().config.seq_len == 32
+    with pytest.raises(lm.config.SetupConfigError, match=r"seq_len: 128 \(checkpoint: 64 learned"):
+        _hf_run_config(tmp_path, "{type: gpt2, seq_len: 128}").run_model()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "checkpoint_vocab, vocab_size, warning",
+    [
+        (128, 128, "keeping all 128 rows (ids 101..127 never occur in the data; exports keep "
+         "vocab_size 128)"),
+        (64, 101, "rows 64..100 of the embeddings (and of an untied LM head) are new, drawn at "
+         "random"),
+        (101, 101, None),
+    ],
+)  # fmt: skip
+def test_a_tokenizer_of_another_size_than_the_checkpoint(
+    tmp_path, checkpoint_vocab, vocab_size, warning
+):
+    """The checkpoint's extra rows are kept (HF pads vocabularies); a larger tokenizer gets
+    new random rows; either way the warning names both sizes and what happens."""
+    from lm.lm_run import describe_vocab_change
+
+    config = _hf_run_config(tmp_path, "{type: llama}", vocab_size=checkpoint_vocab)
+    run_model = config.run_model()
+    assert (run_model.vocab_size, run_model.tokenizer_size) == (vocab_size, 101)
+    message = describe_vocab_change(run_model)
+    if warning is None:
+        assert message is None
+    else:
+        assert f"The tokenizer has 101 tokens but {tmp_path / 'src'}'s vocabulary" in message
+        assert warning in message
+
+
+@pytest.mark.torch
+def test_hf_export_hook_carries_over_the_source_checkpoints_metadata(tmp_path):
+    """hf_save_path exports of a run from an HF checkpoint keep its eos list, its larger
+    max_position_embeddings and its generation_config.json."""
+    import json
+
+    from lm.main.train_lm import HfExportHook
+
+    config = _hf_run_config(tmp_path, "{type: llama, seq_len: 32}")
+    (tmp_path / "src" / "generation_config.json").write_text('{"eos_token_id": [2, 0]}')
+    run_model = config.run_model()
+    model = run_model.converter.load_pretrained(str(tmp_path / "src"), config=run_model.config)
+    hook = HfExportHook(
+        run_model.config.hf_checkpoint_converter(),
+        str(tmp_path / "hf"),
+        "run",
+        tokenizer=config.data.the_tokenizer,
+        vocab_size=run_model.vocab_size,
+        source_checkpoint=config.hf_checkpoint,
+    )
+    hook.on_step(types.SimpleNamespace(step=3, state=types.SimpleNamespace(eval_model=model)))
+    out = tmp_path / "hf" / "run" / "step-3"
+    exported = json.loads((out / "config.json").read_text())
+    assert (exported["eos_token_id"], exported["max_position_embeddings"]) == ([2, 0], 64)
+    assert exported["vocab_size"] == 128
+    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": [2, 0]}

@@ -14,6 +14,7 @@ from helpers import random_model
 from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config
 
 from lm.models import (
+    DefaultRotaryEmbeddingsConfig,
     Gpt2Config,
     Llama3RotaryEmbeddingsConfig,
     LlamaConfig,
@@ -234,10 +235,17 @@ def test_checkpoint_shapes_must_match_the_given_config(llama_model, tmp_path):
     converter = llama_model.config.hf_checkpoint_converter()
     converter.save_pretrained(llama_model, str(tmp_path))
     wider = dataclasses.replace(llama_model.config, intermediate_dim=64)
-    with pytest.raises(
-        ValueError, match=r"shape mismatches: model\.layers\.0\.mlp\.down_proj\.weight: \(32, 48\)"
-    ):
+    # A given config of another architecture is refused by its fields, before any weight is
+    # read (test_a_given_config_of_another_architecture_is_refused) ...
+    with pytest.raises(ValueError, match=r"intermediate_dim: 64 \(checkpoint: 48\)"):
         converter.load_pretrained(str(tmp_path), config=wider)
+    # ... and weights that do not fit their own config.json by their shapes.
+    converter.save_pretrained(random_model(wider, Vocab), str(tmp_path / "wider"))
+    (tmp_path / "wider" / "config.json").write_text((tmp_path / "config.json").read_text())
+    with pytest.raises(
+        ValueError, match=r"shape mismatches: model\.layers\.0\.mlp\.down_proj\.weight: \(32, 64\)"
+    ):
+        converter.load_pretrained(str(tmp_path / "wider"))
 
 
 def test_tokenizer_is_saved_and_loaded(llama_model, tmp_path):
@@ -447,3 +455,280 @@ def test_saving_to_a_file_is_a_clear_error(llama_model, tmp_path):
         f.write(b"x")
     with pytest.raises(ValueError, match=r"output_dir: memory://export-file/x is a file"):
         converter.save_pretrained(llama_model, "memory://export-file/x")
+
+
+# ------------------------------------------------------------------ HF config variants
+
+
+def _hf_checkpoint(hf_config, path, seed=0):
+    """A random transformers model of `hf_config` saved by transformers to `path`."""
+    hf = hf_model_from_config(hf_config, seed=seed)
+    hf.save_pretrained(path)
+    return hf
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "hf_kwargs",
+    [
+        dict(scale_attn_weights=False),
+        dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True),
+        dict(activation_function="gelu_python"),
+    ],
+    ids=["unscaled", "unscaled_inverse_layer_idx", "gelu_python"],
+)
+def test_gpt2_config_variants_match_hf_both_ways(hf_kwargs, tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    hf_config = GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, **hf_kwargs
+    )
+    hf = _hf_checkpoint(hf_config, tmp_path / "hf")
+    converter = HFCheckpointConverter.for_checkpoint(str(tmp_path / "hf"))
+    model = converter.load_pretrained(str(tmp_path / "hf"))
+    tokens = _tokens()
+    ours = _logits(model, tokens)
+    np.testing.assert_allclose(ours, hf_logits(hf, tokens.array), atol=1e-4, rtol=1e-4)
+
+    converter.save_pretrained(model, str(tmp_path / "ours"))
+    exported = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert exported["scale_attn_weights"] == hf_kwargs.get("scale_attn_weights", True)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    np.testing.assert_allclose(hf_logits(reloaded, tokens.array), ours, atol=1e-4, rtol=1e-4)
+
+
+def test_gelu_python_is_lms_exact_gelu():
+    from lm.models.layers.activations import ActivationFunctionEnum
+
+    parsed = ActivationFunctionEnum.parse("gelu_python", field="activation_function")
+    assert parsed is ActivationFunctionEnum.gelu
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("qwen", ["qwen2", "qwen3"])
+def test_qwen_use_sliding_window_on_no_layer_is_full_attention(qwen, tmp_path):
+    """HF slides the window only on layers >= max_window_layers: none of them here."""
+    from transformers import Qwen2Config as HfQwen2
+    from transformers import Qwen3Config as HfQwen3
+
+    cls = {"qwen2": HfQwen2, "qwen3": HfQwen3}[qwen]
+    common = dict(
+        vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        use_sliding_window=True, sliding_window=8,
+    )  # fmt: skip
+    hf = _hf_checkpoint(cls(**common, max_window_layers=2), tmp_path / "full")
+    model = HFCheckpointConverter.for_checkpoint(str(tmp_path / "full")).load_pretrained(
+        str(tmp_path / "full")
+    )
+    tokens = _tokens()
+    np.testing.assert_allclose(
+        _logits(model, tokens), hf_logits(hf, tokens.array), atol=1e-4, rtol=1e-4
+    )
+    cls(**common, max_window_layers=1).save_pretrained(tmp_path / "sliding")
+    with pytest.raises(
+        ValueError,
+        match=r"max_window_layers \(1\) below num_hidden_layers \(2\) slides the window on "
+        r"layers \[1\]",
+    ):
+        HFCheckpointConverter.for_checkpoint(str(tmp_path / "sliding")).config_from_hf_checkpoint()
+
+
+# ------------------------------------------------------- a given config must be the checkpoint's
+
+ARCH = dict(LLAMA, num_kv_heads=2)
+ARCHITECTURE_MISMATCHES = {
+    # name: (checkpoint config, given config, the error's field text)
+    "rope": (
+        LlamaConfig(**ARCH, rope=Llama3RotaryEmbeddingsConfig(original_max_position_embeddings=16)),
+        LlamaConfig(**ARCH),
+        "rope: {type: default, theta: 10000.0, factor: 1.0} (checkpoint: {type: llama3, theta: "
+        "500000.0, factor: 8.0",
+    ),
+    "rope_theta": (
+        Qwen2Config(**ARCH, rope=DefaultRotaryEmbeddingsConfig(theta=1e6)),
+        Qwen2Config(**ARCH),
+        "rope: {type: default, theta: 10000.0, factor: 1.0} (checkpoint: {type: default, "
+        "theta: 1000000.0, factor: 1.0})",
+    ),
+    "eps": (
+        LlamaConfig(**ARCH, layer_norm_epsilon=1e-4),
+        LlamaConfig(**ARCH),
+        "layer_norm_epsilon: 1e-05 (checkpoint: 0.0001)",
+    ),
+    "activation": (
+        Gpt2Config(
+            seq_len=64, hidden_dim=32, num_layers=2, num_heads=4, activation_function="gelu"
+        ),
+        Gpt2Config(seq_len=64, hidden_dim=32, num_layers=2, num_heads=4),
+        "activation_function: gelu_new (checkpoint: gelu)",
+    ),
+    "tied_given_untied_checkpoint": (
+        LlamaConfig(**ARCH),
+        LlamaConfig(**ARCH, tie_word_embeddings=True),
+        "tie_word_embeddings: true (checkpoint: false)",
+    ),
+    "bias": (
+        LlamaConfig(**ARCH, use_bias=True),
+        LlamaConfig(**ARCH),
+        "use_bias: false (checkpoint: true)",
+    ),
+    "window": (
+        MistralConfig(**ARCH, sliding_window=8),
+        MistralConfig(**ARCH, sliding_window=None),
+        "sliding_window: null (checkpoint: 8)",
+    ),
+    "qk_norm_and_eps": (
+        Qwen3Config(**ARCH, head_dim=16),
+        Qwen3Config(**ARCH, head_dim=16, use_qk_norm=False, layer_norm_epsilon=1e-5),
+        "layer_norm_epsilon: 1e-05 (checkpoint: 1e-06); use_qk_norm: false (checkpoint: true)",
+    ),
+    "gpt2_seq_len_beyond_the_position_table": (
+        Gpt2Config(seq_len=64, hidden_dim=32, num_layers=2, num_heads=4),
+        Gpt2Config(seq_len=128, hidden_dim=32, num_layers=2, num_heads=4),
+        "seq_len: 128 (checkpoint: 64 learned positions; at most 64)",
+    ),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", list(ARCHITECTURE_MISMATCHES))
+def test_a_given_config_of_another_architecture_is_refused(name, tmp_path):
+    """Same tensor shapes, other function: loading would silently change the logits."""
+    import re
+
+    checkpoint, given, text = ARCHITECTURE_MISMATCHES[name]
+    _hf_checkpoint(checkpoint.to_hf_config(VOCAB), tmp_path)
+    converter = checkpoint.hf_checkpoint_converter()
+    with pytest.raises(ValueError) as info:
+        converter.load_pretrained(str(tmp_path), config=given)
+    message = str(info.value)
+    assert f"{tmp_path}/config.json describes another model than the given" in message
+    assert re.search(re.escape(text), message), message
+    assert "use_hf_model_config: true" in message
+    assert converter.load_pretrained(str(tmp_path)).config == dataclasses.replace(
+        checkpoint, gradient_checkpointing=True
+    )
+
+
+@pytest.mark.torch
+def test_runtime_fields_of_a_given_config_are_free(tmp_path):
+    """seq_len (RoPE), kernel, remat and layer scan do not change the function."""
+    checkpoint = CASES["llama_gqa_tied_llama3_rope"]
+    hf = _hf_checkpoint(checkpoint.to_hf_config(VOCAB), tmp_path)
+    given = dataclasses.replace(
+        checkpoint,
+        seq_len=32,
+        attn_backend="vanilla",
+        gradient_checkpointing=False,
+        scan_layers=False,
+        cross_entropy_block_size=16,
+        head_dim=8,  # hidden_dim / num_heads: the same as null
+        activation_function="swish",  # silu under another name
+    )
+    model = checkpoint.hf_checkpoint_converter().load_pretrained(str(tmp_path), config=given)
+    tokens = _tokens(seq=32)
+    np.testing.assert_allclose(
+        _logits(model, tokens), hf_logits(hf, tokens.array), atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.torch
+def test_gpt2_at_a_shorter_seq_len_keeps_the_first_learned_positions(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = CASES["gpt2"]  # 64 positions
+    hf = _hf_checkpoint(checkpoint.to_hf_config(VOCAB), tmp_path / "hf")
+    short = dataclasses.replace(checkpoint, seq_len=32)
+    converter = checkpoint.hf_checkpoint_converter()
+    model = converter.load_pretrained(str(tmp_path / "hf"), config=short)
+    assert model.embeddings.position_embeddings.weight.array.shape == (32, 32)
+    tokens = _tokens(seq=32)
+    np.testing.assert_allclose(
+        _logits(model, tokens), hf_logits(hf, tokens.array), atol=1e-4, rtol=1e-4
+    )
+    # The export holds the table it has: n_positions is the new seq_len.
+    converter.save_pretrained(model, str(tmp_path / "ours"), source_checkpoint=str(tmp_path / "hf"))
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["n_positions"] == 32
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    np.testing.assert_allclose(
+        hf_logits(reloaded, tokens.array), _logits(model, tokens), atol=1e-4, rtol=1e-4
+    )
+
+
+# ------------------------------------------- an export carries over its source checkpoint's metadata
+
+
+@pytest.mark.torch
+def test_an_export_keeps_the_source_checkpoints_token_ids_context_and_generation_config(
+    tmp_path, transformers_warnings
+):
+    """A fine-tune of an HF checkpoint at a shorter context, exported with the tokenizer:
+    eos_token_id [2, 0], pad_token_id, max_position_embeddings and generation_config.json
+    come from the source; without the source they are the tokenizer's and seq_len."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    checkpoint = CASES["llama_mha_untied"]  # seq_len 64
+    hf_config = checkpoint.to_hf_config(VOCAB, {"bos_token_id": 1, "eos_token_id": [2, 0]})
+    hf_config.pad_token_id = 3
+    _hf_checkpoint(hf_config, tmp_path / "src")
+    generation = GenerationConfig(
+        bos_token_id=1, eos_token_id=[2, 0], pad_token_id=3, do_sample=True, top_p=0.9
+    )
+    generation.save_pretrained(tmp_path / "src")
+    converter = checkpoint.hf_checkpoint_converter()
+    model = converter.load_pretrained(
+        str(tmp_path / "src"), config=dataclasses.replace(checkpoint, seq_len=32)
+    )
+    tokenizer = _word_tokenizer(dict(bos_token=1, eos_token=2))  # no pad token
+
+    converter.save_pretrained(
+        model, str(tmp_path / "out"), tokenizer=tokenizer, source_checkpoint=str(tmp_path / "src")
+    )
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (
+        1,
+        [2, 0],
+        3,
+    )
+    assert exported["max_position_embeddings"] == 64
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text()) == json.loads(
+        (tmp_path / "src" / "generation_config.json").read_text()
+    )
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert reloaded.generation_config.eos_token_id == [2, 0]
+    tokens = _tokens(batch=1, seq=32)
+    np.testing.assert_allclose(
+        hf_logits(reloaded, tokens.array), _logits(model, tokens), atol=1e-4, rtol=1e-4
+    )
+    assert not [m for m in transformers_warnings if "token_id" in m], transformers_warnings
+
+    converter.save_pretrained(model, str(tmp_path / "plain"), tokenizer=tokenizer)
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert (plain["eos_token_id"], plain["pad_token_id"], plain["max_position_embeddings"]) == (
+        2,
+        None,
+        32,
+    )
+    assert not (tmp_path / "plain" / "generation_config.json").exists()
+
+
+@pytest.mark.torch
+def test_source_token_ids_that_disagree_with_the_vocab_or_tokenizer_are_not_kept(tmp_path):
+    checkpoint = CASES["llama_mha_untied"]
+    hf_config = checkpoint.to_hf_config(VOCAB, {"eos_token_id": [2, 0]})
+    hf_config.pad_token_id = 3
+    _hf_checkpoint(hf_config, tmp_path / "src")
+    (tmp_path / "src" / "generation_config.json").write_text('{"eos_token_id": [2, 500]}')
+    converter = checkpoint.hf_checkpoint_converter()
+    model = converter.load_pretrained(str(tmp_path / "src"))
+    # The tokenizer's EOS (7) is not among the source's [2, 0]: the tokenizer's is exported;
+    # its PAD (9) replaces the source's 3; an id past the vocabulary keeps the
+    # generation config out.
+    tokenizer = _word_tokenizer(dict(eos_token=7, pad_token=9))
+    converter.save_pretrained(
+        model, str(tmp_path / "out"), tokenizer=tokenizer, source_checkpoint=str(tmp_path / "src")
+    )
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (exported["eos_token_id"], exported["pad_token_id"]) == (7, 9)
+    assert not (tmp_path / "out" / "generation_config.json").exists()

@@ -3,7 +3,8 @@ run.yaml --checkpoint_path checkpoints/<run_id>`.
 
 Takes the run's own config (model, data, trainer) plus `checkpoint_path` (a run's
 checkpoint directory, whose newest complete checkpoint is used, or one `step-N`
-checkpoint), loads the model (the averaged model when `trainer.model_averaging` is set,
+checkpoint), resolves the model as `train_lm` does (with `initialize_from_hf` and
+`use_hf_model_config`, the HF checkpoint's architecture plus the YAML's runtime fields), loads it (the averaged model when `trainer.model_averaging` is set,
 as the trainer's own evaluation does) and reports, for every validation set of `data`:
 
 - `loss`: mean next-token cross-entropy (nats) over every predicted token, all batches
@@ -288,11 +289,16 @@ def evaluate_lm(
 # ---------------------------------------------------------------------------- loading
 
 
-def load_model_for_eval(config: EvalLmConfig, trainer: Trainer, Vocab: hax.Axis) -> tuple[Any, str]:
+def load_model_for_eval(
+    config: EvalLmConfig, trainer: Trainer, Vocab: hax.Axis, model_config=None
+) -> tuple[Any, str]:
     """The model saved in `config.checkpoint_path` (the averaged one with model averaging),
-    read straight into the parameter sharding. Returns (model, checkpoint directory)."""
+    read straight into the parameter sharding. `model_config` defaults to the run's
+    (`config.run_model().config`). Returns (model, checkpoint directory)."""
+    if model_config is None:
+        model_config = config.run_model().config
     return load_lm_checkpoint(
-        config.model,
+        model_config,
         Vocab,
         config.checkpoint_path,
         mp=trainer.mp,
@@ -306,20 +312,21 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
     trainer_config = config.trainer
     trainer_config.initialize()
     tokenizer = config.data.the_tokenizer
+    run_model = config.run_model()
     trainer = Trainer(
         trainer_config, optax.identity(), compute_next_token_loss, add_default_hooks=False
     )
     results: dict[str, EvalResult] = {}
     with trainer:
-        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
-        model, checkpoint = load_model_for_eval(config, trainer, Vocab)
+        Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
+        model, checkpoint = load_model_for_eval(config, trainer, Vocab, run_model.config)
         from lm.checkpoint import load_metadata
 
         step = int(load_metadata(checkpoint)["step"])
         byte_lengths = None
         if not config.data.encoder.is_passthrough:
             byte_lengths = token_byte_lengths(tokenizer, Vocab.size)
-        datasets = config.data.validation_sets(config.model.Pos)
+        datasets = config.data.validation_sets(run_model.config.Pos)
         if not datasets:
             raise ValueError(
                 "data has no validation set: set data.validation_urls (or a source with a "

@@ -5,10 +5,15 @@ config.json, tokenizer):
         --checkpoint_path checkpoints/<run_id> --output_dir hf/my-model
 
 `--config_path` is the run's YAML (the model architecture, tokenizer and model averaging
-come from it; `logs/<run_id>/config.yaml` is the resolved copy every run writes).
-The vocabulary padded for partitioning is trimmed back to the tokenizer's size, and
-config.json's bos/eos/pad token ids are the tokenizer's; with model averaging the averaged
-model is exported. An `--output_dir` that is an existing file is an error before any work.
+come from it; `logs/<run_id>/config.yaml` is the resolved copy every run writes). The model
+is resolved as `train_lm` resolves it: with `initialize_from_hf` and `use_hf_model_config`
+the architecture is the HF checkpoint's (which must still be readable), plus the YAML's
+runtime fields. The vocabulary padded for partitioning is trimmed back to the tokenizer's
+size (or the HF checkpoint's, when that was larger), and config.json's bos/eos/pad token ids
+are the tokenizer's; a run initialized from an HF checkpoint keeps that checkpoint's
+special-token id lists, larger `max_position_embeddings` and generation_config.json. With
+model averaging the averaged model is exported. An `--output_dir` that is an existing file
+is an error before any work.
 """
 
 from __future__ import annotations
@@ -53,13 +58,14 @@ def main(config: ExportLmToHfConfig) -> str:
     configure_logging(None)
     check_output_dir(config.output_dir)  # before loading anything
     tokenizer = config.data.the_tokenizer
+    run_model = config.run_model()
     trainer = config.trainer
     # Read the checkpoint into one process's devices (all of them, data-parallel layout).
     mesh = create_mesh(resolve_mesh_shape(len(jax.devices())))
     with jax.set_mesh(mesh):
-        Vocab = vocab_axis(len(tokenizer), trainer.parameter_axis_mapping)
+        Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
         model, path = load_lm_checkpoint(
-            config.model,
+            run_model.config,
             Vocab,
             config.checkpoint_path,
             mp=trainer.mp,
@@ -67,12 +73,13 @@ def main(config: ExportLmToHfConfig) -> str:
             axis_mapping=trainer.parameter_axis_mapping,
             mesh=mesh,
         )
-        config.model.hf_checkpoint_converter().save_pretrained(
+        run_model.config.hf_checkpoint_converter().save_pretrained(
             model,
             config.output_dir,
             tokenizer=tokenizer,
-            vocab_size=len(tokenizer),
+            vocab_size=run_model.vocab_size,
             max_shard_size=config.max_shard_size,
+            source_checkpoint=run_model.hf_checkpoint,
         )
     print(f"Exported {path} to {config.output_dir}", flush=True)
     return config.output_dir

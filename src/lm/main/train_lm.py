@@ -21,9 +21,8 @@ import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, not_a_directory
-from lm.lm_run import vocab_axis
+from lm.lm_run import RunModel, describe_vocab_change, resolve_run_model, vocab_axis
 from lm.models import Gpt2Config, LmConfig
-from lm.models.hf.converter import HFCheckpointConverter
 from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
@@ -49,9 +48,11 @@ class TrainLmConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=AdamConfig)
 
     initialize_from_hf: bool | str = False
-    """Initialize the model from an HF checkpoint directory (True: the model's reference_checkpoint)."""
+    """Initialize the model from an HF checkpoint directory (True: the model's reference_checkpoint).
+    Without use_hf_model_config, `model` must have the checkpoint's architecture."""
     use_hf_model_config: bool = False
-    """Take the model architecture from the HF checkpoint's config.json instead of `model`."""
+    """Take the model architecture from the HF checkpoint's config.json; `model` then only
+    sets runtime fields (seq_len, attn_backend, gradient_checkpointing, scan_layers, ...)."""
     hf_save_path: str | None = None
     """Also export HF checkpoints (safetensors + config + tokenizer) under this directory."""
     hf_save_steps: int = 10_000
@@ -96,6 +97,16 @@ class TrainLmConfig:
         if self.initialize_from_hf is True:
             return self.model.reference_checkpoint
         return self.initialize_from_hf or None
+
+    def run_model(self) -> RunModel:
+        """The model this run trains (config and vocabulary size), from `model` or the HF
+        checkpoint; eval_lm and export_lm_to_hf resolve it the same way."""
+        return resolve_run_model(
+            self.model,
+            tokenizer_size=self.data.the_vocab_size,
+            hf_checkpoint=self.hf_checkpoint,
+            use_hf_model_config=self.use_hf_model_config,
+        )
 
 
 def check_schedule(optimizer: OptimizerConfig, num_train_steps: int) -> None:
@@ -202,10 +213,12 @@ def main(config: TrainLmConfig) -> RunSummary:
     )
     _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
-    check_backend_platform(getattr(config.model, "attn_backend", None), field="model.attn_backend")
+    run_model = config.run_model()
+    model_config = run_model.config
+    check_backend_platform(getattr(model_config, "attn_backend", None), field="model.attn_backend")
     # the model's parameter shapes (any vocabulary size will do) for the checks that need them
     shapes = abstract_shapes(
-        lambda: config.model.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
+        lambda: model_config.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
     )
     check_distinct_mesh_axes(shapes, trainer_config.parameter_axis_mapping)
     if trainer_config.quantization is not None:
@@ -218,17 +231,7 @@ def main(config: TrainLmConfig) -> RunSummary:
             lm.host_memory.ENV_VAR,
         )
     build_data_caches(config)
-    model_config = config.model
-    converter = None
-    if config.hf_checkpoint is not None:
-        converter = (
-            HFCheckpointConverter.for_checkpoint(config.hf_checkpoint)
-            if config.use_hf_model_config
-            else model_config.hf_checkpoint_converter(config.hf_checkpoint)
-        )
-        if config.use_hf_model_config:
-            model_config = converter.config_from_hf_checkpoint(config.hf_checkpoint)
-            logger.info("Model architecture from %s: %s", config.hf_checkpoint, model_config)
+    converter = run_model.converter
 
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     loss_fn = functools.partial(
@@ -252,7 +255,7 @@ def main(config: TrainLmConfig) -> RunSummary:
             lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
             trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
-            Vocab = vocab_axis(config.data.the_vocab_size, trainer.parameter_axis_mapping)
+            Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
             model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
             if converter is not None and not _will_resume(trainer_config):
@@ -262,7 +265,11 @@ def main(config: TrainLmConfig) -> RunSummary:
                     axis_mapping=trainer.parameter_axis_mapping,
                 )
                 logger.info("Loaded the HF checkpoint %s", config.hf_checkpoint)
+                vocab_warning = describe_vocab_change(run_model)
+                if vocab_warning is not None:
+                    logger.warning("%s", vocab_warning)
                 if model.Vocab.size != Vocab.size:
+                    # new rows: the tokenizer's extra tokens (warned above) and partition padding
                     logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
                     model = model.resize_vocab(Vocab.size, key=model_key)
                 state = trainer.initial_state(training_key, model=model)
@@ -281,7 +288,8 @@ def main(config: TrainLmConfig) -> RunSummary:
                     config.hf_save_path,
                     trainer_config.run_id,
                     tokenizer=config.data.the_tokenizer,
-                    vocab_size=config.data.the_vocab_size,
+                    vocab_size=run_model.vocab_size,
+                    source_checkpoint=config.hf_checkpoint,
                 )
                 trainer.add_hook(exporter, every=config.hf_save_steps)
             flops = model_config.flops_per_token(Vocab.size)  # forward only
@@ -332,14 +340,28 @@ def _will_resume(trainer_config: TrainerConfig) -> bool:
 
 class HfExportHook:
     """Exports the (averaged, if enabled) model as an HF checkpoint to
-    `<hf_save_path>/<run_id>/step-<N>` every `hf_save_steps` steps and at the end."""
+    `<hf_save_path>/<run_id>/step-<N>` every `hf_save_steps` steps and at the end.
 
-    def __init__(self, converter, base_path: str, run_id: str, *, tokenizer, vocab_size: int):
+    A run initialized from an HF checkpoint (`source_checkpoint`) carries over its
+    special-token id lists, larger `max_position_embeddings` and generation_config.json
+    (see `HFCheckpointConverter.save_pretrained`)."""
+
+    def __init__(
+        self,
+        converter,
+        base_path: str,
+        run_id: str,
+        *,
+        tokenizer,
+        vocab_size: int,
+        source_checkpoint: str | None = None,
+    ):
         self.converter = converter
         self.base_path = base_path.rstrip("/")
         self.run_id = run_id
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.source_checkpoint = source_checkpoint
         self._last_step: int | None = None
 
     def on_step(self, info, force: bool = False) -> None:
@@ -348,7 +370,11 @@ class HfExportHook:
         self._last_step = info.step
         path = f"{self.base_path}/{self.run_id}/step-{info.step}"
         self.converter.save_pretrained(
-            info.state.eval_model, path, tokenizer=self.tokenizer, vocab_size=self.vocab_size
+            info.state.eval_model,
+            path,
+            tokenizer=self.tokenizer,
+            vocab_size=self.vocab_size,
+            source_checkpoint=self.source_checkpoint,
         )
         logger.info("Exported HF checkpoint %s", path)
 

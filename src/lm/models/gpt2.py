@@ -4,7 +4,8 @@ Architecture:
 - learned token (`wte`) and absolute position (`wpe`) embeddings, embedding dropout;
 - pre-LayerNorm blocks: fused QKV projection (`c_attn`), multi-head attention, output
   projection (`c_proj`), MLP `c_fc` -> activation (gelu_new) -> `c_proj`, residual dropout;
-- optional `scale_attn_by_inverse_layer_idx` (scores also divided by layer index + 1);
+- attention scores scaled by 1/sqrt(head size) (`scale_attn_weights: false` leaves them
+  unscaled), optionally also divided by layer index + 1 (`scale_attn_by_inverse_layer_idx`);
 - final LayerNorm `ln_f`; the LM head is tied to the token embeddings;
 - layers stacked on the axis "layers" and scanned (`Stacked`) with a remat policy.
 
@@ -68,6 +69,9 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
     activation_function: ActivationFunctionEnum = ActivationFunctionEnum.gelu_new
     scale_attn_by_inverse_layer_idx: bool = False
     """Also divide attention scores of layer i (0-based) by i + 1."""
+    scale_attn_weights: bool = True
+    """Divide attention scores by sqrt(head size) (HF `scale_attn_weights`); false leaves
+    them unscaled."""
     upcast_attn: bool = False
     """Compute attention scores and softmax in float32 under a low-precision policy."""
     gradient_checkpointing: GradientCheckpointing = True
@@ -86,6 +90,22 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
     hf_architecture: ClassVar[str] = "GPT2LMHeadModel"
     hf_model_type: ClassVar[str] = "gpt2"
     hf_base_model_prefix: ClassVar[str] = "transformer"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "seq_len",
+            "initializer_range",
+            "embed_pdrop",
+            "resid_pdrop",
+            "attn_pdrop",
+            "upcast_attn",
+            "gradient_checkpointing",
+            "use_flash_attention",
+            "attn_backend",
+            "flash_attention_block_size",
+            "cross_entropy_block_size",
+        }
+    )
+    hf_learned_positions: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,6 +222,7 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
             layer_norm_epsilon=self.layer_norm_epsilon,
             initializer_range=self.initializer_range,
             scale_attn_by_inverse_layer_idx=self.scale_attn_by_inverse_layer_idx,
+            scale_attn_weights=self.scale_attn_weights,
             reorder_and_upcast_attn=False,
             tie_word_embeddings=True,
             architectures=[self.hf_architecture],
@@ -240,11 +261,20 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
                 hf_config.activation_function, field="activation_function"
             ),
             scale_attn_by_inverse_layer_idx=hf_config.scale_attn_by_inverse_layer_idx,
+            scale_attn_weights=bool(getattr(hf_config, "scale_attn_weights", True)),
         )
 
     def hf_ignored_keys(self) -> tuple[str, ...]:
         # Old checkpoints store the causal-mask buffers; the head is tied to wte.
         return (r"transformer\.h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight")
+
+    def trim_hf_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        # A shorter context than the checkpoint's uses the first seq_len learned positions.
+        out = dict(state_dict)
+        for key in ("transformer.wpe.weight", "wpe.weight"):
+            if key in out and out[key].shape[0] > self.seq_len:
+                out[key] = out[key][: self.seq_len]
+        return out
 
 
 class Gpt2Mlp(ModuleWithStateDictSerialization):
@@ -353,7 +383,7 @@ class Gpt2Attention(ModuleWithStateDictSerialization):
         q, k, v = _project_qkv(self.c_attn, x)
         k = k.rename({c.Pos.name: c.KeyPos.name})
         v = v.rename({c.Pos.name: c.KeyPos.name})
-        scale = 1.0 / math.sqrt(c.HeadSize.size)
+        scale = 1.0 / math.sqrt(c.HeadSize.size) if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale = scale / (layer_idx.array.astype(jnp.float32) + 1.0)
         attn = dot_product_attention(

@@ -100,6 +100,20 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
     hf_architecture: ClassVar[str] = "LlamaForCausalLM"
     hf_model_type: ClassVar[str] = "llama"
     hf_base_model_prefix: ClassVar[str] = "model"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "seq_len",
+            "initializer_range",
+            "upcast_attn",
+            "attn_backend",
+            "flash_attention_block_size",
+            "gradient_checkpointing",
+            "scan_layers",
+            "reference_checkpoint",
+            "tokenizer",
+            "cross_entropy_block_size",
+        }
+    )
 
     def __post_init__(self):
         super().__post_init__()

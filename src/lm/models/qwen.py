@@ -4,8 +4,11 @@
 - Qwen2: biases on the q/k/v projections (not on o_proj or the MLP).
 - Qwen3: per-head RMSNorm on queries and keys before RoPE (`use_qk_norm`), an explicit
   `head_dim` (128), optional attention biases (`use_bias`, HF `attention_bias`), no MLP bias.
-Per-layer sliding windows (HF `use_sliding_window` / `layer_types`) are not supported and
-rejected on import. Defaults follow HF's configs, with seq_len 4096.
+Per-layer sliding windows (HF `use_sliding_window` with `max_window_layers` below
+`num_hidden_layers`, or `layer_types` naming `sliding_attention`) are not supported and
+rejected on import; `use_sliding_window: true` with every layer below `max_window_layers`
+is full attention in HF too and imports as such. Defaults follow HF's configs, with seq_len
+4096.
 """
 
 from __future__ import annotations
@@ -16,6 +19,29 @@ from typing import ClassVar
 from lm.config import FieldError
 from lm.models.llama import LlamaConfig
 from lm.models.lm_model import LmConfig
+
+
+def _check_no_sliding_layers(hf_config) -> None:
+    """HF Qwen slides the window only on layers i >= max_window_layers (when
+    use_sliding_window); `layer_types` spells that out per layer (transformers >= 4.53)."""
+    if not getattr(hf_config, "use_sliding_window", False):
+        return
+    num_layers = hf_config.num_hidden_layers
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is None:
+        first = getattr(hf_config, "max_window_layers", 0)
+        layer_types = [
+            "full_attention" if i < first else "sliding_attention" for i in range(num_layers)
+        ]
+    sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
+    if sliding:
+        raise ValueError(
+            f"HF use_sliding_window: true with max_window_layers "
+            f"({getattr(hf_config, 'max_window_layers', None)}) below num_hidden_layers "
+            f"({num_layers}) slides the window on layers {sliding}: per-layer sliding windows "
+            "are not supported (max_window_layers >= num_hidden_layers is full attention and "
+            "loads)"
+        )
 
 
 def _apply_overrides(hf, config_overrides):
@@ -69,10 +95,7 @@ class Qwen2Config(LlamaConfig):
 
     @classmethod
     def from_hf_config(cls, hf_config) -> Qwen2Config:
-        if getattr(hf_config, "use_sliding_window", False):
-            raise ValueError(
-                "HF use_sliding_window: true (per-layer sliding windows) is not supported"
-            )
+        _check_no_sliding_layers(hf_config)
         return cls(**cls._kwargs_from_hf(hf_config))
 
 
@@ -113,10 +136,7 @@ class Qwen3Config(LlamaConfig):
 
     @classmethod
     def from_hf_config(cls, hf_config) -> Qwen3Config:
-        if getattr(hf_config, "use_sliding_window", False):
-            raise ValueError(
-                "HF use_sliding_window: true (per-layer sliding windows) is not supported"
-            )
+        _check_no_sliding_layers(hf_config)
         kwargs = cls._kwargs_from_hf(hf_config)
         return cls(
             **kwargs, use_qk_norm=True, use_bias=bool(getattr(hf_config, "attention_bias", False))

@@ -304,19 +304,21 @@ def plan_training(
 def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
     """Plan a `train_lm` run: the same trainer, model, loss and batch shapes it would use.
 
-    Reads the tokenizer (for the vocabulary size) but no data."""
+    Reads the tokenizer (for the vocabulary size), and the config.json of an
+    `initialize_from_hf` checkpoint, but no data or weights."""
     from lm.models import LmExample
     from lm.models.loss import compute_next_token_loss_and_metrics
     from lm.trainer import Trainer
 
     trainer_config = config.trainer
-    model_config = config.model
+    run_model = config.run_model()  # as train_lm resolves it (initialize_from_hf included)
+    model_config = run_model.config
     loss_fn = functools.partial(
         compute_next_token_loss_and_metrics, z_loss_weight=config.z_loss_weight
     )
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     trainer = Trainer(trainer_config, optimizer, loss_fn, add_default_hooks=False)
-    vocab_size = config.data.the_vocab_size
+    vocab_size = run_model.vocab_size
     with trainer_config.use_device_mesh():
         Vocab = round_axis_for_partitioning(
             hax.Axis("vocab", vocab_size), trainer.parameter_axis_mapping
@@ -345,7 +347,7 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
         "gradient_checkpointing_requested": requested_remat,
         "cross_entropy_block_size": model_config.cross_entropy_block_size,
         "vocab_size": Vocab.size,
-        "tokenizer_vocab_size": vocab_size,
+        "tokenizer_vocab_size": run_model.tokenizer_size,
         "seq_len": Pos.size,
         "param_dtype": str(np.dtype(mp.param_dtype)),
         "compute_dtype": str(np.dtype(mp.compute_dtype)),

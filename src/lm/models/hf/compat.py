@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import equinox as eqx
 import haliax as hax
@@ -37,6 +37,8 @@ from lm.partitioning.mesh import default_device
 if TYPE_CHECKING:
     from lm.models.hf.converter import HFCheckpointConverter
 
+ConfigT = TypeVar("ConfigT", bound="HFCompatConfig")
+
 
 @dataclasses.dataclass(frozen=True)
 class HFCompatConfig(LmConfig[LmT], abc.ABC):
@@ -51,6 +53,18 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
     hf_base_model_prefix: ClassVar[str]
     """HF's `base_model_prefix` ("transformer" for GPT-2, "model" for Llama); checkpoints of
     the bare base model omit it and get it added on load."""
+
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"seq_len", "cross_entropy_block_size"})
+    """Fields that do not change the function the model computes: how it runs (attention
+    kernel, remat, layer scan, loss blocks), how it trains (dropout, init scale), its context
+    length and bookkeeping. Every other field is architecture and must match an HF
+    checkpoint the model is loaded from (`architecture_differences`)."""
+
+    hf_learned_positions: ClassVar[bool] = False
+    """Positions are a learned table of `seq_len` rows (GPT-2): a `seq_len` below a
+    checkpoint's keeps the table's first rows, one above it cannot be loaded, and an export
+    advertises the table's size. Rotary models compute every position, so `seq_len` is free
+    and an export keeps a source checkpoint's larger `max_position_embeddings`."""
 
     @abc.abstractmethod
     def to_hf_config(self, vocab_size: int, config_overrides: Mapping[str, Any] | None = None):
@@ -71,6 +85,109 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
     def hf_ignored_keys(self) -> tuple[str, ...]:
         """Regexes of HF checkpoint keys that carry no parameters of ours (e.g. buffers)."""
         return ()
+
+    def trim_hf_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """An HF state dict cut to this config's sizes where the architecture allows it
+        (GPT-2: the first `seq_len` rows of the position table); by default unchanged."""
+        return state_dict
+
+
+def _comparable(config: HFCompatConfig, name: str) -> Any:
+    """A field's value in a form where equal means the same function (`swish` is `silu`,
+    `head_dim: null` is hidden_dim / num_heads, RoPE configs by their HF parameters)."""
+    from lm.models.layers.activations import ActivationFunctionEnum
+    from lm.models.layers.rotary import RotaryEmbeddingsConfig
+
+    if name == "head_dim" and hasattr(config, "actual_head_size"):
+        return config.actual_head_size
+    value = getattr(config, name)
+    if isinstance(value, RotaryEmbeddingsConfig):
+        return value.to_hf_rope_parameters()
+    if isinstance(value, ActivationFunctionEnum):
+        return value.to_fn()
+    return value
+
+
+def shown(value: Any) -> str:
+    """A config value as a YAML user would write it."""
+    import enum
+
+    from lm.models.layers.rotary import RotaryEmbeddingsConfig
+
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, RotaryEmbeddingsConfig):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return (
+            "{type: "
+            + value.get_choice_name(type(value))
+            + ", "
+            + ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
+            + "}"
+        )
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def architecture_differences(
+    given: LmConfig, checkpoint: HFCompatConfig, *, set_only: bool = False
+) -> list[str]:
+    """The architecture fields in which `given` differs from a checkpoint's config, each as
+    `"<field>: <given> (checkpoint: <value>)"`; empty when `given` computes the checkpoint's
+    function. Runtime fields are free, except a `seq_len` beyond a learned position table.
+
+    Args:
+        given: the config a model is to be built from.
+        checkpoint: `from_hf_config` of the checkpoint's config.json.
+        set_only: only fields `given` sets to a value other than its class default (the
+            rest are taken from the checkpoint, see `with_user_runtime_fields`).
+    """
+    if type(given) is not type(checkpoint):
+        return [
+            f"type: {LmConfig.get_choice_name(type(given))} (checkpoint: "
+            f"{LmConfig.get_choice_name(type(checkpoint))})"
+        ]
+    defaults = type(given)()
+    out = []
+    for field in dataclasses.fields(given):
+        name = field.name
+        if name in given.runtime_fields:
+            continue
+        value = getattr(given, name)
+        if set_only and value == getattr(defaults, name):
+            continue
+        if value != getattr(checkpoint, name) and (
+            _comparable(given, name) != _comparable(checkpoint, name)
+        ):
+            out.append(
+                f"{name}: {shown(getattr(given, name))} "
+                f"(checkpoint: {shown(getattr(checkpoint, name))})"
+            )
+    if given.hf_learned_positions and given.seq_len > checkpoint.seq_len:
+        if not (set_only and given.seq_len == defaults.seq_len):
+            out.append(
+                f"seq_len: {given.seq_len} (checkpoint: {checkpoint.seq_len} learned positions; "
+                f"at most {checkpoint.seq_len})"
+            )
+    return out
+
+
+def with_user_runtime_fields(checkpoint: ConfigT, user: LmConfig) -> ConfigT:
+    """`checkpoint`'s config (from config.json) with the runtime fields `user` sets to a
+    value other than its class default (`seq_len`, `attn_backend`, `gradient_checkpointing`,
+    `scan_layers`, ...). Architecture fields come from the checkpoint; check them first with
+    `architecture_differences(user, checkpoint, set_only=True)`."""
+    assert type(user) is type(checkpoint), (type(user), type(checkpoint))
+    defaults = type(user)()
+    changes = {
+        f.name: getattr(user, f.name)
+        for f in dataclasses.fields(user)
+        if f.name in user.runtime_fields and getattr(user, f.name) != getattr(defaults, f.name)
+    }
+    return dataclasses.replace(checkpoint, **changes)
 
 
 def model_to_hf_state_dict(model: LmHeadModel) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ as a Hugging Face Hub repo id and fetched with `huggingface_hub` (honouring
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -35,13 +36,19 @@ from haliax.partitioning import ResourceMapping
 
 from lm.hf_files import TOKENIZER_FILES
 from lm.models.hf import safetensors_io
-from lm.models.hf.compat import HFCompatConfig, model_from_hf_state_dict, model_to_hf_state_dict
+from lm.models.hf.compat import (
+    HFCompatConfig,
+    architecture_differences,
+    model_from_hf_state_dict,
+    model_to_hf_state_dict,
+)
 from lm.models.lm_model import LmConfig, LmHeadModel
 from lm.units import parse_size
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
@@ -126,20 +133,29 @@ class HFCheckpointConverter(Generic[ConfigT]):
         Args:
             path_or_dir: checkpoint directory, fsspec URL or hub repo id (default: the
                 reference checkpoint).
-            config: the `lm` config to build (default: derived from config.json). Its shapes
-                must match the checkpoint's.
+            config: the `lm` config to build (default: derived from config.json). Its
+                architecture must be the checkpoint's; its runtime fields (`seq_len`,
+                `attn_backend`, remat, ...) are free, except that a learned position table
+                (GPT-2) can only be cut to a shorter `seq_len`.
             dtype: dtype for floating parameters (None keeps the checkpoint's).
             axis_mapping: parameter axis mapping to shard the loaded model with (under the
                 caller's mesh).
+
+        Raises:
+            ValueError: `config`'s architecture differs from config.json's (every differing
+                field is listed with both values), or the weights do not match it.
         """
         path = self._path(path_or_dir)
         local = _resolve(path)
         hf_config = self.hf_config_from_checkpoint(local)
         if config is None:
             config = self.config_class.from_hf_config(hf_config)
+        else:
+            check_same_architecture(config, self.config_class.from_hf_config(hf_config), path)
         Vocab = hax.Axis("vocab", hf_config.vocab_size)
         template = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
         state_dict, source = read_hf_weights(local)
+        state_dict = config.trim_hf_state_dict(state_dict)
         return model_from_hf_state_dict(
             template, state_dict, dtype=dtype, axis_mapping=axis_mapping, source=source
         )
@@ -154,6 +170,7 @@ class HFCheckpointConverter(Generic[ConfigT]):
         vocab_size: int | None = None,
         dtype: jnp.dtype | None = None,
         config_overrides: Mapping[str, Any] | None = None,
+        source_checkpoint: str | None = None,
     ) -> None:
         """Write config.json, safetensors weights (sharded above `max_shard_size`) and the
         tokenizer to `output_dir` (local or fsspec URL).
@@ -167,10 +184,19 @@ class HFCheckpointConverter(Generic[ConfigT]):
             dtype: store floating weights in this dtype (default: as they are).
             config_overrides: extra attributes set on the HF config (they win over the
                 tokenizer's special-token ids).
+            source_checkpoint: the HF checkpoint the model was initialized from (directory,
+                URL or hub id), whose metadata the export carries over (below).
 
         config.json's `bos_token_id`, `eos_token_id` and `pad_token_id` are the tokenizer's
         (None for a token it lacks). Without a tokenizer they are the architecture's
         defaults where those lie inside the vocabulary, else None.
+
+        With a `source_checkpoint`: a special-token id of its config.json (an int or a list,
+        e.g. `eos_token_id: [2, 0]`) is kept when every id lies inside the vocabulary and
+        it agrees with the tokenizer (the list holds the tokenizer's id, or the tokenizer has
+        no such token); its `max_position_embeddings` is kept when larger than `seq_len`
+        (rotary models: a fine-tune at a shorter context still serves the source's); and
+        its `generation_config.json` is copied when its token ids lie inside the vocabulary.
 
         Raises:
             ValueError: `output_dir` is a file; a special-token id (the tokenizer's or in
@@ -192,7 +218,8 @@ class HFCheckpointConverter(Generic[ConfigT]):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        hf_config = _hf_config(model, tokenizer, config_overrides)
+        source = _SourceCheckpoint.read(source_checkpoint)
+        hf_config = _hf_config(model, tokenizer, config_overrides, source)
         # Every process takes part in gathering sharded parameters; only process 0 writes.
         state_dict = model_to_hf_state_dict(model)
         if jax.process_index() != 0:
@@ -231,6 +258,9 @@ class HFCheckpointConverter(Generic[ConfigT]):
             )
         _remove_stale_weights(fs, root, keep=written)
         _write(fs, posixpath.join(root, CONFIG_FILE), hf_config.to_json_string().encode())
+        generation_config = source.generation_config_for(hf_config.vocab_size)
+        if generation_config is not None:
+            _write(fs, posixpath.join(root, GENERATION_CONFIG_FILE), generation_config)
         if tokenizer is not None:
             _save_tokenizer(tokenizer, fs, root)
         logger.info(
@@ -302,8 +332,89 @@ def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
     return ids
 
 
-def _hf_config(model: LmHeadModel, tokenizer: Any, config_overrides: Mapping[str, Any] | None):
-    """The model's HF config with the special-token ids of `tokenizer` (see `save_pretrained`)."""
+def check_same_architecture(config: HFCompatConfig, checkpoint: HFCompatConfig, path: str):
+    """Raise a `ValueError` listing every architecture field in which `config` differs from
+    the checkpoint's (`checkpoint`, from its config.json): loading its weights into `config`
+    would compute other logits than the checkpoint (a different RoPE, norm epsilon,
+    activation, tying, bias, window or qk-norm keeps every tensor's shape)."""
+    differences = architecture_differences(config, checkpoint)
+    if differences:
+        raise ValueError(
+            f"{_join(path, CONFIG_FILE)} describes another model than the given "
+            f"{type(config).__name__}: " + "; ".join(differences) + ". Loading it would "
+            "compute other logits than the checkpoint: take the architecture from the "
+            "checkpoint (train_lm: use_hf_model_config: true; in Python: config=None), or set "
+            "these model fields to the checkpoint's values"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceCheckpoint:
+    """What an export carries over from the HF checkpoint a model was initialized from."""
+
+    path: str | None = None
+    hf_config: Any = None
+    generation_config: bytes | None = None
+
+    @staticmethod
+    def read(path: str | None) -> _SourceCheckpoint:
+        if path is None:
+            return _SourceCheckpoint()
+        local = _resolve(path)
+        generation = _join(local, GENERATION_CONFIG_FILE)
+        fs, root = fsspec.core.url_to_fs(local)
+        exists = fs.exists(posixpath.join(root, GENERATION_CONFIG_FILE))
+        return _SourceCheckpoint(path, read_hf_config(local), _read(generation) if exists else None)
+
+    def token_ids(self, name: str) -> int | list[int] | None:
+        value = getattr(self.hf_config, name, None) if self.hf_config is not None else None
+        if isinstance(value, (list, tuple)):
+            return [int(v) for v in value]
+        return None if value is None else int(value)
+
+    def generation_config_for(self, vocab_size: int) -> bytes | None:
+        """The source's generation_config.json, unless a token id in it lies outside the
+        vocabulary (then it is left out, with a warning)."""
+        if self.generation_config is None:
+            return None
+        try:
+            data = json.loads(self.generation_config)
+        except json.JSONDecodeError as e:
+            logger.warning(
+                "Not copying %s's %s: not valid JSON (%s)", self.path, GENERATION_CONFIG_FILE, e
+            )
+            return None
+        outside = {
+            k: v for k, v in data.items() if k.endswith("token_id") and not _inside(v, vocab_size)
+        }
+        if outside:
+            logger.warning(
+                "Not copying %s's %s: %s outside the exported vocabulary (0..%d)",
+                self.path,
+                GENERATION_CONFIG_FILE,
+                ", ".join(f"{k}={v}" for k, v in outside.items()),
+                vocab_size - 1,
+            )
+            return None
+        return self.generation_config
+
+
+def _inside(value: Any, vocab_size: int) -> bool:
+    """Whether a token id (an int, a list of them, or None) lies inside the vocabulary."""
+    if value is None:
+        return True
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(v, int) and 0 <= v < vocab_size for v in values)
+
+
+def _hf_config(
+    model: LmHeadModel,
+    tokenizer: Any,
+    config_overrides: Mapping[str, Any] | None,
+    source: _SourceCheckpoint,
+):
+    """The model's HF config with the special-token ids of `tokenizer` and what the export
+    keeps of `source` (see `save_pretrained`)."""
     vocab_size = model.Vocab.size
     overrides = dict(config_overrides or {})
     hf_config = model.config.to_hf_config(vocab_size, overrides)
@@ -326,9 +437,32 @@ def _hf_config(model: LmHeadModel, tokenizer: Any, config_overrides: Mapping[str
                     f"the tokenizer's {name} ({value}) is {where}: export with the tokenizer "
                     "the model was trained with"
                 )
+    for name in SPECIAL_TOKEN_IDS:
+        kept = source.token_ids(name)
+        if kept is None or not _inside(kept, vocab_size):
+            continue
+        ours = ids[name]
+        listed = kept if isinstance(kept, list) else [kept]
+        if tokenizer is None or ours is None or ours in listed:
+            ids[name] = kept
+        elif kept != ours:
+            logger.info(
+                "%s: %s's %s %s does not hold the tokenizer's (%s); exporting the tokenizer's",
+                name,
+                source.path,
+                CONFIG_FILE,
+                kept,
+                ours,
+            )
     for name, value in ids.items():
         if name not in overrides:
             setattr(hf_config, name, value)
+    if source.hf_config is not None and not model.config.hf_learned_positions:
+        context = getattr(source.hf_config, "max_position_embeddings", None)
+        ours = getattr(hf_config, "max_position_embeddings", None)
+        keep = "max_position_embeddings" not in overrides
+        if keep and isinstance(context, int) and isinstance(ours, int) and context > ours:
+            hf_config.max_position_embeddings = context
     return hf_config
 
 
@@ -437,6 +571,7 @@ def _resolve(path: str) -> str:
 
         patterns = [
             CONFIG_FILE,
+            GENERATION_CONFIG_FILE,
             "*.safetensors",
             SAFETENSORS_INDEX,
             TORCH_FILE,

@@ -66,8 +66,8 @@ class ActivationFunctionEnum(enum.Enum):
             ) from None
 
 
-# HF spells the same functions several ways.
-_HF_ALIASES = {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new"}
+# HF spells the same functions several ways ("gelu_python" is HF's pure-Python exact GELU).
+_HF_ALIASES = {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu_python": "gelu"}
 
 _ACTIVATIONS: dict[ActivationFunctionEnum, Callable[[NamedArray], NamedArray]] = {
     ActivationFunctionEnum.relu: _relu,
