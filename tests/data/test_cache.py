@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
+from lm.data import build_progress
 from lm.data import cache as cache_mod
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache, read_ledger
 from lm.data.sources import UrlSource
@@ -490,3 +495,312 @@ def test_a_source_file_that_changed_size_is_named_as_such(tmp_path, write_jsonl)
     changed = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
     with pytest.raises(ValueError, match=r"\(the same files and settings: a file changed size"):
         build_or_load_cache(path, changed, DocumentEncoder("builtin"), LOCAL)
+
+
+# ---------------------------------------------------------------------------- the build lease
+
+_BUILDER = """
+import logging, pathlib, sys, time
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from lm.data import cache as cache_mod
+from lm.data.sources import UrlSource
+from lm.data.tokenizer import DocumentEncoder
+
+corpus, cache_dir, ready, me = sys.argv[1:]
+build_shard = cache_mod.build_shard
+
+
+def slow_build_shard(*args, **kwargs):  # so that the two processes overlap for certain
+    time.sleep(0.3)
+    return build_shard(*args, **kwargs)
+
+
+cache_mod.build_shard = slow_build_shard
+source = UrlSource.from_patterns([corpus + "/train.*.jsonl"])
+encoder = DocumentEncoder("builtin")
+encoder.fingerprint()  # load the tokenizer before the start line
+pathlib.Path(ready, me).touch()
+while len(list(pathlib.Path(ready).iterdir())) < 2:
+    time.sleep(0.01)
+options = cache_mod.CacheOptions(backend="local", batch_size=2)
+cache = cache_mod.build_or_load_cache(cache_dir, source, encoder, options)
+print("TOKENS", cache.num_tokens, cache.read_ranges([(0, cache.num_tokens)])[0].sum())
+"""
+
+
+def test_two_processes_on_one_new_cache_build_it_once(tmp_path, jsonl_corpus, subprocess_env):
+    """Two runs started at once on the same new cache_dir: one builds, the other waits for
+    it (and says so), and both read the same finished cache."""
+    (tmp_path / "ready").mkdir()
+    script = tmp_path / "builder.py"
+    script.write_text(_BUILDER)
+    cache_dir = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(jsonl_corpus),
+                str(cache_dir),
+                str(tmp_path / "ready"),
+                str(i),
+            ],
+            env=subprocess_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    built = [out for out in outs if "Building the tokenized cache" in out]
+    waited = [out for out in outs if "to finish building" in out]
+    assert len(built) == 1 and len(waited) == 1 and built != waited, "\n".join(outs)
+    pid = [p.pid for p, out in zip(procs, outs, strict=True) if out in built][0]
+    assert re.search(
+        rf"Waiting for process {pid} on {re.escape(socket.gethostname())} to finish building "
+        rf"{re.escape(str(cache_dir))}",
+        waited[0],
+    ), waited[0]
+    results = {line for out in outs for line in out.splitlines() if line.startswith("TOKENS")}
+    reference = build_or_load_cache(
+        str(tmp_path / "reference"),
+        UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")]),
+        DocumentEncoder("builtin"),
+        LOCAL,
+    )
+    tokens = reference.read_ranges([(0, reference.num_tokens)])[0]
+    assert results == {f"TOKENS {reference.num_tokens} {tokens.sum()}"}
+    assert not (cache_dir / "build.lease").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lease(cache_dir, **fields):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "heartbeat": 0}
+    (cache_dir / "build.lease").write_text(json.dumps({**lease, **fields}))
+
+
+def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path, jsonl_corpus, caplog):
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    pid = _dead_pid()
+    _write_lease(tmp_path / "c", pid=pid)
+    with caplog.at_level("INFO", logger="lm.data"):
+        cache = build_or_load_cache(str(tmp_path / "c"), source, DocumentEncoder("builtin"), LOCAL)
+    assert cache.num_docs == 18
+    assert f"Waiting for process {pid} on {socket.gethostname()} to finish building" in caplog.text
+    assert f"is stale (process {pid} on {socket.gethostname()} is gone); taking the build over" in (
+        caplog.text
+    )
+    assert not (tmp_path / "c" / "build.lease").exists()
+
+
+def test_a_lease_whose_heartbeat_stops_is_taken_over_after_the_timeout(
+    tmp_path, jsonl_corpus, caplog, monkeypatch
+):
+    """A lease of another host (its pid cannot be checked) is stale once its contents stop
+    changing for lease.TIMEOUT_S by this process's clock; a live one is waited for."""
+    from lm.data import lease
+
+    monkeypatch.setattr(lease, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cache_mod, "WAIT_POLL_S", 0.05)
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    _write_lease(tmp_path / "c", host="another-host", pid=1)
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="lm.data"):
+        cache = build_or_load_cache(str(tmp_path / "c"), source, DocumentEncoder("builtin"), LOCAL)
+    assert cache.num_docs == 18 and time.monotonic() - start >= 0.5
+    assert "Waiting for process 1 on another-host to finish building" in caplog.text
+    assert re.search(
+        r"its heartbeat has not changed for \d+ s\); taking the build over", caplog.text
+    )
+
+
+def test_a_live_builder_is_waited_for_and_its_failure_taken_over(
+    tmp_path, jsonl_corpus, caplog, monkeypatch
+):
+    """While another process's lease is fresh, nobody else builds; when it stops without
+    finishing (its build failed), a waiting process builds the cache itself."""
+    from lm.data import lease
+
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lease, "TIMEOUT_S", 1000)
+    monkeypatch.setattr(cache_mod, "WAIT_POLL_S", 0.05)
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    path = str(tmp_path / "c")
+    held = lease.Lease.acquire(path)
+    assert held is not None and lease.Lease.acquire(path) is None
+    results = {}
+    waiter = threading.Thread(
+        target=lambda: results.update(
+            cache=build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+        ),
+        daemon=True,
+    )
+    with caplog.at_level("INFO", logger="lm.data"):
+        waiter.start()
+        time.sleep(1.0)  # many heartbeats: the lease is alive, nothing is built
+        assert waiter.is_alive() and read_ledger(path) is None
+        held.release()
+        waiter.join(30)
+    assert results["cache"].num_docs == 18
+    assert f"process {os.getpid()} on {socket.gethostname()} stopped building" in caplog.text
+
+
+# ---------------------------------------------------------------------------- source checksums
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.zst", "a.txt", "a.parquet"])
+def test_the_ledger_records_each_source_files_size_mtime_and_checksum(tmp_path, write_jsonl, name):
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [f"document {i} " * 50 for i in range(40)]
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"text": docs}), path)
+    elif name.endswith(".txt"):
+        path.write_text("\n".join(docs) + "\n")
+    else:
+        write_jsonl(path, docs)
+    source = UrlSource.from_patterns([str(path)])
+    build_or_load_cache(str(tmp_path / "c"), source, DocumentEncoder("builtin"), LOCAL)
+    recorded = read_ledger(str(tmp_path / "c")).finished[str(path)].source_file
+    assert recorded == {
+        "size": path.stat().st_size,
+        "mtime": str(path.stat().st_mtime),
+        "blake2b": hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest(),
+    }
+
+
+def test_a_source_file_edited_in_place_is_refused_and_a_touched_one_reused(
+    tmp_path, write_jsonl, caplog, monkeypatch
+):
+    """The same size is not the same file: a file whose modification time changed is hashed
+    again; other bytes are an error, the same bytes (touched, copied) reuse the cache."""
+    path = tmp_path / "a.jsonl"
+    write_jsonl(path, ["one", "two"])
+    os.utime(path, (1_000_000, 1_000_000))
+    cache_dir = str(tmp_path / "c")
+    enc = DocumentEncoder("builtin")
+    build_or_load_cache(cache_dir, UrlSource.from_patterns([str(path)]), enc, LOCAL)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cache must be reused")
+
+    monkeypatch.setattr(cache_mod, "build_shard", no_build)
+    os.utime(path, (2_000_000, 2_000_000))  # touched: the same bytes
+    with caplog.at_level("INFO", logger="lm.data.cache"):
+        reused = build_or_load_cache(cache_dir, UrlSource.from_patterns([str(path)]), enc, LOCAL)
+    assert reused.num_docs == 2
+    assert "1 source files of the cache at" in caplog.text and "hold the same bytes" in caplog.text
+    stamp = read_ledger(cache_dir).finished[str(path)].source_file
+    assert stamp["mtime"] == str(path.stat().st_mtime)
+
+    write_jsonl(path, ["one", "owt"])  # edited in place: the same size
+    assert path.stat().st_size == stamp["size"]
+    edited = UrlSource.from_patterns([str(path)])
+    assert edited.fingerprint() == reused.ledger.source_fingerprint
+    with pytest.raises(
+        ValueError,
+        match=rf"^the tokenized cache at {re.escape(cache_dir)} does not match this config: the "
+        rf"source file {re.escape(str(path))} changed since the cache was built from it: it is "
+        rf"{stamp['size']} bytes as before, but its contents differ \(blake2b {stamp['blake2b']} "
+        r"when the cache was built, \w+ now; modified .* then, .* now\)\. Use another "
+        r"cache_dir, or delete this one to rebuild it\.$",
+    ):
+        build_or_load_cache(cache_dir, edited, enc, LOCAL)
+
+    # A cache from before checksums were recorded opens as before: sizes only.
+    ledger = json.loads((tmp_path / "c" / "ledger.json").read_text())
+    for stats in ledger["finished"].values():
+        del stats["source_file"]
+    (tmp_path / "c" / "ledger.json").write_text(json.dumps(ledger))
+    assert build_or_load_cache(cache_dir, edited, enc, LOCAL).num_docs == 2
+
+
+def test_memory_source_files_with_the_ray_backend_are_a_clear_error(tmp_path):
+    import fsspec
+
+    fsspec.filesystem("memory").pipe("/ray-srcs/ray.jsonl", b'{"text": "x"}\n')
+    source = UrlSource.from_patterns(["memory://ray-srcs/ray.jsonl"])
+    with pytest.raises(
+        ValueError,
+        match=r"^the source file 'memory://ray-srcs/ray\.jsonl' is in this process's memory, which "
+        r"Ray workers cannot read; use cache_options\.backend: local$",
+    ):
+        build_or_load_cache(
+            str(tmp_path / "c"), source, DocumentEncoder("builtin"), CacheOptions(backend="ray")
+        )
+
+
+def test_a_build_logs_its_progress(tmp_path, jsonl_corpus, caplog, monkeypatch):
+    """Without a progress bar (train_lm) a build says how far it got every PROGRESS_LOG_S."""
+    monkeypatch.setattr(build_progress, "PROGRESS_LOG_S", 0.0)
+    source = UrlSource.from_patterns([str(jsonl_corpus / "train.*.jsonl")])
+    path = str(tmp_path / "c")
+    with caplog.at_level("INFO", logger="lm.data"):
+        cache = build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    lines = [r.getMessage() for r in caplog.records if "shards done" in r.getMessage()]
+    pattern = (
+        rf"^Building the tokenized cache at {re.escape(path)}: (\d)/3 shards done, ([\d,]+) "
+        r"tokens in ([\d,]+) documents so far \([\d,]+ tokens/s, [\d,]+ documents/s\)$"
+    )
+    found = [re.match(pattern, line) for line in lines]
+    assert found and all(found), lines
+    assert [m.group(1) for m in found][-1] == "3"
+    assert found[-1].group(2) == f"{cache.num_tokens:,}" and found[-1].group(3) == "18"
+    # within a shard, before it is done (batch_size=2: three batches per shard)
+    assert any(m.group(1) == "0" and m.group(2) != "0" for m in found)
+
+
+class _ObjectStore:
+    """An object store's fsspec filesystem in memory (protocol `objstore://`), with or
+    without a create-only `pipe_file`."""
+
+    @staticmethod
+    def register(conditional: bool):
+        import fsspec
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        class ObjectStoreFS(MemoryFileSystem):
+            protocol = ("objstore",)
+            store: dict = {}
+            pseudo_dirs = [""]
+
+            @classmethod
+            def _strip_protocol(cls, path):
+                return "/" + path.removeprefix("objstore://").lstrip("/")
+
+            def pipe_file(self, path, value, **kwargs):
+                if not conditional and kwargs:
+                    raise TypeError(f"pipe_file() got unexpected keyword arguments {kwargs}")
+                return super().pipe_file(path, value, **kwargs)
+
+        fsspec.register_implementation("objstore", ObjectStoreFS, clobber=True)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_the_lease_on_an_object_store_is_created_once(monkeypatch, conditional):
+    from lm.data import lease
+
+    monkeypatch.setattr(lease, "SETTLE_S", 0.0)
+    _ObjectStore.register(conditional)
+    cache_dir = f"objstore://bucket/cache-{conditional}"
+    first = lease.Lease.acquire(cache_dir)
+    assert first is not None and lease.Lease.acquire(cache_dir) is None
+    state = lease.read(cache_dir)
+    assert (state.pid, state.host, state.token) == (os.getpid(), socket.gethostname(), first.token)
+    first.release()
+    assert lease.read(cache_dir) is None
+    second = lease.Lease.acquire(cache_dir)
+    assert second is not None
+    second.release()

@@ -482,3 +482,30 @@ def test_empty_source_files_are_named_when_there_are_too_few_tokens(tmp_path, wr
         r"documents \(1 bad lines skipped\): .*empty\.jsonl, .*bad\.jsonl; add data",
     ):
         mixture.train_set(Pos)
+
+
+@pytest.mark.parametrize(
+    "weights, field, shown",
+    [
+        ({"a": float("inf"), "b": 1}, "data.train_weights.a", "inf"),
+        ({"a": float("nan"), "b": 1}, "data.train_weights.a", "nan"),
+        (
+            [[0, {"a": 1, "b": 1}], [100, {"a": 1, "b": float("inf")}]],
+            "data.train_weights[1][1].b",
+            "inf",
+        ),
+    ],
+)
+def test_a_weight_that_is_not_finite_is_an_error_at_its_field(weights, field, shown):
+    """An infinite weight passed the >= 0 check and failed later with an IndexError."""
+    data = {
+        "configs": {"a": {"builtin": "stdlib"}, "b": {"builtin": "stdlib"}},
+        "train_weights": weights,
+    }
+    problems = _decode_problems(data)
+    name = field.rsplit(".", 1)[1]
+    step = 0 if field.endswith(".a") else 100
+    assert problems == [
+        f"{field}: weight of {name!r} must be >= 0 and finite, got {shown} (at step {step}); "
+        "weights are relative, e.g. 0.7 and 0.3"
+    ]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
+import threading
 
 import pytest
 
-from lm.data import CacheOptions, TokenCache, build_or_load_cache, read_ledger
+from lm.data import CacheOptions, TokenCache, build_or_load_cache, build_progress, read_ledger
+from lm.data import cache as cache_mod
 from lm.data.sources import UrlSource
 from lm.data.tokenizer import DocumentEncoder
 from lm.distributed import RayConfig, shutdown_ray
@@ -85,3 +90,52 @@ def test_ray_shard_errors_surface_as_value_errors(tmp_path, write_jsonl, local_r
         )
     ledger = read_ledger(str(tmp_path / "c"))
     assert list(ledger.finished) == [source.urls[0]] and not ledger.complete
+
+
+def test_ray_build_reports_progress_within_a_shard(tmp_path, local_ray, monkeypatch, caplog):
+    """The workers tell the driver how far they got inside a shard: with one shard that
+    blocks half-way (a named pipe nobody has finished writing), the driver's progress line
+    already counts the documents before it."""
+    monkeypatch.setattr(build_progress, "PROGRESS_LOG_S", 0.0)
+    monkeypatch.setattr(cache_mod, "PROGRESS_POLL_S", 0.2)
+    pipe = tmp_path / "part.jsonl"
+    os.mkfifo(pipe)
+    source = UrlSource.from_patterns([str(pipe)])
+    seen = threading.Event()
+    progressed = threading.Event()
+    lines = []
+
+    class Progress(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+            if re.search(r": 0/1 shards done, [1-9][\d,]* tokens in 20 documents", lines[-1]):
+                progressed.set()
+                seen.set()
+
+    def write():
+        with open(pipe, "w") as f:
+            for j in range(40):
+                f.write(json.dumps({"text": f"line {j} of the pipe"}) + "\n")
+                if j == 19:
+                    f.flush()
+                    seen.wait(60)  # until the driver has seen the first 20 documents
+
+    handler = Progress(level=logging.INFO)
+    logger = logging.getLogger("lm.data.build_progress")
+    logger.addHandler(handler)
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        with caplog.at_level("INFO", logger="lm.data.build_progress"):
+            cache = build_or_load_cache(
+                str(tmp_path / "c"),
+                source,
+                DocumentEncoder("builtin"),
+                CacheOptions(backend="ray", num_workers=1, batch_size=4),
+            )
+    finally:
+        logger.removeHandler(handler)
+        seen.set()  # the writer finishes either way
+        writer.join(60)
+    assert progressed.is_set(), lines
+    assert cache.num_docs == 40

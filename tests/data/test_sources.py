@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import socket
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lm.data import LMDatasetConfig
+from lm.data.cache import CacheOptions, build_or_load_cache, read_ledger
 from lm.data.sources import HfSource, StdlibSource, UrlSource, detect_format, expand_urls
+from lm.data.tokenizer import DocumentEncoder
+
+LOCAL = CacheOptions(backend="local")
 
 
 def _docs(source, index=0, on_bad_line=None):
@@ -153,3 +161,196 @@ def test_stdlib_source_shards_cover_the_split():
     from lm.data import corpus
 
     assert len(docs) == len(corpus.corpus_files("validation"))
+
+
+# ---------------------------------------------------------------------------- bad records
+
+
+def _build(tmp_path, source, encoder=None, name="c"):
+    return build_or_load_cache(
+        str(tmp_path / name), source, encoder or DocumentEncoder("builtin"), LOCAL
+    )
+
+
+@pytest.mark.parametrize(
+    "value, kind",
+    [
+        (None, "null"),
+        (12345, r"an int \(12345\)"),
+        (2.5, r"a float \(2\.5\)"),
+        (True, r"a bool \(true\)"),
+        (["a", "b"], "a list of 2 items"),
+        ({"a": 1}, "a dict with keys a"),
+    ],
+)
+def test_a_text_that_is_not_a_string_is_a_bad_line(tmp_path, value, kind):
+    """null, numbers, lists and dicts are not text: an error naming the file, the line and
+    what was found (never their Python repr tokenized), or skipped and counted."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps({"text": v}) for v in ["ok", value, "fine"]) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(str(path))}:2: the document is {kind}, not a string \(text_key "
+        r"'text'\) \(set skip_bad_lines: true to skip such lines\)$",
+    ):
+        _build(tmp_path, UrlSource.from_patterns([str(path)]))
+    lenient = UrlSource.from_patterns([str(path)], skip_bad_lines=True)
+    cache = _build(tmp_path, lenient, name="lenient")
+    assert cache.num_docs == 2
+    assert read_ledger(str(tmp_path / "lenient")).finished[str(path)].skipped_lines == 1
+
+
+def test_a_null_in_a_parquet_or_hf_text_column_is_a_bad_row(tmp_path):
+    import datasets
+
+    pq.write_table(pa.table({"text": ["ok", None, "fine"]}), tmp_path / "a.parquet")
+    with pytest.raises(
+        ValueError,
+        match=r"a\.parquet: row 1: the document is null, not a string \(column 'text'\) \(set "
+        "skip_bad_lines",
+    ):
+        _build(tmp_path, UrlSource.from_patterns([str(tmp_path / "a.parquet")]))
+    lenient = UrlSource.from_patterns([str(tmp_path / "a.parquet")], skip_bad_lines=True)
+    assert _build(tmp_path, lenient, name="lenient").num_docs == 2
+
+    datasets.Dataset.from_dict({"text": ["ok", "fine", None]}).save_to_disk(str(tmp_path / "hf"))
+    source = HfSource.load(str(tmp_path / "hf"), None, "train")
+    with pytest.raises(
+        ValueError,
+        match=rf"^HF dataset {re.escape(str(tmp_path / 'hf'))} split train row 2: the document is "
+        r"null, not a string \(column 'text'\) \(set skip_bad_lines",
+    ):
+        _build(tmp_path, source, name="hf")
+    lenient = HfSource.load(str(tmp_path / "hf"), None, "train", skip_bad_lines=True)
+    assert lenient.fingerprint() != source.fingerprint()
+    cache = _build(tmp_path, lenient, name="hf-lenient")
+    assert cache.num_docs == 2
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
+def test_invalid_utf8_is_a_bad_line(tmp_path, name):
+    import gzip
+
+    data = b'{"text": "ok"}\n{"text": "bad \xff byte"}\n{"text": "fine"}\n'
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(str(path))}:2: invalid UTF-8 \(byte 0xff at column 15\) \(set "
+        r"skip_bad_lines: true to skip such lines\)$",
+    ):
+        _docs(UrlSource.from_patterns([str(path)]))
+    skipped = []
+    lenient = UrlSource.from_patterns([str(path)], skip_bad_lines=True)
+    assert _docs(lenient, on_bad_line=skipped.append) == ["ok", "fine"]
+    assert skipped == [f"{path}:2: invalid UTF-8 (byte 0xff at column 15)"]
+
+
+def test_a_lone_surrogate_is_replaced_and_logged(tmp_path, builtin_tokenizer, caplog):
+    """`"\\ud800"` is valid JSON but no text a tokenizer takes: it becomes U+FFFD, and the
+    file and line are logged."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "lone \\ud800 surrogate"}\n{"text": "a pair \\ud83d\\ude00"}\n')
+    with caplog.at_level("WARNING", logger="lm.data"):
+        cache = _build(tmp_path, UrlSource.from_patterns([str(path)]))
+    tokens = cache.read_ranges([(0, cache.num_tokens)])[0].tolist()
+    eos = builtin_tokenizer.eos_token_id
+    expected = [
+        *builtin_tokenizer("lone \ufffd surrogate")["input_ids"],
+        eos,
+        *builtin_tokenizer("a pair \U0001f600")["input_ids"],
+        eos,
+    ]
+    assert tokens == expected
+    assert f"{path}:1: replaced lone UTF-16 surrogates" in caplog.text
+    assert f"{path}: replaced lone UTF-16 surrogates with U+FFFD in 1 lines" in caplog.text
+
+
+def test_a_glob_that_matches_only_directories_says_so(tmp_path, write_jsonl):
+    write_jsonl(tmp_path / "a.jsonl", ["a"])
+    (tmp_path / "dironly" / "sub.jsonl").mkdir(parents=True)
+    for patterns in (
+        [str(tmp_path / "a.jsonl"), str(tmp_path / "dironly" / "*.jsonl")],
+        [str(tmp_path / "dironly" / "*.jsonl")],
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"^data\.train_urls: the glob {re.escape(repr(patterns[-1]))} matched no files "
+            rf"\(only directories: {re.escape(str(tmp_path / 'dironly' / 'sub.jsonl'))}\); give "
+            "the files, or a glob that matches the files inside those directories$",
+        ):
+            UrlSource.from_patterns(patterns, field="data.train_urls")
+
+
+# ---------------------------------------------------------------------------- HF splits
+
+
+def test_a_bare_saved_dataset_is_the_train_split_and_has_no_validation(tmp_path, caplog):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["x", "y", "z"]}).save_to_disk(str(tmp_path / "bare"))
+    cfg = LMDatasetConfig(id=str(tmp_path / "bare"), cache_dir=str(tmp_path / "c"))
+    assert _docs(cfg.source_for("train")) == ["x", "y", "z"]
+    with caplog.at_level("WARNING", logger="lm.data"):
+        assert cfg.source_for("validation") is None
+    assert (
+        f"data: no validation set (HF dataset {str(tmp_path / 'bare')!r} has no split "
+        "'validation': it is a single Dataset (saved with Dataset.save_to_disk), which has no "
+        "splits" in caplog.text
+    )
+    other = dataclasses.replace(cfg, train_split="fit")
+    with pytest.raises(
+        ValueError,
+        match=r"^data\.train_split: HF dataset .* has no split 'fit': it is a single Dataset "
+        r"\(saved with Dataset\.save_to_disk\), which has no splits and is used whole as the "
+        r"train split\. Leave train_split at 'train', or save a DatasetDict to choose splits$",
+    ):
+        other.source_for("train")
+
+
+def test_a_data_files_folder_without_a_validation_file_has_no_validation_set(
+    tmp_path, write_jsonl, caplog
+):
+    write_jsonl(tmp_path / "files" / "train.jsonl", ["f0", "f1"])
+    cfg = LMDatasetConfig(id=str(tmp_path / "files"), cache_dir=str(tmp_path / "c"))
+    assert _docs(cfg.source_for("train")) == ["f0", "f1"]
+    with caplog.at_level("WARNING", logger="lm.data"):
+        assert cfg.source_for("validation") is None
+    assert (
+        f"data: no validation set (HF dataset directory {str(tmp_path / 'files')!r} has no "
+        "split 'validation'; datasets says: Unknown split" in caplog.text
+    )
+    with pytest.raises(ValueError, match=r"^data\.train_split: .* has no split 'fit'"):
+        dataclasses.replace(cfg, train_split="fit").source_for("train")
+
+
+def test_a_hub_dataset_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch):
+    """datasets would retry for ~30 s; one DNS lookup says the hub is unreachable, and only
+    the local HF cache is tried."""
+    import datasets
+    import huggingface_hub.constants
+
+    def load_dataset(*args, **kwargs):
+        assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE, (
+            "the hub must not be tried when its host does not resolve"
+        )
+        raise ConnectionError("Couldn't reach the Hugging Face Hub (offline mode)")
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    host = re.escape(huggingface_hub.constants.ENDPOINT.split("://", 1)[1].split("/")[0])
+    with pytest.raises(
+        ValueError,
+        match=rf"^HF dataset 'someorg/no-such-dataset' is not a local directory and not in the "
+        rf"local HF cache, and the hub \(.*\) cannot be reached: its host {host} does not "
+        r"resolve \(.*Name or service not known\)\. Point id at a local dataset directory",
+    ):
+        HfSource.load("someorg/no-such-dataset", None, "train")
+    assert not datasets.config.HF_HUB_OFFLINE and not huggingface_hub.constants.HF_HUB_OFFLINE

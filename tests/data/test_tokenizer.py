@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from lm.data import LMDatasetConfig
-from lm.data.tokenizer import load_tokenizer
+from lm.data.tokenizer import DocumentEncoder, load_tokenizer
 
 ALLOWED = re.escape(
     "; use 'builtin', 'passthrough', a Hugging Face tokenizer directory or a hub id"
@@ -83,3 +83,60 @@ def test_a_local_tokenizer_directory_still_loads(tmp_path, builtin_tokenizer):
     assert os.path.exists(tmp_path / "tok" / "tokenizer.json")
     tok = load_tokenizer(str(tmp_path / "tok"))
     assert tok("def f(): pass")["input_ids"] == builtin_tokenizer("def f(): pass")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "doc, problem",
+    [
+        (
+            [1.0, 2.7],
+            r"a passthrough document must be a flat list of int token ids; item 0 is a "
+            r"float \(1\.0\)",
+        ),
+        ([3, True], r"item 1 is a bool \(true\)"),
+        ([True, False], r"item 0 is a bool \(true\)"),
+        ([1, [2]], r"item 1 is a list of 1 item"),
+        ([1, None], r"item 1 is null"),
+        (
+            None,
+            r"a passthrough document must be a list of int token ids or a string of "
+            r"whitespace-separated ints, not null",
+        ),
+        ({"ids": [1]}, r"not a dict with keys ids"),
+        (7, r"not an int \(7\)"),
+        ("1 2.5", r"passthrough document is not whitespace-separated ints"),
+        (
+            [1, 2**70],
+            r"passthrough token id 1180591620717411303424 is outside \[0, vocab_size=10\)",
+        ),
+    ],
+)
+def test_passthrough_takes_only_int_token_ids(doc, problem):
+    """Floats were truncated (2.7 -> 2) and booleans taken as 0/1; null was a bare
+    TypeError. Each is now a ValueError saying what was found."""
+    enc = DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False)
+    assert re.search(problem, enc.document_problem(doc)), enc.document_problem(doc)
+    with pytest.raises(ValueError, match=problem):
+        enc.encode_batch([doc])
+    assert enc.document_problem([1, 2, 9]) is None and enc.document_problem("1 2") is None
+    assert enc.encode_batch([[1, 2, 9], "3 4"])[1].tolist() == [3, 4]
+
+
+def test_a_passthrough_float_in_a_file_is_a_bad_line(tmp_path):
+    from lm.data.cache import CacheOptions, build_or_load_cache
+    from lm.data.sources import UrlSource
+
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"ids": [1, 2]}\n{"ids": [1.0, 2.7]}\n')
+    source = UrlSource.from_patterns([str(path)], text_key="ids")
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(str(path))}:2: a passthrough document must be a flat list of int "
+        r"token ids; item 0 is a float \(1\.0\) \(text_key 'ids'\) \(set skip_bad_lines",
+    ):
+        build_or_load_cache(
+            str(tmp_path / "c"),
+            source,
+            DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False),
+            CacheOptions(backend="local"),
+        )

@@ -38,6 +38,8 @@ import fsspec
 import numpy as np
 import tensorstore as ts
 
+from lm.data import lease
+from lm.data.build_progress import BuildProgress, ShardCounts
 from lm.data.sources import ShardedSource
 from lm.data.tokenizer import DocumentEncoder
 
@@ -170,6 +172,9 @@ class ShardStats:
     num_docs: int
     num_tokens: int
     skipped_lines: int = 0
+    source_file: dict | None = None
+    """For a shard that is one file: `{"size", "mtime", "blake2b"}` of the bytes it was built
+    from (absent in caches built before this was recorded: then only sizes are checked)."""
 
 
 @dataclasses.dataclass
@@ -298,7 +303,8 @@ def build_shard(
 ) -> ShardStats:
     """Tokenize source shard `index` into `<cache>/shards/<index>` (overwriting a partial one).
 
-    `on_progress(num_docs, num_tokens)` is called after each tokenizer batch.
+    `on_progress(num_docs, num_tokens)` is called after each tokenizer batch. A document the
+    encoder cannot take (`DocumentEncoder.document_problem`) is a bad line of its file.
     """
     base = shard_dir(cache_dir, index)
     tokens = _Appender(_create_array(_join(base, "tokens"), "int32", TOKENS_CHUNK))
@@ -326,6 +332,11 @@ def build_shard(
         pending_tokens, pending_count = [], 0
 
     batch: list[Any] = []
+    source_file = None
+
+    def on_file(stamp: dict) -> None:
+        nonlocal source_file
+        source_file = stamp
 
     def encode(batch: list[Any]) -> None:
         nonlocal pending_count, num_docs
@@ -342,7 +353,8 @@ def build_shard(
         if on_progress is not None:
             on_progress(len(batch), batch_tokens)
 
-    for doc in source.open_shard(index, on_bad_line):
+    docs = source.open_shard(index, on_bad_line, check=encoder.document_problem, on_file=on_file)
+    for doc in docs:
         batch.append(doc)
         if len(batch) >= batch_size:
             encode(batch)
@@ -354,7 +366,9 @@ def build_shard(
         logger.warning(
             "shard %d (%s): skipped %d bad lines", index, source.shard_names()[index], skipped
         )
-    return ShardStats(num_docs=num_docs, num_tokens=tokens.size, skipped_lines=skipped)
+    return ShardStats(
+        num_docs=num_docs, num_tokens=tokens.size, skipped_lines=skipped, source_file=source_file
+    )
 
 
 def _expected_ledger(source: ShardedSource, encoder: DocumentEncoder) -> CacheLedger:
@@ -378,6 +392,11 @@ def build_or_load_cache(
 ) -> TokenCache:
     """Open the cache at `cache_dir`, building (or finishing) it first if needed.
 
+    One process builds a cache at a time: the builder holds the cache's build lease
+    (`lm.data.lease`); another process that finds the lease held waits for the build to
+    finish, and takes it over if the lease is released unfinished or goes stale. In a
+    multi-host run only process 0 builds; the others wait for the ledger to say complete.
+
     Args:
         cache_dir: local path or URL of this split's cache.
         source: the documents.
@@ -385,29 +404,67 @@ def build_or_load_cache(
         options: backend and sizes.
         ray_config: an `lm.distributed.RayConfig` for `backend: ray` (default: `RayConfig()`,
             which connects to a running Ray or starts a local cluster).
-        progress: show a progress bar (docs/s, tokens/s) on stderr.
+        progress: show a progress bar (docs/s, tokens/s) on stderr; without it, a build
+            logs its progress every `PROGRESS_LOG_S`.
 
     Raises:
-        ValueError: the cache exists but was built from another tokenizer or sources.
+        ValueError: the cache exists but was built from another tokenizer or sources (or a
+            source file's contents changed since).
     """
     expected = _expected_ledger(source, encoder)
+    while True:
+        ledger = _usable_ledger(cache_dir, expected)
+        if ledger is not None and ledger.complete:
+            _verify_source_files(cache_dir, ledger, source, write=_is_builder_process())
+            return TokenCache(cache_dir, ledger)
+        if not _is_builder_process():
+            return _wait_for_cache(cache_dir, expected)
+        held = lease.Lease.acquire(cache_dir)
+        if held is None:
+            cache = _wait_for_builder(cache_dir, expected)
+            if cache is not None:
+                return cache
+            continue  # the lease was released or went stale: try to take the build over
+        try:
+            with held:
+                return _build(
+                    cache_dir, source, encoder, options, expected, held, ray_config, progress
+                )
+        except lease.LeaseLost as e:
+            logger.warning("%s; waiting for it to finish the build", e)
+
+
+def _usable_ledger(cache_dir: str, expected: CacheLedger) -> CacheLedger | None:
+    """The ledger at `cache_dir` if it is one for `expected` (None: none yet, or a failed
+    build for other settings that may be started over).
+
+    Raises:
+        ValueError: a cache of another tokenizer or other sources.
+    """
     ledger = read_ledger(cache_dir)
     if _is_replaceable(ledger, expected):
-        if _is_builder_process():
-            logger.info(
-                "The tokenized cache at %s is an unfinished build, with no finished shards, for "
-                "other settings (%s); starting it over for this config",
-                cache_dir,
-                "; ".join(_mismatches(ledger, expected)) or f"format version {ledger.version}",
-            )
+        return None
+    if ledger is not None:
+        check_compatible(cache_dir, ledger, expected)
+    return ledger
+
+
+def _build(cache_dir, source, encoder, options, expected, held, ray_config, progress):
+    """Build (or finish) the cache while holding its lease `held`."""
+    ledger = read_ledger(cache_dir)  # again: another builder may have finished meanwhile
+    if _is_replaceable(ledger, expected):
+        logger.info(
+            "The tokenized cache at %s is an unfinished build, with no finished shards, for "
+            "other settings (%s); starting it over for this config",
+            cache_dir,
+            "; ".join(_mismatches(ledger, expected)) or f"format version {ledger.version}",
+        )
         ledger = None
     if ledger is not None:
         check_compatible(cache_dir, ledger, expected)
+        _verify_source_files(cache_dir, ledger, source, write=True)
         if ledger.complete:
             return TokenCache(cache_dir, ledger)
-    if not _is_builder_process():
-        return _wait_for_cache(cache_dir, expected)
-    if ledger is not None:
         logger.info(
             "Resuming the cache build at %s: %d of %d shards are already finished",
             cache_dir,
@@ -415,7 +472,7 @@ def build_or_load_cache(
             len(ledger.shards),
         )
     else:
-        ledger = expected
+        ledger = dataclasses.replace(expected, finished={})
         write_ledger(cache_dir, ledger)
 
     pending = [i for i, name in enumerate(ledger.shards) if name not in ledger.finished]
@@ -427,14 +484,16 @@ def build_or_load_cache(
         len(pending),
         options.backend,
     )
-    bar = _Progress(ledger, enabled=progress)
+    bar = BuildProgress(cache_dir, ledger, enabled=progress)
+    record = functools.partial(_record, cache_dir, ledger, bar, held)
     try:
         if options.backend == "local":
-            _build_local(cache_dir, source, encoder, options, ledger, pending, bar)
+            _build_local(cache_dir, source, encoder, options, pending, bar, record)
         else:
-            _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_config)
+            _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_config)
     finally:
         bar.close()
+    held.check()
     ledger.complete = True
     write_ledger(cache_dir, ledger)
     skipped = sum(s.skipped_lines for s in ledger.finished.values())
@@ -448,6 +507,49 @@ def build_or_load_cache(
     return TokenCache(cache_dir, ledger)
 
 
+def _verify_source_files(cache_dir: str, ledger: CacheLedger, source, *, write: bool) -> None:
+    """Check every finished shard's file against what the ledger recorded when it was built
+    (`ShardedSource.verify_shard`): a file whose modification time changed is hashed again;
+    the same bytes update the ledger (when `write`), other bytes are an error."""
+    updates = {}
+    old = 0
+    for index, name in enumerate(ledger.shards):
+        stats = ledger.finished.get(name)
+        if stats is None:
+            continue
+        if stats.source_file is None:
+            old += 1
+            continue
+        try:
+            new = source.verify_shard(index, stats.source_file)
+        except ValueError as e:
+            raise ValueError(
+                f"the tokenized cache at {cache_dir} does not match this config: {e}. Use "
+                "another cache_dir, or delete this one to rebuild it."
+            ) from e
+        if new is not None:
+            updates[name] = new
+    if old:
+        logger.debug(
+            "The cache at %s records no checksums for %d source files (built before they were "
+            "recorded); only their sizes are compared",
+            cache_dir,
+            old,
+        )
+    if updates:
+        logger.info(
+            "%d source files of the cache at %s were modified since it was built but hold the "
+            "same bytes (their checksums match)%s",
+            len(updates),
+            cache_dir,
+            "; recorded their new modification times" if write else "",
+        )
+        if write:
+            for name, stamp in updates.items():
+                ledger.finished[name].source_file = stamp
+            write_ledger(cache_dir, ledger)
+
+
 def _is_builder_process() -> bool:
     import jax
 
@@ -455,75 +557,94 @@ def _is_builder_process() -> bool:
 
 
 WAIT_POLL_S = 5.0
-"""How often a process that is not building a cache checks whether process 0 finished it."""
+"""How often (at most) a waiting process checks whether the cache it waits for is finished."""
+
+
+def _poll_intervals():
+    """Seconds to sleep between checks: short at first (a small build is done in a second),
+    growing to `WAIT_POLL_S`."""
+    wait = 0.1
+    while True:
+        yield min(wait, WAIT_POLL_S)
+        wait *= 1.5
+
+
+def _finished_cache(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
+    ledger = read_ledger(cache_dir)
+    # An empty failed build for other settings is what the builder is about to replace.
+    if ledger is not None and not _is_replaceable(ledger, expected):
+        check_compatible(cache_dir, ledger, expected)
+        if ledger.complete:
+            return TokenCache(cache_dir, ledger)
+    return None
 
 
 def _wait_for_cache(cache_dir: str, expected: CacheLedger) -> TokenCache:
+    """A multi-host run's process other than 0: wait for process 0 to build the cache."""
     logger.info("Waiting for process 0 to build the cache at %s", cache_dir)
+    pauses = _poll_intervals()
+    while (cache := _finished_cache(cache_dir, expected)) is None:
+        time.sleep(next(pauses))
+    return cache
+
+
+def _wait_for_builder(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
+    """Wait while another process holds the build lease: the finished cache, or None once the
+    lease is released unfinished or goes stale (then the caller takes the build over)."""
+    watch = lease.Watch()
+    owner = None
+    pauses = _poll_intervals()
     while True:
-        ledger = read_ledger(cache_dir)
-        # An empty failed build for other settings is what process 0 is about to replace.
-        if ledger is not None and not _is_replaceable(ledger, expected):
-            check_compatible(cache_dir, ledger, expected)
-            if ledger.complete:
-                return TokenCache(cache_dir, ledger)
-        time.sleep(WAIT_POLL_S)
+        cache = _finished_cache(cache_dir, expected)
+        if cache is not None:
+            return cache
+        state = lease.read(cache_dir)
+        if state is None:
+            cache = _finished_cache(cache_dir, expected)  # finished just before it let go?
+            if cache is None and owner is not None:
+                logger.info("%s stopped building %s without finishing it", owner, cache_dir)
+            return cache
+        if state.owner != owner:
+            owner = state.owner
+            logger.info("Waiting for %s to finish building %s", owner, cache_dir)
+        why = watch.stale(state)
+        if why is not None:
+            if lease.break_stale(cache_dir, state):
+                logger.warning(
+                    "The build lease of %s is stale (%s); taking the build over", cache_dir, why
+                )
+            return None
+        time.sleep(next(pauses))
 
 
-class _Progress:
-    def __init__(self, ledger: CacheLedger, enabled: bool):
-        self.ledger = ledger
-        self.bar = None
-        self.start = time.perf_counter()
-        self.docs = 0
-        self.tokens = 0
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=len(ledger.shards), initial=len(ledger.finished), unit="shard", desc="cache"
-            )
-
-    def batch_done(self, num_docs: int, num_tokens: int) -> None:
-        """Progress inside a shard (local backend)."""
-        self.docs += num_docs
-        self.tokens += num_tokens
-        self._postfix()
-
-    def shard_done(self, stats: ShardStats, counted: bool) -> None:
-        if not counted:
-            self.docs += stats.num_docs
-            self.tokens += stats.num_tokens
-        self._postfix()
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def _postfix(self) -> None:
-        if self.bar is not None:
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix(
-                docs_per_s=f"{self.docs / elapsed:,.0f}",
-                tokens_per_s=f"{self.tokens / elapsed:,.0f}",
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+PROGRESS_POLL_S = 2.0
+"""How often a Ray build asks its workers how far they got in the shards they are building."""
 
 
-def _record(cache_dir, ledger: CacheLedger, index: int, stats: ShardStats, bar, counted) -> None:
+def _record(cache_dir, ledger: CacheLedger, bar: BuildProgress, held, index: int, stats) -> None:
+    held.check()  # never write the ledger of a build another process took over
     ledger.finished[ledger.shards[index]] = stats
     write_ledger(cache_dir, ledger)
-    bar.shard_done(stats, counted)
+    bar.shard_done(index, stats)
 
 
-def _build_local(cache_dir, source, encoder, options, ledger, pending, bar) -> None:
+def _build_local(cache_dir, source, encoder, options, pending, bar, record) -> None:
     for index in pending:
-        stats = build_shard(cache_dir, index, source, encoder, options.batch_size, bar.batch_done)
-        _record(cache_dir, ledger, index, stats, bar, counted=True)
+        on_progress = functools.partial(bar.batch_done, index)
+        stats = build_shard(cache_dir, index, source, encoder, options.batch_size, on_progress)
+        record(index, stats)
 
 
-def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_config) -> None:
+def _build_shard_reporting(cache_dir, index, source, encoder, batch_size, counts) -> ShardStats:
+    """`build_shard` in a Ray task, telling the `counts` actor about each tokenizer batch."""
+
+    def on_progress(num_docs: int, num_tokens: int) -> None:
+        counts.add.remote(index, num_docs, num_tokens)  # not waited for
+
+    return build_shard(cache_dir, index, source, encoder, batch_size, on_progress)
+
+
+def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_config) -> None:
     try:
         import ray
     except ImportError:
@@ -542,6 +663,13 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
             f"cache_dir {cache_dir!r} is in this process's memory, which Ray workers cannot "
             "write; use cache_options.backend: local"
         )
+    in_memory = [name for name in source.shard_names() if name.startswith("memory://")]
+    if in_memory:
+        more = f" (and {len(in_memory) - 1} more)" if len(in_memory) > 1 else ""
+        raise ValueError(
+            f"the source file {in_memory[0]!r}{more} is in this process's memory, which Ray "
+            "workers cannot read; use cache_options.backend: local"
+        )
     if not pending:
         return
     ray_config = ray_config if ray_config is not None else RayConfig()
@@ -557,16 +685,18 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
     # would otherwise start one thread per core in every worker).
     task = ray.remote(
         num_cpus=1, max_retries=0, runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}}
-    )(build_shard)
+    )(_build_shard_reporting)
+    counts = ray.remote(num_cpus=0)(ShardCounts).remote()
     in_flight: dict[Any, int] = {}
     queue = list(pending)
+    last_poll = time.monotonic()
     try:
         while queue or in_flight:
             while queue and len(in_flight) < num_workers:
                 index = queue.pop(0)
-                ref = task.remote(cache_dir, index, source, encoder, options.batch_size)
+                ref = task.remote(cache_dir, index, source, encoder, options.batch_size, counts)
                 in_flight[ref] = index
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_POLL_S)
             for ref in done:
                 index = in_flight.pop(ref)
                 try:
@@ -575,10 +705,18 @@ def _build_ray(cache_dir, source, encoder, options, ledger, pending, bar, ray_co
                     if isinstance(e.cause, ValueError):
                         raise ValueError(str(e.cause)) from e
                     raise
-                _record(cache_dir, ledger, index, stats, bar, counted=False)
+                record(index, stats)
+            if in_flight and time.monotonic() - last_poll >= PROGRESS_POLL_S:
+                last_poll = time.monotonic()
+                try:
+                    reported = ray.get(counts.get.remote(), timeout=PROGRESS_POLL_S)
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+                    continue  # progress is for show: the shards' own results decide
+                bar.in_shard({i: reported[i] for i in in_flight.values() if i in reported})
     finally:
         for ref in in_flight:
             ray.cancel(ref, force=True)
+        ray.kill(counts)
 
 
 # ---------------------------------------------------------------------------- reading

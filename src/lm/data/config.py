@@ -22,6 +22,7 @@ import difflib
 import functools
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import field
@@ -34,7 +35,15 @@ from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage
 from lm.data.packing import CausalLmDataset
 from lm.data.permutation import PERMUTATION_TYPES, mix_seed, seed_from_key
-from lm.data.sources import BUILTIN_SOURCES, HfSource, ShardedSource, StdlibSource, UrlSource
+from lm.data.sources import (
+    BUILTIN_SOURCES,
+    DEFAULT_TRAIN_SPLIT,
+    HfSource,
+    MissingSplit,
+    ShardedSource,
+    StdlibSource,
+    UrlSource,
+)
 from lm.data.tokenizer import PASSTHROUGH_TOKENIZER_NAME, DocumentEncoder
 from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol, missing_filesystem
 from lm.models.lm_model import LmExample
@@ -81,8 +90,9 @@ class _SourceFields:
     directory (`save_to_disk` output or a folder of data files)."""
     name: str | None = None
     """The HF dataset's config name (e.g. `wikitext-103-raw-v1`)."""
-    train_split: str = "train"
-    """The HF split used for training."""
+    train_split: str = DEFAULT_TRAIN_SPLIT
+    """The HF split used for training. A bare `Dataset` (saved with `Dataset.save_to_disk`)
+    has no splits: it is the training set, and another name here is an error."""
     validation_split: str | None = "validation"
     """The HF split used for validation; None for none. A dataset without it has no
     validation set (logged)."""
@@ -94,7 +104,9 @@ class _SourceFields:
     plaintext: bool = False
     """Read every file as plain text, one document per non-empty line, whatever its name."""
     skip_bad_lines: bool = False
-    """Skip (and count) malformed JSON lines instead of failing."""
+    """Skip (and count) bad lines instead of failing: malformed JSON, invalid UTF-8, no
+    `text_key`, or a value the tokenizer cannot take (null, a number, ...), also in parquet
+    files and HF datasets (as rows)."""
     builtin: str | None = None
     """A builtin corpus: `stdlib` (the Python standard library sources, ~2% validation)."""
     tags: list[str] = field(default_factory=list)
@@ -175,12 +187,14 @@ class _SourceFields:
                     self.id,
                 )
             try:
-                return HfSource.load(self.id, self.name, hf_split, self.text_key)
-            except ValueError as e:
-                if split == "validation" and f"no split {hf_split!r}" in str(e):
-                    logger.warning("%s: no validation set (%s)", where.rstrip("."), e)
-                    return None
-                raise
+                return HfSource.load(
+                    self.id, self.name, hf_split, self.text_key, self.skip_bad_lines
+                )
+            except MissingSplit as e:
+                if split != "validation":
+                    raise ValueError(f"{where}train_split: {e}") from e
+                logger.warning("%s: no validation set (%s)", where.rstrip("."), e)
+                return None
         urls = self.train_urls if split == "train" else self.validation_urls
         return UrlSource.from_patterns(
             urls,
@@ -471,16 +485,20 @@ class LMMixtureDatasetConfig(LMTaskConfig):
                 f"data.stop_strategy: only 'restart' is supported, got {self.stop_strategy!r}"
             )
         stages = self.weight_stages
-        for step, weights in stages:
+        staged = not isinstance(self.train_weights, Mapping)
+        for i, (step, weights) in enumerate(stages):
             for name, w in weights.items():
                 if name not in self.configs:
                     raise ValueError(
                         f"data.train_weights (step {step}): unknown component {name!r}; "
                         f"components: {', '.join(self.configs)}{did_you_mean(name, self.configs)}"
                     )
-                if not w >= 0:
-                    raise ValueError(
-                        f"data.train_weights (step {step}): weight of {name!r} must be >= 0, got {w}"
+                if not (w >= 0 and math.isfinite(w)):  # NaN fails both
+                    where = f"train_weights[{i}][1].{name}" if staged else f"train_weights.{name}"
+                    raise FieldError(
+                        where,
+                        f"weight of {name!r} must be >= 0 and finite, got {w} (at step {step}); "
+                        "weights are relative, e.g. 0.7 and 0.3",
                     )
             if sum(weights.values()) <= 0:
                 raise ValueError(f"data.train_weights (step {step}): all weights are zero")

@@ -15,37 +15,46 @@ empty glob or a missing file is an error. Formats, by extension:
 | `.txt` (+ compression), or any file with `plaintext: true` | one document per non-empty line |
 | `.parquet` | the `text_key` column, one row per document |
 
-A malformed JSON line is an error naming the file and line number, or with
-`skip_bad_lines: true` it is skipped and counted (the cache ledger records the count).
+A bad line (malformed JSON, invalid UTF-8, no `text_key`, or a value the tokenizer cannot
+take, such as `null` or a number where text is expected) is an error naming the file and
+line number (the row for parquet and HF datasets), or with `skip_bad_lines: true` it is
+skipped and counted (the cache ledger records the count); `lm.data.formats` reads the files.
+
+While a build reads a file it records the file's size, modification time and a blake2b
+checksum of its bytes (`on_file`); `UrlSource.verify_shard` later tells whether the file
+still holds what the cache was built from.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import braceexpand
 import fsspec
 
 from lm.data import corpus
+from lm.data.formats import (
+    Document,
+    DocumentCheck,
+    bad_line,
+    detect_format,
+    file_checksum,
+    file_modified,
+    iter_json_lines,
+    iter_parquet,
+    iter_text_lines,
+)
 
 logger = logging.getLogger(__name__)
 
-Document = Any
-"""A `str` (text) or a sequence of ints (pre-tokenized, for `passthrough`)."""
-
-_COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
-_JSON_EXTS = (".jsonl", ".json", ".ndjson")
-_TEXT_EXTS = (".txt", ".text")
-_PARQUET_EXTS = (".parquet",)
-SUPPORTED_FORMATS = "jsonl/json/ndjson, txt, parquet (jsonl and txt optionally .gz/.zst/.bz2/.xz)"
+DEFAULT_TRAIN_SPLIT = "train"
 
 
 class ShardedSource(abc.ABC):
@@ -56,9 +65,24 @@ class ShardedSource(abc.ABC):
 
     @abc.abstractmethod
     def open_shard(
-        self, index: int, on_bad_line: Callable[[str], None] | None = None
+        self,
+        index: int,
+        on_bad_line: Callable[[str], None] | None = None,
+        check: DocumentCheck | None = None,
+        on_file: Callable[[dict], None] | None = None,
     ) -> Iterator[Document]:
-        """The documents of shard `index`. `on_bad_line(message)` is called per skipped line."""
+        """The documents of shard `index`.
+
+        Args:
+            index: the shard.
+            on_bad_line: called with the message of each bad line skipped (only with
+                `skip_bad_lines`; otherwise a bad line raises a `ValueError`).
+            check: `check(document)` says why the tokenizer cannot take a document (or None);
+                such a document is a bad line, named by its file and line (or row).
+            on_file: a shard that is one file calls it once the file has been read to its
+                end, with `{"size", "mtime", "blake2b"}` of the bytes read (see
+                `verify_shard`).
+        """
 
     @abc.abstractmethod
     def fingerprint(self) -> str:
@@ -66,6 +90,17 @@ class ShardedSource(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> str: ...
+
+    def verify_shard(self, index: int, recorded: dict) -> dict | None:
+        """Check shard `index` against `recorded`, what `on_file` gave when it was built.
+
+        Returns None when nothing changed, or the stamp to record instead (the file was
+        touched or copied: another modification time, the same bytes).
+
+        Raises:
+            ValueError: the file's contents changed.
+        """
+        return None
 
 
 # ---------------------------------------------------------------------------- URLs
@@ -75,27 +110,30 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[str, int | None]]:
-    """Brace-expand and glob URL patterns into (url, size in bytes or None) pairs.
-
-    Raises:
-        ValueError: a pattern matches no file, or a named file does not exist.
-    """
-    out: list[tuple[str, int | None]] = []
+def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
+    """(url, fsspec info) of every file the patterns name, in order."""
+    out: list[tuple[str, dict]] = []
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError(f"{field}: every entry must be a non-empty string, got {pattern!r}")
         for url in braceexpand.braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
             if _has_glob(path):
-                matches = sorted(fs.glob(path))
+                matches = fs.glob(path, detail=True)
                 if not matches:
                     raise ValueError(f"{field}: the glob {url!r} matched no files")
-                for m in matches:
-                    info = fs.info(m)
-                    if info.get("type") == "directory":
-                        continue
-                    out.append((_with_protocol(fs, url, m), info.get("size")))
+                files = [(m, info) for m, info in sorted(matches.items())]
+                dirs = [m for m, info in files if info.get("type") == "directory"]
+                files = [(m, info) for m, info in files if info.get("type") != "directory"]
+                if not files:
+                    shown = ", ".join(_with_protocol(fs, url, d) for d in dirs[:3])
+                    more = f" (+{len(dirs) - 3} more)" if len(dirs) > 3 else ""
+                    raise ValueError(
+                        f"{field}: the glob {url!r} matched no files (only directories: "
+                        f"{shown}{more}); give the files, or a glob that matches the files "
+                        "inside those directories"
+                    )
+                out += [(_with_protocol(fs, url, m), info) for m, info in files]
             else:
                 try:
                     info = fs.info(path)
@@ -107,88 +145,24 @@ def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[s
                     raise ValueError(
                         f"{field}: {url!r} is a directory; give files or a glob like '{url.rstrip('/')}/*.jsonl.gz'"
                     )
-                out.append((url, info.get("size")))
+                out.append((url, info))
     return out
+
+
+def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[str, int | None]]:
+    """Brace-expand and glob URL patterns into (url, size in bytes or None) pairs.
+
+    Raises:
+        ValueError: a pattern matches no file (or only directories), or a named file does
+            not exist.
+    """
+    return [(url, info.get("size")) for url, info in _expand(patterns, field)]
 
 
 def _with_protocol(fs, original: str, path: str) -> str:
     if "://" not in original:
         return path
     return fs.unstrip_protocol(path)
-
-
-def detect_format(url: str, plaintext: bool = False) -> tuple[str, str | None]:
-    """(format, compression) of a URL from its extension: format is json, text or parquet."""
-    name = url.rsplit("/", 1)[-1].lower()
-    compression = None
-    for ext, comp in _COMPRESSIONS.items():
-        if name.endswith(ext):
-            compression = comp
-            name = name[: -len(ext)]
-            break
-    if plaintext:
-        return "text", compression
-    if name.endswith(_JSON_EXTS):
-        return "json", compression
-    if name.endswith(_TEXT_EXTS):
-        return "text", compression
-    if name.endswith(_PARQUET_EXTS) and compression is None:
-        return "parquet", None
-    raise ValueError(
-        f"cannot tell the format of {url!r} from its extension; supported: {SUPPORTED_FORMATS}. "
-        "Set plaintext: true to read any file as one document per line."
-    )
-
-
-def _iter_json_lines(
-    url: str, compression: str | None, text_key: str, skip_bad_lines: bool, on_bad_line
-) -> Iterator[Document]:
-    with fsspec.open(url, "rt", compression=compression, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            problem = None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"{url}:{line_no}: malformed JSON ({e.msg} at column {e.colno})"
-            else:
-                if not isinstance(record, dict):
-                    problem = (
-                        f"{url}:{line_no}: expected a JSON object, got {type(record).__name__}"
-                    )
-                elif text_key not in record:
-                    keys = ", ".join(sorted(record)[:10])
-                    problem = f"{url}:{line_no}: no key {text_key!r} (text_key); keys: {keys}"
-            if problem is not None:
-                if not skip_bad_lines:
-                    raise ValueError(problem + " (set skip_bad_lines: true to skip such lines)")
-                if on_bad_line is not None:
-                    on_bad_line(problem)
-                continue
-            yield record[text_key]
-
-
-def _iter_text_lines(url: str, compression: str | None) -> Iterator[Document]:
-    with fsspec.open(url, "rt", compression=compression, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.strip():
-                yield line
-
-
-def _iter_parquet(url: str, text_key: str) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    with fsspec.open(url, "rb") as f:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        if text_key not in names:
-            raise ValueError(
-                f"{url}: no column {text_key!r} (text_key); columns: {', '.join(names)}"
-            )
-        for batch in pf.iter_batches(columns=[text_key], batch_size=1024):
-            yield from batch.column(0).to_pylist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +174,9 @@ class UrlSource(ShardedSource):
     text_key: str = "text"
     plaintext: bool = False
     skip_bad_lines: bool = False
+    mtimes: tuple[str | None, ...] = ()
+    """Each file's modification time when the patterns were expanded (`verify_shard`); not
+    part of the fingerprint, so a touched or copied corpus still matches its cache."""
 
     @staticmethod
     def from_patterns(
@@ -210,32 +187,53 @@ class UrlSource(ShardedSource):
         skip_bad_lines: bool = False,
         field: str = "urls",
     ) -> UrlSource:
-        found = expand_urls(patterns, field=field)
+        found = _expand(patterns, field)
         if not found:
             raise ValueError(f"{field}: no files given")
         for url, _ in found:
             detect_format(url, plaintext)  # fail early on an unknown extension
         return UrlSource(
             urls=tuple(u for u, _ in found),
-            sizes=tuple(s for _, s in found),
+            sizes=tuple(info.get("size") for _, info in found),
             text_key=text_key,
             plaintext=plaintext,
             skip_bad_lines=skip_bad_lines,
+            mtimes=tuple(file_modified(info) for _, info in found),
         )
 
     def shard_names(self) -> list[str]:
         return list(self.urls)
 
-    def open_shard(self, index: int, on_bad_line=None) -> Iterator[Document]:
+    def open_shard(self, index: int, on_bad_line=None, check=None, on_file=None):
         url = self.urls[index]
         fmt, compression = detect_format(url, self.plaintext)
+        skip = self.skip_bad_lines
         if fmt == "json":
-            return _iter_json_lines(
-                url, compression, self.text_key, self.skip_bad_lines, on_bad_line
+            return iter_json_lines(
+                url, compression, self.text_key, skip, on_bad_line, check, on_file
             )
         if fmt == "text":
-            return _iter_text_lines(url, compression)
-        return _iter_parquet(url, self.text_key)
+            return iter_text_lines(url, compression, skip, on_bad_line, check, on_file)
+        return iter_parquet(url, self.text_key, skip, on_bad_line, check, on_file)
+
+    def verify_shard(self, index: int, recorded: dict) -> dict | None:
+        """A file whose modification time differs from the recorded one is hashed again: the
+        same bytes (a touched or copied corpus) give the new stamp to record, other bytes are
+        a `ValueError`. A size change already changes the fingerprint."""
+        url = self.urls[index]
+        mtime = self.mtimes[index] if index < len(self.mtimes) else None
+        if mtime is None or mtime == recorded.get("mtime") or "blake2b" not in recorded:
+            return None
+        info, digest = file_checksum(url)
+        if digest != recorded["blake2b"]:
+            raise ValueError(
+                f"the source file {url} changed since the cache was built from it: it is "
+                f"{info.get('size')} bytes as before, but its contents differ (blake2b "
+                f"{recorded['blake2b']} when the cache was built, {digest} now; modified "
+                f"{recorded.get('mtime')} then, {file_modified(info)} now)"
+            )
+        logger.debug("%s was modified but holds the same bytes (blake2b %s)", url, digest)
+        return {**recorded, "mtime": file_modified(info)}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(
@@ -263,8 +261,47 @@ ROWS_PER_HF_SHARD = 10_000
 MAX_HF_SHARDS = 256
 
 
+class MissingSplit(ValueError):
+    """An HF dataset has no split of the name asked for (for `validation_split`: no
+    validation set, with a warning)."""
+
+
+def _unknown_split(e: Exception) -> bool:
+    """Whether `datasets` raised `e` for a split name the dataset does not have."""
+    return str(e).startswith("Unknown split")
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """`datasets` and `huggingface_hub` in offline mode (the local HF cache only), for one
+    load: both read these module flags at call time, and there is no per-call switch."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
 def _load_hf_split(id: str, name: str | None, split: str):
+    """One split of an HF dataset: a `save_to_disk` directory, a folder of data files, or a
+    hub id (the local HF cache first).
+
+    Raises:
+        MissingSplit: the dataset has no split `split` (a bare `Dataset` saved with
+            `save_to_disk` has none: it is the train split).
+        ValueError: the dataset cannot be loaded.
+    """
     import datasets
+    import huggingface_hub.constants
+
+    from lm.data.tokenizer import hub_unresolvable
 
     path = os.path.expanduser(id[len("file://") :] if id.startswith("file://") else id)
     if os.path.isdir(path):
@@ -275,26 +312,53 @@ def _load_hf_split(id: str, name: str | None, split: str):
             ds = datasets.load_from_disk(path)
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise ValueError(
+                    raise MissingSplit(
                         f"HF dataset {id!r} has no split {split!r}; splits: {', '.join(ds)}"
                     )
                 ds = ds[split]
+            elif split != DEFAULT_TRAIN_SPLIT:
+                raise MissingSplit(
+                    f"HF dataset {id!r} has no split {split!r}: it is a single Dataset (saved "
+                    "with Dataset.save_to_disk), which has no splits and is used whole as the "
+                    f"train split. Leave train_split at {DEFAULT_TRAIN_SPLIT!r}, or save a "
+                    "DatasetDict to choose splits"
+                )
             return ds
         try:
             return datasets.load_dataset(path, name, split=split)
         except ValueError as e:
+            if _unknown_split(e):
+                raise MissingSplit(
+                    f"HF dataset directory {id!r} has no split {split!r}; datasets says: {e}"
+                ) from e
             raise ValueError(f"HF dataset directory {id!r}, split {split!r}: {e}") from e
+    unreachable = None if huggingface_hub.constants.HF_HUB_OFFLINE else hub_unresolvable()
     try:
-        return datasets.load_dataset(id, name, split=split)
+        # With the hub unreachable, only the local HF cache is tried: no ~30 s of retries.
+        with _hub_offline(unreachable is not None):
+            return datasets.load_dataset(id, name, split=split)
     except ValueError as e:
+        if _unknown_split(e):
+            raise MissingSplit(
+                f"HF dataset {id!r} has no split {split!r}; datasets says: {e}"
+            ) from e
         if "split" in str(e).lower():
             raise ValueError(f"HF dataset {id!r}: {e}") from e
-        raise _offline_error(id, e) from e
+        raise _offline_error(id, e, unreachable) from e
     except Exception as e:  # connection errors come in many types (requests, httpx, OSError)
-        raise _offline_error(id, e) from e
+        raise _offline_error(id, e, unreachable) from e
 
 
-def _offline_error(id: str, e: Exception) -> ValueError:
+def _offline_error(id: str, e: Exception, unreachable: str | None = None) -> ValueError:
+    if unreachable is not None:
+        import huggingface_hub.constants
+
+        return ValueError(
+            f"HF dataset {id!r} is not a local directory and not in the local HF cache, and the "
+            f"hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached: {unreachable}. Point "
+            "id at a local dataset directory (datasets.save_to_disk or a folder of data files), "
+            "or download the dataset into the HF cache where there is network."
+        )
     return ValueError(
         f"HF dataset {id!r} is not a local directory and could not be loaded from the HF cache "
         f"or the hub ({type(e).__name__}: {e}). Without network access, point id at a local "
@@ -313,16 +377,19 @@ class HfSource(ShardedSource):
     text_key: str = "text"
     num_rows: int = 0
     data_fingerprint: str = ""
+    skip_bad_lines: bool = False
 
     @staticmethod
-    def load(id: str, name: str | None, split: str, text_key: str = "text") -> HfSource:
+    def load(
+        id: str, name: str | None, split: str, text_key: str = "text", skip_bad_lines=False
+    ) -> HfSource:
         ds = _load_hf_split(id, name, split)
         if text_key not in ds.column_names:
             raise ValueError(
                 f"HF dataset {id!r} split {split!r} has no column {text_key!r} (text_key); "
                 f"columns: {', '.join(ds.column_names)}"
             )
-        return HfSource(id, name, split, text_key, len(ds), ds._fingerprint)
+        return HfSource(id, name, split, text_key, len(ds), ds._fingerprint, skip_bad_lines)
 
     @property
     def num_shards(self) -> int:
@@ -332,22 +399,39 @@ class HfSource(ShardedSource):
         n = self.num_shards
         return [f"hf:{self.id}:{self.name or ''}:{self.split}:{i:05d}-of-{n:05d}" for i in range(n)]
 
-    def open_shard(self, index: int, on_bad_line=None) -> Iterator[Document]:
+    def open_shard(self, index: int, on_bad_line=None, check=None, on_file=None):
         ds = _load_hf_split(self.id, self.name, self.split)
         shard = ds.shard(num_shards=self.num_shards, index=index, contiguous=True)
+        # the first row (from 0, as ds[i]) of contiguous shard `index`, as `Dataset.shard` has it
+        div, mod = divmod(len(ds), self.num_shards)
+        row = div * index + min(index, mod)
         for batch in shard.select_columns([self.text_key]).iter(batch_size=1024):
-            yield from batch[self.text_key]
+            for doc in batch[self.text_key]:
+                why = check(doc) if check is not None else None
+                if why is None:
+                    yield doc
+                else:
+                    problem = (
+                        f"HF dataset {self.id} split {self.split} row {row}: {why} "
+                        f"(column {self.text_key!r})"
+                    )
+                    bad_line(problem, self.skip_bad_lines, on_bad_line)
+                row += 1
 
     def fingerprint(self) -> str:
+        # skip_bad_lines joined the fingerprint later: it is left out when false, so caches
+        # built before keep their fingerprint
+        skip = " skip_bad_lines" if self.skip_bad_lines else ""
         return hashlib.sha256(
             f"hf {self.id} {self.name} {self.split} {self.text_key} {self.num_rows} "
-            f"{self.data_fingerprint}".encode()
+            f"{self.data_fingerprint}{skip}".encode()
         ).hexdigest()[:16]
 
     def describe(self) -> str:
         name = f" ({self.name})" if self.name else ""
+        skip = ", skip_bad_lines=true" if self.skip_bad_lines else ""
         return (
-            f"HF dataset {self.id}{name} split {self.split}, text_key={self.text_key!r}, "
+            f"HF dataset {self.id}{name} split {self.split}, text_key={self.text_key!r}{skip}, "
             f"{self.num_rows} rows"
         )
 
@@ -376,7 +460,7 @@ class StdlibSource(ShardedSource):
         n = len(self._shards())
         return [f"stdlib:{self.split}:{i:05d}-of-{n:05d}" for i in range(n)]
 
-    def open_shard(self, index: int, on_bad_line=None) -> Iterator[Document]:
+    def open_shard(self, index: int, on_bad_line=None, check=None, on_file=None):
         return corpus.iter_documents(self._shards()[index])
 
     def fingerprint(self) -> str:

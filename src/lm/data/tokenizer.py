@@ -134,12 +134,13 @@ def _load_dir(path: str, shown: str):
         ) from e
 
 
-def _hub_unresolvable() -> str | None:
+def hub_unresolvable() -> str | None:
     """Why the hub's host cannot be reached, if its name does not resolve; else None.
 
     huggingface_hub retries a failed request five times with backoff (about 45 s of log
     lines) even when the host does not resolve; one DNS lookup answers that at once. Behind
     a proxy the local resolver may not know the host, so then the hub is simply tried.
+    Loading tokenizers and HF datasets (`sources._load_hf_split`) both ask it.
     """
     import socket
     import urllib.parse
@@ -199,7 +200,7 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
                 "and HF_HUB_OFFLINE is set. Use 'builtin', 'passthrough', a local tokenizer "
                 "directory, or download it first (huggingface-cli download)."
             ) from cached_error
-        unreachable = _hub_unresolvable()
+        unreachable = hub_unresolvable()
         if unreachable is not None:
             raise ValueError(
                 f"{_FIELD}: {name!r} is not a local directory and not in the local HF cache, "
@@ -331,14 +332,35 @@ class DocumentEncoder:
     def describe(self) -> str:
         return f"{self.tokenizer} (enforce_eos={self.enforce_eos}, add_bos={self.add_bos})"
 
+    def document_problem(self, doc: Any) -> str | None:
+        """Why this encoder cannot take `doc`, or None: a text tokenizer takes a string; a
+        passthrough one a list of int ids or a string of whitespace-separated ints, each in
+        [0, vocab_size). Sources prefix the answer with the file and line (or row)."""
+        if self.is_passthrough:
+            try:
+                self._passthrough_ids(doc)
+            except ValueError as e:
+                return str(e)
+            return None
+        if isinstance(doc, str):
+            return None
+        return f"the document is {_kind(doc)}, not a string"
+
     def encode_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
-        """Token ids (int32) of each document, with the BOS/EOS policy applied."""
+        """Token ids (int32) of each document, with the BOS/EOS policy applied.
+
+        Raises:
+            ValueError: a document this encoder cannot take (`document_problem`).
+        """
         if self.is_passthrough:
             _ = self._policy  # computed once; warns about the ignored options
             return [self._passthrough_ids(d) for d in docs]
+        for i, d in enumerate(docs):
+            if not isinstance(d, str):
+                raise ValueError(f"document {i} of the batch: {self.document_problem(d)}")
         prepend, append, strip_bos, _ = self._policy
         out = []
-        for ids in self._raw_encode([d if isinstance(d, str) else str(d) for d in docs]):
+        for ids in self._raw_encode(docs):
             if strip_bos and ids:
                 ids = ids[1:]
             if prepend is not None:
@@ -352,17 +374,56 @@ class DocumentEncoder:
         if isinstance(doc, str):
             try:
                 ids = np.asarray([int(t) for t in doc.split()], dtype=np.int64)
-            except ValueError as e:
+            except (ValueError, OverflowError) as e:
                 raise ValueError(
                     f"passthrough document is not whitespace-separated ints: {e}"
                 ) from e
+        elif isinstance(doc, np.ndarray) and doc.ndim == 1 and doc.dtype.kind in "iu":
+            ids = doc.astype(np.int64)
+        elif isinstance(doc, list | tuple):
+            # Checked item by item: np.asarray would truncate 2.7 to 2 and take True as 1.
+            for i, item in enumerate(doc):
+                if type(item) is not int and not isinstance(item, np.integer):
+                    raise ValueError(
+                        "a passthrough document must be a flat list of int token ids; item "
+                        f"{i} is {_kind(item)}"
+                    )
+            try:
+                ids = np.asarray(doc, dtype=np.int64)
+            except OverflowError:  # an id beyond int64
+                bad = next(t for t in doc if not 0 <= t < self.vocab_size)
+                raise ValueError(
+                    f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
+                ) from None
         else:
-            ids = np.asarray(doc, dtype=np.int64)
-            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-                raise ValueError("a passthrough document must be a flat list of int token ids")
+            raise ValueError(
+                f"a passthrough document must be a list of int token ids or a string of "
+                f"whitespace-separated ints, not {_kind(doc)}"
+            )
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = int(ids.max() if ids.max() >= self.vocab_size else ids.min())
             raise ValueError(
                 f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
             )
         return ids.astype(np.int32)
+
+
+def _kind(value: Any) -> str:
+    """What `value` is, in words, for error messages: `null`, `a bool (true)`, `an int
+    (12345)`, `a float (2.7)`, `a list of 3 items`, `a dict with keys a, b`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | np.bool_):
+        return f"a bool ({str(bool(value)).lower()})"
+    if isinstance(value, int | np.integer):
+        return f"an int ({value})"
+    if isinstance(value, float | np.floating):
+        return f"a float ({value})"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
+    if isinstance(value, dict):
+        keys = ", ".join(map(str, list(value)[:5])) + (", ..." if len(value) > 5 else "")
+        return f"a dict with keys {keys}" if value else "an empty dict"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return f"a {type(value).__name__}"
