@@ -279,6 +279,33 @@ def test_training_data_smaller_than_one_batch_is_named_before_the_run_starts():
     check_enough_data(ListDataset(list(range(16))), Pos, config)
 
 
+def test_a_resume_with_a_changed_config_keeps_the_old_one_and_names_the_changes(
+    tmp_path, caplog, repo_root
+):
+    from lm.main.train_lm import TrainLmConfig, save_run_config
+
+    def parse(*args):
+        return lm.config.parse(TrainLmConfig, str(repo_root / "config/llama_tiny.yaml"), args=args)
+
+    run_dir = str(tmp_path)
+    save_run_config(parse(), run_dir, restored_step=None)
+    first = (tmp_path / "config.yaml").read_text()
+    with caplog.at_level("WARNING"):
+        save_run_config(parse(), run_dir, restored_step=50)  # the same config: nothing to say
+        assert caplog.text == "" and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+        save_run_config(
+            parse("--trainer.num_train_steps", "200", "--trainer.seed", "3"), run_dir, 60
+        )
+    assert (tmp_path / "config.before-step-60.yaml").read_text() == first
+    assert "num_train_steps: 200" in (tmp_path / "config.yaml").read_text()
+    message = caplog.records[-1].getMessage()
+    assert message.startswith(
+        "Resuming at step 60 with a changed configuration: trainer.num_train_steps: 100 -> 200; "
+        "trainer.seed: 0 -> 3 (the previous config is kept as "
+    )
+    assert "set optimizer.schedule_steps to the old length" in message
+
+
 def test_a_run_without_validation_data_says_it_will_not_evaluate(caplog):
     from lm.main.train_lm import warn_if_no_validation
     from lm.trainer import TrainerConfig

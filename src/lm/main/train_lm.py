@@ -252,7 +252,6 @@ def main(config: TrainLmConfig) -> RunSummary:
         with trainer:
             run_dir = trainer_config.run_dir
             resolved = dataclasses.replace(config, model=model_config)
-            lm.config.save_config(resolved, os.path.join(run_dir, "config.yaml"))
             trainer.tracker.log_hyperparameters(lm.config.to_flat_dict(resolved))
 
             Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
@@ -277,6 +276,9 @@ def main(config: TrainLmConfig) -> RunSummary:
                 state = trainer.initial_state(
                     training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
                 )
+            # written once the state is there: a resume that fails (another model, say)
+            # leaves the config the checkpoints were saved with in place
+            save_run_config(resolved, run_dir, trainer.restored_step)
             _log_plan(trainer, model_config, Vocab, Pos)
 
             validation_sets = config.data.validation_sets(Pos)
@@ -377,6 +379,67 @@ class HfExportHook:
             source_checkpoint=self.source_checkpoint,
         )
         logger.info("Exported HF checkpoint %s", path)
+
+
+def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | None) -> None:
+    """Write the resolved config to `<run_dir>/config.yaml`. A resumed run whose config differs
+    from the one there keeps that one as `config.before-step-<N>.yaml` and warns, naming every
+    changed field (a longer `num_train_steps` also stretches the LR schedule). Process 0
+    writes it, as it writes the run's metrics."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(run_dir, "config.yaml")
+    if restored_step is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            previous = f.read()
+        changes = config_changes(previous, lm.config.to_yaml(config))
+        if changes:
+            kept = os.path.join(run_dir, f"config.before-step-{restored_step}.yaml")
+            os.replace(path, kept)
+            message = (
+                f"Resuming at step {restored_step} with a changed configuration: "
+                + "; ".join(f"{key}: {change}" for key, change in changes.items())
+                + f" (the previous config is kept as {kept})"
+            )
+            if "trainer.num_train_steps" in changes and (
+                getattr(config.optimizer, "schedule_steps", None) is None
+            ):
+                message += (
+                    ". The learning-rate schedule follows trainer.num_train_steps, so it is "
+                    "recomputed over the new length and the LR jumps at this step; set "
+                    "optimizer.schedule_steps to the old length to keep the old schedule"
+                )
+            logger.warning("%s", message)
+    lm.config.save_config(config, path)
+
+
+def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, str]:
+    """`{field: "old -> new"}` for every leaf that differs between two resolved configs."""
+    import yaml
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict) and node:
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+            return out
+        return {prefix: node}
+
+    try:
+        old = flat(yaml.safe_load(previous_yaml) or {})
+    except yaml.YAMLError:
+        return {"config.yaml": "(the previous one could not be read) -> this run's"}
+    new = flat(yaml.safe_load(current_yaml) or {})
+    missing = object()
+    return {
+        key: f"{_shown(old.get(key, missing), missing)} -> {_shown(new.get(key, missing), missing)}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    }
+
+
+def _shown(value: Any, missing: object) -> str:
+    return "(absent)" if value is missing else repr(value)
 
 
 def warn_if_no_validation(validation_sets: Mapping[str, Any], config: TrainerConfig) -> None:
