@@ -200,3 +200,10 @@ def test_abandoned_iterators_stop_their_thread(mesh):
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_list_or_an_iterator_instead_of_a_dataset_is_a_clear_type_error(mesh):
+    with pytest.raises(TypeError, match="got list: wrap a list of examples in lm.data.ListDataset"):
+        DataLoader([_example(0)] * 16, 8, mesh=mesh, axis_mapping=MAPPING)
+    with pytest.raises(TypeError, match="got generator: wrap the examples in an lm.data dataset"):
+        DataLoader((_example(i) for i in range(16)), 8, mesh=mesh, axis_mapping=MAPPING)

@@ -93,6 +93,17 @@ class DataLoader(Generic[Ex]):
             raise TypeError(f"batch must be an Axis, an int or a BatchSchedule, got {batch!r}")
         if prefetch_size < 1:
             raise ValueError(f"prefetch_size must be >= 1, got {prefetch_size}")
+        if not isinstance(dataset, AsyncDataset):
+            hint = (
+                "wrap a list of examples in lm.data.ListDataset"
+                if isinstance(dataset, Sequence)
+                else "wrap the examples in an lm.data dataset (ListDataset for a list), or "
+                "pass batches you make yourself straight to Trainer.train"
+            )
+            raise TypeError(
+                f"DataLoader expects an lm.data.AsyncDataset of single examples, got "
+                f"{type(dataset).__name__}: {hint}"
+            )
         self.dataset = dataset
         self.schedule = schedule
         self.mesh = mesh
