@@ -63,3 +63,22 @@ def jsonl_corpus(tmp_path) -> pathlib.Path:
         )
     _write_jsonl(root / "val.0.jsonl", ["validation doc " + d for d in DOCS])
     return root
+
+
+@pytest.fixture
+def hub_host_unresolvable(monkeypatch) -> str:
+    """The HF hub's host does not resolve (DNS fails), proxies are unset and offline mode is
+    off; returns the host name, regex-escaped, for matching messages that name it."""
+    import re
+    import socket
+
+    import huggingface_hub.constants
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return re.escape(huggingface_hub.constants.ENDPOINT.split("://", 1)[1].split("/")[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import socket
 
 import fsspec
 import pyarrow as pa
@@ -324,7 +323,9 @@ def test_a_data_files_folder_without_a_validation_file_has_no_validation_set(
         dataclasses.replace(cfg, train_split="fit").source_for("train")
 
 
-def test_a_hub_dataset_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch):
+def test_a_hub_dataset_fails_fast_when_the_hub_host_does_not_resolve(
+    monkeypatch, hub_host_unresolvable
+):
     """datasets would retry for ~30 s; one DNS lookup says the hub is unreachable, and only
     the local HF cache is tried."""
     import datasets
@@ -336,16 +337,9 @@ def test_a_hub_dataset_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch
         )
         raise ConnectionError("Couldn't reach the Hugging Face Hub (offline mode)")
 
-    def unresolvable(host, *args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    host = re.escape(huggingface_hub.constants.ENDPOINT.split("://", 1)[1].split("/")[0])
+    host = hub_host_unresolvable
     with pytest.raises(
         ValueError,
         match=rf"^HF dataset 'someorg/no-such-dataset' is not a local directory and not in the "

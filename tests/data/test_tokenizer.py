@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 
 import pytest
 
@@ -52,23 +51,15 @@ def test_a_path_that_is_not_a_directory_is_not_looked_up_on_the_hub(
         load_tokenizer(name)
 
 
-def test_a_hub_id_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch):
+def test_a_hub_id_fails_fast_when_the_hub_host_does_not_resolve(monkeypatch, hub_host_unresolvable):
     """huggingface_hub would retry for ~45 s; one DNS lookup says the hub is unreachable."""
-    import huggingface_hub.constants
 
     def not_cached(name, local_files_only=False, **kwargs):
         assert local_files_only, "the hub must not be tried when its host does not resolve"
         raise OSError(f"{name} is not in the cache")
 
-    def unresolvable(host, *args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", not_cached)
-    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    host = re.escape(huggingface_hub.constants.ENDPOINT.split("://", 1)[1].split("/")[0])
+    host = hub_host_unresolvable
     with pytest.raises(
         ValueError,
         match=rf"^data\.tokenizer: 'someorg/no-such-tokenizer' is not a local directory and not "
