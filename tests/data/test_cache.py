@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from lm.data import build_progress
+from lm.data import build_progress, cache_arrays
 from lm.data import cache as cache_mod
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache, read_ledger
 from lm.data.sources import UrlSource
@@ -418,7 +418,7 @@ def test_a_format_1_memory_cache_is_checked_too(tmp_path):
     ledger["version"] = 1
     fs.pipe_file(f"{path}/ledger.json", json.dumps(ledger).encode())
     assert TokenCache(path).read_ranges([(0, 4)])[0].tolist() == [1, 2, 3, 4]
-    store = ts.KvStore.open(f"{path}/shards/00000/offsets/", context=cache_mod._context())
+    store = ts.KvStore.open(f"{path}/shards/00000/offsets/", context=cache_arrays.context())
     store.result().delete_range(ts.KvStore.KeyRange("c/0", "c/1")).result()
     with pytest.raises(ValueError, match=r"shards/00000 is missing chunk offsets/c/0: "):
         TokenCache(path)

@@ -17,6 +17,9 @@ cache with a different tokenizer or different sources is an error, never a silen
 or a silent rebuild. The one exception is a build that failed before finishing any shard
 (a bad line, a wrong `text_key`): nothing is lost by starting it over, so a rerun with
 other settings does (and logs that it did).
+
+The ledger's records and checks live in `lm.data.ledger`, the TensorStore arrays in
+`lm.data.cache_arrays`.
 """
 
 from __future__ import annotations
@@ -26,31 +29,43 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 import tensorstore as ts
 
 from lm.data import lease
 from lm.data.build_progress import BuildProgress, ShardCounts
+from lm.data.cache_arrays import (
+    Appender,
+    chunk_keys,
+    create_array,
+    join_url,
+    kvstore_url,
+    open_array,
+)
+from lm.data.ledger import (
+    CACHE_FORMAT_VERSION,
+    LEDGER_NAME,
+    CacheLedger,
+    ShardStats,
+    check_compatible,
+    expected_ledger,
+    is_replaceable,
+    mismatches,
+    read_ledger,
+    usable_ledger,
+    verify_source_files,
+    write_ledger,
+)
 from lm.data.sources import ShardedSource
 from lm.data.tokenizer import DocumentEncoder
 
 logger = logging.getLogger(__name__)
 
-LEDGER_NAME = "ledger.json"
-# 2: chunks carry a crc32c checksum and are all stored (even all-zero ones), so a missing or
-# damaged chunk is an error on read; 1 (still read): no checksums and all-zero chunks were not
-# stored, so opening one checks that every chunk is there (a missing one is refused).
-CACHE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
 TOKENS_CHUNK = 1 << 16
 OFFSETS_CHUNK = 1 << 14
 FLUSH_TOKENS = 1 << 20
@@ -81,216 +96,11 @@ class CacheOptions:
             raise ValueError(f"cache_options.batch_size must be positive, got {self.batch_size}")
 
 
-# ---------------------------------------------------------------------------- storage
-
-
-_CONTEXT: ts.Context | None = None
-_CONTEXT_LOCK = threading.Lock()
-
-
-def _context() -> ts.Context:
-    """One TensorStore context per process: a shared chunk cache, and `memory://` stores
-    that outlive a single open."""
-    global _CONTEXT
-    with _CONTEXT_LOCK:
-        if _CONTEXT is None:
-            _CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 256 << 20}})
-        return _CONTEXT
-
-
-def _kvstore_url(url: str) -> str:
-    if "://" not in url:
-        return "file://" + os.path.abspath(os.path.expanduser(url))
-    return url
-
-
-def _join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *parts])
-
-
-def _array_spec(url: str, dtype: str, chunk: int) -> dict:
-    return {
-        "driver": "zarr3",
-        "kvstore": _kvstore_url(url),
-        "metadata": {
-            "shape": [0],
-            "data_type": dtype,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk]}},
-            "codecs": [
-                {"name": "bytes", "configuration": {"endian": "little"}},
-                {"name": "zstd", "configuration": {"level": 1}},
-                {"name": "crc32c"},
-            ],
-        },
-        # A chunk of zeros is stored too, so a chunk that is not there is always damage.
-        "store_data_equal_to_fill_value": True,
-    }
-
-
-def _create_array(url: str, dtype: str, chunk: int) -> ts.TensorStore:
-    return ts.open(
-        _array_spec(url, dtype, chunk), create=True, delete_existing=True, context=_context()
-    ).result()
-
-
-def _open_array(url: str) -> ts.Future:
-    """Open a cache array for reading; a missing chunk is an error when read, never zeros."""
-    spec = {"driver": "zarr3", "kvstore": _kvstore_url(url), "fill_missing_data_reads": False}
-    return ts.open(spec, open=True, read=True, context=_context())
-
-
-def _chunk_keys(array: ts.TensorStore) -> list[str]:
-    """The keys of every chunk a 1-D array's shape implies, relative to its directory."""
-    encoding = array.spec().to_json()["metadata"].get("chunk_key_encoding", {})
-    separator = encoding.get("configuration", {}).get("separator", "/")
-    prefix = "" if encoding.get("name") == "v2" else f"c{separator}"
-    (chunk,) = array.chunk_layout.read_chunk.shape
-    return [f"{prefix}{i}" for i in range(-(-array.shape[0] // chunk))]
-
-
-class _Appender:
-    """Appends to a growing 1-D TensorStore array."""
-
-    def __init__(self, array: ts.TensorStore):
-        self.array = array
-        self.size = 0
-
-    def append(self, data: np.ndarray) -> None:
-        if data.size == 0:
-            return
-        end = self.size + data.size
-        self.array = self.array.resize(exclusive_max=[end], expand_only=True).result()
-        self.array[self.size : end].write(data).result()
-        self.size = end
-
-
-# ---------------------------------------------------------------------------- ledger
-
-
-@dataclasses.dataclass
-class ShardStats:
-    num_docs: int
-    num_tokens: int
-    skipped_lines: int = 0
-    source_file: dict | None = None
-    """For a shard that is one file: `{"size", "mtime", "blake2b"}` of the bytes it was built
-    from (absent in caches built before this was recorded: then only sizes are checked)."""
-
-
-@dataclasses.dataclass
-class CacheLedger:
-    tokenizer: str
-    tokenizer_fingerprint: str
-    source: str
-    source_fingerprint: str
-    shards: list[str]
-    finished: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
-    complete: bool = False
-    version: int = CACHE_FORMAT_VERSION
-
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        return json.dumps(d, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> CacheLedger:
-        d = json.loads(text)
-        d["finished"] = {k: ShardStats(**v) for k, v in d["finished"].items()}
-        return CacheLedger(**d)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.finished.values())
-
-    @property
-    def num_docs(self) -> int:
-        return sum(s.num_docs for s in self.finished.values())
-
-
-def read_ledger(cache_dir: str) -> CacheLedger | None:
-    fs, path = fsspec.core.url_to_fs(_join(cache_dir, LEDGER_NAME))
-    if not fs.exists(path):
-        return None
-    try:
-        return CacheLedger.from_json(fs.cat_file(path).decode("utf-8"))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"the cache ledger {_join(cache_dir, LEDGER_NAME)} is unreadable ({e}); "
-            "delete the cache directory to rebuild it"
-        ) from e
-
-
-def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
-    """Write the ledger atomically: a local file via rename, an object store via one put."""
-    url = _join(cache_dir, LEDGER_NAME)
-    fs, path = fsspec.core.url_to_fs(url)
-    data = ledger.to_json().encode("utf-8")
-    if "file" in fs.protocol or "local" in fs.protocol:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
-def _mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
-    """How a cache's tokenizer and sources differ from the config's, one line each."""
-    problems = []
-    if found.tokenizer_fingerprint != expected.tokenizer_fingerprint:
-        problems.append(
-            f"tokenizer: cache built with {found.tokenizer} [{found.tokenizer_fingerprint}], "
-            f"config asks for {expected.tokenizer} [{expected.tokenizer_fingerprint}]"
-        )
-    if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
-        same = (
-            " (the same files and settings: a file changed size since the cache was built)"
-            if found.source == expected.source and found.shards == expected.shards
-            else ""
-        )
-        problems.append(
-            f"sources: cache built from {found.source} [{found.source_fingerprint}, "
-            f"{len(found.shards)} shards], config asks for {expected.source} "
-            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{same}"
-        )
-    return problems
-
-
-def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
-    """Raise if a cache was built from another tokenizer or other sources."""
-    if found.version not in READABLE_FORMAT_VERSIONS:
-        raise ValueError(
-            f"the cache at {cache_dir} has format version {found.version}, this code reads "
-            f"versions {list(READABLE_FORMAT_VERSIONS)}; delete it or choose another cache_dir"
-        )
-    problems = _mismatches(found, expected)
-    if problems:
-        raise ValueError(
-            f"the tokenized cache at {cache_dir} does not match this config ("
-            + "; ".join(problems)
-            + "). Use another cache_dir, or delete this one to rebuild it."
-        )
-
-
-def _is_replaceable(found: CacheLedger | None, expected: CacheLedger) -> bool:
-    """Whether `found` is a build that failed before finishing any shard, for other settings
-    or another format: starting it over for `expected` loses nothing."""
-    return (
-        found is not None
-        and not found.complete
-        and not found.finished
-        and (found.version != expected.version or bool(_mismatches(found, expected)))
-    )
-
-
 # ---------------------------------------------------------------------------- building
 
 
 def shard_dir(cache_dir: str, index: int) -> str:
-    return _join(cache_dir, "shards", f"{index:05d}")
+    return join_url(cache_dir, "shards", f"{index:05d}")
 
 
 def build_shard(
@@ -307,8 +117,8 @@ def build_shard(
     encoder cannot take (`DocumentEncoder.document_problem`) is a bad line of its file.
     """
     base = shard_dir(cache_dir, index)
-    tokens = _Appender(_create_array(_join(base, "tokens"), "int32", TOKENS_CHUNK))
-    offsets = _Appender(_create_array(_join(base, "offsets"), "int64", OFFSETS_CHUNK))
+    tokens = Appender(create_array(join_url(base, "tokens"), "int32", TOKENS_CHUNK))
+    offsets = Appender(create_array(join_url(base, "offsets"), "int64", OFFSETS_CHUNK))
     skipped = 0
 
     def on_bad_line(message: str) -> None:
@@ -371,16 +181,6 @@ def build_shard(
     )
 
 
-def _expected_ledger(source: ShardedSource, encoder: DocumentEncoder) -> CacheLedger:
-    return CacheLedger(
-        tokenizer=encoder.describe(),
-        tokenizer_fingerprint=encoder.fingerprint(),
-        source=source.describe(),
-        source_fingerprint=source.fingerprint(),
-        shards=source.shard_names(),
-    )
-
-
 def build_or_load_cache(
     cache_dir: str,
     source: ShardedSource,
@@ -411,11 +211,11 @@ def build_or_load_cache(
         ValueError: the cache exists but was built from another tokenizer or sources (or a
             source file's contents changed since).
     """
-    expected = _expected_ledger(source, encoder)
+    expected = expected_ledger(source, encoder)
     while True:
-        ledger = _usable_ledger(cache_dir, expected)
+        ledger = usable_ledger(cache_dir, expected)
         if ledger is not None and ledger.complete:
-            _verify_source_files(cache_dir, ledger, source, write=_is_builder_process())
+            verify_source_files(cache_dir, ledger, source, write=_is_builder_process())
             return TokenCache(cache_dir, ledger)
         if not _is_builder_process():
             return _wait_for_cache(cache_dir, expected)
@@ -434,35 +234,20 @@ def build_or_load_cache(
             logger.warning("%s; waiting for it to finish the build", e)
 
 
-def _usable_ledger(cache_dir: str, expected: CacheLedger) -> CacheLedger | None:
-    """The ledger at `cache_dir` if it is one for `expected` (None: none yet, or a failed
-    build for other settings that may be started over).
-
-    Raises:
-        ValueError: a cache of another tokenizer or other sources.
-    """
-    ledger = read_ledger(cache_dir)
-    if _is_replaceable(ledger, expected):
-        return None
-    if ledger is not None:
-        check_compatible(cache_dir, ledger, expected)
-    return ledger
-
-
 def _build(cache_dir, source, encoder, options, expected, held, ray_config, progress):
     """Build (or finish) the cache while holding its lease `held`."""
     ledger = read_ledger(cache_dir)  # again: another builder may have finished meanwhile
-    if _is_replaceable(ledger, expected):
+    if is_replaceable(ledger, expected):
         logger.info(
             "The tokenized cache at %s is an unfinished build, with no finished shards, for "
             "other settings (%s); starting it over for this config",
             cache_dir,
-            "; ".join(_mismatches(ledger, expected)) or f"format version {ledger.version}",
+            "; ".join(mismatches(ledger, expected)) or f"format version {ledger.version}",
         )
         ledger = None
     if ledger is not None:
         check_compatible(cache_dir, ledger, expected)
-        _verify_source_files(cache_dir, ledger, source, write=True)
+        verify_source_files(cache_dir, ledger, source, write=True)
         if ledger.complete:
             return TokenCache(cache_dir, ledger)
         logger.info(
@@ -507,49 +292,6 @@ def _build(cache_dir, source, encoder, options, expected, held, ray_config, prog
     return TokenCache(cache_dir, ledger)
 
 
-def _verify_source_files(cache_dir: str, ledger: CacheLedger, source, *, write: bool) -> None:
-    """Check every finished shard's file against what the ledger recorded when it was built
-    (`ShardedSource.verify_shard`): a file whose modification time changed is hashed again;
-    the same bytes update the ledger (when `write`), other bytes are an error."""
-    updates = {}
-    old = 0
-    for index, name in enumerate(ledger.shards):
-        stats = ledger.finished.get(name)
-        if stats is None:
-            continue
-        if stats.source_file is None:
-            old += 1
-            continue
-        try:
-            new = source.verify_shard(index, stats.source_file)
-        except ValueError as e:
-            raise ValueError(
-                f"the tokenized cache at {cache_dir} does not match this config: {e}. Use "
-                "another cache_dir, or delete this one to rebuild it."
-            ) from e
-        if new is not None:
-            updates[name] = new
-    if old:
-        logger.debug(
-            "The cache at %s records no checksums for %d source files (built before they were "
-            "recorded); only their sizes are compared",
-            cache_dir,
-            old,
-        )
-    if updates:
-        logger.info(
-            "%d source files of the cache at %s were modified since it was built but hold the "
-            "same bytes (their checksums match)%s",
-            len(updates),
-            cache_dir,
-            "; recorded their new modification times" if write else "",
-        )
-        if write:
-            for name, stamp in updates.items():
-                ledger.finished[name].source_file = stamp
-            write_ledger(cache_dir, ledger)
-
-
 def _is_builder_process() -> bool:
     import jax
 
@@ -572,7 +314,7 @@ def _poll_intervals():
 def _finished_cache(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
     ledger = read_ledger(cache_dir)
     # An empty failed build for other settings is what the builder is about to replace.
-    if ledger is not None and not _is_replaceable(ledger, expected):
+    if ledger is not None and not is_replaceable(ledger, expected):
         check_compatible(cache_dir, ledger, expected)
         if ledger.complete:
             return TokenCache(cache_dir, ledger)
@@ -679,7 +421,7 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
             "unset and ray.auto_start_cluster is false); start Ray, set ray.address, or use "
             "cache_options.backend: local"
         )
-    cache_dir = _kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
+    cache_dir = kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
     num_workers = options.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Each task holds one Ray CPU, so its tokenizer gets one thread (tokenizers' rayon pool
     # would otherwise start one thread per core in every worker).
@@ -758,8 +500,8 @@ class TokenCache:
         # not a TensorStore NOT_FOUND in the middle of training.
         futures = [
             (
-                _open_array(_join(shard_dir(cache_dir, i), "tokens")),
-                _open_array(_join(shard_dir(cache_dir, i), "offsets")),
+                open_array(join_url(shard_dir(cache_dir, i), "tokens")),
+                open_array(join_url(shard_dir(cache_dir, i), "offsets")),
             )
             for i in range(len(ledger.shards))
         ]
@@ -804,7 +546,7 @@ class TokenCache:
             for name, array in shard.items():
                 with self._shard_errors(i):
                     present = {key.decode() for key in listing[name].result()}
-                missing += [f"{name}/{k}" for k in _chunk_keys(array) if k not in present]
+                missing += [f"{name}/{k}" for k in chunk_keys(array) if k not in present]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise ValueError(
@@ -816,7 +558,7 @@ class TokenCache:
                 )
 
     def _rebuild_advice(self, index: int) -> str:
-        ledger_url = _join(self.cache_dir, LEDGER_NAME)
+        ledger_url = join_url(self.cache_dir, LEDGER_NAME)
         return (
             f"Delete {self.cache_dir} to rebuild the cache, or rebuild just this shard: remove "
             f'{json.dumps(self.ledger.shards[index])} from "finished" in {ledger_url}, set '

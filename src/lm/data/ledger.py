@@ -1,0 +1,223 @@
+"""The ledger of a tokenized cache (`<cache>/ledger.json`): what was built from what, and how
+far it got.
+
+It lists the finished shards with their counts (and, for a shard that is one file, a stamp of
+that file's bytes), and fingerprints of the tokenizer and of the sources. Here: the records,
+reading and writing them, and the checks that a cache matches a config: the same tokenizer
+and sources, a readable format, source files unchanged since their shards were built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+import fsspec
+
+from lm.data.cache_arrays import join_url
+
+if TYPE_CHECKING:
+    from lm.data.sources import ShardedSource
+    from lm.data.tokenizer import DocumentEncoder
+
+# The ledger's messages are about the cache: they go to the cache's logger, the one a run's
+# logging config (and the tests) look at for cache builds.
+logger = logging.getLogger("lm.data.cache")
+
+LEDGER_NAME = "ledger.json"
+# 2: chunks carry a crc32c checksum and are all stored (even all-zero ones), so a missing or
+# damaged chunk is an error on read; 1 (still read): no checksums and all-zero chunks were not
+# stored, so opening one checks that every chunk is there (a missing one is refused).
+CACHE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+
+
+@dataclasses.dataclass
+class ShardStats:
+    num_docs: int
+    num_tokens: int
+    skipped_lines: int = 0
+    source_file: dict | None = None
+    """For a shard that is one file: `{"size", "mtime", "blake2b"}` of the bytes it was built
+    from (absent in caches built before this was recorded: then only sizes are checked)."""
+
+
+@dataclasses.dataclass
+class CacheLedger:
+    tokenizer: str
+    tokenizer_fingerprint: str
+    source: str
+    source_fingerprint: str
+    shards: list[str]
+    finished: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
+    complete: bool = False
+    version: int = CACHE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        return json.dumps(d, indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> CacheLedger:
+        d = json.loads(text)
+        d["finished"] = {k: ShardStats(**v) for k, v in d["finished"].items()}
+        return CacheLedger(**d)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.finished.values())
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.num_docs for s in self.finished.values())
+
+
+def read_ledger(cache_dir: str) -> CacheLedger | None:
+    fs, path = fsspec.core.url_to_fs(join_url(cache_dir, LEDGER_NAME))
+    if not fs.exists(path):
+        return None
+    try:
+        return CacheLedger.from_json(fs.cat_file(path).decode("utf-8"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"the cache ledger {join_url(cache_dir, LEDGER_NAME)} is unreadable ({e}); "
+            "delete the cache directory to rebuild it"
+        ) from e
+
+
+def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
+    """Write the ledger atomically: a local file via rename, an object store via one put."""
+    url = join_url(cache_dir, LEDGER_NAME)
+    fs, path = fsspec.core.url_to_fs(url)
+    data = ledger.to_json().encode("utf-8")
+    if "file" in fs.protocol or "local" in fs.protocol:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
+    """How a cache's tokenizer and sources differ from the config's, one line each."""
+    problems = []
+    if found.tokenizer_fingerprint != expected.tokenizer_fingerprint:
+        problems.append(
+            f"tokenizer: cache built with {found.tokenizer} [{found.tokenizer_fingerprint}], "
+            f"config asks for {expected.tokenizer} [{expected.tokenizer_fingerprint}]"
+        )
+    if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
+        same = (
+            " (the same files and settings: a file changed size since the cache was built)"
+            if found.source == expected.source and found.shards == expected.shards
+            else ""
+        )
+        problems.append(
+            f"sources: cache built from {found.source} [{found.source_fingerprint}, "
+            f"{len(found.shards)} shards], config asks for {expected.source} "
+            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{same}"
+        )
+    return problems
+
+
+def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
+    """Raise if a cache was built from another tokenizer or other sources."""
+    if found.version not in READABLE_FORMAT_VERSIONS:
+        raise ValueError(
+            f"the cache at {cache_dir} has format version {found.version}, this code reads "
+            f"versions {list(READABLE_FORMAT_VERSIONS)}; delete it or choose another cache_dir"
+        )
+    problems = mismatches(found, expected)
+    if problems:
+        raise ValueError(
+            f"the tokenized cache at {cache_dir} does not match this config ("
+            + "; ".join(problems)
+            + "). Use another cache_dir, or delete this one to rebuild it."
+        )
+
+
+def is_replaceable(found: CacheLedger | None, expected: CacheLedger) -> bool:
+    """Whether `found` is a build that failed before finishing any shard, for other settings
+    or another format: starting it over for `expected` loses nothing."""
+    return (
+        found is not None
+        and not found.complete
+        and not found.finished
+        and (found.version != expected.version or bool(mismatches(found, expected)))
+    )
+
+
+def expected_ledger(source: ShardedSource, encoder: DocumentEncoder) -> CacheLedger:
+    return CacheLedger(
+        tokenizer=encoder.describe(),
+        tokenizer_fingerprint=encoder.fingerprint(),
+        source=source.describe(),
+        source_fingerprint=source.fingerprint(),
+        shards=source.shard_names(),
+    )
+
+
+def usable_ledger(cache_dir: str, expected: CacheLedger) -> CacheLedger | None:
+    """The ledger at `cache_dir` if it is one for `expected` (None: none yet, or a failed
+    build for other settings that may be started over).
+
+    Raises:
+        ValueError: a cache of another tokenizer or other sources.
+    """
+    ledger = read_ledger(cache_dir)
+    if is_replaceable(ledger, expected):
+        return None
+    if ledger is not None:
+        check_compatible(cache_dir, ledger, expected)
+    return ledger
+
+
+def verify_source_files(cache_dir: str, ledger: CacheLedger, source, *, write: bool) -> None:
+    """Check every finished shard's file against what the ledger recorded when it was built
+    (`ShardedSource.verify_shard`): a file whose modification time changed is hashed again;
+    the same bytes update the ledger (when `write`), other bytes are an error."""
+    updates = {}
+    old = 0
+    for index, name in enumerate(ledger.shards):
+        stats = ledger.finished.get(name)
+        if stats is None:
+            continue
+        if stats.source_file is None:
+            old += 1
+            continue
+        try:
+            new = source.verify_shard(index, stats.source_file)
+        except ValueError as e:
+            raise ValueError(
+                f"the tokenized cache at {cache_dir} does not match this config: {e}. Use "
+                "another cache_dir, or delete this one to rebuild it."
+            ) from e
+        if new is not None:
+            updates[name] = new
+    if old:
+        logger.debug(
+            "The cache at %s records no checksums for %d source files (built before they were "
+            "recorded); only their sizes are compared",
+            cache_dir,
+            old,
+        )
+    if updates:
+        logger.info(
+            "%d source files of the cache at %s were modified since it was built but hold the "
+            "same bytes (their checksums match)%s",
+            len(updates),
+            cache_dir,
+            "; recorded their new modification times" if write else "",
+        )
+        if write:
+            for name, stamp in updates.items():
+                ledger.finished[name].source_file = stamp
+            write_ledger(cache_dir, ledger)
