@@ -231,6 +231,11 @@ def test_the_summary_names_each_validation_sets_eval_loss(tmp_path, capsys):
         summary.finish(info, types.SimpleNamespace(_eval_hooks=hooks))
         summary.print()
         assert expected in capsys.readouterr().out
+    # the run dir line lists what is there (a noop or W&B-only run writes no metrics.jsonl)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("{}")
+    summary.print()
+    assert f"  run dir:    {tmp_path / 'r'}/ (config.yaml)\n" in capsys.readouterr().out
 
 
 def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, capsys):
@@ -303,7 +308,15 @@ def test_a_resume_with_a_changed_config_keeps_the_old_one_and_names_the_changes(
         "Resuming at step 60 with a changed configuration: trainer.num_train_steps: 100 -> 200; "
         "trainer.seed: 0 -> 3 (the previous config is kept as "
     )
-    assert "set optimizer.schedule_steps to the old length" in message
+    assert message.endswith(
+        "The learning-rate schedule follows trainer.num_train_steps, so it is recomputed over "
+        "200 steps instead of 100 and the LR changes from this step on"
+    )
+    # a shorter run can keep the old schedule (schedule_steps may exceed num_train_steps)
+    save_run_config(parse("--trainer.num_train_steps", "80"), run_dir, 70)
+    assert caplog.records[-1].getMessage().endswith(
+        "set optimizer.schedule_steps: 200 to stop early on the old schedule"
+    )
 
 
 def test_a_run_without_validation_data_says_it_will_not_evaluate(caplog):

@@ -384,7 +384,7 @@ class HfExportHook:
 def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | None) -> None:
     """Write the resolved config to `<run_dir>/config.yaml`. A resumed run whose config differs
     from the one there keeps that one as `config.before-step-<N>.yaml` and warns, naming every
-    changed field (a longer `num_train_steps` also stretches the LR schedule). Process 0
+    changed field (and what another `num_train_steps` does to the LR schedule). Process 0
     writes it, as it writes the run's metrics."""
     if jax.process_index() != 0:
         return
@@ -398,23 +398,30 @@ def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | No
             os.replace(path, kept)
             message = (
                 f"Resuming at step {restored_step} with a changed configuration: "
-                + "; ".join(f"{key}: {change}" for key, change in changes.items())
+                + "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
                 + f" (the previous config is kept as {kept})"
             )
-            if "trainer.num_train_steps" in changes and (
-                getattr(config.optimizer, "schedule_steps", None) is None
-            ):
-                message += (
-                    ". The learning-rate schedule follows trainer.num_train_steps, so it is "
-                    "recomputed over the new length and the LR jumps at this step; set "
-                    "optimizer.schedule_steps to the old length to keep the old schedule"
-                )
+            steps = changes.get("trainer.num_train_steps")
+            if steps is not None and getattr(config.optimizer, "schedule_steps", None) is None:
+                message += _schedule_note(*steps)
             logger.warning("%s", message)
     lm.config.save_config(config, path)
 
 
-def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, str]:
-    """`{field: "old -> new"}` for every leaf that differs between two resolved configs."""
+def _schedule_note(old_steps: Any, new_steps: Any) -> str:
+    """What another num_train_steps does to an LR schedule that follows it."""
+    note = (
+        ". The learning-rate schedule follows trainer.num_train_steps, so it is recomputed "
+        f"over {new_steps} steps instead of {old_steps} and the LR changes from this step on"
+    )
+    if isinstance(old_steps, int) and isinstance(new_steps, int) and new_steps < old_steps:
+        note += f"; set optimizer.schedule_steps: {old_steps} to stop early on the old schedule"
+    return note
+
+
+def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, tuple[Any, Any]]:
+    """`{field: (old, new)}` for every leaf that differs between two resolved configs (a
+    field only one of them has is `(absent)` in the other)."""
     import yaml
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -428,18 +435,19 @@ def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, str]:
     try:
         old = flat(yaml.safe_load(previous_yaml) or {})
     except yaml.YAMLError:
-        return {"config.yaml": "(the previous one could not be read) -> this run's"}
+        return {"config.yaml": ("(unreadable)", "(this run's)")}
     new = flat(yaml.safe_load(current_yaml) or {})
-    missing = object()
+    absent = _Absent()
     return {
-        key: f"{_shown(old.get(key, missing), missing)} -> {_shown(new.get(key, missing), missing)}"
+        key: (old.get(key, absent), new.get(key, absent))
         for key in sorted(old.keys() | new.keys())
-        if old.get(key, missing) != new.get(key, missing)
+        if old.get(key, absent) != new.get(key, absent)
     }
 
 
-def _shown(value: Any, missing: object) -> str:
-    return "(absent)" if value is missing else repr(value)
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
 
 
 def warn_if_no_validation(validation_sets: Mapping[str, Any], config: TrainerConfig) -> None:
@@ -520,7 +528,16 @@ class RunSummary:
         elif self.eval_losses:
             per_set = ", ".join(f"{name} {loss:.4f}" for name, loss in self.eval_losses.items())
             lines.append(f"  eval loss:  {per_set}")
-        lines.append(f"  run dir:    {run_dir}/ (config.yaml, metrics, plots)")
+        written = [
+            label
+            for name, label in [
+                ("config.yaml", "config.yaml"),
+                ("metrics.jsonl", "metrics"),
+                ("curves.png", "plots"),
+            ]
+            if os.path.exists(os.path.join(run_dir, name))
+        ]
+        lines.append(f"  run dir:    {run_dir}/ ({', '.join(written) or 'empty'})")
         lines.append(
             f"  log file:   {os.path.join(str(self.config.log_dir), self.config.run_id)}.log"
         )
