@@ -455,3 +455,14 @@ def test_yaml_decodes_unions():
     assert sorted(LrSchedule.get_known_choices()) == [
         "constant", "cosine", "inv", "inv_sqrt", "linear", "power",
     ]  # fmt: skip
+
+
+def test_the_yaml_mapping_form_works_from_python():
+    from lm.config import ConfigError
+    from lm.optim import AdamConfig
+    from lm.optim.schedules import CosineLrSchedule
+
+    config = AdamConfig(lr_schedule={"type": "cosine", "exponent": 2.0})
+    assert config.lr_schedule == CosineLrSchedule(exponent=2.0)
+    with pytest.raises(ConfigError, match=r"lr_schedule.type: unknown LrSchedule type 'cosin'"):
+        AdamConfig(lr_schedule={"type": "cosin"})

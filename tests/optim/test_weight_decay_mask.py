@@ -106,16 +106,21 @@ def test_decayed_paths_are_logged_as_hyperparameters(gpt2_like):
     class Recorder(NoopTracker):
         def __init__(self):
             self.hparams = {}
+            self.calls = 0
 
         def log_hyperparameters(self, hparams):
             self.hparams.update(hparams)
+            self.calls += 1
 
     config = AdamConfig()
     assert config.decayed_parameter_paths(gpt2_like) == sorted(DECAYED - EMBEDDINGS)
     recorder = Recorder()
+    optimizer = config.build(10)
     with recorder:
-        config.build(10).init(gpt2_like)
+        optimizer.init(gpt2_like)
+        optimizer.init(gpt2_like)  # the trainer inits for the abstract state, then for real
     assert recorder.hparams["decayed_weights"] == sorted(DECAYED - EMBEDDINGS)
+    assert recorder.calls == 1
     assert AdamConfig(weight_decay=0.0).decayed_parameter_paths(gpt2_like) == []
     # without an active tracker, init still works (the list goes to the Python log)
     assert lm.tracker.base._stack() == []

@@ -12,7 +12,7 @@ import abc
 import logging
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,11 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
                 "optimizer.haps is deprecated: use cycles with a list of steps instead.",
                 DeprecationWarning,
                 stacklevel=3,
+            )
+        if isinstance(self.lr_schedule, Mapping):
+            # the YAML form given from Python, kept as the schedule object it decodes to
+            object.__setattr__(
+                self, "lr_schedule", resolve_lr_schedule(self.lr_schedule, "lr_schedule")
             )
         raise_problems(self._field_problems())
 
@@ -324,20 +329,28 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
 
         tx = optax.inject_hyperparams(factory)(learning_rate=self.lr_scheduler(num_train_steps))
 
+        logged_to_tracker = False
+
         def init_fn(params):
-            self._log_decayed_weights(params)
+            # the trainer inits more than once (the abstract state, then the real one): the
+            # list goes to the tracker once
+            nonlocal logged_to_tracker
+            if not logged_to_tracker:
+                logged_to_tracker = self._log_decayed_weights(params)
             return tx.init(params)
 
         return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
-    def _log_decayed_weights(self, params: Any) -> None:
+    def _log_decayed_weights(self, params: Any) -> bool:
+        """Log the decayed parameters' paths; returns whether a tracker took them."""
         paths = self.decayed_parameter_paths(params)
         try:
             lm.tracker.current_tracker()
         except RuntimeError:
             logger.info("Weight decay applies to %d parameters: %s", len(paths), paths)
-            return
+            return False
         lm.tracker.log_hyperparameters({"decayed_weights": paths})
+        return True
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array | None:

@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -198,6 +198,11 @@ def resolve_lr_schedule(
     Raises a `FieldError` for `field`."""
     if isinstance(value, LrSchedule):
         return value
+    if isinstance(value, Mapping) and "type" in value:
+        # the YAML form, from Python (`lr_schedule={"type": "cosine", "exponent": 2.0}`)
+        from lm.config import decode
+
+        return decode(LrSchedule, dict(value), path=field)
     if not isinstance(value, str):
         raise invalid(
             field,
