@@ -176,3 +176,30 @@ def test_load_or_initialize_onto_a_mesh(tmp_path, fsdp_checkpoint):
     # The loaded last layer (out, mlp2): neither axis mapped, so replicated.
     assert loaded.layers[-1].weight.array.sharding == NamedSharding(mesh, P(None, None))
     assert loaded.layers[1].weight.array.sharding == NamedSharding(mesh, P(None, "model"))
+
+
+def test_a_model_loaded_from_a_training_state_checkpoint_is_pointed_at_subpath(tmp_path):
+    """A train run's checkpoint holds the model under `model/`: loading a bare model from it
+    suggests `subpath="model"` (not `allow_partial=True`, which used to load nothing)."""
+    from ckpt_helpers import save_state
+
+    state = make_state(jax.random.PRNGKey(0), num_steps=1)
+    save_state(state, tmp_path / "step-1", step=1)
+    exemplar = make_mlp(jax.random.PRNGKey(5))
+    for allow_partial in (False, True):
+        with pytest.raises(ValueError, match=r"holds none of the \d+ leaves.*pass subpath='model'"):
+            load_checkpoint(exemplar, str(tmp_path), allow_partial=allow_partial)
+    loaded = load_checkpoint(exemplar, str(tmp_path), subpath="model")
+    assert_trees_equal(loaded, state.model)
+
+
+def test_a_checkpoint_holding_none_of_the_leaves_is_an_error_even_when_partial(tmp_path):
+    save({"a": jnp.zeros(3), "b": jnp.ones(2)}, tmp_path / "step-0")
+    with pytest.raises(ValueError, match=r"holds none of the 1 leaves.*it holds e.g. \['a', 'b'\]"):
+        load_checkpoint({"c": jnp.zeros(3)}, str(tmp_path), allow_partial=True)
+    # some leaves present: allow_partial keeps the target's values for the rest
+    loaded = load_checkpoint(
+        {"a": jnp.ones(3), "c": jnp.ones(1)}, str(tmp_path), allow_partial=True
+    )
+    np.testing.assert_array_equal(loaded["a"], np.zeros(3))
+    np.testing.assert_array_equal(loaded["c"], np.ones(1))

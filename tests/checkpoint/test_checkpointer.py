@@ -320,13 +320,29 @@ def test_config_defaults_and_create(tmp_path):
         (dict(keep=[{"every": 5}, {"every": 10, "until": 50}]), r"^keep\[0\]: \{every: 5\}"),
         (dict(keep=[{"every": 5, "untl": 50}]), r"^keep\[0\]: .*did you mean 'until'"),
         (dict(save_interval=datetime.timedelta(0)), r"^save_interval: got 0s, expected a positive"),
-        (dict(save_interval="15m"), r"^save_interval: got '15m', expected a duration"),
+        (dict(save_interval="15 fortnights"), r"^save_interval: invalid duration '15 fort"),
+        (dict(save_interval=[15]), r"^save_interval: got \[15\], expected a datetime.timedelta"),
         (dict(max_permanent_checkpoints=0), r"^max_permanent_checkpoints: got 0, expected a pos"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CheckpointerConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("15m", datetime.timedelta(minutes=15)),
+        ("1h30m", datetime.timedelta(minutes=90)),
+        (90, datetime.timedelta(seconds=90)),
+        (datetime.timedelta(hours=2), datetime.timedelta(hours=2)),
+    ],
+)
+def test_save_interval_takes_the_yaml_forms_from_python(given, expected):
+    """`CheckpointerConfig(save_interval="15m")` means what `save_interval: 15m` does in a YAML
+    (it used to be refused with "got '15m', expected a duration such as 15m")."""
+    assert CheckpointerConfig(save_interval=given).save_interval == expected
 
 
 def test_every_checkpointer_problem_is_reported_at_its_own_field():

@@ -314,8 +314,10 @@ def test_a_resume_with_a_changed_config_keeps_the_old_one_and_names_the_changes(
     )
     # a shorter run can keep the old schedule (schedule_steps may exceed num_train_steps)
     save_run_config(parse("--trainer.num_train_steps", "80"), run_dir, 70)
-    assert caplog.records[-1].getMessage().endswith(
-        "set optimizer.schedule_steps: 200 to stop early on the old schedule"
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .endswith("set optimizer.schedule_steps: 200 to stop early on the old schedule")
     )
 
 

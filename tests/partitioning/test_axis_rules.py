@@ -221,3 +221,37 @@ def test_an_activation_axis_on_the_batch_mesh_axis_fails_inside_jax():
     with hax.set_mesh(Mesh(devices, ("replica", "data", "model"))):
         with pytest.raises(Exception, match="duplicate entries"):
             hax.named_jit(lambda: hax.zeros((Batch, Pos)), out_axis_resources=compute)()
+
+
+def _params():
+    import haliax as hax
+    import jax
+
+    Embed, Hidden = hax.Axis("hidden", 8), hax.Axis("point", 2)
+    return {"w": jax.ShapeDtypeStruct((8, 2), "float32"), "named": hax.zeros((Embed, Hidden))}
+
+
+def test_mapped_axes_no_parameter_has_are_reported_with_a_did_you_mean():
+    """The default fsdp_axis `embed`, or a typo, on a model without that axis would shard
+    nothing; only sharding fields for parameters alone make it an error."""
+    from lm.partitioning import check_mapped_axes_exist
+
+    warnings = check_mapped_axes_exist(
+        _params(),
+        fsdp_axis="embed",
+        tensor_parallel_axes=["hidden"],
+        axis_resources={"hiddn": "model", "vocab": "model", "batch": ("replica", "data")},
+    )
+    assert len(warnings) == 3
+    assert warnings[0].startswith(
+        "trainer.fsdp_axis: 'embed' names no axis of the model's parameters (they have: "
+        "hidden, point), so it shards no parameter"
+    )
+    assert "trainer.axis_resources: 'hiddn' names no axis" in warnings[1]
+    assert "did you mean 'hidden'?" in warnings[1]
+    assert "'vocab'" in warnings[2] and "did you mean" not in warnings[2]
+    assert check_mapped_axes_exist(_params(), fsdp_axis=["hidden", "point"]) == []
+    with pytest.raises(ValueError, match=r"parameter_axis_resources: 'pont'.*did you mean 'point'"):
+        check_mapped_axes_exist(_params(), parameter_axis_resources={"pont": "data"})
+    # a model of plain arrays has no logical axes to check
+    assert check_mapped_axes_exist({"w": np.zeros(3)}, fsdp_axis="embed") == []

@@ -229,3 +229,47 @@ def test_a_compute_axis_on_the_batch_mesh_axes_is_a_config_error_at_its_entry():
     assert location == "--axis_resources {position: data}"
     # parameter-only sharding and the model axis stay allowed
     TrainerConfig(axis_resources={"mlp": "model"}, parameter_axis_resources={"position": "data"})
+
+
+# ---------------------------------------------------------------- built from Python
+
+
+def test_the_yaml_forms_work_from_python():
+    """`TrainerConfig(...)` in a script takes what a run YAML says: a policy string, dicts
+    for nested configs (decoded as the YAML section), duration strings."""
+    import datetime
+
+    import jmp
+
+    from lm.checkpoint import CheckpointerConfig
+    from lm.tracker import JsonLoggerConfig
+
+    config = TrainerConfig(
+        mp="p=f32,c=bfloat16",
+        checkpointer={"base_path": "ckpts", "save_interval": "10m", "keep": [{"every": 50}]},
+        tracker={"type": "json"},
+        watch={"interval": 0},
+    )
+    assert config.mp == jmp.get_policy("p=f32,c=bfloat16")
+    assert config.checkpointer == CheckpointerConfig(
+        base_path="ckpts", save_interval=datetime.timedelta(minutes=10), keep=[{"every": 50}]
+    )
+    assert config.tracker == JsonLoggerConfig()
+    assert config.watch.interval == 0
+    listed = TrainerConfig(tracker=[{"type": "json"}, NoopConfig()])
+    assert listed.tracker == (JsonLoggerConfig(), NoopConfig())
+
+
+def test_wrong_python_forms_name_the_field_and_the_type():
+    with pytest.raises(ValueError, match=r"^mp: got 'p=f32,c=bf15'"):
+        TrainerConfig(mp="p=f32,c=bf15")
+    with pytest.raises(TypeError, match=r"trainer.mp: got 3, expected a jmp.Policy or a policy"):
+        TrainerConfig(mp=3)
+    with pytest.raises(
+        TypeError, match=r"trainer.checkpointer: got 'ckpts' \(str\), expected a Ch"
+    ):
+        TrainerConfig(checkpointer="ckpts")
+    with pytest.raises(ConfigError, match=r"checkpointer.base_pat: unknown field.*base_path"):
+        TrainerConfig(checkpointer={"base_pat": "ckpts"})
+    with pytest.raises(TypeError, match=r"trainer.tracker: got 'json'.*TrackerConfig or a list"):
+        TrainerConfig(tracker=["json"])

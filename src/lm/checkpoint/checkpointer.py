@@ -32,7 +32,7 @@ from lm.checkpoint.storage import (
     read_status,
     write_json,
 )
-from lm.config.codecs import format_duration
+from lm.config.codecs import format_duration, parse_duration
 from lm.config.errors import FieldError, field_problem, invalid, raise_problems
 from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol
 from lm.trainer.state import StepInfo, TrainerState, saveable_state
@@ -354,8 +354,22 @@ class CheckpointerConfig:
             raise FieldError(field, message) from None
 
     def _check_save_interval(self) -> None:
+        value = self.save_interval
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            # the YAML form, from Python: "15m", "1h30m" or a number of seconds
+            try:
+                object.__setattr__(self, "save_interval", parse_duration(value))
+            except ValueError as e:
+                raise FieldError(
+                    "save_interval",
+                    f"{e}; a datetime.timedelta works too",
+                ) from None
         if not isinstance(self.save_interval, datetime.timedelta):
-            raise invalid("save_interval", self.save_interval, "a duration such as 15m")
+            raise invalid(
+                "save_interval",
+                self.save_interval,
+                "a datetime.timedelta, or a duration string such as '15m' or '1h30m'",
+            )
         if self.save_interval <= datetime.timedelta(0):
             raise FieldError(
                 "save_interval",

@@ -176,6 +176,7 @@ def _load_one(
     reads: list[tuple[int, _Read]] = []
     missing: list[str] = []
     unsaved: list[str] = []
+    num_wanted = 0  # the leaves to load (not None)
     try:
         for name, leaf in leaves:
             full = prefix + name if name != "root" or not prefix else prefix.rstrip("/")
@@ -183,6 +184,7 @@ def _load_one(
             if leaf is None or (isinstance(leaf, hax.NamedArray) and leaf.array is None):
                 out.append(leaf)
                 continue
+            num_wanted += 1
             if record is None:
                 missing.append(full)
                 out.append(leaf)
@@ -227,20 +229,41 @@ def _load_one(
         ) from None
 
     if missing:
+        relative = [n[len(prefix) :] for n in missing]
+        subtree = _subpath_holding(relative, records)
+        where = (
+            f"; the checkpoint holds them under {subtree + '/'!r}: pass subpath={subtree!r} "
+            "to load that part of it"
+            if subtree is not None
+            else ""
+        )
+        if len(missing) == num_wanted:
+            # allow_partial would keep the target's values for every leaf: nothing loaded
+            if not where:
+                available = sorted(n for n in records if records[n].get("kind") == "array")
+                where = f"; it holds e.g. {available[:5]}"
+            raise ValueError(
+                f"checkpoint {path} holds none of the {len(missing)} leaves the target needs "
+                f"(e.g. {missing[:5]}){where}. Nothing would be loaded, so allow_partial does "
+                "not apply: load it into a target with the checkpoint's structure"
+            )
         if not allow_partial:
-            available = sorted(n[len(prefix) :] for n in records if n.startswith(prefix))
-            hint = difflib.get_close_matches(missing[0][len(prefix) :], available, n=1)
-            did_you_mean = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
+            did_you_mean = ""
+            if not where:
+                available = sorted(n[len(prefix) :] for n in records if n.startswith(prefix))
+                hint = difflib.get_close_matches(relative[0], available, n=1)
+                did_you_mean = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
             raise ValueError(
                 f"checkpoint {path} lacks {len(missing)} leaves the target needs, e.g. "
-                f"{missing[:5]}{did_you_mean} Pass allow_partial=True to take missing "
-                f"leaves from the target instead"
+                f"{missing[:5]}{where or did_you_mean}. To keep the target's own values for "
+                "the missing leaves instead (a partial load), pass allow_partial=True"
             )
         logger.warning(
-            "Checkpoint %s lacks %d leaves; they keep their initial values: %s",
+            "Checkpoint %s lacks %d leaves; they keep their initial values: %s%s",
             path,
             len(missing),
             missing[:10],
+            where,
         )
     if unsaved:
         logger.info("%d leaves were saved as None and keep the target's values", len(unsaved))
@@ -294,6 +317,20 @@ def _load_one(
             raise _ts_error(r.name, path, e) from e
         out[i] = _assemble(r, host)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _subpath_holding(names: Sequence[str], records: dict[str, Any]) -> str | None:
+    """The shortest subtree path `p` of the checkpoint with `p/<name>` saved for every
+    name in `names` (a model's leaves inside a training state: "model"), or None."""
+    common: set[str] | None = None
+    for name in names:
+        if name == "root":
+            return None
+        under = {r[: -len(name) - 1] for r in records if r.endswith("/" + name)}
+        common = under if common is None else common & under
+        if not common:
+            return None
+    return min(common, key=lambda p: (p.count("/"), p)) if common else None
 
 
 def _assemble(r: _Read, host: dict[tuple, np.ndarray]) -> Any:

@@ -6,8 +6,10 @@ from lm.partitioning.axis_rules import (
     batch_axis_clash,
     check_distinct_mesh_axes,
     check_divisible,
+    check_mapped_axes_exist,
     compute_axis_mapping,
     parameter_axis_mapping,
+    parameter_axis_names,
     validate_mapping,
 )
 from lm.partitioning.mesh import (
@@ -32,10 +34,12 @@ __all__ = [
     "batch_axis_clash",
     "check_distinct_mesh_axes",
     "check_divisible",
+    "check_mapped_axes_exist",
     "compute_axis_mapping",
     "count_slices",
     "create_mesh",
     "parameter_axis_mapping",
+    "parameter_axis_names",
     "resolve_mesh_shape",
     "validate_mapping",
 ]

@@ -10,6 +10,7 @@ both mappings and `parameter_axis_resources` overrides it for parameters. Deriva
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -208,3 +209,79 @@ def _path_name(path) -> str:
     import jax
 
     return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+def parameter_axis_names(tree: Any) -> set[str]:
+    """The names of the axes of every NamedArray in `tree` (concrete or abstract)."""
+    import haliax as hax
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=hax.is_named_array)
+    return {axis.name for leaf in leaves if hax.is_named_array(leaf) for axis in leaf.axes}
+
+
+def check_mapped_axes_exist(
+    tree: Any,
+    *,
+    batch_axis: str = "batch",
+    fsdp_axis: str | Sequence[str] | None = None,
+    tensor_parallel_axes: Sequence[str] | None = None,
+    axis_resources: Mapping[str, Any] | None = None,
+    parameter_axis_resources: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The logical axes the trainer's sharding fields name that no parameter in `tree` has:
+    they shard nothing, so a typo (or the default `fsdp_axis: embed` on a model without an
+    `embed` axis) would leave every parameter replicated in silence.
+
+    Returns a warning per axis named by `fsdp_axis` (parameters only), `tensor_parallel_axes`
+    or `axis_resources` (these also map activations, which may have axes no parameter has:
+    sequence parallelism over `position`). A `parameter_axis_resources` entry maps
+    parameters only, so an axis no parameter has is an error. A tree without NamedArrays
+    (a model of plain arrays, which no logical axis shards) is not checked.
+
+    Raises:
+        ValueError: a `parameter_axis_resources` axis that no parameter has.
+    """
+    present = parameter_axis_names(tree)
+    if not present:
+        return []
+    listed = ", ".join(sorted(present))
+
+    def unknown(axis: str) -> str | None:
+        if axis in present or axis == batch_axis:
+            return None
+        close = difflib.get_close_matches(axis, sorted(present), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{axis!r} names no axis of the model's parameters (they have: {listed}){hint}"
+
+    errors = [
+        f"trainer.parameter_axis_resources: {why}"
+        for axis in (parameter_axis_resources or {})
+        if (why := unknown(axis)) is not None
+    ]
+    if errors:
+        raise ValueError(
+            "; ".join(errors)
+            + ". (parameter_axis_resources maps parameter axes only: use the model's axis names)"
+        )
+    warnings = []
+    fsdp = [fsdp_axis] if isinstance(fsdp_axis, str) else list(fsdp_axis or [])
+    for axis in fsdp:
+        if (why := unknown(axis)) is not None:
+            warnings.append(
+                f"trainer.fsdp_axis: {why}, so it shards no parameter and no optimizer state "
+                "(they are replicated on every data-parallel device). Set fsdp_axis to an axis "
+                "of the model (a large one every big parameter has), or null to turn FSDP off"
+            )
+    for field, axes in (
+        ("tensor_parallel_axes", list(tensor_parallel_axes or [])),
+        ("axis_resources", list(axis_resources or {})),
+    ):
+        for axis in axes:
+            if (why := unknown(axis)) is not None:
+                warnings.append(
+                    f"trainer.{field}: {why}, so it shards no parameter, only activations that "
+                    "have it (if any: e.g. sequence parallelism over 'position'). If you meant a "
+                    "parameter axis, fix the name"
+                )
+    return warnings

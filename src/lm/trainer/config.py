@@ -22,6 +22,7 @@ import os
 import platform
 import secrets
 import string
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,7 @@ class TrainerConfig:
     """Shut the (TPU) VM down after the run: True = after 300 s, a number = after that many s."""
 
     def __post_init__(self):
+        self._convert_python_forms()
         if self.wandb is not None:
             object.__setattr__(
                 self, "tracker", move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
@@ -234,6 +236,51 @@ class TrainerConfig:
             raise FieldError("shutdown_at_exit", message) from None
         if self.profiler and self.profiler_num_steps <= 0:
             raise invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
+
+    def _convert_python_forms(self) -> None:
+        """Accept from Python what a run YAML would say: `mp="p=f32,c=bfloat16"`, and a
+        dict (or, for `tracker`, a list of dicts) for a nested config, decoded as the YAML
+        section would be (`checkpointer={"base_path": ..., "save_interval": "15m"}`,
+        `tracker={"type": "json"}`). Anything else of the wrong type is a TypeError naming
+        the field and the type it takes."""
+        from lm.config import decode, parse_policy
+
+        if isinstance(self.mp, str):
+            try:
+                object.__setattr__(self, "mp", parse_policy(self.mp))
+            except ValueError as e:
+                raise invalid("mp", self.mp, f"a jmp policy string ({e})") from None
+        elif not isinstance(self.mp, jmp.Policy):
+            raise TypeError(
+                f"trainer.mp: got {self.mp!r}, expected a jmp.Policy or a policy string such as "
+                "'p=f32,c=bfloat16'"
+            )
+        hints = _field_types()
+        for name, cls in _NESTED_CONFIGS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = decode(hints[name], value, path=name)
+                object.__setattr__(self, name, value)
+            elif name == "tracker" and isinstance(value, list | tuple):
+                value = tuple(
+                    decode(cls, v, path=f"{name}[{i}]") if isinstance(v, Mapping) else v
+                    for i, v in enumerate(value)
+                )
+            if value is None and name in _OPTIONAL_CONFIGS:
+                continue
+            if name == "tracker" and isinstance(value, list | tuple):
+                object.__setattr__(self, name, tuple(value))
+                wrong = [v for v in value if not isinstance(v, cls)]
+                if not wrong:
+                    continue
+                value = wrong[0]
+            if not isinstance(value, cls):
+                optional = " (or None)" if name in _OPTIONAL_CONFIGS else ""
+                listed = " or a list of them" if name == "tracker" else ""
+                raise TypeError(
+                    f"trainer.{name}: got {value!r} ({type(value).__name__}), expected a "
+                    f"{cls.__name__}{listed}{optional}, or a dict of its fields as in a run YAML"
+                )
 
     # ---------------------------------------------------------------- axis mappings
 
@@ -484,6 +531,25 @@ class TrainerConfig:
             jax.devices()[0].device_kind,
             dict(self.device_mesh.shape),
         )
+
+
+# the fields holding a nested config, and the class each takes
+_NESTED_CONFIGS: dict[str, type] = {
+    "quantization": QuantizationConfig,
+    "model_averaging": ModelAveragingConfig,
+    "wandb": WandbConfig,
+    "tracker": TrackerConfig,
+    "watch": WatchConfig,
+    "checkpointer": CheckpointerConfig,
+    "distributed": DistributedConfig,
+    "ray": RayConfig,
+}
+_OPTIONAL_CONFIGS = {"quantization", "model_averaging", "wandb"}
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainerConfig)
 
 
 class NoAcceleratorError(RuntimeError):

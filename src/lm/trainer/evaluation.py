@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import lm.tracker
 from lm.compile_options import xla_compiler_options
 from lm.partitioning.jit import sharded_jit
+from lm.trainer.checks import as_scalar
 from lm.trainer.hooks import Callback
 from lm.trainer.state import StepInfo
 
@@ -31,12 +32,28 @@ class EvalHook(Callback):
     redo_after_resume = True  # an eval cut short by a stop after its step's checkpoint
 
     def __init__(self, trainer: Trainer, dataset, name: str | None):
+        from lm.data import AsyncDataset
+
+        if not isinstance(dataset, AsyncDataset):
+            raise TypeError(
+                f"add_eval_hook expects an AsyncDataset of examples (the hook batches it with "
+                f"EvalBatch), got {type(dataset).__name__}; wrap a list of examples in "
+                "lm.data.ListDataset(examples)"
+            )
+        if trainer.config.max_eval_batches is None and not dataset.is_finite():
+            raise ValueError(
+                f"Evaluation set {name or ''!r} ({type(dataset).__name__}) is infinite and "
+                "trainer.max_eval_batches is None (evaluate the whole set): the evaluation "
+                "would never end. Set trainer.max_eval_batches to the number of batches to "
+                "evaluate, or pass a finite set (e.g. dataset.slice(0, n))"
+            )
         self.trainer = trainer
         self.dataset = dataset
         self.name = name
         self._eval_step = None
         self._last_evaluated_step: int | None = None
         self.last_result: dict[str, float] | None = None
+        self._warned_partial_batch = False
 
     @property
     def prefix(self) -> str:
@@ -48,8 +65,15 @@ class EvalHook(Callback):
 
             def eval_step(model, batch):
                 model = eqx.nn.inference_mode(model)
-                loss, metrics = loss_fn(model, *batch, key=None)
-                return loss, metrics
+                # `lm.tracker.log` inside the loss: averaged like the returned metrics and
+                # logged as eval/<set>/<key>, as the train step logs them as train/<key>
+                with lm.tracker.capture_metrics() as captured:
+                    loss, metrics = loss_fn(model, *batch, key=None)
+                logged = {
+                    k: as_scalar(v, f"metric {k!r} (logged with lm.tracker.log)")
+                    for k, v in captured.items()
+                }
+                return loss, {**logged, **metrics}
 
             self._eval_step = sharded_jit(
                 eval_step,
@@ -90,12 +114,41 @@ class EvalHook(Callback):
                 "it is smaller than one eval batch. Lower trainer.per_device_eval_parallelism or "
                 "use a larger validation set."
             )
+        capped = max_batches is not None and n >= max_batches
+        if not capped:
+            self._warn_partial_batch(n)
         means = {k: float(v) / n for k, v in jax.device_get(totals).items()}
         result = {f"{self.prefix}/{k}": v for k, v in means.items()}
         result[f"{self.prefix}/perplexity"] = math.exp(min(means["loss"], 50.0))
         result[f"{self.prefix}/batches"] = n
         result[f"{self.prefix}/time"] = time.perf_counter() - start
         return result
+
+    def _warn_partial_batch(self, num_batches: int) -> None:
+        """Once: a finite set whose size is not a multiple of the eval batch loses its last,
+        partial batch (the loader yields full batches only; a generic loss cannot be told
+        which rows are padding)."""
+        if self._warned_partial_batch or not self.dataset.is_finite():
+            return
+        size = self.trainer.EvalBatch.size
+        total, used = len(self.dataset), num_batches * size
+        if total <= used:
+            return
+        self._warned_partial_batch = True
+        logger.warning(
+            "Evaluation set %r has %d examples; each evaluation uses %d full batches of %d "
+            "(%d examples) and leaves out the last %d. To evaluate every example, make the "
+            "set a multiple of %d examples or choose trainer.per_device_eval_parallelism so "
+            "the eval batch divides %d",
+            self.name or "",
+            total,
+            num_batches,
+            size,
+            used,
+            total - used,
+            size,
+            total,
+        )
 
     def on_step(self, info: StepInfo, force: bool = False) -> None:
         if self._last_evaluated_step == info.step:

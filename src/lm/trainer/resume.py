@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from lm.checkpoint import load_metadata, restore_trainer_state
 from lm.config import SetupConfigError
-from lm.partitioning import abstract_shapes, check_distinct_mesh_axes, check_divisible
+from lm.partitioning import (
+    abstract_shapes,
+    check_distinct_mesh_axes,
+    check_divisible,
+    check_mapped_axes_exist,
+)
+from lm.trainer.checks import has_array_leaves
 from lm.trainer.state import TrainerState
 
 if TYPE_CHECKING:
@@ -42,6 +48,7 @@ def load_or_init_state(
     # same mesh axis: say which, before jax fails with only array dimensions (model_init is
     # traced for shapes only, outside the axis mapping, under which jax would fail first)
     shapes = model if model is not None else abstract_shapes(model_init)
+    check_model_shapes(trainer, shapes, from_init=model is None)
     check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
     check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
     if model is not None:
@@ -83,6 +90,34 @@ def load_or_init_state(
             int(restored.state.step),
         )
     return restored.state
+
+
+def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> None:
+    """The model (or what `model_init` builds, as shapes) has arrays to train, and every
+    logical axis the sharding fields name is an axis of its parameters (a warning, or an
+    error for `parameter_axis_resources`; see `check_mapped_axes_exist`)."""
+    if from_init and not has_array_leaves(shapes):
+        raise ValueError(
+            f"model_init() returned {type(shapes).__name__}, which has no array leaves: "
+            "there is nothing to train. model_init must build and return the model, e.g. "
+            "model_init=lambda: MyModel.init(key=jax.random.PRNGKey(0))"
+        )
+    config = trainer.config
+    try:
+        warnings = check_mapped_axes_exist(
+            shapes,
+            batch_axis=config.batch_axis,
+            fsdp_axis=config.fsdp_axis,
+            tensor_parallel_axes=config.tensor_parallel_axes,
+            axis_resources=config.axis_resources,
+            parameter_axis_resources=config.parameter_axis_resources,
+        )
+    except ValueError as e:
+        raise SetupConfigError(str(e)) from None
+    # On one device nothing is sharded anyway: say it quietly.
+    level = logging.WARNING if trainer.device_mesh.size > 1 else logging.INFO
+    for message in warnings:
+        logger.log(level, "%s", message)
 
 
 def check_batch_schedule_unchanged(config: TrainerConfig, checkpoint: str, step: int) -> None:

@@ -41,7 +41,37 @@ def _has_axis(leaf: hax.NamedArray, name: str) -> bool:
 
 
 def split_microbatches(batch: Any, batch_axis: str, num_microbatches: int) -> Any:
-    """Reshape the batch axis B of every leaf into (B / n, microbatch=n)."""
+    """Reshape the batch axis B of every leaf into (B / n, microbatch=n).
+
+    NamedArrays are split along `batch_axis` (those without it, shared by every example,
+    are left whole); plain arrays along their leading dimension.
+
+    Raises:
+        ValueError: the batch has NamedArrays but none with `batch_axis` (every
+            microbatch would get the whole batch), or a batch size that `num_microbatches`
+            does not divide.
+    """
+    leaves = jax.tree_util.tree_leaves(batch, is_leaf=_is_leaf)
+    named = [leaf for leaf in leaves if hax.is_named_array(leaf)]
+    if named and not any(_has_axis(leaf, batch_axis) for leaf in named):
+        axes = ", ".join(
+            "(" + ", ".join(f"{a.name}={a.size}" for a in leaf.axes) + ")" for leaf in named[:4]
+        )
+        raise ValueError(
+            f"Cannot split the batch into {num_microbatches} microbatches "
+            f"(trainer.per_device_parallelism): none of its NamedArrays has the batch axis "
+            f"{batch_axis!r} (trainer.batch_axis); their axes are {axes}. Name the batch axis "
+            f"{batch_axis!r} (trainer.data_loader(dataset) does), or set trainer.batch_axis "
+            "to your batch axis's name"
+        )
+    for leaf in named:
+        if _has_axis(leaf, batch_axis) and leaf.resolve_axis(batch_axis).size % num_microbatches:
+            raise ValueError(
+                f"Cannot split a batch of {leaf.resolve_axis(batch_axis).size} examples along "
+                f"{batch_axis!r} into {num_microbatches} microbatches: the size must be a "
+                "multiple of the number of microbatches (trainer.train_batch_size / "
+                "(per_device_parallelism x batch-parallel devices))"
+            )
 
     def split(leaf):
         if hax.is_named_array(leaf):

@@ -38,6 +38,16 @@ import lm.tracker
 from lm.compile_options import xla_compiler_options
 from lm.partitioning.jit import ShardedJit, sharded_jit, with_shardings
 from lm.tracker import Tracker
+from lm.trainer.checks import (
+    as_scalar,
+    batch_size_of,
+    check_model_arguments,
+    check_not_donated,
+    check_optimizer,
+    describe_batch_axes,
+    is_dataset,
+    split_loss_output,
+)
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
 from lm.trainer.quantization import quantize, split_overwrites
@@ -66,15 +76,6 @@ def _accepts_key(fn: Callable) -> bool:
     except (TypeError, ValueError):
         return False
     return "key" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _as_scalar(loss: Any) -> jax.Array:
-    if hax.is_named_array(loss):
-        loss = loss.scalar()
-    loss = jnp.asarray(loss)
-    if loss.ndim != 0:
-        raise ValueError(f"loss_fn must return a scalar loss, got shape {loss.shape}")
-    return loss.astype(jnp.float32)
 
 
 class _Background:
@@ -121,6 +122,11 @@ class Trainer(Generic[M]):
                 `(loss, metrics_dict)`; may take `key=` for dropout. Must be jittable and pure.
             add_default_hooks: add logging, progress, watch and profiler hooks.
         """
+        check_optimizer(optimizer, config)
+        if not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be a function loss_fn(model, *batch), got {_type_name(loss_fn)}"
+            )
         self.config = config
         self.optimizer = optax.with_extra_args_support(optimizer)
         self._raw_loss_fn = loss_fn
@@ -220,15 +226,8 @@ class Trainer(Generic[M]):
                 if takes_key:
                     batch_kwargs = {**batch_kwargs, "key": key}
                 out = raw(model, *batch, **batch_kwargs)
-            if isinstance(out, tuple):
-                if len(out) != 2 or not isinstance(out[1], dict):
-                    raise ValueError(
-                        "loss_fn must return a scalar loss or a (loss, metrics_dict) tuple"
-                    )
-                loss, metrics = out
-            else:
-                loss, metrics = out, {}
-            return _as_scalar(loss), {k: _as_scalar(v) for k, v in metrics.items()}
+            loss, metrics = split_loss_output(out)
+            return as_scalar(loss), {k: as_scalar(v, f"metric {k!r}") for k, v in metrics.items()}
 
         return wrapped
 
@@ -295,8 +294,7 @@ class Trainer(Generic[M]):
         Exactly one of `model` and `model_init` must be given. `is_trainable` is a filter spec:
         non-trainable parameters get no gradient, no optimizer state and are not checkpointed.
         """
-        if (model is None) == (model_init is None):
-            raise ValueError("initial_state needs exactly one of `model` or `model_init`")
+        check_model_arguments(model, model_init, "initial_state")
         self.is_trainable_param = is_trainable
         from lm.trainer.resume import load_or_init_state
 
@@ -314,10 +312,15 @@ class Trainer(Generic[M]):
     ) -> TrainerState[M]:
         """The state `initial_state` builds from these arguments, as `jax.ShapeDtypeStruct`s
         carrying their shardings (the init is traced, nothing runs or is allocated)."""
-        from lm.trainer.resume import state_initializer
+        from lm.partitioning import abstract_shapes
+        from lm.trainer.resume import check_model_shapes, state_initializer
 
-        if (model is None) == (model_init is None):
-            raise ValueError("abstract_state needs exactly one of `model` or `model_init`")
+        check_model_arguments(model, model_init, "abstract_state")
+        check_model_shapes(
+            self,
+            model if model is not None else abstract_shapes(model_init),
+            from_init=model is None,
+        )
         if model is not None:
             init = state_initializer(self, training_key, lambda: model, is_trainable)
         else:
@@ -406,7 +409,11 @@ class Trainer(Generic[M]):
             return fn.lower(state, batch, batch_kwargs)
 
     def train_step(self, state: S, *batch: Any, **batch_kwargs: Any) -> StepInfo[S]:
-        """Run one optimizer step (no hooks)."""
+        """Run one optimizer step (no hooks).
+
+        `state` is donated to the step (its buffers are reused for the new state): go on
+        with the returned `info.state`; `state` itself is unusable afterwards."""
+        check_not_donated(state, "train_step")
         info, _ = self._train_step(state, batch, batch_kwargs)
         return info
 
@@ -480,7 +487,66 @@ class Trainer(Generic[M]):
             )
 
     def training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
-        """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each."""
+        """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each.
+
+        Call it inside `with trainer:`. `state` is donated to the first step: keep going
+        from the yielded `info.state`, never from `state` again.
+
+        Raises:
+            RuntimeError: the trainer is not entered (`with trainer:`).
+            TypeError: `train_loader` is a dataset rather than batches of it.
+            ValueError: `state` was already consumed by a step; or a batch does not have
+                the config's batch axis at the size the batch schedule gives its step.
+        """
+        self._check_can_train(state, train_loader, "training_steps")
+        return self._training_steps(state, train_loader)
+
+    def _check_can_train(self, state: S, train_loader: Any, method: str) -> None:
+        if self._exit_stack is None:
+            raise RuntimeError(
+                f"trainer.{method}(...) must run inside `with trainer:`, which makes the "
+                "trainer's device mesh, axis mapping and tracker current (the hooks log to "
+                "it) and finishes the tracker at the end: `with trainer: info = "
+                f"trainer.{method}(state, trainer.data_loader(dataset))`"
+            )
+        if is_dataset(train_loader):
+            raise TypeError(
+                f"trainer.{method} got a dataset ({_type_name(train_loader)}), not batches of "
+                "it: iterating a dataset yields single examples. Use "
+                f"trainer.{method}(state, trainer.data_loader(dataset)), which batches it "
+                "along the batch axis by the batch schedule and shards the batches"
+            )
+        check_not_donated(state, method)
+
+    def _check_batch(self, batch: tuple, step: int) -> None:
+        """The batch has the config's batch axis at the size the schedule gives `step`:
+        microbatching, throughput and the data position of a resumed run all follow it."""
+        Batch = self.config.batch_axis_at_step(step)
+        size = batch_size_of(batch, Batch.name)
+        if size == Batch.size:
+            return
+        where = (
+            f"trainer.train_batch_size is {Batch.size}"
+            if self.config.batch_schedule.is_constant
+            else f"trainer.train_batch_size schedules {Batch.size} examples for step {step}"
+        )
+        if size is None:
+            raise ValueError(
+                f"The batch for step {step} has no axis {Batch.name!r} (trainer.batch_axis): "
+                f"its arrays are {describe_batch_axes(batch)}. Batch a dataset with "
+                "trainer.data_loader(dataset), which adds the batch axis; if your batches "
+                "already have a batch axis under another name, set trainer.batch_axis to it"
+            )
+        got = "batches that disagree" if size == -1 else f"{size} examples"
+        raise ValueError(
+            f"The batch for step {step} has {got} along {Batch.name!r} "
+            f"({describe_batch_axes(batch)}), but {where}: microbatching, throughput "
+            "metrics and where a resumed run continues in the data all follow the config. "
+            "Pass trainer.data_loader(dataset) (it follows the schedule) or set "
+            "trainer.train_batch_size to your loader's batch size"
+        )
+
+    def _training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
         iterator = self._iterate_from(train_loader, int(state.step))
         if int(state.step) < self.num_train_steps:
             self._redo_hooks_of_the_restored_step(state)
@@ -497,6 +563,7 @@ class Trainer(Generic[M]):
                     return
                 loading_time = time.perf_counter() - load_start
                 batch_tuple = batch if isinstance(batch, tuple) else (batch,)
+                self._check_batch(batch_tuple, int(state.step))
                 info, cb_infos = self._train_step(state, batch_tuple, {})
                 lm.startup_gc.end_pause()  # start-up is over (a no-op unless train_lm paused)
                 hook_start = time.perf_counter()
@@ -539,18 +606,23 @@ class Trainer(Generic[M]):
         return iter(loader)
 
     def train(self, state: S, train_loader: Iterable[Any]) -> StepInfo[S]:
-        """Train until `num_train_steps`, then run every hook once more with `force=True`
-        (final eval, final checkpoint) and wait for pending checkpoints.
+        """Train until `num_train_steps`, then run every host hook once more with
+        `force=True` (final eval, final checkpoint; not the `JitCallback`s, which need a
+        step) and wait for pending checkpoints.
+
+        Call it inside `with trainer:`, with batches (`trainer.data_loader(dataset)`), not a
+        dataset. `state` is donated to the first step: use the returned `info.state`.
 
         On SIGTERM (preemption) the current step is checkpointed and `Preempted` is raised
         once the checkpoint has committed."""
         from lm.checkpoint import PreemptionSignal
 
+        self._check_can_train(state, train_loader, "train")
         info = None
         # The handler stays installed until the final checkpoint has committed: a SIGTERM
         # during the final hooks must not kill the process half-way through that save.
         with PreemptionSignal() as preemption:
-            for info in self.training_steps(state, train_loader):
+            for info in self._training_steps(state, train_loader):
                 if preemption.requested_on_any_process():
                     self._save_for_preemption(info)
                     raise Preempted(
