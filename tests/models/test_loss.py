@@ -102,6 +102,39 @@ def test_blockwise_matches_dense_value_and_gradient(block_size):
         np.testing.assert_allclose(g.array, d.array, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("block_size", [None, 8, 64])
+def test_padding_rows_of_the_vocabulary_get_no_probability(block_size):
+    """A vocabulary padded for the mesh (37 rows rounded up to 40) computes the loss and
+    gradients of the 37 real rows, whatever the padding rows hold: the loss does not depend
+    on the layout. The padding rows get no gradient."""
+    hidden, head, targets = _inputs(4)
+    Padded = Vocab.resize(40)
+    junk = hax.random.normal(jax.random.PRNGKey(9), (Padded.resize(3), Embed)) * 5.0
+    padded_head = hax.named(jnp.concatenate([head.array, junk.array]), (Padded, Embed))
+
+    def total(hidden, head, Vocab, valid):
+        ce, lse = next_token_cross_entropy(
+            hidden,
+            head,
+            targets,
+            Embed=Embed,
+            Vocab=Vocab,
+            block_size=block_size,
+            valid_vocab=valid,
+        )
+        return (ce + 0.1 * hax.square(lse)).sum().array
+
+    grad = jax.value_and_grad(total, argnums=(0, 1))
+    value, (d_hidden, d_head) = grad(hidden, head, Vocab, None)
+    p_value, (p_hidden, p_head) = grad(hidden, padded_head, Padded, 37)
+    np.testing.assert_allclose(p_value, value, rtol=1e-6)
+    np.testing.assert_allclose(p_hidden.array, d_hidden.array, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p_head.array[:37], d_head.array, rtol=1e-5, atol=1e-6)
+    assert not np.any(p_head.array[37:])
+    # without valid_vocab the padding rows would count: a different loss
+    assert not np.isclose(grad(hidden, padded_head, Padded, None)[0], value, rtol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def model():
     config = Gpt2Config(

@@ -235,7 +235,10 @@ def main(config: TrainLmConfig) -> RunSummary:
 
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     loss_fn = functools.partial(
-        compute_next_token_loss_and_metrics, z_loss_weight=config.z_loss_weight
+        compute_next_token_loss_and_metrics,
+        z_loss_weight=config.z_loss_weight,
+        # the vocabulary may be padded for the mesh: padding rows get no probability
+        valid_vocab=run_model.vocab_size,
     )
     data_key, model_key, training_key = _run_keys(trainer_config.seed)
 

@@ -16,6 +16,7 @@ each block) the backward pass. Value and gradient equal the dense loss.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import haliax as hax
@@ -38,6 +39,7 @@ def compute_next_token_loss(
     reduction: Reduction = "mean",
     z_loss_weight: float = 0.0,
     block_size: int | None = None,
+    valid_vocab: int | None = None,
 ) -> NamedArray:
     """The next-token loss of `model` on `example`.
 
@@ -50,6 +52,9 @@ def compute_next_token_loss(
         z_loss_weight: weight of the `logsumexp**2` term (0 disables it).
         block_size: vocabulary block size for the blockwise loss; None uses
             `model.config.cross_entropy_block_size` (itself None for the dense loss).
+        valid_vocab: the vocabulary's real size when `model.Vocab` is padded beyond it
+            (rounded up so a mesh axis can split it evenly): the padding rows get no
+            probability, so the loss is the same on every layout. None: all rows are real.
 
     Returns:
         A float32 scalar NamedArray (or per-position NamedArray when reduction is None).
@@ -61,6 +66,7 @@ def compute_next_token_loss(
         reduction=reduction,
         z_loss_weight=z_loss_weight,
         block_size=block_size,
+        valid_vocab=valid_vocab,
     )
     return loss
 
@@ -73,6 +79,7 @@ def compute_next_token_loss_and_metrics(
     reduction: Reduction = "mean",
     z_loss_weight: float = 0.0,
     block_size: int | None = None,
+    valid_vocab: int | None = None,
 ) -> tuple[NamedArray, dict[str, jax.Array]]:
     """Like `compute_next_token_loss`, plus metrics for the tracker.
 
@@ -94,6 +101,7 @@ def compute_next_token_loss_and_metrics(
         Embed=model.Embed,
         Vocab=model.Vocab,
         block_size=block_size,
+        valid_vocab=valid_vocab,
     )
     per_token = ce
     if z_loss_weight:
@@ -124,6 +132,7 @@ def next_token_cross_entropy(
     Embed: Axis,
     Vocab: Axis,
     block_size: int | None = None,
+    valid_vocab: int | None = None,
 ) -> tuple[NamedArray, NamedArray]:
     """Per-position cross-entropy and log-normaliser, both float32.
 
@@ -132,6 +141,7 @@ def next_token_cross_entropy(
         lm_head: unembedding, axes (Vocab, Embed).
         targets: int target ids, axes (...) matching `hidden` without Embed.
         block_size: None for dense logits, else the vocabulary block size.
+        valid_vocab: rows of `lm_head` at and beyond it are padding: their logits are -inf.
 
     Returns:
         (cross_entropy, logsumexp), each over `hidden`'s axes without Embed.
@@ -142,29 +152,34 @@ def next_token_cross_entropy(
     h = hidden.rearrange((*batch_axes, Embed)).array.reshape(-1, Embed.size)
     w = lm_head.rearrange((Vocab, Embed)).array
     t = targets.rearrange(batch_axes).array.reshape(-1).astype(jnp.int32)
+    valid = Vocab.size if valid_vocab is None else min(int(valid_vocab), Vocab.size)
     if block_size is None:
-        ce, lse = _dense_cross_entropy(h, w, t)
+        ce, lse = _dense_cross_entropy(h, w, t, valid)
     else:
-        ce, lse = _blockwise_cross_entropy(h, w, t, block_size)
+        ce, lse = _blockwise_cross_entropy(h, w, t, block_size, valid)
     shape = tuple(ax.size for ax in batch_axes)
     return hax.named(ce.reshape(shape), batch_axes), hax.named(lse.reshape(shape), batch_axes)
 
 
-@jax.custom_vjp
-def _dense_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array):
-    """h: [N, E], w: [V, E], targets: [N] -> (ce [N], lse [N]), float32, all logits at once.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, valid: int):
+    """h: [N, E], w: [V, E], targets: [N] -> (ce [N], lse [N]), float32, all logits at once;
+    the logits of rows `valid..V-1` (vocabulary padding) are -inf.
 
     The backward pass is written out: the gradient of the logits is formed once,
     `(dce + dlse) * softmax - dce * onehot`, from the saved float32 logits, and feeds both
     matmuls directly. Left to autodiff, XLA:CPU materialised it twice (once transposed for
     the weight gradient) and ran both backward matmuls at about half speed (docs/benchmarks.md)."""
-    (ce, lse), _ = _dense_ce_fwd(h, w, targets)
+    (ce, lse), _ = _dense_ce_fwd(h, w, targets, valid)
     return ce, lse
 
 
-def _dense_ce_fwd(h, w, targets):
+def _dense_ce_fwd(h, w, targets, valid):
     logits = jnp.einsum("ne,ve->nv", h, w, preferred_element_type=jnp.float32)
     logits = logits.astype(jnp.float32)
+    if valid < logits.shape[1]:
+        cols = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+        logits = jnp.where(cols < valid, logits, -jnp.inf)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # A gather (3x faster than a masked sum over the vocabulary on CPU); the backward pass
     # below never differentiates it, so no scatter. Out-of-range ids read 0, as a select would.
@@ -174,7 +189,8 @@ def _dense_ce_fwd(h, w, targets):
     return (lse - target_logit, lse), (h, w, targets, logits, lse)
 
 
-def _dense_ce_bwd(residuals, cotangents):
+def _dense_ce_bwd(valid, residuals, cotangents):
+    del valid  # the saved logits are already -inf there: softmax 0, no gradient
     h, w, targets, logits, lse = residuals
     d_ce, d_lse = cotangents
     hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == targets[:, None]
@@ -203,8 +219,11 @@ def _head_weight_grad(h: jax.Array, d_logits: jax.Array) -> jax.Array:
 _dense_cross_entropy.defvjp(_dense_ce_fwd, _dense_ce_bwd)
 
 
-def _blockwise_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, block_size: int):
-    """h: [N, E], w: [V, E], targets: [N] -> (ce [N], lse [N]), float32."""
+def _blockwise_cross_entropy(
+    h: jax.Array, w: jax.Array, targets: jax.Array, block_size: int, valid: int
+):
+    """h: [N, E], w: [V, E], targets: [N] -> (ce [N], lse [N]), float32; rows `valid..V-1`
+    (vocabulary padding) get no probability."""
     num_tokens = h.shape[0]
     vocab = w.shape[0]
     block_size = min(block_size, vocab)
@@ -222,7 +241,7 @@ def _blockwise_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array, blo
         logits = jnp.einsum("ne,ve->nv", h, w_block, preferred_element_type=jnp.float32)
         logits = logits.astype(jnp.float32)
         cols = start + jnp.arange(block_size, dtype=jnp.int32)
-        logits = jnp.where((cols < vocab)[None, :], logits, -jnp.inf)
+        logits = jnp.where((cols < valid)[None, :], logits, -jnp.inf)
         # The max only stabilises the exponentials; the log-sum-exp does not depend on it.
         new_max = jax.lax.stop_gradient(jnp.maximum(running_max, logits.max(axis=-1)))
         running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(

@@ -314,7 +314,9 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
     run_model = config.run_model()  # as train_lm resolves it (initialize_from_hf included)
     model_config = run_model.config
     loss_fn = functools.partial(
-        compute_next_token_loss_and_metrics, z_loss_weight=config.z_loss_weight
+        compute_next_token_loss_and_metrics,
+        z_loss_weight=config.z_loss_weight,
+        valid_vocab=run_model.vocab_size,
     )
     optimizer = config.optimizer.build(trainer_config.num_train_steps)
     trainer = Trainer(trainer_config, optimizer, loss_fn, add_default_hooks=False)
