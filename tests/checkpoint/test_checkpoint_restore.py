@@ -17,6 +17,7 @@ from lm.checkpoint import (
     load_checkpoint,
     load_checkpoint_or_initialize,
     save_checkpoint,
+    wait_until_finished,
 )
 from lm.trainer.state import saveable_state
 
@@ -102,6 +103,35 @@ def test_restore_uses_current_mesh_and_exemplar_shardings(fsdp_checkpoint, train
     target = hax.shard(trained_state, {"mlp": "model"}, mesh)
     again = load_checkpoint(target, str(fsdp_checkpoint))
     assert again.model.layers[0].weight.array.sharding == NamedSharding(mesh, P("model", None))
+
+
+@pytest.mark.parametrize("saved_rows, target_rows", [(1004, 1001), (1001, 1008), (1004, 1008)])
+def test_a_vocabulary_padded_for_another_layout_loads(tmp_path, saved_rows, target_rows):
+    """lm pads `vocab` so a mesh axis splits it evenly: 1004 rows on 4-way tensor parallelism,
+    1008 under 8-way FSDP, 1001 on one device, for a 1001-token vocabulary. Rows past the
+    target's size are padding and dropped; missing ones are zeros; the real rows load."""
+    Embed = hax.Axis("embed", 6)
+    real = np.random.default_rng(0).normal(size=(1001, Embed.size)).astype(np.float32)
+    saved = np.concatenate([real, np.full((saved_rows - 1001, Embed.size), 7.0, np.float32)])
+    table = {"w": hax.named(jnp.asarray(saved), ("vocab", "embed"))}
+    save_checkpoint(table, 1, str(tmp_path / "ck"))
+    wait_until_finished()
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    target = {"w": hax.zeros((hax.Axis("vocab", target_rows), Embed))}
+    mapping = {"vocab": "model"} if target_rows % 4 == 0 else {}  # 1001: one device's layout
+    with jax.set_mesh(mesh):
+        loaded = load_checkpoint(target, str(tmp_path / "ck"), axis_mapping=mapping)
+    w = loaded["w"]
+    assert w.array.shape == (target_rows, Embed.size)
+    assert w.array.sharding == NamedSharding(mesh, P("model" if mapping else None, None))
+    np.testing.assert_array_equal(np.asarray(w.array)[:1001], real)
+    kept = min(saved_rows, target_rows)
+    np.testing.assert_array_equal(np.asarray(w.array)[1001:kept], 7.0)
+    np.testing.assert_array_equal(np.asarray(w.array)[kept:], 0.0)
+    # any other axis must still match
+    other = {"w": hax.zeros((hax.Axis("vocab", saved_rows), Embed.resize(5)))}
+    with pytest.raises(ValueError, match=r"shape \(\d+, 6\) in the checkpoint"):
+        load_checkpoint(other, str(tmp_path / "ck"))
 
 
 def test_axis_mapping_without_mesh_is_an_error(fsdp_checkpoint, trained_state):

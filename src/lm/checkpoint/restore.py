@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import equinox as eqx
 import haliax as hax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorstore as ts
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
@@ -74,6 +75,27 @@ def _target_sharding(
     return SingleDeviceSharding(default_device())
 
 
+# Named axes lm pads beyond their real size so that a mesh axis splits them evenly
+# (`lm.lm_run.vocab_axis`): the rows past the real size are padding, never read (no token id
+# reaches them) and given no probability by the loss. A checkpoint saved on a layout that
+# padded differently (1004 rows on 4-way tensor parallelism, 1001 on one device) loads on
+# another: rows beyond the target's size are dropped, missing ones are zeros.
+PADDED_AXES = ("vocab",)
+
+
+def _only_padding_differs(leaf: Any, record: dict[str, Any]) -> bool:
+    """Whether the saved and target shapes of a named leaf differ only along `PADDED_AXES`."""
+    saved_axes = record.get("axes")
+    if not isinstance(leaf, hax.NamedArray) or saved_axes is None:
+        return False
+    if list(saved_axes) != [a.name for a in leaf.axes]:
+        return False
+    return all(
+        saved == axis.size or axis.name in PADDED_AXES
+        for saved, axis in zip(record["shape"], leaf.axes, strict=True)
+    )
+
+
 def _index_key(index: tuple[slice, ...], shape: Sequence[int]) -> tuple:
     return tuple(s.indices(d) for s, d in zip(index, shape, strict=True))
 
@@ -89,6 +111,8 @@ class _Read:
     index_map: dict[Any, tuple] | None = None
     reads: dict[tuple, Any] = dataclasses.field(default_factory=dict)
     host_only: bool = False
+    # the target's shape, when it differs from the saved one along a padded axis
+    target_shape: tuple[int, ...] | None = None
 
 
 class _LeafMismatch(ValueError):
@@ -121,7 +145,7 @@ def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
                 f"{tuple(want_data.shape)} for the target's keys of shape {shape}"
             )
         return
-    if tuple(record["shape"]) != shape:
+    if tuple(record["shape"]) != shape and not _only_padding_differs(leaf, record):
         raise _LeafMismatch(
             f"checkpoint leaf {name!r}: shape {tuple(record['shape'])} in the checkpoint, "
             f"{shape} in the target"
@@ -296,7 +320,10 @@ def _load_one(
                 f"says {r.record['shape']}"
             )
         arr = _array_of(r.exemplar)
-        shape = tuple(r.record["shape"])
+        saved_shape = tuple(r.record["shape"])
+        if tuple(arr.shape) != saved_shape:  # only along a padded axis (_check_compatible)
+            r.target_shape = tuple(arr.shape)
+        shape = r.target_shape or saved_shape
         if isinstance(arr, np.ndarray | np.generic):
             r.host_only = True
             r.reads[()] = r.store.read()
@@ -308,13 +335,15 @@ def _load_one(
             key = _index_key(index, shape)
             r.index_map[device] = key
             if key not in r.reads:
-                r.reads[key] = r.store[tuple(slice(*k) for k in key)].read()
+                r.reads[key] = _read_block(r.store, key, saved_shape)
 
     for i, r in reads:
         try:
             host = {k: f.result() for k, f in r.reads.items()}
         except Exception as e:
             raise _ts_error(r.name, path, e) from e
+        if r.target_shape is not None:
+            host = {k: _padded_block(v, k, r.record["dtype"]) for k, v in host.items()}
         out[i] = _assemble(r, host)
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -333,8 +362,38 @@ def _subpath_holding(names: Sequence[str], records: dict[str, Any]) -> str | Non
     return min(common, key=lambda p: (p.count("/"), p)) if common else None
 
 
+class _Done:
+    """A finished read: `.result()` is `value` (an empty block is not read at all)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _read_block(store: Any, key: tuple, saved_shape: Sequence[int]) -> Any:
+    """Start reading the block `key` ((start, stop, step) per dimension) of `store`, clipped
+    to the saved shape: a target larger along a padded axis reads only the saved rows."""
+    clipped = tuple((a, min(b, d), c) for (a, b, c), d in zip(key, saved_shape, strict=True))
+    if any(a >= b for a, b, _ in clipped):
+        return _Done(None)
+    return store[tuple(slice(*k) for k in clipped)].read()
+
+
+def _padded_block(value: np.ndarray | None, key: tuple, dtype: str) -> np.ndarray:
+    """`value` (a block read clipped to the saved shape) zero-filled to the extent of `key`."""
+    extent = tuple(len(range(*k)) for k in key)
+    if value is not None and value.shape == extent:
+        return value
+    block = np.zeros(extent, dtype=value.dtype if value is not None else jnp.dtype(dtype))
+    if value is not None:
+        block[tuple(slice(0, n) for n in value.shape)] = value
+    return block
+
+
 def _assemble(r: _Read, host: dict[tuple, np.ndarray]) -> Any:
-    shape = tuple(r.record["shape"])
+    shape = r.target_shape or tuple(r.record["shape"])
     if r.host_only:
         value = host[()]
         if isinstance(_array_of(r.exemplar), np.generic):
