@@ -380,6 +380,10 @@ def test_ctrl_c_exits_130_with_where_the_run_got(tmp_path, subprocess_env, when)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background of a non-interactive shell (`make test &`)
+        # ignores SIGINT, and an ignored SIGINT is inherited: Python would then never raise
+        # KeyboardInterrupt. The child gets the default disposition, as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     marker = "Starting from a fresh initialization" if when == "compiling" else "Committed"
     seen = ""
