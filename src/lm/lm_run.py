@@ -195,6 +195,41 @@ def vocab_axis(vocab_size: int, parameter_mapping) -> hax.Axis:
     return Vocab
 
 
+AVERAGED_SUBPATH = "model_averaging"
+"""Where a `train_lm` checkpoint holds the averaged model (with `trainer.model_averaging`)."""
+
+
+def checkpoint_has_averaged_model(checkpoint_dir: str) -> bool:
+    """Whether the checkpoint (one `step-N` directory) holds an averaged model: its run
+    trained with `trainer.model_averaging`."""
+    from lm.checkpoint.storage import MANIFEST_FILE, read_json
+
+    manifest = read_json(checkpoint_dir, MANIFEST_FILE) or {}
+    return any(
+        name.startswith(AVERAGED_SUBPATH + "/") and record.get("kind") == "array"
+        for name, record in manifest.get("leaves", {}).items()
+    )
+
+
+def weights_used(checkpoint_dir: str, model_averaging) -> str:
+    """Which of the checkpoint's weights `load_lm_checkpoint(..., model_averaging=...)` loads,
+    for what eval_lm and export_lm_to_hf print: `averaged weights`, `raw weights` or, when
+    an averaged model is left unused, `raw weights, not the checkpoint's averaged model`."""
+    if model_averaging is not None:
+        return "averaged weights"
+    if checkpoint_has_averaged_model(checkpoint_dir):
+        return "raw weights, not the checkpoint's averaged model"
+    return "raw weights"
+
+
+def _averaging_yaml(model_averaging) -> str:
+    """`{type: ema, beta: 0.9}`: the config as a YAML flow mapping."""
+    from lm.tracker.base import plain_value
+
+    fields = plain_value(model_averaging)
+    return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
+
+
 def load_lm_checkpoint(
     model_config: LmConfig,
     Vocab: hax.Axis,
@@ -207,9 +242,10 @@ def load_lm_checkpoint(
 ) -> tuple[Any, str]:
     """The model saved by `train_lm` in `checkpoint_path` (a run's checkpoint directory, whose
     newest complete checkpoint is used, or one `step-N` directory), read straight into the
-    parameter sharding. With model averaging it is the averaged model. Returns
-    (model, checkpoint directory)."""
-    from lm.checkpoint import load_checkpoint_with_path
+    parameter sharding. With model averaging it is the averaged model; a checkpoint without
+    one is then an error. Without it, the raw weights, with a warning when the checkpoint
+    also holds an averaged model (see `weights_used`). Returns (model, checkpoint directory)."""
+    from lm.checkpoint import discover_latest_checkpoint, load_checkpoint_with_path
 
     shapes = eqx.filter_eval_shape(
         lambda: mp.cast_to_param(model_config.build(Vocab, key=jax.random.PRNGKey(0)))
@@ -222,15 +258,35 @@ def load_lm_checkpoint(
             )
         else:
             abstract = eqx.filter_eval_shape(model_averaging.create, shapes)
-            loaded, path = load_checkpoint_with_path(
-                abstract, checkpoint_path, subpath="model_averaging", **common
-            )
+            try:
+                loaded, path = load_checkpoint_with_path(
+                    abstract, checkpoint_path, subpath=AVERAGED_SUBPATH, **common
+                )
+            except ValueError:
+                newest = discover_latest_checkpoint(checkpoint_path)
+                if newest is None or checkpoint_has_averaged_model(newest):
+                    raise
+                raise SetupConfigError(
+                    f"trainer.model_averaging is set ({_averaging_yaml(model_averaging)}), but "
+                    f"checkpoint {newest} holds no averaged model: its run trained without "
+                    "model averaging. Remove trainer.model_averaging (or pass "
+                    "--trainer.model_averaging null) to use the checkpoint's weights"
+                ) from None
             model = loaded.model_params
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"checkpoint_path {checkpoint_path!r}: {e}. Give a run's checkpoint directory "
             "(trainer.checkpointer.base_path/<run_id>) or a step-N directory in it."
         ) from None
+    if model_averaging is None and checkpoint_has_averaged_model(path):
+        logger.warning(
+            "Checkpoint %s holds an averaged model (%s/), but trainer.model_averaging is not "
+            "set: using its raw weights (model/). To use the averaged model, set "
+            "trainer.model_averaging as its run did (the run's config.yaml in "
+            "<log_dir>/<run_id>/ records it)",
+            path,
+            AVERAGED_SUBPATH,
+        )
     missing = [
         leaf_path
         for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(model)

@@ -142,6 +142,88 @@ def test_loads_the_averaged_or_the_raw_model(trained_run):
     )
 
 
+def test_an_averaged_checkpoint_loaded_without_model_averaging_warns(trained_run, caplog):
+    """An EMA checkpoint evaluated without `trainer.model_averaging` used to give the raw
+    weights silently: a warning says so and how to use the averaged model, and the printed
+    result says which weights were evaluated."""
+    from lm.lm_run import weights_used
+    from lm.main.eval_lm import EvalResult, format_results
+
+    _, config, state, Vocab = trained_run
+    raw_config = dataclasses.replace(
+        config, trainer=dataclasses.replace(config.trainer, model_averaging=None)
+    )
+    with caplog.at_level(logging.WARNING, logger="lm.lm_run"):
+        raw, path = load_model_for_eval(raw_config, _eval_trainer(raw_config), Vocab)
+    _assert_same_model(raw, state.model)
+    assert [r.getMessage() for r in caplog.records if r.name == "lm.lm_run"] == [
+        f"Checkpoint {path} holds an averaged model (model_averaging/), but "
+        "trainer.model_averaging is not set: using its raw weights (model/). To use the "
+        "averaged model, set trainer.model_averaging as its run did (the run's config.yaml in "
+        "<log_dir>/<run_id>/ records it)"
+    ]
+    weights = weights_used(path, None)
+    assert weights == "raw weights, not the checkpoint's averaged model"
+    assert weights_used(path, config.trainer.model_averaging) == "averaged weights"
+    result = EvalResult("", total_loss=8.0, num_tokens=4, num_bytes=None, num_batches=1, seconds=0)
+    first = format_results({"": result}, path, 1, weights=weights).splitlines()[0]
+    assert first == f"Evaluated {path} (step 1, raw weights, not the checkpoint's averaged model):"
+
+
+def test_model_averaging_for_a_checkpoint_without_an_averaged_model_says_so(
+    trained_run, tmp_path, caplog
+):
+    """`trainer.model_averaging` set for a run trained without it used to fail with `holds
+    none of the 12 leaves the target needs`."""
+    from lm.checkpoint import save_checkpoint, wait_until_finished
+    from lm.lm_run import weights_used
+
+    _, config, state, Vocab = trained_run
+    save_checkpoint(
+        {"model": state.model, "model_averaging": None}, 1, str(tmp_path / "r" / "step-1")
+    )
+    wait_until_finished()
+    plain = dataclasses.replace(config, checkpoint_path=str(tmp_path / "r"))
+    # a configuration error (exit status 2), as a ValueError is
+    with pytest.raises(lm.config.SetupConfigError) as error:
+        load_model_for_eval(plain, _eval_trainer(plain), Vocab)
+    assert str(error.value) == (
+        "trainer.model_averaging is set ({type: ema, beta: 0.5}), but checkpoint "
+        f"{tmp_path}/r/step-1 holds no averaged model: its run trained without model "
+        "averaging. Remove trainer.model_averaging (or pass --trainer.model_averaging null) to "
+        "use the checkpoint's weights"
+    )
+    # without it: the checkpoint's weights, nothing to warn about
+    raw_config = dataclasses.replace(
+        plain, trainer=dataclasses.replace(config.trainer, model_averaging=None)
+    )
+    with caplog.at_level(logging.WARNING, logger="lm.lm_run"):
+        raw, path = load_model_for_eval(raw_config, _eval_trainer(raw_config), Vocab)
+    _assert_same_model(raw, state.model)
+    assert not [r for r in caplog.records if r.name == "lm.lm_run"]
+    assert weights_used(path, None) == "raw weights"
+
+
+def test_model_averaging_null_on_the_command_line_turns_it_off():
+    config = lm.config.parse(
+        EvalLmConfig,
+        args=["--checkpoint_path", "c", "--trainer.model_averaging", "{type: ema, beta: 0.9}"],
+    )
+    assert config.trainer.model_averaging is not None
+    off = lm.config.parse(
+        EvalLmConfig,
+        args=[
+            "--checkpoint_path",
+            "c",
+            "--trainer.model_averaging",
+            "{type: ema, beta: 0.9}",
+            "--trainer.model_averaging",
+            "null",
+        ],
+    )
+    assert off.trainer.model_averaging is None
+
+
 def test_missing_checkpoint_names_the_path(trained_run, tmp_path):
     _, config, _, Vocab = trained_run
     missing = dataclasses.replace(config, checkpoint_path=str(tmp_path / "nowhere"))
@@ -296,7 +378,9 @@ def test_eval_lm_cli_prints_and_logs(trained_run, first_batch_result, subprocess
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("Evaluated ") and lines[0].endswith("step-1 (step 1):")
+    # the run trained with EMA, and its config sets trainer.model_averaging
+    assert lines[0].startswith("Evaluated ")
+    assert lines[0].endswith("step-1 (step 1, averaged weights):")
     header, row = lines[1].split(), lines[2].split()
     assert header == ["set", "loss", "perplexity", "bits/byte", "tokens", "batches"]
     assert row[0] == "(default)"

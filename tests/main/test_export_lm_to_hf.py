@@ -238,3 +238,102 @@ def test_export_resolves_an_hf_initialized_run_as_train_lm_does(tmp_path):
     ours = lm_logits(model, ids)
     np.testing.assert_allclose(torch_logits(reloaded, ids), ours, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(torch_logits(hf, ids), ours, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------- model averaging: which weights
+
+
+def _averaged_checkpoint(tmp_path):
+    """A tiny GPT-2 run's checkpoint holding raw weights (`model/`) and an EMA of other
+    weights (`model_averaging/`); returns (export config without averaging, raw, averaged)."""
+    import jax
+
+    from lm.checkpoint import save_checkpoint, wait_until_finished
+    from lm.lm_run import vocab_axis
+    from lm.main.export_lm_to_hf import ExportLmToHfConfig
+    from lm.optim.model_averaging import EmaModelAveragingConfig
+    from lm.partitioning import create_mesh, resolve_mesh_shape
+
+    (tmp_path / "run.yaml").write_text(
+        "model: {type: gpt2, seq_len: 32, hidden_dim: 32, num_layers: 1, num_heads: 2}\n"
+        "data: {tokenizer: builtin}\n"
+    )
+    args = ["--checkpoint_path", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "raw")]
+    config = lm.config.parse(ExportLmToHfConfig, str(tmp_path / "run.yaml"), args=args)
+    run_model = config.run_model()
+    with jax.set_mesh(create_mesh(resolve_mesh_shape(len(jax.devices())))):
+        Vocab = vocab_axis(run_model.vocab_size, config.trainer.parameter_axis_mapping)
+        raw = run_model.config.build(Vocab, key=jax.random.PRNGKey(0))
+        averaged = run_model.config.build(Vocab, key=jax.random.PRNGKey(1))
+        state = {"model": raw, "model_averaging": EmaModelAveragingConfig(0.9).create(averaged)}
+        save_checkpoint(state, 9, str(tmp_path / "ckpt" / "step-9"))
+        wait_until_finished()
+    return config, raw, averaged
+
+
+def _exported_token_embeddings(path):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for f in path.glob("*.safetensors"):
+        tensors.update(load_file(str(f)))
+    (key,) = [k for k in tensors if k.endswith("wte.weight")]
+    return np.asarray(tensors[key])
+
+
+def _token_embeddings(model, rows):
+    import numpy as np
+
+    return np.asarray(model.embeddings.token_embeddings.weight.array)[:rows]
+
+
+def test_export_says_which_weights_it_exported(tmp_path, capsys):
+    """Exporting an EMA checkpoint without `trainer.model_averaging` used to export the raw
+    weights silently: a warning says the averaged model is unused, and the printed line says
+    which weights were exported."""
+    import dataclasses
+
+    import numpy as np
+
+    from lm.main.export_lm_to_hf import main
+    from lm.optim.model_averaging import EmaModelAveragingConfig
+    from lm.tracker.logs import reset_logging
+
+    config, raw, averaged = _averaged_checkpoint(tmp_path)
+    checkpoint = tmp_path / "ckpt" / "step-9"
+    averaging = dataclasses.replace(
+        config,
+        trainer=dataclasses.replace(
+            config.trainer, model_averaging=EmaModelAveragingConfig(beta=0.9)
+        ),
+        output_dir=str(tmp_path / "averaged"),
+    )
+    try:
+        main(config)
+        raw_out = capsys.readouterr()
+        main(averaging)
+        averaged_out = capsys.readouterr()
+    finally:
+        reset_logging()
+    rows = len(load_builtin_tokenizer())
+
+    assert raw_out.out.strip().splitlines()[-1] == (
+        f"Exported {checkpoint} (raw weights, not the checkpoint's averaged model) to "
+        f"{tmp_path}/raw"
+    )
+    assert (
+        f"Checkpoint {checkpoint} holds an averaged model (model_averaging/), but "
+        "trainer.model_averaging is not set: using its raw weights (model/)" in raw_out.err
+    )
+    np.testing.assert_array_equal(
+        _exported_token_embeddings(tmp_path / "raw"), _token_embeddings(raw, rows)
+    )
+
+    assert averaged_out.out.strip().splitlines()[-1] == (
+        f"Exported {checkpoint} (averaged weights) to {tmp_path}/averaged"
+    )
+    assert "holds an averaged model" not in averaged_out.err
+    np.testing.assert_array_equal(
+        _exported_token_embeddings(tmp_path / "averaged"), _token_embeddings(averaged, rows)
+    )

@@ -136,3 +136,177 @@ def test_missing_tensorboard_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ImportError, match=r"pip install 'lm\[profiling\]'"):
         TensorboardConfig(logdir="unused").init("run")
+
+
+# --- a resumed run: TensorBoard's restart marker -------------------------------------------
+
+
+def _session_starts(path) -> list[int]:
+    """Steps of the SessionLog START events in every event file under `path`, in file order."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    steps = []
+    for f in sorted(path.glob("events.out.tfevents.*")):
+        for event in event_file_loader.EventFileLoader(str(f)).Load():
+            if event.HasField("session_log"):
+                assert event.session_log.status == event.session_log.START
+                steps.append(event.step)
+    return steps
+
+
+def _scalars(path, tag) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of `tag` as each of TensorBoard's readers shows it: the classic
+    EventAccumulator and the plugin one its server falls back to."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    from tensorboard.util import tensor_util
+
+    plugin = plugin_event_accumulator.EventAccumulator(
+        str(path), size_guidance={plugin_event_accumulator.TENSORS: 0}
+    )
+    plugin.Reload()
+    return {
+        "classic": [(e.step, e.value) for e in load(path).Scalars(tag)],
+        "plugin": [
+            (e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in plugin.Tensors(tag)
+        ],
+    }
+
+
+def test_a_resumed_session_replaces_the_points_it_logs_again(tmp_path):
+    """A run logged steps 0-9 and is resumed from its checkpoint after step 5: the new
+    session redoes step 5's evaluation, then trains from step 6 on. TensorBoard shows each
+    training step once, the resumed session's value from step 6 on."""
+    first = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    first.log_hyperparameters({"seed": 0})
+    for step in range(10):
+        first.log({"train/loss": float(step)}, step=step)
+    first.finish()
+
+    resumed = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    resumed.log_hyperparameters({"seed": 0})
+    resumed.log({"eval/loss": 5.0}, step=5)  # the redone evaluation of the restored step
+    for step in range(6, 12):
+        resumed.log({"train/loss": 100.0 + step}, step=step)
+    resumed.finish()
+
+    assert _session_starts(tmp_path / "tb") == [0, 6]
+    expected = [(step, float(step)) for step in range(6)]
+    expected += [(step, 100.0 + step) for step in range(6, 12)]
+    assert _scalars(tmp_path / "tb", "train/loss") == {"classic": expected, "plugin": expected}
+    assert _scalars(tmp_path / "tb", "eval/loss")["plugin"] == [(5, 5.0)]
+    assert len(load(tmp_path / "tb").Tensors("_hparams_/session_start_info")) == 2
+
+
+def test_a_restart_from_step_0_keeps_its_hyperparameters(tmp_path):
+    """A run killed before its first checkpoint starts over at step 0: the marker drops the
+    whole earlier session, and the new session's hyperparameters are written again after it."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    first = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    first.log_hyperparameters({"seed": 0})
+    for step in range(3):
+        first.log({"train/loss": 9.0}, step=step)
+    first.finish()
+    again = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    again.log_hyperparameters({"seed": 1})
+    for step in range(2):
+        again.log({"train/loss": 1.0}, step=step)
+    again.finish()
+
+    assert _session_starts(tmp_path / "tb") == [0, 0]
+    expected = [(0, 1.0), (1, 1.0)]
+    assert _scalars(tmp_path / "tb", "train/loss") == {"classic": expected, "plugin": expected}
+    # the plugin reader drops tensors too (the hparams plugin's are tensors)
+    acc = plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / "tb"), size_guidance={plugin_event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    assert [e.step for e in acc.Tensors("_hparams_/session_start_info")] == [0]
+    (text,) = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("hparams")]
+    assert '"seed": 1' in text
+
+
+def test_no_restart_without_training(tmp_path):
+    """`eval_lm` logging a checkpoint's evaluation into the training run's directory trains
+    nothing: it must not drop the run's points after that step."""
+    run = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    for step in range(10):
+        run.log({"train/loss": float(step)}, step=step)
+    run.finish()
+    evaluation = TensorboardTracker(str(tmp_path / "tb"), flush_interval_s=0.0)
+    evaluation.log({"eval/loss": 2.5}, step=4)
+    evaluation.finish()
+
+    assert _session_starts(tmp_path / "tb") == [0]
+    steps = {k: [s for s, _ in v] for k, v in _scalars(tmp_path / "tb", "train/loss").items()}
+    assert steps == {"classic": list(range(10)), "plugin": list(range(10))}
+
+
+def test_a_trainer_resumed_from_a_checkpoint_logs_each_step_once(tmp_path):
+    """End to end: a run stopped after step 7 resumes from its step-5 checkpoint and trains
+    steps 6 and 7 again; TensorBoard shows steps 0-9 once each (without the marker, 12)."""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import optax
+
+    from lm.checkpoint import CheckpointerConfig
+    from lm.data import ListDataset
+    from lm.trainer import Callback, Trainer, TrainerConfig
+
+    X = hax.Axis("x", 4)
+
+    class Linear(eqx.Module):
+        w: hax.NamedArray
+
+    class Example(eqx.Module):
+        x: hax.NamedArray
+        y: hax.NamedArray
+
+    def loss(model, batch):
+        err = hax.dot(batch.x, model.w, axis=X) - batch.y
+        return hax.mean(err * err).scalar()
+
+    rng = np.random.default_rng(0)
+    data = ListDataset(
+        [
+            Example(
+                x=hax.named(jnp.asarray(rng.normal(size=4), jnp.float32), (X,)),
+                y=hax.named(jnp.float32(rng.normal()), ()),
+            )
+            for _ in range(96)
+        ]
+    )
+    config = TrainerConfig(
+        num_train_steps=10,
+        train_batch_size=8,
+        steps_per_eval=100,
+        require_accelerator=False,
+        tracker=TensorboardConfig(logdir=str(tmp_path / "tb"), flush_interval_s=0.0),
+        log_dir=tmp_path / "logs",
+        id="resumed",
+        checkpointer=CheckpointerConfig(base_path=str(tmp_path / "ckpt"), keep=[{"every": 5}]),
+    )
+
+    class StopAfterStep7(Callback):
+        def on_step(self, info, force=False):
+            if info.step == 7:
+                raise RuntimeError("stopped after step 7")
+
+    def run(stop: bool):
+        trainer = Trainer(config, optax.sgd(0.1), loss)
+        if stop:
+            trainer.add_hook(StopAfterStep7())
+        with trainer:
+            state = trainer.initial_state(jax.random.PRNGKey(0), model=Linear(hax.zeros(X)))
+            trainer.train(state, trainer.data_loader(data))
+
+    with pytest.raises(RuntimeError, match="stopped after step 7"):
+        run(stop=True)
+    assert (tmp_path / "ckpt" / "resumed" / "step-5").is_dir()
+    run(stop=False)
+
+    run_dir = tmp_path / "tb" / "resumed"
+    assert _session_starts(run_dir) == [0, 6]
+    steps = {k: [s for s, _ in v] for k, v in _scalars(run_dir, "train/loss").items()}
+    assert steps == {"classic": list(range(10)), "plugin": list(range(10))}

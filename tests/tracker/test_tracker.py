@@ -229,3 +229,232 @@ def test_missing_tensorboard_is_reported_at_the_trackers_type(no_tensorboard):
         assert "pip install 'lm[profiling]'" in problems[0].message
     # the other trackers do not need it
     assert lm.config.decode(TrainerConfig, {"tracker": {"type": "json"}}, path="trainer")
+
+
+# --- where trackers write: a file in the way, two trackers writing to one place -------------
+
+
+@pytest.fixture
+def afile(tmp_path):
+    """An existing file, where a tracker's output folder would have to be."""
+    path = tmp_path / "afile"
+    path.write_text("keep me")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_tracker, where, message",
+    [
+        (
+            lambda f: {"type": "json", "path": f"{f}/m.jsonl"},
+            "trainer.tracker.path",
+            "cannot write the metrics log to {f}/m.jsonl: {f} is a file, not a directory. "
+            "Choose another path, or move the file away",
+        ),
+        (
+            lambda f: {"type": "json", "path": f"{f}/{{run_id}}/m.jsonl"},
+            "trainer.tracker.path",
+            "cannot write the metrics log to {f}/{{run_id}}/m.jsonl: {f} is a file, not a "
+            "directory. Choose another path, or move the file away",
+        ),
+        (
+            lambda f: {"type": "json", "path": str(f.parent)},
+            "trainer.tracker.path",
+            "cannot write the metrics log to {d}: it is a directory. Give the file to write, "
+            "e.g. {d}/metrics.jsonl",
+        ),
+        (
+            lambda f: {"type": "tensorboard", "logdir": f"{f}/tb"},
+            "trainer.tracker.logdir",
+            "cannot write TensorBoard events: {f}/tb cannot be a directory: {f}, on its path, "
+            "is a file. Choose another logdir, or move the file away",
+        ),
+        (
+            lambda f: {"type": "wandb", "mode": "offline", "save_dir": f"{f}/x"},
+            "trainer.tracker.save_dir",
+            "W&B cannot write its run files: {f}/x cannot be a directory: {f}, on its path, is "
+            "a file. Choose another save_dir, or move the file away",
+        ),
+        (
+            lambda f: {"type": "wandb", "save_dir": str(f)},
+            "trainer.tracker.save_dir",
+            "W&B cannot write its run files: {f} is a file, not a directory. Choose another "
+            "save_dir, or move the file away",
+        ),
+        (
+            lambda f: [{"type": "json"}, {"type": "tensorboard", "logdir": f"{f}/tb"}],
+            "trainer.tracker[1].logdir",
+            "cannot write TensorBoard events: {f}/tb cannot be a directory: {f}, on its path, "
+            "is a file. Choose another logdir, or move the file away",
+        ),
+    ],
+    ids=["json", "json_run_id", "json_dir", "tensorboard", "wandb", "wandb_file", "list"],
+)
+def test_an_output_path_through_a_file_is_a_config_error_at_its_field(
+    afile, make_tracker, where, message
+):
+    """Found when the config is parsed, before the run writes anything (not as the OS error
+    `[Errno 17] File exists` once the run has built its data and model)."""
+    import lm.config
+    from lm.trainer import TrainerConfig
+
+    with pytest.raises(lm.config.ConfigError) as error:
+        lm.config.decode(TrainerConfig, {"tracker": make_tracker(afile)}, path="trainer")
+    (problem,) = error.value.problems
+    assert problem.path == where
+    assert problem.message == message.format(f=afile, d=afile.parent)
+    assert afile.read_text() == "keep me"
+
+
+def test_a_tracker_path_error_stops_train_lm_before_it_runs(afile, capsys):
+    import lm.config
+    from lm.main.train_lm import TrainLmConfig
+
+    def never(config: TrainLmConfig):
+        raise AssertionError("the run started")
+
+    tracker = f"{{type: tensorboard, logdir: {afile}/tb}}"
+    with pytest.raises(SystemExit) as exit_info:
+        lm.config.main(never)(args=["--trainer.tracker", tracker])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trainer.tracker.logdir" in err
+    assert f"{afile}/tb cannot be a directory: {afile}, on its path, is a file" in err
+
+
+def test_a_json_path_with_another_placeholder_is_a_config_error():
+    import lm.config
+
+    with pytest.raises(lm.config.FieldError) as error:
+        JsonLoggerConfig(path="logs/{run}/m.jsonl")
+    assert (error.value.field, error.value.message) == (
+        "path",
+        "'logs/{run}/m.jsonl' has the placeholder {run}: only {run_id} is replaced; write {{ "
+        "and }} for a literal brace",
+    )
+
+
+def test_an_output_path_of_the_run_id_through_a_file_is_found_before_any_tracker_starts(
+    tmp_path,
+):
+    """`<logdir>/<run_id>` is known only once the run id is: checked when the trackers are
+    built, before the first one starts."""
+    from lm.config import SetupConfigError
+
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "r1").write_text("keep me")
+    configs = (
+        JsonLoggerConfig(path=str(tmp_path / "m.jsonl")),
+        TensorboardConfig(str(tmp_path / "tb")),
+    )
+    with pytest.raises(SetupConfigError) as error:
+        build_tracker(configs, "r1")
+    assert str(error.value) == (
+        f"trainer.tracker[1].logdir: cannot write TensorBoard events: {tmp_path}/tb/r1 is a "
+        "file, not a directory. Choose another logdir, or move the file away"
+    )
+    assert not (tmp_path / "m.jsonl").exists()  # nothing started
+
+
+def test_an_os_error_starting_a_tracker_names_its_field(tmp_path):
+    """A location only the filesystem can refuse (here an fsspec memory URL through a file):
+    a TrackerInitError naming the field, and the trackers already started are finished."""
+    import fsspec
+
+    from lm.tracker import TrackerInitError
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/trk/afile", "wb") as f:
+        f.write(b"x")
+    configs = (
+        JsonLoggerConfig(path=str(tmp_path / "m.jsonl"), plot=False),
+        TensorboardConfig(logdir="memory://trk/afile/tb"),
+    )
+    try:
+        with pytest.raises(TrackerInitError) as error:
+            build_tracker(configs, "r1")
+    finally:
+        fs.rm("/trk", recursive=True)
+    assert str(error.value) == (
+        "trainer.tracker[1].logdir: the tensorboard tracker could not create its output under "
+        "'memory://trk/afile/tb' (NotADirectoryError: /trk/afile); choose another logdir or "
+        "fix its permissions"
+    )
+    assert [r["event"] for r in read_json_log(str(tmp_path / "m.jsonl"))] == ["finish"]
+
+
+@pytest.mark.parametrize(
+    "make_configs, message",
+    [
+        (
+            lambda tmp: (JsonLoggerConfig(), JsonLoggerConfig(plot=False)),
+            "trainer.tracker[0] and trainer.tracker[1] both write JSON lines to "
+            "{run_dir}/metrics.jsonl: every record would be written there twice. Remove one of "
+            "them, or give one another `path`",
+        ),
+        (
+            lambda tmp: (
+                JsonLoggerConfig(path=f"{tmp}/m.jsonl"),
+                NoopConfig(),
+                JsonLoggerConfig(path=f"{tmp}/sub/../m.jsonl"),
+            ),
+            "trainer.tracker[0] and trainer.tracker[2] both write JSON lines to {tmp}/m.jsonl: "
+            "every record would be written there twice. Remove one of them, or give one "
+            "another `path`",
+        ),
+        (
+            lambda tmp: (TensorboardConfig(logdir=f"{tmp}/tb"), TensorboardConfig(f"{tmp}/tb/")),
+            "trainer.tracker[0] and trainer.tracker[1] both write TensorBoard events to "
+            "{tmp}/tb/r1: TensorBoard would show every point twice. Remove one of them, or "
+            "give one another `logdir`",
+        ),
+        (
+            lambda tmp: (WandbConfig(project="a"), WandbConfig(project="b", mode="offline")),
+            "trainer.tracker[0] and trainer.tracker[1] both write to W&B: a process holds one "
+            "W&B run, and starting a second one finishes the first. Keep one W&B tracker",
+        ),
+    ],
+    ids=["json_default", "json_same_file", "tensorboard", "wandb"],
+)
+def test_two_trackers_writing_to_one_place_are_a_config_error(tmp_path, make_configs, message):
+    from lm.config import SetupConfigError
+
+    run_dir = tmp_path / "logs" / "r1"
+    with pytest.raises(SetupConfigError) as error:
+        build_tracker(make_configs(tmp_path), "r1", run_dir=str(run_dir))
+    assert str(error.value) == message.format(tmp=tmp_path, run_dir=run_dir)
+    assert not list(tmp_path.rglob("*"))  # no tracker started
+
+
+def test_trackers_writing_to_different_places_may_share_a_list(tmp_path):
+    configs = (
+        NoopConfig(),
+        NoopConfig(),
+        JsonLoggerConfig(plot=False),
+        JsonLoggerConfig(path=str(tmp_path / "copy.jsonl"), plot=False),
+        TensorboardConfig(logdir=str(tmp_path / "tb")),
+        TensorboardConfig(logdir=str(tmp_path / "tb2")),
+    )
+    tracker = build_tracker(configs, "r1", run_dir=str(tmp_path / "logs" / "r1"))
+    tracker.finish()
+    assert (tmp_path / "logs" / "r1" / "metrics.jsonl").exists()
+
+
+def test_a_trainer_with_the_json_tracker_twice_stops_before_writing(tmp_path):
+    """`--trainer.tracker '[{type: json}, {type: json}]'` used to write every record twice
+    into one metrics.jsonl."""
+    import optax
+
+    from lm.config import SetupConfigError
+    from lm.trainer import Trainer, TrainerConfig
+
+    config = TrainerConfig(
+        tracker=(JsonLoggerConfig(), JsonLoggerConfig()),
+        log_dir=tmp_path / "logs",
+        id="twice",
+        require_accelerator=False,
+    )
+    trainer = Trainer(config, optax.identity(), lambda model, batch: 0.0)
+    with pytest.raises(SetupConfigError, match=r"trainer.tracker\[0\] and trainer.tracker\[1\]"):
+        trainer.tracker  # noqa: B018 (builds the trackers)
+    assert not (tmp_path / "logs" / "twice" / "metrics.jsonl").exists()

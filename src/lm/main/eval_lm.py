@@ -5,7 +5,9 @@ Takes the run's own config (model, data, trainer) plus `checkpoint_path` (a run'
 checkpoint directory, whose newest complete checkpoint is used, or one `step-N`
 checkpoint), resolves the model as `train_lm` does (with `initialize_from_hf` and
 `use_hf_model_config`, the HF checkpoint's architecture plus the YAML's runtime fields), loads it (the averaged model when `trainer.model_averaging` is set,
-as the trainer's own evaluation does) and reports, for every validation set of `data`:
+as the trainer's own evaluation does; without it the raw weights, with a warning when the
+checkpoint holds an averaged model; the printed result says which) and reports, for every
+validation set of `data`:
 
 - `loss`: mean next-token cross-entropy (nats) over every predicted token, all batches
   pooled (token-weighted, not a mean of batch means);
@@ -43,7 +45,7 @@ import optax
 
 import lm.config
 from lm.compile_options import xla_compiler_options
-from lm.lm_run import load_lm_checkpoint, vocab_axis
+from lm.lm_run import load_lm_checkpoint, vocab_axis, weights_used
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
@@ -350,11 +352,16 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
         trainer.tracker.log_summary(
             {k: v for r in results.values() for k, v in r.metrics().items()}
         )
-    print(format_results(results, checkpoint, step), flush=True)
+    weights = weights_used(checkpoint, trainer_config.model_averaging)
+    print(format_results(results, checkpoint, step, weights=weights), flush=True)
     return results
 
 
-def format_results(results: dict[str, EvalResult], checkpoint: str, step: int) -> str:
+def format_results(
+    results: dict[str, EvalResult], checkpoint: str, step: int, *, weights: str | None = None
+) -> str:
+    """The table eval_lm prints; `weights` (`lm_run.weights_used`) says which weights of the
+    checkpoint were evaluated."""
     rows = [("set", "loss", "perplexity", "bits/byte", "tokens", "batches")]
     for name, r in results.items():
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "n/a"
@@ -369,7 +376,8 @@ def format_results(results: dict[str, EvalResult], checkpoint: str, step: int) -
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"Evaluated {checkpoint} (step {step}):"]
+    what = f"step {step}, {weights}" if weights else f"step {step}"
+    lines = [f"Evaluated {checkpoint} ({what}):"]
     for row in rows:
         lines.append(
             "  "

@@ -12,8 +12,10 @@ runtime fields. The vocabulary padded for partitioning is trimmed back to the to
 size (or the HF checkpoint's, when that was larger), and config.json's bos/eos/pad token ids
 are the tokenizer's; a run initialized from an HF checkpoint keeps that checkpoint's
 special-token id lists, larger `max_position_embeddings` and generation_config.json. With
-model averaging the averaged model is exported. An `--output_dir` that is an existing file
-is an error before any work.
+model averaging (`trainer.model_averaging`) the averaged model is exported; without it the
+raw weights, with a warning when the checkpoint holds an averaged model. The printed line
+says which (`Exported <checkpoint> (averaged weights) to <output_dir>`). An `--output_dir`
+that is an existing file is an error before any work.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import jax
 
 import lm.config
-from lm.lm_run import load_lm_checkpoint, vocab_axis
+from lm.lm_run import load_lm_checkpoint, vocab_axis, weights_used
 from lm.main.train_lm import TrainLmConfig
 from lm.models.hf.converter import check_output_dir
 from lm.partitioning import create_mesh, resolve_mesh_shape
@@ -81,7 +83,8 @@ def main(config: ExportLmToHfConfig) -> str:
             max_shard_size=config.max_shard_size,
             source_checkpoint=run_model.hf_checkpoint,
         )
-    print(f"Exported {path} to {config.output_dir}", flush=True)
+    weights = weights_used(path, trainer.model_averaging)
+    print(f"Exported {path} ({weights}) to {config.output_dir}", flush=True)
     return config.output_dir
 
 

@@ -17,11 +17,13 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import draccus
 import jax
 import numpy as np
+
+from lm.config.errors import FieldError, SetupConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +177,27 @@ class CompositeTracker(Tracker):
 class TrackerConfig(draccus.ChoiceRegistry, abc.ABC):
     """Registry of tracker configs, selected by `type:`; W&B when `type` is omitted."""
 
+    output_field: ClassVar[str | None] = None
+    """The field naming where the tracker writes (`path`, `logdir`, `save_dir`), if any: errors
+    creating its output name it."""
+
     @abc.abstractmethod
     def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
         """Build the tracker for run `run_id`; `run_dir` is `<log_dir>/<run_id>` when known."""
+
+    def check_output(self, run_id: str | None = None, *, run_dir: str | None = None) -> None:
+        """Raise `FieldError(field, why)` when where this tracker would write cannot be created
+        (a file where a folder must be). With `run_id` None, as when the config is parsed, only
+        the part of the location that does not depend on the run id is checked. Remote URLs
+        pass (they are checked when opened)."""
+
+    def destination(
+        self, run_id: str | None, *, run_dir: str | None = None
+    ) -> tuple[str, str] | None:
+        """`(where, why it is a problem)` for a tracker that writes to one place (`"JSON lines
+        to /abs/metrics.jsonl"`); two trackers of a list with the same `where` are a
+        configuration error. None: the tracker can be listed twice."""
+        return None
 
     @classmethod
     def default_choice_name(cls) -> str | None:
@@ -198,12 +218,80 @@ def build_tracker(
     run_id: str | None,
     *,
     run_dir: str | None = None,
+    field: str = "trainer.tracker",
 ) -> Tracker:
-    """One tracker for one config, a `CompositeTracker` for a list of them."""
-    if isinstance(config, TrackerConfig):
-        return config.init(run_id, run_dir=run_dir)
-    trackers = [c.init(run_id, run_dir=run_dir) for c in config]
+    """One tracker for one config, a `CompositeTracker` for a list of them.
+
+    Before any tracker starts, the list is checked (`field` is its YAML path, for the
+    messages): two trackers writing to the same place (`TrackerConfig.destination`) and an
+    output location that cannot be created for `run_id` (`TrackerConfig.check_output`) are a
+    `SetupConfigError` naming `field[i]`. An `OSError` while a tracker starts (a directory it
+    may not create) is a `TrackerInitError` naming the tracker's output field.
+    """
+    configs = [config] if isinstance(config, TrackerConfig) else list(config)
+    names = (
+        [field]
+        if isinstance(config, TrackerConfig)
+        else [f"{field}[{i}]" for i in range(len(configs))]
+    )
+    _check_tracker_list(configs, names, run_id, run_dir)
+    trackers: list[Tracker] = []
+    for c, name in zip(configs, names, strict=True):
+        try:
+            trackers.append(c.init(run_id, run_dir=run_dir))
+        except Exception as e:
+            for started in trackers:  # a W&B run already started must not be left open
+                with contextlib.suppress(Exception):
+                    started.finish()
+            if isinstance(e, OSError):
+                raise TrackerInitError(_output_error(c, name, e)) from e
+            raise
     return trackers[0] if len(trackers) == 1 else CompositeTracker(trackers)
+
+
+def _check_tracker_list(
+    configs: Sequence[TrackerConfig],
+    names: Sequence[str],
+    run_id: str | None,
+    run_dir: str | None,
+) -> None:
+    seen: dict[str, str] = {}
+    for c, name in zip(configs, names, strict=True):
+        dest = c.destination(run_id, run_dir=run_dir)
+        if dest is None:
+            continue
+        where, why = dest
+        if where in seen:
+            raise SetupConfigError(f"{seen[where]} and {name} both write {where}: {why}")
+        seen[where] = name
+    for c, name in zip(configs, names, strict=True):
+        try:
+            c.check_output(run_id, run_dir=run_dir)
+        except FieldError as e:
+            raise SetupConfigError(f"{name}.{e.field}: {e.message}") from None
+
+
+def _output_error(config: TrackerConfig, name: str, error: OSError) -> str:
+    kind = _type_name(config)
+    if error.strerror and error.filename:
+        what = f"{error.strerror}: {error.filename}"
+    else:
+        what = f"{type(error).__name__}: {error}"
+    field = config.output_field
+    if field is None or getattr(config, field, None) is None:
+        where = f"{name} (type: {kind})" if field is None else f"{name}.{field} (the default)"
+        return f"{where}: the {kind} tracker could not create its output ({what})"
+    return (
+        f"{name}.{field}: the {kind} tracker could not create its output under "
+        f"{getattr(config, field)!r} ({what}); choose another {field} or fix its permissions"
+    )
+
+
+def _type_name(config: TrackerConfig) -> str:
+    try:
+        return type(config).get_choice_name(type(config))
+    except (KeyError, ValueError, TypeError):
+        return type(config).__name__
 
 
 # --- the current tracker ---------------------------------------------------------------

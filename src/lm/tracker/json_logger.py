@@ -17,12 +17,14 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import fsspec
 import jax
 import numpy as np
 
+from lm.config.errors import FieldError
+from lm.fs import local_path, not_a_directory
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -187,22 +189,79 @@ class JsonLogger(Tracker):
 class JsonLoggerConfig(TrackerConfig):
     """JSON-lines metrics file."""
 
+    output_field: ClassVar[str | None] = "path"
+
     path: str | None = None
     """Where to write. Default: `<log_dir>/<run_id>/metrics.jsonl`. `{run_id}` is expanded."""
     plot: bool = True
     """At finish, draw loss / learning rate / throughput curves into `curves.png` beside
     the log (see `python -m lm.main.viz_run`)."""
 
+    def __post_init__(self):
+        if self.path is not None:
+            try:
+                self.path.format(run_id="run")
+            except (KeyError, IndexError, ValueError) as e:
+                what = (
+                    f"has the placeholder {{{e.args[0]}}}"
+                    if isinstance(e, KeyError)
+                    else f"cannot be expanded ({e})"
+                )
+                raise FieldError(
+                    "path",
+                    f"{self.path!r} {what}: only {{run_id}} is replaced; write {{{{ and }}}} "
+                    "for a literal brace",
+                ) from None
+        # a file in the way is found now, not once the run has set up its data and model
+        self.check_output()
+
+    def resolved_path(self, run_id: str | None, *, run_dir: str | None = None) -> str:
+        """The file this tracker writes for run `run_id`."""
+        if self.path is not None:
+            return self.path.format(run_id=run_id or "run")
+        if run_dir is not None:
+            return f"{str(run_dir).rstrip('/')}/metrics.jsonl"
+        return f"logs/{run_id or 'run'}/metrics.jsonl"
+
+    def check_output(self, run_id=None, *, run_dir=None) -> None:
+        if self.path is None:
+            return  # under the run directory, which the trainer checks (trainer.log_dir)
+        if run_id is None:
+            # the folders before `{run_id}` do not depend on the run id
+            path = self.path.format(run_id="\0")
+            fixed, templated, _ = path.partition("\0")
+            folder = os.path.dirname(fixed) if templated else os.path.dirname(path.rstrip("/"))
+        else:
+            path = self.resolved_path(run_id, run_dir=run_dir)
+            templated, folder = "", os.path.dirname(path.rstrip("/"))
+        local = local_path(path) if not templated else None
+        if local is not None and os.path.isdir(local):
+            raise FieldError(
+                "path",
+                f"cannot write the metrics log to {path}: it is a directory. Give the file to "
+                f"write, e.g. {path.rstrip('/')}/metrics.jsonl",
+            )
+        why = not_a_directory(folder) if folder else None
+        if why is not None:
+            raise FieldError(
+                "path",
+                f"cannot write the metrics log to {self.path}: {why}. Choose another path, or "
+                "move the file away",
+            )
+
+    def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
+        path = self.resolved_path(run_id, run_dir=run_dir)
+        return (
+            f"JSON lines to {local_path(path) or path}",
+            "every record would be written there twice. Remove one of them, or give one "
+            "another `path`",
+        )
+
     def init(self, run_id, *, run_dir=None) -> Tracker:
         if jax.process_index() != 0:
             # Every host computes the same metrics; one file, written by process 0.
             return NoopTracker()
-        if self.path is not None:
-            path = self.path.format(run_id=run_id or "run")
-        elif run_dir is not None:
-            path = f"{str(run_dir).rstrip('/')}/metrics.jsonl"
-        else:
-            path = f"logs/{run_id or 'run'}/metrics.jsonl"
+        path = self.resolved_path(run_id, run_dir=run_dir)
         logger.info("Logging metrics as JSON lines to %s", path)
         plot_path = sibling_path(path, "curves.png") if self.plot else None
         return JsonLogger(path, plot_path=plot_path)

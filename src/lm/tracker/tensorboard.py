@@ -4,12 +4,18 @@ Events go to `<logdir>/<run_id>/events.out.tfevents.*`, written with TensorBoard
 record writer and summary protos (no TensorFlow or torch needed) through fsspec, so
 `logdir` may be a local path or any fsspec URL. Needs the `profiling` extra:
 `pip install 'lm[profiling]'`.
+
+Each session marks its start with a `SessionLog` START event, TensorBoard's restart marker: a
+fresh run at the top of its file, a resumed run (earlier event files are there) at the step
+its training resumes at, the first step it logs `train/loss` at. TensorBoard then drops the
+earlier sessions' points from that step on, which the resumed run logs again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -18,13 +24,14 @@ import socket
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import fsspec
 import jax
 import numpy as np
 
 from lm.config.errors import FieldError
+from lm.fs import local_path, not_a_directory
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -36,6 +43,12 @@ from lm.tracker.base import (
 from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
 
 logger = logging.getLogger(__name__)
+
+SESSION_START_METRIC = "train/loss"
+"""The metric the trainer logs at every training step: its first step in a session is the
+step the run starts (or resumes) at."""
+
+_file_counter = itertools.count()
 
 _INSTALL_HINT = (
     "The tensorboard tracker needs the `tensorboard` package: pip install 'lm[profiling]' "
@@ -64,6 +77,8 @@ class TensorboardConfig(TrackerConfig):
     flush_interval_s: float = 10.0
     """Seconds between flushes of the event file (it is always flushed at finish)."""
 
+    output_field: ClassVar[str | None] = "logdir"
+
     def __post_init__(self):
         if not self.logdir:
             raise ValueError("tracker.logdir must be a non-empty path, got an empty string")
@@ -80,12 +95,35 @@ class TensorboardConfig(TrackerConfig):
                 "pip install 'lm[profiling]' (or `uv sync --extra profiling`), or choose another "
                 "tracker type (json, wandb).",
             )
+        self.check_output()
+
+    def run_path(self, run_id: str | None) -> str:
+        """`<logdir>/<run_id>`, the directory the run's event files go to."""
+        return f"{self.logdir.rstrip('/')}/{run_id or 'run'}"
+
+    def check_output(self, run_id=None, *, run_dir=None) -> None:
+        path = self.logdir if run_id is None else self.run_path(run_id)
+        why = not_a_directory(path)
+        if why is not None:
+            raise FieldError(
+                "logdir",
+                f"cannot write TensorBoard events: {why}. Choose another logdir, or move the "
+                "file away",
+            )
+
+    def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
+        path = self.run_path(run_id)
+        return (
+            f"TensorBoard events to {local_path(path) or path}",
+            "TensorBoard would show every point twice. Remove one of them, or give one "
+            "another `logdir`",
+        )
 
     def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
         _require_tensorboard()
         if jax.process_index() != 0:
             return NoopTracker()
-        path = f"{self.logdir.rstrip('/')}/{run_id or 'run'}"
+        path = self.run_path(run_id)
         logger.info("Writing TensorBoard events to %s", path)
         return TensorboardTracker(path, flush_interval_s=self.flush_interval_s)
 
@@ -108,9 +146,13 @@ class TensorboardTracker(Tracker):
         fs.makedirs(root, exist_ok=True)
         self._fs = fs
         self._root = root
+        # event files of an earlier session of this run: a resumed run writes beside them
+        self._continues_run = any(_is_event_file(p) for p in fs.ls(root, detail=False))
+        # time, then a per-process counter: TensorBoard reads a directory's event files in
+        # name order, so a later session's file (and its restart marker) comes after
         filename = (
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{id(self) % 100000}"
+            f"{os.getpid()}.{next(_file_counter):06d}"
         )
         self.event_file = f"{root.rstrip('/')}/{filename}"
         self._writer = record_writer_cls(fs.open(self.event_file, "wb"))
@@ -119,9 +161,38 @@ class TensorboardTracker(Tracker):
         self._last_step = 0
         self._warned: set[str] = set()
         self._finished = False
+        self._hparams_values: list = []
         self._write_event(
             self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         )
+        # TensorBoard takes the first session start it reads as the run's beginning and each
+        # later one as a restart: a fresh run marks its start here, a resumed run where its
+        # training resumes (`_mark_restart`)
+        self._restart_pending = self._continues_run
+        if not self._continues_run:
+            self._write_session_start(0)
+
+    def _write_session_start(self, step: int) -> None:
+        start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+        event = self._event_pb2.Event(wall_time=time.time(), step=step, session_log=start)
+        self._write_event(event, force_flush=True)
+
+    def _mark_restart(self, step: int) -> None:
+        """A resumed run trains again from `step`: write TensorBoard's restart marker (a
+        `SessionLog` START event at `step`), so that TensorBoard drops the earlier sessions'
+        points at `step` and later, which this run logs again, instead of showing each of
+        them twice."""
+        self._restart_pending = False
+        logger.info(
+            "TensorBoard: the run resumes at step %d; its earlier points from step %d on are "
+            "replaced",
+            step,
+            step,
+        )
+        self._write_session_start(step)
+        if step <= 0 and self._hparams_values:
+            # the marker also drops this session's own hyperparameters (step 0): again
+            self._write_summary(self._hparams_values, 0, force_flush=True)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -173,13 +244,17 @@ class TensorboardTracker(Tracker):
         text = self._text_summary.text_pb(
             "hparams", "```json\n" + json.dumps(plain, indent=2, sort_keys=True) + "\n```"
         )
-        self._write_summary(list(summary.value) + list(text.value), 0, force_flush=True)
+        self._hparams_values = list(summary.value) + list(text.value)
+        self._write_summary(self._hparams_values, 0, force_flush=True)
 
     def log(self, metrics: Mapping[str, Any], *, step: int | None, commit: bool | None = None):
         if step is None:
             step = self._last_step
-        self._last_step = max(self._last_step, int(step))
-        self._write_summary(self._values(metrics), int(step))
+        step = int(step)
+        if self._restart_pending and SESSION_START_METRIC in metrics:
+            self._mark_restart(step)
+        self._last_step = max(self._last_step, step)
+        self._write_summary(self._values(metrics), step)
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         self._write_summary(self._values(metrics), self._last_step, force_flush=True)
@@ -204,6 +279,10 @@ class TensorboardTracker(Tracker):
         self._finished = True
         self.flush()
         self._writer.close()
+
+
+def _is_event_file(path: str) -> bool:
+    return "tfevents" in path.rstrip("/").rpartition("/")[2]
 
 
 def _histo(h: Histogram):

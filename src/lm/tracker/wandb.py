@@ -28,11 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
 
+from lm.config.errors import FieldError
+from lm.fs import not_a_directory
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -91,6 +93,8 @@ class WandbConfig(TrackerConfig):
     save_xla_dumps: bool = False
     """Attach the XLA dump directory (`--xla_dump_to=...` in `XLA_FLAGS`) at finish."""
 
+    output_field: ClassVar[str | None] = "save_dir"
+
     def __post_init__(self):
         if self.mode is not None and self.mode not in _MODES:
             raise ValueError(
@@ -107,6 +111,29 @@ class WandbConfig(TrackerConfig):
                 f"tracker.tags must be a list of strings, got the string {self.tags!r}; "
                 f"write `tags: [{self.tags}]`."
             )
+        # a file in the way is found now, not once the run has set up its data and model
+        self.check_output()
+
+    def check_output(self, run_id=None, *, run_dir=None) -> None:
+        if self.save_dir is None:
+            return
+        # W&B writes its run files to <save_dir>/wandb/
+        why = not_a_directory(self.save_dir) or not_a_directory(
+            os.path.join(self.save_dir, "wandb")
+        )
+        if why is not None:
+            raise FieldError(
+                "save_dir",
+                f"W&B cannot write its run files: {why}. Choose another save_dir, or move the "
+                "file away",
+            )
+
+    def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
+        return (
+            "to W&B",
+            "a process holds one W&B run, and starting a second one finishes the first. Keep "
+            "one W&B tracker",
+        )
 
     def init(self, run_id: str | None, *, run_dir: str | None = None) -> Tracker:
         try:
