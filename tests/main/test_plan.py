@@ -439,6 +439,58 @@ def test_plan_training_any_model_and_concrete_lowering_agree(tmp_path):
     assert concrete.temp_bytes > 0 and concrete.alias_bytes > 0
 
 
+def _mse_xy(model, xy):
+    return _mse(model, *xy)
+
+
+@pytest.mark.parametrize("batch_size", [16, 12])
+def test_the_planned_batch_is_laid_out_as_the_data_loader_lays_it_out(tmp_path, batch_size):
+    """A batch the 8 batch-parallel devices do not divide (allow_nondivisible_batch_size) is
+    replicated by the loader, and so by the plan; planning used to fail in jax (`implies that
+    array axis 0 is partitioned 8 times, but the dimension size is 12`) while training ran."""
+    from lm.data import ListDataset
+    from lm.plan import abstract_batch
+
+    config = TrainerConfig(
+        train_batch_size=batch_size,
+        allow_nondivisible_batch_size=True,
+        num_train_steps=10,
+        require_accelerator=False,
+        log_dir=tmp_path,
+    )
+    trainer = Trainer(config, optax.adam(1e-3), _mse_xy, add_default_hooks=False)
+    example = (hax.zeros(_Feature), hax.zeros(()))
+    loaded = trainer.data_loader(ListDataset([example] * batch_size)).make_batch(0)
+    planned = abstract_batch(trainer, _xy, config.TrainBatch)
+    for got, want in zip(jax.tree.leaves(planned), jax.tree.leaves(loaded), strict=True):
+        assert got.shape == want.shape
+        assert got.sharding.spec == want.sharding.spec, (got.sharding, want.sharding)
+    init = lambda: _Mlp.init(key=jax.random.PRNGKey(0))  # noqa: E731
+    plan = plan_training(trainer, init, _xy)
+    assert plan.memory is not None and plan.batch_size == batch_size
+    replicated = [w for w in plan.warnings if "replicated on every device" in w]
+    if batch_size == 12:
+        assert replicated == [
+            "batch size 12 (from step 0) is not divisible by the 8 batch-parallel devices (mesh "
+            "axes ['replica', 'data']): batches of that size are replicated on every device, not "
+            "sharded (trainer.allow_nondivisible_batch_size)"
+        ]
+        assert "Warnings:\n  - batch size 12 (from step 0)" in format_plan(plan)
+    else:
+        assert replicated == [] and "Warnings:" not in format_plan(plan)
+
+
+def test_a_mesh_axis_nothing_uses_is_shown_in_the_plan(nano_config):
+    idle = dataclasses.replace(nano_config.trainer, model_axis_size=2)
+    plan = plan_lm(dataclasses.replace(nano_config, trainer=idle), compile_step=False)
+    (warning,) = plan.warnings
+    assert warning.startswith("mesh axis 'model' has 2 devices (trainer.model_axis_size = 2)")
+    assert f"Warnings:\n  - {warning}" in format_plan(plan)
+    used = dataclasses.replace(idle, tensor_parallel_axes=["heads", "mlp"])
+    plan = plan_lm(dataclasses.replace(nano_config, trainer=used), compile_step=False)
+    assert plan.warnings == ()
+
+
 def test_batch_schedule_plans_the_largest_phase(nano_config):
     trainer = dataclasses.replace(
         nano_config.trainer,

@@ -42,6 +42,16 @@ def test_tensor_parallel_overrides_axis_resources_with_warning(caplog):
     assert "overrides axis_resources" in caplog.text
 
 
+def test_tensor_parallel_axes_agreeing_with_axis_resources_is_no_override(caplog):
+    with caplog.at_level("WARNING"):
+        compute = compute_axis_mapping(
+            tensor_parallel_axes=["mlp", "heads"],
+            axis_resources={"mlp": ["model"], "heads": "model"},
+        )
+    assert compute["mlp"] == "model"
+    assert caplog.records == []
+
+
 def test_unknown_mesh_axis_is_rejected():
     with pytest.raises(ValueError, match="unknown mesh axis 'modle'"):
         validate_mapping({"mlp": "modle"}, field="trainer.axis_resources")
@@ -255,3 +265,105 @@ def test_mapped_axes_no_parameter_has_are_reported_with_a_did_you_mean():
         check_mapped_axes_exist(_params(), parameter_axis_resources={"pont": "data"})
     # a model of plain arrays has no logical axes to check
     assert check_mapped_axes_exist({"w": np.zeros(3)}, fsdp_axis="embed") == []
+
+
+# --- what the user wrote, checked before the derivation can hide it --------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("model", None),
+        (("replica", "data"), None),
+        (["model"], None),
+        ((), None),  # replicated
+        ("modle", "got 'modle', expected a mesh axis ('replica', 'data' or 'model') or a list"),
+        ("dta", "did you mean 'data'?"),
+        ("modle", "did you mean 'model'?"),
+        (("model", "dta"), "got [model, dta], where 'dta' is not a mesh axis"),
+        (["data", "data"], "got [data, data], which lists mesh axis 'data' twice"),
+        (3, "got 3, expected a mesh axis"),
+    ],
+)
+def test_mapping_entry_problem_names_the_bad_mesh_axis_with_a_did_you_mean(value, expected):
+    from lm.partitioning import mapping_entry_problem
+
+    problem = mapping_entry_problem(value)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem, problem
+    assert "did you mean" not in (mapping_entry_problem("xyz") or "")
+
+
+def test_entries_the_derivation_would_always_replace_are_found():
+    """`axis_resources.<batch axis>` (always (replica, data)) and a
+    `parameter_axis_resources` entry for an fsdp axis (always data) never take effect."""
+    from lm.partitioning import overridden_entries
+
+    assert overridden_entries(axis_resources={"batch": ("replica", "data")}) == []
+    assert overridden_entries(parameter_axis_resources={"embed": "data", "mlp": "model"}) == []
+    assert overridden_entries(fsdp_axis=None, parameter_axis_resources={"embed": "model"}) == []
+    assert overridden_entries(axis_resources={"batch": "modle"}) == []  # reported as a typo
+
+    ((field, axis, message),) = overridden_entries(axis_resources={"batch": "data"})
+    assert (field, axis) == ("axis_resources", "batch")
+    assert message.startswith("got 'data', but the batch axis ('batch', trainer.batch_axis)")
+    assert "always split over [replica, data]" in message
+
+    found = overridden_entries(
+        fsdp_axis=["embed", "mlp"],
+        parameter_axis_resources={"embed": ["replica", "data"], "mlp": "model", "heads": "data"},
+    )
+    assert [(f, a) for f, a, _ in found] == [
+        ("parameter_axis_resources", "embed"),
+        ("parameter_axis_resources", "mlp"),
+    ]
+    assert found[0][2].startswith(
+        "got [replica, data], but trainer.fsdp_axis (['embed', 'mlp']) also maps 'embed' for "
+        "parameters, to 'data'"
+    )
+    assert "set trainer.fsdp_axis: null (or leave 'embed' out of it)" in found[0][2]
+
+
+def test_fsdp_overriding_a_shared_entry_for_parameters_is_a_warning():
+    from lm.partitioning import fsdp_override_warnings
+
+    (warning,) = fsdp_override_warnings(axis_resources={"mlp": "model", "embed": "model"})
+    assert warning.startswith(
+        "trainer.fsdp_axis overrides trainer.axis_resources for 'embed' in the parameter "
+        "mapping: parameters and optimizer state map embed -> data, activations embed -> model"
+    )
+    assert "trainer.parameter_axis_resources ({embed: data})" in warning
+    (warning,) = fsdp_override_warnings(fsdp_axis=["embed"], tensor_parallel_axes=["embed"])
+    assert warning.startswith(
+        "trainer.fsdp_axis overrides trainer.tensor_parallel_axes for 'embed'"
+    )
+    # the layout said outright, FSDP off, or an axis FSDP leaves alone: nothing to say
+    said = {"embed": "data"}
+    shared = {"embed": "model"}
+    assert fsdp_override_warnings(axis_resources=shared, parameter_axis_resources=said) == []
+    assert fsdp_override_warnings(fsdp_axis=None, axis_resources=shared) == []
+    assert fsdp_override_warnings(axis_resources={"mlp": "model"}) == []
+
+
+def test_a_mesh_axis_nothing_is_split_over_is_reported():
+    from lm.partitioning import unused_mesh_axes
+
+    compute = compute_axis_mapping()
+    params = parameter_axis_mapping(compute)
+    (warning,) = unused_mesh_axes({"replica": 1, "data": 4, "model": 2}, compute, params)
+    assert warning.startswith(
+        "mesh axis 'model' has 2 devices (trainer.model_axis_size = 2), but no logical axis is "
+        "mapped to it by trainer.tensor_parallel_axes, trainer.axis_resources"
+    )
+    assert "set trainer.tensor_parallel_axes" in warning
+    assert "trainer.model_axis_size: 1" in warning
+    assert unused_mesh_axes({"replica": 1, "data": 8, "model": 1}, compute, params) == []
+    # a mesh axis only the parameters are split over is used (FSDP-like over 'model')
+    params_on_model = parameter_axis_mapping(compute, parameter_axis_resources={"mlp": "model"})
+    assert unused_mesh_axes({"replica": 2, "data": 2, "model": 2}, compute, params_on_model) == []
+    tp = compute_axis_mapping(tensor_parallel_axes=["mlp"])
+    assert unused_mesh_axes({"data": 4, "model": 2}, tp, parameter_axis_mapping(tp)) == []
+    (replica,) = unused_mesh_axes({"replica": 2, "data": 4}, {"batch": "data"})
+    assert replica.startswith("mesh axis 'replica' has 2 devices (trainer.replica_ici_axis_size")

@@ -1,6 +1,7 @@
 """`TrainerConfig` validation: field paths in errors, jax_config, trackers, batch sizes,
 microbatching (PAR-06/08/09), and the run-id order (TRN-02). 8 fake CPU devices."""
 
+import logging
 import re
 
 import pytest
@@ -229,6 +230,137 @@ def test_a_compute_axis_on_the_batch_mesh_axes_is_a_config_error_at_its_entry():
     assert location == "--axis_resources {position: data}"
     # parameter-only sharding and the model axis stay allowed
     TrainerConfig(axis_resources={"mlp": "model"}, parameter_axis_resources={"position": "data"})
+
+
+# ---------------------------------------------------------------- axis mappings (PAR-02/03/04)
+
+
+@pytest.mark.parametrize(
+    "field, value, entry, hint",
+    [
+        ("axis_resources", "{mlp: modle}", "mlp", "did you mean 'model'?"),
+        ("parameter_axis_resources", "{mlp: dta}", "mlp", "did you mean 'data'?"),
+        # the default fsdp_axis replaces this entry: it used to hide the typo
+        ("parameter_axis_resources", "{embed: dta}", "embed", "did you mean 'data'?"),
+        ("axis_resources", "{mlp: [model, dta]}", "mlp", "did you mean 'data'?"),
+        ("axis_resources", "{batch: dta}", "batch", "did you mean 'data'?"),
+    ],
+)
+def test_a_misspelled_mesh_axis_is_reported_at_its_entry(field, value, entry, hint):
+    path, message, location = only_problem(f"--{field}", value)
+    assert path == f"{field}.{entry}"
+    assert "expected a mesh axis ('replica', 'data' or 'model') or a list of them" in message
+    assert message.endswith(hint), message
+    assert location == f"--{field} {value}"
+
+
+def test_mesh_axis_typos_name_the_trainer_field_and_flag_in_a_run_config(tmp_path):
+    from lm.main.train_lm import TrainLmConfig
+
+    with pytest.raises(ConfigError) as info:
+        lm.config.parse(
+            TrainLmConfig,
+            args=[
+                "--trainer.axis_resources",
+                "{mlp: modle}",
+                "--trainer.parameter_axis_resources",
+                "{embed: dta}",
+            ],
+        )
+    assert [str(p) for p in info.value.problems] == [
+        "trainer.axis_resources.mlp [--trainer.axis_resources {mlp: modle}]: got 'modle', "
+        "expected a mesh axis ('replica', 'data' or 'model') or a list of them; did you mean "
+        "'model'?",
+        "trainer.parameter_axis_resources.embed [--trainer.parameter_axis_resources {embed: dta}]"
+        ": got 'dta', expected a mesh axis ('replica', 'data' or 'model') or a list of them; did "
+        "you mean 'data'?",
+    ]
+    run = tmp_path / "run.yaml"
+    run.write_text("trainer:\n  axis_resources:\n    heads: model\n    mlp: modle\n")
+    with pytest.raises(ConfigError) as info:
+        lm.config.parse(TrainLmConfig, str(run))
+    (problem,) = info.value.problems
+    assert problem.path == "trainer.axis_resources.mlp"
+    assert problem.location == f"{run}:4"
+
+
+def test_a_parameter_entry_fsdp_axis_replaces_is_an_error():
+    """`fsdp_axis` (default `embed`) comes last in the parameter mapping: an entry of
+    `parameter_axis_resources` for the same axis could never take effect."""
+    args = [
+        "--replica_ici_axis_size",
+        "2",
+        "--parameter_axis_resources",
+        "{embed: [replica, data]}",
+    ]
+    path, message, location = only_problem(*args)
+    assert path == "parameter_axis_resources.embed"
+    assert message.startswith(
+        "got [replica, data], but trainer.fsdp_axis ('embed'; 'embed' is the default) also maps "
+        "'embed' for parameters, to 'data', and comes last: parameters would map embed -> data"
+    )
+    assert "set trainer.fsdp_axis: null" in message
+    assert location == "--parameter_axis_resources {embed: [replica, data]}"
+    config = lm.config.parse(TrainerConfig, args=[*args, "--fsdp_axis", "null"])
+    assert config.parameter_axis_mapping["embed"] == ("replica", "data")
+    # the same layout as FSDP's is no conflict
+    config = lm.config.parse(TrainerConfig, args=["--parameter_axis_resources", "{embed: data}"])
+    assert config.parameter_axis_mapping["embed"] == "data"
+
+
+def test_an_axis_resources_entry_for_the_batch_axis_is_an_error():
+    path, message, location = only_problem("--axis_resources", "{batch: data}")
+    assert path == "axis_resources.batch"
+    assert message.startswith(
+        "got 'data', but the batch axis ('batch', trainer.batch_axis) is always split over "
+        "[replica, data]"
+    )
+    assert location == "--axis_resources {batch: data}"
+    config = lm.config.parse(TrainerConfig, args=["--axis_resources", "{batch: [replica, data]}"])
+    assert config.compute_axis_mapping == {"batch": ("replica", "data")}
+
+
+def test_fsdp_axis_replacing_a_shared_entry_for_parameters_is_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="lm.trainer.config"):
+        config = TrainerConfig(axis_resources={"mlp": "model", "embed": "model"})
+    assert config.parameter_axis_mapping["embed"] == "data"
+    assert config.compute_axis_mapping["embed"] == "model"
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "trainer.fsdp_axis overrides trainer.axis_resources for 'embed' in the parameter "
+        "mapping: parameters and optimizer state map embed -> data, activations embed -> model"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lm.trainer.config"):
+        TrainerConfig(tensor_parallel_axes=["embed"])
+    (record,) = caplog.records
+    assert "trainer.fsdp_axis overrides trainer.tensor_parallel_axes for 'embed'" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lm.trainer.config"):
+        TrainerConfig(axis_resources={"embed": "model"}, parameter_axis_resources={"embed": "data"})
+        TrainerConfig(axis_resources={"embed": "model"}, fsdp_axis=None)
+    assert caplog.records == []
+
+
+def test_a_mesh_axis_no_logical_axis_uses_is_warned_about(tmp_path, caplog):
+    """`model_axis_size: 2` without `tensor_parallel_axes`: half the devices would repeat the
+    other half's work."""
+    assert TrainerConfig().mesh_warnings() == []
+    assert TrainerConfig(model_axis_size=2, tensor_parallel_axes=["mlp"]).mesh_warnings() == []
+    (warning,) = TrainerConfig(model_axis_size=2).mesh_warnings()
+    assert warning.startswith("mesh axis 'model' has 2 devices (trainer.model_axis_size = 2)")
+    assert "trainer.tensor_parallel_axes" in warning and "trainer.axis_resources" in warning
+    config = TrainerConfig(
+        model_axis_size=2,
+        require_accelerator=False,
+        tracker=NoopConfig(),
+        log_dir=tmp_path / "logs",
+        checkpointer={"base_path": str(tmp_path / "ckpt")},
+        id="idle-model",
+    )
+    with caplog.at_level(logging.WARNING, logger="lm.trainer.config"):
+        config.initialize()
+    assert [r.getMessage() for r in caplog.records if r.name == "lm.trainer.config"] == [warning]
 
 
 # ---------------------------------------------------------------- built from Python

@@ -8,8 +8,13 @@ from lm.partitioning.axis_rules import (
     check_divisible,
     check_mapped_axes_exist,
     compute_axis_mapping,
+    fsdp_axes,
+    fsdp_override_warnings,
+    mapping_entry_problem,
+    overridden_entries,
     parameter_axis_mapping,
     parameter_axis_names,
+    unused_mesh_axes,
     validate_mapping,
 )
 from lm.partitioning.mesh import (
@@ -38,8 +43,13 @@ __all__ = [
     "compute_axis_mapping",
     "count_slices",
     "create_mesh",
+    "fsdp_axes",
+    "fsdp_override_warnings",
+    "mapping_entry_problem",
+    "overridden_entries",
     "parameter_axis_mapping",
     "parameter_axis_names",
     "resolve_mesh_shape",
+    "unused_mesh_axes",
     "validate_mapping",
 ]

@@ -6,6 +6,12 @@ both mappings and `parameter_axis_resources` overrides it for parameters. Deriva
 
     compute   = axis_resources + {tp axis: "model"} + {batch_axis: ("replica", "data")}
     parameter = compute + parameter_axis_resources + {fsdp axis: "data"}
+
+The checks on what the user wrote come before that derivation hides anything:
+`mapping_entry_problem` (each entry's mesh axes), `overridden_entries` (entries a later rule
+would replace so that they can never take effect: errors), `fsdp_override_warnings` (entries
+`fsdp_axis` replaces for parameters only), and `unused_mesh_axes` (a mesh axis of several
+devices that nothing is split over).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from lm.partitioning.mesh import DATA, MODEL, REPLICA
+from lm.partitioning.mesh import DATA, MESH_AXES, MODEL, REPLICA
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,12 @@ def compute_axis_mapping(
 ) -> ResourceMapping:
     mapping: ResourceMapping = {k: _normalize(v) for k, v in (axis_resources or {}).items()}
     if tensor_parallel_axes:
-        overridden = sorted(set(tensor_parallel_axes) & set(mapping))
+        # an entry that already says `model` loses nothing
+        overridden = sorted(
+            axis
+            for axis in set(tensor_parallel_axes) & set(mapping)
+            if _mesh_axes(mapping[axis]) != (MODEL,)
+        )
         if overridden:
             logger.warning(
                 "tensor_parallel_axes overrides axis_resources for %s (both were set)", overridden
@@ -61,10 +72,187 @@ def parameter_axis_mapping(
 ) -> ResourceMapping:
     mapping: ResourceMapping = dict(compute)
     mapping.update({k: _normalize(v) for k, v in (parameter_axis_resources or {}).items()})
-    if fsdp_axis is not None:
-        for axis in [fsdp_axis] if isinstance(fsdp_axis, str) else fsdp_axis:
-            mapping[axis] = DATA
+    for axis in fsdp_axes(fsdp_axis):
+        mapping[axis] = DATA
     return mapping
+
+
+def fsdp_axes(fsdp_axis: str | Sequence[str] | None) -> list[str]:
+    """`fsdp_axis` as a list of logical axis names (empty when FSDP is off)."""
+    if fsdp_axis is None:
+        return []
+    return [fsdp_axis] if isinstance(fsdp_axis, str) else list(fsdp_axis)
+
+
+def _show(physical: Any) -> str:
+    """A mapping value for a message: `'data'`, `[replica, data]` (as YAML writes a list)."""
+    if isinstance(physical, str):
+        return repr(physical)
+    return "[" + ", ".join(str(name) for name in physical) + "]"
+
+
+def _target(physical: str | Sequence[str]) -> str:
+    """A mapping value as the right side of `embed -> data`, `batch -> (replica, data)`."""
+    names = _mesh_axes(physical)
+    return names[0] if len(names) == 1 else "(" + ", ".join(names) + ")"
+
+
+def mapping_entry_problem(physical: Any) -> str | None:
+    """What is wrong with the value of one entry of a user's mapping (`axis_resources`,
+    `parameter_axis_resources`), or None: it must be a mesh axis name or a list of distinct
+    ones. The message reads after the entry's YAML path and has a did-you-mean."""
+    allowed = "a mesh axis ('replica', 'data' or 'model') or a list of them"
+    if isinstance(physical, str):
+        names: tuple[Any, ...] = (physical,)
+    elif isinstance(physical, Sequence):
+        names = tuple(physical)
+    else:
+        return f"got {physical!r}, expected {allowed}"
+    for name in names:
+        if name in MESH_AXES:
+            continue
+        close = difflib.get_close_matches(str(name), list(MESH_AXES), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        which = "" if isinstance(physical, str) else f", where {name!r} is not a mesh axis"
+        return f"got {_show(physical)}{which}, expected {allowed}{hint}"
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return (
+            f"got {_show(physical)}, which lists mesh axis {repeated[0]!r} twice: expected "
+            "distinct mesh axes"
+        )
+    return None
+
+
+def overridden_entries(
+    *,
+    batch_axis: str = "batch",
+    fsdp_axis: str | Sequence[str] | None = "embed",
+    axis_resources: Mapping[str, Any] | None = None,
+    parameter_axis_resources: Mapping[str, Any] | None = None,
+) -> list[tuple[str, str, str]]:
+    """The user's mapping entries the derivation would replace in every mapping they are part
+    of, so that they could never take effect: `(field, logical axis, message)` per entry
+    (`("axis_resources", "batch", ...)`). Entries with invalid values are skipped
+    (see `mapping_entry_problem`).
+
+    - `axis_resources.<batch_axis>`: the batch axis is always split over (replica, data).
+    - `parameter_axis_resources.<axis>` for an axis of `fsdp_axis`: FSDP puts it on `data`,
+      and `parameter_axis_resources` maps parameters only.
+
+    An entry that equals what replaces it is fine.
+    """
+    problems = []
+    batch = (axis_resources or {}).get(batch_axis)
+    if batch is not None and mapping_entry_problem(batch) is None:
+        if _mesh_axes(batch) != (REPLICA, DATA):
+            problems.append(
+                (
+                    "axis_resources",
+                    batch_axis,
+                    f"got {_show(batch)}, but the batch axis ({batch_axis!r}, "
+                    "trainer.batch_axis) is always split over [replica, data], the "
+                    "batch-parallel devices, so this entry would be replaced and never take "
+                    "effect. Remove it (trainer.replica_ici_axis_size and model_axis_size size "
+                    "the batch-parallel devices), or set trainer.batch_axis if "
+                    f"{batch_axis!r} is not the batch axis",
+                )
+            )
+    fsdp = fsdp_axes(fsdp_axis)
+    for axis, physical in (parameter_axis_resources or {}).items():
+        if axis not in fsdp or mapping_entry_problem(physical) is not None:
+            continue
+        if _mesh_axes(physical) == (DATA,):
+            continue
+        default = "; 'embed' is the default" if fsdp_axis == "embed" else ""
+        problems.append(
+            (
+                "parameter_axis_resources",
+                axis,
+                f"got {_show(physical)}, but trainer.fsdp_axis ({fsdp_axis!r}{default}) "
+                f"also maps {axis!r} for parameters, to 'data', and comes last: parameters "
+                f"would map {axis} -> data and this entry would never take effect. To use it, "
+                f"set trainer.fsdp_axis: null (or leave {axis!r} out of it); otherwise remove "
+                "the entry",
+            )
+        )
+    return problems
+
+
+def fsdp_override_warnings(
+    *,
+    fsdp_axis: str | Sequence[str] | None = "embed",
+    tensor_parallel_axes: Sequence[str] | None = None,
+    axis_resources: Mapping[str, Any] | None = None,
+    parameter_axis_resources: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """A warning per axis of `fsdp_axis` that `tensor_parallel_axes` or `axis_resources` maps
+    elsewhere: FSDP replaces that entry for parameters (and optimizer state), so they are laid
+    out otherwise than the activations the entry still maps. Saying the parameters' layout in
+    `parameter_axis_resources` (`{embed: data}`) states it is meant, and silences it."""
+    warnings = []
+    tensor_parallel = list(tensor_parallel_axes or [])
+    for axis in fsdp_axes(fsdp_axis):
+        if axis in (parameter_axis_resources or {}):
+            continue
+        if axis in tensor_parallel:
+            field, physical = "trainer.tensor_parallel_axes", MODEL
+        elif axis in (axis_resources or {}):
+            field, physical = "trainer.axis_resources", axis_resources[axis]
+        else:
+            continue
+        if _mesh_axes(physical) == (DATA,):
+            continue
+        warnings.append(
+            f"trainer.fsdp_axis overrides {field} for {axis!r} in the parameter mapping: "
+            f"parameters and optimizer state map {axis} -> data, activations {axis} -> "
+            f"{_target(physical)}. To store parameters as {field} says, leave {axis!r} out of "
+            "trainer.fsdp_axis (or set it to null); to keep this layout without this warning, "
+            f"add it to trainer.parameter_axis_resources ({{{axis}: data}})"
+        )
+    return warnings
+
+
+# Where the size of each mesh axis comes from (for the unused-axis warning).
+_SIZE_FIELDS = {
+    REPLICA: "trainer.replica_ici_axis_size x replica_dcn_axis_size",
+    DATA: "the devices left over by trainer.replica_*_axis_size and model_axis_size",
+    MODEL: "trainer.model_axis_size",
+}
+_HOW_TO_USE = {
+    REPLICA: "set trainer.replica_ici_axis_size and replica_dcn_axis_size to 1",
+    DATA: "map an axis to 'data' (trainer.fsdp_axis for parameters)",
+    MODEL: (
+        "set trainer.tensor_parallel_axes (e.g. [heads, mlp]; Llama: [kv_head, mlp]) or map "
+        "axes to 'model' in trainer.axis_resources, or set trainer.model_axis_size: 1 to use "
+        "those devices for data parallelism"
+    ),
+}
+
+
+def unused_mesh_axes(
+    mesh_shape: Mapping[str, int], *mappings: Mapping[str, str | tuple[str, ...]]
+) -> list[str]:
+    """A warning per mesh axis of more than one device that no logical axis of any of
+    `mappings` (the compute and the parameter mapping) is split over: every parameter and
+    activation is then replicated along it, and its devices repeat each other's work."""
+    used = {
+        name for mapping in mappings for value in mapping.values() for name in _mesh_axes(value)
+    }
+    warnings = []
+    for mesh_axis, size in mesh_shape.items():
+        if size <= 1 or mesh_axis in used:
+            continue
+        sized_by = _SIZE_FIELDS.get(mesh_axis, "the mesh")
+        fix = _HOW_TO_USE.get(mesh_axis, "map an axis to it")
+        warnings.append(
+            f"mesh axis {mesh_axis!r} has {size} devices ({sized_by} = {size}), but no logical "
+            "axis is mapped to it by trainer.tensor_parallel_axes, trainer.axis_resources, "
+            "trainer.parameter_axis_resources or trainer.fsdp_axis: every parameter and "
+            f"activation is replicated over those {size} devices, which repeat each other's "
+            f"work. To use them, {fix}"
+        )
+    return warnings
 
 
 def validate_mapping(mapping: Mapping[str, str | tuple[str, ...]], *, field: str) -> None:

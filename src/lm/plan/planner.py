@@ -138,6 +138,9 @@ class Plan:
     compile_seconds: float | None = None
     facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Run settings the advice looks at (gradient checkpointing, dtypes, vocab, ...)."""
+    warnings: tuple[str, ...] = ()
+    """What the run would warn about its layout: a mesh axis nothing is split over, batches
+    replicated because the batch-parallel devices do not divide them."""
 
     @property
     def num_params(self) -> int:
@@ -231,6 +234,27 @@ def describe_parameters(model: Any, is_trainable: Any = True) -> list[ParamInfo]
 # ---------------------------------------------------------------------------- planning
 
 
+def _batch_shards(trainer: Trainer) -> tuple[tuple[str, ...], int]:
+    """The mesh axes the compute mapping splits the batch axis over, and their device count."""
+    config = trainer.config
+    mapped = trainer.compute_axis_mapping.get(config.batch_axis, ())
+    names = (mapped,) if isinstance(mapped, str) else tuple(mapped)
+    return names, math.prod(config.device_mesh.shape[name] for name in names)
+
+
+def abstract_batch(trainer: Trainer, make_batch: Callable[[hax.Axis], Any], Batch: hax.Axis) -> Any:
+    """`make_batch(Batch)` as `ShapeDtypeStruct`s (traced, nothing allocated) laid out as the
+    trainer's data loader lays out a batch of that size: by the compute axis mapping, and
+    replicated along the batch axis when the batch-parallel devices do not divide
+    `Batch.size` (`trainer.allow_nondivisible_batch_size`)."""
+    mapping = trainer.compute_axis_mapping
+    if Batch.size % _batch_shards(trainer)[1]:
+        mapping = {k: v for k, v in mapping.items() if k != trainer.config.batch_axis}
+    with trainer.config.use_device_mesh(), hax.axis_mapping(trainer.compute_axis_mapping):
+        shapes = eqx.filter_eval_shape(make_batch, Batch)
+    return with_shardings(shapes, mapping, trainer.config.device_mesh)
+
+
 def plan_training(
     trainer: Trainer,
     model_init: Callable[[], Any],
@@ -266,12 +290,20 @@ def plan_training(
     Batch = config.batch_axis_at_step(biggest.start)
     num_micro = config.num_microbatches_at_step(biggest.start)
 
+    warnings = config.mesh_warnings()
+    batch_mesh_axes, num_shards = _batch_shards(trainer)
+    for phase in schedule.phases():
+        if phase.value % num_shards:
+            warnings.append(
+                f"batch size {phase.value} (from step {phase.start}) is not divisible by the "
+                f"{num_shards} batch-parallel devices (mesh axes {list(batch_mesh_axes)}): "
+                "batches of that size are replicated on every device, not sharded "
+                "(trainer.allow_nondivisible_batch_size)"
+            )
+
     memory = seconds = None
     if compile_step:
-        with config.use_device_mesh(), hax.axis_mapping(trainer.compute_axis_mapping):
-            batch = with_shardings(
-                eqx.filter_eval_shape(make_batch, Batch), trainer.compute_axis_mapping, mesh
-            )
+        batch = abstract_batch(trainer, make_batch, Batch)
         start = time.perf_counter()
         lowered = trainer.lower_train_step(state, batch, step=biggest.start)
         memory = MemoryEstimate.from_compiled(lowered.compile())
@@ -298,6 +330,7 @@ def plan_training(
         memory=memory,
         compile_seconds=seconds,
         facts=dict(facts or {}),
+        warnings=tuple(warnings),
     )
 
 

@@ -62,6 +62,9 @@ def format_plan(plan: Plan, *, title: str | None = None) -> str:
     if facts.get("gradient_checkpointing_requested") == "auto":
         resolved = policy_name(facts.get("gradient_checkpointing"))
         lines.append(f"Gradient checkpointing: auto -> {resolved} (as train_lm resolves it)")
+    if plan.warnings:
+        lines.append("Warnings:")
+        lines += [f"  - {warning}" for warning in plan.warnings]
 
     lines.append("")
     lines.append("Parameters:")

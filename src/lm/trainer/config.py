@@ -34,19 +34,26 @@ from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
 from lm.config import FieldError, SetupConfigError, invalid
-from lm.config.errors import join_path
+from lm.config.errors import join_path, raise_problems
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
 from lm.optim.model_averaging import ModelAveragingConfig
 from lm.partitioning import (
+    DATA,
+    MODEL,
+    REPLICA,
     MeshShape,
     ResourceMapping,
     batch_axis_clash,
     compute_axis_mapping,
     count_slices,
     create_mesh,
+    fsdp_override_warnings,
+    mapping_entry_problem,
+    overridden_entries,
     parameter_axis_mapping,
     resolve_mesh_shape,
+    unused_mesh_axes,
     validate_mapping,
 )
 from lm.schedule import BatchSchedule, ScheduleStep
@@ -222,11 +229,7 @@ class TrainerConfig:
         object.__setattr__(self, "jax_config", {**DEFAULT_JAX_CONFIG, **self.jax_config})
         for key, value in self.jax_config.items():
             _check_jax_flag(key, value, field=join_path("jax_config", key))
-        validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
-        clash = batch_axis_clash(self.compute_axis_mapping, batch_axis=self.batch_axis)
-        if clash is not None:
-            raise FieldError(join_path("axis_resources", clash[0]), clash[1])
-        validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
+        self._check_axis_mappings()
         from lm.launch.shutdown import shutdown_delay_seconds
 
         try:
@@ -236,6 +239,42 @@ class TrainerConfig:
             raise FieldError("shutdown_at_exit", message) from None
         if self.profiler and self.profiler_num_steps <= 0:
             raise invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
+
+    def _check_axis_mappings(self) -> None:
+        """Each entry the user wrote in `axis_resources` / `parameter_axis_resources`, checked
+        at its own path before the derivation could replace (and so hide) it; then the
+        entries the derivation would replace for good (errors) or for parameters only
+        (warnings); then the derived mappings."""
+        problems = [
+            FieldError(join_path(field, logical), why)
+            for field in ("axis_resources", "parameter_axis_resources")
+            for logical, physical in getattr(self, field).items()
+            if (why := mapping_entry_problem(physical)) is not None
+        ]
+        raise_problems(problems)
+        raise_problems(
+            [
+                FieldError(join_path(field, logical), why)
+                for field, logical, why in overridden_entries(
+                    batch_axis=self.batch_axis,
+                    fsdp_axis=self.fsdp_axis,
+                    axis_resources=self.axis_resources,
+                    parameter_axis_resources=self.parameter_axis_resources,
+                )
+            ]
+        )
+        validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
+        clash = batch_axis_clash(self.compute_axis_mapping, batch_axis=self.batch_axis)
+        if clash is not None:
+            raise FieldError(join_path("axis_resources", clash[0]), clash[1])
+        validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
+        for message in fsdp_override_warnings(
+            fsdp_axis=self.fsdp_axis,
+            tensor_parallel_axes=self.tensor_parallel_axes,
+            axis_resources=self.axis_resources,
+            parameter_axis_resources=self.parameter_axis_resources,
+        ):
+            logger.warning("%s", message)
 
     def _convert_python_forms(self) -> None:
         """Accept from Python what a run YAML would say: `mp="p=f32,c=bfloat16"`, and a
@@ -341,6 +380,14 @@ class TrainerConfig:
     @property
     def replica_axis_size(self) -> int:
         return self.mesh_shape.replica
+
+    def mesh_warnings(self) -> list[str]:
+        """A warning per mesh axis of several devices that neither axis mapping splits
+        anything over (`model_axis_size: 2` without `tensor_parallel_axes`, say): its devices
+        would repeat each other's work. Logged by `initialize()`, shown by `lm.main.plan`."""
+        shape = self.mesh_shape
+        sizes = {REPLICA: shape.replica, DATA: shape.data, MODEL: shape.model}
+        return unused_mesh_axes(sizes, self.compute_axis_mapping, self.parameter_axis_mapping)
 
     def use_device_mesh(self) -> contextlib.AbstractContextManager:
         """Make `device_mesh` the current mesh (`jax.set_mesh` through haliax)."""
@@ -531,6 +578,8 @@ class TrainerConfig:
             jax.devices()[0].device_kind,
             dict(self.device_mesh.shape),
         )
+        for message in self.mesh_warnings():
+            logger.warning("%s", message)
 
 
 # the fields holding a nested config, and the class each takes
