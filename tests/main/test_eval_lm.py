@@ -298,6 +298,32 @@ def test_evaluate_matches_a_float64_reference(trained_run, first_batch_result):
     assert metrics["eval/loss"] == result.loss and metrics["eval/bpb"] == result.bits_per_byte
 
 
+def test_a_vocabulary_padded_for_the_mesh_gives_the_same_loss(trained_run, first_batch_result):
+    """Rows added to the vocabulary for the mesh (here 3 of them, filled with large values)
+    get no probability with valid_vocab: the loss is that of the unpadded model."""
+    import haliax as hax
+    import jax
+
+    _, config, _, Vocab = trained_run
+    model, dataset, result = first_batch_result
+    padded = model.resize_vocab(Vocab.size + 3, key=jax.random.PRNGKey(0))
+
+    def loud_padding(x):  # the padding rows of every vocab-sized table: large values
+        if not (hax.is_named_array(x) and "vocab" in [a.name for a in x.axes]):
+            return x
+        rows = hax.arange(x.resolve_axis("vocab")) >= Vocab.size
+        return hax.where(rows, 5.0 * x["vocab", 0], x)
+
+    padded = jax.tree_util.tree_map(loud_padding, padded, is_leaf=hax.is_named_array)
+    trainer = _eval_trainer(config)
+    with trainer:
+        got = evaluate_lm(trainer, padded, dataset, max_batches=1, valid_vocab=Vocab.size)
+        unmasked = evaluate_lm(trainer, padded, dataset, max_batches=1)
+    # (the barely trained model's logits are near uniform: 3 more rows move its loss by ~4e-5)
+    assert got.loss == pytest.approx(result.loss, rel=1e-6)
+    assert unmasked.loss != pytest.approx(result.loss, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- bytes per token
 
 TEXTS = [

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -209,9 +210,13 @@ def pool_by_tag(
     return pooled
 
 
-def _eval_sums(model, example: LmExample, byte_lengths: jax.Array, mp) -> dict[str, jax.Array]:
+def _eval_sums(
+    model, example: LmExample, byte_lengths: jax.Array, mp, *, valid_vocab: int | None = None
+) -> dict[str, jax.Array]:
     model = mp.cast_to_compute(eqx.nn.inference_mode(model))
-    per_token = compute_next_token_loss(model, example, key=None, reduction=None)
+    per_token = compute_next_token_loss(
+        model, example, key=None, reduction=None, valid_vocab=valid_vocab
+    )
     Pos = example.tokens.resolve_axis(model.Pos.name)
     mask = example.loss_mask.astype(jnp.bool_) & (hax.arange(Pos) < Pos.size - 1)
     targets = hax.roll(example.tokens, -1, Pos)
@@ -231,6 +236,7 @@ def evaluate_lm(
     name: str = "",
     byte_lengths: np.ndarray | None = None,
     max_batches: int | None = None,
+    valid_vocab: int | None = None,
 ) -> EvalResult:
     """Pooled cross-entropy (and bytes) of an `LmHeadModel` over an `LmExample` dataset.
 
@@ -244,6 +250,8 @@ def evaluate_lm(
         byte_lengths: `token_byte_lengths(...)` padded to the model's vocabulary, for bits
             per byte; None to skip them.
         max_batches: evaluate at most this many batches (None: the whole set).
+        valid_vocab: the vocabulary's real size when `model.Vocab` is padded for the mesh
+            (the padding rows get no probability, as in training).
     """
     vocab = model.Vocab.size
     have_bytes = byte_lengths is not None
@@ -251,7 +259,7 @@ def evaluate_lm(
         raise ValueError(f"byte_lengths has {len(byte_lengths)} entries, the model's vocab {vocab}")
     table = jnp.asarray(byte_lengths if have_bytes else np.zeros(vocab, np.int32), jnp.int32)
     step = sharded_jit(
-        _eval_sums,
+        functools.partial(_eval_sums, valid_vocab=valid_vocab),
         axis_resources=trainer.compute_axis_mapping,
         out_mapping={},
         mesh=lambda: trainer.device_mesh,
@@ -342,6 +350,7 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
                 name=name,
                 byte_lengths=byte_lengths,
                 max_batches=trainer_config.max_eval_batches,
+                valid_vocab=run_model.vocab_size,
             )
             results[name] = result
             trainer.tracker.log(result.metrics(), step=step)
