@@ -334,8 +334,10 @@ def _load_one(
         for device, index in r.sharding.addressable_devices_indices_map(shape).items():
             key = _index_key(index, shape)
             r.index_map[device] = key
-            if key not in r.reads:
+            if key not in r.reads and r.target_shape is not None:
                 r.reads[key] = _read_block(r.store, key, saved_shape)
+            elif key not in r.reads:
+                r.reads[key] = r.store[tuple(slice(*k) for k in key)].read()
 
     for i, r in reads:
         try:
