@@ -374,17 +374,21 @@ def test_ctrl_c_exits_130_with_where_the_run_got(tmp_path, subprocess_env, when)
     train.write_text(train.read_text() * 100)  # data for longer than the test waits
     config = tiny_run_yaml(tmp_path, corpus, steps=100000, checkpointer={
         "base_path": str(tmp_path / "ckpt"), "save_interval": "1s", "keep": []})  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config)],
-        env=subprocess_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A test run started in the background of a non-interactive shell (`make test &`)
-        # ignores SIGINT, and an ignored SIGINT is inherited: Python would then never raise
-        # KeyboardInterrupt. The child gets the default disposition, as in a terminal.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # A test run started in the background of a non-interactive shell (`make test &`)
+    # ignores SIGINT, and a child inherits an ignored signal (a handled one is reset to the
+    # default on exec): with a handler here while it starts, the child sees SIGINT as from
+    # a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lm.main.train_lm", "--config_path", str(config)],
+            env=subprocess_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     marker = "Starting from a fresh initialization" if when == "compiling" else "Committed"
     seen = ""
     deadline = time.monotonic() + 240
