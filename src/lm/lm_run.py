@@ -239,12 +239,30 @@ def load_lm_checkpoint(
     model_averaging=None,
     axis_mapping=None,
     mesh=None,
+    valid_vocab: int | None = None,
 ) -> tuple[Any, str]:
     """The model saved by `train_lm` in `checkpoint_path` (a run's checkpoint directory, whose
     newest complete checkpoint is used, or one `step-N` directory), read straight into the
     parameter sharding. With model averaging it is the averaged model; a checkpoint without
     one is then an error. Without it, the raw weights, with a warning when the checkpoint
-    also holds an averaged model (see `weights_used`). Returns (model, checkpoint directory)."""
+    also holds an averaged model (see `weights_used`). `valid_vocab`, the vocabulary's real
+    size, lets a checkpoint saved on a layout that padded `Vocab` differently load (see
+    `lm.checkpoint.padded_axes`). Returns (model, checkpoint directory)."""
+    from lm.checkpoint import padded_axes
+
+    if valid_vocab is None:
+        return _load_lm_checkpoint(
+            model_config, Vocab, checkpoint_path, mp, model_averaging, axis_mapping, mesh
+        )
+    with padded_axes(vocab=valid_vocab):
+        return _load_lm_checkpoint(
+            model_config, Vocab, checkpoint_path, mp, model_averaging, axis_mapping, mesh
+        )
+
+
+def _load_lm_checkpoint(
+    model_config, Vocab, checkpoint_path, mp, model_averaging, axis_mapping, mesh
+) -> tuple[Any, str]:
     from lm.checkpoint import discover_latest_checkpoint, load_checkpoint_with_path
 
     shapes = eqx.filter_eval_shape(

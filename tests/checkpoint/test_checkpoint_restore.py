@@ -16,6 +16,7 @@ from lm.checkpoint import (
     AsyncCheckpointManager,
     load_checkpoint,
     load_checkpoint_or_initialize,
+    padded_axes,
     save_checkpoint,
     wait_until_finished,
 )
@@ -119,7 +120,7 @@ def test_a_vocabulary_padded_for_another_layout_loads(tmp_path, saved_rows, targ
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
     target = {"w": hax.zeros((hax.Axis("vocab", target_rows), Embed))}
     mapping = {"vocab": "model"} if target_rows % 4 == 0 else {}  # 1001: one device's layout
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), padded_axes(vocab=1001):
         loaded = load_checkpoint(target, str(tmp_path / "ck"), axis_mapping=mapping)
     w = loaded["w"]
     assert w.array.shape == (target_rows, Embed.size)
@@ -132,6 +133,12 @@ def test_a_vocabulary_padded_for_another_layout_loads(tmp_path, saved_rows, targ
     other = {"w": hax.zeros((hax.Axis("vocab", saved_rows), Embed.resize(5)))}
     with pytest.raises(ValueError, match=r"shape \(\d+, 6\) in the checkpoint"):
         load_checkpoint(other, str(tmp_path / "ck"))
+    # without the real size, or with rows of the real vocabulary missing, it is a mismatch:
+    # another vocabulary is never silently cut or padded
+    with pytest.raises(ValueError, match="in the checkpoint"):
+        load_checkpoint(target, str(tmp_path / "ck"))
+    with pytest.raises(ValueError, match="in the checkpoint"), padded_axes(vocab=1005):
+        load_checkpoint(target, str(tmp_path / "ck"))
 
 
 def test_axis_mapping_without_mesh_is_an_error(fsdp_checkpoint, trained_state):

@@ -21,6 +21,7 @@ from lm.checkpoint.restore import (
     load_checkpoint_or_initialize,
     load_checkpoint_with_path,
     load_metadata,
+    padded_axes,
 )
 from lm.checkpoint.resume import RestoredState, restore_trainer_state
 from lm.checkpoint.serialization import (
@@ -55,6 +56,7 @@ __all__ = [
     "leaf_name",
     "list_checkpoints",
     "load_checkpoint",
+    "padded_axes",
     "load_checkpoint_or_initialize",
     "load_checkpoint_with_path",
     "load_metadata",

@@ -13,10 +13,13 @@ rather than letting a run start over from step 0.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import logging
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import equinox as eqx
@@ -77,21 +80,39 @@ def _target_sharding(
 
 # Named axes lm pads beyond their real size so that a mesh axis splits them evenly
 # (`lm.lm_run.vocab_axis`): the rows past the real size are padding, never read (no token id
-# reaches them) and given no probability by the loss. A checkpoint saved on a layout that
-# padded differently (1004 rows on 4-way tensor parallelism, 1001 on one device) loads on
-# another: rows beyond the target's size are dropped, missing ones are zeros.
-PADDED_AXES = ("vocab",)
+# reaches them) and given no probability by the loss. Under `padded_axes(vocab=<real size>)`
+# a checkpoint saved on a layout that padded differently (1004 rows on 4-way tensor
+# parallelism, 1001 on one device) loads on another: rows beyond the target's size are
+# dropped, missing ones are zeros, and the real rows must fit in both. Anything else (another
+# vocabulary, or no real size given) is a shape mismatch, as for every other axis.
+_REAL_SIZES: contextvars.ContextVar[Mapping[str, int]] = contextvars.ContextVar(
+    "lm_checkpoint_padded_axes", default=types.MappingProxyType({})
+)
+
+
+@contextlib.contextmanager
+def padded_axes(**real_sizes: int) -> Iterator[None]:
+    """Within this block, loads accept a named axis of `real_sizes` padded differently in
+    the checkpoint than in the target (`padded_axes(vocab=1001)`), as long as both hold at
+    least the real size."""
+    token = _REAL_SIZES.set({**_REAL_SIZES.get(), **real_sizes})
+    try:
+        yield
+    finally:
+        _REAL_SIZES.reset(token)
 
 
 def _only_padding_differs(leaf: Any, record: dict[str, Any]) -> bool:
-    """Whether the saved and target shapes of a named leaf differ only along `PADDED_AXES`."""
+    """Whether the saved and target shapes of a named leaf differ only along axes padded
+    past a known real size (`padded_axes`), both holding all of its real rows."""
     saved_axes = record.get("axes")
     if not isinstance(leaf, hax.NamedArray) or saved_axes is None:
         return False
     if list(saved_axes) != [a.name for a in leaf.axes]:
         return False
+    real = _REAL_SIZES.get()
     return all(
-        saved == axis.size or axis.name in PADDED_AXES
+        saved == axis.size or (axis.name in real and min(saved, axis.size) >= real[axis.name])
         for saved, axis in zip(record["shape"], leaf.axes, strict=True)
     )
 

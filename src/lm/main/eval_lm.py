@@ -315,6 +315,7 @@ def load_model_for_eval(
         model_averaging=config.trainer.model_averaging,
         axis_mapping=trainer.parameter_axis_mapping,
         mesh=trainer.device_mesh,
+        valid_vocab=config.run_model().vocab_size,
     )
 
 

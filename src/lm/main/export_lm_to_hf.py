@@ -74,6 +74,7 @@ def main(config: ExportLmToHfConfig) -> str:
             model_averaging=trainer.model_averaging,
             axis_mapping=trainer.parameter_axis_mapping,
             mesh=mesh,
+            valid_vocab=run_model.vocab_size,
         )
         run_model.config.hf_checkpoint_converter().save_pretrained(
             model,

@@ -18,6 +18,7 @@ import lm.config
 import lm.host_memory
 import lm.startup_gc
 import lm.tracker
+from lm.checkpoint import padded_axes
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, not_a_directory
@@ -274,11 +275,14 @@ def main(config: TrainLmConfig) -> RunSummary:
                     # new rows: the tokenizer's extra tokens (warned above) and partition padding
                     logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
                     model = model.resize_vocab(Vocab.size, key=model_key)
-                state = trainer.initial_state(training_key, model=model)
+                with padded_axes(vocab=run_model.vocab_size):
+                    state = trainer.initial_state(training_key, model=model)
             else:
-                state = trainer.initial_state(
-                    training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
-                )
+                # a checkpoint saved on a layout that padded the vocabulary differently resumes
+                with padded_axes(vocab=run_model.vocab_size):
+                    state = trainer.initial_state(
+                        training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
+                    )
             # written once the state is there: a resume that fails (another model, say)
             # leaves the config the checkpoints were saved with in place
             save_run_config(resolved, run_dir, trainer.restored_step)
