@@ -582,9 +582,37 @@ def _dead_pid() -> int:
 
 
 def _write_lease(cache_dir, **fields):
+    """A lease as a process of this host and pid namespace writes it (unless `fields` say
+    otherwise)."""
+    from lm.data import lease as lease_mod
+
     cache_dir.mkdir(parents=True, exist_ok=True)
-    lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "heartbeat": 0}
+    lease = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_space": lease_mod._pid_space(),
+        "token": "theirs",
+        "heartbeat": 0,
+    }
     (cache_dir / "build.lease").write_text(json.dumps({**lease, **fields}))
+
+
+def test_a_lease_from_another_pid_namespace_of_this_host_is_not_judged_by_its_pid():
+    """Containers sharing the host's name (`--net=host`) do not share pids: a pid there says
+    nothing here, so only the heartbeat timeout can make such a lease stale."""
+    from lm.data.lease import LeaseState
+
+    dead = _dead_pid()
+    here = LeaseState(b"", socket.gethostname(), dead, None, "t", _pid_space_here())
+    assert here.gone()
+    elsewhere = LeaseState(b"", socket.gethostname(), dead, None, "t", "other-boot:1")
+    assert not elsewhere.gone()
+
+
+def _pid_space_here():
+    from lm.data import lease as lease_mod
+
+    return lease_mod._pid_space()
 
 
 def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path, jsonl_corpus, caplog):

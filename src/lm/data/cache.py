@@ -215,7 +215,10 @@ def build_or_load_cache(
     while True:
         ledger = usable_ledger(cache_dir, expected)
         if ledger is not None and ledger.complete:
-            verify_source_files(cache_dir, ledger, source, write=_is_builder_process())
+            # the builder process checks the sources (re-hashing files whose mtime moved);
+            # the others would only read the whole corpus again, one after another
+            if _is_builder_process():
+                verify_source_files(cache_dir, ledger, source, write=True)
             return TokenCache(cache_dir, ledger)
         if not _is_builder_process():
             return _wait_for_cache(cache_dir, expected)

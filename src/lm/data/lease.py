@@ -62,6 +62,17 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _pid_space() -> str | None:
+    """This process's boot and pid namespace (Linux), telling apart containers that share
+    a host name; None where unknown (then a lease's owner is never judged dead by its pid)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -85,12 +96,15 @@ class LeaseState:
     pid: int | None = None
     started: str | None = None
     token: str | None = None
+    pid_space: str | None = None
 
     @staticmethod
     def parse(raw: bytes) -> LeaseState:
         try:
             d = json.loads(raw.decode("utf-8"))
-            return LeaseState(raw, d["host"], int(d["pid"]), d.get("started"), d["token"])
+            return LeaseState(
+                raw, d["host"], int(d["pid"]), d.get("started"), d["token"], d.get("pid_space")
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return LeaseState(raw)
 
@@ -101,9 +115,12 @@ class LeaseState:
         return f"process {self.pid} on {self.host}"
 
     def gone(self) -> bool:
-        """Whether the owner is known to be dead: it ran on this host, and its pid is gone
-        or now names a process that started at another time."""
+        """Whether the owner is known to be dead: it ran on this host, in this process-id
+        space, and its pid is gone or now names a process that started at another time.
+        (Containers on one host share its name, with `--net=host`, but not their pids.)"""
         if self.pid is None or self.host != socket.gethostname():
+            return False
+        if self.pid_space is None or self.pid_space != _pid_space():
             return False
         if not _pid_alive(self.pid):
             return True
@@ -141,6 +158,7 @@ class Lease:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "started": _process_start(os.getpid()),
+                "pid_space": _pid_space(),
                 "token": self.token,
                 "heartbeat": time.time(),
             }
@@ -236,9 +254,18 @@ class Lease:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        state = read(self.cache_dir)
-        if state is not None and state.token == self.token:
-            self.fs.rm_file(self.path)
+        try:
+            state = read(self.cache_dir)
+            if state is not None and state.token == self.token:
+                self.fs.rm_file(self.path)
+        except OSError as e:  # a flaky store must not hide the build's own outcome
+            logger.warning(
+                "Could not release the build lease %s (%s); others take the build over once "
+                "its heartbeat is %.0f s old",
+                self.url,
+                e,
+                TIMEOUT_S,
+            )
 
     def __enter__(self) -> Lease:
         return self

@@ -381,20 +381,14 @@ class DocumentEncoder:
         elif isinstance(doc, np.ndarray) and doc.ndim == 1 and doc.dtype.kind in "iu":
             ids = doc.astype(np.int64)
         elif isinstance(doc, list | tuple):
-            # Checked item by item: np.asarray would truncate 2.7 to 2 and take True as 1.
-            for i, item in enumerate(doc):
-                if type(item) is not int and not isinstance(item, np.integer):
-                    raise ValueError(
-                        "a passthrough document must be a flat list of int token ids; item "
-                        f"{i} is {_kind(item)}"
-                    )
-            try:
-                ids = np.asarray(doc, dtype=np.int64)
-            except OverflowError:  # an id beyond int64
-                bad = next(t for t in doc if not 0 <= t < self.vocab_size)
-                raise ValueError(
-                    f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
-                ) from None
+            # the common case, Python ints only, checked in C (3x the item-by-item loop)
+            if set(map(type, doc)) <= {int}:
+                try:
+                    ids = np.asarray(doc, dtype=np.int64)
+                except OverflowError:  # an id beyond int64
+                    ids = self._checked_ids(doc)
+            else:
+                ids = self._checked_ids(doc)
         else:
             raise ValueError(
                 f"a passthrough document must be a list of int token ids or a string of "
@@ -406,6 +400,23 @@ class DocumentEncoder:
                 f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
             )
         return ids.astype(np.int32)
+
+    def _checked_ids(self, doc: list | tuple) -> np.ndarray:
+        """A list that is not plainly ints, checked item by item: an int conversion would
+        truncate 2.7 to 2 and take True as 1."""
+        for i, item in enumerate(doc):
+            if type(item) is not int and not isinstance(item, np.integer):
+                raise ValueError(
+                    "a passthrough document must be a flat list of int token ids; item "
+                    f"{i} is {_kind(item)}"
+                )
+        try:
+            return np.asarray(doc, dtype=np.int64)
+        except OverflowError:  # an id beyond int64
+            bad = next(t for t in doc if not 0 <= t < self.vocab_size)
+            raise ValueError(
+                f"passthrough token id {bad} is outside [0, vocab_size={self.vocab_size})"
+            ) from None
 
 
 def _kind(value: Any) -> str:
