@@ -312,6 +312,14 @@ def test_a_resume_with_a_changed_config_keeps_the_old_one_and_names_the_changes(
         "The learning-rate schedule follows trainer.num_train_steps, so it is recomputed over "
         "200 steps instead of 100 and the LR changes from this step on"
     )
+    # a run with a random id, resumed by giving that id: the same run, nothing to say
+    (tmp_path / "config.yaml").unlink()
+    save_run_config(parse(), run_dir, restored_step=None)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        save_run_config(parse("--trainer.id", "abc12345"), run_dir, restored_step=10)
+    assert caplog.text == ""
+    save_run_config(parse("--trainer.num_train_steps", "200"), run_dir, restored_step=None)
     # a shorter run can keep the old schedule (schedule_steps may exceed num_train_steps)
     save_run_config(parse("--trainer.num_train_steps", "80"), run_dir, 70)
     assert (

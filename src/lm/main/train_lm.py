@@ -400,6 +400,8 @@ def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | No
         with open(path, encoding="utf-8") as f:
             previous = f.read()
         changes = config_changes(previous, lm.config.to_yaml(config))
+        if changes.get("trainer.id", ("x",))[0] is None:
+            del changes["trainer.id"]  # a random id, given to resume the run: the same run
         if changes:
             kept = os.path.join(run_dir, f"config.before-step-{restored_step}.yaml")
             os.replace(path, kept)
