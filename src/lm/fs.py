@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import fsspec
 
@@ -141,6 +142,12 @@ def missing_filesystem(url: str) -> str | None:
         except ValueError:
             return f"{protocol}:// is not a protocol fsspec knows"
     return None
+
+
+def is_local_filesystem(fs: Any) -> bool:
+    """Whether an fsspec filesystem object is the local disk."""
+    protocol = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
 
 
 def local_path(url: str) -> str | None:

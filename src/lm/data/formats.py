@@ -24,6 +24,8 @@ from typing import Any
 import fsspec
 import fsspec.compression
 
+from lm.fs import is_local_filesystem
+
 logger = logging.getLogger(__name__)
 
 Document = Any
@@ -111,7 +113,7 @@ def _read_lines(url: str, compression: str | None, errors: str, on_file) -> Iter
     info = fs.info(path)
     # A local file is opened directly: fsspec's local files seek to their end first, which a
     # named pipe cannot.
-    local = "file" in fs.protocol or "local" in fs.protocol
+    local = is_local_filesystem(fs)
     with open(path, "rb", buffering=0) if local else fs.open(path, "rb") as raw:
         hashing = _HashingReader(raw)
         buffered = io.BufferedReader(hashing, 1 << 20)

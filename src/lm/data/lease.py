@@ -34,6 +34,8 @@ import uuid
 
 import fsspec
 
+from lm.fs import is_local_filesystem
+
 logger = logging.getLogger(__name__)
 
 LEASE_NAME = "build.lease"
@@ -84,7 +86,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_local(fs) -> bool:
-    return "file" in fs.protocol or "local" in fs.protocol
+    return is_local_filesystem(fs)
 
 
 @dataclasses.dataclass(frozen=True)

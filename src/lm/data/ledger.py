@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import fsspec
 
 from lm.data.cache_arrays import join_url
+from lm.fs import is_local_filesystem
 
 if TYPE_CHECKING:
     from lm.data.sources import ShardedSource
@@ -94,7 +95,7 @@ def write_ledger(cache_dir: str, ledger: CacheLedger) -> None:
     url = join_url(cache_dir, LEDGER_NAME)
     fs, path = fsspec.core.url_to_fs(url)
     data = ledger.to_json().encode("utf-8")
-    if "file" in fs.protocol or "local" in fs.protocol:
+    if is_local_filesystem(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
