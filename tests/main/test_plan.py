@@ -228,6 +228,29 @@ def test_bad_plan_options_are_config_errors(repo_root, capsys):
     assert "traceback" not in err
 
 
+@pytest.mark.parametrize("remat", [None, "auto"])
+def test_two_axes_of_a_parameter_on_one_mesh_axis_are_named_as_train_lm_names_them(
+    nano_config, remat
+):
+    # fsdp over embed and mlp puts both axes of the MLP weight on 'data': the plan says which
+    # fields to change (as train_lm does) instead of jax's DuplicateSpecError, also before
+    # the auto remat search builds a state.
+    config = dataclasses.replace(
+        nano_config, trainer=dataclasses.replace(nano_config.trainer, fsdp_axis=["embed", "mlp"])
+    )
+    if remat is not None:
+        model = dataclasses.replace(config.model, gradient_checkpointing=remat)
+        config = dataclasses.replace(config, model=model)
+    with pytest.raises(ValueError) as e:
+        plan_lm(config, compile_step=False)
+    assert str(e.value).startswith(
+        "parameter transformer.blocks.stacked.mlp.c_fc.weight has axes 'embed' ('data') and "
+        "'mlp' ('data'), which the trainer's parameter axis mapping both shards over mesh axis "
+        "'data'"
+    )
+    assert "change trainer.fsdp_axis" in str(e.value)
+
+
 def test_num_devices_that_cannot_be_simulated_is_an_error(repo_root):
     config = lm.config.parse(
         PlanConfig, str(repo_root / NANO), args=["--num_devices", "3", "--compile_step", "false"]

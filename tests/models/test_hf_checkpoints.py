@@ -140,6 +140,27 @@ def test_an_export_into_a_checkpoint_directory_is_refused(llama_model, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["metadata.json"]
 
 
+@pytest.mark.parametrize("marker", ["metadata.json", "manifest.json"])
+def test_an_export_into_a_run_checkpoint_directory_is_refused(llama_model, tmp_path, marker):
+    # checkpoints/<run_id>: its step-N folders are lm checkpoints (a torn save has only the
+    # manifest); config.json and the weights must not land beside them.
+    run_dir = tmp_path / "run"
+    (run_dir / "step-2").mkdir(parents=True)
+    (run_dir / "step-2" / marker).write_text('{"step": 2}')
+    converter = llama_model.config.hf_checkpoint_converter()
+    with pytest.raises(
+        ValueError,
+        match=rf"^output_dir: {run_dir} is a run's checkpoint directory: it holds lm checkpoints "
+        rf"\(step-2/{marker}\); export to another directory",
+    ):
+        converter.save_pretrained(llama_model, str(run_dir))
+    assert sorted(os.listdir(run_dir)) == ["step-2"]
+    # a step-N folder that is no checkpoint (nothing of lm's in it) is the user's own
+    (tmp_path / "mine" / "step-1").mkdir(parents=True)
+    converter.save_pretrained(llama_model, str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "config.json").exists()
+
+
 def test_padded_vocab_is_trimmed_on_export(tmp_path):
     config = CASES["llama_mha_untied"]
     padded = random_model(config, hax.Axis("vocab", 128))

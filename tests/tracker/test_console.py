@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import lm.tracker
 import lm.tracker.console as console
 from lm.tracker import ProgressReporter
 from lm.trainer.state import StepInfo
@@ -82,6 +83,24 @@ def test_default_plain_output_is_a_log_record(clock, caplog):
         run(reporter, clock, [0.0, 1.0])
     assert [r.name for r in caplog.records] == ["lm.progress", "lm.progress"]
     assert caplog.records[-1].getMessage().startswith("step 2/2 (100.0%) | loss 4.0000")
+
+
+def test_tokens_per_second_logged_to_the_tracker_at_the_step(clock):
+    # The trainer's metrics hook logs tokens/s to the tracker (not into `info.metrics`)
+    # before the progress hook runs; the line shows it, as docs/tracking.md does.
+    out = io.StringIO()
+    reporter = ProgressReporter(3, every=1, stream=out)
+    with lm.tracker.NoopTracker():
+        for step, t in enumerate([0.0, 1.0, 2.0]):
+            clock.advance_to(t)
+            if step != 1:  # step 1 logged nothing: no stale rate from step 0
+                lm.tracker.log({console.TOKENS_PER_SECOND_KEY: 125_300.0 * (step + 1)}, step=step)
+            reporter.on_step(StepInfo(state=None, loss=1.0, step_duration=1.0, completed_step=step))
+    assert out.getvalue().splitlines() == [
+        "step 1/3 (33.3%) | loss 1.0000 | 125.3k tokens/s | elapsed 0:00 | ETA ?",
+        "step 2/3 (66.7%) | loss 1.0000 | 1.00 steps/s | elapsed 0:01 | ETA 0:01",
+        "step 3/3 (100.0%) | loss 1.0000 | 375.9k tokens/s | elapsed 0:02 | ETA 0:00",
+    ]
 
 
 def test_terminal_bar(clock):

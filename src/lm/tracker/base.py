@@ -315,6 +315,9 @@ def _pop_tracker(t: Tracker) -> None:
         stack.pop()
     elif t in stack:
         stack.remove(t)
+    last = getattr(_local, "last_logged", None)
+    if last is not None and last[0] is t:
+        _local.last_logged = None
 
 
 def current_tracker() -> Tracker:
@@ -370,7 +373,29 @@ def log(metrics: Mapping[str, Any], *, step: int | None = None, commit: bool | N
             "lm.tracker.log got traced values outside a capture_metrics() block; inside a "
             "jitted function, return metrics instead (the Trainer's step does this for you)."
         )
-    current_tracker().log(metrics, step=step, commit=commit)
+    tracker = current_tracker()
+    tracker.log(metrics, step=step, commit=commit)
+    if step is not None:
+        _remember_logged(tracker, metrics, step)
+
+
+def _remember_logged(tracker: Tracker, metrics: Mapping[str, Any], step: int) -> None:
+    last = getattr(_local, "last_logged", None)
+    if last is None or last[0] is not tracker or last[1] != step:
+        last = (tracker, step, {})
+        _local.last_logged = last
+    last[2].update(metrics)
+
+
+def logged_metrics(step: int) -> Mapping[str, Any]:
+    """What `lm.tracker.log` sent to the current tracker at `step`, merged over its calls (the
+    trainer's throughput, for the progress line); empty when another step was logged last or
+    no tracker is active. Only the latest step is kept."""
+    last = getattr(_local, "last_logged", None)
+    stack = _stack()
+    if last is None or not stack or last[0] is not stack[-1] or last[1] != step:
+        return {}
+    return last[2]
 
 
 def log_summary(metrics: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import jax
 
-from lm.tracker.base import to_python_scalar
+from lm.tracker.base import logged_metrics, to_python_scalar
 
 logger = logging.getLogger(__name__)
 # Non-terminal progress lines are log records of this logger when no stream is given, so
@@ -114,8 +114,13 @@ class ProgressReporter:
         return max(self.total_steps - (step + 1), 0) * self._sec_per_step
 
     @staticmethod
-    def _tokens_per_second(metrics: Mapping[str, Any]) -> float | None:
-        value = metrics.get(TOKENS_PER_SECOND_KEY) if metrics else None
+    def _tokens_per_second(info: Any) -> float | None:
+        # The trainer's metrics hook computes tokens/s outside the step and logs it to the
+        # tracker (it is not in `info.metrics`); it runs before this hook, at the same step.
+        metrics: Mapping[str, Any] = info.metrics or {}
+        value = metrics.get(TOKENS_PER_SECOND_KEY)
+        if value is None:
+            value = logged_metrics(info.step).get(TOKENS_PER_SECOND_KEY)
         return None if value is None else float(to_python_scalar(value))
 
     def format_line(self, info: Any) -> str:
@@ -124,7 +129,7 @@ class ProgressReporter:
         pct = 100.0 * done / self.total_steps if self.total_steps else 100.0
         parts = [f"step {done}/{self.total_steps} ({pct:.1f}%)"]
         parts.append(f"loss {float(to_python_scalar(info.loss)):.4f}")
-        tps = self._tokens_per_second(info.metrics)
+        tps = self._tokens_per_second(info)
         if tps is not None:
             parts.append(f"{format_rate(tps)} tokens/s")
         elif self._sec_per_step:
@@ -183,7 +188,7 @@ class ProgressReporter:
         now = time.monotonic()
         if now - self._last_postfix >= _POSTFIX_INTERVAL_S or done >= self.total_steps:
             postfix = {"loss": f"{float(to_python_scalar(info.loss)):.4f}"}
-            tps = self._tokens_per_second(info.metrics)
+            tps = self._tokens_per_second(info)
             if tps is not None:
                 postfix["tok/s"] = format_rate(tps)
             self._bar.set_postfix(postfix, refresh=False)

@@ -304,8 +304,9 @@ def _remove_stale_weights(fs, root: str, *, keep: set[str]) -> None:
 def check_output_dir(output_dir: str) -> None:
     """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become an
     export directory: it is a file, (a local path) a folder on its way is one, or it holds
-    an lm checkpoint."""
-    from lm.checkpoint.storage import MANIFEST_FILE, METADATA_FILE
+    lm checkpoints: it is a checkpoint (`step-N`) or a run's checkpoint directory (a `step-N`
+    folder in it has a metadata.json or manifest.json)."""
+    from lm.checkpoint.storage import MANIFEST_FILE, METADATA_FILE, STEP_DIR_RE
     from lm.fs import local_path, not_a_directory
 
     fs, root = fsspec.core.url_to_fs(output_dir)
@@ -321,6 +322,18 @@ def check_output_dir(output_dir: str) -> None:
                 f"output_dir: {output_dir} holds an lm checkpoint ({marker}); export to "
                 "another directory"
             )
+    if not fs.isdir(root):
+        return
+    for path in sorted(fs.ls(root, detail=False)):
+        name = posixpath.basename(path.rstrip("/"))
+        if not STEP_DIR_RE.match(name):
+            continue
+        for marker in (METADATA_FILE, MANIFEST_FILE):
+            if fs.exists(posixpath.join(root, name, marker)):
+                raise ValueError(
+                    f"output_dir: {output_dir} is a run's checkpoint directory: it holds lm "
+                    f"checkpoints ({name}/{marker}); export to another directory"
+                )
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
