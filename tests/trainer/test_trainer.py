@@ -763,3 +763,16 @@ def test_a_sigterm_during_the_final_hooks_lets_the_final_checkpoint_commit(tmp_p
     assert "Termination signal received during the final hooks" in caplog.text
     assert info.step == 2
     assert (tmp_path / "ckpt" / "toy" / "step-2" / "metadata.json").exists()
+
+
+def test_a_single_trackers_output_problem_is_named_without_an_index(tmp_path):
+    """The Trainer adds its local JSON log to a single tracker; messages about the user's
+    tracker still name it as written (`trainer.tracker.logdir`, not `trainer.tracker[0]`)."""
+    from lm.config import SetupConfigError
+    from lm.tracker import TensorboardConfig
+
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "toy").write_text("a file where the run's event folder goes")
+    config = trainer_config(tmp_path, tracker=TensorboardConfig(logdir=str(tmp_path / "tb")))
+    with pytest.raises(SetupConfigError, match=r"^trainer\.tracker\.logdir: cannot write"):
+        _ = Trainer(config, optax.sgd(0.1), mse).tracker

@@ -219,14 +219,17 @@ def build_tracker(
     *,
     run_dir: str | None = None,
     field: str = "trainer.tracker",
+    added: Sequence[TrackerConfig] = (),
 ) -> Tracker:
     """One tracker for one config, a `CompositeTracker` for a list of them.
 
     Before any tracker starts, the list is checked (`field` is its YAML path, for the
     messages): two trackers writing to the same place (`TrackerConfig.destination`) and an
     output location that cannot be created for `run_id` (`TrackerConfig.check_output`) are a
-    `SetupConfigError` naming `field[i]`. An `OSError` while a tracker starts (a directory it
-    may not create) is a `TrackerInitError` naming the tracker's output field.
+    `SetupConfigError` naming `field[i]` (`field` for a single config). An `OSError` while a
+    tracker starts (a directory it may not create) is a `TrackerInitError` naming the
+    tracker's output field. `added` are trackers the caller adds to the user's (the
+    Trainer's local JSON log): they run along, and messages about them say so.
     """
     configs = [config] if isinstance(config, TrackerConfig) else list(config)
     names = (
@@ -234,6 +237,8 @@ def build_tracker(
         if isinstance(config, TrackerConfig)
         else [f"{field}[{i}]" for i in range(len(configs))]
     )
+    configs += list(added)
+    names += [f"the local JSON log lm adds to {field}"] * len(added)
     _check_tracker_list(configs, names, run_id, run_dir)
     trackers: list[Tracker] = []
     for c, name in zip(configs, names, strict=True):

@@ -160,17 +160,15 @@ class Trainer(Generic[M]):
         JSON-lines log (`<run_dir>/metrics.jsonl`, drawn as `curves.png` at the end), so every
         run leaves metrics a user can open without W&B or TensorBoard."""
         if self._tracker is None:
-            configs = self.config.tracker
-            configs = (
-                (configs,) if isinstance(configs, lm.tracker.TrackerConfig) else tuple(configs)
-            )
+            user = self.config.tracker
+            configs = (user,) if isinstance(user, lm.tracker.TrackerConfig) else tuple(user)
             wants_local = not all(isinstance(c, lm.tracker.NoopConfig) for c in configs)
-            if wants_local and not any(isinstance(c, lm.tracker.JsonLoggerConfig) for c in configs):
-                configs = configs + (lm.tracker.JsonLoggerConfig(),)
+            has_json = any(isinstance(c, lm.tracker.JsonLoggerConfig) for c in configs)
             self._tracker = lm.tracker.build_tracker(
-                configs if len(configs) > 1 else configs[0],
+                user,
                 self.run_id,
                 run_dir=self.config.run_dir,
+                added=(lm.tracker.JsonLoggerConfig(),) if wants_local and not has_json else (),
             )
         return self._tracker
 
