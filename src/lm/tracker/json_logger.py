@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError
-from lm.fs import local_path, not_a_directory
+from lm.fs import is_local_filesystem, local_path, not_a_directory
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -73,11 +73,7 @@ class JsonLogger(Tracker):
         self.path = path
         self.plot_path = plot_path
         self._fs, self._fs_path = fsspec.core.url_to_fs(path)
-        self._local = (
-            "file" in self._fs.protocol
-            if isinstance(self._fs.protocol, tuple)
-            else self._fs.protocol == "file"
-        )
+        self._local = is_local_filesystem(self._fs)
         self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
         self._summary: dict[str, Any] = {}
         self._buffer: list[str] = []
