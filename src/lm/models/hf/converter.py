@@ -14,6 +14,7 @@ as a Hugging Face Hub repo id and fetched with `huggingface_hub` (honouring
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -370,7 +371,10 @@ class _SourceCheckpoint:
     generation_config: bytes | None = None
 
     @staticmethod
+    @functools.lru_cache(maxsize=4)
     def read(path: str | None) -> _SourceCheckpoint:
+        """The source's config and generation config, read once per process: a run that
+        exports every hf_save_steps does not go back to the hub (or the store) each time."""
         if path is None:
             return _SourceCheckpoint()
         local = _resolve(path)
