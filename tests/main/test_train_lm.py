@@ -199,7 +199,7 @@ def test_a_finished_run_summary_says_no_step_ran(tmp_path, capsys):
     summary.print()
     out = capsys.readouterr().out
     assert "nan" not in out
-    assert "  no steps run: the checkpoint is already at step 20 (trainer.num_train_steps: 20)" in (
+    assert "  no steps run: its checkpoint has all 20 steps (trainer.num_train_steps: 20;" in (
         out
     )
 
@@ -502,7 +502,7 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
     before = [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))]
     proc = run_train_lm(tmp / "run.yaml", subprocess_env)
     assert "already at step 20" in proc.stderr
-    assert "no steps run: the checkpoint is already at step 20" in proc.stdout
+    assert "no steps run: its checkpoint has all 20 steps" in proc.stdout
     assert "nan" not in proc.stdout
     assert [(c.step, c.timestamp) for c in list_checkpoints(str(tmp / "ckpt" / "tiny"))] == before
 

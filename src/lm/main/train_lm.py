@@ -529,8 +529,8 @@ class RunSummary:
             )
         else:
             lines.append(
-                f"  no steps run: the checkpoint is already at step {self.steps_taken} "
-                f"(trainer.num_train_steps: {self.config.num_train_steps})"
+                f"  no steps run: its checkpoint has all {self.steps_taken} steps "
+                f"(trainer.num_train_steps: {self.config.num_train_steps}; steps count from 0)"
             )
         if list(self.eval_losses) == [""]:  # the one unnamed validation set
             lines.append(f"  eval loss:  {self.eval_losses['']:.4f}")
