@@ -452,24 +452,22 @@ def check_mapped_axes_exist(
             "; ".join(errors)
             + ". (parameter_axis_resources maps parameter axes only: use the model's axis names)"
         )
+    parameters_only = (
+        "so it shards no parameter and no optimizer state (they are replicated on every "
+        "data-parallel device). Set fsdp_axis to an axis of the model (a large one every big "
+        "parameter has), or null to turn FSDP off"
+    )
+    activations_too = (
+        "so it shards no parameter, only activations that have it (if any: e.g. sequence "
+        "parallelism over 'position'). If you meant a parameter axis, fix the name"
+    )
     warnings = []
-    fsdp = [fsdp_axis] if isinstance(fsdp_axis, str) else list(fsdp_axis or [])
-    for axis in fsdp:
-        if (why := unknown(axis)) is not None:
-            warnings.append(
-                f"trainer.fsdp_axis: {why}, so it shards no parameter and no optimizer state "
-                "(they are replicated on every data-parallel device). Set fsdp_axis to an axis "
-                "of the model (a large one every big parameter has), or null to turn FSDP off"
-            )
-    for field, axes in (
-        ("tensor_parallel_axes", list(tensor_parallel_axes or [])),
-        ("axis_resources", list(axis_resources or {})),
+    for field, axes, consequence in (
+        ("fsdp_axis", fsdp_axes(fsdp_axis), parameters_only),
+        ("tensor_parallel_axes", list(tensor_parallel_axes or []), activations_too),
+        ("axis_resources", list(axis_resources or {}), activations_too),
     ):
         for axis in axes:
             if (why := unknown(axis)) is not None:
-                warnings.append(
-                    f"trainer.{field}: {why}, so it shards no parameter, only activations that "
-                    "have it (if any: e.g. sequence parallelism over 'position'). If you meant a "
-                    "parameter axis, fix the name"
-                )
+                warnings.append(f"trainer.{field}: {why}, {consequence}")
     return warnings

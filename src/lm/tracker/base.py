@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError, SetupConfigError
+from lm.fs import not_a_directory
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,18 @@ class TrackerConfig(draccus.ChoiceRegistry, abc.ABC):
         (a file where a folder must be). With `run_id` None, as when the config is parsed, only
         the part of the location that does not depend on the run id is checked. Remote URLs
         pass (they are checked when opened)."""
+
+    @staticmethod
+    def check_folders(field: str, what: str, *folders: str) -> None:
+        """For `check_output`: raise `FieldError(field)` when one of `folders` (local ones;
+        remote URLs pass) is, or runs through, an existing file: `<what>: <why>. Choose
+        another <field>, or move the file away`."""
+        for folder in folders:
+            why = not_a_directory(folder)
+            if why is not None:
+                raise FieldError(
+                    field, f"{what}: {why}. Choose another {field}, or move the file away"
+                )
 
     def destination(
         self, run_id: str | None, *, run_dir: str | None = None

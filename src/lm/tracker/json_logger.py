@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError
-from lm.fs import is_local_filesystem, local_path, not_a_directory
+from lm.fs import is_local_filesystem, local_path
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -237,13 +237,8 @@ class JsonLoggerConfig(TrackerConfig):
                 f"cannot write the metrics log to {path}: it is a directory. Give the file to "
                 f"write, e.g. {path.rstrip('/')}/metrics.jsonl",
             )
-        why = not_a_directory(folder) if folder else None
-        if why is not None:
-            raise FieldError(
-                "path",
-                f"cannot write the metrics log to {self.path}: {why}. Choose another path, or "
-                "move the file away",
-            )
+        if folder:
+            self.check_folders("path", f"cannot write the metrics log to {self.path}", folder)
 
     def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
         path = self.resolved_path(run_id, run_dir=run_dir)

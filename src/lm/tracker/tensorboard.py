@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError
-from lm.fs import local_path, not_a_directory
+from lm.fs import local_path
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -103,13 +103,7 @@ class TensorboardConfig(TrackerConfig):
 
     def check_output(self, run_id=None, *, run_dir=None) -> None:
         path = self.logdir if run_id is None else self.run_path(run_id)
-        why = not_a_directory(path)
-        if why is not None:
-            raise FieldError(
-                "logdir",
-                f"cannot write TensorBoard events: {why}. Choose another logdir, or move the "
-                "file away",
-            )
+        self.check_folders("logdir", "cannot write TensorBoard events", path)
 
     def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
         path = self.run_path(run_id)

@@ -33,8 +33,6 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from lm.config.errors import FieldError
-from lm.fs import not_a_directory
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -118,15 +116,12 @@ class WandbConfig(TrackerConfig):
         if self.save_dir is None:
             return
         # W&B writes its run files to <save_dir>/wandb/
-        why = not_a_directory(self.save_dir) or not_a_directory(
-            os.path.join(self.save_dir, "wandb")
+        self.check_folders(
+            "save_dir",
+            "W&B cannot write its run files",
+            self.save_dir,
+            os.path.join(self.save_dir, "wandb"),
         )
-        if why is not None:
-            raise FieldError(
-                "save_dir",
-                f"W&B cannot write its run files: {why}. Choose another save_dir, or move the "
-                "file away",
-            )
 
     def destination(self, run_id, *, run_dir=None) -> tuple[str, str]:
         return (
