@@ -31,7 +31,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lm.checkpoint import leaf_name
 from lm.models.layers.scan import AUTO
-from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
 from lm.partitioning.jit import with_shardings
 from lm.trainer.state import trainables_only
 
@@ -282,8 +281,7 @@ def plan_training(
     """
     config = trainer.config
     mesh = config.device_mesh
-    # jax would fail tracing the state with a bare DuplicateSpecError; this names the fields
-    check_distinct_mesh_axes(abstract_shapes(model_init), trainer.parameter_axis_mapping)
+    # (abstract_state checks the mapping first: jax would fail with a bare DuplicateSpecError)
     state = trainer.abstract_state(
         jax.random.PRNGKey(0), model_init=model_init, is_trainable=is_trainable
     )
@@ -349,13 +347,6 @@ def plan_lm(config: TrainLmConfig, *, compile_step: bool = True) -> Plan:
     trainer_config = config.trainer
     run_model = config.run_model()  # as train_lm resolves it (initialize_from_hf included)
     model_config = run_model.config
-    # as train_lm checks it, before anything (the remat search included) builds the state
-    check_distinct_mesh_axes(
-        abstract_shapes(
-            lambda: model_config.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
-        ),
-        trainer_config.parameter_axis_mapping,
-    )
     loss_fn = functools.partial(
         compute_next_token_loss_and_metrics,
         z_loss_weight=config.z_loss_weight,

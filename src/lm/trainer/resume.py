@@ -49,8 +49,6 @@ def load_or_init_state(
     # traced for shapes only, outside the axis mapping, under which jax would fail first)
     shapes = model if model is not None else abstract_shapes(model_init)
     check_model_shapes(trainer, shapes, from_init=model is None)
-    check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
-    check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
     if model is not None:
         init = state_initializer(trainer, training_key, lambda m: m, is_trainable)
         init_args = (model,)
@@ -93,9 +91,13 @@ def load_or_init_state(
 
 
 def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> None:
-    """The model (or what `model_init` builds, as shapes) has arrays to train, and every
+    """The model (or what `model_init` builds, as shapes) has arrays to train; every
     logical axis the sharding fields name is an axis of its parameters (a warning, or an
-    error for `parameter_axis_resources`; see `check_mapped_axes_exist`)."""
+    error for `parameter_axis_resources`; see `check_mapped_axes_exist`); and the parameter
+    mapping can shard every parameter: no two axes of one parameter on the same mesh axis,
+    every sharded axis divisible by its mesh axes. Shared by `load_or_init_state` and
+    `Trainer.abstract_state` (so `lm.plan` too): the errors name the fields, where jax would
+    fail with array dimensions only."""
     if from_init and not has_array_leaves(shapes):
         raise ValueError(
             f"model_init() returned {type(shapes).__name__}, which has no array leaves: "
@@ -118,6 +120,8 @@ def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> Non
     level = logging.WARNING if trainer.device_mesh.size > 1 else logging.INFO
     for message in warnings:
         logger.log(level, "%s", message)
+    check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
+    check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
 
 
 def check_batch_schedule_unchanged(config: TrainerConfig, checkpoint: str, step: int) -> None:
