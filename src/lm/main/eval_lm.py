@@ -46,7 +46,7 @@ import optax
 
 import lm.config
 from lm.compile_options import xla_compiler_options
-from lm.lm_run import load_lm_checkpoint, vocab_axis, weights_used
+from lm.lm_run import RunModel, load_lm_checkpoint, vocab_axis, weights_used
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
@@ -300,22 +300,23 @@ def evaluate_lm(
 
 
 def load_model_for_eval(
-    config: EvalLmConfig, trainer: Trainer, Vocab: hax.Axis, model_config=None
+    config: EvalLmConfig, trainer: Trainer, Vocab: hax.Axis, run_model: RunModel | None = None
 ) -> tuple[Any, str]:
     """The model saved in `config.checkpoint_path` (the averaged one with model averaging),
-    read straight into the parameter sharding. `model_config` defaults to the run's
-    (`config.run_model().config`). Returns (model, checkpoint directory)."""
-    if model_config is None:
-        model_config = config.run_model().config
+    read straight into the parameter sharding. `run_model` is the run's model, as
+    `config.run_model()` resolves it (pass it when already resolved: an HF-initialized run
+    reads the checkpoint's config.json for it). Returns (model, checkpoint directory)."""
+    if run_model is None:
+        run_model = config.run_model()
     return load_lm_checkpoint(
-        model_config,
+        run_model.config,
         Vocab,
         config.checkpoint_path,
         mp=trainer.mp,
         model_averaging=config.trainer.model_averaging,
         axis_mapping=trainer.parameter_axis_mapping,
         mesh=trainer.device_mesh,
-        valid_vocab=config.run_model().vocab_size,
+        valid_vocab=run_model.vocab_size,
     )
 
 
@@ -330,7 +331,7 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
     results: dict[str, EvalResult] = {}
     with trainer:
         Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
-        model, checkpoint = load_model_for_eval(config, trainer, Vocab, run_model.config)
+        model, checkpoint = load_model_for_eval(config, trainer, Vocab, run_model)
         from lm.checkpoint import load_metadata
 
         step = int(load_metadata(checkpoint)["step"])
