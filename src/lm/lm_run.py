@@ -250,11 +250,7 @@ def load_lm_checkpoint(
     `lm.checkpoint.padded_axes`). Returns (model, checkpoint directory)."""
     from lm.checkpoint import padded_axes
 
-    if valid_vocab is None:
-        return _load_lm_checkpoint(
-            model_config, Vocab, checkpoint_path, mp, model_averaging, axis_mapping, mesh
-        )
-    with padded_axes(vocab=valid_vocab):
+    with padded_axes(**({} if valid_vocab is None else {"vocab": valid_vocab})):
         return _load_lm_checkpoint(
             model_config, Vocab, checkpoint_path, mp, model_averaging, axis_mapping, mesh
         )

@@ -275,14 +275,12 @@ def main(config: TrainLmConfig) -> RunSummary:
                     # new rows: the tokenizer's extra tokens (warned above) and partition padding
                     logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
                     model = model.resize_vocab(Vocab.size, key=model_key)
-                with padded_axes(vocab=run_model.vocab_size):
-                    state = trainer.initial_state(training_key, model=model)
+                start: dict[str, Any] = dict(model=model)
             else:
-                # a checkpoint saved on a layout that padded the vocabulary differently resumes
-                with padded_axes(vocab=run_model.vocab_size):
-                    state = trainer.initial_state(
-                        training_key, model_init=lambda: model_config.build(Vocab, key=model_key)
-                    )
+                start = dict(model_init=lambda: model_config.build(Vocab, key=model_key))
+            # a checkpoint saved on a layout that padded the vocabulary differently resumes
+            with padded_axes(vocab=run_model.vocab_size):
+                state = trainer.initial_state(training_key, **start)
             # written once the state is there: a resume that fails (another model, say)
             # leaves the config the checkpoints were saved with in place
             save_run_config(resolved, run_dir, trainer.restored_step)
