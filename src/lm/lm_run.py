@@ -34,9 +34,6 @@ class RunModel:
     config: LmConfig
     """The model config: the YAML's, or with `use_hf_model_config` the HF checkpoint's
     architecture plus the YAML's runtime fields."""
-    vocab_size: int
-    """Rows of the vocabulary before partition padding: the tokenizer's size, or an HF
-    checkpoint's when that is larger (its extra rows are kept)."""
     tokenizer_size: int
     """`len(tokenizer)`."""
     hf_checkpoint: str | None = None
@@ -45,6 +42,12 @@ class RunModel:
     """That checkpoint's `vocab_size`."""
     converter: HFCheckpointConverter | None = None
     """Loads `hf_checkpoint` into `config`."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the vocabulary before partition padding: the tokenizer's size, or an HF
+        checkpoint's when that is larger (its extra rows are kept)."""
+        return max(self.tokenizer_size, self.hf_vocab_size or 0)
 
 
 def resolve_run_model(
@@ -72,7 +75,7 @@ def resolve_run_model(
             is named with both values.
     """
     if hf_checkpoint is None:
-        return RunModel(model, tokenizer_size, tokenizer_size)
+        return RunModel(model, tokenizer_size)
     if use_hf_model_config:
         converter = HFCheckpointConverter.for_checkpoint(hf_checkpoint)
     else:
@@ -98,7 +101,6 @@ def resolve_run_model(
     hf_vocab_size = int(hf_config.vocab_size)
     return RunModel(
         model,
-        max(tokenizer_size, hf_vocab_size),
         tokenizer_size,
         hf_checkpoint=hf_checkpoint,
         hf_vocab_size=hf_vocab_size,

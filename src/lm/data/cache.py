@@ -315,13 +315,9 @@ def _poll_intervals():
 
 
 def _finished_cache(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
-    ledger = read_ledger(cache_dir)
-    # An empty failed build for other settings is what the builder is about to replace.
-    if ledger is not None and not is_replaceable(ledger, expected):
-        check_compatible(cache_dir, ledger, expected)
-        if ledger.complete:
-            return TokenCache(cache_dir, ledger)
-    return None
+    # (an empty failed build for other settings is what the builder is about to replace)
+    ledger = usable_ledger(cache_dir, expected)
+    return TokenCache(cache_dir, ledger) if ledger is not None and ledger.complete else None
 
 
 def _wait_for_cache(cache_dir: str, expected: CacheLedger) -> TokenCache:

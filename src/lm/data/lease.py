@@ -34,6 +34,7 @@ import uuid
 
 import fsspec
 
+from lm.data.cache_arrays import join_url
 from lm.fs import is_local_filesystem
 
 logger = logging.getLogger(__name__)
@@ -83,10 +84,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def _is_local(fs) -> bool:
-    return is_local_filesystem(fs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +136,7 @@ def read(cache_dir: str) -> LeaseState | None:
 
 
 def _url(cache_dir: str) -> str:
-    return "/".join([cache_dir.rstrip("/"), LEASE_NAME])
+    return join_url(cache_dir, LEASE_NAME)
 
 
 class Lease:
@@ -180,7 +177,7 @@ class Lease:
 
     def _create(self) -> bool:
         data = self._content()
-        if _is_local(self.fs):
+        if is_local_filesystem(self.fs):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             tmp = f"{self.path}.tmp-{self.token}"
             with open(tmp, "wb") as f:
@@ -221,7 +218,7 @@ class Lease:
 
     def _write(self) -> None:
         data = self._content()
-        if _is_local(self.fs):
+        if is_local_filesystem(self.fs):
             tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 f.write(data)
