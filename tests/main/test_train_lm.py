@@ -199,9 +199,7 @@ def test_a_finished_run_summary_says_no_step_ran(tmp_path, capsys):
     summary.print()
     out = capsys.readouterr().out
     assert "nan" not in out
-    assert "  no steps run: its checkpoint has all 20 steps (trainer.num_train_steps: 20;" in (
-        out
-    )
+    assert "  no steps run: its checkpoint has all 20 steps (trainer.num_train_steps: 20;" in out
 
     ran = RunSummary(config)  # a run that trained: the final hooks repeat the last step
     for step, loss in [(0, 9.0), (1, 8.0)]:
