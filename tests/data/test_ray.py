@@ -15,8 +15,17 @@ from lm.data import cache as cache_mod
 from lm.data.sources import UrlSource
 from lm.data.tokenizer import DocumentEncoder
 from lm.distributed import RayConfig, shutdown_ray
+from lm.distributed.ray import RAY_AUTH_LOGGER
 
 pytestmark = pytest.mark.ray
+
+# what Ray's authentication module logged while the session's cluster started
+_RAY_AUTH_RECORDS: list[logging.LogRecord] = []
+
+
+class _Keep(logging.Handler):
+    def emit(self, record):
+        _RAY_AUTH_RECORDS.append(record)
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +38,12 @@ def local_ray():
     # cluster always starts a new one.
     stale = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
+    keep = _Keep()
+    logging.getLogger(RAY_AUTH_LOGGER).addHandler(keep)
     try:
         assert RayConfig().initialize() is True
     finally:
+        logging.getLogger(RAY_AUTH_LOGGER).removeHandler(keep)
         if stale is None:
             del os.environ["RAY_ADDRESS"]
         else:
@@ -40,6 +52,15 @@ def local_ray():
     yield ray
     shutdown_ray()
     assert not ray.is_initialized()
+
+
+def test_local_cluster_keeps_token_auth_without_rays_warning(local_ray):
+    """Ray's default token authentication stays on; its warning saying so is left out."""
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
+
+    assert os.environ.get(AUTH_MODE_ENV_VAR) == "token"  # what Ray sets when it turns it on
+    messages = [r.getMessage() for r in _RAY_AUTH_RECORDS if r.levelno >= logging.WARNING]
+    assert not [m for m in messages if "Token authentication is enabled" in m]
 
 
 def test_ray_config_without_auto_start_starts_nothing():

@@ -6,7 +6,8 @@ cluster instead; `auto_start_cluster: false` starts nothing.
 
 A locally started cluster gets this checkout's `src` directory first on its workers'
 PYTHONPATH, so workers import the same `lm` as the driver, and no dashboard (it costs
-memory and a port).
+memory and a port). It keeps Ray's default token authentication (the token is in
+`~/.ray/auth_token`); Ray's warning that it is on, printed at every start, is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ import pathlib
 import warnings
 
 logger = logging.getLogger(__name__)
+
+# Ray warns at every start of a local cluster that its default, token authentication, is on
+# and how to turn it off; lm keeps that default and leaves the warning out of its output.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_RAY_AUTH_DEFAULT_WARNING = "Token authentication is enabled for this Ray cluster"
+
+
+class _WithoutDefaultAuthWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_RAY_AUTH_DEFAULT_WARNING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,20 +72,26 @@ class RayConfig:
             # A head with no CPUs: tasks wait until you attach workers yourself.
             kwargs["num_cpus"] = 0
         logger.info("Starting a local Ray cluster")
-        with warnings.catch_warnings():
-            # Ray fork()s and immediately exec()s its daemons; JAX's warning about forking
-            # a multithreaded process (when JAX is already running) does not apply.
-            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-            # address="local": always a new cluster of our own. Without it Ray would try
-            # to join whatever /tmp/ray/ray_current_cluster names, which after a killed
-            # run is a dead cluster (a ConnectionError instead of a fresh start).
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-                **kwargs,
-            )
+        auth_logger = logging.getLogger(RAY_AUTH_LOGGER)
+        quiet = _WithoutDefaultAuthWarning()
+        auth_logger.addFilter(quiet)
+        try:
+            with warnings.catch_warnings():
+                # Ray fork()s and immediately exec()s its daemons; JAX's warning about forking
+                # a multithreaded process (when JAX is already running) does not apply.
+                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+                # address="local": always a new cluster of our own. Without it Ray would try
+                # to join whatever /tmp/ray/ray_current_cluster names, which after a killed
+                # run is a dead cluster (a ConnectionError instead of a fresh start).
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                    **kwargs,
+                )
+        finally:
+            auth_logger.removeFilter(quiet)
         return True
 
 
