@@ -226,23 +226,30 @@ def test_a_null_in_a_parquet_or_hf_text_column_is_a_bad_row(tmp_path):
     assert cache.num_docs == 2
 
 
-@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
-def test_invalid_utf8_is_a_bad_line(tmp_path, name):
+@pytest.mark.parametrize(
+    "name, column",
+    [("bad.jsonl", 15), ("bad.jsonl.gz", 15), ("bad.txt", 5), ("bad.txt.gz", 5)],
+)
+def test_invalid_utf8_is_a_bad_line(tmp_path, name, column):
+    """In JSON lines and plain text alike (text files used to replace such bytes silently)."""
     import gzip
 
-    data = b'{"text": "ok"}\n{"text": "bad \xff byte"}\n{"text": "fine"}\n'
+    if ".jsonl" in name:
+        data = b'{"text": "ok"}\n{"text": "bad \xff byte"}\n{"text": "fine"}\n'
+    else:
+        data = b"ok\nbad \xff byte\nfine\n"
     path = tmp_path / name
     path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     with pytest.raises(
         ValueError,
-        match=rf"^{re.escape(str(path))}:2: invalid UTF-8 \(byte 0xff at column 15\) \(set "
+        match=rf"^{re.escape(str(path))}:2: invalid UTF-8 \(byte 0xff at column {column}\) \(set "
         r"skip_bad_lines: true to skip such lines\)$",
     ):
         _docs(UrlSource.from_patterns([str(path)]))
     skipped = []
     lenient = UrlSource.from_patterns([str(path)], skip_bad_lines=True)
     assert _docs(lenient, on_bad_line=skipped.append) == ["ok", "fine"]
-    assert skipped == [f"{path}:2: invalid UTF-8 (byte 0xff at column 15)"]
+    assert skipped == [f"{path}:2: invalid UTF-8 (byte 0xff at column {column})"]
 
 
 def test_a_lone_surrogate_is_replaced_and_logged(tmp_path, builtin_tokenizer, caplog):

@@ -218,11 +218,13 @@ def iter_text_lines(
     check=None,
     on_file=None,
 ) -> Iterator[Document]:
-    for line_no, line in enumerate(_read_lines(url, compression, "replace", on_file), 1):
+    for line_no, line in enumerate(_read_lines(url, compression, "surrogateescape", on_file), 1):
         line = line.rstrip("\n")
         if not line.strip():
             continue
-        why = check(line) if check is not None else None
+        why = _invalid_utf8(line)
+        if why is None and check is not None:
+            why = check(line)
         if why is None:
             yield line
         else:
