@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import math
 import threading
 import time
@@ -578,6 +579,43 @@ def test_an_evaluation_cut_short_after_its_checkpoint_is_redone_on_resume(tmp_pa
     run()
     evals = [r["step"] for r in _metrics(config) if "eval/loss" in r["metrics"]]
     assert evals == [0, 5, 7]
+
+
+def test_an_evaluation_logged_before_the_stop_is_not_redone_on_resume(tmp_path, caplog):
+    """A run that stops during step 6, after step 5's checkpoint and evaluation, resumes
+    from step 5's checkpoint: its JSON log shows that step 5's eval finished, so it is not
+    run (and logged) a second time."""
+    from lm.checkpoint import CheckpointerConfig
+
+    checkpointer = CheckpointerConfig(base_path=str(tmp_path / "ckpt"), keep=[{"every": 5}])
+    config = trainer_config(tmp_path, num_train_steps=8, checkpointer=checkpointer)
+    stop = [True]
+
+    def stop_at_step_6(info):
+        if info.step == 6 and stop[0]:
+            stop[0] = False
+            raise RuntimeError("stopped at step 6")
+
+    def run():
+        trainer = Trainer(config, optax.adam(1e-2), mse)
+        with trainer:
+            trainer.add_eval_hook(make_dataset(64, seed=1))
+            trainer.add_hook(stop_at_step_6)
+            state = trainer.initial_state(
+                jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+            )
+            trainer.train(state, trainer.data_loader(make_dataset()))
+
+    with pytest.raises(RuntimeError, match="stopped at step 6"):
+        run()
+    assert not (tmp_path / "ckpt" / "toy" / "step-6").exists()
+    with caplog.at_level(logging.INFO, logger="lm.trainer"):
+        run()
+    evals = [r["step"] for r in _metrics(config) if "eval/loss" in r["metrics"]]
+    assert evals == [0, 5, 7]
+    assert "The evaluation of step 5 was logged before the run stopped: not run again" in (
+        caplog.text
+    )
 
 
 def test_step_jaxpr_and_hlo_are_written_once(tmp_path):

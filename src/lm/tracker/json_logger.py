@@ -109,6 +109,28 @@ class JsonLogger(Tracker):
             if time.monotonic() - self._last_flush > self._flush_interval_s:
                 self._flush_remote()
 
+    def metric_keys_at(self, step: int) -> set[str]:
+        """The metric keys of the `log` records at `step` in this log so far, the records of
+        earlier sessions of the run included (a record cut off by a kill is left out)."""
+        if self._file is not None:
+            self._file.flush()
+            with open(self._fs_path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        else:
+            lines = self._buffer
+        marker = f'"step": {int(step)},'
+        keys: set[str] = set()
+        for line in lines:
+            if marker not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "log" and record.get("step") == step:
+                keys.update(record.get("metrics") or {})
+        return keys
+
     def _flush_remote(self) -> None:
         with self._fs.open(self._fs_path, "w") as f:
             f.write("".join(self._buffer))
@@ -275,3 +297,13 @@ def read_json_log(path: str) -> list[dict[str, Any]]:
     """All records of a JSON-lines log (local or fsspec)."""
     with fsspec.open(path, "r") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def logged_metric_keys(tracker: Tracker, step: int) -> set[str]:
+    """The metric keys the JSON logs among `tracker` (a `CompositeTracker` is searched) hold
+    at `step`; empty when it has none."""
+    from lm.tracker.base import CompositeTracker
+
+    if isinstance(tracker, CompositeTracker):
+        return set().union(*(logged_metric_keys(t, step) for t in tracker.trackers))
+    return tracker.metric_keys_at(step) if isinstance(tracker, JsonLogger) else set()

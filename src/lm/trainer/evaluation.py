@@ -59,6 +59,9 @@ class EvalHook(Callback):
     def prefix(self) -> str:
         return f"eval/{self.name}" if self.name else "eval"
 
+    def logged_keys(self) -> tuple[str, ...]:
+        return (f"{self.prefix}/loss",)
+
     def _compiled(self):
         if self._eval_step is None:
             loss_fn = self.trainer.loss_fn
@@ -193,6 +196,9 @@ class TaggedEvalHook(Callback):
         self.hooks_by_tag = hooks_by_tag
         self._last_step: int | None = None
         self.last_result: dict[str, float] | None = None
+
+    def logged_keys(self) -> tuple[str, ...]:
+        return tuple(f"eval/{tag}/loss" for tag in self.hooks_by_tag)
 
     def on_step(self, info: StepInfo, force: bool = False) -> None:
         if self._last_step == info.step:

@@ -40,7 +40,8 @@ class Callback(abc.ABC, Generic[S]):
     """Run again, when due, for the step a resumed run restored. The checkpoint hook runs
     first at a step, so a run can stop after the step's checkpoint and before such a hook
     finished (an evaluation): its result would be lost. Without this, a hook runs only at
-    steps the resumed run takes."""
+    steps the resumed run takes. The redo is skipped when the run's JSON log already holds
+    every such hook's `logged_keys()` at that step (the run stopped later)."""
 
     @abc.abstractmethod
     def on_step(self, info: StepInfo[S], force: bool = False) -> None: ...
@@ -48,6 +49,11 @@ class Callback(abc.ABC, Generic[S]):
     def on_train_start(self, step: int) -> None:  # noqa: B027 (optional, a no-op by default)
         """Called once by `training_steps` before it runs step `step` (0, or the step a
         resumed run restarts at), whatever the hook's `every`."""
+
+    def logged_keys(self) -> tuple[str, ...]:
+        """For a `redo_after_resume` hook: the metric keys it logs at a step, whose presence
+        in the run's JSON log shows its work there was done. Empty: always redo."""
+        return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,17 +151,25 @@ class TrainerHooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
 
-    def run_redo_after_resume(self, info: StepInfo) -> bool:
-        """Run the `redo_after_resume` hooks due at `info.step` (the restored step); returns
-        whether any ran."""
+    def run_redo_after_resume(self, info: StepInfo, logged: Callable[[int], set[str]]) -> str:
+        """Run the `redo_after_resume` hooks due at `info.step` (the restored step), unless
+        `logged(step)` (the metric keys the run's JSON log holds at a step) shows that all of
+        them finished there before the run stopped. They run all or none: an evaluation
+        over tags combines the per-set evaluations run at the same step. Returns "ran",
+        "done before" or "none due"."""
         due = [
             h
             for h in self.hooks
             if getattr(h.callback, "redo_after_resume", False) and h.due(info.step, False)
         ]
+        if not due:
+            return "none due"
+        wanted = [key for h in due for key in h.callback.logged_keys()]
+        if all(len(h.callback.logged_keys()) for h in due) and set(wanted) <= logged(info.step):
+            return "done before"
         for hook in due:
             hook.callback.on_step(info, force=False)
-        return bool(due)
+        return "ran"
 
     def run_train_start(self, step: int) -> None:
         for hook in self.hooks:

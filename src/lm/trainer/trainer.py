@@ -583,17 +583,28 @@ class Trainer(Generic[M]):
 
     def _redo_hooks_of_the_restored_step(self, state: S) -> None:
         """On a resumed run, the hooks whose work at the restored step may have been cut
-        short (`Callback.redo_after_resume`: evaluation) run again for that step."""
+        short (`Callback.redo_after_resume`: evaluation) run again for that step, unless the
+        run's JSON log shows they finished there."""
+        from lm.tracker.json_logger import logged_metric_keys
+
         step = int(state.step)
         if step == 0 or self.restored_step != step:
             return
         info = StepInfo(
             state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=step - 1
         )
-        if self.hooks.run_redo_after_resume(info):
+        outcome = self.hooks.run_redo_after_resume(
+            info, lambda at: logged_metric_keys(self.tracker, at)
+        )
+        if outcome == "ran":
             logger.info(
                 "Ran the evaluation of step %d again: the run stopped after that step's "
                 "checkpoint, possibly before its evaluation was logged",
+                step - 1,
+            )
+        elif outcome == "done before":
+            logger.info(
+                "The evaluation of step %d was logged before the run stopped: not run again",
                 step - 1,
             )
 
