@@ -78,6 +78,14 @@ def test_each_process_of_a_multi_process_run_tags_its_lines(tmp_path, restore_ro
     ]
 
 
+def test_the_process_tag_survives_a_format_without_the_time(tmp_path, restore_root_logger):
+    configure_logging(
+        tmp_path / "r.log", stream=io.StringIO(), fmt="%(levelname)s: %(message)s", process_index=3
+    )
+    logging.getLogger("lm.x").info("started")
+    assert (tmp_path / "r.log").read_text().splitlines() == ["process 3 INFO: started"]
+
+
 def test_bad_arguments_are_clear_errors(restore_root_logger):
     with pytest.raises(ValueError, match="log level must be one of .*INFO.*got 'LOUD'"):
         configure_logging(None, level="LOUD")

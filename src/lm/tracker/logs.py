@@ -68,12 +68,16 @@ def configure_logging(
         stream: console stream; default `sys.stderr` at the time of the call.
         fmt: `logging.Formatter` format string.
         process_index: set in a multi-process run: every line then carries `process <i>`
-            after its time, so the processes' lines in a shared log file (and in collected
-            console output) can be told apart.
+            after its time (first, when `fmt` has no `%(asctime)s `), so the processes'
+            lines in a shared log file (and in collected console output) can be told apart.
     """
     numeric_level = _parse_level(level)
     if process_index is not None:
-        fmt = fmt.replace("%(asctime)s ", f"%(asctime)s process {process_index} ", 1)
+        tag = f"process {process_index} "
+        if "%(asctime)s " in fmt:  # after the time, where a reader looks first
+            fmt = fmt.replace("%(asctime)s ", f"%(asctime)s {tag}", 1)
+        else:
+            fmt = tag + fmt
     if log_file is not None and "://" in str(log_file) and not str(log_file).startswith("file://"):
         raise ValueError(
             f"log file {str(log_file)!r} must be a local path (the Python log is appended "
