@@ -522,6 +522,24 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed_losses == full_losses
 
 
+def test_a_finished_runs_temporary_final_checkpoint_is_made_permanent_on_rerun(tmp_path):
+    """A preemption save in the last step is temporary. Rerunning the finished run skips the
+    final save (the state is on disk) but must mark that checkpoint permanent: a temporary
+    one would be deleted by the next attempt's sweep of leftovers."""
+    config = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100)
+    _train(config)
+    meta_path = tmp_path / "ckpt" / "toy" / "step-3" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["is_temporary"] is False
+    meta_path.write_text(json.dumps({**meta, "is_temporary": True}))  # as a preemption save
+    _, info = _train(config)
+    assert int(info.state.step) == 4
+    meta = json.loads(meta_path.read_text())
+    assert meta["is_temporary"] is False
+    _train(dataclasses.replace(config, num_train_steps=6))  # its sweep keeps step-3
+    assert meta_path.exists()
+
+
 def test_resuming_with_another_batch_size_is_an_error_unless_scheduled(tmp_path):
     """The loader of a resumed run starts where the batch schedule puts the step: with a
     changed batch size that is not where the run stopped, and data would be skipped."""

@@ -243,6 +243,19 @@ class Checkpointer:
                 )
                 delete_tree(s.path)
 
+    def keep_final(self, step: int) -> bool:
+        """For a run resumed at its end (its final state is the checkpoint it restored):
+        whether this run's `step-<step>` holds that checkpoint. A temporary one, a
+        preemption save in the run's last step, is marked permanent, as the final save
+        would have made it; left temporary, the next attempt's sweep would delete it."""
+        path = join(self.base_path, f"step-{step}")
+        status = read_status(path)
+        if status is None or not status.complete or status.step != step:
+            return False
+        if status.is_temporary:
+            self._promote(path)
+        return True
+
     def _promote(self, path: str) -> None:
         self._manager.wait_until_finished()
         if self._last_temporary_checkpoint == path:

@@ -117,8 +117,9 @@ class ProfilerHook(Callback):
 class CheckpointHook(Callback):
     """Runs the checkpointer's policy after every step; forced at the end of training.
 
-    A forced save of the very state the run resumed from is skipped: it is on disk already
-    (resuming a finished run must not rewrite its final checkpoint)."""
+    A forced save of the very state the run resumed from is skipped when this run's
+    directory holds it (resuming a finished run must not rewrite its final checkpoint); a
+    temporary one is marked permanent instead."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -127,7 +128,11 @@ class CheckpointHook(Callback):
         checkpointer = self.trainer.checkpointer
         if checkpointer is None:
             return
-        if force and self.trainer.restored_step == info.step + 1:
+        if (
+            force
+            and self.trainer.restored_step == info.step + 1
+            and checkpointer.keep_final(info.step)
+        ):
             return
         checkpointer.on_step(info, force=force)
 
