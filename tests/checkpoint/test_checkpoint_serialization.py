@@ -256,7 +256,10 @@ def _chunk(path):
     return chunks[0]
 
 
-@pytest.mark.parametrize("damage", ["metadata", "chunk_deleted", "chunk_corrupt", "manifest"])
+@pytest.mark.parametrize(
+    "damage",
+    ["metadata", "chunk_deleted", "chunk_corrupt", "manifest", "manifest_no_leaves", "manifest_list"],
+)
 def test_torn_newest_checkpoint_falls_back(tmp_path, caplog, damage):
     exemplar = _two_checkpoints(tmp_path)
     newest = tmp_path / "step-2"
@@ -268,6 +271,12 @@ def test_torn_newest_checkpoint_falls_back(tmp_path, caplog, damage):
         with open(_chunk(newest), "r+b") as f:
             f.seek(5)
             f.write(b"\xff\xfe")
+    elif damage == "manifest_no_leaves":  # valid JSON, the right format, no leaves table
+        manifest = json.loads((newest / "manifest.json").read_text())
+        del manifest["leaves"]
+        (newest / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "manifest_list":
+        (newest / "manifest.json").write_text("[]")
     else:
         (newest / "manifest.json").unlink()
     with caplog.at_level(logging.WARNING):

@@ -206,13 +206,24 @@ def _load_one(
         raise CheckpointCorruptError(str(e)) from e
     if manifest is None:
         raise CheckpointCorruptError(f"checkpoint {path} has no {MANIFEST_FILE}")
+    if not isinstance(manifest, dict):
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: {MANIFEST_FILE} holds a {type(manifest).__name__}, not the "
+            "manifest's object (a damaged file)"
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"checkpoint {path} has format {manifest.get('format')!r} version "
             f"{manifest.get('format_version')!r}; this code reads {FORMAT!r} version "
             f"{FORMAT_VERSION}"
         )
-    records: dict[str, dict[str, Any]] = manifest["leaves"]
+    records: dict[str, dict[str, Any]] = manifest.get("leaves")
+    if not isinstance(records, dict) or not all(
+        isinstance(r, dict) and "kind" in r for r in records.values()
+    ):
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: {MANIFEST_FILE} has no valid 'leaves' table (a damaged file)"
+        )
     prefix = subpath.strip("/") + "/" if subpath else ""
     leaves, treedef = named_leaves(exemplar)
     base_url = kvstore_url(path)
