@@ -50,6 +50,23 @@ def test_false_never_loads(run_dir):
     assert int(out.state.step) == 0
 
 
+def test_only_incomplete_checkpoints_start_fresh_with_a_warning(tmp_path, caplog):
+    """A first save cut short leaves a step-N without metadata.json: starting over is right,
+    but not silently (a brand-new run says the same "fresh initialization")."""
+    import logging
+
+    (tmp_path / "run" / "step-29" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "step-29" / "model" / "zarr.json").write_text("{}")  # arrays, no metadata
+    with caplog.at_level(logging.WARNING, logger="lm.checkpoint"):
+        out = restore_trainer_state(init_fn, checkpoint_path=str(tmp_path / "run"))
+    assert out.kind == "fresh"
+    assert (
+        f"No checkpoint to resume from: the run's checkpoint directory ({tmp_path / 'run'}) "
+        "holds only incomplete checkpoints (saves that never committed: "
+        f"{tmp_path / 'run' / 'step-29'}), so the run starts from scratch"
+    ) in caplog.text
+
+
 def test_specific_step_path(run_dir, trained_state):
     out = restore_trainer_state(init_fn, checkpoint_path=f"{run_dir}/step-2")
     assert out.checkpoint == f"{run_dir}/step-2"

@@ -540,6 +540,24 @@ def test_a_finished_runs_temporary_final_checkpoint_is_made_permanent_on_rerun(t
     assert meta_path.exists()
 
 
+def test_load_checkpoint_false_refuses_a_directory_holding_checkpoints(tmp_path):
+    """Starting over where an earlier attempt saved would mix the two runs' checkpoints."""
+    from lm.config import SetupConfigError
+
+    first = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100)
+    _train(first)
+    again = dataclasses.replace(first, load_checkpoint=False)
+    with pytest.raises(SetupConfigError) as info:
+        _train(again)
+    assert str(info.value).startswith(
+        f"trainer.load_checkpoint is false, but this run's checkpoint directory "
+        f"{tmp_path}/ckpt/toy already holds checkpoints of an earlier attempt (step-3)"
+    )
+    # elsewhere it starts fresh
+    _, fresh = _train(dataclasses.replace(again, id="other"))
+    assert int(fresh.state.step) == 4
+
+
 def test_resuming_with_another_batch_size_is_an_error_unless_scheduled(tmp_path):
     """The loader of a resumed run starts where the batch schedule puts the step: with a
     changed batch size that is not where the run stopped, and data would be skipped."""

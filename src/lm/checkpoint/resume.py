@@ -149,6 +149,15 @@ def restore_trainer_state(
                 "at a run directory or a step-N checkpoint, or leave load_checkpoint unset "
                 "(null) to start fresh when there is none"
             )
+        if checkpoint_path_field is None and torn:
+            # e.g. the first save was cut short: starting over is right, but say why
+            logger.warning(
+                "No checkpoint to resume from: the run's checkpoint directory (%s) %s, so the "
+                "run starts from %s",
+                checkpoint_path,
+                _why_none_found(checkpoint_path, torn),
+                "scratch" if initialize_from is None else f"initialize_from ({initialize_from})",
+            )
         if checkpoint_path_field is not None:
             then = (
                 "the run starts from scratch"

@@ -44,6 +44,7 @@ def load_or_init_state(
     """Exactly one of `model` (a concrete model, passed to jit as an argument, never baked in
     as a constant) and `model_init` (a zero-argument builder, traced under jit)."""
     config = trainer.config
+    check_not_starting_over(config)
     # a parameter axis the mapping cannot split evenly, or two axes of one parameter on the
     # same mesh axis: say which, before jax fails with only array dimensions (model_init is
     # traced for shapes only, outside the axis mapping, under which jax would fail first)
@@ -122,6 +123,34 @@ def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> Non
         logger.log(level, "%s", message)
     check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
     check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
+
+
+def check_not_starting_over(config: TrainerConfig) -> None:
+    """`load_checkpoint: false` starts fresh; in a checkpoint directory that already holds an
+    earlier attempt's checkpoints, the new run would overwrite some of them (its step-N
+    where both have one) and leave the rest beside its own, so that a later resume or
+    eval_lm picks the old run's newest. Refused, with the ways out.
+
+    Raises:
+        SetupConfigError: the run's own checkpoint directory holds committed checkpoints.
+    """
+    from lm.checkpoint.storage import checkpoint_candidates
+
+    if config.load_checkpoint is not False or config.load_checkpoint_path is not None:
+        return
+    path = config.checkpoint_path
+    committed, _ = checkpoint_candidates(path)
+    if not committed:
+        return
+    steps = ", ".join(f"step-{s.step}" for s in sorted(committed, key=lambda s: s.step))
+    raise SetupConfigError(
+        f"trainer.load_checkpoint is false, but this run's checkpoint directory {path} already "
+        f"holds checkpoints of an earlier attempt ({steps}): starting over there would "
+        "overwrite some of them and leave the rest beside the new run's, and a later resume "
+        "would pick the old run's newest. Give the new run its own directory (another "
+        "trainer.id or trainer.checkpointer.base_path), delete that directory to start over, "
+        "or leave load_checkpoint unset to resume"
+    )
 
 
 def check_batch_schedule_unchanged(config: TrainerConfig, checkpoint: str, step: int) -> None:
