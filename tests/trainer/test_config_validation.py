@@ -29,6 +29,11 @@ def only_problem(*args: str) -> tuple[str, str, str | None]:
         ("per_device_eval_parallelism", "0", "got 0, expected a positive number of examples"),
         ("per_device_parallelism", "-2", "got -2, expected a positive number of examples"),
         ("num_train_steps", "-1", "got -1, expected a number of steps >= 0"),
+        ("num_train_steps", "1e12", "got 1000000000000, expected at most 2,147,483,647 steps"),
+        ("seed", "4294967296", "got 4294967296, expected an integer from 0 to 4,294,967,295"),
+        ("seed", "-1", "got -1, expected an integer from 0 to 4,294,967,295"),
+        ("id", "..", "got '..', expected one directory name"),
+        ("id", "runs/a", "got 'runs/a', expected one directory name"),
         ("steps_per_eval", "0", "got 0, expected a number of steps > 0"),
         ("max_eval_batches", "-1", "got -1, expected null (the whole validation set)"),
         ("train_batch_size", "0", "got 0, expected a positive number of examples, or -1"),
@@ -405,3 +410,9 @@ def test_wrong_python_forms_name_the_field_and_the_type():
         TrainerConfig(checkpointer={"base_pat": "ckpts"})
     with pytest.raises(TypeError, match=r"trainer.tracker: got 'json'.*TrackerConfig or a list"):
         TrainerConfig(tracker=["json"])
+
+
+def test_a_run_id_from_the_environment_must_be_one_directory_name(monkeypatch):
+    monkeypatch.setenv("RUN_ID", "../elsewhere")
+    with pytest.raises(ValueError, match=r"the RUN_ID environment variable \('../elsewhere'\)"):
+        TrainerConfig().run_id  # noqa: B018

@@ -73,6 +73,28 @@ DEFAULT_JAX_CONFIG: dict[str, Any] = {
 JsonAtom = str | int | float | bool | None
 
 
+MAX_STEPS = 2**31 - 1
+"""The most steps a run can take: `TrainerState.step` is an int32."""
+MAX_SEED = 2**32 - 1
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """What keeps `run_id` from naming the run's directories (`<log_dir>/<id>`,
+    `<base_path>/<id>`), as the "expected" half of an error; None when it can."""
+    if (
+        not run_id.strip()
+        or run_id in (".", "..")
+        or "/" in run_id
+        or "\\" in run_id
+        or any(ord(c) < 32 for c in run_id)
+    ):
+        return (
+            "one directory name (letters, digits, '-', '_', '.'; not '.' or '..', no '/'), as "
+            "it names the run's directories under log_dir and the checkpointer's base_path"
+        )
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     seed: int = 0
@@ -196,6 +218,21 @@ class TrainerConfig:
             )
         if self.num_train_steps < 0:
             raise invalid("num_train_steps", self.num_train_steps, "a number of steps >= 0")
+        if self.num_train_steps > MAX_STEPS:
+            raise invalid(
+                "num_train_steps",
+                self.num_train_steps,
+                f"at most {MAX_STEPS:,} steps (the step counter is a 32-bit integer)",
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise invalid(
+                "seed",
+                self.seed,
+                f"an integer from 0 to {MAX_SEED:,} (JAX's keys take 32 bits of the seed: a "
+                "larger one would repeat a smaller one's keys)",
+            )
+        if self.id is not None and (problem := run_id_problem(self.id)) is not None:
+            raise invalid("id", self.id, problem)
         if self.steps_per_eval <= 0:
             raise invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0")
         if self.max_eval_batches is not None and self.max_eval_batches < 0:
@@ -496,6 +533,11 @@ class TrainerConfig:
         if self.id:
             return self.id
         if os.environ.get("RUN_ID"):
+            if (problem := run_id_problem(os.environ["RUN_ID"])) is not None:
+                raise ValueError(
+                    f"the RUN_ID environment variable ({os.environ['RUN_ID']!r}) names the run "
+                    f"(trainer.id is unset), but it is not {problem}"
+                )
             return os.environ["RUN_ID"]
         from lm.tracker.wandb import resolve_run_id_from_env
 
