@@ -258,7 +258,14 @@ def _chunk(path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["metadata", "chunk_deleted", "chunk_corrupt", "manifest", "manifest_no_leaves", "manifest_list"],
+    [
+        "metadata",
+        "chunk_deleted",
+        "chunk_corrupt",
+        "manifest",
+        "manifest_no_leaves",
+        "manifest_list",
+    ],
 )
 def test_torn_newest_checkpoint_falls_back(tmp_path, caplog, damage):
     exemplar = _two_checkpoints(tmp_path)
