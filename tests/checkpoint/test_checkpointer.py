@@ -16,6 +16,7 @@ from lm.checkpoint import (
     Checkpointer,
     CheckpointerConfig,
     CheckpointInterval,
+    CheckpointSaveError,
     list_checkpoints,
     load_checkpoint,
 )
@@ -397,8 +398,16 @@ def test_background_failure_surfaces(tmp_path):
         raise OSError("disk on fire")
 
     ckpt.save_checkpoint(dummy_step_info(1), "step-1", commit_callback=boom)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(CheckpointSaveError) as info:
         ckpt.wait_until_finished()
+    # one message naming the checkpoint, shown without a traceback by the CLI (an lm error)
+    assert str(info.value) == (
+        f"checkpoint save to {tmp_path}/step-1 failed: disk on fire. The checkpoints committed "
+        "before it are unaffected; a resumed run skips the partial step-1"
+    )
+    from lm.config.cli import _is_user_facing
+
+    assert _is_user_facing(info.value)
     ckpt.wait_until_finished()  # reported once
 
 

@@ -28,6 +28,7 @@ from lm.checkpoint.serialization import (
     AsyncCheckpointManager,
     CheckpointCorruptError,
     CheckpointLoadError,
+    CheckpointSaveError,
     leaf_name,
     save_checkpoint,
     wait_until_finished,
@@ -41,6 +42,7 @@ from lm.checkpoint.storage import (
 __all__ = [
     "AsyncCheckpointManager",
     "CheckpointCorruptError",
+    "CheckpointSaveError",
     "CheckpointInterval",
     "CheckpointLoadError",
     "CheckpointStatus",

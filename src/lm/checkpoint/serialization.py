@@ -71,6 +71,11 @@ class CheckpointLoadError(RuntimeError):
     """Checkpoints exist under a path but none of them could be loaded."""
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a store that refused a write): the
+    checkpoints committed before it are unaffected."""
+
+
 # ---------------------------------------------------------------------------
 # Leaf names
 
@@ -227,6 +232,7 @@ class AsyncCheckpointManager:
         self.timeout = timeout
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._error_path = ""
         self._count = 0
 
     def save(
@@ -369,8 +375,11 @@ class AsyncCheckpointManager:
             if pending.commit_callback is not None:
                 pending.commit_callback()
         except BaseException as e:  # re-raised in the main thread by check_for_errors
-            logger.exception("Checkpoint save to %s failed", pending.path)
+            # the full traceback goes to the log file; the console gets the error once, when
+            # check_for_errors raises it in the main thread
+            logger.debug("Checkpoint save to %s failed", pending.path, exc_info=True)
             self._error = e
+            self._error_path = pending.path
 
     @property
     def is_saving(self) -> bool:
@@ -380,7 +389,12 @@ class AsyncCheckpointManager:
         """Raise the error of a finished background commit, if it failed."""
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError(f"checkpoint save failed: {error}") from error
+            path = self._error_path
+            raise CheckpointSaveError(
+                f"checkpoint save to {path} failed: {str(error).strip() or type(error).__name__}. "
+                "The checkpoints committed before it are unaffected; a resumed run skips the "
+                f"partial {path.rstrip('/').rsplit('/', 1)[-1]}"
+            ) from error
 
     def wait_until_finished(self) -> None:
         """Block until the in-flight save (if any) has committed; raise its error."""
