@@ -598,3 +598,20 @@ def test_real_run_config_union_fields_decode_by_shape(dotted, raw, expected):
 def test_real_run_config_mp_string():
     mp = decode(TrainLmConfig, {"trainer": {"mp": "p=f32,c=bfloat16"}}).trainer.mp
     assert lm.config.format_policy(mp) == "p=f32,c=bf16,o=bf16"
+
+
+# --- environment variables are not expanded: a value naming one is an error -------------------
+
+
+@pytest.mark.parametrize("value", ["${OUT}/logs", "$OUT/logs", "$HOME", "runs/${RUN}/x"])
+def test_a_value_naming_an_environment_variable_is_an_error(value):
+    path, message = only_problem(TrainLmConfig, {"trainer": {"log_dir": value}})
+    assert path == "trainer.log_dir"
+    assert message.startswith(f"got {value!r}, which names the environment variable $"), message
+    assert message.endswith(f'shell expands it: --trainer.log_dir "{value}"')
+
+
+@pytest.mark.parametrize("value", ["costs $5", "a$b/c", "logs/run-$", "{{ template }}"])
+def test_dollar_signs_that_name_no_variable_are_kept(value):
+    config = decode(TrainLmConfig, {"trainer": {"id": "x", "log_dir": value}})
+    assert str(config.trainer.log_dir) == value

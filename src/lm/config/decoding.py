@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import enum
 import math
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -100,6 +101,14 @@ class Decoder:
 
     def run(self, tp: Any, value: Any, path: str) -> Any:
         tp = ti.strip(tp)
+        if isinstance(value, str) and (variable := _environment_variable(value)) is not None:
+            return self.fail(
+                path,
+                f"got {value!r}, which names the environment variable {variable}: config "
+                "values are not expanded, so it would be taken literally (a directory named "
+                f"{variable}). Write the value out, or pass it on the command line, where the "
+                f'shell expands it: --{path} "{value}"',
+            )
         if tp is Any or tp is object:
             return value
         if ti.is_union(tp):
@@ -448,6 +457,18 @@ def _names_choice(member: type, name: Any) -> bool:
     except Exception:  # noqa: BLE001 - a broken plugin registry just doesn't match
         return False
     return isinstance(name, str) and name in known and issubclass(known[name], member)
+
+
+_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|^\$[A-Za-z_][A-Za-z0-9_]*(?=/|$)")
+
+
+def _environment_variable(value: str) -> str | None:
+    """The environment variable `value` names and that nothing expanded (`${OUT}/logs`,
+    `$HOME/data`), or None."""
+    if "$" not in value:
+        return None
+    found = _VARIABLE.search(value)
+    return found.group() if found else None
 
 
 def _nest(path: str, sub: str) -> str:
