@@ -25,6 +25,7 @@ from lm.config.decoding import Decoder
 from lm.config.errors import (
     ConfigError,
     ConfigProblem,
+    FieldError,
     SetupConfigError,
     index_path,
     join_path,
@@ -80,7 +81,8 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
 
     `--help` prints the field tree and exits 0. Any configuration problem prints the
     aggregated message to stderr and exits with status 2 before `fn` runs (as does a
-    `SetupConfigError` that `fn` raises once the devices are known). Warnings the
+    `SetupConfigError` or `FieldError` that `fn` raises once it has started, e.g. when
+    the devices are known or a local path is checked). Warnings the
     config classes raise while parsing (deprecated fields) are printed to stderr as
     `warning: ...` lines: Python hides DeprecationWarnings from library code by default, and
     logging is not configured yet.
@@ -119,8 +121,9 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
                 raise
             logged = _traceback_to_log_files(e)
             print(f"error: {message}", file=sys.stderr)
-            if isinstance(e, SetupConfigError):
-                raise SystemExit(2) from None  # a bad configuration, as when parsing
+            if isinstance(e, SetupConfigError | FieldError):
+                # a bad configuration found once the run started, reported as when parsing
+                raise SystemExit(2) from None
             where = "is in the run's log file; set" if logged else "is not shown: set"
             print(f"(the Python traceback {where} LM_TRACEBACK=1 to print it)", file=sys.stderr)
             if peer is not None:
