@@ -135,6 +135,15 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
             ["--initialize_from_hf", "empty_dir"],
             "error: initialize_from_hf: empty_dir has no config.json",
         ),
+        (
+            ["--data.tokenizer", "./my_tokenizer"],
+            "error: data.tokenizer: ./my_tokenizer does not exist; expected a tokenizer (a "
+            "local path or URL)",
+        ),
+        (
+            ["--trainer.initialize_from", "/no/such/run"],
+            "error: trainer.initialize_from: /no/such/run does not exist; expected a checkpoint",
+        ),
     ],
 )
 def test_local_paths_in_the_way_are_one_message_before_anything_is_written(

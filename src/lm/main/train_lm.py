@@ -142,19 +142,29 @@ def _disabled(log: logging.Logger):
 def check_local_paths(config: TrainLmConfig) -> None:
     """Local paths the run needs, checked before anything is written (TrainerConfig.initialize
     checks its own): `hf_save_path` must be able to become a directory (otherwise the export
-    fails after the last step), and a local `initialize_from_hf` must exist. A hub id such as
-    `gpt2` or `org/name` is not a local path; one written as a path (`/...`, `./...`, `~/...`,
-    `file://...`) or an existing one is."""
+    fails after the last step), and a local `initialize_from_hf`, `data.tokenizer` or
+    `trainer.initialize_from` must exist. A hub id such as `gpt2` or `org/name` is not a
+    local path; one written as a path (`/...`, `./...`, `~/...`, `file://...`) is (and, for
+    `initialize_from_hf`, an existing one)."""
     if config.hf_save_path is not None:
         why = not_a_directory(config.hf_save_path)
         if why is not None:
             raise lm.config.FieldError("hf_save_path", why)
+    for field, value, what in (
+        ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
+        ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
+    ):
+        if isinstance(value, str) and _written_as_path(value):
+            path = local_path(value)
+            if path is not None and not os.path.exists(path):
+                raise lm.config.FieldError(
+                    field, f"{value} does not exist; expected {what} (a local path or URL)"
+                )
     source = config.hf_checkpoint
     if not isinstance(source, str):
         return
-    written_as_path = source.startswith(("/", "./", "../", "~", "file://"))
     path = local_path(source)
-    if path is None or not (written_as_path or os.path.exists(path)):
+    if path is None or not (_written_as_path(source) or os.path.exists(path)):
         return  # a hub id or a remote URL: checked when it is fetched
     if not os.path.isdir(path):
         what = "does not exist" if not os.path.exists(path) else "is not a directory"
@@ -168,6 +178,11 @@ def check_local_paths(config: TrainLmConfig) -> None:
             "initialize_from_hf",
             f"{source} has no config.json; expected a Hugging Face checkpoint directory",
         )
+
+
+def _written_as_path(value: str) -> bool:
+    """A local path as written (`/...`, `./...`, `~/...`, `file://...`), not a hub id."""
+    return value.startswith(("/", "./", "../", "~", "file://"))
 
 
 def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -> None:
