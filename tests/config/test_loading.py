@@ -197,6 +197,14 @@ def test_a_tab_indent_says_yaml_wants_spaces(mem):
     assert "tabs" not in problem.message
 
 
+def test_a_misspelled_include_tag_suggests_include(mem):
+    (problem,) = error_of(mem("run.yaml", "optimizer: !inclde adam.yaml\n")).problems
+    assert problem.path == "optimizer"
+    assert problem.message.endswith("for the tag '!inclde'; did you mean !include?")
+    (problem,) = error_of(mem("two.yaml", "optimizer: !env HOME\n")).problems
+    assert problem.message.endswith("(the only tag a config file may use is !include)")
+
+
 def test_syntax_error_in_an_included_file(mem):
     mem("data.yaml", "a: b: c\n")
     run = mem("run.yaml", "data: !include data.yaml\n")

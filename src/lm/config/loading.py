@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import posixpath
 from typing import Any
@@ -265,7 +266,15 @@ class _Loader:
         try:
             return self.constructor.construct_object(node, deep=True)
         except ConstructorError as e:
-            self.fail(path, f"{e.problem}", self._loc(url, node))
+            hint = ""
+            if node.tag.startswith("!") and node.tag != INCLUDE_TAG:
+                close = difflib.get_close_matches(node.tag, [INCLUDE_TAG], n=1, cutoff=0.6)
+                hint = (
+                    f"; did you mean {close[0]}?"
+                    if close
+                    else f" (the only tag a config file may use is {INCLUDE_TAG})"
+                )
+            self.fail(path, f"{e.problem}{hint}", self._loc(url, node))
             return None
 
     def _mapping(self, node: MappingNode, path: str, url: str) -> dict:
