@@ -145,6 +145,20 @@ def test_config_flag_suggests_config_path():
         parse(SimpleCfg, args=["--config", "x.yaml"])
 
 
+def test_config_path_twice_or_empty_is_an_error(tmp_path):
+    """The first of two files used to be dropped silently."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("project: a\n")
+    b.write_text("project: b\n")
+    with pytest.raises(
+        ConfigError, match=r"--config_path is given twice \(.*a.yaml and .*b.yaml\)"
+    ):
+        parse(SimpleCfg, args=["--config_path", str(a), "--config_path", str(b)])
+    with pytest.raises(ConfigError, match="--config_path needs a file"):
+        parse(SimpleCfg, args=["--config_path="])
+    assert parse(SimpleCfg, args=["--config_path", str(a), f"--config_path={a}"]).project == "a"
+
+
 SCRIPT = textwrap.dedent(
     """
     import dataclasses

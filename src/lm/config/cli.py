@@ -286,6 +286,7 @@ def _split_args(
     problems: list[ConfigProblem],
 ) -> str | None:
     i = 0
+    from_args: str | None = None  # the --config_path given in args, if any
     while i < len(args):
         arg = args[i]
         if arg in HELP_FLAGS:
@@ -314,7 +315,19 @@ def _split_args(
             continue
         name = flag[2:]
         if flag in (CONFIG_PATH_FLAG, "--config-path"):
-            config_path = value
+            if not value:
+                problems.append(ConfigProblem("", f"{flag} needs a file, like `{flag} run.yaml`"))
+            elif from_args is not None and value != from_args:
+                problems.append(
+                    ConfigProblem(
+                        "",
+                        f"{CONFIG_PATH_FLAG} is given twice ({from_args} and {value}); a run "
+                        "reads one file: to combine files, `!include` one from the other or "
+                        "start it with `base: <file>`",
+                    )
+                )
+            else:
+                config_path = from_args = value
         elif name in ("config", "config_file"):
             problems.append(
                 ConfigProblem("", f"unknown argument {flag}; did you mean {CONFIG_PATH_FLAG}?")
