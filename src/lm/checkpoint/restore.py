@@ -311,8 +311,10 @@ def _load_one(
                 did_you_mean = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
             raise ValueError(
                 f"checkpoint {path} lacks {len(missing)} leaves the target needs, e.g. "
-                f"{missing[:5]}{where or did_you_mean}. To keep the target's own values for "
-                "the missing leaves instead (a partial load), pass allow_partial=True"
+                f"{missing[:5]}{where or did_you_mean}. If it was saved with another model "
+                "or optimizer configuration, its run's config.yaml holds that one; to keep the "
+                "target's own values for the missing leaves instead (a partial load), pass "
+                "allow_partial=True (in a run config: trainer.allow_partial_checkpoint: true)"
             )
         logger.warning(
             "Checkpoint %s lacks %d leaves; they keep their initial values: %s%s",
