@@ -397,6 +397,36 @@ def test_two_process_fsdp_kill_resume_matches_one_process(tmp_path, corpus, subp
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_two_processes_agree_to_skip_an_evaluation_logged_before_the_resume(
+    tmp_path, corpus, subprocess_env
+):
+    """Only process 0 holds the JSON log that says whether the restored step's evaluation
+    finished. The other process follows its answer: were they to disagree, one would wait
+    in the evaluation's collectives for ever."""
+    config = _run_yaml(tmp_path, corpus, steps=5)  # steps 0-4; step-4 is saved (every 4)
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text(pathlib.Path(corpus).read_text())
+    eval_args = (
+        "--data.validation_urls", f"[{validation}]",
+        "--trainer.max_eval_batches", "2",
+        "--trainer.steps_per_eval", "4",
+    )  # fmt: skip
+    _run_two_processes(config, subprocess_env, tmp_path, *eval_args)
+    _run_two_processes(
+        config, subprocess_env, tmp_path, *eval_args, "--trainer.num_train_steps", "7"
+    )
+    assert "The evaluation of step 4 was logged before the run stopped: not run again" in (
+        _output(tmp_path, 0)
+    )
+    evals = [
+        r["step"]
+        for r in read_json_log(str(tmp_path / "logs" / RUN_ID / "metrics.jsonl"))
+        if r["event"] == "log" and "eval/loss" in r["metrics"]
+    ]
+    assert evals == [0, 4, 6]
+
+
 # ---------------------------------------------------------------- HF checkpoints across hosts
 
 HF_STEPS = 3

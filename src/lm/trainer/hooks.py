@@ -151,12 +151,12 @@ class TrainerHooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
 
-    def run_redo_after_resume(self, info: StepInfo, logged: Callable[[int], set[str]]) -> str:
+    def run_redo_after_resume(self, info: StepInfo, logged: Callable[[set[str], int], bool]) -> str:
         """Run the `redo_after_resume` hooks due at `info.step` (the restored step), unless
-        `logged(step)` (the metric keys the run's JSON log holds at a step) shows that all of
-        them finished there before the run stopped. They run all or none: an evaluation
-        over tags combines the per-set evaluations run at the same step. Returns "ran",
-        "done before" or "none due"."""
+        `logged(keys, step)` (whether the run's JSON log holds all of `keys` at `step`; the
+        same answer on every process) says that all of them finished there before the run
+        stopped. They run all or none: an evaluation over tags combines the per-set
+        evaluations run at the same step. Returns "ran", "done before" or "none due"."""
         due = [
             h
             for h in self.hooks
@@ -164,8 +164,8 @@ class TrainerHooks:
         ]
         if not due:
             return "none due"
-        wanted = [key for h in due for key in h.callback.logged_keys()]
-        if all(len(h.callback.logged_keys()) for h in due) and set(wanted) <= logged(info.step):
+        wanted = {key for h in due for key in h.callback.logged_keys()}
+        if all(h.callback.logged_keys() for h in due) and logged(wanted, info.step):
             return "done before"
         for hook in due:
             hook.callback.on_step(info, force=False)

@@ -593,9 +593,18 @@ class Trainer(Generic[M]):
         info = StepInfo(
             state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=step - 1
         )
-        outcome = self.hooks.run_redo_after_resume(
-            info, lambda at: logged_metric_keys(self.tracker, at)
-        )
+
+        def logged(keys: set[str], at: int) -> bool:
+            # process 0 holds the JSON log: its answer, so that every process runs the
+            # (collective) evaluation or none does
+            found = keys <= logged_metric_keys(self.tracker, at)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                found = bool(multihost_utils.broadcast_one_to_all(jnp.bool_(found)))
+            return found
+
+        outcome = self.hooks.run_redo_after_resume(info, logged)
         if outcome == "ran":
             logger.info(
                 "Ran the evaluation of step %d again: the run stopped after that step's "
