@@ -144,6 +144,11 @@ def missing_filesystem(url: str) -> str | None:
     return None
 
 
+def looks_like_local_path(name: str) -> bool:
+    """A name no hub id could be: absolute, `./`, `../`, `~`, `file://`, or `.` / `..`."""
+    return name in (".", "..") or name.startswith(("/", "./", "../", "~", "file://"))
+
+
 def is_local_filesystem(fs: Any) -> bool:
     """Whether an fsspec filesystem object is the local disk."""
     protocol = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)

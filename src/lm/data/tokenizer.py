@@ -38,6 +38,7 @@ from lm.data.builtin_tokenizer import (
     load_builtin_backend,
     load_builtin_tokenizer,
 )
+from lm.fs import looks_like_local_path
 from lm.hf_files import TOKENIZER_DEFINING_FILES
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,6 @@ def passthrough_tokenizer(vocab_size: int):
 
 _FIELD = "data.tokenizer"
 _ALLOWED = "use 'builtin', 'passthrough', a Hugging Face tokenizer directory or a hub id"
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name no hub id could be: absolute, `./`, `../`, `~` or `file://`."""
-    return name in (".", "..") or name.startswith(("/", "./", "../", "~", "file://"))
 
 
 def _download_dir(url: str) -> str:
@@ -184,7 +180,7 @@ def load_tokenizer(name: str, vocab_size: int | None = None):
         return _load_dir(path, name)
     if "://" in name and not name.startswith("file://"):
         return _load_dir(_download_dir(name), name)
-    if _looks_like_path(name):
+    if looks_like_local_path(name):
         what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
         raise ValueError(f"{_FIELD}: {name} {what}; {_ALLOWED}")
     # Imported here: AutoTokenizer pulls in transformers' model configs (and torch).

@@ -21,7 +21,7 @@ import lm.tracker
 from lm.checkpoint import padded_axes
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
-from lm.fs import local_path, not_a_directory
+from lm.fs import local_path, looks_like_local_path, not_a_directory
 from lm.lm_run import RunModel, describe_vocab_change, resolve_run_model, vocab_axis
 from lm.models import Gpt2Config, LmConfig
 from lm.models.layers.attention import check_backend_platform
@@ -154,7 +154,7 @@ def check_local_paths(config: TrainLmConfig) -> None:
         ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
         ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
     ):
-        if isinstance(value, str) and _written_as_path(value):
+        if isinstance(value, str) and looks_like_local_path(value):
             path = local_path(value)
             if path is not None and not os.path.exists(path):
                 raise lm.config.FieldError(
@@ -164,7 +164,7 @@ def check_local_paths(config: TrainLmConfig) -> None:
     if not isinstance(source, str):
         return
     path = local_path(source)
-    if path is None or not (_written_as_path(source) or os.path.exists(path)):
+    if path is None or not (looks_like_local_path(source) or os.path.exists(path)):
         return  # a hub id or a remote URL: checked when it is fetched
     if not os.path.isdir(path):
         what = "does not exist" if not os.path.exists(path) else "is not a directory"
@@ -178,11 +178,6 @@ def check_local_paths(config: TrainLmConfig) -> None:
             "initialize_from_hf",
             f"{source} has no config.json; expected a Hugging Face checkpoint directory",
         )
-
-
-def _written_as_path(value: str) -> bool:
-    """A local path as written (`/...`, `./...`, `~/...`, `file://...`), not a hub id."""
-    return value.startswith(("/", "./", "../", "~", "file://"))
 
 
 def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -> None:
