@@ -112,23 +112,26 @@ class JsonLogger(Tracker):
     def metric_keys_at(self, step: int) -> set[str]:
         """The metric keys of the `log` records at `step` in this log so far, the records of
         earlier sessions of the run included (a record cut off by a kill is left out)."""
-        if self._file is not None:
-            self._file.flush()
-            with open(self._fs_path, encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        else:
-            lines = self._buffer
         marker = f'"step": {int(step)},'
         keys: set[str] = set()
-        for line in lines:
-            if marker not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "log" and record.get("step") == step:
-                keys.update(record.get("metrics") or {})
+
+        def scan(lines) -> None:  # a run's log grows with its steps: read it line by line
+            for line in lines:
+                if marker not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("event") == "log" and record.get("step") == step:
+                    keys.update(record.get("metrics") or {})
+
+        if self._file is None:
+            scan(self._buffer)
+            return keys
+        self._file.flush()
+        with open(self._fs_path, encoding="utf-8", errors="replace") as f:
+            scan(f)
         return keys
 
     def _flush_remote(self) -> None:
