@@ -34,7 +34,8 @@ from config_schemas import (
 from haliax import ScanCheckpointPolicy
 
 import lm.config
-from lm.config import ConfigError, decode
+from lm.config import ConfigError, FieldError, decode
+from lm.config.errors import closest_name
 from lm.main.train_lm import TrainLmConfig
 from lm.optim import SkipStepConfig
 from lm.tracker import JsonLoggerConfig, NoopConfig
@@ -235,6 +236,23 @@ def test_optional_enum_and_literal_suggest_the_close_spelling():
     assert "or null, got 'nvtee' (a string); did you mean 'nvte'?" in message
     _, message = only_problem(Literal["online", "offline"] | None, "ofline")
     assert message.endswith("did you mean 'offline'?")
+
+
+@pytest.mark.parametrize(
+    "value, meant",
+    [
+        ("flash", "jax_flash"),  # plain string similarity ranks 'splash' first
+        ("JAX_FLASH", "jax_flash"),  # another case: similarity finds nothing
+        ("Vanilla", "vanilla"),
+        ("nvtee", "nvte"),
+    ],
+)
+def test_a_misspelt_choice_suggests_the_name_a_user_meant(value, meant):
+    from lm.models.layers.attention import AttentionBackend
+
+    _, message = only_problem(AttentionBackend, value)
+    assert message.endswith(f"did you mean {meant!r}?")
+    assert closest_name("zzz", ["default", "vanilla"]) is None
 
 
 def test_codec_fields_decode_through_draccus_registry():
@@ -615,3 +633,29 @@ def test_a_value_naming_an_environment_variable_is_an_error(value):
 def test_dollar_signs_that_name_no_variable_are_kept(value):
     config = decode(TrainLmConfig, {"trainer": {"id": "x", "log_dir": value}})
     assert str(config.trainer.log_dir) == value
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+    num_heads: int = 4
+    num_kv_heads: int = 32
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise FieldError(
+                "num_kv_heads",
+                f"got {self.num_kv_heads}, expected a divisor of num_heads ({self.num_heads})",
+            )
+
+
+def test_a_problem_with_a_default_value_says_the_config_did_not_set_it():
+    """`--model.type llama` on a GPT-2 config used to blame `num_kv_heads: 32`, which the
+    user never wrote: it is Llama's default."""
+    path, message = only_problem(Heads, {"num_heads": 12})
+    assert (path, message) == (
+        "num_kv_heads",
+        "got 32, expected a divisor of num_heads (12) "
+        "(Heads's default: this config does not set `num_kv_heads`)",
+    )
+    path, message = only_problem(Heads, {"num_heads": 12, "num_kv_heads": 5})
+    assert message == "got 5, expected a divisor of num_heads (12)"

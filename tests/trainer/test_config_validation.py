@@ -28,7 +28,11 @@ def only_problem(*args: str) -> tuple[str, str, str | None]:
     [
         ("per_device_eval_parallelism", "0", "got 0, expected a positive number of examples"),
         ("per_device_parallelism", "-2", "got -2, expected a positive number of examples"),
-        ("num_train_steps", "-1", "got -1, expected a number of steps >= 0"),
+        (
+            "num_train_steps",
+            "-1",
+            "got -1, expected a number of steps >= 0 (>= 1 for train_lm: a run trains)",
+        ),
         ("num_train_steps", "1e12", "got 1000000000000, expected at most 2,147,483,647 steps"),
         ("seed", "4294967296", "got 4294967296, expected an integer from 0 to 4,294,967,295"),
         ("seed", "-1", "got -1, expected an integer from 0 to 4,294,967,295"),

@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from lm.config import typeinfo as ti
-from lm.config.errors import ConfigError, ConfigProblem, FieldError, index_path, join_path
+from lm.config.errors import (
+    ConfigError,
+    ConfigProblem,
+    FieldError,
+    closest_name,
+    index_path,
+    join_path,
+)
 
 CHOICE_KEY = "type"
 
@@ -352,11 +359,13 @@ class Decoder:
         except ConfigError as e:
             for p in e.problems:
                 sub = _nest(path, p.path)
-                self.problems.append(ConfigProblem(sub, p.message, self.written_at(sub)))
+                message = p.message + _default_note(cls, kwargs, p.path)
+                self.problems.append(ConfigProblem(sub, message, self.written_at(sub)))
             return INVALID
         except FieldError as e:
             sub = _nest(path, e.field)
-            self.problems.append(ConfigProblem(sub, e.message, self.written_at(sub)))
+            message = e.message + _default_note(cls, kwargs, e.field)
+            self.problems.append(ConfigProblem(sub, message, self.written_at(sub)))
             return INVALID
         except (ValueError, TypeError) as e:
             return self.fail(path, f"invalid {cls.__name__}: {e}")
@@ -491,11 +500,20 @@ def _spelled_options(members) -> list[str]:
     return list(dict.fromkeys(options))
 
 
-def _did_you_mean(value: Any, options: list[str]) -> str:
-    if not isinstance(value, str):
+def _default_note(cls: type, given: Mapping[str, Any], field: str) -> str:
+    """Says so when a `__post_init__` problem is about a field the config did not set: the
+    value is the dataclass's default (e.g. Llama's 32 KV heads after `--model.type llama`
+    switched the model of a GPT-2 config), not something the user wrote."""
+    name = re.split(r"[.\[]", field, maxsplit=1)[0] if field else ""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    if not name or name in given or name not in names:
         return ""
-    close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f" ({cls.__name__}'s default: this config does not set `{name}`)"
+
+
+def _did_you_mean(value: Any, options: list[str]) -> str:
+    close = closest_name(value, options)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def _unknown_key(key: Any, owner: str, valid: list[str]) -> str:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -91,6 +93,26 @@ def invalid(field: str, value: object, allowed: str) -> FieldError:
     decoder at `optimizer.warmup`.
     """
     return FieldError(field, f"got {value!r}, expected {allowed}")
+
+
+def closest_name(value: object, options: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The option a misspelt `value` most likely meant, or None.
+
+    In order: the same name in another case (`Adam` -> `adam`); an option that has `value` as
+    one of its `_`/`-`/`.` separated parts (`flash` -> `jax_flash`, which plain string
+    similarity ranks below `splash`); else the closest by `difflib` above `cutoff`."""
+    if not isinstance(value, str) or not value:
+        return None
+    options = list(dict.fromkeys(options))
+    folded = value.casefold()
+    for option in options:
+        if option.casefold() == folded:
+            return option
+    for option in options:
+        if folded in re.split(r"[_.\-]", option.casefold()):
+            return option
+    close = difflib.get_close_matches(value, options, n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def join_path(path: str, key: object) -> str:

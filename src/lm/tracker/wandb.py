@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
+from lm.config.errors import closest_name
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -50,10 +51,8 @@ _RESUME = ("allow", "must", "never", "auto")
 
 
 def _did_you_mean(value: str, allowed: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(value, allowed, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    close = closest_name(value, allowed)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 @TrackerConfig.register_subclass("wandb")

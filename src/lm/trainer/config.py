@@ -217,7 +217,11 @@ class TrainerConfig:
                 "`tracker: {type: noop}`",
             )
         if self.num_train_steps < 0:
-            raise invalid("num_train_steps", self.num_train_steps, "a number of steps >= 0")
+            raise invalid(
+                "num_train_steps",
+                self.num_train_steps,
+                "a number of steps >= 0 (>= 1 for train_lm: a run trains)",
+            )
         if self.num_train_steps > MAX_STEPS:
             raise invalid(
                 "num_train_steps",
