@@ -220,18 +220,28 @@ def _kill_one_and_time_the_other(tmp_path, corpus, env, *, victim: int, when: st
     print(f"process {survivor} exited ({code}) {took:.1f}s after process {victim} was killed")
 
 
-def test_two_process_eval_of_many_batches_finishes(tmp_path, corpus, subprocess_env):
+@pytest.mark.parametrize(
+    "steps, batches",
+    [
+        (1, 120),  # one evaluation (step 0 is the final step): ~40 s on a 2-core box
+        pytest.param(2, 300, marks=pytest.mark.slow),  # the run that first hung: ~2 min
+    ],
+)
+def test_two_process_eval_of_many_batches_finishes(
+    tmp_path, corpus, subprocess_env, steps, batches
+):
     """Eval steps dispatched ahead of each other ran concurrently on the CPU backend, and
     their gloo collectives could meet in a different order on each process: the run hung in
     its first eval (the docs' two-process example, with the whole validation set). Without
     the fix this configuration (watch and step artifacts on, 300 batches) hung every time;
-    with 49 batches, or with watch and the artifacts off, it did not."""
-    config = _run_yaml(tmp_path, corpus, steps=2)
-    validation = tmp_path / "validation.jsonl"  # ~390 eval batches; 40 never hung, 120 did
+    with 49 batches, or with watch and the artifacts off, it did not; 120 batches hung too.
+    Each batch is ~0.12 s here (the FSDP step's collectives over gloo, one step at a time)."""
+    config = _run_yaml(tmp_path, corpus, steps=steps)
+    validation = tmp_path / "validation.jsonl"  # ~390 eval batches
     validation.write_text(pathlib.Path(corpus).read_text() * 8)
     eval_args = (
         "--data.validation_urls", f"[{validation}]",
-        "--trainer.max_eval_batches", "300",
+        "--trainer.max_eval_batches", str(batches),
         "--trainer.steps_per_eval", "1000",
         "--trainer.watch.interval", "10",
         "--trainer.log_jaxprs", "true",
@@ -247,8 +257,8 @@ def test_two_process_eval_of_many_batches_finishes(tmp_path, corpus, subprocess_
         _kill_all(procs)
     for pid, p in enumerate(procs):
         assert p.returncode == 0, _output(tmp_path, pid)[-3000:]
-    assert _output(tmp_path, 0).count("] eval loss") == 2  # at step 0 and the final step
-    assert "over 300 batches" in _output(tmp_path, 0)
+    assert _output(tmp_path, 0).count("] eval loss") == steps  # at step 0 and the final step
+    assert f"over {batches} batches" in _output(tmp_path, 0)
     # Both processes append to the one <run_id>.log; each line says which wrote it.
     log = (tmp_path / "logs" / f"{RUN_ID}.log").read_text()
     assert " process 0 INFO " in log and " process 1 INFO " in log

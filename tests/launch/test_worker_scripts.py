@@ -72,9 +72,11 @@ def test_start_script_logs_in_pulls_replaces_and_runs_detached(fake_bin, tmp_pat
          "--volume=/tmp:/tmp", "-e", "MSG=it's a \"quoted\" $VALUE", "-e", "WANDB_API_KEY=k1",
          image, "python", "-c", "print('hi there')"]
     )  # fmt: skip
-    assert calls == [
-        "gcloud auth print-access-token",
-        "docker login --username=oauth2accesstoken --password-stdin https://us-docker.pkg.dev",
+    # `gcloud ... | docker login ...` is one pipeline: the two start together, so either may
+    # log its command line first; docker reads the token only after gcloud printed it.
+    login = "docker login --username=oauth2accesstoken --password-stdin https://us-docker.pkg.dev"
+    assert sorted(calls[:2]) == sorted(["gcloud auth print-access-token", login]), calls
+    assert calls[2:] == [
         "password=ya29.token",
         f"docker pull {image}",
         "docker rm --force lm",
