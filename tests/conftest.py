@@ -41,13 +41,20 @@ def repo_root() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(tmp_path_factory) -> dict[str, str]:
     """Environment for tests that run `python -m lm...` as a subprocess.
 
     Puts this checkout's `src` first on PYTHONPATH, so a worktree tests its own code even
     when the shared virtualenv has another checkout installed in editable mode.
+
+    The subprocesses share one persistent JAX compilation cache, new for each test session:
+    most of them train the same tiny models, and a start that finds its steps compiled
+    takes ~6 s instead of ~14 s on a 2-core box. A test about compiling itself uses
+    `uncached_subprocess_env` instead.
     """
     env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-compilation-cache"))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(SRC_DIR), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep
     )
@@ -55,3 +62,10 @@ def subprocess_env() -> dict[str, str]:
     env["XLA_FLAGS"] = ""
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def uncached_subprocess_env(subprocess_env) -> dict[str, str]:
+    """`subprocess_env` without the shared compilation cache, for tests about compiling."""
+    cache_vars = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    return {k: v for k, v in subprocess_env.items() if k not in cache_vars}
