@@ -273,3 +273,19 @@ def test_the_trainer_warns_about_an_fsdp_axis_the_model_lacks(tmp_path, caplog):
         for method in (typo.initial_state, typo.abstract_state):
             with pytest.raises(SetupConfigError, match="'hiden'.*did you mean 'hidden'"):
                 method(jax.random.PRNGKey(1), model_init=_init)
+
+
+def test_an_fsdp_axis_the_config_wrote_is_a_warning_on_one_device_too(tmp_path):
+    """On one device the default `fsdp_axis: embed` on a model without `embed` is INFO (a
+    custom model, nothing to shard); a written value (a typo) stays a WARNING."""
+    from lm.trainer.resume import mapped_axis_log_level
+
+    message = "trainer.fsdp_axis: 'embd' names no axis of the model's parameters"
+    typo = trainer_config(tmp_path, fsdp_axis="embd")
+    assert mapped_axis_log_level(message, typo, 1) == logging.WARNING
+    default = trainer_config(tmp_path)
+    message = "trainer.fsdp_axis: 'embed' names no axis of the model's parameters"
+    assert mapped_axis_log_level(message, default, 1) == logging.INFO
+    assert mapped_axis_log_level(message, default, 8) == logging.WARNING
+    other = "trainer.axis_resources: 'hiden' names no axis of the model's parameters"
+    assert mapped_axis_log_level(other, default, 1) == logging.WARNING

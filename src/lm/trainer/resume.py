@@ -117,12 +117,20 @@ def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> Non
         )
     except ValueError as e:
         raise SetupConfigError(str(e)) from None
-    # On one device nothing is sharded anyway: say it quietly.
-    level = logging.WARNING if trainer.device_mesh.size > 1 else logging.INFO
     for message in warnings:
-        logger.log(level, "%s", message)
+        logger.log(mapped_axis_log_level(message, config, trainer.device_mesh.size), "%s", message)
     check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
     check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
+
+
+def mapped_axis_log_level(message: str, config: TrainerConfig, num_devices: int) -> int:
+    """How loudly to report a sharding field that names no parameter axis: a WARNING, except
+    for the default `fsdp_axis` on one device (a custom model without `embed`, where nothing
+    is sharded anyway), which is INFO. A value the config wrote, a typo like `fsdp_axis:
+    embd`, is a WARNING on one device too: it would shard nothing on the real mesh either."""
+    default_fsdp = type(config).__dataclass_fields__["fsdp_axis"].default
+    from_default = message.startswith("trainer.fsdp_axis:") and config.fsdp_axis == default_fsdp
+    return logging.INFO if num_devices == 1 and from_default else logging.WARNING
 
 
 def check_not_starting_over(config: TrainerConfig) -> None:
