@@ -390,7 +390,7 @@ def test_ctrl_c_exits_130_with_where_the_run_got(
 
     corpus = write_tiny_corpus(tmp_path / "corpus")
     train = pathlib.Path(corpus[0])
-    train.write_text(train.read_text() * 100)  # data for longer than the test waits
+    train.write_text(train.read_text() * 20)  # ~800 steps: longer than the test waits
     config = tiny_run_yaml(tmp_path, corpus, steps=100000, checkpointer={
         "base_path": str(tmp_path / "ckpt"), "save_interval": "1s", "keep": []})  # fmt: skip
     # A test run started in the background of a non-interactive shell (`make test &`)
