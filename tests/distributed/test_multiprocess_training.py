@@ -241,6 +241,8 @@ def test_two_process_eval_of_many_batches_finishes(
     validation.write_text(pathlib.Path(corpus).read_text() * 8)
     eval_args = (
         "--data.validation_urls", f"[{validation}]",
+        # its own caches: the module's shared cache_dir holds another test's validation set
+        "--data.cache_dir", str(tmp_path / "cache"),
         "--trainer.max_eval_batches", str(batches),
         "--trainer.steps_per_eval", "1000",
         "--trainer.watch.interval", "10",
@@ -419,6 +421,8 @@ def test_two_processes_agree_to_skip_an_evaluation_logged_before_the_resume(
     validation.write_text(pathlib.Path(corpus).read_text())
     eval_args = (
         "--data.validation_urls", f"[{validation}]",
+        # its own caches: the module's shared cache_dir holds another test's validation set
+        "--data.cache_dir", str(tmp_path / "cache"),
         "--trainer.max_eval_batches", "2",
         "--trainer.steps_per_eval", "4",
     )  # fmt: skip
