@@ -79,6 +79,81 @@ def test_json_line_formats(tmp_path, name, write_jsonl):
     assert _docs(source) == docs
 
 
+def test_a_file_named_twice_is_an_error(tmp_path, write_jsonl):
+    """`[a.jsonl, a*.jsonl]` trained on a.jsonl twice, and the cache's ledger (one record per
+    file) then took the second copy's shard for finished after a resume."""
+    write_jsonl(tmp_path / "a.jsonl", ["a"])
+    write_jsonl(tmp_path / "b.jsonl", ["b"])
+    a = str(tmp_path / "a.jsonl")
+    with pytest.raises(ValueError) as info:
+        expand_urls(
+            [a, str(tmp_path / "b.jsonl"), str(tmp_path / "a*.jsonl")], field="data.train_urls"
+        )
+    assert str(info.value).startswith(
+        f"data.train_urls: {a!r} is listed twice (patterns {a!r} and "
+        f"{str(tmp_path / 'a*.jsonl')!r} both name it)"
+    )
+    with pytest.raises(ValueError, match="pattern '.*{a,a}.jsonl' names it twice"):
+        expand_urls([str(tmp_path / "{a,a}.jsonl")])
+    with pytest.raises(ValueError, match="is listed twice"):
+        expand_urls([a, "file://" + a])
+    assert [u for u, _ in expand_urls([str(tmp_path / "{a,b}.jsonl")])] == [
+        a,
+        str(tmp_path / "b.jsonl"),
+    ]
+
+
+def test_multi_frame_zstd_reads_every_frame(tmp_path):
+    import zstandard
+
+    lines = [json.dumps({"text": f"doc {i}"}) + "\n" for i in range(3000)]
+    compress = zstandard.ZstdCompressor().compress
+    frames = [compress("".join(lines[i : i + 1000]).encode()) for i in (0, 1000, 2000)]
+    (tmp_path / "f.jsonl.zst").write_bytes(b"".join(frames))
+    docs = _docs(UrlSource.from_patterns([str(tmp_path / "f.jsonl.zst")]))
+    assert docs == [f"doc {i}" for i in range(3000)]
+
+
+@pytest.mark.parametrize(
+    "name", ["t.jsonl.zst", "t.txt.zst", "t.jsonl.gz", "t.txt.bz2", "t.txt.xz"]
+)
+@pytest.mark.parametrize("skip_bad_lines", [False, True])
+def test_a_truncated_compressed_file_is_an_error_naming_it(tmp_path, name, skip_bad_lines):
+    """A `.zst` cut short used to read as a shorter file (zstandard's stream reader ends a
+    truncated frame quietly: a corpus lost documents with no message); the other formats
+    raised Python's EOFError, naming no file, under a traceback. Skipping bad lines does not
+    skip a damaged file."""
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    compress = {
+        ".zst": zstandard.ZstdCompressor().compress,
+        ".gz": gzip.compress,
+        ".bz2": bz2.compress,
+        ".xz": lzma.compress,
+    }["." + name.rsplit(".", 1)[1]]
+    docs = [f"document number {i} " + "word " * (i % 40) for i in range(2000)]
+    if ".jsonl" in name:
+        data = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
+    else:
+        data = "".join(d + "\n" for d in docs).encode()
+    whole = compress(data)
+    path = tmp_path / name
+    path.write_bytes(whole[: len(whole) * 6 // 10])
+    source = UrlSource.from_patterns([str(path)], skip_bad_lines=skip_bad_lines)
+    with pytest.raises(ValueError) as info:
+        _docs(source, on_bad_line=lambda problem: None)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot decompress it as "), message
+    assert "the file is truncated or damaged" in message
+    (tmp_path / "plain.jsonl.gz").write_bytes(data)  # not gzip at all
+    with pytest.raises(ValueError, match=r"plain.jsonl.gz: cannot decompress it as gzip \(Bad"):
+        _docs(UrlSource.from_patterns([str(tmp_path / "plain.jsonl.gz")]))
+
+
 def test_text_and_parquet_formats(tmp_path):
     (tmp_path / "a.txt").write_text("line one\n\nline two\n")
     pq.write_table(pa.table({"content": ["p1", "p2"], "n": [1, 2]}), tmp_path / "b.parquet")

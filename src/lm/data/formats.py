@@ -17,7 +17,9 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,6 +104,69 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file of one or more frames, which ends in an error if
+    the file stops inside a frame. zstandard's `stream_reader` (what fsspec uses) ends such
+    a file quietly, so a truncated `.zst` read as a shorter corpus."""
+
+    _CHUNK = 1 << 16
+
+    def __init__(self, source):
+        import zstandard
+
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._source = source
+        self._frame = self._new()
+        self._in_frame = False  # part of a frame was read, and its end not yet
+        self._out = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos == len(self._out):
+            data = self._source.read(self._CHUNK)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame (it is truncated)")
+                return 0
+            self._out, self._pos = self._decompress(data), 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        parts = []
+        while data:
+            parts.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                self._in_frame = True
+                break
+            data = self._frame.unused_data  # the next frame's first bytes, if any
+            self._frame = self._new()
+            self._in_frame = False
+        return b"".join(parts)
+
+
+def _zstd_error() -> type[Exception]:
+    try:
+        import zstandard
+    except ImportError:  # .zst files then fail to open, with fsspec's message
+        return EOFError
+    return zstandard.ZstdError
+
+
+_DECOMPRESSION_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error, _zstd_error())
+
+
+def _decompressed(buffered, compression: str):
+    if compression == "zstd":
+        return io.BufferedReader(_ZstdFrames(buffered), 1 << 20)
+    return fsspec.compression.compr[compression](buffered, mode="rb")
+
+
 def _stamp(info: dict, size: int, digest: str) -> dict:
     return {"size": size, "mtime": file_modified(info), "blake2b": digest}
 
@@ -119,9 +184,18 @@ def _read_lines(url: str, compression: str | None, errors: str, on_file) -> Iter
         buffered = io.BufferedReader(hashing, 1 << 20)
         stream = buffered
         if compression is not None:
-            stream = fsspec.compression.compr[compression](buffered, mode="rb")
+            stream = _decompressed(buffered, compression)
         text = io.TextIOWrapper(stream, encoding="utf-8", errors=errors)
-        yield from text
+        try:
+            yield from text
+        except _DECOMPRESSION_ERRORS as e:
+            if compression is None:
+                raise
+            # a truncated or damaged compressed file: Python's message names no file
+            raise ValueError(
+                f"{url}: cannot decompress it as {compression} ({type(e).__name__}: {e}); the "
+                "file is truncated or damaged, or not compressed as its name says"
+            ) from None
         while buffered.read(_HASH_BLOCK):  # bytes after the end of a compressed stream
             pass
     if on_file is not None:

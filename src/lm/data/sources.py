@@ -111,8 +111,31 @@ def _has_glob(s: str) -> bool:
 
 
 def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
-    """(url, fsspec info) of every file the patterns name, in order."""
+    """(url, fsspec info) of every file the patterns name, in order; a file named twice is an
+    error."""
     out: list[tuple[str, dict]] = []
+    named_by: dict[tuple[str, str], tuple[str, str]] = {}  # file -> (its url, the pattern)
+
+    def add(fs, url: str, info: dict, pattern: str) -> None:
+        key = (
+            fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0],
+            fs._strip_protocol(url),
+        )
+        if key in named_by:
+            first_url, first_pattern = named_by[key]
+            by = (
+                f"pattern {pattern!r} names it twice"
+                if first_pattern == pattern
+                else f"patterns {first_pattern!r} and {pattern!r} both name it"
+            )
+            raise ValueError(
+                f"{field}: {url!r} is listed twice ({by}): its documents would be read twice, "
+                "and a cache keeps one record per file. List each file once (to weight a "
+                "source up, use a mixture's train_weights)"
+            )
+        named_by[key] = (url, pattern)
+        out.append((url, info))
+
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError(f"{field}: every entry must be a non-empty string, got {pattern!r}")
@@ -133,7 +156,8 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                         f"{shown}{more}); give the files, or a glob that matches the files "
                         "inside those directories"
                     )
-                out += [(_with_protocol(fs, url, m), info) for m, info in files]
+                for m, info in files:
+                    add(fs, _with_protocol(fs, url, m), info, pattern)
             else:
                 try:
                     info = fs.info(path)
@@ -145,7 +169,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                     raise ValueError(
                         f"{field}: {url!r} is a directory; give files or a glob like '{url.rstrip('/')}/*.jsonl.gz'"
                     )
-                out.append((url, info))
+                add(fs, url, info, pattern)
     return out
 
 
