@@ -1,6 +1,7 @@
 """Restoring into other meshes/shardings, and load_checkpoint_or_initialize (reference cases)."""
 
 import json
+import logging
 
 import equinox as eqx
 import haliax as hax
@@ -244,3 +245,35 @@ def test_a_checkpoint_holding_none_of_the_leaves_is_an_error_even_when_partial(t
     )
     np.testing.assert_array_equal(loaded["a"], np.zeros(3))
     np.testing.assert_array_equal(loaded["c"], np.ones(1))
+
+
+def test_a_checkpoint_of_a_larger_vocabulary_is_not_loaded_cut_down(tmp_path, caplog):
+    """8192 saved rows hold a 500-token vocabulary's 500 rows too: without the saved real
+    size, eval_lm and the HF export loaded another tokenizer's model cut to 500 rows (a loss
+    over the wrong softmax, no warning). Checkpoints record the real size; a load whose real
+    size differs is an error, one padded differently for another layout still loads."""
+    Embed = hax.Axis("embed", 4)
+    table = {"w": hax.named(jnp.ones((1004, Embed.size)), ("vocab", "embed"))}
+    save_checkpoint(
+        table, 1, str(tmp_path / "ck"), extra_metadata={"real_axis_sizes": {"vocab": 1001}}
+    )
+    wait_until_finished()
+    smaller = {"w": hax.zeros((hax.Axis("vocab", 500), Embed))}
+    with pytest.raises(ValueError) as info, padded_axes(vocab=500):
+        load_checkpoint(smaller, str(tmp_path / "ck"))
+    assert str(info.value) == (
+        f"checkpoint {tmp_path / 'ck'} was saved with a vocabulary of 1001 (metadata.json: "
+        "real_axis_sizes.vocab), and what it is loaded into has 500: its embeddings belong to "
+        "another tokenizer (data.tokenizer or data.vocab_size differ from the saving run's; "
+        "its run's config.yaml holds them)"
+    )
+    same = {"w": hax.zeros((hax.Axis("vocab", 1001), Embed))}
+    with padded_axes(vocab=1001):
+        assert load_checkpoint(same, str(tmp_path / "ck"))["w"].array.shape == (1001, 4)
+    # a checkpoint without the record (saved before it existed) loads as before, with a
+    # warning that its vocabulary could not be checked
+    save_checkpoint(table, 1, str(tmp_path / "old"))
+    wait_until_finished()
+    with caplog.at_level(logging.WARNING, logger="lm.checkpoint"), padded_axes(vocab=1001):
+        assert load_checkpoint(same, str(tmp_path / "old"))["w"].array.shape == (1001, 4)
+    assert "does not record the real sizes of its padded axes" in caplog.text

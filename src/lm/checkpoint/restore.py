@@ -84,7 +84,10 @@ def _target_sharding(
 # a checkpoint saved on a layout that padded differently (1004 rows on 4-way tensor
 # parallelism, 1001 on one device) loads on another: rows beyond the target's size are
 # dropped, missing ones are zeros, and the real rows must fit in both. Anything else (another
-# vocabulary, or no real size given) is a shape mismatch, as for every other axis.
+# vocabulary, or no real size given) is a shape mismatch, as for every other axis. A
+# checkpoint records the real sizes it was saved with (metadata.json `real_axis_sizes`,
+# written by `Trainer.real_axis_sizes`): a smaller vocabulary than the saved one would
+# otherwise fit inside its rows and load cut down.
 _REAL_SIZES: contextvars.ContextVar[Mapping[str, int]] = contextvars.ContextVar(
     "lm_checkpoint_padded_axes", default=types.MappingProxyType({})
 )
@@ -100,6 +103,44 @@ def padded_axes(**real_sizes: int) -> Iterator[None]:
         yield
     finally:
         _REAL_SIZES.reset(token)
+
+
+REAL_AXIS_SIZES_KEY = "real_axis_sizes"
+"""metadata.json's record of the real (unpadded) sizes of a checkpoint's padded axes."""
+
+
+def _check_real_sizes(path: str) -> None:
+    """Under `padded_axes`, the real sizes the checkpoint was saved with (where it records
+    them: older checkpoints do not) must be the target's: 8192 saved rows hold a 500-token
+    vocabulary's rows too, but they are another vocabulary's embeddings."""
+    real = _REAL_SIZES.get()
+    if not real:
+        return
+    saved = (read_json(path, METADATA_FILE) or {}).get(REAL_AXIS_SIZES_KEY)
+    if not isinstance(saved, dict):
+        logger.warning(
+            "Checkpoint %s does not record the real sizes of its padded axes (%s; saved "
+            "before checkpoints recorded them): that it was saved with the same %s cannot be "
+            "checked",
+            path,
+            REAL_AXIS_SIZES_KEY,
+            ", ".join(f"{name} {size}" for name, size in real.items()),
+        )
+        return
+    for name, size in real.items():
+        if name in saved and saved[name] != size:
+            what = "vocabulary" if name == "vocab" else f"{name!r} axis"
+            raise ValueError(
+                f"checkpoint {path} was saved with a {what} of {saved[name]} (metadata.json: "
+                f"{REAL_AXIS_SIZES_KEY}.{name}), and what it is loaded into has {size}"
+                + (
+                    ": its embeddings belong to another tokenizer (data.tokenizer or "
+                    "data.vocab_size differ from the saving run's; its run's config.yaml "
+                    "holds them)"
+                    if name == "vocab"
+                    else ""
+                )
+            )
 
 
 def _only_padding_differs(leaf: Any, record: dict[str, Any]) -> bool:
@@ -224,6 +265,7 @@ def _load_one(
         raise CheckpointCorruptError(
             f"checkpoint {path}: {MANIFEST_FILE} has no valid 'leaves' table (a damaged file)"
         )
+    _check_real_sizes(path)
     prefix = subpath.strip("/") + "/" if subpath else ""
     leaves, treedef = named_leaves(exemplar)
     base_url = kvstore_url(path)

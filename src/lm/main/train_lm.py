@@ -288,7 +288,9 @@ def main(config: TrainLmConfig) -> RunSummary:
                 start: dict[str, Any] = dict(model=model)
             else:
                 start = dict(model_init=lambda: model_config.build(Vocab, key=model_key))
-            # a checkpoint saved on a layout that padded the vocabulary differently resumes
+            # a checkpoint saved on a layout that padded the vocabulary differently resumes;
+            # one saved with another vocabulary does not (checkpoints record its real size)
+            trainer.real_axis_sizes["vocab"] = run_model.vocab_size
             with padded_axes(vocab=run_model.vocab_size):
                 state = trainer.initial_state(training_key, **start)
             # written once the state is there: a resume that fails (another model, say)

@@ -142,6 +142,9 @@ class Trainer(Generic[M]):
         self.flops_per_example: float | None = None
         self.restored_from = None
         self.restored_step: int | None = None
+        # real (unpadded) sizes of axes padded for partitioning, e.g. {"vocab": 50257}: every
+        # checkpoint records them, and a load under `lm.checkpoint.padded_axes` checks them
+        self.real_axis_sizes: dict[str, int] = {}
         # how long the last step's hooks took; logged with the next step (throughput/hook_time)
         self._last_hook_time = 0.0
         self.checkpointer = (
@@ -277,7 +280,14 @@ class Trainer(Generic[M]):
         """What a checkpoint records besides the state: the examples trained on so far, which
         a resumed run checks against its batch schedule (`lm.trainer.resume`)."""
         steps_done = info.step + 1
-        return {"examples_seen": self.config.batch_schedule.global_data_offset_by_step(steps_done)}
+        metadata: dict[str, Any] = {
+            "examples_seen": self.config.batch_schedule.global_data_offset_by_step(steps_done)
+        }
+        if self.real_axis_sizes:
+            from lm.checkpoint.restore import REAL_AXIS_SIZES_KEY
+
+            metadata[REAL_AXIS_SIZES_KEY] = dict(self.real_axis_sizes)
+        return metadata
 
     def initial_state(
         self,
