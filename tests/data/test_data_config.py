@@ -84,6 +84,10 @@ def test_reference_cases_hf_and_mixture_yaml():
         ({"builtin": "stdlib", "train_urls": ["a.jsonl"]}, r"set only one kind of source"),
         ({"train_urls": "a.jsonl"}, r"data.train_urls must be a list of URLs"),
         ({"ignore_token_id": -1}, r"data.ignore_token_id must be >= 0"),
+        # the shuffles take 64 bits of the seed: 2**64 + 1 repeated seed 1's order
+        ({"data_seed": -1}, r"data_seed: got -1, expected an integer from 0 to"),
+        ({"data_seed": 2**64 + 1}, r"data_seed: got 18446744073709551617, expected"),
+        ({"data_seed": 2**64 - 1}, None),
         ({"cache_options": CacheOptions(backend="local", num_workers=1)}, None),
     ],
 )

@@ -236,6 +236,16 @@ def test_checkpoint_path_is_required():
         lm.config.parse(EvalLmConfig, args=["--model.type", "gpt2"])
 
 
+def test_max_eval_batches_0_is_a_config_error():
+    """It used to fail after loading the model, blaming the validation set's size."""
+    args = ["--checkpoint_path", "ckpt/run", "--trainer.max_eval_batches", "0"]
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.parse(EvalLmConfig, args=args)
+    (problem,) = info.value.problems
+    assert problem.path == "trainer.max_eval_batches"
+    assert problem.message.startswith("got 0, expected at least 1 batch per set, or null")
+
+
 def _reference(model, windows, tokenizer) -> tuple[float, int, int]:
     """Pooled cross-entropy from the model's logits in float64, and the UTF-8 bytes of the
     predicted tokens' decoded text."""

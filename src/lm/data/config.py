@@ -76,6 +76,10 @@ def _validate_tags(tags) -> None:
         raise FieldError("tags", f"{duplicates[0]!r} is listed more than once")
 
 
+MAX_DATA_SEED = 2**64 - 1
+"""The largest `data_seed`: the shuffles take the seed as a 64-bit integer."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _SourceFields:
     """Where one source's documents come from (exactly one kind: URLs, HF id, builtin)."""
@@ -278,6 +282,11 @@ class LMTaskConfig:
             )
         if self.ignore_token_id is not None and self.ignore_token_id < 0:
             raise ValueError(f"data.ignore_token_id must be >= 0, got {self.ignore_token_id}")
+        if self.data_seed is not None and not 0 <= self.data_seed <= MAX_DATA_SEED:
+            # the shuffles mix the seed as 64 bits: 2**64 + 1 would repeat seed 1's order
+            raise invalid(
+                "data_seed", self.data_seed, f"an integer from 0 to {MAX_DATA_SEED:,}, or null"
+            )
         if not isinstance(self.cache_options, CacheOptions):
             raise ValueError(
                 f"data.cache_options must be a CacheOptions, got {self.cache_options!r}"

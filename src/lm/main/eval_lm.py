@@ -73,6 +73,13 @@ class EvalLmConfig(TrainLmConfig):
                 "is required: a run's checkpoint directory (e.g. checkpoints/<run_id>) or one "
                 "step-N checkpoint directory",
             )
+        if self.trainer.max_eval_batches == 0:
+            raise lm.config.invalid(
+                "trainer.max_eval_batches",
+                0,
+                "at least 1 batch per set, or null for the whole validation set (0 turns "
+                "train_lm's evaluation off; eval_lm would have nothing to do)",
+            )
 
 
 # ---------------------------------------------------------------------------- bytes per token
