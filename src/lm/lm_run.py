@@ -266,7 +266,9 @@ def _load_lm_checkpoint(
     shapes = eqx.filter_eval_shape(
         lambda: mp.cast_to_param(model_config.build(Vocab, key=jax.random.PRNGKey(0)))
     )
-    common = dict(axis_mapping=axis_mapping, mesh=mesh)
+    # the model evaluated or exported is the one trained: a checkpoint leaf the config's
+    # model lacks (its biases, with use_bias: false) is an error, not dropped
+    common = dict(axis_mapping=axis_mapping, mesh=mesh, exact=True)
     try:
         if model_averaging is None:
             model, path = load_checkpoint_with_path(

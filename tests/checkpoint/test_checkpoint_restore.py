@@ -277,3 +277,23 @@ def test_a_checkpoint_of_a_larger_vocabulary_is_not_loaded_cut_down(tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="lm.checkpoint"), padded_axes(vocab=1001):
         assert load_checkpoint(same, str(tmp_path / "old"))["w"].array.shape == (1001, 4)
     assert "does not record the real sizes of its padded axes" in caplog.text
+
+
+def test_an_exact_load_refuses_leaves_the_target_lacks(tmp_path, caplog):
+    """eval_lm with `--model.use_bias false` dropped the trained biases with a warning and
+    reported the loss of a model nobody trained. `exact=True` (what eval_lm and the HF export
+    load with) makes that an error; a partial load is not offered there either."""
+    saved = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+    save_checkpoint({"model": saved}, 1, str(tmp_path / "ck"))
+    wait_until_finished()
+    fewer = {"w": jnp.zeros(3)}
+    with caplog.at_level(logging.WARNING, logger="lm.checkpoint"):
+        assert load_checkpoint(fewer, str(tmp_path / "ck"), subpath="model")["w"].sum() == 3
+    assert "holds 1 leaf that what it is loaded into does not have" in caplog.text
+    with pytest.raises(ValueError, match=r"holds 1 leaf that .* \['model/b'\]: it was saved with"):
+        load_checkpoint(fewer, str(tmp_path / "ck"), subpath="model", exact=True)
+    more = {**saved, "c": jnp.zeros(1)}
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(more, str(tmp_path / "ck"), subpath="model", exact=True, allow_partial=True)
+    assert "lacks 1 leaves the target needs" in str(info.value)
+    assert "allow_partial" not in str(info.value)

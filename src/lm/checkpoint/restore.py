@@ -240,6 +240,7 @@ def _load_one(
     mesh: Any,
     subpath: str | None,
     allow_partial: bool,
+    exact: bool = False,
 ) -> Any:
     try:
         manifest = read_json(path, MANIFEST_FILE)
@@ -345,7 +346,7 @@ def _load_one(
                 f"(e.g. {missing[:5]}){where}. Nothing would be loaded, so allow_partial does "
                 "not apply: load it into a target with the checkpoint's structure"
             )
-        if not allow_partial:
+        if exact or not allow_partial:
             did_you_mean = ""
             if not where:
                 available = sorted(n[len(prefix) :] for n in records if n.startswith(prefix))
@@ -354,9 +355,14 @@ def _load_one(
             raise ValueError(
                 f"checkpoint {path} lacks {len(missing)} leaves the target needs, e.g. "
                 f"{missing[:5]}{where or did_you_mean}. If it was saved with another model "
-                "or optimizer configuration, its run's config.yaml holds that one; to keep the "
-                "target's own values for the missing leaves instead (a partial load), pass "
-                "allow_partial=True (in a run config: trainer.allow_partial_checkpoint: true)"
+                "or optimizer configuration, its run's config.yaml holds that one"
+                + (
+                    ""
+                    if exact
+                    else "; to keep the target's own values for the missing leaves instead (a "
+                    "partial load), pass allow_partial=True (in a run config: "
+                    "trainer.allow_partial_checkpoint: true)"
+                )
             )
         logger.warning(
             "Checkpoint %s lacks %d leaves; they keep their initial values: %s%s",
@@ -370,6 +376,14 @@ def _load_one(
     used = {r.name for _, r in reads} | set(unsaved)
     unused = [n for n in records if n.startswith(prefix) and n not in used]
     unused = [n for n in unused if records[n]["kind"] == "array"]
+    if unused and exact:
+        raise ValueError(
+            f"checkpoint {path} holds {len(unused)} "
+            f"{'leaf' if len(unused) == 1 else 'leaves'} that what it is loaded into does not "
+            f"have, e.g. {unused[:5]}: it was saved with another model configuration (its "
+            "run's config.yaml holds that one), and leaving them out would use a model that "
+            "was never trained"
+        )
     if unused:
         # The state loaded into lacks them: it was built from another config than the one
         # the checkpoint was saved with (another optimizer.type, say), and whatever they
@@ -496,6 +510,7 @@ def load_checkpoint(
     mesh: Any = None,
     subpath: str | None = None,
     allow_partial: bool = False,
+    exact: bool = False,
 ) -> T:
     """Load a checkpoint into the structure (and shardings) of `exemplar`.
 
@@ -509,6 +524,7 @@ def load_checkpoint(
         mesh=mesh,
         subpath=subpath,
         allow_partial=allow_partial,
+        exact=exact,
     )[0]
 
 
@@ -521,6 +537,7 @@ def load_checkpoint_with_path(
     mesh: Any = None,
     subpath: str | None = None,
     allow_partial: bool = False,
+    exact: bool = False,
 ) -> tuple[T, str]:
     """Load a checkpoint into the structure (and shardings) of `exemplar`.
 
@@ -543,6 +560,10 @@ def load_checkpoint_with_path(
         subpath: load the subtree saved under this name, e.g. "model".
         allow_partial: leaves missing from the checkpoint keep the exemplar's values
             instead of raising.
+        exact: the exemplar must take every array the checkpoint holds (under `subpath`):
+            one it lacks is an error, not ignored with a warning (a model loaded to be
+            evaluated or exported must be the model that was trained). Implies no
+            `allow_partial`.
 
     Leaves saved as None (non-trainable parameters) keep the exemplar's value; an
     abstract one stays a `ShapeDtypeStruct` (`load_checkpoint_or_initialize` fills them).
@@ -596,6 +617,7 @@ def load_checkpoint_with_path(
                 mesh=mesh,
                 subpath=subpath,
                 allow_partial=allow_partial,
+                exact=exact,
             )
         except CheckpointCorruptError as e:
             if not discover_latest:
