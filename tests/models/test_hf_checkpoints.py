@@ -753,3 +753,45 @@ def test_source_token_ids_that_disagree_with_the_vocab_or_tokenizer_are_not_kept
     exported = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (exported["eos_token_id"], exported["pad_token_id"]) == (7, 9)
     assert not (tmp_path / "out" / "generation_config.json").exists()
+
+
+def test_a_failed_write_leaves_no_truncated_file(tmp_path):
+    """A full disk during an export left a cut-off model.safetensors (which from_pretrained
+    would try to load) and printed a traceback. The file is written aside and renamed: the
+    previous export's file stays whole, and the error names the file."""
+    import errno
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from lm.models.hf.converter import HfSaveError, _write
+
+    class FullDisk(LocalFileSystem):
+        def open(self, path, mode="rb", **kwargs):
+            handle = open(path, mode)  # noqa: SIM115 (closed by the wrapper below)
+
+            class Writer:
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    handle.close()
+
+                def write(self, data):
+                    handle.write(data[:10])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            return Writer()
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"the previous export")
+    with pytest.raises(HfSaveError) as info:
+        _write(FullDisk(), str(target), b"x" * 1000)
+    assert str(info.value).startswith(
+        f"could not write {target}: No space left on device. The HF checkpoint in {tmp_path} "
+        "is incomplete (no file in it is cut short)"
+    )
+    assert target.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    _write(LocalFileSystem(), str(target), b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]

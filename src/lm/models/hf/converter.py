@@ -13,6 +13,7 @@ as a Hugging Face Hub repo id and fetched with `huggingface_hub` (honouring
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -22,6 +23,7 @@ import os
 import posixpath
 import re
 import tempfile
+import uuid
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
@@ -614,9 +616,31 @@ def _read(path: str) -> bytes:
         raise FileNotFoundError(f"missing file: {path}") from None
 
 
+class HfSaveError(RuntimeError):
+    """Writing an HF checkpoint failed (a full disk, no permission): the message names the
+    file; a local file being written is removed, never left cut short."""
+
+
 def _write(fs, path: str, data: bytes) -> None:
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    """Write one file of an HF checkpoint. A local file is written aside and renamed into
+    place, so a failed write (a full disk) leaves no truncated file that `from_pretrained`
+    would try to load; an object store's upload appears only once complete."""
+    local = isinstance(fs, LocalFileSystem)
+    target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    try:
+        with fs.open(target, "wb") as f:
+            f.write(data)
+        if local:
+            os.replace(target, path)
+    except OSError as e:
+        if local:
+            with contextlib.suppress(OSError):
+                os.remove(target)
+        raise HfSaveError(
+            f"could not write {path}: {e.strerror or e}. The HF checkpoint in "
+            f"{posixpath.dirname(path)} is incomplete (no file in it is cut short); write it "
+            "again once this is fixed"
+        ) from e
 
 
 def _save_tokenizer(tokenizer: Any, fs, root: str) -> None:
