@@ -76,3 +76,16 @@ def test_tagged_sets_are_also_logged_per_tag_weighted_by_tokens(tmp_path):
         assert m["eval/all/loss"] != pytest.approx((m["eval/a/loss"] + m["eval/b/loss"]) / 2)
     prefixes = {k.split("/")[1] for k in by_step[steps[0]] if k.startswith("eval/")}
     assert prefixes == {"a", "b", "c", "web", "all"}
+
+
+def test_a_set_smaller_than_one_eval_batch_is_refused_when_added(tmp_path):
+    """It used to fail at the first evaluation, after the run had trained (and without
+    saying how many examples the set has)."""
+    trainer = Trainer(trainer_config(tmp_path), optax.sgd(0.1), mse)
+    with trainer, pytest.raises(ValueError) as info:
+        trainer.add_eval_hook(make_dataset(5, seed=1), "val")
+    assert str(info.value) == (
+        "Evaluation set 'val' (5 examples) is smaller than one eval batch of 16 examples: it "
+        "gives no batch to evaluate. Lower trainer.per_device_eval_parallelism or use a larger "
+        "validation set."
+    )

@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _smaller_than_a_batch(name: str | None, batch_size: int, size: int | None) -> str:
+    has = "" if size is None else f" ({size} examples)"
+    return (
+        f"Evaluation set {name or ''!r}{has} is smaller than one eval batch of {batch_size} "
+        "examples: it gives no batch to evaluate. Lower trainer.per_device_eval_parallelism "
+        "or use a larger validation set."
+    )
+
+
 class EvalHook(Callback):
     redo_after_resume = True  # an eval cut short by a stop after its step's checkpoint
 
@@ -47,6 +56,9 @@ class EvalHook(Callback):
                 "would never end. Set trainer.max_eval_batches to the number of batches to "
                 "evaluate, or pass a finite set (e.g. dataset.slice(0, n))"
             )
+        if dataset.is_finite() and len(dataset) < trainer.EvalBatch.size:
+            # said when the hook is added, before training, not at the first evaluation
+            raise ValueError(_smaller_than_a_batch(name, trainer.EvalBatch.size, len(dataset)))
         self.trainer = trainer
         self.dataset = dataset
         self.name = name
@@ -112,11 +124,8 @@ class EvalHook(Callback):
                 totals = values if not totals else jax.tree_util.tree_map(jnp.add, totals, values)
                 n += 1
         if n == 0:
-            raise ValueError(
-                f"Evaluation set {self.name or ''!r} produced no batches of size {trainer.EvalBatch.size}: "
-                "it is smaller than one eval batch. Lower trainer.per_device_eval_parallelism or "
-                "use a larger validation set."
-            )
+            size = len(self.dataset) if self.dataset.is_finite() else None
+            raise ValueError(_smaller_than_a_batch(self.name, trainer.EvalBatch.size, size))
         capped = max_batches is not None and n >= max_batches
         if not capped:
             self._warn_partial_batch(n)
