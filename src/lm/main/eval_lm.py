@@ -73,13 +73,19 @@ class EvalLmConfig(TrainLmConfig):
                 "is required: a run's checkpoint directory (e.g. checkpoints/<run_id>) or one "
                 "step-N checkpoint directory",
             )
-        if self.trainer.max_eval_batches == 0:
-            raise lm.config.invalid(
-                "trainer.max_eval_batches",
-                0,
-                "at least 1 batch per set, or null for the whole validation set (0 turns "
-                "train_lm's evaluation off; eval_lm would have nothing to do)",
-            )
+
+
+def eval_batch_cap(max_eval_batches: int | None) -> int | None:
+    """The batches to evaluate per set. `trainer.max_eval_batches: 0` turns train_lm's
+    evaluation off; a run config that trained that way evaluates every batch here (it used
+    to fail, blaming the validation set's size)."""
+    if max_eval_batches == 0:
+        logger.info(
+            "trainer.max_eval_batches is 0 (train_lm's evaluation off): evaluating every batch "
+            "of each validation set; set it to a positive number to cap them"
+        )
+        return None
+    return max_eval_batches
 
 
 # ---------------------------------------------------------------------------- bytes per token
@@ -358,7 +364,7 @@ def main(config: EvalLmConfig) -> dict[str, EvalResult]:
                 dataset,
                 name=name,
                 byte_lengths=byte_lengths,
-                max_batches=trainer_config.max_eval_batches,
+                max_batches=eval_batch_cap(trainer_config.max_eval_batches),
                 valid_vocab=run_model.vocab_size,
             )
             results[name] = result
