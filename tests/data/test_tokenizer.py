@@ -131,3 +131,20 @@ def test_a_passthrough_float_in_a_file_is_a_bad_line(tmp_path):
             DocumentEncoder("passthrough", vocab_size=10, enforce_eos=False),
             CacheOptions(backend="local"),
         )
+
+
+def test_a_damaged_cached_builtin_tokenizer_is_named_with_the_way_out(tmp_path, monkeypatch):
+    """A truncated tokenizer.json in the cache gave a 36-line traceback ending in `EOF while
+    parsing a value`, naming no file."""
+    from lm.data import builtin_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "truncation": nu')
+    monkeypatch.setattr(builtin_tokenizer, "ensure_builtin_tokenizer", lambda size: tmp_path)
+    with pytest.raises(ValueError) as info:
+        builtin_tokenizer.load_builtin_backend.__wrapped__(8192)
+    message = str(info.value)
+    assert message.startswith(f"the builtin tokenizer cached in {tmp_path} cannot be loaded (")
+    assert message.endswith(
+        "its files are damaged. Delete that directory; the next run trains the tokenizer "
+        "again (~10 s) and gets the same one"
+    )

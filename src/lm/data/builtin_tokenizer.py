@@ -117,13 +117,27 @@ def load_builtin_backend(vocab_size: int = DEFAULT_VOCAB_SIZE) -> tokenizers.Tok
     """The builtin tokenizer as a `tokenizers.Tokenizer` read from its `tokenizer.json`: what
     the transformers wrapper holds as `backend_tokenizer`, without importing transformers
     (~1-2 s). Cached per process; treat it as read-only."""
-    return tokenizers.Tokenizer.from_file(
-        str(ensure_builtin_tokenizer(vocab_size) / "tokenizer.json")
-    )
+    directory = ensure_builtin_tokenizer(vocab_size)
+    try:
+        return tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for a damaged file
+        raise _damaged(directory, e) from None
 
 
 def load_builtin_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):
     """The builtin tokenizer as a `transformers.PreTrainedTokenizerFast`."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(str(ensure_builtin_tokenizer(vocab_size)))
+    directory = ensure_builtin_tokenizer(vocab_size)
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    except Exception as e:
+        raise _damaged(directory, e) from None
+
+
+def _damaged(directory: pathlib.Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"the builtin tokenizer cached in {directory} cannot be loaded ({type(error).__name__}: "
+        f"{error}): its files are damaged. Delete that directory; the next run trains the "
+        "tokenizer again (~10 s) and gets the same one"
+    )
