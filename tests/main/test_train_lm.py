@@ -121,6 +121,7 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
     "args, expected",
     [
         (["--hf_save_path", "afile"], "error: hf_save_path: afile is a file, not a directory"),
+        (["--data.cache_dir", "afile"], "error: data.cache_dir: afile is a file, not a directory"),
         (
             ["--trainer.log_dir", "afile/logs"],
             "error: trainer.log_dir: afile/logs cannot be a directory: {tmp}/afile, on its "

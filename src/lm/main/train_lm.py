@@ -150,6 +150,7 @@ def check_local_paths(config: TrainLmConfig) -> None:
         why = not_a_directory(config.hf_save_path)
         if why is not None:
             raise lm.config.FieldError("hf_save_path", why)
+    check_cache_dir(config)
     for field, value, what in (
         ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
         ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
@@ -194,12 +195,24 @@ def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -
     )
 
 
+def check_cache_dir(config: TrainLmConfig) -> None:
+    """`data.cache_dir` must be able to become a directory (a file in the way failed with a
+    bare `[Errno 20] Not a directory`, naming no field)."""
+    cache_dir = getattr(config.data, "cache_dir", None)
+    if isinstance(cache_dir, str):
+        why = not_a_directory(cache_dir)
+        if why is not None:
+            raise lm.config.FieldError("data.cache_dir", why)
+
+
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
     """Build (or just open and check) every tokenized cache the run needs.
 
     Ray is only started when a shard actually needs building, on the cluster `trainer.ray`
     names, and a cluster started here is shut down afterwards (it holds ~1.7 GB)."""
     from lm.distributed import shutdown_ray
+
+    check_cache_dir(config)
 
     def ray_running() -> bool:
         # ray is imported (~0.3 s) only when a shard needs building
