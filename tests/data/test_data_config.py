@@ -513,3 +513,29 @@ def test_a_weight_that_is_not_finite_is_an_error_at_its_field(weights, field, sh
         f"{field}: weight of {name!r} must be >= 0 and finite, got {shown} (at step {step}); "
         "weights are relative, e.g. 0.7 and 0.3"
     ]
+
+
+def test_build_caches_finds_every_splits_files_before_building_any(tmp_path, write_jsonl):
+    """A missing validation file was reported after the train cache was built (hours on a
+    real corpus); a missing file of a mixture's last component after the others' caches."""
+    write_jsonl(tmp_path / "train.jsonl", ["a document"] * 20)
+    single = LMDatasetConfig(
+        train_urls=[str(tmp_path / "train.jsonl")],
+        validation_urls=[str(tmp_path / "missing.jsonl")],
+        cache_dir=str(tmp_path / "cache"),
+        cache_options=CacheOptions(backend="local"),
+    )
+    with pytest.raises(ValueError, match="data.validation_urls: missing shard"):
+        single.build_caches()
+    mixture = LMMixtureDatasetConfig(
+        configs={
+            "a": _src(train_urls=[str(tmp_path / "train.jsonl")]),
+            "b": _src(train_urls=[str(tmp_path / "missing.jsonl")]),
+        },
+        train_weights={"a": 1.0, "b": 1.0},
+        cache_dir=str(tmp_path / "mixture-cache"),
+        cache_options=CacheOptions(backend="local"),
+    )
+    with pytest.raises(ValueError, match="data.configs.b.train_urls: missing shard"):
+        mixture.build_caches()
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "mixture-cache").exists()

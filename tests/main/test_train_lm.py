@@ -123,6 +123,10 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
         (["--hf_save_path", "afile"], "error: hf_save_path: afile is a file, not a directory"),
         (["--data.cache_dir", "afile"], "error: data.cache_dir: afile is a file, not a directory"),
         (
+            ["--data.builtin", "null", "--data.validation_urls", "[afile]"],
+            "error: data: has no training data: set train_urls, id or builtin",
+        ),
+        (
             ["--trainer.log_dir", "afile/logs"],
             "error: trainer.log_dir: afile/logs cannot be a directory: {tmp}/afile, on its "
             "path, is a file",

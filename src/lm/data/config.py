@@ -403,16 +403,18 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
         return {"": list(self.tags)}
 
     def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
-        """Build (or open) the cache of every split this source has."""
+        """Build (or open) the cache of every split this source has. Every split's files are
+        found first: a missing validation file is reported before the train cache is built,
+        not after."""
         self.check_filesystems()
-        out = {}
-        for split in SPLITS:
-            source = self.effective_source.source_for(split)
-            if source is not None:
-                out[split] = self._build_cache(
-                    source, self.cache_dir_for(split), progress=progress, ray_config=ray_config
-                )
-        return out
+        sources = {split: self.effective_source.source_for(split) for split in SPLITS}
+        return {
+            split: self._build_cache(
+                source, self.cache_dir_for(split), progress=progress, ray_config=ray_config
+            )
+            for split, source in sources.items()
+            if source is not None
+        }
 
     def _split_cache(self, split: str) -> TokenCache | None:
         src = self.effective_source
@@ -559,23 +561,35 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         own = self.configs[name].cache_dir
         return _join(own if own else _join(self.cache_dir, name), split)
 
-    def _component_cache(self, name: str, split: str, **kw) -> TokenCache | None:
-        source = self.configs[name].source_for(split, where=f"data.configs.{name}.")
+    def _component_source(self, name: str, split: str) -> ShardedSource | None:
+        return self.configs[name].source_for(split, where=f"data.configs.{name}.")
+
+    def _component_cache(
+        self, name: str, split: str, source: ShardedSource | None = None, **kw
+    ) -> TokenCache | None:
+        source = source if source is not None else self._component_source(name, split)
         if source is None:
             return None
         logger.info("data %s/%s: %s, tokenizer %s", name, split, source.describe(), self.tokenizer)
         return self._build_cache(source, self.cache_dir_for(name, split), **kw)
 
     def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
-        """Build (or open) every component's caches; keys are `<name>/<split>`."""
+        """Build (or open) every component's caches; keys are `<name>/<split>`. Every
+        component's files are found first, so a missing one is reported before any cache is
+        built."""
         self.check_filesystems()
-        out = {}
-        for name in self.configs:
-            for split in SPLITS:
-                cache = self._component_cache(name, split, progress=progress, ray_config=ray_config)
-                if cache is not None:
-                    out[f"{name}/{split}"] = cache
-        return out
+        sources = {
+            (name, split): source
+            for name in self.configs
+            for split in SPLITS
+            if (source := self._component_source(name, split)) is not None
+        }
+        return {
+            f"{name}/{split}": self._component_cache(
+                name, split, source, progress=progress, ray_config=ray_config
+            )
+            for (name, split), source in sources.items()
+        }
 
     def train_set(
         self, Pos: hax.Axis, *, key=None, batch_schedule: BatchSchedule | None = None

@@ -151,6 +151,14 @@ def check_local_paths(config: TrainLmConfig) -> None:
         if why is not None:
             raise lm.config.FieldError("hf_save_path", why)
     check_cache_dir(config)
+    source = getattr(config.data, "effective_source", None)  # a single source (not a mixture)
+    if source is not None and not source.has_split("train"):
+        # said before the validation cache is built, not after
+        raise lm.config.FieldError(
+            "data",
+            "has no training data: set train_urls, id or builtin (or nothing at all for the "
+            "embedded corpus)",
+        )
     for field, value, what in (
         ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
         ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
