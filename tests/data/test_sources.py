@@ -103,6 +103,17 @@ def test_a_file_named_twice_is_an_error(tmp_path, write_jsonl):
     ]
 
 
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.txt"])
+def test_a_byte_order_mark_at_the_start_is_dropped(tmp_path, name):
+    """A .jsonl starting with a BOM was rejected with Python's `decode using utf-8-sig`
+    hint; a .txt kept U+FEFF in its first document."""
+    body = (
+        '{"text": "first"}\n{"text": "second"}\n' if name.endswith(".jsonl") else "first\nsecond\n"
+    )
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert _docs(UrlSource.from_patterns([str(tmp_path / name)])) == ["first", "second"]
+
+
 def test_multi_frame_zstd_reads_every_frame(tmp_path):
     import zstandard
 

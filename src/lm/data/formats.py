@@ -185,7 +185,9 @@ def _read_lines(url: str, compression: str | None, errors: str, on_file) -> Iter
         stream = buffered
         if compression is not None:
             stream = _decompressed(buffered, compression)
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors=errors)
+        # utf-8-sig: a byte-order mark at the start (as Windows editors write) is dropped, not
+        # kept as U+FEFF in the first document or rejected by the JSON parser
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors)
         try:
             yield from text
         except _DECOMPRESSION_ERRORS as e:
