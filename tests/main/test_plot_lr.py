@@ -58,6 +58,18 @@ def test_plot_lr_output_must_be_png(tmp_path, capsys):
     assert not (tmp_path / "lr.svg").exists()
 
 
+def test_plot_lr_output_under_a_file_is_one_message(tmp_path, capsys, monkeypatch):
+    """It was `error: [Errno 17] File exists: '.../afile'`, naming no flag."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text(RUN)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as e:
+        lm.config.main(main)(args=["--config_path", "run.yaml", "--output", "afile/lr.png"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: output: afile/lr.png: afile is a file, not a directory" in err, err
+
+
 @pytest.mark.entry
 def test_plot_lr_cli_on_the_demo_config(tmp_path, subprocess_env, repo_root):
     output = tmp_path / "lr.png"

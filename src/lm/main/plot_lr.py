@@ -8,6 +8,7 @@ of the LR over the schedule with its phases shaded, and prints the phases as a t
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 
 import lm.config
 from lm.main.train_lm import TrainLmConfig
@@ -43,6 +44,13 @@ def format_phases(phases: list[Phase]) -> str:
 
 
 def main(config: PlotLrConfig) -> list[Phase]:
+    from lm.fs import not_a_directory
+
+    # a file where the output's folder should be: one message naming --output, not [Errno 17]
+    folder = posixpath.dirname(config.output)
+    why = not_a_directory(folder) if folder else None
+    if why is not None:
+        raise lm.config.FieldError("output", f"{config.output}: {why}")
     num_steps = config.trainer.num_train_steps
     phases = plot_lr_schedule(config.optimizer, num_steps, config.output, title=config.title)
     print(f"Wrote {config.output}: the LR schedule over {num_steps:,} steps")
