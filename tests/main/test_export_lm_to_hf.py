@@ -337,3 +337,22 @@ def test_export_says_which_weights_it_exported(tmp_path, capsys):
     np.testing.assert_array_equal(
         _exported_token_embeddings(tmp_path / "averaged"), _token_embeddings(averaged, rows)
     )
+
+
+@pytest.mark.parametrize("entry", ["export_lm_to_hf", "plan"])
+def test_a_missing_local_initialize_from_hf_names_the_field(entry, tmp_path, capsys):
+    """Both said `error: missing file: /missing/config.json`, without the field."""
+    import importlib
+
+    module = importlib.import_module(f"lm.main.{entry}")
+    args = ["--model.type", "gpt2", "--initialize_from_hf", str(tmp_path / "missing")]
+    if entry == "export_lm_to_hf":
+        args += ["--checkpoint_path", str(tmp_path / "ck"), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(module.main)(args=args)
+    assert info.value.code == 2
+    assert (
+        f"error: initialize_from_hf: {tmp_path / 'missing'} does not exist; expected a Hugging "
+        "Face checkpoint directory"
+    ) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

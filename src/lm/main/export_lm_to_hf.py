@@ -27,7 +27,7 @@ import jax
 
 import lm.config
 from lm.lm_run import load_lm_checkpoint, vocab_axis, weights_used
-from lm.main.train_lm import TrainLmConfig
+from lm.main.train_lm import TrainLmConfig, check_hf_checkpoint_path
 from lm.models.hf.converter import check_output_dir
 from lm.partitioning import create_mesh, resolve_mesh_shape
 from lm.tracker.logs import configure_logging
@@ -59,6 +59,7 @@ class ExportLmToHfConfig(TrainLmConfig):
 def main(config: ExportLmToHfConfig) -> str:
     configure_logging(None)
     check_output_dir(config.output_dir)  # before loading anything
+    check_hf_checkpoint_path(config)
     tokenizer = config.data.the_tokenizer
     run_model = config.run_model()
     trainer = config.trainer

@@ -21,7 +21,7 @@ import sys
 import jax
 
 import lm.config
-from lm.main.train_lm import TrainLmConfig
+from lm.main.train_lm import TrainLmConfig, check_hf_checkpoint_path
 from lm.plan import format_plan, format_verdict, memory_advice, parse_size, plan_lm
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def main(config: PlanConfig) -> int:
     for key, value in config.trainer.jax_config.items():
         jax.config.update(key, value)
     config.trainer.validate_batch_sizes()
+    check_hf_checkpoint_path(config)
 
     plan = plan_lm(config, compile_step=config.compile_step)
     print(format_plan(plan), flush=True)

@@ -169,6 +169,13 @@ def check_local_paths(config: TrainLmConfig) -> None:
                 raise lm.config.FieldError(
                     field, f"{value} does not exist; expected {what} (a local path or URL)"
                 )
+    check_hf_checkpoint_path(config)
+
+
+def check_hf_checkpoint_path(config: TrainLmConfig) -> None:
+    """A local `initialize_from_hf` must be a directory with a config.json (train_lm,
+    export_lm_to_hf and plan read it; a missing one said `missing file: .../config.json`
+    without naming the field)."""
     source = config.hf_checkpoint
     if not isinstance(source, str):
         return
