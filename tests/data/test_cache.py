@@ -337,6 +337,14 @@ def test_every_chunk_is_stored_and_a_deleted_one_is_an_error(tmp_path, write_jso
         r".*tokens/c/0.*\): the tokenized cache at .* is damaged\. Delete",
     ):
         cache.read_ranges([(0, 4)])
+    # and opening the cache again (as cache_dataset and every run do) finds it at once,
+    # not when training reaches the chunk
+    with pytest.raises(
+        ValueError,
+        match=rf"cache shard {re.escape(path)}/shards/00000 is missing chunk tokens/c/0: the "
+        rf"tokenized cache at {re.escape(path)} is damaged\. Delete",
+    ):
+        TokenCache(path)
 
 
 def test_a_flipped_bit_fails_the_chunk_checksum(tmp_path, write_jsonl):

@@ -512,7 +512,7 @@ class TokenCache:
                 offset_arrays.append(offsets.result())
         if ledger.version < 2:
             _note_old_format(cache_dir, ledger.version)
-            self._check_chunks(offset_arrays)
+        self._check_chunks(offset_arrays)
         reads = [offsets.read() for offsets in offset_arrays]
         ends = []
         for i, read in enumerate(reads):
@@ -534,7 +534,9 @@ class TokenCache:
     def _check_chunks(self, offset_arrays: list[ts.TensorStore]) -> None:
         """Raise if a chunk the arrays' shapes imply is not stored. Format 1 did not store
         all-zero chunks and read a missing one as zeros, so a deleted chunk went unnoticed;
-        this costs one listing per array, all in flight at once."""
+        format 2 refuses to read one, but only when training reaches it (hours into a run),
+        while `cache_dataset` said the cache was fine. This costs one listing per array,
+        all in flight at once."""
         arrays = [
             {"tokens": tokens, "offsets": offsets}
             for tokens, offsets in zip(self._tokens, offset_arrays, strict=True)
@@ -548,11 +550,15 @@ class TokenCache:
                 missing += [f"{name}/{k}" for k in chunk_keys(array) if k not in present]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                old = (
+                    f" (it has format version {self.ledger.version}, which did not store chunks "
+                    "that were entirely token id 0, so a rebuild is the way to be sure)"
+                    if self.ledger.version < 2
+                    else ""
+                )
                 raise ValueError(
                     f"cache shard {shard_dir(self.cache_dir, i)} is missing chunk {missing[0]}"
-                    f"{more}: the tokenized cache at {self.cache_dir} is damaged (it has format "
-                    f"version {self.ledger.version}, which did not store chunks that were "
-                    "entirely token id 0, so a rebuild is the way to be sure). "
+                    f"{more}: the tokenized cache at {self.cache_dir} is damaged{old}. "
                     + self._rebuild_advice(i)
                 )
 
