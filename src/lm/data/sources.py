@@ -114,7 +114,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
     """(url, fsspec info) of every file the patterns name, in order; a file named twice is an
     error."""
     out: list[tuple[str, dict]] = []
-    named_by: dict[tuple[str, str], tuple[str, str]] = {}  # file -> (its url, the pattern)
+    named_by: dict[tuple[str, str], str] = {}  # (protocol, path) -> the pattern naming it
 
     def add(fs, url: str, info: dict, pattern: str) -> None:
         key = (
@@ -122,7 +122,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
             fs._strip_protocol(url),
         )
         if key in named_by:
-            first_url, first_pattern = named_by[key]
+            first_pattern = named_by[key]
             by = (
                 f"pattern {pattern!r} names it twice"
                 if first_pattern == pattern
@@ -133,7 +133,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                 "and a cache keeps one record per file. List each file once (to weight a "
                 "source up, use a mixture's train_weights)"
             )
-        named_by[key] = (url, pattern)
+        named_by[key] = pattern
         out.append((url, info))
 
     for pattern in patterns:
