@@ -311,6 +311,33 @@ def test_a_failed_collective_with_a_dead_peer_is_one_clear_message(capsys, monke
         lm.config.main(entry)(args=[])
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_ctrl_c_inside_a_callback_from_c_is_still_an_interrupt(capsys, monkeypatch, wrapped):
+    """A SIGINT landing while jax resolved a dtype surfaced as `SystemError: ... returned a
+    result with an exception set` (its cause the KeyboardInterrupt): the run exited 1 with a
+    traceback instead of 130 with `interrupted (Ctrl-C)`."""
+
+    def entry(config: SimpleCfg):
+        if not wrapped:
+            raise KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise SystemError("<function f> returned a result with an exception set") from e
+
+    def exit_now(status):
+        raise SystemExit(status)
+
+    monkeypatch.setattr(lm.config.cli, "_exit_now", exit_now)
+    monkeypatch.delenv("LM_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(entry)(args=[])
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("interrupted (Ctrl-C)") and "Traceback" not in err
+    assert not lm.config.cli.is_keyboard_interrupt(SystemError("unrelated"))
+
+
 def test_out_of_memory_is_one_message_that_says_what_to_shrink(capsys):
     import jax
 

@@ -109,12 +109,10 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
         try:
             return fn(config)
         except KeyboardInterrupt as e:
-            if os.environ.get("LM_TRACEBACK"):
-                raise
-            _traceback_to_log_files(e)
-            print("interrupted (Ctrl-C)", file=sys.stderr)
-            _exit_now(130)
+            _interrupted(e)
         except Exception as e:
+            if is_keyboard_interrupt(e):
+                _interrupted(e)
             peer = _peer_failure(e)
             message = peer or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
             if message is None or os.environ.get("LM_TRACEBACK"):
@@ -133,12 +131,32 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
                 _exit_now(1)
             raise SystemExit(1) from None
 
+    def _interrupted(e: BaseException) -> None:
+        if os.environ.get("LM_TRACEBACK"):
+            raise e
+        _traceback_to_log_files(e)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        _exit_now(130)
+
     run.__name__ = getattr(fn, "__name__", "main")
     run.__doc__ = fn.__doc__
     return run
 
 
 _LM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def is_keyboard_interrupt(error: BaseException) -> bool:
+    """Ctrl-C, also when it reached Python inside a callback from C: a SIGINT that lands while
+    jax resolves a dtype surfaces as `SystemError: ... returned a result with an exception
+    set`, whose cause is the KeyboardInterrupt (it exited 1 with a traceback)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -354,8 +354,9 @@ def main(config: TrainLmConfig) -> RunSummary:
             finally:
                 lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
             summary.finish(info, trainer)
-    except KeyboardInterrupt:
-        summary.interrupted()
+    except BaseException as e:
+        if lm.config.cli.is_keyboard_interrupt(e):  # also one inside a callback from C
+            summary.interrupted()
         raise
     summary.print()
     return summary
