@@ -13,6 +13,7 @@ import optax
 import pytest
 from toy import (
     Feature,
+    Hidden,
     Mlp,
     assert_leaves_equal,
     make_dataset,
@@ -850,3 +851,27 @@ def test_a_single_trackers_output_problem_is_named_without_an_index(tmp_path):
     config = trainer_config(tmp_path, tracker=TensorboardConfig(logdir=str(tmp_path / "tb")))
     with pytest.raises(SetupConfigError, match=r"^trainer\.tracker\.logdir: cannot write"):
         _ = Trainer(config, optax.sgd(0.1), mse).tracker
+
+
+def test_real_axis_sizes_are_recorded_and_checked_on_resume(tmp_path):
+    """`Trainer.real_axis_sizes` goes into every checkpoint's metadata.json, and
+    `initial_state` restores under `padded_axes(**real_axis_sizes)`: a checkpoint saved with
+    other real sizes (a vocabulary of another tokenizer, in train_lm) is not resumed."""
+
+    def run(config, real):
+        trainer = Trainer(config, optax.adam(1e-2), mse)
+        trainer.real_axis_sizes.update(real)
+        with trainer:
+            state = trainer.initial_state(
+                jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+            )
+            return trainer.train(state, trainer.data_loader(make_dataset()))
+
+    config = trainer_config(tmp_path, num_train_steps=2, steps_per_eval=100)
+    run(config, {"hidden": Hidden.size})
+    meta = json.loads((tmp_path / "ckpt" / "toy" / "step-1" / "metadata.json").read_text())
+    assert meta["real_axis_sizes"] == {"hidden": Hidden.size}
+    longer = dataclasses.replace(config, num_train_steps=3)
+    with pytest.raises(ValueError, match=rf"saved with a 'hidden' axis of {Hidden.size} "):
+        run(longer, {"hidden": Hidden.size - 1})
+    assert int(run(longer, {"hidden": Hidden.size}).state.step) == 3

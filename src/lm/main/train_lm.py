@@ -18,7 +18,6 @@ import lm.config
 import lm.host_memory
 import lm.startup_gc
 import lm.tracker
-from lm.checkpoint import padded_axes
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, looks_like_local_path, not_a_directory
@@ -319,8 +318,7 @@ def main(config: TrainLmConfig) -> RunSummary:
             # a checkpoint saved on a layout that padded the vocabulary differently resumes;
             # one saved with another vocabulary does not (checkpoints record its real size)
             trainer.real_axis_sizes["vocab"] = run_model.vocab_size
-            with padded_axes(vocab=run_model.vocab_size):
-                state = trainer.initial_state(training_key, **start)
+            state = trainer.initial_state(training_key, **start)
             # written once the state is there: a resume that fails (another model, say)
             # leaves the config the checkpoints were saved with in place
             save_run_config(resolved, run_dir, trainer.restored_step)

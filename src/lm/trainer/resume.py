@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lm.checkpoint import load_metadata, restore_trainer_state
+from lm.checkpoint import load_metadata, padded_axes, restore_trainer_state
 from lm.config import SetupConfigError
 from lm.partitioning import (
     abstract_shapes,
@@ -56,7 +56,8 @@ def load_or_init_state(
     else:
         init = state_initializer(trainer, training_key, model_init, is_trainable)
         init_args = ()
-    with config.use_device_mesh():
+    # a checkpoint padded for another layout loads; one saved with other real sizes does not
+    with config.use_device_mesh(), padded_axes(**trainer.real_axis_sizes):
         restored = restore_trainer_state(
             init,
             checkpoint_path=config.checkpoint_path,

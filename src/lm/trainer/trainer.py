@@ -143,7 +143,9 @@ class Trainer(Generic[M]):
         self.restored_from = None
         self.restored_step: int | None = None
         # real (unpadded) sizes of axes padded for partitioning, e.g. {"vocab": 50257}: every
-        # checkpoint records them, and a load under `lm.checkpoint.padded_axes` checks them
+        # checkpoint records them, and `initial_state` restores under
+        # `lm.checkpoint.padded_axes(**real_axis_sizes)`, which loads a checkpoint padded for
+        # another layout and refuses one saved with other real sizes
         self.real_axis_sizes: dict[str, int] = {}
         # how long the last step's hooks took; logged with the next step (throughput/hook_time)
         self._last_hook_time = 0.0
