@@ -226,8 +226,6 @@ def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
     names, and a cluster started here is shut down afterwards (it holds ~1.7 GB)."""
     from lm.distributed import shutdown_ray
 
-    check_cache_dir(config)
-
     def ray_running() -> bool:
         # ray is imported (~0.3 s) only when a shard needs building
         return "ray" in sys.modules and sys.modules["ray"].is_initialized()
