@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import posixpath
 from typing import Any
@@ -26,7 +25,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from lm.config.errors import ConfigError, ConfigProblem, index_path, join_path
+from lm.config.errors import ConfigError, ConfigProblem, closest_name, index_path, join_path
 
 INCLUDE_TAG = "!include"
 BASE_KEY = "base"
@@ -268,9 +267,9 @@ class _Loader:
         except ConstructorError as e:
             hint = ""
             if node.tag.startswith("!") and node.tag != INCLUDE_TAG:
-                close = difflib.get_close_matches(node.tag, [INCLUDE_TAG], n=1, cutoff=0.6)
+                close = closest_name(node.tag, [INCLUDE_TAG])
                 hint = (
-                    f"; did you mean {close[0]}?"
+                    f"; did you mean {close}?"
                     if close
                     else f" (the only tag a config file may use is {INCLUDE_TAG})"
                 )

@@ -18,7 +18,6 @@ for one source; `<cache_dir>/<name>/<split>` for a mixture component, or
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import logging
@@ -29,7 +28,7 @@ from dataclasses import field
 
 import haliax as hax
 
-from lm.config.errors import FieldError, invalid
+from lm.config.errors import FieldError, closest_name, invalid
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage
@@ -55,8 +54,8 @@ SPLITS = ("train", "validation")
 
 
 def did_you_mean(value: str, allowed) -> str:
-    close = difflib.get_close_matches(value, list(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest_name(value, allowed)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _join(base: str, *parts: str) -> str:
