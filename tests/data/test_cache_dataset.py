@@ -72,3 +72,20 @@ def test_killed_build_resumes_without_redoing_finished_shards(
     assert after == before
     ledger = json.loads((cache / "train" / "ledger.json").read_text())
     assert ledger["complete"] and ledger["finished"][str(src / "s3.jsonl")]["num_docs"] == 0
+
+
+def test_a_cache_dir_under_a_file_is_one_message(tmp_path, capsys, monkeypatch):
+    """It was a bare `[Errno 20] Not a directory`, naming no field."""
+    import lm.config
+    from lm.main.cache_dataset import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(main)(args=["--data.cache_dir", "afile/cache"])
+    assert info.value.code == 2
+    assert (
+        f"error: data.cache_dir: afile/cache cannot be a directory: {tmp_path}/afile, on its "
+        "path, is a file"
+    ) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
