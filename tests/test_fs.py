@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lm.fs import local_path, not_a_directory
+from lm.fs import cannot_write_directory, local_path, not_a_directory
 
 
 def test_local_path_expands_plain_and_file_urls_only(tmp_path, monkeypatch):
@@ -29,6 +29,21 @@ def test_not_a_directory_finds_a_file_on_the_way(tmp_path):
     )
     assert not_a_directory(f"file://{tmp_path}/afile") is not None
     assert not_a_directory("gs://bucket/afile") is None  # remote: checked when opened
+
+
+def test_cannot_write_directory_probes_and_leaves_nothing(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "afile").write_text("")
+    assert cannot_write_directory(str(tmp_path / "dir")) is None
+    assert cannot_write_directory(str(tmp_path / "new" / "deeper")) is None
+    assert sorted(os.listdir(tmp_path)) == ["afile", "dir"]  # the probe's folders are gone
+    assert os.listdir(tmp_path / "dir") == []  # and its file
+    assert "is a file, not a directory" in cannot_write_directory(str(tmp_path / "afile"))
+    assert cannot_write_directory("memory://x/y") is None  # remote: checked when written
+    if os.path.isdir("/proc/self"):  # read-only even for root, where permission bits pass
+        assert cannot_write_directory("/proc/lm-export-x/y").startswith(
+            "cannot write to /proc/lm-export-x/y: "
+        )
 
 
 @pytest.mark.parametrize(

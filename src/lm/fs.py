@@ -16,10 +16,12 @@ Plain paths (relative, absolute, `~`) name no protocol and always pass.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -163,6 +165,40 @@ def local_path(url: str) -> str | None:
         return None
     path = url.split("://", 1)[1] if protocols else url
     return os.path.abspath(os.path.expanduser(path))
+
+
+def cannot_write_directory(url: str) -> str | None:
+    """Why `url` (a local path) cannot be made, or written into, as a directory; None when it
+    can, and for remote URLs. Probes by doing it: it makes the missing folders (or a file in
+    an existing one) and removes what it made, so that an export fails before its work, not
+    after, and leaves nothing behind. (Checking permission bits would not do: root passes
+    them on read-only file systems such as /proc.)"""
+    why = not_a_directory(url)
+    if why is not None:
+        return why
+    path = local_path(url)
+    if path is None:
+        return None
+    path = os.path.abspath(path)
+    missing = []
+    probe = path
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    try:
+        if missing:
+            os.makedirs(path)
+        else:
+            fd, name = tempfile.mkstemp(prefix=".lm-write-check-", dir=path)
+            os.close(fd)
+            os.remove(name)
+    except OSError as e:
+        return f"cannot write to {url}: {e.strerror or e}"
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+    return None
 
 
 def not_a_directory(url: str) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import equinox as eqx
@@ -13,7 +14,8 @@ import haliax as hax
 import jax
 from haliax.partitioning import round_axis_for_partitioning
 
-from lm.config import SetupConfigError
+from lm.config import FieldError, SetupConfigError
+from lm.fs import local_path
 from lm.models import Gpt2Config, LmConfig
 from lm.models.hf.compat import (
     HFCompatConfig,
@@ -232,6 +234,22 @@ def _averaging_yaml(model_averaging) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
 
 
+CHECKPOINT_PATH_HELP = (
+    "give a run's checkpoint directory (trainer.checkpointer.base_path/<run_id>) or a step-N "
+    "directory in it"
+)
+
+
+def check_checkpoint_path(checkpoint_path: str) -> None:
+    """A local `checkpoint_path` (eval_lm, export_lm_to_hf) must be a directory: checked
+    before the config's tokenizer and model are set up. Remote URLs are checked when read."""
+    path = local_path(checkpoint_path)
+    if path is None or os.path.isdir(path):
+        return
+    what = "is a file" if os.path.exists(path) else "does not exist"
+    raise FieldError("checkpoint_path", f"{checkpoint_path} {what}; {CHECKPOINT_PATH_HELP}")
+
+
 def load_lm_checkpoint(
     model_config: LmConfig,
     Vocab: hax.Axis,
@@ -293,8 +311,7 @@ def _load_lm_checkpoint(
             model = loaded.model_params
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"checkpoint_path {checkpoint_path!r}: {e}. Give a run's checkpoint directory "
-            "(trainer.checkpointer.base_path/<run_id>) or a step-N directory in it."
+            f"checkpoint_path {checkpoint_path!r}: {e}; {CHECKPOINT_PATH_HELP}"
         ) from None
     if model_averaging is None and checkpoint_has_averaged_model(path):
         logger.warning(

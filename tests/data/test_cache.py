@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -134,6 +135,20 @@ def test_skipped_bad_lines_are_counted_in_the_ledger(tmp_path):
     strict = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
     with pytest.raises(ValueError, match=r"a\.jsonl:2: malformed JSON"):
         build_or_load_cache(str(tmp_path / "d"), strict, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_a_shard_without_documents_is_a_warning_naming_it(tmp_path, caplog):
+    (tmp_path / "a.jsonl").write_text('{"text": "good"}\n')
+    (tmp_path / "b.jsonl").write_text("")
+    (tmp_path / "c.jsonl").write_text("not json\n")
+    source = UrlSource.from_patterns([str(tmp_path / "*.jsonl")], skip_bad_lines=True)
+    with caplog.at_level(logging.WARNING, logger="lm.data.cache"):
+        cache = build_or_load_cache(str(tmp_path / "c"), source, DocumentEncoder("builtin"), LOCAL)
+    assert cache.num_docs == 1
+    found = [r.getMessage() for r in caplog.records if "holds no documents" in r.getMessage()]
+    assert len(found) == 2, found
+    assert "b.jsonl) holds no documents (the file or its texts are empty)" in found[0]
+    assert "c.jsonl) holds no documents besides its 1 bad lines" in found[1]
 
 
 def test_memory_cache_and_passthrough_ids(tmp_path):

@@ -176,6 +176,10 @@ def test_text_and_parquet_formats(tmp_path):
         _docs(UrlSource.from_patterns([str(tmp_path / "b.parquet")]))
     with pytest.raises(ValueError, match="cannot tell the format.*plaintext: true"):
         UrlSource.from_patterns([str(tmp_path / "c.data")])
+    (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
+    glob = str(tmp_path / "*.data")
+    with pytest.raises(ValueError, match=r"^train_urls\[1\] \(from '.*\*\.data'\): cannot tell"):
+        UrlSource.from_patterns([str(tmp_path / "d.jsonl"), glob], field="train_urls")
     plain = UrlSource.from_patterns([str(tmp_path / "c.data")], plaintext=True)
     assert _docs(plain) == ["plain 1", "plain 2"]
     assert detect_format("gs://b/x.jsonl.zstd") == ("json", "zstd")

@@ -231,6 +231,20 @@ def test_missing_checkpoint_names_the_path(trained_run, tmp_path):
         load_model_for_eval(missing, _eval_trainer(config), Vocab)
 
 
+def test_a_local_checkpoint_path_must_be_a_directory(tmp_path):
+    """Checked by eval_lm and the export before the tokenizer and model are set up; a file
+    used to fail in the checkpoint reader without naming the flag."""
+    from lm.lm_run import check_checkpoint_path
+
+    (tmp_path / "afile").write_text("")
+    check_checkpoint_path(str(tmp_path))
+    check_checkpoint_path("memory://somewhere")  # remote: checked when read
+    for name, what in [("afile", "is a file"), ("nowhere", "does not exist")]:
+        with pytest.raises(lm.config.FieldError) as info:
+            check_checkpoint_path(str(tmp_path / name))
+        assert str(info.value).startswith(f"checkpoint_path: {tmp_path / name} {what}; give a run")
+
+
 def test_checkpoint_path_is_required():
     with pytest.raises(lm.config.ConfigError, match="checkpoint_path: is required"):
         lm.config.parse(EvalLmConfig, args=["--model.type", "gpt2"])

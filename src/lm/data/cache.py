@@ -176,6 +176,14 @@ def build_shard(
         logger.warning(
             "shard %d (%s): skipped %d bad lines", index, source.shard_names()[index], skipped
         )
+    if num_docs == 0:
+        why = f"besides its {skipped} bad lines" if skipped else "(the file or its texts are empty)"
+        logger.warning(
+            "shard %d (%s) holds no documents %s: it adds nothing to the cache",
+            index,
+            source.shard_names()[index],
+            why,
+        )
     return ShardStats(
         num_docs=num_docs, num_tokens=tokens.size, skipped_lines=skipped, source_file=source_file
     )

@@ -110,13 +110,13 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
-    """(url, fsspec info) of every file the patterns name, in order; a file named twice is an
-    error."""
-    out: list[tuple[str, dict]] = []
+def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict, int]]:
+    """(url, fsspec info, index of the pattern naming it) of every file the patterns name, in
+    order; a file named twice is an error."""
+    out: list[tuple[str, dict, int]] = []
     named_by: dict[tuple[str, str], str] = {}  # (protocol, path) -> the pattern naming it
 
-    def add(fs, url: str, info: dict, pattern: str) -> None:
+    def add(fs, url: str, info: dict, pattern: str, index: int) -> None:
         key = (
             fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0],
             fs._strip_protocol(url),
@@ -134,9 +134,9 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                 "source up, use a mixture's train_weights)"
             )
         named_by[key] = pattern
-        out.append((url, info))
+        out.append((url, info, index))
 
-    for pattern in patterns:
+    for index, pattern in enumerate(patterns):
         if not isinstance(pattern, str) or not pattern:
             raise ValueError(f"{field}: every entry must be a non-empty string, got {pattern!r}")
         for url in braceexpand.braceexpand(pattern):
@@ -157,7 +157,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                         "inside those directories"
                     )
                 for m, info in files:
-                    add(fs, _with_protocol(fs, url, m), info, pattern)
+                    add(fs, _with_protocol(fs, url, m), info, pattern, index)
             else:
                 try:
                     info = fs.info(path)
@@ -169,7 +169,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict]]:
                     raise ValueError(
                         f"{field}: {url!r} is a directory; give files or a glob like '{url.rstrip('/')}/*.jsonl.gz'"
                     )
-                add(fs, url, info, pattern)
+                add(fs, url, info, pattern, index)
     return out
 
 
@@ -180,7 +180,7 @@ def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[s
         ValueError: a pattern matches no file (or only directories), or a named file does
             not exist.
     """
-    return [(url, info.get("size")) for url, info in _expand(patterns, field)]
+    return [(url, info.get("size")) for url, info, _ in _expand(patterns, field)]
 
 
 def _with_protocol(fs, original: str, path: str) -> str:
@@ -214,15 +214,19 @@ class UrlSource(ShardedSource):
         found = _expand(patterns, field)
         if not found:
             raise ValueError(f"{field}: no files given")
-        for url, _ in found:
-            detect_format(url, plaintext)  # fail early on an unknown extension
+        for url, _, index in found:  # fail early on an unknown extension
+            try:
+                detect_format(url, plaintext)
+            except ValueError as e:
+                named = "" if url == patterns[index] else f" (from {patterns[index]!r})"
+                raise ValueError(f"{field}[{index}]{named}: {e}") from None
         return UrlSource(
-            urls=tuple(u for u, _ in found),
-            sizes=tuple(info.get("size") for _, info in found),
+            urls=tuple(u for u, _, _ in found),
+            sizes=tuple(info.get("size") for _, info, _ in found),
             text_key=text_key,
             plaintext=plaintext,
             skip_bad_lines=skip_bad_lines,
-            mtimes=tuple(file_modified(info) for _, info in found),
+            mtimes=tuple(file_modified(info) for _, info, _ in found),
         )
 
     def shard_names(self) -> list[str]:

@@ -46,7 +46,13 @@ import optax
 
 import lm.config
 from lm.compile_options import xla_compiler_options
-from lm.lm_run import RunModel, load_lm_checkpoint, vocab_axis, weights_used
+from lm.lm_run import (
+    RunModel,
+    check_checkpoint_path,
+    load_lm_checkpoint,
+    vocab_axis,
+    weights_used,
+)
 from lm.main.train_lm import TrainLmConfig
 from lm.models.lm_model import LmExample
 from lm.models.loss import compute_next_token_loss
@@ -334,6 +340,7 @@ def load_model_for_eval(
 
 
 def main(config: EvalLmConfig) -> dict[str, EvalResult]:
+    check_checkpoint_path(config.checkpoint_path)
     trainer_config = config.trainer
     trainer_config.initialize()
     tokenizer = config.data.the_tokenizer

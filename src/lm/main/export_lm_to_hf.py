@@ -26,7 +26,7 @@ import logging
 import jax
 
 import lm.config
-from lm.lm_run import load_lm_checkpoint, vocab_axis, weights_used
+from lm.lm_run import check_checkpoint_path, load_lm_checkpoint, vocab_axis, weights_used
 from lm.main.train_lm import TrainLmConfig, check_hf_checkpoint_path
 from lm.models.hf.converter import check_output_dir
 from lm.partitioning import create_mesh, resolve_mesh_shape
@@ -60,6 +60,7 @@ def main(config: ExportLmToHfConfig) -> str:
     configure_logging(None)
     check_output_dir(config.output_dir)  # before loading anything
     check_hf_checkpoint_path(config)
+    check_checkpoint_path(config.checkpoint_path)
     tokenizer = config.data.the_tokenizer
     run_model = config.run_model()
     trainer = config.trainer

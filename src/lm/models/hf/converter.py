@@ -310,15 +310,15 @@ def check_output_dir(output_dir: str) -> None:
     lm checkpoints: it is a checkpoint (`step-N`) or a run's checkpoint directory (a `step-N`
     folder in it has a metadata.json or manifest.json)."""
     from lm.checkpoint.storage import MANIFEST_FILE, METADATA_FILE, STEP_DIR_RE
-    from lm.fs import local_path, not_a_directory
+    from lm.fs import cannot_write_directory, local_path
 
     fs, root = fsspec.core.url_to_fs(output_dir)
     if local_path(output_dir) is not None:
-        why = not_a_directory(output_dir)
+        why = cannot_write_directory(output_dir)
     else:
         why = f"{output_dir} is a file, not a directory" if fs.isfile(root) else None
     if why is not None:
-        raise ValueError(f"output_dir: {why}; give a new or existing directory")
+        raise ValueError(f"output_dir: {why}; give a new or existing directory you can write to")
     for marker in (METADATA_FILE, MANIFEST_FILE):
         if fs.exists(posixpath.join(root, marker)):
             raise ValueError(
