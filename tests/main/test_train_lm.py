@@ -149,6 +149,25 @@ def test_bad_configs_give_one_clear_message_and_exit_2(
             ["--trainer.initialize_from", "/no/such/run"],
             "error: trainer.initialize_from: /no/such/run does not exist; expected a checkpoint",
         ),
+        (
+            ["--trainer.load_checkpoint", "true"],
+            "error: trainer.load_checkpoint: is true, but this run has no id to resume",
+        ),
+        (
+            ["--trainer.load_checkpoint", "true", "--trainer.id", "r1"],
+            "error: trainer.load_checkpoint: is true, but no checkpoint was found in the run's "
+            "checkpoint directory (checkpoints/r1): it does not exist",
+        ),
+        (
+            [
+                "--trainer.load_checkpoint",
+                "true",
+                "--trainer.load_checkpoint_path",
+                "empty_dir",
+            ],
+            "error: trainer.load_checkpoint: is true, but no checkpoint was found in "
+            "trainer.load_checkpoint_path (empty_dir): it holds no step-N checkpoint",
+        ),
     ],
 )
 def test_local_paths_in_the_way_are_one_message_before_anything_is_written(
@@ -159,6 +178,7 @@ def test_local_paths_in_the_way_are_one_message_before_anything_is_written(
     from lm.main.train_lm import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RUN_ID", raising=False)  # a run id given that way would be resumed
     (tmp_path / "afile").write_text("")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(SystemExit) as exit_info:

@@ -62,6 +62,26 @@ def _params_only_spec(shapes: Any) -> Any:
     return eqx.tree_at(lambda s: s.model, spec, True)
 
 
+def no_checkpoint_to_load(checkpoint_path: str, checkpoint_path_field: str | None) -> str | None:
+    """Why `load_checkpoint: true` would fail on `checkpoint_path` (no committed checkpoint
+    there), e.g. "no checkpoint was found in ... : it does not exist. ..."; None when there is
+    one to load. For train_lm to say so before anything is written; `restore_trainer_state`
+    raises the same message."""
+    committed, torn = checkpoint_candidates(checkpoint_path)
+    return None if committed else _none_to_load(checkpoint_path, checkpoint_path_field, torn)
+
+
+def _none_to_load(
+    checkpoint_path: str, checkpoint_path_field: str | None, torn: list[CheckpointStatus]
+) -> str:
+    where = checkpoint_path_field or "the run's checkpoint directory"
+    return (
+        f"no checkpoint was found in {where} ({checkpoint_path}): it "
+        f"{_why_none_found(checkpoint_path, torn)}. Point it at a run directory or a step-N "
+        "checkpoint, or leave load_checkpoint unset (null) to start fresh when there is none"
+    )
+
+
 def _why_none_found(path: str, torn: list[CheckpointStatus]) -> str:
     """Why `path` yields no checkpoint, e.g. "does not exist"."""
     if torn:
@@ -142,12 +162,9 @@ def restore_trainer_state(
             logger.info("Resuming from checkpoint %s", loaded)
             return RestoredState(state, "resumed", loaded)
         if load_checkpoint:
-            where = checkpoint_path_field or "the run's checkpoint directory"
             raise FileNotFoundError(
-                f"load_checkpoint=True but no checkpoint was found in {where} "
-                f"({checkpoint_path}): it {_why_none_found(checkpoint_path, torn)}. Point it "
-                "at a run directory or a step-N checkpoint, or leave load_checkpoint unset "
-                "(null) to start fresh when there is none"
+                "load_checkpoint=True but "
+                + _none_to_load(checkpoint_path, checkpoint_path_field, torn)
             )
         if checkpoint_path_field is None and torn:
             # e.g. the first save was cut short: starting over is right, but say why

@@ -18,6 +18,7 @@ import lm.config
 import lm.host_memory
 import lm.startup_gc
 import lm.tracker
+from lm.checkpoint.resume import no_checkpoint_to_load
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, looks_like_local_path, not_a_directory
@@ -169,6 +170,28 @@ def check_local_paths(config: TrainLmConfig) -> None:
                     field, f"{value} does not exist; expected {what} (a local path or URL)"
                 )
     check_hf_checkpoint_path(config)
+    check_checkpoint_to_load(config.trainer)
+
+
+def check_checkpoint_to_load(trainer_config: TrainerConfig) -> None:
+    """`load_checkpoint: true` must find a checkpoint: said before the run's log file and
+    directories exist (the same error came after them)."""
+    if trainer_config.load_checkpoint is not True:
+        return
+    if trainer_config.load_checkpoint_path is None and trainer_config.run_id_is_generated:
+        raise lm.config.FieldError(
+            "trainer.load_checkpoint",
+            "is true, but this run has no id to resume (trainer.id, the RUN_ID environment "
+            "variable or a W&B run id), so it would get a new random one with no checkpoints. "
+            "Set trainer.id to the run to resume, or trainer.load_checkpoint_path",
+        )
+    field = "trainer.load_checkpoint_path" if trainer_config.load_checkpoint_path else None
+    try:
+        why = no_checkpoint_to_load(trainer_config.checkpoint_path, field)
+    except ValueError as e:  # the path is a file
+        raise lm.config.FieldError(field or "trainer.checkpointer.base_path", str(e)) from None
+    if why is not None:
+        raise lm.config.FieldError("trainer.load_checkpoint", f"is true, but {why}")
 
 
 def check_hf_checkpoint_path(config: TrainLmConfig) -> None:
