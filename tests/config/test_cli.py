@@ -159,6 +159,19 @@ def test_config_path_twice_or_empty_is_an_error(tmp_path):
     assert parse(SimpleCfg, args=["--config_path", str(a), f"--config_path={a}"]).project == "a"
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_a_config_file_without_settings_is_an_error_not_all_defaults(tmp_path, text):
+    """An empty run.yaml (a wrong file, an unsaved editor buffer) used to start a run on every
+    default (for train_lm: 400,000 steps at batch 512)."""
+    empty = tmp_path / "run.yaml"
+    empty.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        parse(SimpleCfg, args=["--config_path", str(empty), "--project", "p"])
+    assert f"{empty} holds no settings (it is empty, or only comments)" in str(info.value)
+    assert "leave out --config_path to start from the defaults" in str(info.value)
+    assert parse(SimpleCfg, args=["--project", "p"]).project == "p"  # no file: the defaults
+
+
 SCRIPT = textwrap.dedent(
     """
     import dataclasses

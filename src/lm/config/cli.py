@@ -62,6 +62,16 @@ def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()
         via = CONFIG_PATH_FLAG if config_path != given else None
         loaded = load_document(config_path, via=via)  # ConfigError for an unreadable document
         data, locations = loaded.data, dict(loaded.locations)
+        if not data:  # an empty file (or only comments) is a mistake, not "all defaults"
+            problems.append(
+                ConfigProblem(
+                    "",
+                    f"{config_path} holds no settings (it is empty, or only comments); give "
+                    f"the run's config, or leave out {CONFIG_PATH_FLAG} to start from the "
+                    "defaults",
+                    via,
+                )
+            )
     for dotted, raw, flag in overrides:
         data = _apply_override(data, dotted, raw, flag, locations, problems)
     decoder = Decoder(locations)
