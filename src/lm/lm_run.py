@@ -5,6 +5,7 @@ vocabulary axis for a tokenizer, and loading a model from a `train_lm` checkpoin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -234,6 +235,85 @@ def _averaging_yaml(model_averaging) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
 
 
+MODEL_METADATA_KEY = "model"
+"""metadata.json key of the model architecture a checkpoint was trained with
+(`model_architecture`; train_lm records it through `Trainer.checkpoint_metadata`)."""
+
+
+def model_architecture(model_config: LmConfig) -> dict[str, Any]:
+    """The fields of `model_config` that define the function its weights compute (its `type`
+    and every field but the runtime ones: sequence length, remat, attention backend, ...), as
+    plain data for a checkpoint's metadata.json."""
+    from lm.config.encoding import to_data
+
+    data = to_data(model_config, LmConfig)
+    return {k: v for k, v in data.items() if k not in model_config.runtime_fields}
+
+
+def check_checkpoint_architecture(model_config: LmConfig, checkpoint: str, *, refuse: bool) -> None:
+    """Compare `model_config` with the architecture checkpoint `checkpoint` recorded. Weights
+    of the right shapes load into any config, so a run config edited since training (another
+    activation, norm epsilon or RoPE) would evaluate or export a function nobody trained.
+    `refuse`: a difference is a `SetupConfigError` (eval_lm, export); else a warning (a
+    resumed run may change a field on purpose). A checkpoint saved before the architecture
+    was recorded cannot be checked (logged)."""
+    from lm.checkpoint import load_metadata
+
+    try:
+        saved = load_metadata(checkpoint).get(MODEL_METADATA_KEY)
+    except FileNotFoundError:
+        saved = None
+    if not isinstance(saved, dict):
+        logger.info(
+            "Checkpoint %s records no model architecture (saved by an older lm or by your own "
+            "code): the model config cannot be checked against it",
+            checkpoint,
+        )
+        return
+    differences = _differences(model_architecture(model_config), saved, "model")
+    if not differences:
+        return
+    listed = "; ".join(differences)
+    if not refuse:
+        logger.warning(
+            "The model config differs from the one checkpoint %s was trained with (%s); the "
+            "run goes on with the new settings",
+            checkpoint,
+            listed,
+        )
+        return
+    raise SetupConfigError(
+        f"the model config does not match checkpoint {checkpoint}, whose weights were trained "
+        f"as another function: {listed}. Use the run's own config (config.yaml in "
+        "<log_dir>/<run_id>/), or set these fields as the run did"
+    )
+
+
+def _differences(given: Any, saved: Any, path: str) -> list[str]:
+    """`path: given (checkpoint: saved)` for every leaf where the two differ. A field only one
+    side has (added to or removed from lm since the checkpoint was saved) is not compared; of
+    two different choices (`type:`) only the choice is named."""
+    if isinstance(given, dict) and isinstance(saved, dict):
+        if given.get("type") != saved.get("type"):
+            return _differences(given.get("type"), saved.get("type"), f"{path}.type")
+        out = []
+        for key in given:
+            if key in saved:
+                out += _differences(given[key], saved[key], f"{path}.{key}")
+        return out
+    if given == saved or (_is_number(given) and _is_number(saved) and float(given) == float(saved)):
+        return []
+    return [f"{path}: {_shown(given)} (checkpoint: {_shown(saved)})"]
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 CHECKPOINT_PATH_HELP = (
     "give a run's checkpoint directory (trainer.checkpointer.base_path/<run_id>) or a step-N "
     "directory in it"
@@ -313,6 +393,7 @@ def _load_lm_checkpoint(
         raise FileNotFoundError(
             f"checkpoint_path {checkpoint_path!r}: {e}; {CHECKPOINT_PATH_HELP}"
         ) from None
+    check_checkpoint_architecture(model_config, path, refuse=True)
     if model_averaging is None and checkpoint_has_averaged_model(path):
         logger.warning(
             "Checkpoint %s holds an averaged model (%s/), but trainer.model_averaging is not "

@@ -19,6 +19,7 @@ from haliax.partitioning import round_axis_for_partitioning
 import lm.config
 from lm.checkpoint import load_metadata
 from lm.data import load_builtin_tokenizer
+from lm.lm_run import MODEL_METADATA_KEY, model_architecture
 from lm.main.eval_lm import (
     EvalLmConfig,
     _byte_level_alphabet,
@@ -95,6 +96,7 @@ def trained_run(tmp_path_factory):
     )
     tc = config.trainer
     trainer = Trainer(tc, config.optimizer.build(tc.num_train_steps), compute_next_token_loss)
+    trainer.checkpoint_metadata[MODEL_METADATA_KEY] = model_architecture(config.model)
     with trainer:
         Vocab = round_axis_for_partitioning(
             hax.Axis("vocab", len(config.data.the_tokenizer)), trainer.parameter_axis_mapping
@@ -222,6 +224,42 @@ def test_model_averaging_null_on_the_command_line_turns_it_off():
         ],
     )
     assert off.trainer.model_averaging is None
+
+
+def test_a_model_config_other_than_the_trained_one_is_refused(trained_run, caplog):
+    """Weights of the right shapes load into any config: an edited activation would evaluate
+    (or export) a function nobody trained. Runtime fields (the attention backend) are free."""
+    _, config, _, Vocab = trained_run
+    saved = load_metadata(f"{config.checkpoint_path}/step-1")[MODEL_METADATA_KEY]
+    assert saved["activation_function"] == "gelu_new" == config.model.activation_function.name
+    other = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, activation_function="relu")
+    )
+    with pytest.raises(lm.config.SetupConfigError) as info:
+        load_model_for_eval(other, _eval_trainer(config), Vocab)
+    assert str(info.value).startswith("the model config does not match checkpoint ")
+    assert "model.activation_function: relu (checkpoint: gelu_new)" in str(info.value)
+    runtime = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, attn_backend="vanilla")
+    )
+    load_model_for_eval(runtime, _eval_trainer(config), Vocab)
+
+
+def test_architecture_differences_name_each_field_and_skip_unknown_ones():
+    from lm.lm_run import _differences
+
+    saved = {"type": "llama", "hidden_dim": 32, "rope": {"type": "default", "theta": 1e4}}
+    given = {"type": "llama", "hidden_dim": 32.0, "rope": {"type": "default", "theta": 5e5}}
+    assert _differences(given, saved, "model") == [
+        "model.rope.theta: 500000.0 (checkpoint: 10000.0)"
+    ]
+    given["rope"] = {"type": "llama3", "theta": 5e5, "factor": 8}
+    assert _differences(given, saved, "model") == ["model.rope.type: llama3 (checkpoint: default)"]
+    assert _differences({"type": "gpt2", "x": 1}, saved, "model") == [
+        "model.type: gpt2 (checkpoint: llama)"
+    ]
+    # a field added to lm since the checkpoint was saved is not compared
+    assert _differences({**saved, "new_field": True}, saved, "model") == []
 
 
 def test_missing_checkpoint_names_the_path(trained_run, tmp_path):

@@ -861,6 +861,7 @@ def test_real_axis_sizes_are_recorded_and_checked_on_resume(tmp_path):
     def run(config, real):
         trainer = Trainer(config, optax.adam(1e-2), mse)
         trainer.real_axis_sizes.update(real)
+        trainer.checkpoint_metadata["model"] = {"type": "mlp", "width": Hidden.size}
         with trainer:
             state = trainer.initial_state(
                 jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
@@ -871,6 +872,8 @@ def test_real_axis_sizes_are_recorded_and_checked_on_resume(tmp_path):
     run(config, {"hidden": Hidden.size})
     meta = json.loads((tmp_path / "ckpt" / "toy" / "step-1" / "metadata.json").read_text())
     assert meta["real_axis_sizes"] == {"hidden": Hidden.size}
+    assert meta["model"] == {"type": "mlp", "width": Hidden.size}  # checkpoint_metadata
+    assert meta["examples_seen"] > 0 and meta["step"] == 1  # not overridden by it
     longer = dataclasses.replace(config, num_train_steps=3)
     with pytest.raises(ValueError, match=rf"saved with a 'hidden' axis of {Hidden.size} "):
         run(longer, {"hidden": Hidden.size - 1})

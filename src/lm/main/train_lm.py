@@ -22,7 +22,15 @@ from lm.checkpoint.resume import no_checkpoint_to_load
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
 from lm.fs import local_path, looks_like_local_path, not_a_directory
-from lm.lm_run import RunModel, describe_vocab_change, resolve_run_model, vocab_axis
+from lm.lm_run import (
+    MODEL_METADATA_KEY,
+    RunModel,
+    check_checkpoint_architecture,
+    describe_vocab_change,
+    model_architecture,
+    resolve_run_model,
+    vocab_axis,
+)
 from lm.models import Gpt2Config, LmConfig
 from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
@@ -339,7 +347,12 @@ def main(config: TrainLmConfig) -> RunSummary:
             # a checkpoint saved on a layout that padded the vocabulary differently resumes;
             # one saved with another vocabulary does not (checkpoints record its real size)
             trainer.real_axis_sizes["vocab"] = run_model.vocab_size
+            trainer.checkpoint_metadata[MODEL_METADATA_KEY] = model_architecture(model_config)
             state = trainer.initial_state(training_key, **start)
+            if trainer.restored_step is not None:
+                check_checkpoint_architecture(
+                    model_config, trainer.restored_from.checkpoint, refuse=False
+                )
             # written once the state is there: a resume that fails (another model, say)
             # leaves the config the checkpoints were saved with in place
             save_run_config(resolved, run_dir, trainer.restored_step)

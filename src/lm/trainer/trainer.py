@@ -147,6 +147,9 @@ class Trainer(Generic[M]):
         # `lm.checkpoint.padded_axes(**real_axis_sizes)`, which loads a checkpoint padded for
         # another layout and refuses one saved with other real sizes
         self.real_axis_sizes: dict[str, int] = {}
+        # more JSON entries for every checkpoint's metadata.json (train_lm records the model
+        # architecture under "model", which eval_lm and the HF export check their config against)
+        self.checkpoint_metadata: dict[str, Any] = {}
         # how long the last step's hooks took; logged with the next step (throughput/hook_time)
         self._last_hook_time = 0.0
         self.checkpointer = (
@@ -283,7 +286,8 @@ class Trainer(Generic[M]):
         a resumed run checks against its batch schedule (`lm.trainer.resume`)."""
         steps_done = info.step + 1
         metadata: dict[str, Any] = {
-            "examples_seen": self.config.batch_schedule.global_data_offset_by_step(steps_done)
+            **self.checkpoint_metadata,
+            "examples_seen": self.config.batch_schedule.global_data_offset_by_step(steps_done),
         }
         if self.real_axis_sizes:
             from lm.checkpoint.restore import REAL_AXIS_SIZES_KEY
