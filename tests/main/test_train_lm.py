@@ -190,6 +190,38 @@ def test_local_paths_in_the_way_are_one_message_before_anything_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty_dir"]
 
 
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        ({"hybrid_norm": True}, "hybrid_norm and input_embedding_norm have no HF equivalent"),
+        ({"use_layer_norm_weight": False}, "use_layer_norm_weight: false has no HF equivalent"),
+        ({"type": "qwen3", "use_qk_norm": False}, "use_qk_norm: false has no HF Qwen3"),
+    ],
+)
+def test_hf_save_path_with_a_model_hf_cannot_express_fails_before_training(
+    tmp_path, capsys, monkeypatch, model, why
+):
+    """It trained the whole run and then failed in the export hook after the last step."""
+    from lm.main.train_lm import main
+
+    monkeypatch.chdir(tmp_path)
+    flags = [x for k, v in model.items() for x in (f"--model.{k}", str(v).lower())]
+    with pytest.raises(SystemExit) as exit_info:
+        lm.config.main(main)(
+            args=[
+                "--config_path", str(CONFIG_DIR / "llama_tiny.yaml"),
+                "--hf_save_path", "hf", "--trainer.id", "x", *flags,
+            ]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: hf_save_path: is set, but this model cannot be saved as an HF checkpoint: " in (
+        err
+    )
+    assert why in err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_deprecated_fields_are_printed_as_warnings(capsys):
     """CFG-07: the DeprecationWarnings of trainer.wandb, optimizer.cooldown and optimizer.haps
     reach the user (Python hides them by default, and logging is not configured yet)."""

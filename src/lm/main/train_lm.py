@@ -202,6 +202,19 @@ def check_checkpoint_to_load(trainer_config: TrainerConfig) -> None:
         raise lm.config.FieldError("trainer.load_checkpoint", f"is true, but {why}")
 
 
+def check_exportable(model_config: LmConfig, vocab_size: int) -> None:
+    """With `hf_save_path`, the model must have an HF config: said before training, not by
+    the export after the last step (hybrid_norm, use_layer_norm_weight: false, ...)."""
+    try:
+        model_config.to_hf_config(vocab_size)
+    except ValueError as e:
+        raise lm.config.FieldError(
+            "hf_save_path",
+            f"is set, but this model cannot be saved as an HF checkpoint: {e}. Change the "
+            "model, or remove hf_save_path (lm's own checkpoints keep the weights)",
+        ) from None
+
+
 def check_hf_checkpoint_path(config: TrainLmConfig) -> None:
     """A local `initialize_from_hf` must be a directory with a config.json (train_lm,
     export_lm_to_hf and plan read it; a missing one said `missing file: .../config.json`
@@ -282,6 +295,8 @@ def main(config: TrainLmConfig) -> RunSummary:
     # before the caches are built and the run directory is made
     run_model = config.run_model()
     model_config = run_model.config
+    if config.hf_save_path is not None:
+        check_exportable(model_config, run_model.vocab_size)
     check_backend_platform(getattr(model_config, "attn_backend", None), field="model.attn_backend")
     # the model's parameter shapes (any vocabulary size will do) for the checks that need them
     shapes = abstract_shapes(
