@@ -1,6 +1,7 @@
 """The tracker registry, config decoding, composites and the current-tracker API."""
 
 import dataclasses
+import logging
 from datetime import timedelta
 
 import draccus
@@ -89,14 +90,17 @@ def test_composite_get_tracker(wandb_env, tmp_path):
 class Recorder(Tracker):
     name = "recorder"
 
-    def __init__(self, fail_finish=False):
+    def __init__(self, fail_finish=False, fail_at_step=None):
         self.calls = []
         self.fail_finish = fail_finish
+        self.fail_at_step = fail_at_step
 
     def log_hyperparameters(self, hparams):
         self.calls.append(("hparams", dict(hparams)))
 
     def log(self, metrics, *, step, commit=None):
+        if step == self.fail_at_step:
+            raise OSError(28, "No space left on device")
         self.calls.append(("log", dict(metrics), step, commit))
 
     def log_summary(self, metrics):
@@ -119,8 +123,8 @@ def test_composite_fans_out_every_call_and_finishes_all():
         lm.tracker.log({"x": 1}, step=5, commit=False)
         lm.tracker.log_summary({"y": 2})
     composite.log_artifact("/p", name="n", type="t")
-    with pytest.raises(RuntimeError, match="boom"):
-        composite.finish()
+    composite.finish()  # a failed finish is logged, never raised: it would hide the run's error
+    assert composite.failures == ["recorder failed finishing: RuntimeError: boom"]
     expected = [
         ("hparams", {"lr": 1}),
         ("log", {"x": 1}, 5, False),
@@ -129,6 +133,36 @@ def test_composite_fans_out_every_call_and_finishes_all():
         ("finish",),
     ]
     assert a.calls == expected and b.calls == expected  # b finished despite a failing
+
+
+def test_a_tracker_that_fails_is_dropped_and_the_others_go_on(caplog):
+    """A full disk under the JSON log or a W&B service that died ended the run with a
+    traceback (and finish() raised again over it); now the tracker is dropped, loudly."""
+    full, ok = Recorder(fail_at_step=2), Recorder()
+    composite = CompositeTracker([full, ok], names=["trainer.tracker[0]", "trainer.tracker[1]"])
+    with caplog.at_level(logging.ERROR, logger="lm.tracker.base"):
+        for step in range(4):
+            composite.log({"loss": 1.0}, step=step)
+        composite.finish()
+    assert [c[2] for c in ok.calls if c[0] == "log"] == [0, 1, 2, 3]
+    assert full.calls == [("log", {"loss": 1.0}, 0, None), ("log", {"loss": 1.0}, 1, None)] + [
+        ("finish",)
+    ]  # finished once, when dropped
+    assert composite.trackers == [ok] and ok.calls[-1] == ("finish",)
+    failure = (
+        "trainer.tracker[0] (recorder) failed logging step 2: OSError: [Errno 28] No space "
+        "left on device"
+    )
+    assert composite.failures == [failure]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{failure}. It is dropped and the run goes on without it (the other trackers go on)"
+    ]
+    alone = CompositeTracker([Recorder(fail_at_step=0)])
+    with caplog.at_level(logging.ERROR, logger="lm.tracker.base"):
+        alone.log({"loss": 1.0}, step=0)
+    assert "no tracker is left, so the run's metrics are no longer recorded" in (
+        caplog.records[-1].getMessage()
+    )
 
 
 def test_build_tracker_from_one_config_or_a_list(tmp_path):

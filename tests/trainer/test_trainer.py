@@ -2,6 +2,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
 
@@ -705,6 +706,22 @@ def test_every_run_keeps_a_local_metrics_log_unless_tracking_is_off(tmp_path):
     trainer.tracker.finish()
     off = Trainer(trainer_config(tmp_path / "off", tracker=NoopConfig()), optax.sgd(0.1), mse)
     assert type(off.tracker).__name__ == "NoopTracker"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path):
+    """A JSON log on a full disk ended the run with a traceback (and no checkpoint at that
+    step); a tracker that fails is now dropped with an error and the run finishes."""
+    from lm.tracker import JsonLoggerConfig
+
+    config = trainer_config(tmp_path, num_train_steps=3, tracker=JsonLoggerConfig(path="/dev/full"))
+    trainer, info = _train(config)
+    assert int(info.state.step) == 3
+    assert (tmp_path / "ckpt" / "toy" / "step-2" / "metadata.json").exists()
+    assert trainer.tracker.trackers == []
+    [failure] = trainer.tracker.failures  # at its first write (the step's HLO artifact)
+    assert failure.startswith("trainer.tracker (json) failed logging ")
+    assert failure.endswith(": OSError: [Errno 28] No space left on device")
 
 
 def test_model_averaging_is_evaluated_and_checkpointed(tmp_path):

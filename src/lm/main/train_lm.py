@@ -567,6 +567,7 @@ class RunSummary:
         self.steps_taken: int | None = None
         self.eval_losses: dict[str, float] = {}  # the last eval loss of each validation set
         self.checkpoint: str | None = None
+        self.tracker_failures: list[str] = []  # trackers dropped after failing
 
     def record(self, info, force: bool = False) -> None:
         self.last_step = info.step
@@ -582,6 +583,7 @@ class RunSummary:
 
         self.last_step = info.step
         self.steps_taken = int(info.state.step)
+        self.tracker_failures = list(getattr(trainer.tracker, "failures", []))
         # where this run saves (a load_checkpoint_path it started from may be elsewhere)
         self.checkpoint = discover_latest_checkpoint(
             self.config.checkpointer.expanded_path(self.config.run_id)
@@ -637,6 +639,7 @@ class RunSummary:
             f"  log file:   {os.path.join(str(self.config.log_dir), self.config.run_id)}.log"
         )
         lines.append(f"  checkpoint: {self.checkpoint or 'none'}")
+        lines += [f"  tracker dropped: {failure}" for failure in self.tracker_failures]
         print("\n".join(lines), flush=True)
 
 

@@ -130,40 +130,74 @@ class NoopTracker(Tracker):
 
 
 class CompositeTracker(Tracker):
-    """Fans every call out to several trackers, in order."""
+    """Fans every call out to several trackers, in order.
+
+    A tracker that raises (a full disk under the JSON log, a W&B service that died) is
+    dropped: the error is logged with the tracker's name, what it was doing and the exception,
+    the other trackers go on, and so does training (a metrics sink does not end a run; its
+    checkpoints go on being saved). `failures` lists what was dropped, for the run's summary.
+    `names` label the trackers in those messages (`trainer.tracker[1] (wandb)`).
+    """
 
     name = "composite"
 
-    def __init__(self, trackers: Sequence[Tracker]):
+    def __init__(self, trackers: Sequence[Tracker], *, names: Sequence[str] | None = None):
         self.trackers = list(trackers)
+        self._names = dict(
+            zip(map(id, self.trackers), names or [t.name for t in self.trackers], strict=True)
+        )
+        self.failures: list[str] = []
+
+    def _each(self, what: str, call) -> None:
+        for t in list(self.trackers):
+            try:
+                call(t)
+            except Exception as e:
+                self._drop(t, what, e)
+
+    def _drop(self, tracker: Tracker, what: str, error: Exception) -> None:
+        self.trackers.remove(tracker)
+        label = self._names.get(id(tracker), tracker.name)
+        if label != tracker.name:
+            label = f"{label} ({tracker.name})"
+        failure = f"{label} failed {what}: {type(error).__name__}: {error}"
+        self.failures.append(failure)
+        left = (
+            "the other trackers go on"
+            if self.trackers
+            else "no tracker is left, so the run's metrics are no longer recorded"
+        )
+        logger.error(
+            "%s. It is dropped and the run goes on without it (%s)",
+            failure,
+            left,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+        if what != "finishing":
+            with contextlib.suppress(Exception):  # release what it holds (a W&B process)
+                tracker.finish()
 
     def log_hyperparameters(self, hparams):
-        for t in self.trackers:
-            t.log_hyperparameters(hparams)
+        self._each("logging the hyperparameters", lambda t: t.log_hyperparameters(hparams))
 
     def log(self, metrics, *, step, commit=None):
         metrics = metrics_to_host(metrics)  # fetch device values once, not once per tracker
-        for t in self.trackers:
-            t.log(metrics, step=step, commit=commit)
+        self._each(f"logging step {step}", lambda t: t.log(metrics, step=step, commit=commit))
 
     def log_summary(self, metrics):
         metrics = metrics_to_host(metrics)
-        for t in self.trackers:
-            t.log_summary(metrics)
+        self._each("logging the summary", lambda t: t.log_summary(metrics))
 
     def log_artifact(self, artifact_path, *, name=None, type=None):
-        for t in self.trackers:
-            t.log_artifact(artifact_path, name=name, type=type)
+        self._each(
+            f"logging the artifact {name or artifact_path}",
+            lambda t: t.log_artifact(artifact_path, name=name, type=type),
+        )
 
     def finish(self):
-        errors = []
-        for t in self.trackers:
-            try:
-                t.finish()
-            except Exception as e:  # finish the others before reporting
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        # every tracker is finished, also after one fails; none raises out of here, so a
+        # failed finish never hides the error that ended the run
+        self._each("finishing", lambda t: t.finish())
 
     def find(self, name: str) -> Tracker | None:
         for t in self.trackers:
@@ -233,6 +267,7 @@ def build_tracker(
     run_dir: str | None = None,
     field: str = "trainer.tracker",
     added: Sequence[TrackerConfig] = (),
+    composite: bool = False,
 ) -> Tracker:
     """One tracker for one config, a `CompositeTracker` for a list of them.
 
@@ -242,7 +277,9 @@ def build_tracker(
     `SetupConfigError` naming `field[i]` (`field` for a single config). An `OSError` while a
     tracker starts (a directory it may not create) is a `TrackerInitError` naming the
     tracker's output field. `added` are trackers the caller adds to the user's (the
-    Trainer's local JSON log): they run along, and messages about them say so.
+    Trainer's local JSON log): they run along, and messages about them say so. `composite`:
+    a `CompositeTracker` also for one tracker (the Trainer's: a tracker that fails is dropped,
+    see `CompositeTracker`).
     """
     configs = [config] if isinstance(config, TrackerConfig) else list(config)
     names = (
@@ -264,7 +301,9 @@ def build_tracker(
             if isinstance(e, OSError):
                 raise TrackerInitError(_output_error(c, name, e)) from e
             raise
-    return trackers[0] if len(trackers) == 1 else CompositeTracker(trackers)
+    if len(trackers) == 1 and not composite:
+        return trackers[0]
+    return CompositeTracker(trackers, names=names)
 
 
 def _check_tracker_list(

@@ -184,11 +184,13 @@ class JsonLogger(Tracker):
         if self._finished:
             return
         self._finished = True
-        self._write({"event": "finish", "time": time.time(), "summary": self._summary})
-        if self._file is not None:
-            self._file.close()
-        else:
-            self._flush_remote()
+        try:
+            self._write({"event": "finish", "time": time.time(), "summary": self._summary})
+        finally:  # closed also when the write fails (a full disk)
+            if self._file is not None:
+                self._file.close()
+            else:
+                self._flush_remote()
         if self.plot_path is not None:
             self._plot()
 

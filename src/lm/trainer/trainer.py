@@ -177,6 +177,7 @@ class Trainer(Generic[M]):
                 self.run_id,
                 run_dir=self.config.run_dir,
                 added=(lm.tracker.JsonLoggerConfig(),) if wants_local and not has_json else (),
+                composite=wants_local,  # a tracker that fails is dropped, not the run
             )
         return self._tracker
 
