@@ -1,7 +1,9 @@
 import jax.numpy as jnp
 import pytest
 
+import lm.config
 import lm.tracker
+import lm.tracker.viz
 from lm.tracker import CompositeTracker, JsonLoggerConfig, NoopTracker, read_json_log
 
 
@@ -18,6 +20,26 @@ def test_json_logger_reference_case(tmp_path):
     assert records[-1]["event"] == "finish"
     assert records[-1]["summary"]["a"] == 1
     assert records[-1]["summary"]["c"] == 3
+
+
+def test_read_json_log_skips_a_cut_off_record_and_names_bad_files(tmp_path, caplog):
+    """A run killed mid-write leaves a cut record in the middle of a resumed run's log:
+    read_json_log raised a bare JSONDecodeError there, while viz_run skipped the line."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"event": "log", "step": 1}\n{"event": "log", "step": 2, "metr\n')
+    with path.open("a") as f:
+        f.write('{"event": "log", "step": 2}\n')
+    assert [r["step"] for r in read_json_log(str(path))] == [1, 2]
+    assert "metrics.jsonl:2: skipping a cut-off record" in caplog.text
+    assert [r["step"] for r in read_json_log(str(tmp_path))] == [1, 2]  # a run directory
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(lm.tracker.viz.RunLogError, match=r"notes\.txt:1 is not a JSON line"):
+        read_json_log(str(tmp_path / "notes.txt"))
+
+
+def test_an_empty_json_path_is_a_field_error():
+    with pytest.raises(lm.config.FieldError, match=r"^path: is empty: give the file"):
+        JsonLoggerConfig(path="")
 
 
 def test_json_logger_writes_through_fsspec_memory():

@@ -117,9 +117,9 @@ def test_unsupported_values_warn_once(tmp_path, caplog):
 
 
 def test_bad_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="tracker.flush_interval_s must be >= 0"):
+    with pytest.raises(ValueError, match="^flush_interval_s: must be >= 0"):
         TensorboardConfig(flush_interval_s=-1)
-    with pytest.raises(ValueError, match="tracker.logdir must be a non-empty path"):
+    with pytest.raises(ValueError, match="^logdir: must be a non-empty path"):
         TensorboardConfig(logdir="")
 
 

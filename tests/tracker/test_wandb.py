@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lm.config
 from lm.tracker import Histogram, WandbConfig, resolve_run_id_from_env
 from lm.tracker.wandb import find_git_root, sniff_git_repo, xla_dump_dir_from_flags
 
@@ -263,15 +264,33 @@ def test_resolve_run_id_from_env(tmp_path):
     [
         (
             {"mode": "ofline"},
-            r"tracker.mode must be one of online, offline, disabled.*'ofline'.*Did you mean 'offline'",
+            r"^mode: must be one of online, offline, disabled.*'ofline'.*Did you mean 'offline'",
         ),
-        ({"resume": "alow"}, r"tracker.resume .*'alow'.*Did you mean 'allow'"),
-        ({"tags": "solo"}, r"tracker.tags must be a list"),
+        ({"resume": "alow"}, r"^resume: .*'alow'.*Did you mean 'allow'"),
+        ({"tags": "solo"}, r"^tags: must be a list"),
+        ({"tags": ["ok", "x" * 65]}, r"^tags\[1\]: got 'x+', expected a string of 1 to 64"),
+        ({"id": "a:b"}, r"^id: got 'a:b', expected a run id without any of the characters"),
+        ({"id": "../up"}, r"^id: got '../up', expected one directory name"),
+        ({"save_dir": ""}, r"^save_dir: is empty"),
     ],
 )
 def test_bad_wandb_config_is_a_clear_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    """FieldErrors: the decoder reports them at trainer.tracker.<field> (or tracker[i].<field>),
+    where the value was written; W&B itself refused tags and ids only when the run started."""
+    with pytest.raises(lm.config.FieldError, match=match):
         WandbConfig(**kwargs)
+
+
+def test_a_w_and_b_run_id_from_the_environment_must_name_a_directory(monkeypatch, tmp_path):
+    """WANDB_RUN_ID=../x put the run's logs and checkpoints outside log_dir and base_path."""
+    from lm.tracker import JsonLoggerConfig
+    from lm.trainer import TrainerConfig
+
+    monkeypatch.delenv("RUN_ID", raising=False)
+    monkeypatch.setenv("WANDB_RUN_ID", "../escape")
+    config = TrainerConfig(tracker=JsonLoggerConfig(), log_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^the W&B run id '../escape' \(from WANDB_RUN_ID"):
+        _ = config.run_id
 
 
 def _assert_user_facing_with_hints(error, hints):

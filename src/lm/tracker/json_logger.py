@@ -257,6 +257,12 @@ class JsonLoggerConfig(TrackerConfig):
         else:
             path = self.resolved_path(run_id, run_dir=run_dir)
             templated, folder = "", os.path.dirname(path.rstrip("/"))
+        if not path.strip():
+            raise FieldError(
+                "path",
+                "is empty: give the file to write the metrics to, or leave it unset (null) for "
+                "<log_dir>/<run_id>/metrics.jsonl",
+            )
         local = local_path(path) if not templated else None
         if local is not None and os.path.isdir(local):
             raise FieldError(
@@ -299,9 +305,13 @@ def sibling_path(path: str, name: str) -> str:
 
 
 def read_json_log(path: str) -> list[dict[str, Any]]:
-    """All records of a JSON-lines log (local or fsspec)."""
-    with fsspec.open(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of a JSON-lines log (local or fsspec; a run directory reads its
+    `metrics.jsonl`). A record cut off by a run killed while writing it is skipped with a
+    warning, as `viz_run` skips it; a file that is not such a log, or cannot be read, is a
+    `RunLogError` naming it."""
+    from lm.tracker.viz import load_records
+
+    return load_records(path)
 
 
 def logged_metric_keys(tracker: Tracker, step: int) -> set[str]:

@@ -81,10 +81,10 @@ class TensorboardConfig(TrackerConfig):
 
     def __post_init__(self):
         if not self.logdir:
-            raise ValueError("tracker.logdir must be a non-empty path, got an empty string")
+            raise FieldError("logdir", "must be a non-empty path, got an empty string")
         if self.flush_interval_s < 0:
-            raise ValueError(
-                f"tracker.flush_interval_s must be >= 0 seconds, got {self.flush_interval_s}"
+            raise FieldError(
+                "flush_interval_s", f"must be >= 0 seconds, got {self.flush_interval_s}"
             )
         # Checked here, when the config is parsed, not when the tracker starts: that comes
         # after the cluster, the data cache and the model are set up.

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from lm.config.errors import closest_name
+from lm.config.errors import FieldError, closest_name
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -47,6 +47,21 @@ from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
 logger = logging.getLogger(__name__)
 
 _MODES = ("online", "offline", "disabled")
+MAX_TAG_LENGTH = 64  # W&B refuses longer tags when the run starts
+_WANDB_ID_FORBIDDEN = ":;,#?/'"  # characters W&B refuses in a run id
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """What keeps `run_id` from being both a W&B run id and the name of the run's directories
+    (`lm.trainer.config.run_id_problem`), as the "expected" half of an error; None if nothing."""
+    from lm.trainer.config import run_id_problem as directory_problem
+
+    problem = directory_problem(run_id)
+    if problem is None and any(c in _WANDB_ID_FORBIDDEN for c in run_id):
+        problem = f"a run id without any of the characters {_WANDB_ID_FORBIDDEN} (W&B refuses them)"
+    return problem
+
+
 _RESUME = ("allow", "must", "never", "auto")
 
 
@@ -94,20 +109,34 @@ class WandbConfig(TrackerConfig):
 
     def __post_init__(self):
         if self.mode is not None and self.mode not in _MODES:
-            raise ValueError(
-                f"tracker.mode must be one of {', '.join(_MODES)} (or unset), got "
-                f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}"
+            raise FieldError(
+                "mode",
+                f"must be one of {', '.join(_MODES)} (or unset), got "
+                f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}",
             )
         if self.resume not in _RESUME:
-            raise ValueError(
-                f"tracker.resume must be one of {', '.join(_RESUME)}, got "
-                f"{self.resume!r}.{_did_you_mean(str(self.resume), _RESUME)}"
+            raise FieldError(
+                "resume",
+                f"must be one of {', '.join(_RESUME)}, got "
+                f"{self.resume!r}.{_did_you_mean(str(self.resume), _RESUME)}",
             )
         if isinstance(self.tags, str):
-            raise ValueError(
-                f"tracker.tags must be a list of strings, got the string {self.tags!r}; "
-                f"write `tags: [{self.tags}]`."
+            raise FieldError(
+                "tags",
+                f"must be a list of strings, got the string {self.tags!r}; write "
+                f"`tags: [{self.tags}]`.",
             )
+        for i, tag in enumerate(self.tags):
+            if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
+                raise FieldError(
+                    f"tags[{i}]",
+                    f"got {tag!r}, expected a string of 1 to {MAX_TAG_LENGTH} characters (W&B's "
+                    "limit for a tag)",
+                )
+        if self.id is not None and (problem := run_id_problem(self.id)) is not None:
+            raise FieldError("id", f"got {self.id!r}, expected {problem}")
+        if self.save_dir == "":
+            raise FieldError("save_dir", "is empty; give a directory, or leave it unset (null)")
         # a file in the way is found now, not once the run has set up its data and model
         self.check_output()
 

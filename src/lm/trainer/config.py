@@ -546,6 +546,13 @@ class TrainerConfig:
         from lm.tracker.wandb import resolve_run_id_from_env
 
         if wandb_id := resolve_run_id_from_env(self.tracker):
+            if (problem := run_id_problem(wandb_id)) is not None:
+                # the tracker's `id` is checked when parsed: this one is WANDB_RUN_ID or W&B's
+                # resume file
+                raise ValueError(
+                    f"the W&B run id {wandb_id!r} (from WANDB_RUN_ID, or W&B's resume file with "
+                    f"resume: auto) names the run (trainer.id is unset), but it is not {problem}"
+                )
             return wandb_id
         alphabet = string.ascii_lowercase + string.digits
         run_id = "".join(secrets.choice(alphabet) for _ in range(8))
