@@ -654,6 +654,22 @@ def test_runtime_fields_of_a_given_config_are_free(tmp_path):
     )
 
 
+def test_yarn_mscale_without_mscale_all_dim_is_not_an_architecture_difference():
+    """lm's YaRN default `mscale: 1.0` against an HF checkpoint without one: the same
+    attention factor (mscale acts only with mscale_all_dim), so not a mismatch."""
+    from lm.models.hf.compat import architecture_differences
+    from lm.models.layers.rotary import YarnRotaryEmbeddingsConfig
+
+    def yarn(**kw):
+        rope = YarnRotaryEmbeddingsConfig(factor=4.0, original_max_position_embeddings=16, **kw)
+        return LlamaConfig(**ARCH, rope=rope)
+
+    assert yarn().rope.frequencies(8)[1] == yarn(mscale=None).rope.frequencies(8)[1]
+    assert architecture_differences(yarn(), yarn(mscale=None)) == []
+    both = yarn(mscale=1.0, mscale_all_dim=0.5)  # now mscale changes the attention factor
+    assert architecture_differences(both, yarn(mscale=None, mscale_all_dim=0.5)) != []
+
+
 @pytest.mark.torch
 def test_gpt2_at_a_shorter_seq_len_keeps_the_first_learned_positions(tmp_path):
     from transformers import AutoModelForCausalLM

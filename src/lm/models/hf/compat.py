@@ -102,7 +102,15 @@ def _comparable(config: HFCompatConfig, name: str) -> Any:
         return config.actual_head_size
     value = getattr(config, name)
     if isinstance(value, RotaryEmbeddingsConfig):
-        return value.to_hf_rope_parameters()
+        params = value.to_hf_rope_parameters()
+        if params.get("rope_type") == "yarn" and not (
+            params.get("mscale") and params.get("mscale_all_dim")
+        ):
+            # YaRN's mscale takes effect only with mscale_all_dim (lm and HF alike): a config
+            # with `mscale: 1.0` (lm's default) computes what one without it does
+            params.pop("mscale", None)
+            params.pop("mscale_all_dim", None)
+        return params
     if isinstance(value, ActivationFunctionEnum):
         return value.to_fn()
     return value
