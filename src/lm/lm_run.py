@@ -24,7 +24,7 @@ from lm.models.hf.compat import (
     shown,
     with_user_runtime_fields,
 )
-from lm.models.hf.converter import HFCheckpointConverter
+from lm.models.hf.converter import HFCheckpointConverter, ModelTypeMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +79,33 @@ def resolve_run_model(
     """
     if hf_checkpoint is None:
         return RunModel(model, tokenizer_size)
-    if use_hf_model_config:
-        converter = HFCheckpointConverter.for_checkpoint(hf_checkpoint)
-    else:
-        if not isinstance(model, HFCompatConfig):
-            raise ValueError(
-                f"initialize_from_hf: model type {type(model).__name__} has no HF form"
-            )
-        converter = model.hf_checkpoint_converter(hf_checkpoint)
-    hf_config = converter.hf_config_from_checkpoint(hf_checkpoint)
-    checkpoint = converter.config_class.from_hf_config(hf_config)
+    if not use_hf_model_config and not isinstance(model, HFCompatConfig):
+        raise SetupConfigError(
+            f"initialize_from_hf: model type {type(model).__name__} has no HF form"
+        )
+    try:
+        if use_hf_model_config:
+            converter = HFCheckpointConverter.for_checkpoint(hf_checkpoint)
+        else:
+            converter = model.hf_checkpoint_converter(hf_checkpoint)
+        hf_config = converter.hf_config_from_checkpoint(hf_checkpoint)
+        checkpoint = converter.config_class.from_hf_config(hf_config)
+    except ValueError as e:  # what the checkpoint's config.json holds: the user's input
+        hint = ""
+        if isinstance(e, ModelTypeMismatch):
+            try:
+                found = HFCheckpointConverter.for_checkpoint(hf_checkpoint).config_class
+                name = LmConfig.get_choice_name(found)
+                hint = (
+                    f". It is a checkpoint of lm's `type: {name}`: set model.type: {name} (with "
+                    "its architecture), or use_hf_model_config: true to take the architecture "
+                    "from the checkpoint"
+                )
+            except ValueError:
+                pass
+        raise SetupConfigError(
+            f"initialize_from_hf: {hf_checkpoint} cannot be used: {e}{hint}"
+        ) from None
     if use_hf_model_config:
         model = _with_checkpoint_architecture(model, checkpoint, hf_checkpoint)
     else:

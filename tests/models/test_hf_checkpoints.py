@@ -654,6 +654,31 @@ def test_runtime_fields_of_a_given_config_are_free(tmp_path):
     )
 
 
+def test_a_checkpoint_config_lm_cannot_use_is_a_setup_error_naming_initialize_from_hf(tmp_path):
+    """They ended the run with exit 1 (a wrong type, without a hint) or a transformers
+    traceback (a config.json its strict config classes refuse)."""
+    from lm.config import SetupConfigError
+    from lm.lm_run import resolve_run_model
+
+    LlamaConfig(**ARCH).to_hf_config(VOCAB).save_pretrained(tmp_path / "llama")
+    with pytest.raises(SetupConfigError) as info:
+        resolve_run_model(Gpt2Config(), tokenizer_size=VOCAB, hf_checkpoint=str(tmp_path / "llama"))
+    assert str(info.value).startswith(f"initialize_from_hf: {tmp_path}/llama cannot be used: ")
+    assert "model_type is 'llama' but this converter is for 'gpt2'" in str(info.value)
+    assert "It is a checkpoint of lm's `type: llama`: set model.type: llama" in str(info.value)
+
+    (tmp_path / "bad").mkdir()
+    data = json.loads((tmp_path / "llama" / "config.json").read_text())
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**data, "attention_bias": "false"}))
+    with pytest.raises(SetupConfigError) as info:
+        resolve_run_model(
+            LlamaConfig(), tokenizer_size=VOCAB, hf_checkpoint=str(tmp_path / "bad"),
+            use_hf_model_config=True,
+        )  # fmt: skip
+    assert "transformers cannot read it as a 'llama' config (" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_yarn_mscale_without_mscale_all_dim_is_not_an_architecture_difference():
     """lm's YaRN default `mscale: 1.0` against an HF checkpoint without one: the same
     attention factor (mscale acts only with mscale_all_dim), so not a mismatch."""

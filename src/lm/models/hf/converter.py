@@ -113,7 +113,7 @@ class HFCheckpointConverter(Generic[ConfigT]):
         hf_config = read_hf_config(path)
         expected = self.config_class.hf_model_type
         if hf_config.model_type != expected:
-            raise ValueError(
+            raise ModelTypeMismatch(
                 f"{_join(path, CONFIG_FILE)}: model_type is {hf_config.model_type!r} but this converter "
                 f"is for {expected!r} ({self.config_class.__name__})"
             )
@@ -501,7 +501,13 @@ def read_hf_config(path: str):
         raise ValueError(f"{config_path} has no model_type")
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"{config_path}: unknown HF model_type {model_type!r}")
-    return CONFIG_MAPPING[model_type].from_dict(data)
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as e:  # transformers' own checks: missing rope keys, a field's type, ...
+        raise ValueError(
+            f"{config_path}: transformers cannot read it as a {model_type!r} config "
+            f"({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
 
 
 def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
@@ -614,6 +620,10 @@ def _read(path: str) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"missing file: {path}") from None
+
+
+class ModelTypeMismatch(ValueError):
+    """A checkpoint's config.json names another `model_type` than the converter's."""
 
 
 class HfSaveError(RuntimeError):
