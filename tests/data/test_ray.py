@@ -70,8 +70,25 @@ def test_ray_config_without_auto_start_starts_nothing():
         pytest.skip("Ray already running in this session")
     assert RayConfig(auto_start_cluster=False).initialize() is False
     assert not ray.is_initialized()
-    with pytest.raises(ValueError, match="ray.address must be"):
+    with pytest.raises(ValueError, match="^address: must be a non-empty address"):
         RayConfig(address=" ")
+
+
+def test_an_address_nothing_answers_at_fails_in_bounded_time():
+    """ray.init retried an unreachable address for minutes, never naming the field."""
+    import socket
+    import time
+
+    from lm.distributed.ray import RayUnreachable, check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    start = time.monotonic()
+    with pytest.raises(RayUnreachable, match=r"^trainer.ray.address: nothing answers at ray://"):
+        check_reachable(f"ray://127.0.0.1:{port}", timeout_s=1)
+    assert time.monotonic() - start < 10
+    check_reachable("auto", timeout_s=1)  # Ray's to resolve
 
 
 def test_ray_build_matches_the_in_process_build(

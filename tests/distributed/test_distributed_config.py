@@ -11,7 +11,7 @@ import jax
 import pytest
 
 import lm.config
-from lm.distributed import DistributedConfig
+from lm.distributed import DistributedConfig, init
 from lm.trainer import TrainerConfig
 
 CLUSTER_ENV = [
@@ -30,6 +30,8 @@ def calls(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: recorded.append(kw))
+    # a process other than 0 first waits for the coordinator's port (tested below)
+    monkeypatch.setattr(init, "wait_for_coordinator", lambda *a: recorded.append(("wait", *a)))
     return recorded
 
 
@@ -49,6 +51,7 @@ def test_manual_cluster_passes_everything_through(calls):
         shutdown_timeout_seconds=30,
     ).initialize()
     assert calls == [
+        ("wait", "10.0.0.1:1234", 60),
         dict(
             coordinator_address="10.0.0.1:1234",
             num_processes=4,
@@ -57,7 +60,7 @@ def test_manual_cluster_passes_everything_through(calls):
             initialization_timeout=60,
             heartbeat_timeout_seconds=15,
             shutdown_timeout_seconds=30,
-        )
+        ),
     ]
 
 
@@ -101,18 +104,61 @@ def test_disabled_or_already_initialized_does_nothing(calls, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(num_processes=0), "num_processes must be >= 1, got 0"),
+        (dict(num_processes=0), "^num_processes: must be >= 1, got 0"),
         (
             dict(num_processes=2, process_id=2),
-            r"process_id \(2\) must be in \[0, num_processes=2\)",
+            r"^process_id: \(2\) must be in \[0, num_processes=2\)",
         ),
-        (dict(heartbeat_timeout_seconds=0), "heartbeat_timeout_seconds must be a whole number"),
-        (dict(shutdown_timeout_seconds=2.5), "shutdown_timeout_seconds must be a whole number"),
+        (dict(process_id=-1), "^process_id: must be >= 0, got -1"),
+        (dict(local_device_ids=[0, -1]), r"^local_device_ids\[1\]: got -1, expected a device"),
+        (dict(heartbeat_timeout_seconds=0), "^heartbeat_timeout_seconds: must be a whole number"),
+        (dict(shutdown_timeout_seconds=2.5), "^shutdown_timeout_seconds: must be a whole number"),
+        (dict(coordinator_address="localhost"), "^coordinator_address: .*no host:port form"),
+        (dict(coordinator_address="localhost:abc"), r"the port 'abc' is not a number in 1\.\."),
+        (dict(coordinator_address="h:99999"), "the port '99999' is not a number"),
+        (dict(coordinator_address="http://h:1"), "give no scheme"),
     ],
 )
 def test_invalid_values_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    """FieldErrors: reported at trainer.distributed.<field>, where the value was written (a
+    malformed address was a jax traceback, or a 300-s wait and a C++ abort)."""
+    with pytest.raises(lm.config.FieldError, match=message):
         DistributedConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(process_id=1), "^trainer.distributed.process_id: is set, but this is a single"),
+        (dict(local_device_ids=[0]), "^trainer.distributed.local_device_ids: is set, but"),
+        (dict(coordinator_address="h:1"), "^trainer.distributed.num_processes: is needed with"),
+        (dict(num_processes=2), "^trainer.distributed.coordinator_address: is needed with"),
+    ],
+)
+def test_partial_manual_settings_are_errors_without_a_detected_cluster(calls, kwargs, message):
+    """They were ignored (a process_id alone trained one process on every device)."""
+    with pytest.raises(lm.config.FieldError, match=message):
+        DistributedConfig(**kwargs).initialize()
+    assert calls == []
+
+
+def test_waiting_for_the_coordinator_is_bounded_and_names_the_fields():
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        init.wait_for_coordinator(f"127.0.0.1:{server.getsockname()[1]}", 5)  # returns
+        port = server.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(init.CoordinatorUnreachable) as info:
+        init.wait_for_coordinator(f"127.0.0.1:{port}", 1)  # nothing listens there now
+    assert time.monotonic() - start < 10
+    assert str(info.value).startswith(
+        f"cannot reach the jax.distributed coordinator at 127.0.0.1:{port} (trainer.distributed"
+        ".coordinator_address) within 1s (trainer.distributed.initialization_timeout_seconds)"
+    )
 
 
 def test_yaml_and_cli_reach_the_distributed_config(tmp_path):

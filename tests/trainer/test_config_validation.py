@@ -420,3 +420,18 @@ def test_a_run_id_from_the_environment_must_be_one_directory_name(monkeypatch):
     monkeypatch.setenv("RUN_ID", "../elsewhere")
     with pytest.raises(ValueError, match=r"the RUN_ID environment variable \('../elsewhere'\)"):
         TrainerConfig().run_id  # noqa: B018
+
+
+def test_a_compilation_cache_dir_that_cannot_be_written_is_an_error_before_anything(tmp_path):
+    """jax turned the cache off with one warning per entry and the run went on."""
+    (tmp_path / "afile").write_text("")
+    for where, why in [
+        (tmp_path / "afile", "is a file, not a directory"),
+        (tmp_path / "afile" / "sub", "on its path, is a file"),
+    ]:
+        config = TrainerConfig(
+            jax_compilation_cache_dir=str(where), log_dir=tmp_path / "logs", tracker=NoopConfig()
+        )
+        with pytest.raises(FieldError, match=rf"^trainer\.jax_compilation_cache_dir: .*{why}"):
+            config.initialize()
+    assert not (tmp_path / "logs").exists()

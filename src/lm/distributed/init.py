@@ -10,11 +10,62 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
+import time
 
 import jax
 
+from lm.config.errors import FieldError
+
 logger = logging.getLogger(__name__)
+
+
+def coordinator_address_problem(address: str) -> str | None:
+    """What is wrong with a `host:port` coordinator address, or None."""
+    if "://" in address:
+        return "give no scheme (such as http://)"
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]"):
+        return "it has no host:port form"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"the port {port!r} is not a number in 1..65535"
+    return None
+
+
+def wait_for_port(address: str, timeout_s: float) -> OSError | None:
+    """Try TCP connections to `address` (host:port) until one is accepted (returns None) or
+    `timeout_s` has passed (returns the last error)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+                return None
+        except OSError as e:
+            last = e
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(0.5)
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once something accepts TCP connections at `address` (host:port), trying until
+    `timeout_s`; else raise `CoordinatorUnreachable` naming the fields to check."""
+    error = wait_for_port(address, timeout_s)
+    if error is None:
+        return
+    raise CoordinatorUnreachable(
+        f"cannot reach the jax.distributed coordinator at {address} (trainer.distributed."
+        f"coordinator_address) within {timeout_s}s (trainer.distributed."
+        f"initialization_timeout_seconds): {error}. Start process 0 (it serves the "
+        "coordinator), and check the address and port on every process"
+    )
+
+
+class CoordinatorUnreachable(RuntimeError):
+    """A process other than 0 could not connect to the coordinator in time."""
 
 
 def _env_int(name: str) -> int | None:
@@ -45,16 +96,29 @@ class DistributedConfig:
     """At exit, how long a process waits for the others to reach shutdown too."""
 
     def __post_init__(self):
+        if self.coordinator_address is not None:
+            problem = coordinator_address_problem(self.coordinator_address)
+            if problem is not None:
+                raise FieldError(
+                    "coordinator_address",
+                    f"got {self.coordinator_address!r}, expected host:port (e.g. "
+                    f"10.0.0.1:8476) with a port in 1..65535: {problem}",
+                )
         if self.num_processes is not None and self.num_processes < 1:
-            raise ValueError(
-                f"trainer.distributed.num_processes must be >= 1, got {self.num_processes}"
-            )
+            raise FieldError("num_processes", f"must be >= 1, got {self.num_processes}")
         if self.process_id is not None and self.num_processes is not None:
             if not 0 <= self.process_id < self.num_processes:
-                raise ValueError(
-                    f"trainer.distributed.process_id ({self.process_id}) must be in [0, "
-                    f"num_processes={self.num_processes})"
+                raise FieldError(
+                    "process_id",
+                    f"({self.process_id}) must be in [0, num_processes={self.num_processes})",
                 )
+        if self.process_id is not None and self.process_id < 0:
+            raise FieldError("process_id", f"must be >= 0, got {self.process_id}")
+        ids = [self.local_device_ids] if isinstance(self.local_device_ids, int) else None
+        for i, device in enumerate(ids or self.local_device_ids or []):
+            if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+                where = "local_device_ids" if ids else f"local_device_ids[{i}]"
+                raise FieldError(where, f"got {device!r}, expected a device index >= 0")
         for name in (
             "initialization_timeout_seconds",
             "heartbeat_timeout_seconds",
@@ -62,9 +126,34 @@ class DistributedConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"trainer.distributed.{name} must be a whole number of seconds >= 1, got {value!r}"
-                )
+                raise FieldError(name, f"must be a whole number of seconds >= 1, got {value!r}")
+
+    def _check_manual_settings(self) -> None:
+        """Without a cluster jax detects (SLURM, TPU, MPI), a multi-process run is described
+        by coordinator_address and num_processes together; a process_id or local_device_ids
+        without them was ignored (the process trained alone, on every device)."""
+        prefix = "trainer.distributed."
+        if self.coordinator_address is not None and self.num_processes is None:
+            raise FieldError(
+                prefix + "num_processes",
+                "is needed with coordinator_address (no cluster that jax detects by itself, "
+                "such as SLURM or a TPU pod, was found)",
+            )
+        if self.num_processes not in (None, 1) and self.coordinator_address is None:
+            raise FieldError(
+                prefix + "coordinator_address",
+                f"is needed with num_processes: {self.num_processes} (process 0's host:port; "
+                "no cluster that jax detects by itself was found)",
+            )
+        if self.num_processes is None:
+            for name in ("process_id", "local_device_ids"):
+                if getattr(self, name) is not None:
+                    raise FieldError(
+                        prefix + name,
+                        "is set, but this is a single-process run (no coordinator_address "
+                        "and num_processes, and no cluster that jax detects by itself): it "
+                        "would be ignored",
+                    )
 
     @property
     def is_manual(self) -> bool:
@@ -91,6 +180,8 @@ class DistributedConfig:
                 "trainer.distributed is set on a TPU VM; JAX configures TPU pods itself and manual "
                 "settings are usually wrong there"
             )
+        if cluster is None:
+            self._check_manual_settings()
         if not self.is_manual and cluster is None:
             return  # a single process: nothing to do
         device_ids = self.local_device_ids
@@ -110,6 +201,10 @@ class DistributedConfig:
         )
         logger.info("%s", message)
         print(message, file=sys.stderr, flush=True)
+        if cluster is None and self.process_id not in (None, 0):
+            # jax aborts the process (a C++ check failure) when it cannot register with the
+            # coordinator: wait for it here, within the same timeout, and say so in one line
+            wait_for_coordinator(self.coordinator_address, self.initialization_timeout_seconds)
         jax.distributed.initialize(
             coordinator_address=self.coordinator_address,
             num_processes=self.num_processes,

@@ -18,6 +18,8 @@ import os
 import pathlib
 import warnings
 
+from lm.config.errors import FieldError
+
 logger = logging.getLogger(__name__)
 
 # Ray warns at every start of a local cluster that its default, token authentication, is on
@@ -44,7 +46,7 @@ class RayConfig:
 
     def __post_init__(self):
         if self.address is not None and not self.address.strip():
-            raise ValueError("ray.address must be a non-empty address or null")
+            raise FieldError("address", "must be a non-empty address or null")
 
     def initialize(self) -> bool:
         """Connect to (or start) Ray. Returns whether Ray is now initialized.
@@ -57,6 +59,7 @@ class RayConfig:
             return True
         if self.address is not None:
             logger.info("Connecting to the Ray cluster at %s", self.address)
+            check_reachable(self.address)
             ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=True)
             return True
         if not self.auto_start_cluster:
@@ -93,6 +96,31 @@ class RayConfig:
         finally:
             auth_logger.removeFilter(quiet)
         return True
+
+
+RAY_CONNECT_TIMEOUT_S = 30.0
+
+
+class RayUnreachable(RuntimeError):
+    """Nothing answers at `trainer.ray.address`."""
+
+
+def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A `host:port` or `ray://host:port` address must accept TCP connections within
+    `timeout_s`: `ray.init` retries an unreachable one for many minutes, printing C++
+    warnings that never name the field. (`auto` and `local` are Ray's to resolve.)"""
+    from lm.distributed.init import coordinator_address_problem, wait_for_port
+
+    host_port = address.removeprefix("ray://")
+    if "://" in host_port or coordinator_address_problem(host_port) is not None:
+        return
+    error = wait_for_port(host_port, timeout_s)
+    if error is not None:
+        raise RayUnreachable(
+            f"trainer.ray.address: nothing answers at {address} within {timeout_s:.0f}s "
+            f"({error}). Start the Ray cluster (`ray start --head`), fix the address, or unset "
+            "it to start a local cluster"
+        )
 
 
 def shutdown_ray() -> None:

@@ -583,7 +583,7 @@ class RunSummary:
 
         self.last_step = info.step
         self.steps_taken = int(info.state.step)
-        self.tracker_failures = list(getattr(trainer.tracker, "failures", []))
+        self.tracker_failures = list(getattr(getattr(trainer, "tracker", None), "failures", []))
         # where this run saves (a load_checkpoint_path it started from may be elsewhere)
         self.checkpoint = discover_latest_checkpoint(
             self.config.checkpointer.expanded_path(self.config.run_id)

@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
+from lm.config.errors import SetupConfigError
+
 logger = logging.getLogger(__name__)
 
 REPLICA, DATA, MODEL = "replica", "data", "model"
@@ -64,7 +66,9 @@ def resolve_mesh_shape(
 ) -> MeshShape:
     """Resolve -1 sizes and check divisibility; errors say which sizes do not fit."""
     if num_slices < 1 or num_devices % num_slices:
-        raise ValueError(f"{num_devices} devices cannot be split evenly into {num_slices} slices")
+        raise SetupConfigError(
+            f"{num_devices} devices cannot be split evenly into {num_slices} slices"
+        )
     per_slice = num_devices // num_slices
     for name, value in [
         ("replica_ici_axis_size", replica_ici_axis_size),
@@ -72,28 +76,38 @@ def resolve_mesh_shape(
         ("replica_dcn_axis_size", replica_dcn_axis_size),
     ]:
         if value == 0 or value < -1:
-            raise ValueError(f"trainer.{name} must be a positive integer or -1 (fill), got {value}")
+            raise SetupConfigError(
+                f"trainer.{name} must be a positive integer or -1 (fill), got {value}"
+            )
     if replica_ici_axis_size == -1 and model_axis_size == -1:
-        raise ValueError(
+        raise SetupConfigError(
             "trainer.replica_ici_axis_size and trainer.model_axis_size cannot both be -1 (fill)"
         )
     replica_dcn = num_slices if replica_dcn_axis_size == -1 else replica_dcn_axis_size
     if num_slices % replica_dcn:
-        raise ValueError(
+        raise SetupConfigError(
             f"trainer.replica_dcn_axis_size ({replica_dcn}) must divide the number of slices "
             f"({num_slices})"
+        )
+    fixed = model_axis_size if replica_ici_axis_size == -1 else replica_ici_axis_size
+    if -1 in (model_axis_size, replica_ici_axis_size) and per_slice % fixed:
+        name = "model_axis_size" if replica_ici_axis_size == -1 else "replica_ici_axis_size"
+        raise SetupConfigError(
+            f"trainer.{name} ({fixed}) must divide the number of devices per slice "
+            f"({per_slice}) for the other size's -1 to fill the rest; choose one of "
+            f"{_divisors(per_slice)}"
         )
     if model_axis_size == -1:
         model_axis_size = per_slice // replica_ici_axis_size
     if replica_ici_axis_size == -1:
         replica_ici_axis_size = per_slice // model_axis_size
     if per_slice % model_axis_size:
-        raise ValueError(
+        raise SetupConfigError(
             f"trainer.model_axis_size ({model_axis_size}) must divide the number of devices per "
             f"slice ({per_slice}); choose one of {_divisors(per_slice)}"
         )
     if per_slice % (replica_ici_axis_size * model_axis_size):
-        raise ValueError(
+        raise SetupConfigError(
             f"trainer.replica_ici_axis_size ({replica_ici_axis_size}) x trainer.model_axis_size "
             f"({model_axis_size}) must divide the number of devices per slice ({per_slice})"
         )

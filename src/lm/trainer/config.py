@@ -267,6 +267,15 @@ class TrainerConfig:
             value = getattr(self, name)
             if value == 0 or value < -1:
                 raise invalid(name, value, "a positive number of examples per device, or -1")
+        for name in ("replica_ici_axis_size", "model_axis_size", "replica_dcn_axis_size"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                raise invalid(name, value, "a positive number of devices, or -1 (fill the rest)")
+        if self.replica_ici_axis_size == -1 and self.model_axis_size == -1:
+            raise FieldError(
+                "model_axis_size",
+                "and replica_ici_axis_size cannot both be -1 (fill): set one of them",
+            )
         object.__setattr__(self, "jax_config", {**DEFAULT_JAX_CONFIG, **self.jax_config})
         for key, value in self.jax_config.items():
             _check_jax_flag(key, value, field=join_path("jax_config", key))
@@ -587,9 +596,31 @@ class TrainerConfig:
             return self.require_accelerator
         return platform.system() != "Darwin"
 
+    def _check_platform_starts(self) -> None:
+        """JAX's backend for the platform asked for must start: `JAX_PLATFORMS=cuda` without
+        a GPU plugin was a traceback ending in a bare AssertionError."""
+        try:
+            jax.devices()
+        except (RuntimeError, AssertionError) as e:
+            if "jax_platforms" in self.jax_config:
+                asked = f"trainer.jax_config.jax_platforms ({self.jax_config['jax_platforms']})"
+            elif os.environ.get("JAX_PLATFORMS"):
+                asked = f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']} (the environment variable)"
+            else:
+                raise
+            why = (
+                str(e).strip().splitlines()[0]
+                if str(e).strip()
+                else (
+                    "no device of that platform was found (is its jax plugin installed, e.g. "
+                    "jax[cuda12]?)"
+                )
+            )
+            raise SetupConfigError(f"{asked}: JAX cannot start it: {why}") from None
+
     def initialize(self) -> None:
         """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks."""
-        from lm.fs import not_a_directory
+        from lm.fs import cannot_write_directory, not_a_directory
 
         # before anything is written: `os.makedirs` would fail mid-run on a file in the way
         for field, url in (
@@ -599,6 +630,11 @@ class TrainerConfig:
             why = not_a_directory(url)
             if why is not None:
                 raise FieldError(f"trainer.{field}", why)
+        if self.jax_compilation_cache_dir is not None:
+            # jax turns the cache off with a warning per entry when it cannot write there
+            why = cannot_write_directory(self.jax_compilation_cache_dir)
+            if why is not None:
+                raise FieldError("trainer.jax_compilation_cache_dir", why)
         for key, value in self.jax_config.items():
             jax.config.update(key, value)
         if self.jax_compilation_cache_dir is not None:
@@ -607,6 +643,14 @@ class TrainerConfig:
 
         use_unrolled_threefry_on_cpu()
         self.distributed.initialize()
+        self._check_platform_starts()
+        # said before the log file exists, as other configuration problems are
+        if self.effective_require_accelerator and jax.default_backend() == "cpu":
+            raise NoAcceleratorError(
+                "No accelerator found: JAX is running on CPU. Set trainer.require_accelerator: false "
+                "to run on CPU anyway."
+            )
+        _ = self.device_mesh  # its sizes against the devices (a SetupConfigError), likewise
         run_id = self.run_id
         from lm.tracker.logs import configure_logging
 
@@ -614,11 +658,6 @@ class TrainerConfig:
             os.path.join(str(self.log_dir), f"{run_id}.log"),
             process_index=jax.process_index() if jax.process_count() > 1 else None,
         )
-        if self.effective_require_accelerator and jax.default_backend() == "cpu":
-            raise NoAcceleratorError(
-                "No accelerator found: JAX is running on CPU. Set trainer.require_accelerator: false "
-                "to run on CPU anyway."
-            )
         self.validate_batch_sizes()
         from lm.launch.shutdown import register_shutdown_at_exit
 
@@ -654,7 +693,7 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainerConfig)
 
 
-class NoAcceleratorError(RuntimeError):
+class NoAcceleratorError(SetupConfigError, RuntimeError):
     """`trainer.require_accelerator` is set (the default off CPU-only configs) and JAX found
     only the CPU."""
 
