@@ -67,7 +67,7 @@ def resolve_run_model(
     HF checkpoint, the vocabulary is the larger of the tokenizer's and the checkpoint's (rows
     are never dropped: HF models pad theirs, e.g. 50304 for 50257 tokens). With
     `use_hf_model_config` the architecture is the checkpoint's and every runtime field `model`
-    sets to a value other than its class default (`seq_len`, `attn_backend`,
+    sets (written in its YAML or command line: `lm.config.fields_set`) (`seq_len`, `attn_backend`,
     `gradient_checkpointing`, `scan_layers`, `flash_attention_block_size`,
     `cross_entropy_block_size`, dropout, ...) is applied on top.
 

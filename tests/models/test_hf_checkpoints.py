@@ -679,6 +679,28 @@ def test_a_checkpoint_config_lm_cannot_use_is_a_setup_error_naming_initialize_fr
     assert "\n" not in str(info.value)
 
 
+def test_runtime_fields_written_as_their_default_are_kept_over_the_checkpoints():
+    """use_hf_model_config: `embed_pdrop: 0.0` in the YAML (GPT-2's default) over an HF
+    checkpoint's 0.1 was dropped in silence: the run trained with dropout turned back on."""
+    import lm.config
+    from lm.models.hf.compat import architecture_differences, with_user_runtime_fields
+
+    checkpoint = Gpt2Config(seq_len=64, hidden_dim=32, num_layers=2, num_heads=4, embed_pdrop=0.1)
+    user = lm.config.parse(Gpt2Config, args=["--embed_pdrop", "0.0", "--seq_len", "32"])
+    assert lm.config.fields_set(user) == {"embed_pdrop", "seq_len"}
+    merged = with_user_runtime_fields(checkpoint, user)
+    assert (merged.embed_pdrop, merged.seq_len, merged.hidden_dim) == (0.0, 32, 32)
+    # built in Python (or replaced): only values other than the defaults say "set"
+    assert lm.config.fields_set(dataclasses.replace(user)) is None
+    assert with_user_runtime_fields(checkpoint, dataclasses.replace(user)).embed_pdrop == 0.1
+    # an architecture field written as its default is a conflict, not taken as unset
+    eps = lm.config.parse(Gpt2Config, args=["--layer_norm_epsilon", "1e-5"])
+    other = dataclasses.replace(checkpoint, layer_norm_epsilon=1e-6)
+    assert architecture_differences(eps, other, set_only=True) == [
+        "layer_norm_epsilon: 1e-05 (checkpoint: 1e-06)"
+    ]
+
+
 def test_yarn_mscale_without_mscale_all_dim_is_not_an_architecture_difference():
     """lm's YaRN default `mscale: 1.0` against an HF checkpoint without one: the same
     attention factor (mscale acts only with mscale_all_dim), so not a mismatch."""

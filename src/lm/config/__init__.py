@@ -43,7 +43,7 @@ Importing this package registers draccus codecs for `datetime.timedelta` ("15m",
 from lm.config import codecs as _codecs
 from lm.config.cli import main, parse
 from lm.config.codecs import format_duration, format_policy, parse_duration, parse_policy
-from lm.config.decoding import decode
+from lm.config.decoding import decode, fields_set
 from lm.config.encoding import save_config, to_data, to_flat_dict, to_yaml
 from lm.config.errors import (
     ConfigError,
@@ -69,6 +69,7 @@ __all__ = [
     "decode",
     "deep_merge",
     "field_problem",
+    "fields_set",
     "format_duration",
     "format_help",
     "format_policy",

@@ -14,6 +14,7 @@ import enum
 import math
 import re
 import typing
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,32 @@ def decode(cls: Any, data: Any, *, path: str = "", locations: Mapping[str, str] 
     if decoder.problems:
         raise ConfigError(decoder.problems)
     return value
+
+
+# The fields a decoded config wrote for each dataclass it built (`fields_set`), by object id;
+# an entry goes with its object (a weak reference's callback).
+_FIELDS_SET: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
+
+
+def _record_fields_set(value: Any, names) -> None:
+    key = id(value)
+    try:
+        ref = weakref.ref(value, lambda _, key=key: _FIELDS_SET.pop(key, None))
+    except TypeError:  # a dataclass with __slots__ and no __weakref__
+        return
+    _FIELDS_SET[key] = (ref, frozenset(names))
+
+
+def fields_set(value: Any) -> frozenset[str] | None:
+    """The fields the YAML or command line wrote for `value`, a dataclass that `lm.config`
+    decoded; None for one built otherwise (in Python, or by `dataclasses.replace`), where only
+    a comparison with the class defaults can tell. `use_hf_model_config` keeps exactly the
+    runtime fields a user wrote, also one written as its default (`embed_pdrop: 0.0` over a
+    checkpoint's 0.1)."""
+    entry = _FIELDS_SET.get(id(value))
+    if entry is None or entry[0]() is not value:
+        return None
+    return entry[1]
 
 
 class Decoder:
@@ -355,7 +382,9 @@ class Decoder:
 
     def construct(self, cls: type, kwargs: dict[str, Any], path: str) -> Any:
         try:
-            return cls(**kwargs)
+            value = cls(**kwargs)
+            _record_fields_set(value, kwargs)
+            return value
         except ConfigError as e:
             for p in e.problems:
                 sub = _nest(path, p.path)

@@ -150,22 +150,22 @@ def architecture_differences(
     Args:
         given: the config a model is to be built from.
         checkpoint: `from_hf_config` of the checkpoint's config.json.
-        set_only: only fields `given` sets to a value other than its class default (the
-            rest are taken from the checkpoint, see `with_user_runtime_fields`).
+        set_only: only fields `given` sets (see `_written_fields`; the rest are taken
+            from the checkpoint, see `with_user_runtime_fields`).
     """
     if type(given) is not type(checkpoint):
         return [
             f"type: {LmConfig.get_choice_name(type(given))} (checkpoint: "
             f"{LmConfig.get_choice_name(type(checkpoint))})"
         ]
-    defaults = type(given)()
+    written = _written_fields(given) if set_only else None
     out = []
     for field in dataclasses.fields(given):
         name = field.name
         if name in given.runtime_fields:
             continue
         value = getattr(given, name)
-        if set_only and value == getattr(defaults, name):
+        if set_only and not written(name):
             continue
         if value != getattr(checkpoint, name) and (
             _comparable(given, name) != _comparable(checkpoint, name)
@@ -175,7 +175,7 @@ def architecture_differences(
                 f"(checkpoint: {shown(getattr(checkpoint, name))})"
             )
     if given.hf_learned_positions and given.seq_len > checkpoint.seq_len:
-        if not (set_only and given.seq_len == defaults.seq_len):
+        if not (set_only and not written("seq_len")):
             out.append(
                 f"seq_len: {given.seq_len} (checkpoint: {checkpoint.seq_len} learned positions; "
                 f"at most {checkpoint.seq_len})"
@@ -184,18 +184,31 @@ def architecture_differences(
 
 
 def with_user_runtime_fields(checkpoint: ConfigT, user: LmConfig) -> ConfigT:
-    """`checkpoint`'s config (from config.json) with the runtime fields `user` sets to a
-    value other than its class default (`seq_len`, `attn_backend`, `gradient_checkpointing`,
-    `scan_layers`, ...). Architecture fields come from the checkpoint; check them first with
+    """`checkpoint`'s config (from config.json) with the runtime fields `user` sets
+    (`seq_len`, `attn_backend`, `gradient_checkpointing`, `scan_layers`, dropout, ...; see
+    `_written_fields`). Architecture fields come from the checkpoint; check them first with
     `architecture_differences(user, checkpoint, set_only=True)`."""
     assert type(user) is type(checkpoint), (type(user), type(checkpoint))
-    defaults = type(user)()
+    written = _written_fields(user)
     changes = {
         f.name: getattr(user, f.name)
         for f in dataclasses.fields(user)
-        if f.name in user.runtime_fields and getattr(user, f.name) != getattr(defaults, f.name)
+        if f.name in user.runtime_fields and written(f.name)
     }
     return dataclasses.replace(checkpoint, **changes)
+
+
+def _written_fields(user: LmConfig):
+    """Whether the user set a field: written in the YAML or on the command line when the
+    config was decoded by `lm.config` (also a value equal to the default), else (a config
+    built in Python) set to a value other than its class default."""
+    from lm.config import fields_set
+
+    written = fields_set(user)
+    if written is not None:
+        return lambda name: name in written
+    defaults = type(user)()
+    return lambda name: getattr(user, name) != getattr(defaults, name)
 
 
 def model_to_hf_state_dict(model: LmHeadModel) -> dict[str, np.ndarray]:
