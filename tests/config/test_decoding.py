@@ -323,7 +323,9 @@ def test_unknown_type_lists_choices_and_suggests():
 def test_choice_fields_are_checked_against_the_chosen_class():
     path, message = only_problem(TrainCfg, {"optimizer": {"type": "lion", "warmup": 3}})
     assert path == "optimizer.warmup"
-    assert message.startswith("unknown field `warmup` for LionCfg; valid fields: ")
+    assert message.startswith(
+        "unknown field `warmup` for LionCfg (it is a field of `type: adam`); valid fields: "
+    )
     assert "beta1, beta2, learning_rate, type" in message
 
 

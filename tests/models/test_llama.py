@@ -120,6 +120,35 @@ class _Run:
             "got 7, expected a divisor of hidden_dim (96) unless head_dim is set",
         ),
         (
+            "model:\n  type: llama\n  attn_backend: splash\n",
+            [],
+            "model.attn_backend",
+            "run.yaml:3",
+            "'splash' (a vendor kernel) is not available in this build",
+        ),
+        (
+            "model:\n  type: llama\n",
+            ["--model.gradient_checkpointing", "maybe"],
+            "model.gradient_checkpointing",
+            "--model.gradient_checkpointing maybe",
+            "unknown checkpointing policy 'maybe'",
+        ),
+        (
+            "model:\n  type: llama\n  rope_theta: 5.0e5\n",
+            [],
+            "model.rope_theta",
+            "run.yaml:3",
+            "unknown field `rope_theta` for LlamaConfig; did you mean `rope.theta`? (write "
+            "`rope: {theta: ...}`)",
+        ),
+        (
+            "model:\n  type: llama\n  sliding_window: 4096\n",
+            [],
+            "model.sliding_window",
+            "run.yaml:3",
+            "unknown field `sliding_window` for LlamaConfig (it is a field of `type: mistral`)",
+        ),
+        (
             "model:\n  type: qwen2\n\n  use_bias: true\n",
             [],
             "model.use_bias",

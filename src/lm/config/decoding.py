@@ -368,7 +368,7 @@ class Decoder:
             elif key in all_fields:
                 self.fail(sub, f"`{key}` of {cls.__name__} is computed and cannot be set")
             else:
-                self.fail(sub, _unknown_key(key, cls.__name__, [*types, *extra_keys]))
+                self.fail(sub, _unknown_key(key, cls.__name__, [*types, *extra_keys], cls))
         for name, f in all_fields.items():
             if f.init and name not in value and not ti.has_default(f):
                 self.fail(
@@ -545,7 +545,48 @@ def _did_you_mean(value: Any, options: list[str]) -> str:
     return f"; did you mean {close!r}?" if close else ""
 
 
-def _unknown_key(key: Any, owner: str, valid: list[str]) -> str:
+def _nested_field(key: str, cls: type) -> str | None:
+    """A hint for a key that names a field one level down (`rope_theta`: `rope.theta`)."""
+    for f in dataclasses.fields(cls):
+        if not key.startswith(f.name + "_"):
+            continue
+        rest = key[len(f.name) + 1 :]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        if dataclasses.is_dataclass(default) and rest in {
+            g.name for g in dataclasses.fields(default)
+        }:
+            return f"did you mean `{f.name}.{rest}`? (write `{f.name}: {{{rest}: ...}}`)"
+    return None
+
+
+def _sibling_choices_with(key: str, cls: type) -> str | None:
+    """For a choice class, the other choices of its registry that have field `key`
+    (`sliding_window` on `type: llama`: "it is a field of `type: mistral`"), else None."""
+    if not (ti.is_choice(cls) and hasattr(cls, "get_known_choices")):
+        return None
+    owners = sorted(
+        name
+        for name, other in cls.get_known_choices().items()
+        if other is not cls
+        and dataclasses.is_dataclass(other)
+        and key in {g.name for g in dataclasses.fields(other)}
+    )
+    if not owners:
+        return None
+    return "it is a field of " + ", ".join(f"`type: {name}`" for name in owners)
+
+
+def _unknown_key(key: Any, owner: str, valid: list[str], cls: type | None = None) -> str:
+    nested = _nested_field(str(key), cls) if cls is not None else None
+    if nested is not None:
+        return f"unknown field `{key}` for {owner}; {nested}"
+    elsewhere = _sibling_choices_with(str(key), cls) if cls is not None else None
+    owner = f"{owner} ({elsewhere})" if elsewhere else owner
     close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6) if valid else []
     if close:
         options = " or ".join(f"`{c}`" for c in close)

@@ -36,6 +36,8 @@ from haliax import Axis, NamedArray
 from haliax.axis import AxisSelector
 from jaxtyping import PRNGKeyArray
 
+from lm.config.errors import FieldError
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,13 +75,14 @@ def validate_attention_backend(
         backend = AttentionBackend(backend)
     except ValueError:
         allowed = ", ".join(b.value for b in AttentionBackend)
-        raise ValueError(
-            f"{field}: unknown attention backend {backend!r}; allowed: {allowed}"
+        raise FieldError(
+            field, f"unknown attention backend {backend!r}; allowed: {allowed}"
         ) from None
     if backend == AttentionBackend.splash:
-        raise ValueError(
-            f"{field}: {backend.value!r} (a vendor kernel) is not available in this build; use "
-            "'jax_flash' (blockwise attention in pure JAX), 'vanilla', or 'default'"
+        raise FieldError(
+            field,
+            f"{backend.value!r} (a vendor kernel) is not available in this build; use "
+            "'jax_flash' (blockwise attention in pure JAX), 'vanilla', or 'default'",
         )
     return backend
 

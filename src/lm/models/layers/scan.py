@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from haliax import Axis, ScanCheckpointPolicy
 
+from lm.config.errors import FieldError
+
 GradientCheckpointing = Union[bool, ScanCheckpointPolicy, str]  # noqa: UP007 (draccus needs Union)
 
 logger = logging.getLogger(__name__)
@@ -80,9 +82,9 @@ def checkpoint_policy(value: GradientCheckpointing, *, field: str = "gradient_ch
     allowed = "true, false, " + ", ".join(repr(s) for s in _POLICY_STRINGS)
     close = difflib.get_close_matches(str(value), _POLICY_STRINGS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(
-        f"{field}: unknown checkpointing policy {value!r}{hint}; allowed: {allowed}, "
-        "or a policy mapping"
+    raise FieldError(
+        field,
+        f"unknown checkpointing policy {value!r}{hint}; allowed: {allowed}, or a policy mapping",
     )
 
 
