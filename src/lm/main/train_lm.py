@@ -39,6 +39,7 @@ from lm.optim.schedules import ScheduleError
 from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
 from lm.trainer import Preempted, Trainer, TrainerConfig
 from lm.trainer.quantization import check_targets
+from lm.trainer.resume import sharded_axis_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def main(config: TrainLmConfig) -> RunSummary:
         lambda: model_config.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
     )
     check_distinct_mesh_axes(shapes, trainer_config.parameter_axis_mapping)
+    sharded_axis_warnings(shapes, trainer_config)  # its errors, before the tracker starts
     if trainer_config.quantization is not None:
         check_targets(shapes, trainer_config.quantization)
     config.data.check_filesystems()

@@ -107,8 +107,18 @@ def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> Non
             "model_init=lambda: MyModel.init(key=jax.random.PRNGKey(0))"
         )
     config = trainer.config
+    for message in sharded_axis_warnings(shapes, config):
+        logger.log(mapped_axis_log_level(message, config, trainer.device_mesh.size), "%s", message)
+    check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
+    check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
+
+
+def sharded_axis_warnings(shapes: Any, config: TrainerConfig) -> list[str]:
+    """`check_mapped_axes_exist` for a trainer config: its errors (a `parameter_axis_resources`
+    entry naming an axis no parameter has) as a `SetupConfigError`, its warnings returned.
+    train_lm calls it before the tracker starts too, for the errors."""
     try:
-        warnings = check_mapped_axes_exist(
+        return check_mapped_axes_exist(
             shapes,
             batch_axis=config.batch_axis,
             fsdp_axis=config.fsdp_axis,
@@ -118,10 +128,6 @@ def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> Non
         )
     except ValueError as e:
         raise SetupConfigError(str(e)) from None
-    for message in warnings:
-        logger.log(mapped_axis_log_level(message, config, trainer.device_mesh.size), "%s", message)
-    check_distinct_mesh_axes(shapes, trainer.parameter_axis_mapping)
-    check_divisible(shapes, trainer.parameter_axis_mapping, dict(trainer.device_mesh.shape))
 
 
 def mapped_axis_log_level(message: str, config: TrainerConfig, num_devices: int) -> int:
