@@ -78,6 +78,17 @@ def offline_run(save_dir, run_id):
     return runs[-1]
 
 
+def test_resume_must_offline_is_a_warning_not_silence(wandb_env, tmp_path, caplog):
+    """Offline, W&B starts a new run whatever `resume: must` says: it used to say nothing."""
+    import logging
+
+    config = WandbConfig(mode="offline", resume="must", id="never-existed", save_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="lm.tracker.wandb"):
+        config.init("ignored").finish()
+    assert "tracker.resume: must cannot be checked in offline mode" in caplog.text
+    assert "run never-existed" in caplog.text
+
+
 def test_offline_run_holds_logged_history(wandb_env, tmp_path):
     config = WandbConfig(
         mode="offline", project="proj", name="nice", tags=["a", "b"], save_dir=str(tmp_path)

@@ -173,6 +173,17 @@ class WandbConfig(TrackerConfig):
             # One W&B run per training job; the other hosts' metrics are identical.
             mode = "disabled"
         run_id = self.id or run_id
+        effective_mode = mode or os.environ.get("WANDB_MODE") or "online"
+        if effective_mode == "offline" and self.resume in ("must", "never"):
+            # W&B knows a run's history only on its server: offline, it starts or continues
+            # the local run whatever the policy says
+            logger.warning(
+                "tracker.resume: %s cannot be checked in offline mode (W&B knows which runs "
+                "exist only online): the run is logged locally as run %s either way, and `wandb "
+                "sync` uploads it later",
+                self.resume,
+                run_id,
+            )
         git = None
         if self.save_code and mode != "disabled":
             git = sniff_git_repo()
