@@ -2,6 +2,7 @@
 
 import pytest
 
+from lm.config import FieldError
 from lm.tracker import NoopConfig, TensorboardConfig, WandbConfig, move_deprecated_wandb
 
 
@@ -20,15 +21,23 @@ def test_wandb_section_replaces_the_default_tracker():
 
 
 @pytest.mark.parametrize(
-    "tracker",
-    [NoopConfig(), WandbConfig(project="other"), (WandbConfig(), TensorboardConfig())],
+    "tracker, kinds",
+    [
+        (NoopConfig(), "type: noop"),
+        (WandbConfig(project="other"), "type: wandb"),
+        ((WandbConfig(), TensorboardConfig()), "type: wandb, type: tensorboard"),
+    ],
 )
-def test_both_set_is_an_error(tracker):
-    with pytest.warns(DeprecationWarning):
-        with pytest.raises(
-            ValueError, match="Both the deprecated trainer.wandb and trainer.tracker"
-        ):
-            move_deprecated_wandb(WandbConfig(project="p"), tracker)
+def test_both_set_is_an_error_at_trainer_wandb_without_the_warning(tracker, kinds, recwarn):
+    """The warning said the section "is used as trainer.tracker now" right before the error
+    (reported at `trainer`, with a dataclass repr)."""
+    with pytest.raises(FieldError) as info:
+        move_deprecated_wandb(WandbConfig(project="p"), tracker)
+    assert info.value.field == "wandb"
+    assert info.value.message.startswith(
+        f"is deprecated, and trainer.tracker is set too ({kinds}): remove trainer.wandb"
+    )
+    assert len(recwarn) == 0
 
 
 def test_wrong_type_is_an_error():

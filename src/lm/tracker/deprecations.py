@@ -8,7 +8,7 @@
 | unset           | anything                        | `tracker` unchanged, no warning           |
 | set             | the default (`WandbConfig()`)   | warning; `tracker` becomes the `wandb` one |
 | set             | the same `WandbConfig` as wandb | warning; unchanged                        |
-| set             | anything else                   | `ValueError`: set only `trainer.tracker`  |
+| set             | anything else                   | `FieldError`: set only `trainer.tracker`  |
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+from lm.config.errors import FieldError
 from lm.tracker.base import TrackerConfig
 from lm.tracker.wandb import WandbConfig
 
@@ -35,7 +36,8 @@ def move_deprecated_wandb(
 
     Raises:
         TypeError: `wandb` is not a `WandbConfig`.
-        ValueError: both `trainer.wandb` and a non-default `trainer.tracker` are set.
+        FieldError: both `trainer.wandb` and a non-default `trainer.tracker` are set (no
+            deprecation warning then: it would say the section is used).
     """
     if wandb is None:
         return tracker if isinstance(tracker, TrackerConfig) else tuple(tracker)
@@ -44,16 +46,18 @@ def move_deprecated_wandb(
             f"trainer.wandb must be a W&B tracker config (WandbConfig), got "
             f"{type(wandb).__name__}; better, move it under trainer.tracker."
         )
+    if not (isinstance(tracker, TrackerConfig) and tracker in (WandbConfig(), wandb)):
+        trackers = [tracker] if isinstance(tracker, TrackerConfig) else list(tracker)
+        kinds = ", ".join(f"type: {TrackerConfig.get_choice_name(type(t))}" for t in trackers)
+        raise FieldError(
+            "wandb",
+            f"is deprecated, and trainer.tracker is set too ({kinds}): remove trainer.wandb "
+            "and put its fields into trainer.tracker (a list if you want several trackers)",
+        )
     warnings.warn(
         "trainer.wandb is deprecated: move its fields under trainer.tracker (W&B is the "
         "default tracker, so `type: wandb` is optional). It is used as trainer.tracker now.",
         DeprecationWarning,
         stacklevel=stacklevel,
     )
-    if isinstance(tracker, TrackerConfig) and tracker in (WandbConfig(), wandb):
-        return wandb
-    raise ValueError(
-        "Both the deprecated trainer.wandb and trainer.tracker are set "
-        f"(trainer.tracker={tracker!r}). Remove trainer.wandb and put its fields "
-        "into trainer.tracker (a list if you want several trackers)."
-    )
+    return wandb
