@@ -123,8 +123,9 @@ def test_composite_fans_out_every_call_and_finishes_all():
         lm.tracker.log({"x": 1}, step=5, commit=False)
         lm.tracker.log_summary({"y": 2})
     composite.log_artifact("/p", name="n", type="t")
-    composite.finish()  # a failed finish is logged, never raised: it would hide the run's error
-    assert composite.failures == ["recorder failed finishing: RuntimeError: boom"]
+    with pytest.raises(RuntimeError, match="boom"):  # not an output failure: a bug, raised
+        composite.finish()
+    assert composite.failures == []
     expected = [
         ("hparams", {"lr": 1}),
         ("log", {"x": 1}, 5, False),
@@ -157,6 +158,10 @@ def test_a_tracker_that_fails_is_dropped_and_the_others_go_on(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"{failure}. It is dropped and the run goes on without it (the other trackers go on)"
     ]
+    bug = Recorder()
+    bug.log = lambda metrics, *, step, commit=None: (_ for _ in ()).throw(TypeError("a dict?"))
+    with pytest.raises(TypeError, match="a dict"):  # not an output failure: raised, kept
+        CompositeTracker([bug]).log({"x": {}}, step=0)
     alone = CompositeTracker([Recorder(fail_at_step=0)])
     with caplog.at_level(logging.ERROR, logger="lm.tracker.base"):
         alone.log({"loss": 1.0}, step=0)

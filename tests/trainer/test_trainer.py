@@ -724,6 +724,20 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path):
     assert failure.endswith(": OSError: [Errno 28] No space left on device")
 
 
+def test_a_failing_tracker_finish_does_not_hide_the_runs_error(tmp_path, caplog):
+    config = trainer_config(tmp_path, num_train_steps=2)
+    trainer = Trainer(config, optax.sgd(0.1), mse)
+
+    def broken_finish():
+        raise RuntimeError("finish broke")
+
+    trainer.tracker.finish = broken_finish
+    with pytest.raises(ValueError, match="the run's own error"):
+        with trainer:
+            raise ValueError("the run's own error")
+    assert "Finishing the trackers failed too" in caplog.text and "finish broke" in caplog.text
+
+
 def test_model_averaging_is_evaluated_and_checkpointed(tmp_path):
     from lm.optim.model_averaging import EmaModelAveragingConfig
 

@@ -129,14 +129,31 @@ class NoopTracker(Tracker):
         pass
 
 
+# Packages whose exceptions are a tracker's output failing (network, remote storage), as
+# OSErrors are: W&B's service and API, fsspec's remote filesystems and their HTTP clients.
+_SINK_PACKAGES = frozenset(
+    {"wandb", "fsspec", "gcsfs", "s3fs", "aiohttp", "botocore", "google", "grpc", "requests"}
+)
+
+
+def is_sink_failure(error: BaseException) -> bool:
+    """Whether `error` is a tracker's output failing (I/O, a remote service), rather than a
+    bug in what was logged or in the tracker."""
+    if isinstance(error, OSError):
+        return True
+    return type(error).__module__.split(".")[0] in _SINK_PACKAGES
+
+
 class CompositeTracker(Tracker):
     """Fans every call out to several trackers, in order.
 
-    A tracker that raises (a full disk under the JSON log, a W&B service that died) is
-    dropped: the error is logged with the tracker's name, what it was doing and the exception,
-    the other trackers go on, and so does training (a metrics sink does not end a run; its
-    checkpoints go on being saved). `failures` lists what was dropped, for the run's summary.
-    `names` label the trackers in those messages (`trainer.tracker[1] (wandb)`).
+    A tracker whose output fails (`is_sink_failure`: a full disk under the JSON log, a W&B
+    service that died) is dropped: the error is logged with the tracker's name, what it was
+    doing and the exception, the other trackers go on, and so does training (a metrics sink
+    does not end a run; its checkpoints go on being saved). `failures` lists what was dropped,
+    for the run's summary. Any other exception (a value no tracker can log, a bug in a
+    tracker) is raised, after `finish` has finished the others. `names` label the trackers in
+    the messages (`trainer.tracker[1] (wandb)`).
     """
 
     name = "composite"
@@ -149,11 +166,19 @@ class CompositeTracker(Tracker):
         self.failures: list[str] = []
 
     def _each(self, what: str, call) -> None:
+        bugs: list[Exception] = []
         for t in list(self.trackers):
             try:
                 call(t)
             except Exception as e:
+                if not is_sink_failure(e):
+                    bugs.append(e)  # what was logged, or the tracker's code: say so loudly
+                    if what != "finishing":  # every tracker is finished before raising
+                        break
+                    continue
                 self._drop(t, what, e)
+        if bugs:
+            raise bugs[0]
 
     def _drop(self, tracker: Tracker, what: str, error: Exception) -> None:
         self.trackers.remove(tracker)
@@ -195,8 +220,8 @@ class CompositeTracker(Tracker):
         )
 
     def finish(self):
-        # every tracker is finished, also after one fails; none raises out of here, so a
-        # failed finish never hides the error that ended the run
+        # every tracker is finished, also after one fails; an output failure is logged, not
+        # raised (the Trainer also keeps any error from hiding the one that ended a run)
         self._each("finishing", lambda t: t.finish())
 
     def find(self, name: str) -> Tracker | None:

@@ -256,7 +256,13 @@ class Trainer(Generic[M]):
             if stack is not None:
                 stack.close()
         finally:
-            self.tracker.finish()
+            if exc[0] is None:
+                self.tracker.finish()
+            else:  # an error ends the run: one from finishing must not replace it
+                try:
+                    self.tracker.finish()
+                except Exception:
+                    logger.exception("Finishing the trackers failed too (after the run's error)")
 
     # ------------------------------------------------------------------ hooks
 
