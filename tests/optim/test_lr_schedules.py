@@ -336,8 +336,11 @@ def test_schedule_horizon_shorter_than_run_is_an_error():
             "min_lr_ratio: got 0.0, expected a number > 0 with lr_schedule 'inv'",
         ),
         ({"min_lr_ratio": 1.5}, r"min_lr_ratio: got 1.5, expected a number between 0.0 and 1.0"),
-        ({"learning_rate": 0.0}, r"learning_rate: got 0.0, expected a number > 0"),
-        ({"weight_decay": -0.1}, r"weight_decay: got -0.1, expected a number >= 0"),
+        ({"learning_rate": 0.0}, r"learning_rate: got 0.0, expected a finite number > 0"),
+        ({"learning_rate": float("inf")}, r"learning_rate: got inf, expected a finite number"),
+        ({"weight_decay": -0.1}, r"weight_decay: got -0.1, expected a finite number >= 0"),
+        ({"weight_decay": float("inf")}, r"weight_decay: got inf, expected a finite number"),
+        ({"warmup": 1.5}, r"1 is the whole cycle: use 2 steps, or a fraction below 1.0"),
         (
             {"weight_decay_modules": "attn(["},
             "weight_decay_modules: 'attn\\(\\[' is not a valid regex",
@@ -374,6 +377,11 @@ def test_config_validation(kwargs, message):
             {"warmup": 2000},
             1000,
             r"optimizer.warmup: 2000 steps is longer than cycle 0 \(1000 steps\)",
+        ),
+        (  # the decay alone is too long: it was blamed on warmup
+            {"warmup": 10, "decay": 3000},
+            1000,
+            r"optimizer.decay: 3000 steps is longer than cycle 0 \(1000 steps, steps 0..1000\)",
         ),
     ],
 )

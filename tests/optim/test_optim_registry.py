@@ -93,8 +93,13 @@ def test_skip_bad_steps_yaml_forms():
         (
             AdamConfig,
             {"max_grad_norm": -1.0},
-            r"max_grad_norm: got -1.0, expected a number > 0, or 0/null",
+            r"max_grad_norm: got -1.0, expected a finite number > 0, or 0/null",
         ),
+        (AdamConfig, {"max_grad_norm": float("inf")}, r"max_grad_norm: got inf, expected a finite"),
+        (AdamConfig, {"epsilon": 0.0}, r"epsilon: got 0.0, expected a finite number > 0"),
+        (MuonConfig, {"epsilon": -1.0}, r"epsilon: got -1.0, expected a finite number > 0"),
+        (MuonConfig, {"muon_epsilon": 0.0}, r"muon_epsilon: got 0.0, expected a finite number"),
+        (MuonConfig, {"adam_lr": float("inf")}, r"adam_lr: got inf, expected a finite number"),
         (LionConfig, {"beta1": 1.5}, r"beta1: got 1.5, expected a number in \[0, 1\)"),
         (AdoptConfig, {"epsilon": 0.0}, r"epsilon: got 0.0, expected a number > 0"),
         (
@@ -103,7 +108,7 @@ def test_skip_bad_steps_yaml_forms():
             r"nesterov: needs momentum > 0 \(got 0.0\)",
         ),
         (MuonConfig, {"backend_steps": 0}, r"backend_steps: got 0, expected an integer >= 1"),
-        (MuonConfig, {"adam_lr": 0.0}, r"adam_lr: got 0.0, expected a number > 0"),
+        (MuonConfig, {"adam_lr": 0.0}, r"adam_lr: got 0.0, expected a finite number > 0"),
     ],
 )
 def test_optimizer_field_validation(cls, kwargs, message):
@@ -155,7 +160,7 @@ def test_each_optimizer_problem_is_reported_at_its_field_and_where_it_was_set(tm
         "-3",
     )
     assert found == {
-        "optimizer.learning_rate": ("run.yaml:3", "got 0.0, expected a number > 0"),
+        "optimizer.learning_rate": ("run.yaml:3", "got 0.0, expected a finite number > 0"),
         "optimizer.warmup": (
             "--optimizer.warmup -3",
             "got -3, expected a number >= 0: a fraction <= 1.0 of the cycle or a whole "

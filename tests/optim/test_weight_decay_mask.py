@@ -125,3 +125,17 @@ def test_decayed_paths_are_logged_as_hyperparameters(gpt2_like):
     # without an active tracker, init still works (the list goes to the Python log)
     assert lm.tracker.base._stack() == []
     config.build(10).init(gpt2_like)
+
+
+def test_weight_decay_modules_that_select_nothing_warn(gpt2_like, caplog):
+    """`weight_decay_modules: [atn.weight]` turned weight decay off with an INFO line only."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="lm.optim.config"):
+        AdamConfig(weight_decay_modules=["atn.weight"]).build(10).init(gpt2_like)
+    assert "optimizer.weight_decay_modules (['atn.weight']) selects no parameter" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lm.optim.config"):
+        AdamConfig(weight_decay_modules=["atn.weight"], weight_decay=0.0).build(10).init(gpt2_like)
+        AdamConfig().build(10).init(gpt2_like)
+    assert "selects no parameter" not in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import optax
@@ -13,8 +14,8 @@ from lm.optim.skip_step import SkipStepConfig
 
 
 def check_max_grad_norm(value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise invalid("max_grad_norm", value, "a number > 0, or 0/null to disable clipping")
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise invalid("max_grad_norm", value, "a finite number > 0, or 0/null to disable clipping")
 
 
 def unit_interval_problems(config: OptimizerConfig, *names: str) -> list[FieldError]:
@@ -83,8 +84,10 @@ class AdamConfig(OptimizerConfig):
 
     def _field_problems(self) -> list[FieldError]:
         problems = super()._field_problems() + unit_interval_problems(self, "beta1", "beta2")
-        if not self.epsilon >= 0:
-            problems.append(invalid("epsilon", self.epsilon, "a number >= 0"))
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            # 0 divides 0 by 0 for a coordinate whose gradients have all been 0 so far (the
+            # embedding row of a token not seen yet): NaN
+            problems.append(invalid("epsilon", self.epsilon, "a finite number > 0"))
         problems += common_problems(self)
         if self.update_rms_clipping is not None and not self.update_rms_clipping > 0:
             problems.append(

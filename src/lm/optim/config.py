@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -118,10 +119,10 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
         """Every invalid field, each as a `FieldError` naming it (the decoder reports them at
         `optimizer.<field>`). Subclasses add theirs to `super()._field_problems()`."""
         problems: list[FieldError] = []
-        if not self.learning_rate > 0:
-            problems.append(invalid("learning_rate", self.learning_rate, "a number > 0"))
-        if not self.weight_decay >= 0:
-            problems.append(invalid("weight_decay", self.weight_decay, "a number >= 0"))
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append(invalid("learning_rate", self.learning_rate, "a finite number > 0"))
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(invalid("weight_decay", self.weight_decay, "a finite number >= 0"))
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             problems.append(
                 invalid("min_lr_ratio", self.min_lr_ratio, "a number between 0.0 and 1.0")
@@ -344,6 +345,15 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
     def _log_decayed_weights(self, params: Any) -> bool:
         """Log the decayed parameters' paths; returns whether a tracker took them."""
         paths = self.decayed_parameter_paths(params)
+        if not paths and self.weight_decay > 0 and self.weight_decay_modules is not None:
+            logger.warning(
+                "optimizer.weight_decay_modules (%r) selects no parameter, so weight_decay: %s "
+                "applies to none: a pattern is matched (re.match) against whole parameter "
+                "paths such as transformer.blocks.stacked.attn.c_attn.weight; write a list of names "
+                "or a regex like '.*attn.*weight'",
+                self.weight_decay_modules,
+                self.weight_decay,
+            )
         try:
             lm.tracker.current_tracker()
         except RuntimeError:

@@ -175,8 +175,12 @@ class MuonConfig(OptimizerConfig):
 
     def _field_problems(self) -> list[FieldError]:
         problems = super()._field_problems()
-        if not self.adam_lr > 0:
-            problems.append(invalid("adam_lr", self.adam_lr, "a number > 0"))
+        if not (self.adam_lr > 0 and math.isfinite(self.adam_lr)):
+            problems.append(invalid("adam_lr", self.adam_lr, "a finite number > 0"))
+        for name in ("epsilon", "muon_epsilon"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                problems.append(invalid(name, value, "a finite number > 0"))
         problems += unit_interval_problems(self, "momentum", "beta1", "beta2")
         if isinstance(self.backend_steps, bool) or self.backend_steps < 1:
             problems.append(invalid("backend_steps", self.backend_steps, "an integer >= 1"))

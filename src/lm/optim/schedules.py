@@ -248,7 +248,11 @@ def check_frac_or_steps(value: int | float, field: str) -> None:
             field,
             value,
             "a fraction <= 1.0 of the cycle or a whole number of steps (values > 1 are "
-            f"steps: use {int(value)} or {int(value) + 1})",
+            + (
+                f"steps: use {int(value)} or {int(value) + 1})"
+                if int(value) > 1
+                else "steps, and 1 is the whole cycle: use 2 steps, or a fraction below 1.0)"
+            ),
         )
 
 
@@ -436,6 +440,12 @@ def plan_cycles(
         else:
             decay_steps = frac_or_steps(decay, n, "optimizer.decay")
         stable = n - warm - decay_steps
+        if stable < 0 and decay_steps > n:  # the decay alone: its field is the one to fix
+            raise ScheduleError(
+                "decay",
+                f"{decay_steps} steps is longer than cycle {cycle} ({n} steps, steps "
+                f"{start}..{end})",
+            )
         if stable < 0:
             raise ScheduleError(
                 warm_field,
