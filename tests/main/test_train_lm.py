@@ -876,3 +876,24 @@ def test_hf_export_hook_carries_over_the_source_checkpoints_metadata(tmp_path):
     assert (exported["eos_token_id"], exported["max_position_embeddings"]) == ([2, 0], 64)
     assert exported["vocab_size"] == 128
     assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": [2, 0]}
+
+
+def test_a_restore_that_does_not_fit_names_the_changed_optimizer(tmp_path):
+    """Resuming a muon run with `optimizer.type: adam` said only which leaves the checkpoint
+    lacks; the fields that changed since the run's config.yaml say why."""
+    from lm.main.train_lm import with_config_changes
+
+    base = lm.config.parse(
+        TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"), ["--optimizer.type", "muon"]
+    )
+    lm.config.save_config(base, tmp_path / "config.yaml")
+    adam = lm.config.parse(TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"))
+    error = with_config_changes(ValueError("checkpoint c lacks 25 leaves"), adam, str(tmp_path))
+    assert isinstance(error, lm.config.SetupConfigError)
+    assert str(error).startswith(
+        "this run's checkpoints were saved with another configuration (optimizer.type: 'muon' "
+        f"-> 'adam', against {tmp_path}/config.yaml), so they cannot be restored into this "
+        "one: checkpoint c lacks 25 leaves."
+    )
+    same = with_config_changes(ValueError("other"), base, str(tmp_path))
+    assert str(same) == "other" and not isinstance(same, lm.config.SetupConfigError)

@@ -365,7 +365,10 @@ def main(config: TrainLmConfig) -> RunSummary:
             # one saved with another vocabulary does not (checkpoints record its real size)
             trainer.real_axis_sizes["vocab"] = run_model.vocab_size
             trainer.checkpoint_metadata[MODEL_METADATA_KEY] = model_architecture(model_config)
-            state = trainer.initial_state(training_key, **start)
+            try:
+                state = trainer.initial_state(training_key, **start)
+            except ValueError as e:
+                raise with_config_changes(e, resolved, run_dir) from None
             if trainer.restored_step is not None:
                 check_checkpoint_architecture(
                     model_config, trainer.restored_from.checkpoint, refuse=False
@@ -503,6 +506,34 @@ def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | No
                 message += _schedule_note(*steps)
             logger.warning("%s", message)
     lm.config.save_config(config, path)
+
+
+def with_config_changes(error: ValueError, config: TrainLmConfig, run_dir: str) -> ValueError:
+    """A checkpoint that does not fit the state (the restore's `ValueError`), with the model
+    and optimizer fields that changed since the run's `config.yaml` was written, which are
+    why (`optimizer.type: 'muon' -> 'adam'`): the restore itself can only name leaves."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path) or isinstance(error, lm.config.SetupConfigError):
+        return error
+    with open(path, encoding="utf-8") as f:
+        changes = config_changes(f.read(), lm.config.to_yaml(config))
+    relevant = {
+        key: change
+        for key, change in changes.items()
+        if key.split(".")[0] in ("model", "optimizer") or key.startswith("trainer.model_averaging")
+    }
+    if not relevant:
+        return error
+    for key in [k for k in relevant if k.endswith(".type")]:  # another choice: its fields follow
+        section = key.removesuffix("type")
+        relevant = {k: v for k, v in relevant.items() if k == key or not k.startswith(section)}
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in relevant.items())
+    return lm.config.SetupConfigError(
+        f"this run's checkpoints were saved with another configuration ({listed}, against "
+        f"{path}), so they cannot be restored into this one: {error}. Resume with the run's "
+        "settings, or start a new run (another trainer.id) from its weights with "
+        "trainer.initialize_from: <its checkpoint> and trainer.initialize_from_params_only: true"
+    )
 
 
 def _schedule_note(old_steps: Any, new_steps: Any) -> str:
