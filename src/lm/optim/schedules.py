@@ -30,6 +30,8 @@ from lm.config import FieldError, invalid
 
 logger = logging.getLogger(__name__)
 
+_WARNED_UNEVEN_CYCLES: set[tuple[int, int]] = set()
+
 Schedule = Callable[[jnp.ndarray | int], jnp.ndarray]
 
 
@@ -345,7 +347,8 @@ def cycle_boundaries(
                     f"and the {total} schedule steps",
                 )
             points = [i * length for i in range(1, total // length)]
-            if total % length != 0:
+            if total % length != 0 and (length, total) not in _WARNED_UNEVEN_CYCLES:
+                _WARNED_UNEVEN_CYCLES.add((length, total))  # once: plots plan the cycles again
                 logger.warning(
                     "optimizer.cycle_length (%s steps) does not divide the %s schedule steps; "
                     "the remaining %s steps join the last cycle.",
