@@ -97,7 +97,7 @@ def main() -> None:
         id="spirals",
         checkpointer=CheckpointerConfig(base_path=f"{args.out}/checkpoints"),
     )
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, args.steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, min(50, args.steps // 2), args.steps)
     trainer = Trainer(config, optax.adamw(schedule), loss_fn)
 
     @trainer.add_hook(every=100)

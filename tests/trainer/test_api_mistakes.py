@@ -101,6 +101,23 @@ def test_a_malformed_loss_output_says_what_to_return(tmp_path):
         _train(trainer_config(tmp_path, num_train_steps=1), three)
 
 
+def test_a_loss_returning_none_says_so(tmp_path):
+    """It was jax's `None is not a valid value for jnp.array`."""
+
+    def forgot_return(model, batch):
+        mse(model, batch)
+
+    with pytest.raises(TypeError, match=r"got None \(a missing `return`\?\)"):
+        _train(trainer_config(tmp_path, num_train_steps=1), forgot_return)
+
+
+def test_add_hook_every_must_be_a_positive_int(tmp_path):
+    trainer = Trainer(trainer_config(tmp_path), optax.adam(1e-2), mse)
+    for every in (2.5, "10", 0, True):
+        with pytest.raises(ValueError, match=r"add_hook\(every=...\) must be a positive integer"):
+            trainer.add_hook(lambda info: None, every=every)
+
+
 # ------------------------------------------------------------------ the data
 
 
@@ -238,6 +255,20 @@ def test_a_model_function_passed_as_model_is_an_error_suggesting_model_init(tmp_
             trainer.initial_state(jax.random.PRNGKey(1), model=Mlp.init)
         with pytest.raises(ValueError, match=r"model_init\(\) returned NoneType"):
             trainer.initial_state(jax.random.PRNGKey(1), model_init=lambda: None)
+        # a built model is callable too: it was "Mlp.__call__() missing 1 required argument"
+        with pytest.raises(
+            TypeError, match=r"model_init=...\) got a built model \(toy.Mlp\): pass it as model="
+        ):
+            trainer.initial_state(jax.random.PRNGKey(1), model_init=_init())
+
+
+def test_an_is_trainable_of_another_structure_names_the_argument(tmp_path):
+    trainer = Trainer(trainer_config(tmp_path), optax.adam(1e-2), mse)
+    with trainer:
+        with pytest.raises(ValueError, match=r"^is_trainable must be True/False, a function"):
+            trainer.initial_state(
+                jax.random.PRNGKey(1), model_init=_init, is_trainable={"hidden": False}
+            )
 
 
 def test_plain_array_batches_are_checked_by_their_leading_dimension(tmp_path):

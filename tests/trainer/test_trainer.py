@@ -178,6 +178,53 @@ def test_metrics_are_logged_with_prefixes(tmp_path):
         assert key in merged, key
 
 
+def _train_with_eval(config, *, enter_twice=False):
+    trainer = Trainer(config, optax.adam(1e-2), mse)
+    trainer.add_eval_hook(make_dataset(64, seed=1), "heldout")
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(0), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        if not enter_twice:
+            return trainer.train(state, trainer.data_loader(make_dataset()))
+    with trainer:  # entered again: a new tracker (the first exit finished the old one)
+        return trainer.train(state, trainer.data_loader(make_dataset()))
+
+
+def _eval_records(config):
+    return [r["step"] for r in _metrics(config) if "eval/heldout/loss" in r["metrics"]]
+
+
+def test_a_trainer_entered_twice_logs_and_saves_as_one_entry(tmp_path):
+    """The second `with trainer:` reused the finished tracker: a closed-file error at the
+    first step, no checkpoint."""
+    config = trainer_config(tmp_path, num_train_steps=3, steps_per_eval=100)
+    info = _train_with_eval(config, enter_twice=True)
+    assert int(info.state.step) == 3
+    assert (tmp_path / "ckpt" / "toy" / "step-2" / "metadata.json").exists()
+    assert _eval_records(config) == [0, 2]
+
+
+def test_a_finished_run_rerun_does_not_evaluate_again(tmp_path):
+    """The final hooks of a rerun of a finished run evaluated the last step again and logged
+    it twice."""
+    config = trainer_config(tmp_path, num_train_steps=3, steps_per_eval=100)
+    _train_with_eval(config)
+    assert _eval_records(config) == [0, 2]
+    info = _train_with_eval(config)
+    assert int(info.state.step) == 3
+    assert _eval_records(config) == [0, 2]  # step 2 once
+
+
+def test_num_train_steps_0_trains_and_writes_nothing(tmp_path):
+    """It saved a checkpoint named step--1 and logged an evaluation at step -1."""
+    config = trainer_config(tmp_path, num_train_steps=0, steps_per_eval=100)
+    info = _train_with_eval(config)
+    assert info.step == -1 and int(info.state.step) == 0
+    assert not (tmp_path / "ckpt").exists() or list((tmp_path / "ckpt").rglob("step-*")) == []
+    assert _eval_records(config) == []
+
+
 def _live_loader_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "lm-data-loader" and t.is_alive()}
 

@@ -28,6 +28,11 @@ def as_scalar(value: Any, what: str = "loss") -> jax.Array:
                 "reduce it, e.g. hax.mean(x) (a mean over every axis) or x.mean(Batch)"
             )
         value = value.array
+    if value is None:
+        raise TypeError(
+            f"loss_fn must return a scalar {what}, got None (a missing `return`?): a jax "
+            "array, a NamedArray or a number"
+        )
     try:
         value = jnp.asarray(value)
     except TypeError:
@@ -169,6 +174,15 @@ def check_model_arguments(model: Any, model_init: Any, method: str) -> None:
         raise ValueError(
             f"{method} needs exactly one of `model` (the model itself) or `model_init` (a "
             "zero-argument function building it)"
+        )
+    if (
+        model_init is not None
+        and isinstance(model_init, eqx.Module)
+        and has_array_leaves(model_init)
+    ):  # a built model is callable too (its __call__), but calling it needs inputs
+        raise TypeError(
+            f"{method}(model_init=...) got a built model ({type_name(model_init)}): pass it as "
+            f"model=..., or model_init=lambda: <build it> to have the trainer build it"
         )
     if model_init is not None and not callable(model_init):
         raise TypeError(

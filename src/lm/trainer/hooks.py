@@ -122,8 +122,8 @@ class TrainerHooks:
         self.jit_hooks: list[_Registered] = []
 
     def add_hook(self, fn=None, *, every: int = 1):
-        if every <= 0:
-            raise ValueError(f"add_hook(every=...) must be a positive integer, got {every}")
+        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+            raise ValueError(f"add_hook(every=...) must be a positive integer, got {every!r}")
         if fn is None:
 
             def decorator(f):
@@ -150,6 +150,20 @@ class TrainerHooks:
         for hook in self.hooks:
             if hook.due(info.step, force):
                 hook.callback.on_step(info, force=force)
+
+    def run_final_hooks(self, info: StepInfo, logged: Callable[[set[str], int], bool]) -> bool:
+        """The final hooks (`force=True`) of a run that had already finished: the
+        `redo_after_resume` ones (evaluation) are left out when `logged` says their work at
+        `info.step` is in the run's log (they ran when the run finished). Returns whether
+        they were left out."""
+        redo = [h for h in self.hooks if getattr(h.callback, "redo_after_resume", False)]
+        wanted = {key for h in redo for key in h.callback.logged_keys()}
+        skip = bool(redo) and all(h.callback.logged_keys() for h in redo)
+        skip = skip and logged(wanted, info.step)
+        for hook in self.hooks:
+            if not (skip and hook in redo):
+                hook.callback.on_step(info, force=True)
+        return skip
 
     def run_redo_after_resume(self, info: StepInfo, logged: Callable[[set[str], int], bool]) -> str:
         """Run the `redo_after_resume` hooks due at `info.step` (the restored step), unless

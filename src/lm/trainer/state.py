@@ -112,7 +112,17 @@ def _full_filter(model: Any, is_trainable: FilterTree) -> PyTree[bool]:
             lambda leaf: bool(spec(leaf) if callable(spec) else spec) and _is_inexact(leaf), sub
         )
 
-    return jax.tree_util.tree_map(expand, is_trainable, model, is_leaf=_is_filter_leaf)
+    try:
+        return jax.tree_util.tree_map(expand, is_trainable, model, is_leaf=_is_filter_leaf)
+    except ValueError as e:  # jax's pytree-structure error names key paths only
+        raise ValueError(
+            f"is_trainable must be True/False, a function leaf -> bool, or a prefix of the "
+            f"model's structure holding those (e.g. {type(model).__name__}(<field>=False, ...), "
+            "a copy of the model with each part replaced by a bool: "
+            f"eqx.tree_at or jax.tree_util.tree_map(lambda _: True, model)); got a "
+            f"{type(is_trainable).__name__} that does not match the {type(model).__name__} "
+            f"({' '.join(str(e).split())[:300]})"
+        ) from None
 
 
 def saveable_state(state: TrainerState) -> TrainerState:

@@ -134,6 +134,7 @@ class Trainer(Generic[M]):
         self.hooks = TrainerHooks()
         self.is_trainable_param: Any = True
         self._tracker: Tracker | None = None
+        self._tracker_finished = False  # set by __exit__: entering again builds a new one
         self._exit_stack: contextlib.ExitStack | None = None
         self._compiled_steps: dict[tuple[int, int], ShardedJit] = {}
         self._logged_step_artifacts = False
@@ -243,6 +244,8 @@ class Trainer(Generic[M]):
     def __enter__(self):
         if self._exit_stack is not None:
             raise RuntimeError("Trainer is already entered")
+        if self._tracker_finished:  # entered again: the last exit finished the trackers
+            self._tracker, self._tracker_finished = None, False
         stack = contextlib.ExitStack()
         stack.enter_context(self.config.use_device_mesh())
         stack.enter_context(hax.axis_mapping(self.parameter_axis_mapping))
@@ -256,6 +259,7 @@ class Trainer(Generic[M]):
             if stack is not None:
                 stack.close()
         finally:
+            self._tracker_finished = True
             if exc[0] is None:
                 self.tracker.finish()
             else:  # an error ends the run: one from finishing must not replace it
@@ -608,7 +612,6 @@ class Trainer(Generic[M]):
         """On a resumed run, the hooks whose work at the restored step may have been cut
         short (`Callback.redo_after_resume`: evaluation) run again for that step, unless the
         run's JSON log shows they finished there."""
-        from lm.tracker.json_logger import logged_metric_keys
 
         step = int(state.step)
         if step == 0 or self.restored_step != step:
@@ -616,18 +619,7 @@ class Trainer(Generic[M]):
         info = StepInfo(
             state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=step - 1
         )
-
-        def logged(keys: set[str], at: int) -> bool:
-            # process 0 holds the JSON log: its answer, so that every process runs the
-            # (collective) evaluation or none does
-            found = keys <= logged_metric_keys(self.tracker, at)
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                found = bool(multihost_utils.broadcast_one_to_all(jnp.bool_(found)))
-            return found
-
-        outcome = self.hooks.run_redo_after_resume(info, logged)
+        outcome = self.hooks.run_redo_after_resume(info, self._logged)
         if outcome == "ran":
             logger.info(
                 "Ran the evaluation of step %d again: the run stopped after that step's "
@@ -639,6 +631,18 @@ class Trainer(Generic[M]):
                 "The evaluation of step %d was logged before the run stopped: not run again",
                 step - 1,
             )
+
+    def _logged(self, keys: set[str], at: int) -> bool:
+        """Whether the run's JSON log holds all of `keys` at step `at`. Process 0 holds the
+        log: its answer, so that every process runs a (collective) evaluation or none does."""
+        from lm.tracker.json_logger import logged_metric_keys
+
+        found = keys <= logged_metric_keys(self.tracker, at)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            found = bool(multihost_utils.broadcast_one_to_all(jnp.bool_(found)))
+        return found
 
     @staticmethod
     def _iterate_from(loader: Iterable[Any], step: int) -> Iterator[Any]:
@@ -676,6 +680,11 @@ class Trainer(Generic[M]):
                     "the data loader produced no batch for step 0 (the training data holds "
                     "fewer examples than one batch): nothing was trained or saved"
                 )
+            if info is None and int(state.step) == 0:  # num_train_steps: 0
+                logger.info("num_train_steps is 0: nothing to train, and no hooks run")
+                return StepInfo(
+                    state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=-1
+                )
             if info is None:  # nothing to do: the run had already finished (or ran out of data)
                 info = StepInfo(
                     state=state,
@@ -689,7 +698,13 @@ class Trainer(Generic[M]):
                     int(state.step),
                     self.num_train_steps,
                 )
-            self.run_hooks(info, force=True)
+                if self.hooks.run_final_hooks(info, self._logged):
+                    logger.info(
+                        "The final evaluation of step %d is in the run's log: not run again",
+                        info.step,
+                    )
+            else:
+                self.run_hooks(info, force=True)
             if self.checkpointer is not None:
                 self.checkpointer.wait_until_finished()
             if preemption.requested:
