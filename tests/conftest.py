@@ -35,6 +35,22 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC_DIR = REPO_ROOT / "src"
 
 
+@pytest.fixture(autouse=True)
+def _no_log_file_outlives_its_test():
+    """`TrainerConfig.initialize()` adds a file handler to the root logger for the run's log
+    file; one left behind changes what later tests see (the CLI's "traceback is in the run's
+    log file" hint). Handlers a test added are closed and removed after it."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT

@@ -435,3 +435,27 @@ def test_a_compilation_cache_dir_that_cannot_be_written_is_an_error_before_anyth
         with pytest.raises(FieldError, match=rf"^trainer\.jax_compilation_cache_dir: .*{why}"):
             config.initialize()
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_train_steps="10"), r"^trainer.num_train_steps: got '10' \(str\), expected int$"),
+        (dict(num_train_steps=2.5), r"^trainer.num_train_steps: got 2.5 \(float\), expected int"),
+        (dict(seed=1.5), r"^trainer.seed: got 1.5"),
+        (dict(steps_per_eval=True), r"^trainer.steps_per_eval: got True \(bool\), expected int"),
+        (dict(max_eval_batches="all"), r"^trainer.max_eval_batches: .* expected int or None"),
+        (dict(train_batch_size=8.0), r"^trainer.train_batch_size: got 8.0 \(float\), expected an"),
+    ],
+)
+def test_scalar_fields_from_python_are_type_checked(kwargs, message):
+    """As docs/trainer.md says: `num_train_steps="10"` failed in a comparison and
+    `num_train_steps=2.5` trained 3 steps."""
+    with pytest.raises(TypeError, match=message):
+        TrainerConfig(**kwargs)
+
+
+def test_numpy_integers_are_integers():
+    import numpy as np
+
+    assert TrainerConfig(num_train_steps=np.int64(10), shutdown_at_exit=2).num_train_steps == 10

@@ -18,6 +18,7 @@ import difflib
 import functools
 import logging
 import math
+import numbers
 import os
 import platform
 import secrets
@@ -258,6 +259,12 @@ class TrainerConfig:
                     "train_batch_size",
                     "and per_device_parallelism cannot both be -1: set one of them",
                 )
+        elif not isinstance(self.train_batch_size, list | tuple):
+            raise TypeError(
+                f"trainer.train_batch_size: got {self.train_batch_size!r} "
+                f"({type(self.train_batch_size).__name__}), expected an int or a schedule (a "
+                "list of {start, value} steps)"
+            )
         else:
             try:
                 BatchSchedule(list(self.train_batch_size))  # validates the phases
@@ -345,6 +352,8 @@ class TrainerConfig:
                 "'p=f32,c=bfloat16'"
             )
         hints = _field_types()
+        for f in dataclasses.fields(self):
+            _check_scalar_type(f.name, getattr(self, f.name), hints[f.name])
         for name, cls in _NESTED_CONFIGS.items():
             value = getattr(self, name)
             if isinstance(value, Mapping):
@@ -691,6 +700,30 @@ _OPTIONAL_CONFIGS = {"quantization", "model_averaging", "wandb"}
 @functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainerConfig)
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _check_scalar_type(name: str, value: Any, tp: Any) -> None:
+    """A field annotated with plain scalars (`int`, `float | None`, `str`, ...) given another
+    type from Python (a YAML is checked by the decoder): `num_train_steps="10"` failed deep
+    in a comparison and `num_train_steps=2.5` trained 3 steps."""
+    from lm.config import typeinfo as ti
+
+    tp = ti.strip(tp)
+    members = ti.union_members(tp) if ti.is_union(tp) else (tp,)
+    if not all(m in _SCALARS for m in members):
+        return  # a nested config, a schedule, a mapping: checked where they are decoded
+    # numpy scalars count as their Python kind (numbers.Integral / numbers.Real)
+    kinds = {int: numbers.Integral, float: numbers.Real, str: str, type(None): type(None)}
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's too
+        ok = bool in members
+    else:
+        ok = any(isinstance(value, kinds[m]) for m in members if m is not bool)
+    if not ok:
+        names = " or ".join("None" if m is type(None) else m.__name__ for m in members)
+        raise TypeError(f"trainer.{name}: got {value!r} ({type(value).__name__}), expected {names}")
 
 
 class NoAcceleratorError(SetupConfigError, RuntimeError):
