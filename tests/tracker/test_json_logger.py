@@ -142,3 +142,17 @@ def test_artifacts_are_copied_beside_the_log(tmp_path):
     ]
     assert event["path"] == str(tmp_path / "run" / "artifacts" / "bundle")
     assert (event["name"], event["type"]) == ("bundle", "dir")
+
+
+def test_a_log_that_got_no_record_is_removed_with_the_folders_it_made(tmp_path):
+    """A run that failed before its first record (a loss of the wrong shape at step 0) left
+    <run_dir>/metrics.jsonl holding only a "finish" line."""
+    path = tmp_path / "logs" / "run" / "metrics.jsonl"
+    JsonLoggerConfig(path=str(path)).init("run").finish()
+    assert not (tmp_path / "logs").exists()
+    tracker = JsonLoggerConfig(path=str(path)).init("run")
+    tracker.log({"x": 1.0}, step=0)
+    tracker.finish()
+    assert [r["event"] for r in read_json_log(str(path))] == ["log", "finish"]
+    JsonLoggerConfig(path=str(path)).init("run").finish()  # an existing log is the run's
+    assert [r["event"] for r in read_json_log(str(path))] == ["log", "finish", "finish"]

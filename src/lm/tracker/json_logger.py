@@ -8,6 +8,7 @@ every logged metric plus everything passed to `log_summary`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -74,6 +75,16 @@ class JsonLogger(Tracker):
         self.plot_path = plot_path
         self._fs, self._fs_path = fsspec.core.url_to_fs(path)
         self._local = is_local_filesystem(self._fs)
+        # what this logger creates, removed again if the run logs nothing (it failed before
+        # its first record): no half-made run directory holding only a "finish" line
+        self._made: list[str] = []
+        if self._local:
+            folder = os.path.dirname(os.path.abspath(self._fs_path))
+            while not os.path.exists(folder):
+                self._made.append(folder)
+                folder = os.path.dirname(folder)
+        self._new_file = self._local and not os.path.exists(self._fs_path)
+        self._wrote = False
         self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
         self._summary: dict[str, Any] = {}
         self._buffer: list[str] = []
@@ -100,6 +111,7 @@ class JsonLogger(Tracker):
             return f.read(1) != b"\n"
 
     def _write(self, record: dict[str, Any]) -> None:
+        self._wrote = True
         line = json.dumps(_jsonable(record)) + "\n"
         if self._file is not None:
             self._file.write(line)
@@ -184,6 +196,9 @@ class JsonLogger(Tracker):
         if self._finished:
             return
         self._finished = True
+        if self._new_file and not self._wrote and not self._summary:
+            self._remove_what_it_made()
+            return
         try:
             self._write({"event": "finish", "time": time.time(), "summary": self._summary})
         finally:  # closed also when the write fails (a full disk)
@@ -193,6 +208,16 @@ class JsonLogger(Tracker):
                 self._flush_remote()
         if self.plot_path is not None:
             self._plot()
+
+    def _remove_what_it_made(self) -> None:
+        """The empty log file and the folders made for it (a run that failed before it
+        logged anything)."""
+        self._file.close()
+        with contextlib.suppress(OSError):
+            os.remove(self._fs_path)
+        for folder in self._made:  # deepest first; one something else wrote into stays
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
     def _plot(self) -> None:
         from lm.tracker.viz import RunLogError, plot_run
