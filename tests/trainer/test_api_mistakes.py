@@ -271,6 +271,36 @@ def test_an_is_trainable_of_another_structure_names_the_argument(tmp_path):
             )
 
 
+class _Short(ListDataset):
+    def get_batch(self, indices):
+        return super().get_batch(indices)[:-1]
+
+
+class _Ragged(ListDataset):
+    def get_batch(self, indices):
+        out = super().get_batch(indices)
+        out[3] = Example(x=hax.zeros((Feature.resize(Feature.size + 1),)), y=out[3].y)
+        return out
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        (
+            _Short,
+            r"_Short.get_batch\(\d+ indices, from 0\) returned \d+ examples: it must return a "
+            "list with one example per index",
+        ),
+        (_Ragged, r"_Ragged example 3 has .x of shape \(\d+,\), example 0 of shape"),
+    ],
+)
+def test_a_dataset_returning_the_wrong_examples_names_the_example(tmp_path, dataset, message):
+    """They were numpy's `all input arrays must have the same shape` and an IndexError."""
+    data = dataset(list(make_dataset().get_batch(range(512))))
+    with pytest.raises(ValueError, match=message):
+        _train(trainer_config(tmp_path, num_train_steps=1), loader=lambda t: t.data_loader(data))
+
+
 def test_plain_array_batches_are_checked_by_their_leading_dimension(tmp_path):
     """A model and batches of plain jax arrays (no NamedArray) still train."""
 

@@ -179,18 +179,47 @@ class DataLoader(Generic[Ex]):
         if self.dataset.is_finite() and offset + size > len(self.dataset):
             return None
         rows = self.local_rows(size)
-        examples = self.dataset.get_batch([offset + r for r in rows])
-        return self._stack(examples, rows, size)
+        indices = [offset + r for r in rows]
+        examples = self.dataset.get_batch(indices)
+        if not isinstance(examples, Sequence) or len(examples) != len(indices):
+            got = (
+                f"{len(examples)} examples"
+                if isinstance(examples, Sequence)
+                else type(examples).__name__
+            )
+            raise ValueError(
+                f"{type(self.dataset).__name__}.get_batch({len(indices)} indices, from "
+                f"{indices[0]}) returned {got}: it must return a list with one example per "
+                "index, in order"
+            )
+        return self._stack(examples, rows, size, indices)
 
-    def _stack(self, examples: list, rows: list[int], size: int):
+    def _stack(self, examples: list, rows: list[int], size: int, indices: list[int]):
         leaves0, treedef = jax.tree_util.tree_flatten(examples[0], is_leaf=_is_named)
+        paths = [
+            jax.tree_util.keystr(path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(examples[0], is_leaf=_is_named)[0]
+        ]
         columns = [[leaf] for leaf in leaves0]
-        for ex in examples[1:]:
+        for ex, index in zip(examples[1:], indices[1:], strict=True):
             leaves, td = jax.tree_util.tree_flatten(ex, is_leaf=_is_named)
             if td != treedef:
-                raise ValueError(f"dataset examples differ in structure: {treedef} vs {td}")
+                raise ValueError(
+                    f"{type(self.dataset).__name__} example {index} differs in structure from "
+                    f"example {indices[0]}: {td} vs {treedef}"
+                )
             for col, leaf in zip(columns, leaves, strict=True):
                 col.append(leaf)
+        for path, col in zip(paths, columns, strict=True):
+            shapes = [np.shape(x.array if _is_named(x) else x) for x in col]
+            for index, shape in zip(indices, shapes, strict=True):
+                if shape != shapes[0]:
+                    raise ValueError(
+                        f"{type(self.dataset).__name__} example {index} has {path or 'a value'} "
+                        f"of shape {shape}, example {indices[0]} of shape {shapes[0]}: the "
+                        "examples of a batch are stacked, so each field needs one shape (pad "
+                        "or truncate them)"
+                    )
         position = {row: i for i, row in enumerate(rows)}
         batch_spec = self._batch_pspec(size)
         out = []
