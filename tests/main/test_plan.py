@@ -210,6 +210,9 @@ def test_bad_plan_options_are_config_errors(repo_root, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "device_memory" in err and "did you mean 16GiB" in err
+    with pytest.raises(SystemExit):  # a bare number is bytes: 16 was planned against 16 B
+        lm.config.main(main)(args=[*base, "--device_memory", "16"])
+    assert "16 is 16 bytes, less than a MiB: give the unit, e.g. 16GiB" in (capsys.readouterr().err)
     with pytest.raises(SystemExit):
         lm.config.main(main)(args=[*base, "--num_devices", "0"])
     assert "got 0, expected a positive device count" in capsys.readouterr().err

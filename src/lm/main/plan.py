@@ -49,9 +49,15 @@ class PlanConfig(TrainLmConfig):
         super().__post_init__()
         if self.device_memory is not None:
             try:
-                parse_size(self.device_memory)
+                size = parse_size(self.device_memory)
             except ValueError as e:
                 raise lm.config.FieldError("device_memory", str(e)) from None
+            if size < 2**20 and str(self.device_memory).strip().isdigit():
+                raise lm.config.FieldError(
+                    "device_memory",
+                    f"{self.device_memory} is {size} bytes, less than a MiB: give the unit, "
+                    f"e.g. {self.device_memory}GiB",
+                )
             if not self.compile_step:
                 raise lm.config.FieldError(
                     "compile_step", "device_memory needs compile_step: true (the estimate)"
