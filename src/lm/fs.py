@@ -167,6 +167,17 @@ def local_path(url: str) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def missing_folders(path: str) -> list[str]:
+    """The folders of local `path` (itself included) that do not exist yet, deepest first:
+    what `os.makedirs(path)` would create, and what to remove to undo it."""
+    missing = []
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    return missing
+
+
 def cannot_write_directory(url: str) -> str | None:
     """Why `url` (a local path) cannot be made, or written into, as a directory; None when it
     can, and for remote URLs. Probes by doing it: it makes the missing folders (or a file in
@@ -180,11 +191,7 @@ def cannot_write_directory(url: str) -> str | None:
     if path is None:
         return None
     path = os.path.abspath(path)
-    missing = []
-    probe = path
-    while not os.path.exists(probe):
-        missing.append(probe)
-        probe = os.path.dirname(probe)
+    missing = missing_folders(path)
     try:
         if missing:
             os.makedirs(path)

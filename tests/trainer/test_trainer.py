@@ -192,6 +192,8 @@ def _train_with_eval(config, *, enter_twice=False):
 
 
 def _eval_records(config):
+    if not os.path.exists(f"{config.run_dir}/metrics.jsonl"):
+        return []
     return [r["step"] for r in _metrics(config) if "eval/heldout/loss" in r["metrics"]]
 
 

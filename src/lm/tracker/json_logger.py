@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError
-from lm.fs import is_local_filesystem, local_path
+from lm.fs import is_local_filesystem, local_path, missing_folders
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -77,12 +77,7 @@ class JsonLogger(Tracker):
         self._local = is_local_filesystem(self._fs)
         # what this logger creates, removed again if the run logs nothing (it failed before
         # its first record): no half-made run directory holding only a "finish" line
-        self._made: list[str] = []
-        if self._local:
-            folder = os.path.dirname(os.path.abspath(self._fs_path))
-            while not os.path.exists(folder):
-                self._made.append(folder)
-                folder = os.path.dirname(folder)
+        self._made = missing_folders(os.path.dirname(self._fs_path)) if self._local else []
         self._new_file = self._local and not os.path.exists(self._fs_path)
         self._wrote = False
         self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
