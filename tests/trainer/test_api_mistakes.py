@@ -262,6 +262,15 @@ def test_a_model_function_passed_as_model_is_an_error_suggesting_model_init(tmp_
             trainer.initial_state(jax.random.PRNGKey(1), model_init=_init())
 
 
+def test_an_is_trainable_that_freezes_everything_warns(tmp_path, caplog):
+    trainer = Trainer(trainer_config(tmp_path), optax.adam(1e-2), mse)
+    with trainer, caplog.at_level(logging.WARNING, logger="lm.trainer.resume"):
+        trainer.initial_state(jax.random.PRNGKey(1), model_init=_init, is_trainable=False)
+    assert "is_trainable selects no parameter of the model: nothing will be trained" in (
+        caplog.text
+    )
+
+
 def test_an_is_trainable_of_another_structure_names_the_argument(tmp_path):
     trainer = Trainer(trainer_config(tmp_path), optax.adam(1e-2), mse)
     with trainer:

@@ -16,7 +16,7 @@ from lm.partitioning import (
     check_mapped_axes_exist,
 )
 from lm.trainer.checks import has_array_leaves
-from lm.trainer.state import TrainerState
+from lm.trainer.state import TrainerState, has_trainable
 
 if TYPE_CHECKING:
     from lm.trainer.config import TrainerConfig
@@ -50,6 +50,11 @@ def load_or_init_state(
     # traced for shapes only, outside the axis mapping, under which jax would fail first)
     shapes = model if model is not None else abstract_shapes(model_init)
     check_model_shapes(trainer, shapes, from_init=model is None)
+    if not has_trainable(shapes, is_trainable):
+        logger.warning(
+            "is_trainable selects no parameter of the model: nothing will be trained (no "
+            "optimizer updates, and checkpoints hold no model weights)"
+        )
     if model is not None:
         init = state_initializer(trainer, training_key, lambda m: m, is_trainable)
         init_args = (model,)

@@ -125,6 +125,11 @@ def _full_filter(model: Any, is_trainable: FilterTree) -> PyTree[bool]:
         ) from None
 
 
+def has_trainable(model: Any, is_trainable: FilterTree) -> bool:
+    """Whether `is_trainable` selects any float array of `model` (concrete or shapes)."""
+    return any(jax.tree_util.tree_leaves(_full_filter(model, is_trainable)))
+
+
 def saveable_state(state: TrainerState) -> TrainerState:
     """The part of `state` that is checkpointed: non-trainable parameters are dropped."""
     return dataclasses.replace(state, model=trainables_only(state.model, state.is_trainable))
