@@ -72,6 +72,18 @@ def test_missing_series_skip_their_panel(caplog):
     assert "skipping the throughput panel" in caplog.text
 
 
+def test_a_run_without_tokens_per_second_plots_examples_per_second():
+    """A Trainer run without set_throughput_model logs examples/s only: viz_run said
+    "skipped (no data): throughput"."""
+    records = [
+        {"event": "log", "step": s, "metrics": {"throughput/examples_per_second": 10.0 + s}}
+        for s in range(3)
+    ]
+    fig, panels = make_figure(records)
+    assert panels == ["throughput"]
+    assert line_data(fig)[("examples / s", "examples/s")] == [[s, 10.0 + s] for s in range(3)]
+
+
 def test_nothing_to_plot_is_an_error():
     with pytest.raises(RunLogError, match="no plottable metrics: expected train/loss"):
         make_figure([{"event": "log", "step": 0, "metrics": {"other": 1.0}}])

@@ -5,7 +5,8 @@
 
 * loss: `train/loss` and every eval loss (`eval/loss`, `eval/<set>/loss`);
 * learning rate: `optim/learning_rate`;
-* throughput: `throughput/tokens_per_second`.
+* throughput: `throughput/tokens_per_second` (`throughput/examples_per_second` for a run that
+  logs no tokens/s).
 
 A missing series skips its panel with a log message; a missing or unreadable file is a
 `RunLogError` naming the path. `python -m lm.main.viz_run` is the command-line front end.
@@ -30,6 +31,7 @@ METRICS_FILENAME = "metrics.jsonl"
 TRAIN_LOSS = "train/loss"
 LEARNING_RATE = "optim/learning_rate"
 TOKENS_PER_SECOND = "throughput/tokens_per_second"
+EXAMPLES_PER_SECOND = "throughput/examples_per_second"
 _EVAL_LOSS = re.compile(r"^eval/(?:(?P<name>.+)/)?loss$")
 
 
@@ -152,12 +154,15 @@ def make_figure(
         )
     if TOKENS_PER_SECOND in series:
         panels.append(("throughput", "tokens / s", [("tokens/s", series[TOKENS_PER_SECOND])]))
+    elif EXAMPLES_PER_SECOND in series:  # a Trainer run without set_throughput_model
+        panels.append(("throughput", "examples / s", [("examples/s", series[EXAMPLES_PER_SECOND])]))
     else:
         logger.log(
             missing_level,
-            "%s: no %s metric; skipping the throughput panel",
+            "%s: no %s or %s metric; skipping the throughput panel",
             source,
             TOKENS_PER_SECOND,
+            EXAMPLES_PER_SECOND,
         )
     if not panels:
         raise RunLogError(
