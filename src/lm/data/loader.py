@@ -196,10 +196,6 @@ class DataLoader(Generic[Ex]):
 
     def _stack(self, examples: list, rows: list[int], size: int, indices: list[int]):
         leaves0, treedef = jax.tree_util.tree_flatten(examples[0], is_leaf=_is_named)
-        paths = [
-            jax.tree_util.keystr(path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(examples[0], is_leaf=_is_named)[0]
-        ]
         columns = [[leaf] for leaf in leaves0]
         for ex, index in zip(examples[1:], indices[1:], strict=True):
             leaves, td = jax.tree_util.tree_flatten(ex, is_leaf=_is_named)
@@ -210,32 +206,42 @@ class DataLoader(Generic[Ex]):
                 )
             for col, leaf in zip(columns, leaves, strict=True):
                 col.append(leaf)
-        for path, col in zip(paths, columns, strict=True):
-            shapes = [np.shape(x.array if _is_named(x) else x) for x in col]
-            for index, shape in zip(indices, shapes, strict=True):
-                if shape != shapes[0]:
-                    raise ValueError(
-                        f"{type(self.dataset).__name__} example {index} has {path or 'a value'} "
-                        f"of shape {shape}, example {indices[0]} of shape {shapes[0]}: the "
-                        "examples of a batch are stacked, so each field needs one shape (pad "
-                        "or truncate them)"
-                    )
         position = {row: i for i, row in enumerate(rows)}
         batch_spec = self._batch_pspec(size)
         out = []
-        for col in columns:
+        for column, col in enumerate(columns):
             first = col[0]
+            values = [x.array for x in col] if _is_named(first) else col
+            local = self._stacked(values, column, examples[0], indices)
             if _is_named(first):
-                local = np.stack([np.asarray(x.array) for x in col])
                 axes = (Axis(self.batch_axis_name, size), *first.axes)
                 spec = pspec_for_axis(axes, self.axis_mapping)
                 spec = PartitionSpec(batch_spec, *spec[1:])
                 out.append(NamedArray(self._global(local, size, spec, position), axes))
             else:
-                local = np.stack([np.asarray(x) for x in col])
                 spec = PartitionSpec(batch_spec, *([None] * (local.ndim - 1)))
                 out.append(self._global(local, size, spec, position))
         return jax.tree_util.tree_unflatten(treedef, out)
+
+    def _stacked(self, values: list, column: int, first: Any, indices: list[int]) -> np.ndarray:
+        """`values` (one field of each example) stacked; examples whose field differs in shape
+        are an error naming the dataset, the example and the field (found only when numpy's
+        stack fails, off the path of every batch)."""
+        try:
+            return np.stack([np.asarray(v) for v in values])
+        except ValueError:
+            shapes = [np.shape(v) for v in values]
+            odd = [(i, s) for i, s in zip(indices, shapes, strict=True) if s != shapes[0]]
+            if not odd:
+                raise
+            path, _ = jax.tree_util.tree_flatten_with_path(first, is_leaf=_is_named)[0][column]
+            name = jax.tree_util.keystr(path) or "a value"
+            index, shape = odd[0]
+            raise ValueError(
+                f"{type(self.dataset).__name__} example {index} has {name} of shape {shape}, "
+                f"example {indices[0]} of shape {shapes[0]}: the examples of a batch are "
+                "stacked, so each field needs one shape (pad or truncate them)"
+            ) from None
 
     def _global(self, local: np.ndarray, size: int, spec, position: dict[int, int]) -> jax.Array:
         sharding = NamedSharding(self.mesh, spec)
