@@ -31,6 +31,7 @@ from typing import Any
 import haliax as hax
 import jax
 import jmp
+import numpy as np
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
@@ -717,7 +718,7 @@ def _check_scalar_type(name: str, value: Any, tp: Any) -> None:
         return  # a nested config, a schedule, a mapping: checked where they are decoded
     # numpy scalars count as their Python kind (numbers.Integral / numbers.Real)
     kinds = {int: numbers.Integral, float: numbers.Real, str: str, type(None): type(None)}
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's too
+    if isinstance(value, bool | np.bool_):
         ok = bool in members
     else:
         ok = any(isinstance(value, kinds[m]) for m in members if m is not bool)
@@ -768,7 +769,6 @@ def _check_jax_flag(name: str, value: Any, *, field: str) -> None:
 
 
 def _broadcast_string(value: str, length: int = 8) -> str:
-    import numpy as np
     from jax.experimental import multihost_utils
 
     codes = np.frombuffer(value.encode("ascii").ljust(length, b" "), dtype=np.uint8)

@@ -157,9 +157,7 @@ class TrainerHooks:
         `info.step` is in the run's log (they ran when the run finished). Returns whether
         they were left out."""
         redo = [h for h in self.hooks if getattr(h.callback, "redo_after_resume", False)]
-        wanted = {key for h in redo for key in h.callback.logged_keys()}
-        skip = bool(redo) and all(h.callback.logged_keys() for h in redo)
-        skip = skip and logged(wanted, info.step)
+        skip = bool(redo) and _all_logged(redo, info.step, logged)
         for hook in self.hooks:
             if not (skip and hook in redo):
                 hook.callback.on_step(info, force=True)
@@ -178,8 +176,7 @@ class TrainerHooks:
         ]
         if not due:
             return "none due"
-        wanted = {key for h in due for key in h.callback.logged_keys()}
-        if all(h.callback.logged_keys() for h in due) and logged(wanted, info.step):
+        if _all_logged(due, info.step, logged):
             return "done before"
         for hook in due:
             hook.callback.on_step(info, force=False)
@@ -195,3 +192,13 @@ class TrainerHooks:
     def run_jit_hooks_outside_step(self, info: StepInfo, cb_infos: list[Any]) -> None:
         for hook, cb_info in zip(self.jit_hooks_due(info.step), cb_infos, strict=True):
             hook.callback.on_step(info, cb_info)
+
+
+def _all_logged(
+    hooks: list[_Registered], step: int, logged: Callable[[set[str], int], bool]
+) -> bool:
+    """Whether every one of `hooks` names the metrics that show it finished
+    (`logged_keys()`) and `logged` finds all of them at `step`."""
+    if not all(h.callback.logged_keys() for h in hooks):
+        return False
+    return logged({key for h in hooks for key in h.callback.logged_keys()}, step)

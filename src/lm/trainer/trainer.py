@@ -612,7 +612,6 @@ class Trainer(Generic[M]):
         """On a resumed run, the hooks whose work at the restored step may have been cut
         short (`Callback.redo_after_resume`: evaluation) run again for that step, unless the
         run's JSON log shows they finished there."""
-
         step = int(state.step)
         if step == 0 or self.restored_step != step:
             return
