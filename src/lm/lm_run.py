@@ -5,7 +5,6 @@ vocabulary axis for a tokenizer, and loading a model from a `train_lm` checkpoin
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -15,7 +14,7 @@ import haliax as hax
 import jax
 from haliax.partitioning import round_axis_for_partitioning
 
-from lm.config import FieldError, SetupConfigError
+from lm.config import ConfigError, FieldError, SetupConfigError
 from lm.fs import local_path
 from lm.models import Gpt2Config, LmConfig
 from lm.models.hf.compat import (
@@ -287,7 +286,7 @@ def check_checkpoint_architecture(model_config: LmConfig, checkpoint: str, *, re
             checkpoint,
         )
         return
-    differences = _differences(model_architecture(model_config), saved, "model")
+    differences = _recorded_architecture_differences(model_config, saved, checkpoint)
     if not differences:
         return
     listed = "; ".join(differences)
@@ -306,29 +305,37 @@ def check_checkpoint_architecture(model_config: LmConfig, checkpoint: str, *, re
     )
 
 
-def _differences(given: Any, saved: Any, path: str) -> list[str]:
-    """`path: given (checkpoint: saved)` for every leaf where the two differ. A field only one
-    side has (added to or removed from lm since the checkpoint was saved) is not compared; of
-    two different choices (`type:`) only the choice is named."""
-    if isinstance(given, dict) and isinstance(saved, dict):
-        if given.get("type") != saved.get("type"):
-            return _differences(given.get("type"), saved.get("type"), f"{path}.type")
-        out = []
-        for key in given:
-            if key in saved:
-                out += _differences(given[key], saved[key], f"{path}.{key}")
-        return out
-    if given == saved or (_is_number(given) and _is_number(saved) and float(given) == float(saved)):
+def _recorded_architecture_differences(
+    model_config: LmConfig, saved: dict[str, Any], checkpoint: str
+) -> list[str]:
+    """`model.<field>: given (checkpoint: saved)` for each architecture field where
+    `model_config` differs from the architecture a checkpoint recorded, compared as
+    `architecture_differences` compares an HF checkpoint's (`swish` is `silu`, `head_dim:
+    null` is hidden_dim / num_heads). A field only one side has (added to or removed from lm
+    since the checkpoint was saved) is not compared; a record this lm cannot decode is logged
+    and not compared."""
+    from lm.config.decoding import decode
+    from lm.config.encoding import to_data
+
+    given = to_data(model_config, LmConfig)
+    if saved.get("type") != given.get("type"):
+        return [f"model.type: {given.get('type')} (checkpoint: {saved.get('type')})"]
+    # the record with this config's runtime fields and the fields lm added since
+    data = {
+        key: saved[key] if key in saved and key not in model_config.runtime_fields else value
+        for key, value in given.items()
+    }
+    try:
+        recorded = decode(LmConfig, data, path="model")
+    except (ConfigError, ValueError) as e:
+        logger.warning(
+            "Checkpoint %s records a model architecture this lm cannot read (%s): the model "
+            "config cannot be checked against it",
+            checkpoint,
+            e,
+        )
         return []
-    return [f"{path}: {_shown(given)} (checkpoint: {_shown(saved)})"]
-
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    return ["model." + d for d in architecture_differences(model_config, recorded)]
 
 
 CHECKPOINT_PATH_HELP = (

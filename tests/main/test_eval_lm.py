@@ -245,21 +245,40 @@ def test_a_model_config_other_than_the_trained_one_is_refused(trained_run, caplo
     load_model_for_eval(runtime, _eval_trainer(config), Vocab)
 
 
-def test_architecture_differences_name_each_field_and_skip_unknown_ones():
-    from lm.lm_run import _differences
+def test_recorded_architecture_differences_name_each_field_and_skip_unknown_ones(caplog):
+    """The record is compared as an HF checkpoint's config is: the same function under another
+    spelling is no difference; runtime fields and fields lm added since are not compared."""
+    from lm.lm_run import _recorded_architecture_differences
+    from lm.models import Gpt2Config, LlamaConfig
 
-    saved = {"type": "llama", "hidden_dim": 32, "rope": {"type": "default", "theta": 1e4}}
-    given = {"type": "llama", "hidden_dim": 32.0, "rope": {"type": "default", "theta": 5e5}}
-    assert _differences(given, saved, "model") == [
-        "model.rope.theta: 500000.0 (checkpoint: 10000.0)"
+    given = LlamaConfig(
+        hidden_dim=32, intermediate_dim=64, num_layers=1, num_heads=4, num_kv_heads=2
+    )
+    saved = model_architecture(given)
+    assert _recorded_architecture_differences(given, saved, "ckpt") == []
+    assert saved["activation_function"] == "silu"
+    swish = {**saved, "activation_function": "swish", "head_dim": 8, "brand_new_field": 1}
+    assert _recorded_architecture_differences(given, swish, "ckpt") == []
+    # a runtime field is the given config's, whatever the checkpoint recorded
+    longer = dataclasses.replace(given, seq_len=4096, attn_backend="vanilla")
+    assert _recorded_architecture_differences(longer, saved, "ckpt") == []
+    theta = dataclasses.replace(given, rope=dataclasses.replace(given.rope, theta=5e5))
+    assert _recorded_architecture_differences(theta, saved, "ckpt") == [
+        "model.rope: {type: default, theta: 500000.0, factor: 1.0} (checkpoint: {type: "
+        "default, theta: 10000.0, factor: 1.0})"
     ]
-    given["rope"] = {"type": "llama3", "theta": 5e5, "factor": 8}
-    assert _differences(given, saved, "model") == ["model.rope.type: llama3 (checkpoint: default)"]
-    assert _differences({"type": "gpt2", "x": 1}, saved, "model") == [
+    wider = dataclasses.replace(given, hidden_dim=64)
+    assert _recorded_architecture_differences(wider, saved, "ckpt") == [
+        "model.hidden_dim: 64 (checkpoint: 32)"
+    ]
+    assert _recorded_architecture_differences(Gpt2Config(), saved, "ckpt") == [
         "model.type: gpt2 (checkpoint: llama)"
     ]
-    # a field added to lm since the checkpoint was saved is not compared
-    assert _differences({**saved, "new_field": True}, saved, "model") == []
+    # a record this lm cannot decode is not compared, and says so
+    caplog.set_level(logging.WARNING, logger="lm.lm_run")
+    odd = {**saved, "activation_function": "no_such_activation"}
+    assert _recorded_architecture_differences(given, odd, "ckpt") == []
+    assert "ckpt records a model architecture this lm cannot read" in caplog.text
 
 
 def test_missing_checkpoint_names_the_path(trained_run, tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import draccus
 import equinox as eqx
@@ -84,6 +84,13 @@ class LmConfig(draccus.ChoiceRegistry, abc.ABC, Generic[LmT]):
     Implementations register themselves with `@LmConfig.register_subclass("<type>")` and are
     imported by `lm.models`. There is no default `type`: a model section must name one.
     """
+
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"seq_len", "cross_entropy_block_size"})
+    """Fields that do not change the function the model computes: how it runs (attention
+    kernel, remat, layer scan, loss blocks), how it trains (dropout, init scale), its context
+    length and bookkeeping. Every other field is architecture: a checkpoint records it
+    (`lm.lm_run.model_architecture`) and a model loaded from an HF checkpoint must match it
+    (`lm.models.hf.compat.architecture_differences`)."""
 
     cross_entropy_block_size: int | None = None
     """Vocabulary block size for the blockwise cross-entropy loss (None: dense logits).

@@ -54,12 +54,6 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
     """HF's `base_model_prefix` ("transformer" for GPT-2, "model" for Llama); checkpoints of
     the bare base model omit it and get it added on load."""
 
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"seq_len", "cross_entropy_block_size"})
-    """Fields that do not change the function the model computes: how it runs (attention
-    kernel, remat, layer scan, loss blocks), how it trains (dropout, init scale), its context
-    length and bookkeeping. Every other field is architecture and must match an HF
-    checkpoint the model is loaded from (`architecture_differences`)."""
-
     hf_learned_positions: ClassVar[bool] = False
     """Positions are a learned table of `seq_len` rows (GPT-2): a `seq_len` below a
     checkpoint's keeps the table's first rows, one above it cannot be loaded, and an export
@@ -92,7 +86,7 @@ class HFCompatConfig(LmConfig[LmT], abc.ABC):
         return state_dict
 
 
-def _comparable(config: HFCompatConfig, name: str) -> Any:
+def _comparable(config: LmConfig, name: str) -> Any:
     """A field's value in a form where equal means the same function (`swish` is `silu`,
     `head_dim: null` is hidden_dim / num_heads, RoPE configs by their HF parameters)."""
     from lm.models.layers.activations import ActivationFunctionEnum
@@ -141,7 +135,7 @@ def shown(value: Any) -> str:
 
 
 def architecture_differences(
-    given: LmConfig, checkpoint: HFCompatConfig, *, set_only: bool = False
+    given: LmConfig, checkpoint: LmConfig, *, set_only: bool = False
 ) -> list[str]:
     """The architecture fields in which `given` differs from a checkpoint's config, each as
     `"<field>: <given> (checkpoint: <value>)"`; empty when `given` computes the checkpoint's
@@ -149,7 +143,8 @@ def architecture_differences(
 
     Args:
         given: the config a model is to be built from.
-        checkpoint: `from_hf_config` of the checkpoint's config.json.
+        checkpoint: `from_hf_config` of an HF checkpoint's config.json, or the architecture a
+            `train_lm` checkpoint recorded (`lm.lm_run.check_checkpoint_architecture`).
         set_only: only fields `given` sets (see `_written_fields`; the rest are taken
             from the checkpoint, see `with_user_runtime_fields`).
     """
@@ -174,7 +169,11 @@ def architecture_differences(
                 f"{name}: {shown(getattr(given, name))} "
                 f"(checkpoint: {shown(getattr(checkpoint, name))})"
             )
-    if given.hf_learned_positions and given.seq_len > checkpoint.seq_len:
+    if (
+        isinstance(given, HFCompatConfig)
+        and given.hf_learned_positions
+        and (given.seq_len > checkpoint.seq_len)
+    ):
         if not (set_only and not written("seq_len")):
             out.append(
                 f"seq_len: {given.seq_len} (checkpoint: {checkpoint.seq_len} learned positions; "
