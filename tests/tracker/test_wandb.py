@@ -292,6 +292,22 @@ def test_bad_wandb_config_is_a_clear_error(kwargs, match):
         WandbConfig(**kwargs)
 
 
+def test_a_bad_wandb_mode_from_the_environment_is_named_at_parse_time(monkeypatch):
+    """W&B validated WANDB_MODE only in wandb.init, once data and model were set up, with a
+    pydantic error; W&B's own spellings (shared, dryrun) pass, and `mode:` overrides it."""
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(
+        lm.config.FieldError,
+        match=r"^mode: is unset, so W&B takes the environment's "
+        r"WANDB_MODE='ofline', which must be one of online, offline, disabled.*Did you mean "
+        r"'offline'",
+    ):
+        WandbConfig()
+    WandbConfig(mode="offline")
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    WandbConfig()
+
+
 def test_a_w_and_b_run_id_from_the_environment_must_name_a_directory(monkeypatch, tmp_path):
     """WANDB_RUN_ID=../x put the run's logs and checkpoints outside log_dir and base_path."""
     from lm.tracker import JsonLoggerConfig

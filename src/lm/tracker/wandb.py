@@ -47,6 +47,7 @@ from lm.tracker.scrub import scrub_secrets, scrub_text, scrubbed_copy
 logger = logging.getLogger(__name__)
 
 _MODES = ("online", "offline", "disabled")
+_ENV_MODES = (*_MODES, "shared", "dryrun", "run")  # W&B's own spellings, accepted from WANDB_MODE
 MAX_TAG_LENGTH = 64  # W&B refuses longer tags when the run starts
 _WANDB_ID_FORBIDDEN = ":;,#?/'"  # characters W&B refuses in a run id
 
@@ -113,6 +114,15 @@ class WandbConfig(TrackerConfig):
                 "mode",
                 f"must be one of {', '.join(_MODES)} (or unset), got "
                 f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}",
+            )
+        env_mode = os.environ.get("WANDB_MODE")
+        if self.mode is None and env_mode and env_mode not in _ENV_MODES:
+            # W&B would fail on it in its settings validation, once the run is set up
+            raise FieldError(
+                "mode",
+                f"is unset, so W&B takes the environment's WANDB_MODE={env_mode!r}, which must be "
+                f"one of {', '.join(_MODES)}.{_did_you_mean(env_mode, _MODES)} Fix or unset "
+                "WANDB_MODE, or set this field",
             )
         if self.resume not in _RESUME:
             raise FieldError(
