@@ -609,6 +609,48 @@ def test_load_checkpoint_false_refuses_a_directory_holding_checkpoints(tmp_path)
     assert int(fresh.state.step) == 4
 
 
+def test_a_run_started_from_load_checkpoint_path_resumes_from_its_own_checkpoints(tmp_path, caplog):
+    """load_checkpoint_path is where a run starts. Rerunning the same command after a crash
+    reloaded it and threw away every step trained since; it now resumes from the run's own
+    directory. A load_checkpoint_path inside that directory is a rollback, loaded as given."""
+    source = trainer_config(tmp_path / "src", num_train_steps=2, steps_per_eval=100)
+    _train(source)
+    start = str(tmp_path / "src" / "ckpt" / "toy" / "step-1")
+    run = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100, id="run")
+    _, info = _train(dataclasses.replace(run, load_checkpoint_path=start))
+    assert int(info.state.step) == 4
+    caplog.set_level(logging.INFO, logger="lm.trainer.resume")
+    longer = dataclasses.replace(run, load_checkpoint_path=start, num_train_steps=6)
+    trainer, info = _train(longer)
+    assert int(info.state.step) == 6
+    assert trainer.restored_from.kind == "resumed"
+    assert trainer.restored_from.checkpoint == str(tmp_path / "ckpt" / "run" / "step-3")
+    assert f"trainer.load_checkpoint_path ({start}) is where this run started" in caplog.text
+    # the same 6 steps as one run from the same start
+    whole = trainer_config(tmp_path / "b", num_train_steps=6, steps_per_eval=100, id="run")
+    _, straight = _train(dataclasses.replace(whole, load_checkpoint_path=start))
+    assert_leaves_equal(straight.state.model, info.state.model)
+    # a rollback to one of its own checkpoints
+    own = str(tmp_path / "ckpt" / "run" / "step-3")
+    trainer, _ = _train(dataclasses.replace(run, load_checkpoint_path=own, num_train_steps=5))
+    assert trainer.restored_from.checkpoint == own
+    assert "is a checkpoint of this run's own directory, which holds a newer one" in caplog.text
+
+
+def test_load_checkpoint_false_is_refused_with_load_checkpoint_path_too(tmp_path):
+    """The run saves to its own directory whatever it loads: the new run's checkpoints would
+    land beside the earlier attempt's, and the summary named the old run's newest."""
+    from lm.config import SetupConfigError
+
+    first = trainer_config(tmp_path, num_train_steps=4, steps_per_eval=100)
+    _train(first)
+    again = dataclasses.replace(
+        first, load_checkpoint=False, load_checkpoint_path=str(tmp_path / "ckpt" / "toy")
+    )
+    with pytest.raises(SetupConfigError, match="already holds checkpoints of an earlier attempt"):
+        _train(again)
+
+
 def test_resuming_with_another_batch_size_is_an_error_unless_scheduled(tmp_path):
     """The loader of a resumed run starts where the batch schedule puts the step: with a
     changed batch size that is not where the run stopped, and data would be skipped."""

@@ -39,7 +39,7 @@ from lm.optim.schedules import ScheduleError
 from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
 from lm.trainer import Preempted, Trainer, TrainerConfig
 from lm.trainer.quantization import check_targets
-from lm.trainer.resume import sharded_axis_warnings
+from lm.trainer.resume import resume_source, sharded_axis_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +194,9 @@ def check_checkpoint_to_load(trainer_config: TrainerConfig) -> None:
             "variable or a W&B run id), so it would get a new random one with no checkpoints. "
             "Set trainer.id to the run to resume, or trainer.load_checkpoint_path",
         )
-    field = "trainer.load_checkpoint_path" if trainer_config.load_checkpoint_path else None
     try:
-        why = no_checkpoint_to_load(trainer_config.checkpoint_path, field)
+        path, field = resume_source(trainer_config)
+        why = no_checkpoint_to_load(path, field)
     except ValueError as e:  # the path is a file
         raise lm.config.FieldError(field or "trainer.checkpointer.base_path", str(e)) from None
     if why is not None:
@@ -435,7 +435,7 @@ def _will_resume(trainer_config: TrainerConfig) -> bool:
 
     if trainer_config.load_checkpoint is False:
         return False
-    return discover_latest_checkpoint(trainer_config.checkpoint_path) is not None
+    return discover_latest_checkpoint(resume_source(trainer_config)[0]) is not None
 
 
 class HfExportHook:

@@ -590,9 +590,15 @@ class TrainerConfig:
     @property
     def checkpoint_path(self) -> str:
         """Where this run's checkpoints are read from: `load_checkpoint_path`, else the
-        checkpointer's `<base_path>/<run_id>`."""
+        checkpointer's `<base_path>/<run_id>`. A run resumes from its own directory
+        (`save_path`) once it holds a checkpoint, though: see `lm.trainer.resume.resume_source`."""
         if self.load_checkpoint_path is not None:
             return self.load_checkpoint_path
+        return self.save_path
+
+    @property
+    def save_path(self) -> str:
+        """Where this run saves its checkpoints: the checkpointer's `<base_path>/<run_id>`."""
         return self.checkpointer.expanded_path(self.run_id)
 
     @property

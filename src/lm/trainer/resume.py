@@ -4,6 +4,7 @@ checkpoint (`initialize_from`), or a fresh initialization (CKP-05, via lm.checkp
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,12 +64,11 @@ def load_or_init_state(
         init_args = ()
     # a checkpoint padded for another layout loads; one saved with other real sizes does not
     with config.use_device_mesh(), padded_axes(**trainer.real_axis_sizes):
+        path, field = resume_source(config, log=True)
         restored = restore_trainer_state(
             init,
-            checkpoint_path=config.checkpoint_path,
-            checkpoint_path_field=(
-                "trainer.load_checkpoint_path" if config.load_checkpoint_path is not None else None
-            ),
+            checkpoint_path=path,
+            checkpoint_path_field=field,
             load_checkpoint=config.load_checkpoint,
             initialize_from=config.initialize_from,
             initialize_from_params_only=config.initialize_from_params_only,
@@ -95,6 +95,66 @@ def load_or_init_state(
             int(restored.state.step),
         )
     return restored.state
+
+
+def resume_source(config: TrainerConfig, *, log: bool = False) -> tuple[str, str | None]:
+    """The checkpoint path a run loads from and the field that named it (None: the run's own
+    directory, `config.save_path`).
+
+    `load_checkpoint_path` is where a run starts; from then on it saves to its own directory.
+    Once that holds a committed checkpoint, a rerun of the same command (after a crash or a
+    preemption) resumes from there: reloading `load_checkpoint_path` would throw away every
+    step trained since. A `load_checkpoint_path` inside the run's own directory (a rollback
+    to one of its own checkpoints) is loaded as given. `log`: say which, once per run.
+    """
+    from lm.checkpoint.storage import checkpoint_candidates
+
+    own = config.save_path
+    given = config.load_checkpoint_path
+    if given is None:
+        return own, None
+    field = "trainer.load_checkpoint_path"
+    if config.load_checkpoint is False:
+        return given, field
+    committed, _ = checkpoint_candidates(own)
+    if not committed:
+        return given, field
+    newest = max(committed, key=lambda s: s.step)
+    if _is_within(given, own):
+        if log:
+            logger.warning(
+                "%s (%s) is a checkpoint of this run's own directory, which holds a newer one "
+                "(step-%d): loading the one given, as a rollback; the run's saves replace the "
+                "newer checkpoints at their steps",
+                field,
+                given,
+                newest.step,
+            )
+        return given, field
+    if log:
+        logger.info(
+            "%s (%s) is where this run started; its own directory %s holds checkpoints saved "
+            "since (up to step-%d), so it resumes from there. Move that directory aside to "
+            "start again from %s",
+            field,
+            given,
+            own,
+            newest.step,
+            field,
+        )
+    return own, None
+
+
+def _is_within(path: str, directory: str) -> bool:
+    """Whether checkpoint path `path` is `directory` or under it."""
+    from lm.checkpoint.storage import local_path
+
+    def norm(p: str) -> str:
+        local = local_path(p)
+        return os.path.abspath(local) if local is not None else p.rstrip("/")
+
+    path, directory = norm(path), norm(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def check_model_shapes(trainer: Trainer, shapes: Any, *, from_init: bool) -> None:
@@ -156,9 +216,9 @@ def check_not_starting_over(config: TrainerConfig) -> None:
     """
     from lm.checkpoint.storage import checkpoint_candidates
 
-    if config.load_checkpoint is not False or config.load_checkpoint_path is not None:
+    if config.load_checkpoint is not False:
         return
-    path = config.checkpoint_path
+    path = config.save_path
     committed, _ = checkpoint_candidates(path)
     if not committed:
         return

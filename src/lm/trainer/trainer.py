@@ -504,7 +504,7 @@ class Trainer(Generic[M]):
                 from lm.checkpoint import discover_latest_checkpoint
 
                 self.checkpointer.wait_until_finished()
-                last = discover_latest_checkpoint(self.config.checkpoint_path)
+                last = discover_latest_checkpoint(self.config.save_path)
             kind = "NaN" if math.isnan(value) else "infinite"
             raise NonFiniteLossError(
                 f"Loss is {kind} at step {info.step}. Last good checkpoint: {last or 'none saved'}. "
@@ -671,7 +671,7 @@ class Trainer(Generic[M]):
                     self._save_for_preemption(info)
                     raise Preempted(
                         f"Preempted ({_preemption_cause(preemption)}) after step {info.step}; "
-                        f"checkpoint saved under {self.config.checkpoint_path}. "
+                        f"checkpoint saved under {self.config.save_path}. "
                         f"{self._how_to_resume()}"
                     )
             if info is None and int(state.step) == 0 < self.num_train_steps:
