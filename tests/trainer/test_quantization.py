@@ -196,3 +196,80 @@ def test_hf_state_dict_of_a_quantized_model_has_only_the_weights():
     assert sorted(exported) == sorted(plain)
     for key, value in plain.items():
         np.testing.assert_array_equal(exported[key], value)
+
+
+def test_gpt2_fused_qkv_keeps_one_fp8_state_per_layer():
+    """GPT-2 computes q, k and v from one fused `c_attn`. Called once per slice, its fp8
+    state got three next values, summed by the backward pass: the scales tripled every step
+    until the q/k/v products underflowed to 0. The next state is the one matmul's: its kernel
+    history holds max|W| of the whole fused kernel, and a scale from an all-zero history
+    stays 1."""
+    from lm.models import AttentionMask, Gpt2Config
+
+    config = Gpt2Config(seq_len=8, hidden_dim=16, num_layers=2, num_heads=2)
+    Vocab = hax.Axis("vocab", 32)
+    model = quantize(
+        config.build(Vocab, key=jax.random.PRNGKey(0)),
+        QuantizationConfig(fp8=True, amax_history_length=4),
+    )
+    tokens = hax.random.randint(jax.random.PRNGKey(1), config.Pos, 0, Vocab.size)
+
+    def loss(m):
+        return hax.sum(m(tokens, AttentionMask.causal())).scalar()
+
+    grads = eqx.filter_grad(loss)(model)
+    attn = model.transformer.blocks.stacked.attn
+    new_state = grads.transformer.blocks.stacked.attn.c_attn.dot_general
+    kernel = np.asarray(attn.c_attn.weight.array)
+    per_layer_max = np.abs(kernel).reshape(config.num_layers, -1).max(axis=1)
+    history = np.asarray(new_state.kernel_amax_history)
+    np.testing.assert_allclose(history[:, 0], per_layer_max, rtol=1e-6)
+    np.testing.assert_array_equal(history[:, 1:], 0)
+    for scale in (new_state.kernel_scale, new_state.input_scale, new_state.output_grad_scale):
+        np.testing.assert_array_equal(np.asarray(scale), 1.0)
+
+
+def test_int8_trains_an_lm_model():
+    """The model's own matmul called the quantized op without `precision`, which Haliax's
+    int8 op requires: every lm model failed in its first step with a TypeError."""
+    from lm.models import AttentionMask, Gpt2Config
+
+    config = Gpt2Config(seq_len=8, hidden_dim=16, num_layers=1, num_heads=2)
+    Vocab = hax.Axis("vocab", 32)
+    plain = config.build(Vocab, key=jax.random.PRNGKey(0))
+    model = quantize(plain, QuantizationConfig(int8=True))
+    assert count_quantized(model) > 0
+    tokens = hax.random.randint(jax.random.PRNGKey(1), config.Pos, 0, Vocab.size)
+
+    def logits(m):
+        return m(tokens, AttentionMask.causal()).array
+
+    q, p = np.asarray(logits(model)), np.asarray(logits(plain))
+    assert np.all(np.isfinite(q)) and not np.array_equal(q, p)
+    np.testing.assert_allclose(q, p, atol=0.05 * np.abs(p).max())
+    grads = eqx.filter_grad(lambda m: jax.numpy.sum(logits(m)))(model)
+    assert np.all(
+        np.isfinite(np.asarray(grads.transformer.blocks.stacked.attn.c_attn.weight.array))
+    )
+
+
+def test_an_fp8_trained_checkpoint_loads_for_evaluation_and_export(tmp_path):
+    """eval_lm and export_lm_to_hf load a checkpoint exactly (a leaf the model lacks is an
+    error): an fp8 run's scales and histories made every fp8 checkpoint refused. They are
+    left out; the weights load as trained."""
+    import jmp
+
+    from lm.checkpoint import save_checkpoint, wait_until_finished
+    from lm.lm_run import load_lm_checkpoint
+    from lm.models import Gpt2Config
+
+    config = Gpt2Config(seq_len=8, hidden_dim=16, num_layers=2, num_heads=2)
+    Vocab = hax.Axis("vocab", 32)
+    plain = config.build(Vocab, key=jax.random.PRNGKey(0))
+    trained = quantize(plain, QuantizationConfig(fp8=True, amax_history_length=4))
+    save_checkpoint({"model": trained}, 1, str(tmp_path / "step-1"))
+    wait_until_finished()
+    loaded, path = load_lm_checkpoint(config, Vocab, str(tmp_path), mp=jmp.get_policy("f32"))
+    assert path == str(tmp_path / "step-1")
+    assert count_quantized(loaded) == 0
+    assert_leaves_equal(loaded, plain)

@@ -59,6 +59,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+QUANTIZATION_STATE = "/dot_general/"
+"""Where a checkpoint holds a quantized `Linear`'s matmul state (Haliax's `Fp8DotGeneralOp`
+is the layer's `dot_general` field): a leaf name with this part."""
+
+
 def _target_sharding(
     arr: Any, axes: Sequence[Any] | None, axis_mapping: Any, mesh: Any
 ) -> jax.sharding.Sharding:
@@ -376,6 +381,19 @@ def _load_one(
     used = {r.name for _, r in reads} | set(unsaved)
     unused = [n for n in records if n.startswith(prefix) and n not in used]
     unused = [n for n in unused if records[n]["kind"] == "array"]
+    if unused and exact:
+        # fp8 scales and amax histories (a quantized Linear's `dot_general/` state) train the
+        # model but are not part of it: a model loaded unquantized, to be evaluated or
+        # exported, takes the plain weights (lm.trainer.quantization)
+        state = [n for n in unused if QUANTIZATION_STATE in f"/{n}/"]
+        if state:
+            logger.info(
+                "Checkpoint %s was trained with quantized matmuls: its %d fp8 scale and "
+                "history leaves are left out, the weights are loaded as they are",
+                path,
+                len(state),
+            )
+            unused = [n for n in unused if n not in set(state)]
     if unused and exact:
         raise ValueError(
             f"checkpoint {path} holds {len(unused)} "

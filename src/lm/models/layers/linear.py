@@ -60,7 +60,8 @@ def matmul(
     dtype = jnp.result_type(x.dtype, weight.dtype)
     x2 = x.array.astype(dtype).reshape(-1, k)
     w2 = weight.array.astype(dtype).reshape((k, n) if in_first else (n, k))
-    y = dot_general(x2, w2, (((1,), (0 if in_first else 1,)), ((), ())))
+    # precision and preferred_element_type given: Haliax's int8 op requires them
+    y = dot_general(x2, w2, (((1,), (0 if in_first else 1,)), ((), ())), None, None)
     return hax.named(y.reshape(*(ax.size for ax in (*lead, *Out))), (*lead, *Out))
 
 
