@@ -179,3 +179,27 @@ def test_a_checkpoint_path_that_is_a_file_is_named():
     with tempfile.NamedTemporaryFile() as f:
         with pytest.raises(ValueError, match=f"^{f.name} is a file; a checkpoint path is a run"):
             restore_trainer_state(init_fn, checkpoint_path=f.name)
+
+
+def test_a_save_over_a_damaged_checkpoint_moves_it_aside(tmp_path, trained_state, caplog):
+    """A resumed run loads an older checkpoint and saves again at the damaged one's step: the
+    damaged directory was deleted, though the docs promise it is never deleted."""
+    run = tmp_path / "run"
+    save_state(trained_state, run / "step-1", 1)
+    meta = run / "step-1" / "metadata.json"
+    truncate(meta)
+    damaged_text = meta.read_text()
+    with caplog.at_level(logging.WARNING, logger="lm.checkpoint.serialization"):
+        save_state(trained_state, run / "step-1", 1)
+    aside = run / "damaged" / "step-1"
+    assert (aside / "metadata.json").read_text() == damaged_text
+    assert f"Checkpoint {run}/step-1 is damaged" in caplog.text
+    assert f"moved to {aside}" in caplog.text
+    # the new save is complete and the listing passes the damaged copy by
+    [status] = list_checkpoints(str(run))
+    assert status.complete and status.path == f"{run}/step-1"
+    # a second time, beside the first
+    truncate(meta)
+    save_state(trained_state, run / "step-1", 1)
+    assert (run / "damaged" / "step-1.2" / "metadata.json").exists()
+    assert discover_latest_checkpoint(str(run)) == f"{run}/step-1"

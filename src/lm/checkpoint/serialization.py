@@ -45,6 +45,8 @@ from lm.checkpoint.storage import (
     delete_tree,
     exists,
     kvstore_url,
+    move_aside,
+    read_status,
     ts_context,
     write_json,
 )
@@ -256,8 +258,7 @@ class AsyncCheckpointManager:
         # A directory left by an interrupted save (or an older checkpoint at the same
         # path) is cleared first, commit marker first, so stale chunks never mix in.
         if is_primary and exists(checkpoint_path):
-            logger.warning("Overwriting existing checkpoint directory %s", checkpoint_path)
-            delete_tree(checkpoint_path)
+            _clear_for_save(checkpoint_path, step)
         _barrier(prefix + "_clean", self.timeout)
 
         base_url = kvstore_url(checkpoint_path)
@@ -419,6 +420,35 @@ def wait_until_finished() -> None:
     """Wait for saves started through the default manager."""
     if _default_manager is not None:
         _default_manager.wait_until_finished()
+
+
+def _clear_for_save(checkpoint_path: str, step: int) -> None:
+    """Clear the directory a save goes to. A damaged checkpoint there (committed, its
+    metadata.json unreadable) is never deleted: moved aside on a local disk, for the user to
+    repair or delete; a remote store cannot rename it, so it is replaced, loudly."""
+    status = read_status(checkpoint_path, nonempty=True)
+    if status is not None and status.damaged:
+        moved = move_aside(checkpoint_path)
+        if moved is not None:
+            logger.warning(
+                "Checkpoint %s is damaged (%s): moved to %s, to repair or delete by hand; step "
+                "%d is saved in its place",
+                checkpoint_path,
+                status.problem,
+                moved,
+                step,
+            )
+            return
+        logger.warning(
+            "Checkpoint %s is damaged (%s) and this store cannot move it aside: step %d "
+            "replaces it",
+            checkpoint_path,
+            status.problem,
+            step,
+        )
+    else:
+        logger.warning("Overwriting existing checkpoint directory %s", checkpoint_path)
+    delete_tree(checkpoint_path)
 
 
 def save_checkpoint(

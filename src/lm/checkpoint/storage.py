@@ -140,6 +140,30 @@ def delete_tree(path: str) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
+DAMAGED_DIR = "damaged"
+"""Where `move_aside` puts a damaged checkpoint, inside its run directory (not a step-N
+name, so listings and resumes pass it by)."""
+
+
+def move_aside(path: str) -> str | None:
+    """Move local checkpoint directory `path` (`<run dir>/step-N`) to `<run
+    dir>/damaged/step-N` (`step-N.2`, ... when taken) and return where; None for a store that
+    cannot rename (gs://, s3://, memory://)."""
+    local = local_path(path)
+    if local is None:
+        return None
+    local = local.rstrip("/")
+    parent, name = os.path.split(local)
+    target_dir = os.path.join(parent, DAMAGED_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target, n = os.path.join(target_dir, name), 1
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(target_dir, f"{name}.{n}")
+    os.rename(local, target)
+    return target
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointStatus:
     """One child directory of a run directory, as `list_checkpoints` sees it.
