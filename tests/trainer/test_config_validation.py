@@ -437,6 +437,36 @@ def test_a_compilation_cache_dir_that_cannot_be_written_is_an_error_before_anyth
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_checkpoint_or_log_folder_that_cannot_be_written_is_an_error_before_anything(
+    tmp_path, caplog
+):
+    """A read-only base_path failed the first save, after the training (/proc stands for a
+    read-only file system: root passes permission bits)."""
+    from lm.checkpoint import CheckpointerConfig
+
+    config = TrainerConfig(
+        checkpointer=CheckpointerConfig(base_path="/proc/lm-ckpt"),
+        log_dir=tmp_path / "logs",
+        tracker=NoopConfig(),
+    )
+    with pytest.raises(FieldError, match=r"^trainer\.checkpointer\.base_path: cannot write to "):
+        config.initialize()
+    config = TrainerConfig(log_dir="/proc/lm-logs", tracker=NoopConfig())
+    with pytest.raises(FieldError, match=r"^trainer\.log_dir: cannot write to /proc/lm-logs"):
+        config.initialize()
+    assert not (tmp_path / "logs").exists()
+    # checkpoints in memory are said to vanish with the process
+    config = TrainerConfig(
+        checkpointer=CheckpointerConfig(base_path="memory://ck"),
+        log_dir=tmp_path / "logs",
+        tracker=NoopConfig(),
+        require_accelerator=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="lm.trainer.config"):
+        config.initialize()
+    assert "checkpoints in memory:// live as long as this process" in caplog.text
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

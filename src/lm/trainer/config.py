@@ -636,16 +636,24 @@ class TrainerConfig:
 
     def initialize(self) -> None:
         """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks."""
-        from lm.fs import cannot_write_directory, not_a_directory
+        from lm.fs import cannot_write_directory
 
-        # before anything is written: `os.makedirs` would fail mid-run on a file in the way
+        # before anything is written: `os.makedirs` would fail mid-run on a file in the way,
+        # and a folder the run cannot write would fail its first save, after the training
         for field, url in (
             ("log_dir", str(self.log_dir)),
             ("checkpointer.base_path", self.checkpointer.base_path),
         ):
-            why = not_a_directory(url)
+            why = cannot_write_directory(url)
             if why is not None:
                 raise FieldError(f"trainer.{field}", why)
+        if self.checkpointer.base_path.startswith("memory://"):
+            logger.warning(
+                "trainer.checkpointer.base_path is %s: checkpoints in memory:// live as long "
+                "as this process, so nothing can resume, evaluate or export this run after it "
+                "exits (use a local path or a gs:// / s3:// URL to keep them)",
+                self.checkpointer.base_path,
+            )
         if self.jax_compilation_cache_dir is not None:
             # jax turns the cache off with a warning per entry when it cannot write there
             why = cannot_write_directory(self.jax_compilation_cache_dir)
