@@ -154,5 +154,17 @@ def test_a_log_that_got_no_record_is_removed_with_the_folders_it_made(tmp_path):
     tracker.log({"x": 1.0}, step=0)
     tracker.finish()
     assert [r["event"] for r in read_json_log(str(path))] == ["log", "finish"]
-    JsonLoggerConfig(path=str(path)).init("run").finish()  # an existing log is the run's
-    assert [r["event"] for r in read_json_log(str(path))] == ["log", "finish", "finish"]
+    # a session that logs nothing but its hyperparameters (a resume refused before its first
+    # step) leaves an existing log as it was: no hparams of a run that never was, no finish
+    before = path.read_text()
+    again = JsonLoggerConfig(path=str(path)).init("run")
+    again.log_hyperparameters({"train_batch_size": 8})
+    again.finish()
+    assert path.read_text() == before
+    # hparams are written ahead of the session's first record
+    again = JsonLoggerConfig(path=str(path)).init("run")
+    again.log_hyperparameters({"train_batch_size": 4})
+    again.log({"x": 2.0}, step=1)
+    again.finish()
+    events = [r["event"] for r in read_json_log(str(path))]
+    assert events == ["log", "finish", "hparams", "log", "finish"]

@@ -209,6 +209,7 @@ def test_log_configuration_encodes_and_scrubs(tmp_path):
     assert hparams["inner"]["lr"] == 0.1 and hparams["seq_len"] == 64
     tracker = JsonLoggerConfig(path=str(tmp_path / "m.jsonl"), plot=False).init("r")
     tracker.log_configuration(_RunConfig())
+    tracker.log({"loss": 1.0}, step=0)  # (hparams wait for the session's first record)
     tracker.finish()
     logged = read_json_log(str(tmp_path / "m.jsonl"))[0]["hparams"]
     assert logged["hf_token"] == "***REDACTED***"

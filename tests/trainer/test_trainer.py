@@ -660,8 +660,12 @@ def test_resuming_with_another_batch_size_is_an_error_unless_scheduled(tmp_path)
     _train(first)
     meta = json.loads((tmp_path / "ckpt" / "toy" / "step-3" / "metadata.json").read_text())
     assert meta["examples_seen"] == 32
+    log = tmp_path / "logs" / "toy" / "metrics.jsonl"
+    logged = log.read_text()
     with pytest.raises(SetupConfigError) as info:
         _train(dataclasses.replace(first, num_train_steps=6, train_batch_size=16))
+    # nothing half-written: no hparams of the refused run, no "finish" line in the run's log
+    assert log.read_text() == logged
     assert str(info.value).startswith(
         f"trainer.train_batch_size changed since {tmp_path}/ckpt/toy/step-3 was saved (with a "
         "batch of 8): the run has trained on 32 examples, but the current schedule starts step "

@@ -3,7 +3,9 @@
 Records: `{"event": "hparams", "hparams": {...}}`, `{"event": "log", "step": N,
 "metrics": {...}}`, `{"event": "summary", "summary": {...}}`, `{"event": "artifact",
 "path": ...}` (artifacts are copied to `artifacts/` beside the log) and a final `{"event": "finish", "summary": {...}}` whose summary holds the last value of
-every logged metric plus everything passed to `log_summary`.
+every logged metric plus everything passed to `log_summary`. The hparams record is written
+ahead of a session's first other record: a session that records nothing else (a run that
+stopped before its first step) leaves the log as it was.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class JsonLogger(Tracker):
                 self._buffer[-1] += "\n"
         self._finished = False
         self._logged_metrics = False
+        # hparams records wait for the session's first other record: a run that stops
+        # before it logs anything (a resume refused for a changed batch size, say) leaves an
+        # existing log as it was, without an hparams and a "finish" line of a run that never was
+        self._pending: list[dict[str, Any]] = []
 
     def _ends_mid_line(self) -> bool:
         """Whether the local log's last byte is not a newline (the last record was cut)."""
@@ -106,6 +112,9 @@ class JsonLogger(Tracker):
             return f.read(1) != b"\n"
 
     def _write(self, record: dict[str, Any]) -> None:
+        pending, self._pending = self._pending, []
+        for earlier in pending:
+            self._write(earlier)
         self._wrote = True
         line = json.dumps(_jsonable(record)) + "\n"
         if self._file is not None:
@@ -148,7 +157,7 @@ class JsonLogger(Tracker):
 
     def log_hyperparameters(self, hparams):
         hparams = scrub_secrets(plain_value(dict(hparams)))
-        self._write({"event": "hparams", "time": time.time(), "hparams": hparams})
+        self._pending.append({"event": "hparams", "time": time.time(), "hparams": hparams})
 
     def log(self, metrics, *, step, commit=None):
         metrics = {k: v for k, v in metrics.items()}
@@ -191,8 +200,12 @@ class JsonLogger(Tracker):
         if self._finished:
             return
         self._finished = True
-        if self._new_file and not self._wrote and not self._summary:
-            self._remove_what_it_made()
+        if not self._wrote and not self._summary:
+            # nothing but hyperparameters (or nothing at all): the log stays as it was
+            if self._new_file:
+                self._remove_what_it_made()
+            elif self._file is not None:
+                self._file.close()
             return
         try:
             self._write({"event": "finish", "time": time.time(), "summary": self._summary})
