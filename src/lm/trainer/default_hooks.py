@@ -12,7 +12,7 @@ import jax
 import lm.tracker
 from lm.trainer.hooks import Callback
 from lm.trainer.state import StepInfo
-from lm.trainer.throughput import device_peak_flops
+from lm.trainer.throughput import device_peak_flops, measured_cpu_peak_flops
 
 if TYPE_CHECKING:
     from lm.trainer.trainer import Trainer
@@ -26,11 +26,42 @@ class LogMetricsHook(Callback):
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self._peak: float | None | bool = False  # False = not looked up yet
+        self._checked_over_100 = False
 
     def _peak_flops(self) -> float | None:
         if self._peak is False:
             self._peak = device_peak_flops(self.trainer.mp.compute_dtype)
+            if self._peak:
+                lm.tracker.log_summary({"throughput/peak_flops_per_device": self._peak})
         return self._peak
+
+    def _mfu(self, achieved: float, peak: float) -> float:
+        """MFU in percent. Above 100% (once per run): on CPU the peak, measured at step 0
+        while other work held the cores, is measured again and the larger kept; if it stays
+        above 100%, a warning says the figure is relative to a low peak."""
+        mfu = 100.0 * achieved / (peak * jax.device_count())
+        if mfu <= 100.0 or self._checked_over_100:
+            return mfu
+        self._checked_over_100 = True
+        if jax.devices()[0].platform == "cpu":
+            again = measured_cpu_peak_flops.__wrapped__() / max(1, jax.local_device_count())
+            if again > peak:
+                self._peak = peak = again
+                lm.tracker.log_summary({"throughput/peak_flops_per_device": peak})
+                mfu = 100.0 * achieved / (peak * jax.device_count())
+        if mfu > 100.0:
+            logger.warning(
+                "MFU is %.0f%%: above the device's peak of %.1f GFLOP/s (%s). MFU figures of "
+                "this run are relative to it",
+                mfu,
+                peak / 1e9,
+                "measured on this CPU with a float32 matmul while other work may have held its "
+                "cores"
+                if jax.devices()[0].platform == "cpu"
+                else "from lm.trainer.throughput's table of device peaks, which may not know "
+                "this device's",
+            )
+        return mfu
 
     def on_step(self, info: StepInfo, force: bool = False) -> None:
         if force:
@@ -54,7 +85,7 @@ class LogMetricsHook(Callback):
             )
         if trainer.flops_per_example and (peak := self._peak_flops()):
             achieved = examples_per_s * trainer.flops_per_example
-            metrics["throughput/mfu"] = 100.0 * achieved / (peak * jax.device_count())
+            metrics["throughput/mfu"] = self._mfu(achieved, peak)
         lm.tracker.log(metrics, step=info.step)
 
 
