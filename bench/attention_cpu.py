@@ -1,6 +1,6 @@
 """Vanilla vs jax_flash attention, forward + backward, on CPU (picks the CPU default backend).
 
-Usage: PYTHONPATH=src python bench/attention_cpu.py [--batch 8] [--repeats 5]
+Usage: PYTHONPATH=src python bench/attention_cpu.py [--batch 8] [--repeats 10] [--block 128]
 
 Times are the minimum over `repeats` calls after a compile/warm-up call, with the two backends
 interleaved call by call (the minimum is the least disturbed by other load on a shared box):
@@ -84,11 +84,18 @@ def bench_model(batch, repeats, block):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--block", type=int, default=128, help="jax_flash tile size")
     args = parser.parse_args()
+    for flag, value in (
+        ("--batch", args.batch),
+        ("--repeats", args.repeats),
+        ("--block", args.block),
+    ):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be >= 1")
     print(f"jax {jax.__version__}, devices {jax.devices()}, batch {args.batch}, block {args.block}")
     for name, res in (
         ("attention op fwd+bwd", bench_op(args.batch, args.repeats, args.block)),

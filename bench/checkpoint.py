@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -36,14 +37,26 @@ from lm.checkpoint import AsyncCheckpointManager, load_checkpoint, save_checkpoi
 BLOCK = 16 << 20
 
 
+MIN_VOCAB = 1024
+EMBED_SIZES = (768, 512, 384, 256, 128, 64)
+
+
+def _per_layer(embed: int) -> int:
+    return 12 * embed * embed + 4 * embed  # attn 4*e^2 + mlp 8*e^2 + norms/biases
+
+
 def make_params(total_bytes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Transformer-like float32 leaves (embeddings, per-layer matrices, norms) summing to
-    about `total_bytes`."""
+    about `total_bytes`: width 768, or the widest of `EMBED_SIZES` whose smallest model (a
+    `MIN_VOCAB`-row embedding and one layer) fits; never smaller than that at width 64."""
     rng = np.random.default_rng(seed)
-    embed = 768
-    per_layer = 12 * embed * embed + 4 * embed  # attn 4*e^2 + mlp 8*e^2 + norms/biases
-    vocab = max(1024, (total_bytes // 4) // 10 // embed)
-    n_layers = max(1, (total_bytes // 4 - vocab * embed) // per_layer)
+    floats = total_bytes // 4
+    embed = next(
+        (e for e in EMBED_SIZES if MIN_VOCAB * e + _per_layer(e) <= floats), EMBED_SIZES[-1]
+    )
+    per_layer = _per_layer(embed)
+    vocab = max(MIN_VOCAB, floats // 10 // embed)
+    n_layers = max(1, (floats - vocab * embed) // per_layer)
     params = {"embed/token": rng.standard_normal((vocab, embed), dtype=np.float32)}
     for i in range(n_layers):
         p = f"layers/{i}"
@@ -152,12 +165,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: system temp)")
     args = parser.parse_args()
+    if not args.size_mb > 0:
+        parser.error(f"--size-mb {args.size_mb:g}: must be > 0")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir}: no such directory")
 
     params = make_params(int(args.size_mb * 1e6 / 3))
     flat = dict(params)
     flat.update({f"opt/mu/{k}": v * 0.1 for k, v in params.items()})
     flat.update({f"opt/nu/{k}": np.abs(v) * 0.01 for k, v in params.items()})
     nbytes = sum(v.nbytes for v in flat.values())
+    if abs(nbytes / 1e6 - args.size_mb) > 0.1 * args.size_mb:
+        embed = params["embed/token"].shape[1]
+        print(
+            f"note: --size-mb {args.size_mb:g} is not reachable with whole layers: the state is "
+            f"{nbytes / 1e6:.1f} MB (width {embed}, {len(params) // 8} layer(s)); it is never "
+            f"below {3 * 4 * (MIN_VOCAB * 64 + _per_layer(64)) / 1e6:.1f} MB",
+            file=sys.stderr,
+            flush=True,
+        )
     tree = nested({k: jax.device_put(v) for k, v in flat.items()})
     tree["step"] = jax.device_put(np.int32(1000))
     jax.block_until_ready(tree)

@@ -9,7 +9,10 @@ compares the compiled loss + gradient program alone, so a difference in the mode
 up even where the defaults hide it. By default lm is run as the reference runs: full
 recompute (`--remat true`) and vanilla attention (what the reference's `jax_flash` falls back
 to below 1,024 positions); `--remat save_projections --attn-backend default` gives lm's own
-defaults. Each repeat runs the reference and lm in fresh processes one after the other
+defaults. The reference's remat is a bool: it gets `false` for `--remat false` and its default,
+`true`, for every other policy. `--remat auto` is resolved as train_lm resolves it. The
+config must be one the reference can build (see `reference_spec` in compare_reference.py),
+and the flags are checked before any process starts. Each repeat runs the reference and lm in fresh processes one after the other
 (alternating the order), each compiling once and timing `--calls` calls after a warm-up call;
 the minimum and median per side are printed, with the ratio of minimums.
 
@@ -34,6 +37,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_reference as ref_bench  # noqa: E402  (bench/compare_reference.py)
 import train as lm_bench  # noqa: E402  (bench/train.py)
+from step_variants import remat_value, resolve_remat  # noqa: E402  (bench/step_variants.py)
 
 MARKER = "BENCH_LOSS_GRAD_RESULT "
 
@@ -115,11 +119,11 @@ def _lm_child(spec: dict) -> None:
     namespace: dict = {}
     exec(_TIMING, namespace)
     config = lm.config.parse(TrainLmConfig, config_path=spec["config"])
-    remat = spec["remat"]
-    overrides = {"gradient_checkpointing": True if remat == "true" else remat}
+    overrides = {"gradient_checkpointing": remat_value(spec["remat"])}
     if spec["attn_backend"] is not None:
         overrides["attn_backend"] = spec["attn_backend"]
     model_config = dataclasses.replace(config.model, **overrides)
+    model_config = resolve_remat(model_config, vocab_size=spec["vocab_size"], batch=spec["batch"])
     Vocab = hax.Axis("vocab", spec["vocab_size"])
     Pos = model_config.Pos
     tokens = hax.named(
@@ -176,8 +180,18 @@ def _stats(times: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="bench/configs/gpt2_512.yaml")
-    parser.add_argument("--remat", default="true", help="lm's gradient_checkpointing")
-    parser.add_argument("--attn-backend", default="vanilla", help="lm's attn_backend")
+    parser.add_argument(
+        "--remat",
+        default="true",
+        help="lm's gradient_checkpointing (true, false, save_projections, auto, ...; auto is "
+        "resolved as train_lm does); the reference gets false for false, else its only "
+        "remat, true",
+    )
+    parser.add_argument(
+        "--attn-backend",
+        default="vanilla",
+        help="lm's attn_backend (vanilla, jax_flash, nvte, default); the reference uses its own",
+    )
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", help="record and summarise a profile of each side here")
@@ -188,10 +202,24 @@ def main() -> None:
         _lm_child(json.loads(args.child))
         return
 
-    lm_bench.ensure_bytecode()
+    from lm.models.layers.attention import validate_attention_backend
+
+    for flag, value in (("--calls", args.calls), ("--repeats", args.repeats), ("--top", args.top)):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be >= 1")
+    try:
+        remat = remat_value(args.remat)
+    except ValueError as e:
+        parser.error(f"--remat {args.remat!r}: {e}")
+    try:
+        validate_attention_backend(args.attn_backend)
+    except ValueError as e:
+        parser.error(f"--attn-backend {args.attn_backend!r}: {e}")
     spec = ref_bench.reference_spec(args.config, steps=1)
+    lm_bench.ensure_bytecode()
     common = {"batch": spec["batch"], "vocab_size": spec["vocab_size"], "calls": args.calls}
-    ref_spec = {**common, "model": spec["model"], "remat": args.remat == "true"}
+    # levanter's Gpt2Config takes only a bool: lm's other policies face its default, true
+    ref_spec = {**common, "model": spec["model"], "remat": remat is not False}
     lm_spec = {**common, "config": args.config, "remat": args.remat}
     lm_spec["attn_backend"] = None if args.attn_backend == "default" else args.attn_backend
     python = ref_bench.ensure_venv()

@@ -17,6 +17,10 @@ as listed in docs/benchmarks.md: the float loss mask is cast to bool before it r
 `jnp.mean(where=...)` (jax >= 0.8 rejects a float mask), `require_accelerator: false`, no
 Ray cluster, no HF checkpoint converter (nothing reaches for the hub).
 
+A config the driver would not reproduce is refused before anything runs, naming the fields
+(`reference_spec`): a model other than `type: gpt2`, or a model, trainer, optimizer or run field
+(in the file or in --lm-args) away from lm's default that the driver does not pass on.
+
 For each config and repeat the reference and lm run one after the other, so both see the
 same machine load; the order alternates between repeats. Both sides are summarised by
 `bench/train.py`'s `summarize` (median step after `--warmup`, MFU from 3 x the model's
@@ -26,6 +30,9 @@ forward `flops_per_token` over a float32 2048^2 matmul measured in the same proc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import enum
 import json
 import os
 import statistics
@@ -164,28 +171,129 @@ def ensure_venv() -> str:
         return python
     os.makedirs(BENCH_HOME, exist_ok=True)
     print(f"Installing the reference into {VENV} ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", *REQUIREMENTS], check=True)
+    for cmd in (
+        [sys.executable, "-m", "venv", VENV],
+        [python, "-m", "pip", "install", "-q", *REQUIREMENTS],
+    ):
+        code = subprocess.run(cmd).returncode
+        if code != 0:
+            raise SystemExit(f"error: `{' '.join(cmd)}` failed (exit {code}; output above)")
     return python
 
 
-def reference_spec(config_path: str, steps: int) -> dict:
-    """The model/batch/optimizer fields of an lm bench config, for the reference driver."""
+# lm's `Gpt2Config` fields the reference driver passes on to levanter's `Gpt2Config`.
+PASSED_MODEL_FIELDS = ("seq_len", "hidden_dim", "num_layers", "num_heads")
+# lm's own fields that choose how lm computes the same model (remat, attention kernel, loss
+# blocking): lm's side of the comparison, free to differ from lm's defaults.
+LM_SIDE_MODEL_FIELDS = (
+    "gradient_checkpointing",
+    "attn_backend",
+    "use_flash_attention",
+    "flash_attention_block_size",
+    "cross_entropy_block_size",
+)
+# Trainer fields that are passed on (batch size; steps come from --steps), set alike on the
+# reference side (no evaluation, no accelerator required), or only say where lm writes.
+LM_SIDE_TRAINER_FIELDS = (
+    "num_train_steps",
+    "train_batch_size",
+    "steps_per_eval",
+    "max_eval_batches",
+    "require_accelerator",
+    "seed",
+    "id",
+    "log_dir",
+    "tracker",
+    "checkpointer",
+    "load_checkpoint",
+    "jax_compilation_cache_dir",
+    "ray",
+    "shutdown_at_exit",
+)
+PASSED_OPTIMIZER_FIELDS = ("learning_rate", "warmup")
+
+
+def _changed_fields(value, skip) -> list[tuple[str, object, object]]:
+    """(field, value, default) for each field of the dataclass `value` that differs from a
+    default-constructed one, except those in `skip`."""
+    default = type(value)()
+    return [
+        (f.name, getattr(value, f.name), getattr(default, f.name))
+        for f in dataclasses.fields(value)
+        if f.name not in skip and getattr(value, f.name) != getattr(default, f.name)
+    ]
+
+
+def _show(value) -> str:
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
+def reference_spec(config_path: str, steps: int, overrides: list[str] | tuple = ()) -> dict:
+    """The model/batch/optimizer fields of an lm bench config (with lm's command-line
+    `overrides`, which must pass the same checks), for the reference driver.
+
+    Exits with an error for a config the driver would not reproduce: a model other than GPT-2,
+    or a model, trainer, optimizer or run field away from lm's default that the driver does
+    not pass on (it builds levanter's `Gpt2Config` from `PASSED_MODEL_FIELDS` alone)."""
     import lm.config
     from lm.main.train_lm import TrainLmConfig
+    from lm.models import Gpt2Config
+    from lm.optim import AdamConfig
 
     try:
-        cfg = lm.config.parse(TrainLmConfig, config_path=config_path)
+        cfg = lm.config.parse(TrainLmConfig, config_path=config_path, args=overrides)
     except lm.config.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(
+            f"error: {config_path}: " + "; ".join(str(p) for p in e.problems)
+        ) from None
     m = cfg.model
+    if not isinstance(m, Gpt2Config):
+        raise SystemExit(
+            f"error: {config_path}: model type {type(m).__name__} is not supported: the "
+            "reference driver builds only levanter's GPT-2 (model.type: gpt2)"
+        )
+    if not isinstance(cfg.optimizer, AdamConfig):
+        raise SystemExit(
+            f"error: {config_path}: optimizer {type(cfg.optimizer).__name__} is not supported: "
+            "the reference driver uses only Adam (optimizer.type: adam)"
+        )
+    changed = [
+        (f"model.{name}", value, default)
+        for name, value, default in _changed_fields(m, PASSED_MODEL_FIELDS + LM_SIDE_MODEL_FIELDS)
+    ]
+    changed += [
+        (f"trainer.{name}", value, default)
+        for name, value, default in _changed_fields(cfg.trainer, LM_SIDE_TRAINER_FIELDS)
+    ]
+    changed += [
+        (f"optimizer.{name}", value, default)
+        for name, value, default in _changed_fields(cfg.optimizer, PASSED_OPTIMIZER_FIELDS)
+    ]
+    changed += _changed_fields(cfg, ("data", "model", "trainer", "optimizer"))
+    if changed:
+        fields = ", ".join(
+            f"{name} is {_show(value)} (default {_show(default)})"
+            for name, value, default in changed
+        )
+        raise SystemExit(
+            f"error: {config_path}: {fields}: the reference driver does not pass "
+            f"{'this' if len(changed) == 1 else 'these'} on (only model."
+            + ", model.".join(PASSED_MODEL_FIELDS)
+            + ", the batch size, optimizer.learning_rate and optimizer.warmup), so the two "
+            "sides would train different things; leave them at lm's defaults"
+        )
+    if cfg.trainer.max_eval_batches != 0:
+        raise SystemExit(
+            f"error: {config_path}: trainer.max_eval_batches is {cfg.trainer.max_eval_batches!r}: "
+            "set it to 0, as the reference driver runs no evaluation"
+        )
+    if not isinstance(cfg.trainer.train_batch_size, int):
+        raise SystemExit(
+            f"error: {config_path}: trainer.train_batch_size is a schedule: the reference "
+            "driver takes one batch size"
+        )
     return {
-        "model": {
-            "seq_len": m.seq_len,
-            "hidden_dim": m.hidden_dim,
-            "num_layers": m.num_layers,
-            "num_heads": m.num_heads,
-        },
+        "model": {name: getattr(m, name) for name in PASSED_MODEL_FIELDS},
         "batch": cfg.trainer.batch_schedule.batch_size_at_step(0),
         "steps": steps,
         "vocab_size": len(cfg.data.the_tokenizer),
@@ -251,6 +359,37 @@ def _aggregate(impl: str, config: str, runs: list[tuple[dict, dict]], args) -> d
     }
 
 
+def _run_pairs(python: str, config: str, spec: dict, lm_args: list[str], args):
+    """`args.repeats` runs of each side on `config`, alternating which goes first."""
+    ref_runs, lm_runs = [], []
+    for i in range(args.repeats):
+        order = ("ref", "lm") if i % 2 == 0 else ("lm", "ref")
+        for who in order:
+            if who == "ref":
+                raw, rss = run_reference(python, spec)
+                runs = ref_runs
+            else:
+                with tempfile.TemporaryDirectory(prefix="lm-bench-") as run_dir:
+                    raw, rss = lm_bench.run_once(
+                        config,
+                        args.steps,
+                        lm_args,
+                        cache_dir=args.cache_dir,
+                        run_dir=run_dir,
+                    )
+                runs = lm_runs
+            summary = lm_bench.summarize(raw, args.warmup)
+            summary["peak_rss_gb"] = rss
+            runs.append((summary, raw))
+            print(
+                f"  [{who} {os.path.basename(config)} #{i}] {summary['tokens_per_s']:,.0f} tok/s, "
+                f"first step {summary['first_step_s']:.1f} s, load {os.getloadavg()[0]:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return ref_runs, lm_runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -277,44 +416,25 @@ def main() -> None:
         "--lm-args", nargs=argparse.REMAINDER, default=[], help="extra train_lm args"
     )
     args = parser.parse_args()
+    lm_bench.check_run_args(parser, args)
 
+    # Every config is checked before anything is installed, built or run.
+    specs = {config: reference_spec(config, args.steps, args.lm_args) for config in args.configs}
     python = ensure_venv()
     lm_bench.ensure_bytecode()
     results = []
     for config in args.configs:
         lm_bench.ensure_cache(config, args.cache_dir)
-        spec = reference_spec(config, args.steps)
+        spec = dict(specs[config])
         lm_args = list(args.lm_args)
-        if args.compile_cache:
-            cache_root = tempfile.mkdtemp(prefix="lm-bench-jaxcache-")
-            spec["compile_cache_dir"] = os.path.join(cache_root, "reference")
-            lm_args += ["--trainer.jax_compilation_cache_dir", os.path.join(cache_root, "lm")]
-        ref_runs, lm_runs = [], []
-        for i in range(args.repeats):
-            order = ("ref", "lm") if i % 2 == 0 else ("lm", "ref")
-            for who in order:
-                if who == "ref":
-                    raw, rss = run_reference(python, spec)
-                    runs = ref_runs
-                else:
-                    with tempfile.TemporaryDirectory(prefix="lm-bench-") as run_dir:
-                        raw, rss = lm_bench.run_once(
-                            config,
-                            args.steps,
-                            lm_args,
-                            cache_dir=args.cache_dir,
-                            run_dir=run_dir,
-                        )
-                    runs = lm_runs
-                summary = lm_bench.summarize(raw, args.warmup)
-                summary["peak_rss_gb"] = rss
-                runs.append((summary, raw))
-                print(
-                    f"  [{who} {os.path.basename(config)} #{i}] {summary['tokens_per_s']:,.0f} tok/s, "
-                    f"first step {summary['first_step_s']:.1f} s, load {os.getloadavg()[0]:.1f}",
-                    file=sys.stderr,
-                    flush=True,
+        with contextlib.ExitStack() as stack:
+            if args.compile_cache:
+                cache_root = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="lm-bench-jaxcache-")
                 )
+                spec["compile_cache_dir"] = os.path.join(cache_root, "reference")
+                lm_args += ["--trainer.jax_compilation_cache_dir", os.path.join(cache_root, "lm")]
+            ref_runs, lm_runs = _run_pairs(python, config, spec, lm_args, args)
         ref = _aggregate("reference", config, ref_runs, args)
         ours = _aggregate("lm", config, lm_runs, args)
         results.append(
@@ -334,8 +454,9 @@ def main() -> None:
     out = {"results": results, "load_avg_1m": os.getloadavg()[0], "time": time.time()}
     print(json.dumps(out, indent=2))
     if args.json:
+        text = json.dumps(out, indent=2)  # serialised first: no half-written file
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            f.write(text)
     for r in results:
         print(lm_bench.summary_line(r["reference"]))
         print(lm_bench.summary_line(r["lm"]))

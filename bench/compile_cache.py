@@ -84,11 +84,19 @@ def start(config: pathlib.Path, run_id: str, cache_dir: str | None) -> tuple[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="llama_tiny")
+    models = sorted(p.stem for p in (REPO / "config" / "model").glob("*.yaml"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="llama_tiny", help=f"a config/model/*.yaml: {', '.join(models)}"
+    )
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="warm-cache starts")
     args = parser.parse_args()
+    if args.model not in models:
+        parser.error(f"--model {args.model!r}: not in config/model/; one of {', '.join(models)}")
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be >= 1")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compile-cache-"))
     try:
         config = write_run(tmp, args.model, args.steps)

@@ -16,6 +16,10 @@ corpus (lines sampled from the stdlib, gzip level 1, 16 shards):
 Loader rows: a `DataLoader` over the shuffled stdlib train set (seq_len 1024, batch 32,
 batch sharded over 8 fake CPU devices): batches/s with an idle consumer, and the fraction
 of a simulated ~100 ms training step (a jitted matmul loop) spent waiting for data.
+
+Everything (caches, synthetic corpus) is written to a new folder `lm-bench-data-*` made
+inside --workdir, and only that folder is deleted at the end (kept, and its path printed,
+with --keep); nothing else in --workdir is touched.
 """
 
 import os
@@ -29,6 +33,7 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -205,11 +210,28 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workdir", default="/tmp/lm-bench-data")
+    parser.add_argument(
+        "--workdir",
+        default=tempfile.gettempdir(),
+        help="where the run's own folder (lm-bench-data-*) is made; nothing else in it is "
+        "touched (default: %(default)s)",
+    )
     parser.add_argument("--synthetic-gb", type=float, default=1.0)
     parser.add_argument("--workers", default="1,2", help="Ray worker counts, comma-separated")
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic corpus and caches")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's folder (synthetic corpus and caches)"
+    )
     args = parser.parse_args()
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 1:
+        parser.error(f"--workers {args.workers!r}: give worker counts >= 1, comma-separated")
+    if args.synthetic_gb < 0:
+        parser.error(f"--synthetic-gb {args.synthetic_gb:g}: must be >= 0 (0 skips it)")
+    if not os.path.isdir(args.workdir):
+        parser.error(f"--workdir {args.workdir}: no such directory")
 
     import jax
     import ray
@@ -219,9 +241,6 @@ def main():
     from lm.data.sources import StdlibSource, UrlSource
     from lm.distributed import shutdown_ray
 
-    workdir = pathlib.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    workers = [int(w) for w in args.workers.split(",") if w]
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f}; python {platform.python_version()}, jax "
@@ -229,6 +248,9 @@ def main():
         f"{transformers.__version__}, ray {ray.__version__}",
         flush=True,
     )
+    # Our own folder: at the end only it is deleted, never what else --workdir holds.
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="lm-bench-data-", dir=args.workdir))
+    print(f"writing to {workdir}", flush=True)
     try:
         tokenization_rows(
             "embedded corpus (stdlib train split)",
@@ -254,7 +276,9 @@ def main():
         loader_rows(workdir)
     finally:
         shutdown_ray()
-        if not args.keep:
+        if args.keep:
+            print(f"kept {workdir}", flush=True)
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
 
 

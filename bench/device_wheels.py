@@ -4,8 +4,9 @@ The device image ('cuda') has Python 3.12, jax 0.11.2 with its CUDA 13 plugin, e
 tensorstore, transformers and the rest of lm's scientific stack, but not haliax (and its
 `aqtp`), draccus (and its `mergedeep`), jmp, braceexpand or zstandard; nothing can be fetched
 there. This script downloads those, at the versions installed in this checkout's `.venv`
-(what pyproject.toml pins), as Python 3.12 manylinux x86_64 wheels into `.whl/` (kept out of
-git through .git/info/exclude), for the device tool to carry:
+(what pyproject.toml pins), as manylinux x86_64 wheels for Python 3.12 (`--python-version`
+for another: a CPU dry run of bench/gpu_check.sh needs the version of its python3) into
+`.whl/` (kept out of git by .gitignore), for the device tool to carry:
 
     PYTHONPATH=src python bench/device_wheels.py
     # then, on the device (carry: [".whl"]):
@@ -57,26 +58,22 @@ def download_command(reqs: list[str], dest: str, python_version: str = "3.12") -
     return cmd + reqs
 
 
-def _exclude_from_git(entry: str = "/.whl/") -> None:
-    path = os.path.join(REPO, ".git", "info", "exclude")
-    if not os.path.isdir(os.path.dirname(path)):
-        return
-    lines = open(path).read().splitlines() if os.path.exists(path) else []
-    if entry not in lines:
-        with open(path, "a") as f:
-            f.write(entry + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", default=os.path.join(REPO, ".whl"))
-    parser.add_argument("--python-version", default="3.12")
+    parser.add_argument(
+        "--python-version",
+        default="3.12",
+        help="the Python the wheels are for: the device image's (3.12), or the python3 of a "
+        "CPU dry run of bench/gpu_check.sh",
+    )
     args = parser.parse_args()
     reqs = requirements()
-    _exclude_from_git()
     cmd = download_command(reqs, args.dest, args.python_version)
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SystemExit(f"error: pip download failed (exit {code}; its output is above)")
     wheels = sorted(f for f in os.listdir(args.dest) if f.endswith(".whl"))
     total = sum(os.path.getsize(os.path.join(args.dest, f)) for f in wheels)
     print(f"{len(wheels)} wheels, {total / 2**20:.1f} MiB in {args.dest}:")

@@ -13,9 +13,12 @@
 #    bench/configs/llama_1b_gpu.yaml (Llama 1.0B, seq 2048, batch 16, bf16 compute) once per
 #    attention backend: step time, tokens/s, MFU against the card's bf16 peak, peak memory
 #
-# Logs and JSON go to $OUT (the device tool brings them back), or ./gpu-check elsewhere.
+# Logs and JSON go to $OUT (the device tool brings them back), or elsewhere to a new
+# mktemp -d folder, whose path is printed first.
 # STEPS, BACKENDS, CONFIG and JAX_PLATFORMS override the defaults (a CPU dry run of the
-# script: JAX_PLATFORMS=cpu CONFIG=bench/configs/gpt2_256.yaml BACKENDS=jax_flash STEPS=8).
+# script: JAX_PLATFORMS=cpu CONFIG=bench/configs/gpt2_256.yaml BACKENDS=jax_flash STEPS=8,
+# with a python3 that has lm's dependencies other than the carried wheels, and the wheels
+# downloaded for that python3's version: device_wheels.py --python-version 3.11, say).
 # FP8=1 runs each backend with fp8 matmuls instead (trainer.quantization.fp8; H100 and later):
 # a second call such as `BACKENDS=nvte FP8=1 bash bench/gpu_check.sh` after the first.
 # Each stage has its own time limit (120 + 100 + 2 x 170 s: the whole script ends inside the
@@ -23,15 +26,25 @@
 # leaves the others' results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-check}
-mkdir -p "$OUT"
+if [ -z "${OUT:-}" ]; then
+    OUT=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX") || exit 1
+fi
+mkdir -p "$OUT" || exit 1
+echo "logs and JSON: $OUT"
 STEPS=${STEPS:-20}
 BACKENDS=${BACKENDS:-"jax_flash nvte"}
 CONFIG=${CONFIG:-bench/configs/llama_1b_gpu.yaml}
 NAME=$(basename "$CONFIG" .yaml)
 
+shopt -s nullglob
+WHEELS=(.whl/*.whl)
+shopt -u nullglob
+if [ ${#WHEELS[@]} = 0 ]; then
+    echo "no wheels in .whl/: run bench/device_wheels.py first (and carry .whl)"; exit 1
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || { echo "no wheels: run bench/device_wheels.py first"; exit 1; }
+    --target /tmp/site "${WHEELS[@]}" \
+    || { echo "pip could not install the wheels in .whl/ (its error is above)"; exit 1; }
 export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
 
 python3 -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tee "$OUT/devices.txt"

@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--config_path", default=None)
     p.add_argument("--num_devices", type=int, default=4)
     args = p.parse_args()
+    if args.num_devices < 1:
+        p.error(f"--num_devices {args.num_devices}: must be >= 1")
 
     from lm.main.plan import PlanConfig, use_simulated_devices
 
@@ -57,7 +59,13 @@ def main() -> None:
     from lm.plan import format_size, plan_lm
 
     base = {} if args.config_path else dict(BASE)
-    first = plan_lm(lm.config.parse(PlanConfig, args.config_path, args=_flags(base)))
+    try:
+        first = plan_lm(lm.config.parse(PlanConfig, args.config_path, args=_flags(base)))
+    except lm.config.ConfigError as e:
+        where = f"--config_path {args.config_path}" if args.config_path else "the default run"
+        p.error(f"{where}: " + "; ".join(str(problem) for problem in e.problems))
+    except lm.config.SetupConfigError as e:
+        p.error(f"--num_devices {args.num_devices}: {e}")
     half = str(max(first.examples_per_device // 2, 1))
     print(
         f"jax {jax.__version__}, {args.num_devices} simulated CPU devices; "

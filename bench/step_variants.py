@@ -4,6 +4,8 @@ Usage:
     PYTHONPATH=src python bench/step_variants.py --config bench/configs/gpt2_512.yaml \
         [--policies true,save_projections,false] [--levels default,1,lm] [--repeats 5]
 
+`auto` is resolved as train_lm resolves it for this machine and the config's batch (on CPU:
+`save_projections` if its estimate fits in memory, else `true`), and what it became is printed.
 A policy may carry model overrides and a level XLA options, each as `+name=value`, e.g.
 `--policies save_projections+attn_backend=vanilla --levels 1+xla_cpu_use_fusion_emitters=false`.
 
@@ -30,8 +32,29 @@ import lm.config
 from lm.compile_options import xla_compiler_options
 from lm.main.train_lm import TrainLmConfig
 from lm.models import LmExample, compute_next_token_loss
+from lm.models.layers.scan import checkpoint_policy, policy_name, resolve_gradient_checkpointing
 
 POLICIES = {"true": True, "false": False}
+"""Command-line spellings of the boolean `gradient_checkpointing` values; any other name is
+passed as it is (`save_projections`, `full`, `auto`, ...)."""
+
+
+def remat_value(name: str) -> bool | str:
+    """A `gradient_checkpointing` policy named on the command line, as the config takes it.
+    ValueError, naming the allowed values, for one lm does not know (also used by
+    compare_loss_grad.py)."""
+    value = POLICIES.get(name.lower(), name)
+    checkpoint_policy(value)  # FieldError (a ValueError) with the allowed names
+    return value
+
+
+def resolve_remat(model_config, *, vocab_size: int, batch: int):
+    """`model_config` with `gradient_checkpointing: auto` resolved as train_lm resolves it for
+    a step of `batch` sequences on one device (`lm.models.layers.scan`); a model built with
+    an unresolved `auto` would silently use `true`."""
+    return resolve_gradient_checkpointing(
+        model_config, vocab_size=vocab_size, tokens_per_device=batch * model_config.Pos.size
+    )
 
 
 def _options(variant: str) -> dict | None:
@@ -56,7 +79,26 @@ def _parse_flag(flag: str) -> tuple[str, bool | int | str]:
     return name, int(value) if value.lstrip("-").isdigit() else value
 
 
-def _variants(config: TrainLmConfig, policies, levels, vocab: int):
+def _model_config(config: TrainLmConfig, policy: str, vocab: int):
+    """The model config for one `--policies` item (`name+field=value...`), `auto` resolved.
+    ValueError/TypeError for an unknown policy, field or value."""
+    name, *fields = policy.split("+")
+    overrides = dict(_parse_flag(field) for field in fields)
+    known = {f.name for f in dataclasses.fields(config.model)}
+    for field in overrides.keys() - known:
+        raise ValueError(f"{type(config.model).__name__} has no field {field!r}")
+    model_config = dataclasses.replace(
+        config.model, gradient_checkpointing=remat_value(name), **overrides
+    )
+    model_config = resolve_remat(
+        model_config, vocab_size=vocab, batch=config.trainer.train_batch_size
+    )
+    if name == "auto":
+        print(f"auto -> {policy_name(model_config.gradient_checkpointing)}", flush=True)
+    return model_config
+
+
+def _variants(config: TrainLmConfig, model_configs: dict, levels, vocab: int):
     Vocab = hax.Axis("vocab", vocab)
     Pos = config.model.Pos
     batch = config.trainer.train_batch_size
@@ -66,12 +108,7 @@ def _variants(config: TrainLmConfig, policies, levels, vocab: int):
     )
     example = LmExample.causal(tokens)
     out = {}
-    for policy in policies:
-        name, *fields = policy.split("+")
-        overrides = dict(_parse_flag(field) for field in fields)
-        model_config = dataclasses.replace(
-            config.model, gradient_checkpointing=POLICIES.get(name, name), **overrides
-        )
+    for policy, model_config in model_configs.items():
         model = model_config.build(Vocab, key=jax.random.PRNGKey(0))
         params, static = eqx.partition(model, eqx.is_array)
 
@@ -106,8 +143,30 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    config = lm.config.parse(TrainLmConfig, config_path=args.config)
-    variants = _variants(config, args.policies.split(","), args.levels.split(","), vocab=args.vocab)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.vocab < 1:
+        parser.error(f"--vocab {args.vocab}: must be >= 1")
+    try:
+        config = lm.config.parse(TrainLmConfig, config_path=args.config)
+    except lm.config.ConfigError as e:
+        parser.error(f"--config {args.config}: " + "; ".join(str(p) for p in e.problems))
+    levels = args.levels.split(",")
+    for level in levels:
+        try:
+            _options(level)
+        except ValueError:
+            parser.error(
+                f"--levels {level!r}: give default, lm or an XLA:CPU optimisation level (an "
+                "int), each optionally followed by +flag=value"
+            )
+    model_configs = {}
+    for policy in args.policies.split(","):
+        try:
+            model_configs[policy] = _model_config(config, policy, args.vocab)
+        except (TypeError, ValueError) as e:
+            parser.error(f"--policies {policy!r}: {e}")
+    variants = _variants(config, model_configs, levels, vocab=args.vocab)
     reference = None
     for name, (compiled, params, _, _) in variants.items():
         out = jax.block_until_ready(compiled(params))

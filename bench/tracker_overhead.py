@@ -52,9 +52,11 @@ def bench(name: str, tracker, steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="tracker.log calls per tracker")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["WANDB_DIR"] = tmp
         run_dir = f"{tmp}/run"

@@ -255,7 +255,33 @@ def ensure_cache(config: str, cache_dir: str) -> None:
         # e.g. the GPU machines' image, which has no Ray and cannot fetch it
         print("Ray is not installed: building the token cache in this process", flush=True)
         cmd += ["--data.cache_options.backend", "local"]
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SystemExit(
+            f"error: building the token cache for {config} failed (exit {code}; output above)"
+        )
+
+
+def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`parser.error` (one line, exit 2) for --steps/--warmup/--repeats/--json values that
+    could not give a result, before anything runs (also used by compare_reference.py)."""
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup}: must be >= 0")
+    if args.steps <= args.warmup:
+        parser.error(
+            f"--steps {args.steps}: must be more than --warmup ({args.warmup}), the steps "
+            "left out of the median"
+        )
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its directory does not exist")
+
+
+def check_config_exists(parser: argparse.ArgumentParser, flag: str, config: str) -> None:
+    """`parser.error` for a local config file that is not there (URLs are left to lm)."""
+    if "://" not in config and not os.path.isfile(config):
+        parser.error(f"{flag} {config}: no such file")
 
 
 def main() -> None:
@@ -267,14 +293,24 @@ def main() -> None:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        usage="%(prog)s --config CONFIG [options] [-- train_lm arguments ...]",
+        epilog="Arguments after `--` go to train_lm as they are, e.g.\n"
+        "  -- --model.gradient_checkpointing true",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="first steps left out of the median step time"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
+    check_run_args(parser, args)
+    check_config_exists(parser, "--config", args.config)
     ensure_bytecode()
     ensure_cache(args.config, args.cache_dir)
     result = bench(
@@ -288,8 +324,9 @@ def main() -> None:
     result["load_avg_1m"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     if args.json:
+        text = json.dumps(result, indent=2)  # serialised first: no half-written file
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            f.write(text)
     print(summary_line(result))
 
 
