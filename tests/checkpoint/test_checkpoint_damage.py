@@ -111,10 +111,17 @@ def test_checkpointer_never_deletes_a_damaged_checkpoint(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    "where, why", [("no_such_dir", "does not exist"), ("empty_dir", "holds no step-N checkpoint")]
+    "where, why",
+    [
+        ("no_such_dir", "does not exist"),
+        ("empty_dir", "holds no step-N checkpoint"),
+        ("empty_steps", "holds no step-N checkpoint (step-5, step-12: empty folders)"),
+    ],
 )
 def test_explicit_path_without_a_checkpoint_warns_and_starts_fresh(tmp_path, caplog, where, why):
     (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "empty_steps" / "step-12").mkdir(parents=True)
+    (tmp_path / "empty_steps" / "step-5").mkdir()
     path = str(tmp_path / where)
     field = "trainer.load_checkpoint_path"
     with caplog.at_level(logging.INFO, logger="lm.checkpoint"):

@@ -31,7 +31,13 @@ import jax
 
 from lm.checkpoint.restore import _init_subset, _load_or_init
 from lm.checkpoint.serialization import CheckpointLoadError
-from lm.checkpoint.storage import CheckpointStatus, checkpoint_candidates, exists, local_path
+from lm.checkpoint.storage import (
+    STEP_DIR_RE,
+    CheckpointStatus,
+    checkpoint_candidates,
+    exists,
+    local_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +98,17 @@ def _why_none_found(path: str, torn: list[CheckpointStatus]) -> str:
     if local is None:
         return "holds no step-N checkpoint" if exists(path) else "does not exist or is empty"
     # (a file is refused before this, by `checkpoint_candidates`)
-    return "holds no step-N checkpoint" if os.path.exists(local) else "does not exist"
+    if not os.path.exists(local):
+        return "does not exist"
+    # the file store lists files: empty step-N folders (a save that made its folder and no
+    # file) are not seen, but they are there to be seen by whoever looks
+    empty = sorted(
+        (name for name in os.listdir(local) if STEP_DIR_RE.match(name)),
+        key=lambda name: int(name.split("-")[1]),
+    )
+    if empty:
+        return f"holds no step-N checkpoint ({', '.join(empty)}: empty folders)"
+    return "holds no step-N checkpoint"
 
 
 def restore_trainer_state(
