@@ -855,3 +855,168 @@ def test_the_lease_on_an_object_store_is_created_once(monkeypatch, conditional):
     second = lease.Lease.acquire(cache_dir)
     assert second is not None
     second.release()
+
+
+# ---------------------------------------------------------------------------- audit fixes
+
+
+def test_ctrl_c_during_a_local_build_stops_it_between_batches(tmp_path, write_jsonl, monkeypatch):
+    """A SIGINT that lands in a gc callback (JAX's `_xla_gc_callback` runs in every gc of a
+    build) raised KeyboardInterrupt there, where Python drops it: the build ran to the end
+    and exited 0. Now SIGINT sets a flag that the build checks after each tokenizer batch."""
+    import gc
+    import signal
+
+    from lm.data import lease
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for i in range(3):
+        write_jsonl(tmp_path / f"s{i}.jsonl", [f"shard {i} doc {j}" for j in range(20)])
+    source = UrlSource.from_patterns([str(tmp_path / "s{0..2}.jsonl")])
+    armed, sent = [], []
+
+    def ctrl_c_inside_gc(phase, info):
+        if phase == "start" and armed and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    encode_batch = DocumentEncoder.encode_batch
+
+    def encode_then_collect(self, docs):
+        out = encode_batch(self, docs)
+        armed.append(True)  # the build is under way
+        gc.collect()  # a gc during the build, as JAX's allocations trigger them
+        return out
+
+    monkeypatch.setattr(DocumentEncoder, "encode_batch", encode_then_collect)
+    path = str(tmp_path / "c")
+    gc.callbacks.append(ctrl_c_inside_gc)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    finally:
+        gc.callbacks.remove(ctrl_c_inside_gc)
+    assert sent
+    ledger = read_ledger(path)
+    assert not ledger.complete and not ledger.finished  # stopped in its first shard
+    assert lease.read(path) is None  # released, as after a Ctrl-C with Ray
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    monkeypatch.undo()
+    assert build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL).num_docs == 60
+
+
+def test_local_paths_are_made_absolute_for_workers(tmp_path, write_jsonl, monkeypatch):
+    """A Ray worker opens paths in its own working directory: relative source files, an HF
+    data folder and a tokenizer directory reach it as absolute paths; URLs and hub ids stay."""
+    from lm.data.sources import HfSource, absolute_local
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "data" / "a.jsonl", ["one"])
+    write_jsonl(tmp_path / "data" / "b.jsonl", ["two"])
+    source = UrlSource.from_patterns(["data/a.jsonl", "file://data/b.jsonl"])
+    workers = source.for_workers()
+    assert workers.urls == (str(tmp_path / "data" / "a.jsonl"), f"file://{tmp_path}/data/b.jsonl")
+    assert workers.sizes == source.sizes and source.urls == ("data/a.jsonl", "file://data/b.jsonl")
+    for url in ("gs://b/x.jsonl", "memory://x.jsonl", "simplecache::gs://b/x", "/abs/x.jsonl"):
+        assert absolute_local(url) == url
+
+    hf = HfSource("data", None, "train", num_rows=2)
+    assert hf.for_workers().id == str(tmp_path / "data")
+    assert HfSource("org/dataset", None, "train").for_workers().id == "org/dataset"
+
+    (tmp_path / "tok").mkdir()  # a tokenizer directory, as far as paths go
+    for name in ("tok", "./tok", "file://tok"):
+        enc = DocumentEncoder(name)
+        assert enc.for_workers() == DocumentEncoder(str(tmp_path / "tok"))
+    for name in ("builtin", "gpt2", "gs://b/tok"):
+        assert DocumentEncoder(name).for_workers() == DocumentEncoder(name)
+    passthrough = DocumentEncoder("passthrough", vocab_size=8)
+    assert passthrough.for_workers() is passthrough
+
+
+def test_a_shard_built_from_a_file_of_another_size_is_not_recorded(tmp_path, write_jsonl):
+    """What a Ray worker reading another file (a relative path resolved in its own working
+    directory) looks like to the driver: the file it read is not the size listed."""
+    write_jsonl(tmp_path / "a.jsonl", ["one", "two"])
+    write_jsonl(tmp_path / "b.jsonl", ["three"])
+    source = UrlSource.from_patterns([str(tmp_path / "{a,b}.jsonl")])
+    listed = (tmp_path / "b.jsonl").stat().st_size
+    write_jsonl(tmp_path / "b.jsonl", ["another file", "with more lines"])
+    path = str(tmp_path / "c")
+    with pytest.raises(
+        ValueError,
+        match=rf"^cache shard 1: its source file {re.escape(str(tmp_path / 'b.jsonl'))} was "
+        rf"{listed} bytes when the sources were listed, but the file the build read was "
+        rf"{(tmp_path / 'b.jsonl').stat().st_size} bytes: the builder read another file \(a Ray "
+        r"worker resolves a relative path in its own working directory",
+    ):
+        build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    ledger = read_ledger(path)
+    assert list(ledger.finished) == [str(tmp_path / "a.jsonl")] and not ledger.complete
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: d.update(finished=None), r'"finished" must be an object .*, got null'),
+        (lambda d: d.update(shards="a.jsonl"), r'"shards" must be a list .*, got "a.jsonl"'),
+        (lambda d: d.update(shards=[1]), r'"shards"\[0\] must be a shard name .*, got 1'),
+        (lambda d: d.update(complete="yes"), r'"complete" must be true or false, got "yes"'),
+        (lambda d: d.update(version=True), r'"version" must be an integer, got true'),
+        (lambda d: d.pop("tokenizer"), r"the ledger has no field 'tokenizer'"),
+        (lambda d: d.update(extra=1), r"the ledger has an unknown field 'extra'"),
+        (
+            lambda d: next(iter(d["finished"].values())).update(num_docs="3"),
+            r'"finished"\[".*a.jsonl"\]\."num_docs" must be an integer >= 0, got "3"',
+        ),
+        (
+            lambda d: next(iter(d["finished"].values())).update(source_file=[]),
+            r'"finished"\[".*a.jsonl"\]\."source_file" must be an object or null, got \[\]',
+        ),
+    ],
+)
+def test_a_hand_edited_ledger_of_the_wrong_shape_is_unreadable(
+    tmp_path, write_jsonl, edit, problem
+):
+    """Damage messages suggest editing ledger.json: `"finished": null` crashed with an
+    AttributeError, `"shards"` as a string said the cache did not match the config."""
+    write_jsonl(tmp_path / "a.jsonl", ["one", "two"])
+    source = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    path = str(tmp_path / "c")
+    build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    ledger_path = tmp_path / "c" / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())
+    edit(ledger)
+    ledger_path.write_text(json.dumps(ledger))
+    with pytest.raises(
+        ValueError,
+        match=rf"^the cache ledger {re.escape(str(ledger_path))} is unreadable \({problem}\); "
+        "delete the cache directory to rebuild it$",
+    ):
+        build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+
+
+def test_a_touched_hf_data_folder_names_the_datasets_fingerprint(tmp_path, write_jsonl):
+    """For a local folder of data files, `datasets` fingerprints the files' modification
+    times: a touched file no longer matches the cache, and the message said "a file changed
+    size", which it did not."""
+    from lm.data.sources import HfSource
+
+    data = write_jsonl(tmp_path / "files" / "train.jsonl", ["f0", "f1", "f2"])
+    os.utime(data, (1_000_000, 1_000_000))
+    path = str(tmp_path / "c")
+    source = HfSource.load(str(tmp_path / "files"), None, "train")
+    build_or_load_cache(path, source, DocumentEncoder("builtin"), LOCAL)
+    os.utime(data, (2_000_000, 2_000_000))
+    touched = HfSource.load(str(tmp_path / "files"), None, "train")
+    assert touched.data_fingerprint != source.data_fingerprint
+    with pytest.raises(ValueError) as info:
+        build_or_load_cache(path, touched, DocumentEncoder("builtin"), LOCAL)
+    message = str(info.value)
+    assert "changed size" not in message
+    assert (
+        "(the same HF dataset and settings, but the dataset's fingerprint changed since the "
+        "cache was built: `datasets` computes it from the data, and for a local folder of data "
+        "files from their modification times too, so a touched or copied file changes it even "
+        "with the same bytes)"
+    ) in message

@@ -89,3 +89,33 @@ def test_a_cache_dir_under_a_file_is_one_message(tmp_path, capsys, monkeypatch):
         "path, is a file"
     ) in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_ctrl_c_stops_a_local_build_with_130(tmp_path, write_jsonl, subprocess_env):
+    """Ctrl-C during a `backend: local` build was ignored about half the time (the
+    KeyboardInterrupt landed in JAX's gc callback, where Python drops it): the build ran to
+    the end and exited 0. It stops after the current tokenizer batch now, as with Ray."""
+    words = "alpha beta gamma delta code data model token cache shard".split()
+    src = tmp_path / "src"
+    for i in range(3):  # ~1.5 s of tokenizing each on a 2-core box
+        docs = [" ".join(words[(j * k) % 10] for k in range(60)) for j in range(25_000)]
+        write_jsonl(src / f"s{i}.jsonl", docs)
+    cache = tmp_path / "cache"
+    (tmp_path / "data.yaml").write_text(
+        f"data:\n  train_urls: ['{src}/s{{0..2}}.jsonl']\n  cache_dir: {cache}\n"
+        "  cache_options: {backend: local}\n"
+    )
+    proc = _run(tmp_path / "data.yaml", subprocess_env)
+    deadline = time.time() + 120
+    while _finished(cache / "train") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)  # in the second shard's tokenizer batches
+    sent = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert time.monotonic() - sent < 10
+    assert "interrupted (Ctrl-C)" in out
+    ledger = json.loads((cache / "train" / "ledger.json").read_text())
+    assert not ledger["complete"] and len(ledger["finished"]) < 3
+    assert not (cache / "train" / "build.lease").exists()

@@ -539,3 +539,28 @@ def test_build_caches_finds_every_splits_files_before_building_any(tmp_path, wri
     with pytest.raises(ValueError, match="data.configs.b.train_urls: missing shard"):
         mixture.build_caches()
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mixture-cache").exists()
+
+
+@pytest.mark.parametrize(
+    "weights, where",
+    [
+        ({"a": 1000, "b": 1}, "data.train_weights"),
+        ([[0, {"a": 1}], [10, {"a": 1000, "b": 1}]], "data.train_weights[1] (step 10)"),
+    ],
+)
+def test_a_block_too_small_for_a_weight_is_an_error_naming_both_fields(weights, where):
+    """It was `mixture stage 0: weights ... give ['b'] no example per block of 64`, when the
+    first batch was drawn, naming neither field."""
+    data = {
+        "configs": {"a": {"builtin": "stdlib"}, "b": {"builtin": "stdlib"}},
+        "train_weights": weights,
+        "mixture_block_size": 64,
+    }
+    # 501 is the smallest block whose largest-remainder counts give b one example
+    assert _decode_problems(data) == [
+        f"data.mixture_block_size: 64 examples per block give ['b'] no example with {where} "
+        "{'a': 1000.0, 'b': 1.0}, so they would never be sampled: raise "
+        "data.mixture_block_size (with 501 each gets at least one) or their weights in "
+        "data.train_weights"
+    ]
+    assert _decode_problems({**data, "mixture_block_size": 501}) == []

@@ -213,3 +213,17 @@ def test_mixture_component_with_no_data_is_an_error(mixture_corpus):
         ValueError, match=r"data.configs.web.train_urls: the glob .* matched no files"
     ):
         missing.train_set(hax.Axis("position", 32), key=jax.random.PRNGKey(0))
+
+
+def test_the_train_split_of_an_unweighted_component_is_not_tokenized(mixture_corpus, caplog):
+    """A component without a train weight is validation only, but build_caches (train_lm and
+    cache_dataset) tokenized its train split too: hours for a large corpus never sampled."""
+    cfg = _mixture(mixture_corpus, train_weights={"web": 1.0, "code": 0.0})
+    with caplog.at_level("INFO", logger="lm.data.config"):
+        caches = cfg.build_caches()
+    assert sorted(caches) == ["heldout/validation", "web/train", "web/validation"]
+    assert not (mixture_corpus / "cache" / "code").exists()
+    assert "not tokenizing the train split of code: no weight in data.train_weights" in caplog.text
+    train = cfg.train_set(hax.Axis("position", 32), key=jax.random.PRNGKey(0))
+    assert len(train.get_batch(range(8))) == 8
+    assert not (mixture_corpus / "cache" / "code").exists()

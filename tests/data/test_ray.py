@@ -177,3 +177,60 @@ def test_ray_build_reports_progress_within_a_shard(tmp_path, local_ray, monkeypa
         writer.join(60)
     assert progressed.is_set(), lines
     assert cache.num_docs == 40
+
+
+@pytest.mark.slow  # ~15 s: each worker loads the tokenizer directory through transformers
+def test_relative_paths_reach_the_workers_as_absolute_ones(
+    tmp_path, write_jsonl, local_ray, monkeypatch
+):
+    """Ray workers open files in their own working directory (on a cluster joined through
+    ray.address, a directory of another machine): relative source paths and a relative
+    tokenizer directory were sent as written, so the workers read other files, or none."""
+    import shutil
+
+    from lm.data.builtin_tokenizer import ensure_builtin_tokenizer
+
+    driver = tmp_path / "driver"
+    for i in range(2):
+        write_jsonl(driver / "data" / f"part-{i}.jsonl", [f"part {i} line {j}" for j in range(9)])
+    shutil.copytree(ensure_builtin_tokenizer(), driver / "tok")
+    monkeypatch.chdir(driver)  # the workers were started elsewhere, and stay there
+    worker_cwd = local_ray.get(local_ray.remote(lambda: os.getcwd()).remote())
+    assert worker_cwd != str(driver)
+    source = UrlSource.from_patterns(["data/part-{0..1}.jsonl"])
+    enc = DocumentEncoder("tok")
+    cache = build_or_load_cache(
+        "cache", source, enc, CacheOptions(backend="ray", num_workers=1, batch_size=4)
+    )
+    assert cache.num_docs == 18
+    local = build_or_load_cache("local", source, enc, CacheOptions(backend="local"))
+    n = local.num_tokens
+    assert cache.read_ranges([(0, n)])[0].tolist() == local.read_ranges([(0, n)])[0].tolist()
+    assert read_ledger("cache").shards == ["data/part-0.jsonl", "data/part-1.jsonl"]
+
+
+def test_a_worker_that_cannot_open_its_file_is_one_error_naming_it(
+    tmp_path, write_jsonl, local_ray
+):
+    """A FileNotFoundError in a worker came out as Ray's RayTaskError, the worker's whole
+    traceback for its message."""
+    write_jsonl(tmp_path / "a.jsonl", ["one"])
+    source = UrlSource.from_patterns([str(tmp_path / "a.jsonl")])
+    os.remove(tmp_path / "a.jsonl")  # gone between listing and building
+    with pytest.raises(ValueError) as info:
+        build_or_load_cache(
+            str(tmp_path / "c"),
+            source,
+            DocumentEncoder("builtin"),
+            CacheOptions(backend="ray", num_workers=1),
+        )
+    assert type(info.value) is ValueError
+    a = tmp_path / "a.jsonl"
+    assert re.fullmatch(
+        rf"building cache shard 0 from {re.escape(str(a))} failed on a Ray worker "
+        r"\(FileNotFoundError: \[Errno 2\] No such file or directory: '"
+        rf"{re.escape(str(a))}'\); nothing of that shard was recorded, and a rerun resumes the "
+        r"build from the finished shards",
+        str(info.value),
+    ), str(info.value)
+    assert not read_ledger(str(tmp_path / "c")).finished

@@ -29,7 +29,9 @@ import dataclasses
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -281,7 +283,7 @@ def _build(cache_dir, source, encoder, options, expected, held, ray_config, prog
         options.backend,
     )
     bar = BuildProgress(cache_dir, ledger, enabled=progress)
-    record = functools.partial(_record, cache_dir, ledger, bar, held)
+    record = functools.partial(_record, cache_dir, ledger, bar, held, source)
     try:
         if options.backend == "local":
             _build_local(cache_dir, source, encoder, options, pending, bar, record)
@@ -370,18 +372,66 @@ PROGRESS_POLL_S = 2.0
 """How often a Ray build asks its workers how far they got in the shards they are building."""
 
 
-def _record(cache_dir, ledger: CacheLedger, bar: BuildProgress, held, index: int, stats) -> None:
+def _record(
+    cache_dir, ledger: CacheLedger, bar: BuildProgress, held, source: ShardedSource, index, stats
+) -> None:
     held.check()  # never write the ledger of a build another process took over
+    # a shard built from another file than the one listed here (a Ray worker that resolved a
+    # path elsewhere, or a file replaced meanwhile) must never enter the ledger
+    source.check_read(index, stats.source_file)
     ledger.finished[ledger.shards[index]] = stats
     write_ledger(cache_dir, ledger)
     bar.shard_done(index, stats)
 
 
+@contextlib.contextmanager
+def _ctrl_c_between_batches():
+    """Yield `check()`, which raises `KeyboardInterrupt` once Ctrl-C has been pressed.
+
+    Python raises `KeyboardInterrupt` wherever the main thread is when SIGINT arrives, and
+    during a build that is often inside JAX's gc callback (`_xla_gc_callback`), where Python
+    prints the exception and drops it: the build ran on to the end and exited 0. Here SIGINT
+    only sets a flag, which the build checks between tokenizer batches and between shards;
+    a second Ctrl-C raises at once (for a build stuck reading a file). Installed only in the
+    main thread, and only over Python's own handler (one a caller set stays in charge); the
+    previous handler is restored on exit.
+    """
+    pressed = threading.Event()
+
+    def check() -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield check
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        pressed.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _build_local(cache_dir, source, encoder, options, pending, bar, record) -> None:
-    for index in pending:
-        on_progress = functools.partial(bar.batch_done, index)
-        stats = build_shard(cache_dir, index, source, encoder, options.batch_size, on_progress)
-        record(index, stats)
+    with _ctrl_c_between_batches() as check_interrupt:
+        for index in pending:
+            check_interrupt()
+
+            def on_progress(num_docs: int, num_tokens: int, index=index) -> None:
+                bar.batch_done(index, num_docs, num_tokens)
+                check_interrupt()
+
+            stats = build_shard(cache_dir, index, source, encoder, options.batch_size, on_progress)
+            record(index, stats)
 
 
 def _build_shard_reporting(cache_dir, index, source, encoder, batch_size, counts) -> ShardStats:
@@ -429,6 +479,10 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
             "cache_options.backend: local"
         )
     cache_dir = kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
+    # A worker resolves a relative path in its own working directory (on a cluster joined
+    # through ray.address, not this one): it would read other files, or none, silently.
+    names = source.shard_names()
+    source, encoder = source.for_workers(), encoder.for_workers()
     num_workers = options.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Each task holds one Ray CPU, so its tokenizer gets one thread (tokenizers' rayon pool
     # would otherwise start one thread per core in every worker).
@@ -453,7 +507,9 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
                 except ray.exceptions.RayTaskError as e:
                     if isinstance(e.cause, ValueError):
                         raise ValueError(str(e.cause)) from e
-                    raise
+                    raise _worker_failure(index, names[index], e.cause or e) from e
+                except ray.exceptions.RayError as e:  # the worker died (OOM-killed, crashed)
+                    raise _worker_failure(index, names[index], e) from e
                 record(index, stats)
             if in_flight and time.monotonic() - last_poll >= PROGRESS_POLL_S:
                 last_poll = time.monotonic()
@@ -466,6 +522,19 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
         for ref in in_flight:
             ray.cancel(ref, force=True)
         ray.kill(counts)
+
+
+def _worker_failure(index: int, name: str, cause: BaseException) -> ValueError:
+    """A Ray worker's failure other than a bad input (a `ValueError`, passed on as it is): one
+    message naming the shard's file, without the worker's traceback (the cause chain has it)."""
+    text = str(cause)
+    if type(cause).__module__.startswith("ray"):  # Ray's own errors run to many lines
+        text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    shown = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    return ValueError(
+        f"building cache shard {index} from {name} failed on a Ray worker ({shown}); nothing "
+        "of that shard was recorded, and a rerun resumes the build from the finished shards"
+    )
 
 
 # ---------------------------------------------------------------------------- reading

@@ -31,7 +31,7 @@ import haliax as hax
 from lm.config.errors import FieldError, closest_name, invalid
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
-from lm.data.mixture import MixtureDataset, MixtureStage
+from lm.data.mixture import MixtureDataset, MixtureStage, block_counts
 from lm.data.packing import CausalLmDataset
 from lm.data.permutation import PERMUTATION_TYPES, mix_seed, seed_from_key
 from lm.data.sources import (
@@ -512,12 +512,39 @@ class LMMixtureDatasetConfig(LMTaskConfig):
                     )
             if sum(weights.values()) <= 0:
                 raise ValueError(f"data.train_weights (step {step}): all weights are zero")
+        self._check_blocks(stages, staged)
         for name in self.components_with_weight():
             if not self.configs[name].has_split("train"):
                 raise ValueError(
                     f"data.configs.{name} has train weight > 0 but no training source "
                     "(set train_urls, id or builtin)"
                 )
+
+    def _check_blocks(self, stages: list[tuple[int, dict[str, float]]], staged: bool) -> None:
+        """Every weighted component must get at least one example per mixture block (the
+        same largest-remainder counts `MixtureDataset` uses), or it is never sampled."""
+        names = self.components_with_weight()
+        block = self.mixture_block_size
+        for i, (step, weights) in enumerate(stages):
+            values = [float(weights.get(n, 0.0)) for n in names]
+            starved = _starved(names, values, block)
+            if not starved:
+                continue
+            # enough for sure (each weight's floor share is >= 1), then the smallest block
+            # size below that (a search bounded for extreme weights) that also works
+            enough = math.ceil(sum(values) / min(weights[n] for n in starved))
+            while _starved(names, values, enough):  # (floating point)
+                enough += 1
+            sizes = range(block + 1, min(enough, block + 100_000))
+            need = next((b for b in sizes if not _starved(names, values, b)), enough)
+            where = f"data.train_weights[{i}] (step {step})" if staged else "data.train_weights"
+            shown = {n: weights[n] for n in names if n in weights}
+            raise FieldError(
+                "mixture_block_size",
+                f"{block} examples per block give {starved} no example with {where} {shown}, "
+                f"so they would never be sampled: raise data.mixture_block_size (with {need} "
+                f"each gets at least one) or their weights in data.train_weights",
+            )
 
     @property
     def weight_stages(self) -> list[tuple[int, dict[str, float]]]:
@@ -573,14 +600,27 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         return self._build_cache(source, self.cache_dir_for(name, split), **kw)
 
     def build_caches(self, *, progress: bool = False, ray_config=None) -> dict[str, TokenCache]:
-        """Build (or open) every component's caches; keys are `<name>/<split>`. Every
-        component's files are found first, so a missing one is reported before any cache is
-        built."""
+        """Build (or open) the caches a run reads; keys are `<name>/<split>`: every
+        component's validation split, and the train split of the components with a train
+        weight (`components_with_weight`; the others are never sampled, as in Levanter).
+        Every component's files are found first, so a missing one is reported before any
+        cache is built."""
         self.check_filesystems()
+        weighted = set(self.components_with_weight())
+        unweighted = [
+            n for n in self.configs if n not in weighted and self.configs[n].has_split("train")
+        ]
+        if unweighted:
+            logger.info(
+                "data: not tokenizing the train split of %s: no weight in data.train_weights "
+                "(used for validation only)",
+                ", ".join(unweighted),
+            )
         sources = {
             (name, split): source
             for name in self.configs
             for split in SPLITS
+            if split != "train" or name in weighted
             if (source := self._component_source(name, split)) is not None
         }
         return {
@@ -658,6 +698,12 @@ def _empty_files(cache: TokenCache, urls_field: str | None) -> str:
     else:
         which = f"{len(empty)} of the {len(shards)} files"
     return f"; {which} of {urls_field} {verb} no documents{skipped_note}: {listed}"
+
+
+def _starved(names: list[str], weights: list[float], block_size: int) -> list[str]:
+    """The components with a weight > 0 that get no example in a block of `block_size`."""
+    counts = block_counts(weights, block_size)
+    return [n for n, w, c in zip(names, weights, counts, strict=True) if w > 0 and c == 0]
 
 
 def _stable_hash(name: str) -> int:

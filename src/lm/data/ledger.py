@@ -64,9 +64,23 @@ class CacheLedger:
 
     @staticmethod
     def from_json(text: str) -> CacheLedger:
+        """Parse a ledger, checking every field's type (it may have been edited by hand).
+
+        Raises:
+            ValueError: not JSON, or a field missing, unknown or of the wrong type (named).
+        """
         d = json.loads(text)
-        d["finished"] = {k: ShardStats(**v) for k, v in d["finished"].items()}
-        return CacheLedger(**d)
+        _check_fields(d, _LEDGER_FIELDS, _LEDGER_OPTIONAL)
+        for i, name in enumerate(d["shards"]):
+            if not isinstance(name, str):
+                raise ValueError(
+                    f'"shards"[{i}] must be a shard name (a string), got {_shown(name)}'
+                )
+        finished = {}
+        for name, stats in d["finished"].items():
+            _check_fields(stats, _SHARD_FIELDS, _SHARD_OPTIONAL, f'"finished"[{json.dumps(name)}]')
+            finished[name] = ShardStats(**stats)
+        return CacheLedger(**{**d, "finished": finished})
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +89,53 @@ class CacheLedger:
     @property
     def num_docs(self) -> int:
         return sum(s.num_docs for s in self.finished.values())
+
+
+# Each field's JSON types and how a message names them; the optional ones have defaults.
+_LEDGER_FIELDS = {
+    "tokenizer": ((str,), "a string"),
+    "tokenizer_fingerprint": ((str,), "a string"),
+    "source": ((str,), "a string"),
+    "source_fingerprint": ((str,), "a string"),
+    "shards": ((list,), "a list of shard names"),
+    "finished": ((dict,), "an object of shard name -> stats"),
+    "complete": ((bool,), "true or false"),
+    "version": ((int,), "an integer"),
+}
+_LEDGER_OPTIONAL = ("complete", "version")
+_SHARD_FIELDS = {
+    "num_docs": ((int,), "an integer >= 0"),
+    "num_tokens": ((int,), "an integer >= 0"),
+    "skipped_lines": ((int,), "an integer >= 0"),
+    "source_file": ((dict, type(None)), "an object or null"),
+}
+_SHARD_OPTIONAL = ("skipped_lines", "source_file")
+
+
+def _check_fields(d, fields: dict, optional: tuple[str, ...], where: str = "") -> None:
+    """Raise a `ValueError` naming the field of the JSON object `d` (at `where` in the ledger,
+    e.g. `"finished"["a.jsonl"]`) that is missing, unknown, or not of its type."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where or 'the ledger'} must be a JSON object, got {_shown(d)}")
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or 'the ledger'} has an unknown field {unknown[0]!r}")
+    for key, (types, allowed) in fields.items():
+        if key not in d:
+            if key not in optional:
+                raise ValueError(f"{where or 'the ledger'} has no field {key!r}")
+            continue
+        value = d[key]
+        # JSON true/false are Python bools, which are ints too: never a count or a version
+        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if wrong_type or (allowed.endswith(">= 0") and value < 0):
+            name = f"{where}.{json.dumps(key)}" if where else json.dumps(key)
+            raise ValueError(f"{name} must be {allowed}, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_ledger(cache_dir: str) -> CacheLedger | None:
@@ -117,7 +178,7 @@ def mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
         )
     if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
         same = (
-            " (the same files and settings: a file changed size since the cache was built)"
+            f" ({_same_description_change(expected)})"
             if found.source == expected.source and found.shards == expected.shards
             else ""
         )
@@ -127,6 +188,22 @@ def mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
             f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{same}"
         )
     return problems
+
+
+def _same_description_change(expected: CacheLedger) -> str:
+    """What changed when a source's description and shards are the same as the cache's but its
+    fingerprint is not, by the kind of source (told by its shard names)."""
+    first = expected.shards[0] if expected.shards else ""
+    if first.startswith("hf:"):
+        return (
+            "the same HF dataset and settings, but the dataset's fingerprint changed since the "
+            "cache was built: `datasets` computes it from the data, and for a local folder of "
+            "data files from their modification times too, so a touched or copied file changes "
+            "it even with the same bytes"
+        )
+    if first.startswith("stdlib:"):
+        return "the same split of the embedded corpus, but its files changed (another Python?)"
+    return "the same files and settings: a file changed size since the cache was built"
 
 
 def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:

@@ -91,6 +91,20 @@ class ShardedSource(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str: ...
 
+    def for_workers(self) -> ShardedSource:
+        """This source as a process in another working directory must see it (a Ray worker):
+        local relative paths made absolute. Shard names and fingerprints stay this source's."""
+        return self
+
+    def check_read(self, index: int, stamp: dict | None) -> None:
+        """Check what a build read for shard `index` (its `on_file` stamp, None if it gave
+        none) against what this source found when it was made.
+
+        Raises:
+            ValueError: the build read another file, or the file changed meanwhile.
+        """
+        return None
+
     def verify_shard(self, index: int, recorded: dict) -> dict | None:
         """Check shard `index` against `recorded`, what `on_file` gave when it was built.
 
@@ -189,6 +203,18 @@ def _with_protocol(fs, original: str, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def absolute_local(url: str) -> str:
+    """`url` with a local path (plain or `file://`) made absolute (and `~` expanded); any other
+    URL (`gs://`, `memory://`, a chained `simplecache::...`) unchanged."""
+    if "::" in url:
+        return url
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    if url.startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(url[len("file://") :]))
+    return url
+
+
 @dataclasses.dataclass(frozen=True)
 class UrlSource(ShardedSource):
     """Files named by URL patterns; one file is one shard."""
@@ -201,6 +227,9 @@ class UrlSource(ShardedSource):
     mtimes: tuple[str | None, ...] = ()
     """Each file's modification time when the patterns were expanded (`verify_shard`); not
     part of the fingerprint, so a touched or copied corpus still matches its cache."""
+    regular: tuple[bool, ...] = ()
+    """Whether each file was a regular file when the patterns were expanded: a named pipe's
+    listed size (0) says nothing of what it holds, so `check_read` leaves it alone."""
 
     @staticmethod
     def from_patterns(
@@ -227,6 +256,7 @@ class UrlSource(ShardedSource):
             plaintext=plaintext,
             skip_bad_lines=skip_bad_lines,
             mtimes=tuple(file_modified(info) for _, info, _ in found),
+            regular=tuple(info.get("type") != "other" for _, info, _ in found),
         )
 
     def shard_names(self) -> list[str]:
@@ -243,6 +273,28 @@ class UrlSource(ShardedSource):
         if fmt == "text":
             return iter_text_lines(url, compression, skip, on_bad_line, check, on_file)
         return iter_parquet(url, self.text_key, skip, on_bad_line, check, on_file)
+
+    def for_workers(self) -> UrlSource:
+        return dataclasses.replace(self, urls=tuple(absolute_local(u) for u in self.urls))
+
+    def check_read(self, index: int, stamp: dict | None) -> None:
+        """The size of the file read must be the size listed: another size means the build
+        read another file (a Ray worker that resolved the path in its own working directory,
+        on another machine) or the file changed while the cache was built."""
+        regular = self.regular[index] if index < len(self.regular) else True
+        if stamp is None or not regular:
+            return
+        listed, read = self.sizes[index], stamp.get("size")
+        if listed is None or read is None or listed == read:
+            return
+        raise ValueError(
+            f"cache shard {index}: its source file {self.urls[index]} was {listed} bytes when "
+            f"the sources were listed, but the file the build read was {read} bytes: the "
+            "builder read another file (a Ray worker resolves a relative path in its own "
+            "working directory, on its own machine) or the file changed during the build. The "
+            "shard was not recorded; give the sources as absolute paths or URLs every worker "
+            "can read, and leave the files alone while the cache is built"
+        )
 
     def verify_shard(self, index: int, recorded: dict) -> dict | None:
         """A file whose modification time differs from the recorded one is hashed again: the
@@ -418,6 +470,12 @@ class HfSource(ShardedSource):
                 f"columns: {', '.join(ds.column_names)}"
             )
         return HfSource(id, name, split, text_key, len(ds), ds._fingerprint, skip_bad_lines)
+
+    def for_workers(self) -> HfSource:
+        path = os.path.expanduser(self.id.removeprefix("file://"))
+        if os.path.isdir(path):  # a local directory (as `_load_hf_split` decides), not a hub id
+            return dataclasses.replace(self, id=os.path.abspath(path))
+        return self
 
     @property
     def num_shards(self) -> int:

@@ -306,6 +306,17 @@ class DocumentEncoder:
             return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
         return tok(list(texts), add_special_tokens=True)["input_ids"]
 
+    def for_workers(self) -> DocumentEncoder:
+        """This encoder for a process in another working directory (a Ray worker): a local
+        tokenizer directory as an absolute path. The fingerprint stays the same (it hashes
+        the tokenizer's definition, not its name)."""
+        if self.tokenizer in (BUILTIN_TOKENIZER_NAME, PASSTHROUGH_TOKENIZER_NAME):
+            return self
+        path = os.path.expanduser(self.tokenizer.removeprefix("file://"))
+        if os.path.isdir(path):  # what `load_tokenizer` loads as a directory, before the hub
+            return dataclasses.replace(self, tokenizer=os.path.abspath(path))
+        return self
+
     def __getstate__(self):
         # Workers load the tokenizer themselves; never ship the loaded object.
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
