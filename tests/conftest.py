@@ -26,6 +26,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _jax_cache = tempfile.mkdtemp(prefix="lm-tests-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
     atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+# A test whose tracker is the default `wandb` without a save_dir wrote W&B's run files to
+# ./wandb/ of wherever pytest ran (the repository): they go to a session folder instead.
+if "WANDB_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+
+    _wandb_dir = tempfile.mkdtemp(prefix="lm-tests-wandb-")
+    os.environ["WANDB_DIR"] = _wandb_dir
+    atexit.register(shutil.rmtree, _wandb_dir, ignore_errors=True)
 
 import pathlib  # noqa: E402
 

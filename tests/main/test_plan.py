@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import lm.config
+from lm.checkpoint import CheckpointerConfig
 from lm.main.eval_lm import EvalLmConfig
 from lm.main.plan import PlanConfig, main
 from lm.main.plot_lr import PlotLrConfig
@@ -30,6 +31,7 @@ from lm.plan import (
     with_shardings,
 )
 from lm.schedule import ScheduleStep
+from lm.tracker import NoopConfig
 from lm.trainer import Trainer, TrainerConfig
 
 NANO = "config/gpt2_nano.yaml"
@@ -436,6 +438,8 @@ def test_plan_training_any_model_and_concrete_lowering_agree(tmp_path):
         num_train_steps=10,
         require_accelerator=False,
         log_dir=tmp_path,
+        tracker=NoopConfig(),
+        checkpointer=CheckpointerConfig(base_path=str(tmp_path / "ckpt")),
     )
     trainer = Trainer(config, optax.adam(1e-3), _mse, add_default_hooks=False)
     init = lambda: _Mlp.init(key=jax.random.PRNGKey(0))  # noqa: E731
