@@ -223,13 +223,9 @@ AVERAGED_SUBPATH = "model_averaging"
 def checkpoint_has_averaged_model(checkpoint_dir: str) -> bool:
     """Whether the checkpoint (one `step-N` directory) holds an averaged model: its run
     trained with `trainer.model_averaging`."""
-    from lm.checkpoint.storage import MANIFEST_FILE, read_json
+    from lm.checkpoint.storage import holds_subtree
 
-    manifest = read_json(checkpoint_dir, MANIFEST_FILE) or {}
-    return any(
-        name.startswith(AVERAGED_SUBPATH + "/") and record.get("kind") == "array"
-        for name, record in manifest.get("leaves", {}).items()
-    )
+    return holds_subtree(checkpoint_dir, AVERAGED_SUBPATH)
 
 
 def weights_used(checkpoint_dir: str, model_averaging) -> str:

@@ -897,3 +897,35 @@ def test_a_restore_that_does_not_fit_names_the_changed_optimizer(tmp_path):
     )
     same = with_config_changes(ValueError("other"), base, str(tmp_path))
     assert str(same) == "other" and not isinstance(same, lm.config.SetupConfigError)
+
+
+
+def test_a_section_turned_on_or_off_is_one_change_and_quantization_is_named(tmp_path):
+    """Turning fp8 on for a resumed run failed with the restore's leaf list alone (exit 1), and
+    a section set on one side only read `trainer.model_averaging: None -> (absent);
+    trainer.model_averaging.type: (absent) -> 'ema'`, its other fields left out."""
+    from lm.main.train_lm import config_changes, with_config_changes
+
+    base = lm.config.parse(TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"))
+    lm.config.save_config(base, tmp_path / "config.yaml")
+    fp8 = lm.config.parse(
+        TrainLmConfig,
+        str(CONFIG_DIR / "gpt2_nano.yaml"),
+        ["--trainer.quantization", "{fp8: true}"],
+    )
+    error = with_config_changes(ValueError("checkpoint c lacks 24 leaves"), fp8, str(tmp_path))
+    assert isinstance(error, lm.config.SetupConfigError)
+    assert str(error).startswith(
+        "this run's checkpoints were saved with another configuration (trainer.quantization: "
+        "None -> {targets: null, amax_history_length: 1024, compute_dtype: null, fp8: true, "
+        "int8: false}, against "
+    )
+    ema = lm.config.parse(
+        TrainLmConfig,
+        str(CONFIG_DIR / "gpt2_nano.yaml"),
+        ["--trainer.model_averaging", "{type: ema, beta: 0.5}"],
+    )
+    changes = config_changes(lm.config.to_yaml(ema), lm.config.to_yaml(base))
+    assert {k: (repr(a), repr(b)) for k, (a, b) in changes.items()} == {
+        "trainer.model_averaging": ("{type: ema, beta: 0.5}", "None")
+    }

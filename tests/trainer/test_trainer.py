@@ -1048,3 +1048,43 @@ def test_an_mfu_above_100_percent_measures_the_cpu_peak_again_then_warns(
     assert peaks == [1.0] and all(m > 100 for m in mfus)
     assert caplog.text.count("MFU is") == 1
     assert "above the device's peak of 0.0 GFLOP/s (measured on this CPU" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["partial_resume", "warm_start"])
+def test_a_model_average_added_to_loaded_weights_starts_from_them(tmp_path, caplog, how):
+    """Model averaging over weights loaded from a checkpoint without an average (a partial
+    resume of a run trained without it, or a warm start) started from the fresh state's
+    random weights: evals of "the averaged model" stayed near untrained for thousands of
+    steps. It starts from the loaded weights."""
+    from lm.optim.model_averaging import EmaModelAveragingConfig
+
+    first = trainer_config(tmp_path / "a", num_train_steps=2, steps_per_eval=100)
+    _, done = _train(first)
+    ema = EmaModelAveragingConfig(beta=0.999)
+    if how == "partial_resume":
+        config = dataclasses.replace(
+            first, num_train_steps=3, model_averaging=ema, allow_partial_checkpoint=True
+        )
+    else:
+        config = trainer_config(
+            tmp_path / "b",
+            num_train_steps=1,
+            steps_per_eval=100,
+            model_averaging=ema,
+            initialize_from=str(tmp_path / "a" / "ckpt" / "toy"),
+            initialize_from_params_only=True,
+        )
+    trainer = Trainer(config, optax.adam(1e-2), mse)
+    caplog.set_level(logging.INFO, logger="lm.trainer.resume")
+    with trainer:
+        state = trainer.initial_state(
+            jax.random.PRNGKey(1), model_init=lambda: Mlp.init(key=jax.random.PRNGKey(0))
+        )
+        assert_leaves_equal(state.model_averaging.model, done.state.model)
+        assert_leaves_equal(state.model, done.state.model)
+        info = trainer.train(state, trainer.data_loader(make_dataset()))  # donation is fine
+    assert int(info.state.step) == (3 if how == "partial_resume" else 1)
+    expected = (
+        "holds no averaged model" if how == "partial_resume" else "The model average starts from"
+    )
+    assert expected in caplog.text

@@ -355,7 +355,11 @@ def _load_one(
             did_you_mean = ""
             if not where:
                 available = sorted(n[len(prefix) :] for n in records if n.startswith(prefix))
-                hint = difflib.get_close_matches(relative[0], available, n=1)
+                # a renamed leaf has a close match beside it; a missing module (the fp8 state
+                # of a run trained unquantized) has none worth naming
+                parent = relative[0].rpartition("/")[0] + "/" if "/" in relative[0] else ""
+                beside = [n for n in available if n.startswith(parent)]
+                hint = difflib.get_close_matches(relative[0], beside, n=1)
                 did_you_mean = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
             raise ValueError(
                 f"checkpoint {path} lacks {len(missing)} leaves the target needs, e.g. "

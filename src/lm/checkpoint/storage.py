@@ -140,6 +140,16 @@ def delete_tree(path: str) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
+def holds_subtree(checkpoint_dir: str, name: str) -> bool:
+    """Whether checkpoint `checkpoint_dir` (one `step-N` directory) holds arrays under `name`
+    (e.g. "model_averaging": its run trained with `trainer.model_averaging`)."""
+    manifest = read_json(checkpoint_dir, MANIFEST_FILE) or {}
+    return any(
+        leaf.startswith(name + "/") and record.get("kind") == "array"
+        for leaf, record in manifest.get("leaves", {}).items()
+    )
+
+
 DAMAGED_DIR = "damaged"
 """Where `move_aside` puts a damaged checkpoint, inside its run directory (not a step-N
 name, so listings and resumes pass it by)."""

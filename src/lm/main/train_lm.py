@@ -520,7 +520,8 @@ def with_config_changes(error: ValueError, config: TrainLmConfig, run_dir: str) 
     relevant = {
         key: change
         for key, change in changes.items()
-        if key.split(".")[0] in ("model", "optimizer") or key.startswith("trainer.model_averaging")
+        if key.split(".")[0] in ("model", "optimizer")
+        or key.startswith(("trainer.model_averaging", "trainer.quantization"))
     }
     if not relevant:
         return error
@@ -549,28 +550,42 @@ def _schedule_note(old_steps: Any, new_steps: Any) -> str:
 
 def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, tuple[Any, Any]]:
     """`{field: (old, new)}` for every leaf that differs between two resolved configs (a
-    field only one of them has is `(absent)` in the other)."""
+    field only one of them has is `(absent)` in the other). A section set on one side only
+    (`trainer.model_averaging: null` against `{type: ema, beta: 0.5}`) is one entry, shown as
+    a YAML mapping, not its fields one by one."""
     import yaml
 
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, dict) and node:
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
-            return out
-        return {prefix: node}
-
     try:
-        old = flat(yaml.safe_load(previous_yaml) or {})
+        old = yaml.safe_load(previous_yaml) or {}
     except yaml.YAMLError:
         return {"config.yaml": ("(unreadable)", "(this run's)")}
-    new = flat(yaml.safe_load(current_yaml) or {})
+    new = yaml.safe_load(current_yaml) or {}
     absent = _Absent()
-    return {
-        key: (old.get(key, absent), new.get(key, absent))
-        for key in sorted(old.keys() | new.keys())
-        if old.get(key, absent) != new.get(key, absent)
-    }
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def diff(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict) and (a or b):
+            for key in sorted(a.keys() | b.keys(), key=str):
+                name = f"{prefix}.{key}" if prefix else str(key)
+                diff(a.get(key, absent), b.get(key, absent), name)
+        elif a != b:
+            out[prefix] = (_Section.of(a), _Section.of(b))
+
+    diff(old, new, "")
+    return out
+
+
+class _Section(dict):
+    """A config section as a changed value: shown as a YAML flow mapping."""
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        return cls(value) if isinstance(value, dict) else value
+
+    def __repr__(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(dict(self), default_flow_style=True, sort_keys=False).strip()
 
 
 class _Absent:

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import equinox as eqx
+
 from lm.checkpoint import load_metadata, padded_axes, restore_trainer_state
 from lm.config import SetupConfigError
 from lm.partitioning import (
@@ -77,6 +79,8 @@ def load_or_init_state(
             mesh=trainer.device_mesh,
             init_args=init_args,
         )
+    if restored.kind != "fresh" and config.model_averaging is not None:
+        restored = _seed_missing_average(trainer, restored, is_trainable)
     trainer.restored_from = restored
     trainer.restored_step = int(restored.state.step) if restored.kind == "resumed" else None
     if restored.kind == "resumed":
@@ -95,6 +99,43 @@ def load_or_init_state(
             int(restored.state.step),
         )
     return restored.state
+
+
+def _seed_missing_average(trainer: Trainer, restored, is_trainable):
+    """The average of a state whose weights came from a checkpoint but whose average did not:
+    a warm start (`initialize_from_params_only`), or a checkpoint of a run trained without
+    `model_averaging` partially restored (`allow_partial_checkpoint`). It was the fresh
+    state's, the random initial weights: worse than the untrained model's eval for thousands
+    of steps at beta 0.999. It starts from the loaded weights instead, as a fresh run's
+    average starts from its initial model."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from lm.checkpoint.storage import holds_subtree
+    from lm.trainer.state import trainables_only
+
+    warm = restored.kind == "warm_started"
+    if not warm and holds_subtree(restored.checkpoint, "model_averaging"):
+        return restored
+    state = restored.state
+    # copies: the step donates the state's buffers, and one buffer cannot be donated twice
+    start = jax.tree_util.tree_map(
+        lambda x: jnp.copy(x) if eqx.is_array(x) else x,
+        trainables_only(state.model, is_trainable),
+    )
+    averaged = trainer.config.model_averaging.create(start)
+    if warm:
+        logger.info("The model average starts from the weights of %s", restored.checkpoint)
+    else:
+        logger.warning(
+            "Checkpoint %s holds no averaged model (its run trained without "
+            "trainer.model_averaging): the average starts from its restored weights",
+            restored.checkpoint,
+        )
+    state = eqx.tree_at(lambda s: s.model_averaging, state, averaged, is_leaf=lambda x: x is None)
+    return dataclasses.replace(restored, state=state)
 
 
 def resume_source(config: TrainerConfig, *, log: bool = False) -> tuple[str, str | None]:
