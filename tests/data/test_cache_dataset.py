@@ -25,6 +25,21 @@ def _run(config_path, env, **kw):
     )
 
 
+def _build_until(tmp_path, urls: str, env, shards: int, poll_s: float):
+    """Start a `backend: local` cache build of `urls` into tmp_path/cache; return (process,
+    cache dir) once `shards` shards are in the ledger, the process ended, or 120 s passed."""
+    cache = tmp_path / "cache"
+    (tmp_path / "data.yaml").write_text(
+        f"data:\n  train_urls: ['{urls}']\n  cache_dir: {cache}\n"
+        "  cache_options: {backend: local}\n"
+    )
+    proc = _run(tmp_path / "data.yaml", env)
+    deadline = time.time() + 120
+    while _finished(cache / "train") < shards and time.time() < deadline and proc.poll() is None:
+        time.sleep(poll_s)
+    return proc, cache
+
+
 def _finished(cache_dir) -> int:
     try:
         return len(json.loads((cache_dir / "ledger.json").read_text())["finished"])
@@ -41,15 +56,7 @@ def test_killed_build_resumes_without_redoing_finished_shards(
     # Shard 3 is a named pipe: reading it blocks, so the build is stuck there with shards
     # 0-2 finished when we kill it. It is then replaced by an (equally empty) regular file.
     os.mkfifo(src / "s3.jsonl")
-    cache = tmp_path / "cache"
-    (tmp_path / "data.yaml").write_text(
-        f"data:\n  train_urls: ['{src}/s{{0..4}}.jsonl']\n  cache_dir: {cache}\n"
-        "  cache_options: {backend: local}\n"
-    )
-    proc = _run(tmp_path / "data.yaml", subprocess_env)
-    deadline = time.time() + 120
-    while _finished(cache / "train") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc, cache = _build_until(tmp_path, f"{src}/s{{0..4}}.jsonl", subprocess_env, 3, 0.2)
     assert _finished(cache / "train") == 3, proc.communicate()[0] if proc.poll() is not None else ""
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -100,15 +107,7 @@ def test_ctrl_c_stops_a_local_build_with_130(tmp_path, write_jsonl, subprocess_e
     for i in range(3):  # ~1.5 s of tokenizing each on a 2-core box
         docs = [" ".join(words[(j * k) % 10] for k in range(60)) for j in range(25_000)]
         write_jsonl(src / f"s{i}.jsonl", docs)
-    cache = tmp_path / "cache"
-    (tmp_path / "data.yaml").write_text(
-        f"data:\n  train_urls: ['{src}/s{{0..2}}.jsonl']\n  cache_dir: {cache}\n"
-        "  cache_options: {backend: local}\n"
-    )
-    proc = _run(tmp_path / "data.yaml", subprocess_env)
-    deadline = time.time() + 120
-    while _finished(cache / "train") < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc, cache = _build_until(tmp_path, f"{src}/s{{0..2}}.jsonl", subprocess_env, 1, 0.05)
     assert proc.poll() is None, proc.communicate()[0]
     proc.send_signal(signal.SIGINT)  # in the second shard's tokenizer batches
     sent = time.monotonic()
