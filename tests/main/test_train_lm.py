@@ -899,7 +899,6 @@ def test_a_restore_that_does_not_fit_names_the_changed_optimizer(tmp_path):
     assert str(same) == "other" and not isinstance(same, lm.config.SetupConfigError)
 
 
-
 def test_a_section_turned_on_or_off_is_one_change_and_quantization_is_named(tmp_path):
     """Turning fp8 on for a resumed run failed with the restore's leaf list alone (exit 1), and
     a section set on one side only read `trainer.model_averaging: None -> (absent);
