@@ -928,3 +928,41 @@ def test_a_section_turned_on_or_off_is_one_change_and_quantization_is_named(tmp_
     assert {k: (repr(a), repr(b)) for k, (a, b) in changes.items()} == {
         "trainer.model_averaging": ("{type: ema, beta: 0.5}", "None")
     }
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # an empty hf_save_path exported to /<run_id>/ at the file system's root
+        (["--hf_save_path="], "hf_save_path: is empty; give a directory"),
+        (["--initialize_from_hf="], "initialize_from_hf: is empty"),
+        (["--trainer.load_checkpoint_path="], "trainer.load_checkpoint_path: is empty"),
+        (["--trainer.initialize_from="], "trainer.initialize_from: is empty"),
+        # NaN passed `< 0` checks and the run died with "Loss is NaN" at step 0
+        (["--z_loss_weight", ".nan"], "z_loss_weight: got nan, expected a finite number >= 0"),
+        (["--model.layer_norm_epsilon", ".inf"], "model.layer_norm_epsilon: got inf"),
+        (["--model.initializer_range", "-1"], "model.initializer_range: got -1.0"),
+        (["--trainer.profiler_start_step", "-1"], "trainer.profiler_start_step: got -1"),
+        (
+            ["--trainer.train_batch_size", "-1", "--trainer.per_device_parallelism", "-1"],
+            "trainer.train_batch_size: is -1 (per_device_parallelism x the batch-parallel "
+            "devices), and so is per_device_parallelism",
+        ),
+    ],
+)
+def test_empty_paths_and_non_finite_numbers_are_config_errors(args, message):
+    import re
+
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.parse(TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"), args)
+    # (each problem names where it was written: `path [--flag value]: message`)
+    assert message in re.sub(r" \[[^\]]*\]:", ":", str(info.value))
+
+
+def test_a_log_dir_under_home_is_expanded_once(monkeypatch, tmp_path):
+    """`log_dir: ~/x` put the run's config under $HOME and its log file under ./~/x."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = lm.config.parse(
+        TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"), ["--trainer.log_dir", "~/runs"]
+    )
+    assert str(config.trainer.log_dir) == f"{tmp_path}/runs"

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -71,8 +72,19 @@ class TrainLmConfig:
     """Weight of the z-loss (logsumexp^2) regulariser; 0 disables it."""
 
     def __post_init__(self):
-        if self.z_loss_weight < 0:
-            raise lm.config.invalid("z_loss_weight", self.z_loss_weight, "a number >= 0")
+        if not (math.isfinite(self.z_loss_weight) and self.z_loss_weight >= 0):
+            raise lm.config.invalid("z_loss_weight", self.z_loss_weight, "a finite number >= 0")
+        if self.hf_save_path == "":
+            # the export would go to /<run_id>/ at the file system's root
+            raise lm.config.FieldError(
+                "hf_save_path", "is empty; give a directory, or leave it unset (null)"
+            )
+        if self.initialize_from_hf == "":
+            raise lm.config.FieldError(
+                "initialize_from_hf",
+                "is empty; give an HF checkpoint directory or hub id, true (the model's "
+                "reference checkpoint) or false",
+            )
         if self.hf_save_steps <= 0:
             raise lm.config.invalid(
                 "hf_save_steps", self.hf_save_steps, "a positive number of steps"

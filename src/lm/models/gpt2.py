@@ -122,8 +122,10 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise invalid(name, value, "a probability in [0, 1)")
-        if not self.layer_norm_epsilon > 0:
-            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a number > 0")
+        if not (math.isfinite(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
+            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a finite number > 0")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise invalid("initializer_range", self.initializer_range, "a finite number >= 0")
         object.__setattr__(
             self,
             "activation_function",

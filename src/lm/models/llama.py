@@ -22,6 +22,7 @@ to KV head h // group size, as in HF's `repeat_kv`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -153,8 +154,10 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
                 f"rotary embeddings (hidden_dim / num_heads is {self.actual_head_size}), or "
                 "set head_dim",
             )
-        if not self.layer_norm_epsilon > 0:
-            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a number > 0")
+        if not (math.isfinite(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
+            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a finite number > 0")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise invalid("initializer_range", self.initializer_range, "a finite number >= 0")
         if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
             raise invalid(
                 "flash_attention_block_size",

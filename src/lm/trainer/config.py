@@ -241,6 +241,15 @@ class TrainerConfig:
             raise invalid("id", self.id, problem)
         if self.steps_per_eval <= 0:
             raise invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0")
+        if self.profiler_start_step < 0:
+            raise invalid("profiler_start_step", self.profiler_start_step, "a step >= 0")
+        for name in ("load_checkpoint_path", "initialize_from"):
+            if getattr(self, name) == "":
+                raise FieldError(name, "is empty; give a checkpoint path, or leave it unset (null)")
+        if str(self.log_dir).startswith("~"):
+            # expanded once: the run's log file was written under a folder named `~` in the
+            # working directory while everything else went to the home directory
+            object.__setattr__(self, "log_dir", Path(os.path.expanduser(self.log_dir)))
         if self.max_eval_batches is not None and self.max_eval_batches < 0:
             raise invalid(
                 "max_eval_batches",
@@ -258,7 +267,8 @@ class TrainerConfig:
             if self.train_batch_size == -1 and self.per_device_parallelism == -1:
                 raise FieldError(
                     "train_batch_size",
-                    "and per_device_parallelism cannot both be -1: set one of them",
+                    "is -1 (per_device_parallelism x the batch-parallel devices), and so is "
+                    "per_device_parallelism: set one of them to a number of examples",
                 )
         elif not isinstance(self.train_batch_size, list | tuple):
             raise TypeError(
