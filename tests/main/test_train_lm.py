@@ -966,3 +966,20 @@ def test_a_log_dir_under_home_is_expanded_once(monkeypatch, tmp_path):
         TrainLmConfig, str(CONFIG_DIR / "gpt2_nano.yaml"), ["--trainer.log_dir", "~/runs"]
     )
     assert str(config.trainer.log_dir) == f"{tmp_path}/runs"
+
+
+@pytest.mark.entry
+def test_a_config_error_found_after_start_up_leaves_no_log_file(tmp_path, subprocess_env):
+    """A configuration refused once logging had started (here a parameter_axis_resources
+    entry naming no axis of the model) exited 2 but left <log_dir>/<id>.log behind."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data:\n  train_urls: ['{tmp_path / 'missing.jsonl'}']\n"
+        "model: {type: gpt2, hidden_dim: 32, num_heads: 2, num_layers: 1, seq_len: 32}\n"
+        "trainer:\n  id: axes\n  require_accelerator: false\n  tracker: {type: json}\n"
+        f"  log_dir: {tmp_path / 'logs'}\n  parameter_axis_resources: {{embd: data}}\n"
+    )
+    proc = run_train_lm(config, subprocess_env, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "embd" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "logs").exists()

@@ -489,3 +489,17 @@ def test_numpy_integers_are_integers():
     import numpy as np
 
     assert TrainerConfig(num_train_steps=np.int64(10), shutdown_at_exit=2).num_train_steps == 10
+
+
+def test_a_batch_the_devices_cannot_split_is_refused_before_the_log_file(tmp_path):
+    """The error was right, but came after `initialize` had made <log_dir>/<id>.log."""
+    config = TrainerConfig(
+        train_batch_size=12,
+        log_dir=tmp_path / "logs",
+        tracker=NoopConfig(),
+        require_accelerator=False,
+        id="r",
+    )
+    with pytest.raises(ValueError, match=r"train_batch_size \(12\) must be divisible"):
+        config.initialize()
+    assert not (tmp_path / "logs").exists()

@@ -127,11 +127,16 @@ def main(fn: Callable[[T], Any]) -> Callable[..., Any]:
             message = peer or _out_of_memory(e) or (str(e) if _is_user_facing(e) else None)
             if message is None or os.environ.get("LM_TRACEBACK"):
                 raise
+            if isinstance(e, SetupConfigError | FieldError):
+                # a bad configuration found once the run started, reported as when parsing,
+                # and, as then, nothing left behind: the run's new log file goes too
+                from lm.tracker.logs import discard_new_log_file
+
+                discard_new_log_file()
+                print(f"error: {message}", file=sys.stderr)
+                raise SystemExit(2) from None
             logged = _traceback_to_log_files(e)
             print(f"error: {message}", file=sys.stderr)
-            if isinstance(e, SetupConfigError | FieldError):
-                # a bad configuration found once the run started, reported as when parsing
-                raise SystemExit(2) from None
             where = "is in the run's log file; set" if logged else "is not shown: set"
             print(f"(the Python traceback {where} LM_TRACEBACK=1 to print it)", file=sys.stderr)
             if peer is not None:

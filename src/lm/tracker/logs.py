@@ -8,6 +8,7 @@ a traceback never reaches the terminal or the log file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -88,9 +89,16 @@ def configure_logging(
     formatter = ScrubbingFormatter(fmt)
     console = _ConsoleHandler(stream if stream is not None else sys.stderr)
     handlers: list[logging.Handler] = [console]
+    global _new_log
+    _new_log = None
     if log_file is not None:
+        from lm.fs import missing_folders
+
         path = pathlib.Path(str(log_file).removeprefix("file://"))
+        made = missing_folders(str(path.parent.absolute()))
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _new_log = (path, made)
         handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
     for handler in handlers:
         setattr(handler, _OWNED, True)
@@ -99,6 +107,33 @@ def configure_logging(
         root.addHandler(handler)
     root.setLevel(numeric_level)
     logging.captureWarnings(True)
+
+
+_new_log: tuple[pathlib.Path, list[str]] | None = None
+"""The log file the last `configure_logging` created (it did not exist) and the folders it
+made for it, deepest first."""
+
+
+def discard_new_log_file() -> None:
+    """Close and remove the log file `configure_logging` created, and the (then empty)
+    folders it made for it: a run refused for its configuration after logging started leaves
+    nothing behind, as one refused while parsing does. A log that existed before (a resumed
+    run's) stays."""
+    global _new_log
+    if _new_log is None:
+        return
+    path, made = _new_log
+    _new_log = None
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
+    with contextlib.suppress(OSError):
+        path.unlink()
+    for folder in made:  # deepest first; one something else wrote into stays
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def reset_logging() -> None:

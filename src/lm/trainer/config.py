@@ -685,6 +685,7 @@ class TrainerConfig:
                 "to run on CPU anyway."
             )
         _ = self.device_mesh  # its sizes against the devices (a SetupConfigError), likewise
+        self.validate_batch_sizes()  # and the batch sizes against them, before the log file
         run_id = self.run_id
         from lm.tracker.logs import configure_logging
 
@@ -692,7 +693,6 @@ class TrainerConfig:
             os.path.join(str(self.log_dir), f"{run_id}.log"),
             process_index=jax.process_index() if jax.process_count() > 1 else None,
         )
-        self.validate_batch_sizes()
         from lm.launch.shutdown import register_shutdown_at_exit
 
         register_shutdown_at_exit(self.shutdown_at_exit)
