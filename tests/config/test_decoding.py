@@ -661,3 +661,25 @@ def test_a_problem_with_a_default_value_says_the_config_did_not_set_it():
     )
     path, message = only_problem(Heads, {"num_heads": 12, "num_kv_heads": 5})
     assert message == "got 5, expected a divisor of num_heads (12)"
+
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (
+            ["--optimizer.lr", "1e-3"],
+            "unknown field `lr` for AdamConfig; did you mean `learning_rate`?",
+        ),
+        (["--model.n_layer", "2"], "did you mean `num_layers`?"),
+        (["--trainer.max_steps", "3"], "did you mean `num_train_steps`?"),
+        (["--model.hidden_size", "64"], "did you mean `hidden_dim`?"),
+    ],
+)
+def test_names_from_other_frameworks_get_lms_spelling(args, hint):
+    """`optimizer.lr` listed every AdamConfig field: difflib finds no `learning_rate` in it."""
+    import lm.config
+    from lm.main.train_lm import TrainLmConfig
+
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.parse(TrainLmConfig, args=["--model.type", "gpt2", *args])
+    assert hint in str(info.value)

@@ -581,6 +581,35 @@ def _sibling_choices_with(key: str, cls: type) -> str | None:
     return "it is a field of " + ", ".join(f"`type: {name}`" for name in owners)
 
 
+# Names other frameworks (PyTorch, HF Trainer, MaxText) give fields lm spells otherwise:
+# offered as a did-you-mean where the section has the field (difflib finds none of them).
+_ALIASES = {
+    "lr": "learning_rate",
+    "wd": "weight_decay",
+    "eps": "epsilon",
+    "betas": "beta1",
+    "max_steps": "num_train_steps",
+    "steps": "num_train_steps",
+    "batch_size": "train_batch_size",
+    "global_batch_size": "train_batch_size",
+    "grad_clip": "max_grad_norm",
+    "clip_grad_norm": "max_grad_norm",
+    "warmup_steps": "warmup",
+    "n_layer": "num_layers",
+    "n_layers": "num_layers",
+    "n_head": "num_heads",
+    "n_embd": "hidden_dim",
+    "d_model": "hidden_dim",
+    "hidden_size": "hidden_dim",
+    "max_seq_len": "seq_len",
+    "max_position_embeddings": "seq_len",
+    "seq_length": "seq_len",
+    "num_attention_heads": "num_heads",
+    "num_hidden_layers": "num_layers",
+    "intermediate_size": "intermediate_dim",
+}
+
+
 def _unknown_key(key: Any, owner: str, valid: list[str], cls: type | None = None) -> str:
     nested = _nested_field(str(key), cls) if cls is not None else None
     if nested is not None:
@@ -588,6 +617,9 @@ def _unknown_key(key: Any, owner: str, valid: list[str], cls: type | None = None
     elsewhere = _sibling_choices_with(str(key), cls) if cls is not None else None
     owner = f"{owner} ({elsewhere})" if elsewhere else owner
     close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6) if valid else []
+    alias = _ALIASES.get(str(key).lower())
+    if alias in valid and alias not in close:
+        close = [alias, *close][:3]
     if close:
         options = " or ".join(f"`{c}`" for c in close)
         return f"unknown field `{key}` for {owner}; did you mean {options}?"

@@ -91,8 +91,8 @@ def run_id_problem(run_id: str) -> str | None:
         or any(ord(c) < 32 for c in run_id)
     ):
         return (
-            "one directory name (letters, digits, '-', '_', '.'; not '.' or '..', no '/'), as "
-            "it names the run's directories under log_dir and the checkpointer's base_path"
+            "one directory name (not blank, '.' or '..'; no '/', '\\' or control characters), "
+            "as it names the run's directories under log_dir and the checkpointer's base_path"
         )
     return None
 
