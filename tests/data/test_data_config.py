@@ -69,21 +69,29 @@ def test_reference_cases_hf_and_mixture_yaml():
     [
         (
             {"tokenizer": "passthrough"},
-            r"data.vocab_size must be a positive int with tokenizer: passthrough",
+            r"vocab_size: got None, expected a positive int with tokenizer: passthrough",
         ),
-        ({"vocab_size": 100}, r"data.vocab_size \(100\) is only for tokenizer: passthrough"),
-        ({"shuffle": 0}, r"data.shuffle must be true, false or a positive era length, got 0"),
+        (
+            {"vocab_size": 100},
+            r"vocab_size: got 100, but vocab_size is only for tokenizer: passthrough; "
+            r"tokenizer 'builtin' has its own vocabulary",
+        ),
+        ({"shuffle": 0}, r"shuffle: got 0, expected true, false or a positive era length"),
         (
             {"permutation_type": "fiestel"},
-            r"permutation_type.*got 'fiestel' \(did you mean 'feistel'\?\)",
+            r"permutation_type: got 'fiestel', expected one of feistel, linear "
+            r"\(did you mean 'feistel'\?\)",
         ),
         (
             {"builtin": "stdlb"},
-            r"data.builtin: unknown builtin corpus 'stdlb'.*did you mean 'stdlib'",
+            r"^builtin: unknown builtin corpus 'stdlb'.*did you mean 'stdlib'",
         ),
         ({"builtin": "stdlib", "train_urls": ["a.jsonl"]}, r"set only one kind of source"),
-        ({"train_urls": "a.jsonl"}, r"data.train_urls must be a list of URLs"),
-        ({"ignore_token_id": -1}, r"data.ignore_token_id must be >= 0"),
+        ({"train_urls": "a.jsonl"}, r"train_urls: got 'a.jsonl', expected a list of URLs"),
+        ({"ignore_token_id": -1}, r"ignore_token_id: got -1, expected a token id >= 0"),
+        ({"tokenizer": ""}, r"tokenizer: got '', expected a non-empty name or path"),
+        ({"cache_dir": ""}, r"cache_dir: got '', expected a non-empty path or URL"),
+        ({"text_key": ""}, r"text_key: got '', expected a non-empty string"),
         # the shuffles take 64 bits of the seed: 2**64 + 1 repeated seed 1's order
         ({"data_seed": -1}, r"data_seed: got -1, expected an integer from 0 to"),
         ({"data_seed": 2**64 + 1}, r"data_seed: got 18446744073709551617, expected"),
@@ -95,17 +103,17 @@ def test_single_source_validation(kwargs, match):
     if match is None:
         LMDatasetConfig(**kwargs)
         return
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match):  # a FieldError, reported at the field
         LMDatasetConfig(**kwargs)
 
 
 def test_cache_options_validation():
-    with pytest.raises(
-        ValueError, match=r"cache_options.backend must be 'ray' or 'local', got 'spark'"
-    ):
+    with pytest.raises(ValueError, match=r"^backend: got 'spark', expected 'ray' or 'local'$"):
         CacheOptions(backend="spark")
-    with pytest.raises(ValueError, match="cache_options.num_workers"):
+    with pytest.raises(ValueError, match=r"^num_workers: got 0, expected a positive int or null"):
         CacheOptions(num_workers=0)
+    with pytest.raises(ValueError, match=r"^batch_size: got 0, expected a positive int$"):
+        CacheOptions(batch_size=0)
 
 
 def _src(**kw):
@@ -115,10 +123,10 @@ def _src(**kw):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"configs": {}}, "at least one source"),
+        ({"configs": {}}, "^configs: must name at least one source$"),
         (
             {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"b": 1.0}},
-            r"unknown component 'b'",
+            r"^train_weights.b: unknown component 'b'; components: a$",
         ),
         (
             {"configs": {"web": _src(builtin="stdlib")}, "train_weights": {"webb": 1.0}},
@@ -130,39 +138,64 @@ def _src(**kw):
         ),
         (
             {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"a": 0.0}},
-            "all weights are zero",
+            "^train_weights: all weights are zero$",
         ),
-        ({"configs": {"a": _src(builtin="stdlib")}, "train_weights": {}}, "at least one component"),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {}},
+            "^train_weights: must give at least one component a weight$",
+        ),
+        (
+            {"configs": {"a": _src(builtin="stdlib")}, "train_weights": []},
+            r"^train_weights: must have at least one \[step, weights\] stage$",
+        ),
         (
             {
                 "configs": {"a": _src(builtin="stdlib"), "b": _src()},
                 "train_weights": {"a": 1, "b": 1},
             },
-            r"data.configs.b has train weight > 0 but no training source",
+            r"^configs.b: has train weight > 0 but no training source",
         ),
         (
             {"configs": {"a": _src(validation_urls=["v.jsonl"])}, "train_weights": {"a": 1}},
-            r"data.configs.a has train weight > 0 but no training source",
+            r"^configs.a: has train weight > 0 but no training source",
         ),
         (
             {"configs": {"a": _src(builtin="stdlib")}, "train_weights": [(5, {"a": 1.0})]},
-            "first stage must start at step 0",
+            r"^train_weights\[0\]\[0\]: the first stage must start at step 0, not 5$",
         ),
         (
             {
                 "configs": {"a": _src(builtin="stdlib")},
                 "train_weights": [(0, {"a": 1.0}), (0, {"a": 2.0})],
             },
-            "stage steps must increase",
+            r"^train_weights\[1\]\[0\]: stage steps must increase, got 0 then 0$",
         ),
-        ({"configs": {"a/b": _src(builtin="stdlib")}, "train_weights": {"a/b": 1}}, "without '/'"),
+        (
+            {
+                "configs": {"a": _src(builtin="stdlib")},
+                "train_weights": [(0, {"a": 1.0}), (10, {"a": 0.0})],
+            },
+            r"^train_weights\[1\]\[1\]: all weights are zero \(at step 10\)$",
+        ),
+        (
+            {"configs": {"a/b": _src(builtin="stdlib")}, "train_weights": {"a/b": 1}},
+            "^configs.a/b: component name 'a/b' must be non-empty without '/'$",
+        ),
+        (
+            {
+                "configs": {"a": _src(builtin="stdlib")},
+                "train_weights": {"a": 1},
+                "mixture_block_size": 0,
+            },
+            "^mixture_block_size: got 0, expected a positive number of examples$",
+        ),
         (
             {
                 "configs": {"a": _src(builtin="stdlib")},
                 "train_weights": {"a": 1},
                 "stop_strategy": "x",
             },
-            "only 'restart'",
+            "^stop_strategy: only 'restart' is supported, got 'x'$",
         ),
     ],
 )
@@ -544,8 +577,8 @@ def test_build_caches_finds_every_splits_files_before_building_any(tmp_path, wri
 @pytest.mark.parametrize(
     "weights, where",
     [
-        ({"a": 1000, "b": 1}, "data.train_weights"),
-        ([[0, {"a": 1}], [10, {"a": 1000, "b": 1}]], "data.train_weights[1] (step 10)"),
+        ({"a": 1000, "b": 1}, "train_weights"),
+        ([[0, {"a": 1}], [10, {"a": 1000, "b": 1}]], "train_weights[1] (step 10)"),
     ],
 )
 def test_a_block_too_small_for_a_weight_is_an_error_naming_both_fields(weights, where):
@@ -560,7 +593,7 @@ def test_a_block_too_small_for_a_weight_is_an_error_naming_both_fields(weights, 
     assert _decode_problems(data) == [
         f"data.mixture_block_size: 64 examples per block give ['b'] no example with {where} "
         "{'a': 1000.0, 'b': 1.0}, so they would never be sampled: raise "
-        "data.mixture_block_size (with 501 each gets at least one) or their weights in "
-        "data.train_weights"
+        "mixture_block_size (with 501 each gets at least one) or their weights in "
+        "train_weights"
     ]
     assert _decode_problems({**data, "mixture_block_size": 501}) == []

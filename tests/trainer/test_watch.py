@@ -7,6 +7,7 @@ import haliax as hax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lm.tracker import NoopTracker
 from lm.trainer.hooks import InsideStepInfo
@@ -114,3 +115,23 @@ def test_each_target_logs_under_its_prefix():
         "params/norm/total",
         "updates/norm/total",
     ]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"watch_targets": ("grads", "weights")},
+            "watch_targets: unknown target(s) ['weights']; allowed: "
+            "['grads', 'params', 'opt_state', 'updates']",
+        ),
+        (
+            {"interval": -1},
+            "interval: got -1, expected a number of steps >= 0 (0 disables watching)",
+        ),
+    ],
+)
+def test_a_bad_value_is_an_error_at_its_field(kwargs, message):
+    with pytest.raises(ValueError) as caught:  # a FieldError: the decoder reports watch.<field>
+        WatchConfig(**kwargs)
+    assert str(caught.value) == message

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import tensorstore as ts
 
+from lm.config.errors import invalid
 from lm.data import lease
 from lm.data.build_progress import BuildProgress, ShardCounts
 from lm.data.cache_arrays import (
@@ -87,15 +88,11 @@ class CacheOptions:
 
     def __post_init__(self):
         if self.backend not in ("ray", "local"):
-            raise ValueError(
-                f"cache_options.backend must be 'ray' or 'local', got {self.backend!r}"
-            )
+            raise invalid("backend", self.backend, "'ray' or 'local'")
         if self.num_workers is not None and self.num_workers <= 0:
-            raise ValueError(
-                f"cache_options.num_workers must be a positive int or null, got {self.num_workers}"
-            )
+            raise invalid("num_workers", self.num_workers, "a positive int or null")
         if self.batch_size <= 0:
-            raise ValueError(f"cache_options.batch_size must be positive, got {self.batch_size}")
+            raise invalid("batch_size", self.batch_size, "a positive int")
 
 
 # ---------------------------------------------------------------------------- building

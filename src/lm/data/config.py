@@ -28,7 +28,7 @@ from dataclasses import field
 
 import haliax as hax
 
-from lm.config.errors import FieldError, closest_name, invalid
+from lm.config.errors import FieldError, closest_name, invalid, join_path
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage, block_counts
@@ -134,18 +134,19 @@ class _SourceFields:
                 f"(on the command line: --{where}builtin null, --{where}id null)"
             )
         if self.builtin is not None and self.builtin not in BUILTIN_SOURCES:
-            raise ValueError(
-                f"{where}builtin: unknown builtin corpus {self.builtin!r}; allowed: "
-                f"{', '.join(BUILTIN_SOURCES)}{did_you_mean(self.builtin, BUILTIN_SOURCES)}"
+            raise FieldError(
+                "builtin",
+                f"unknown builtin corpus {self.builtin!r}; allowed: "
+                f"{', '.join(BUILTIN_SOURCES)}{did_you_mean(self.builtin, BUILTIN_SOURCES)}",
             )
         for f in ("train_urls", "validation_urls"):
             value = getattr(self, f)
             if isinstance(value, str):
-                raise ValueError(f"{where}{f} must be a list of URLs, got the string {value!r}")
+                raise invalid(f, value, "a list of URLs, not a string")
             for i, url in enumerate(value):
                 check_url_protocol(url, f"{f}[{i}]")
         if not self.text_key:
-            raise ValueError(f"{where}text_key must be a non-empty string")
+            raise invalid("text_key", self.text_key, "a non-empty string")
         _validate_tags(self.tags)
 
     def _source_urls(self, where: str) -> list[tuple[str, str]]:
@@ -253,43 +254,41 @@ class LMTaskConfig:
     def _validate_task(self) -> None:
         if self.tokenizer == PASSTHROUGH_TOKENIZER_NAME:
             if self.vocab_size is None or self.vocab_size <= 0:
-                raise ValueError(
-                    f"data.vocab_size must be a positive int with tokenizer: passthrough, "
-                    f"got {self.vocab_size!r}"
+                raise invalid(
+                    "vocab_size", self.vocab_size, "a positive int with tokenizer: passthrough"
                 )
         elif self.vocab_size is not None:
-            raise ValueError(
-                f"data.vocab_size ({self.vocab_size}) is only for tokenizer: passthrough; "
-                f"tokenizer {self.tokenizer!r} has its own vocabulary. Remove vocab_size."
+            raise FieldError(
+                "vocab_size",
+                f"got {self.vocab_size}, but vocab_size is only for tokenizer: passthrough; "
+                f"tokenizer {self.tokenizer!r} has its own vocabulary. Remove vocab_size.",
             )
         if not self.tokenizer:
-            raise ValueError("data.tokenizer must be a non-empty name or path")
+            raise invalid("tokenizer", self.tokenizer, "a non-empty name or path")
         if not self.cache_dir:
-            raise ValueError("data.cache_dir must be a non-empty path or URL")
+            raise invalid("cache_dir", self.cache_dir, "a non-empty path or URL")
         check_url_protocol(self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS)
         check_url_protocol(self.tokenizer, "tokenizer")
         if isinstance(self.shuffle, bool):
             pass
         elif not isinstance(self.shuffle, int) or self.shuffle <= 0:
-            raise ValueError(
-                f"data.shuffle must be true, false or a positive era length, got {self.shuffle!r}"
-            )
+            raise invalid("shuffle", self.shuffle, "true, false or a positive era length")
         if self.permutation_type not in PERMUTATION_TYPES:
-            raise ValueError(
-                f"data.permutation_type must be one of {PERMUTATION_TYPES}, got "
-                f"{self.permutation_type!r}{did_you_mean(self.permutation_type, PERMUTATION_TYPES)}"
+            raise invalid(
+                "permutation_type",
+                self.permutation_type,
+                f"one of {', '.join(PERMUTATION_TYPES)}"
+                f"{did_you_mean(self.permutation_type, PERMUTATION_TYPES)}",
             )
         if self.ignore_token_id is not None and self.ignore_token_id < 0:
-            raise ValueError(f"data.ignore_token_id must be >= 0, got {self.ignore_token_id}")
+            raise invalid("ignore_token_id", self.ignore_token_id, "a token id >= 0, or null")
         if self.data_seed is not None and not 0 <= self.data_seed <= MAX_DATA_SEED:
             # the shuffles mix the seed as 64 bits: 2**64 + 1 would repeat seed 1's order
             raise invalid(
                 "data_seed", self.data_seed, f"an integer from 0 to {MAX_DATA_SEED:,}, or null"
             )
         if not isinstance(self.cache_options, CacheOptions):
-            raise ValueError(
-                f"data.cache_options must be a CacheOptions, got {self.cache_options!r}"
-            )
+            raise invalid("cache_options", self.cache_options, "a CacheOptions")
 
     @property
     def encoder(self) -> DocumentEncoder:
@@ -470,14 +469,15 @@ class LMMixtureDatasetConfig(LMTaskConfig):
     def __post_init__(self):
         self._validate_task()
         if not self.configs:
-            raise ValueError("data.configs must name at least one source")
+            raise FieldError("configs", "must name at least one source")
         for name, cfg in self.configs.items():
             if not name or "/" in name:
-                raise ValueError(
-                    f"data.configs: component name {name!r} must be non-empty without '/'"
+                raise FieldError(
+                    join_path("configs", name),
+                    f"component name {name!r} must be non-empty without '/'",
                 )
             if not isinstance(cfg, LMDatasetSourceConfig):
-                raise ValueError(f"data.configs.{name} must be a source config, got {cfg!r}")
+                raise invalid(join_path("configs", name), cfg, "a source config")
         for name, cfg in self.configs.items():
             for i, tag in enumerate(cfg.tags):
                 if tag in self.configs and tag != name:
@@ -487,37 +487,39 @@ class LMMixtureDatasetConfig(LMTaskConfig):
                         "it would mix with this tag's; choose another tag",
                     )
         if self.mixture_block_size <= 0:
-            raise ValueError(
-                f"data.mixture_block_size must be positive, got {self.mixture_block_size}"
+            raise invalid(
+                "mixture_block_size", self.mixture_block_size, "a positive number of examples"
             )
         if self.stop_strategy != "restart":
-            raise ValueError(
-                f"data.stop_strategy: only 'restart' is supported, got {self.stop_strategy!r}"
+            raise FieldError(
+                "stop_strategy", f"only 'restart' is supported, got {self.stop_strategy!r}"
             )
         stages = self.weight_stages
         staged = not isinstance(self.train_weights, Mapping)
         for i, (step, weights) in enumerate(stages):
+            stage = f"train_weights[{i}][1]" if staged else "train_weights"
+            at_step = f" (at step {step})" if staged else ""
             for name, w in weights.items():
                 if name not in self.configs:
-                    raise ValueError(
-                        f"data.train_weights (step {step}): unknown component {name!r}; "
-                        f"components: {', '.join(self.configs)}{did_you_mean(name, self.configs)}"
+                    raise FieldError(
+                        join_path(stage, name),
+                        f"unknown component {name!r}{at_step}; components: "
+                        f"{', '.join(self.configs)}{did_you_mean(name, self.configs)}",
                     )
                 if not (w >= 0 and math.isfinite(w)):  # NaN fails both
-                    where = f"train_weights[{i}][1].{name}" if staged else f"train_weights.{name}"
                     raise FieldError(
-                        where,
+                        join_path(stage, name),
                         f"weight of {name!r} must be >= 0 and finite, got {w} (at step {step}); "
                         "weights are relative, e.g. 0.7 and 0.3",
                     )
             if sum(weights.values()) <= 0:
-                raise ValueError(f"data.train_weights (step {step}): all weights are zero")
+                raise FieldError(stage, f"all weights are zero{at_step}")
         self._check_blocks(stages, staged)
         for name in self.components_with_weight():
             if not self.configs[name].has_split("train"):
-                raise ValueError(
-                    f"data.configs.{name} has train weight > 0 but no training source "
-                    "(set train_urls, id or builtin)"
+                raise FieldError(
+                    join_path("configs", name),
+                    "has train weight > 0 but no training source (set train_urls, id or builtin)",
                 )
 
     def _check_blocks(self, stages: list[tuple[int, dict[str, float]]], staged: bool) -> None:
@@ -537,13 +539,13 @@ class LMMixtureDatasetConfig(LMTaskConfig):
                 enough += 1
             sizes = range(block + 1, min(enough, block + 100_000))
             need = next((b for b in sizes if not _starved(names, values, b)), enough)
-            where = f"data.train_weights[{i}] (step {step})" if staged else "data.train_weights"
+            where = f"train_weights[{i}] (step {step})" if staged else "train_weights"
             shown = {n: weights[n] for n in names if n in weights}
             raise FieldError(
                 "mixture_block_size",
                 f"{block} examples per block give {starved} no example with {where} {shown}, "
-                f"so they would never be sampled: raise data.mixture_block_size (with {need} "
-                f"each gets at least one) or their weights in data.train_weights",
+                f"so they would never be sampled: raise mixture_block_size (with {need} "
+                f"each gets at least one) or their weights in train_weights",
             )
 
     @property
@@ -551,18 +553,20 @@ class LMMixtureDatasetConfig(LMTaskConfig):
         w = self.train_weights
         if isinstance(w, Mapping):
             if not w:
-                raise ValueError("data.train_weights must give at least one component a weight")
+                raise FieldError("train_weights", "must give at least one component a weight")
             return [(0, dict(w))]
         stages = [(int(step), dict(weights)) for step, weights in w]
         if not stages:
-            raise ValueError("data.train_weights must have at least one [step, weights] stage")
+            raise FieldError("train_weights", "must have at least one [step, weights] stage")
         if stages[0][0] != 0:
-            raise ValueError(
-                f"data.train_weights: the first stage must start at step 0, not {stages[0][0]}"
+            raise FieldError(
+                "train_weights[0][0]", f"the first stage must start at step 0, not {stages[0][0]}"
             )
-        for (a, _), (b, _) in zip(stages, stages[1:], strict=False):
+        for i, ((a, _), (b, _)) in enumerate(zip(stages, stages[1:], strict=False), start=1):
             if b <= a:
-                raise ValueError(f"data.train_weights: stage steps must increase, got {a} then {b}")
+                raise FieldError(
+                    f"train_weights[{i}][0]", f"stage steps must increase, got {a} then {b}"
+                )
         return stages
 
     def components_with_weight(self) -> list[str]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 import lm.tracker
+from lm.config import FieldError, invalid
 from lm.trainer.hooks import InsideStepInfo, JitCallback
 from lm.trainer.state import StepInfo, TrainerState
 
@@ -39,11 +40,11 @@ class WatchConfig:
     def __post_init__(self):
         bad = [t for t in self.watch_targets if t not in WATCH_TARGETS]
         if bad:
-            raise ValueError(
-                f"watch.watch_targets: unknown target(s) {bad}; allowed: {list(WATCH_TARGETS)}"
+            raise FieldError(
+                "watch_targets", f"unknown target(s) {bad}; allowed: {list(WATCH_TARGETS)}"
             )
         if self.interval < 0:
-            raise ValueError(f"watch.interval must be >= 0, got {self.interval}")
+            raise invalid("interval", self.interval, "a number of steps >= 0 (0 disables watching)")
 
     @property
     def is_enabled(self) -> bool:
