@@ -95,3 +95,25 @@ def uncached_subprocess_env(subprocess_env) -> dict[str, str]:
     """`subprocess_env` without the shared compilation cache, for tests about compiling."""
     cache_vars = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
     return {k: v for k, v in subprocess_env.items() if k not in cache_vars}
+
+
+@pytest.fixture
+def config_problems(tmp_path):
+    """`problems(cls, yaml_text, *args)`: {path: (location, message)} of every problem that
+    parsing `yaml_text` (written to run.yaml) plus command-line `args` into `cls` reports,
+    locations with the file shown as `run.yaml`."""
+    import lm.config
+
+    def problems(cls, yaml_text: str, *args: str) -> dict[str, tuple[str | None, str]]:
+        run_yaml = tmp_path / "run.yaml"
+        run_yaml.write_text(yaml_text)
+        with pytest.raises(lm.config.ConfigError) as caught:
+            lm.config.parse(cls, str(run_yaml), list(args))
+        found = {p.path: (p.location, p.message) for p in caught.value.problems}
+        assert len(found) == len(caught.value.problems)
+        return {
+            path: (None if loc is None else loc.replace(str(run_yaml), "run.yaml"), message)
+            for path, (loc, message) in found.items()
+        }
+
+    return problems

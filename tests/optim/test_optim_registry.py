@@ -138,23 +138,9 @@ class _Run:
     model_averaging: ModelAveragingConfig | None = None
 
 
-def _problems(tmp_path, yaml_text: str, *args: str) -> dict[str, tuple[str | None, str]]:
-    """{path: (location, message)} of every problem parsing `yaml_text` plus `args`."""
-    run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text(yaml_text)
-    with pytest.raises(lm.config.ConfigError) as caught:
-        lm.config.parse(_Run, str(run_yaml), list(args))
-    found = {p.path: (p.location, p.message) for p in caught.value.problems}
-    assert len(found) == len(caught.value.problems)
-    return {
-        path: (None if loc is None else loc.replace(str(run_yaml), "run.yaml"), message)
-        for path, (loc, message) in found.items()
-    }
-
-
-def test_each_optimizer_problem_is_reported_at_its_field_and_where_it_was_set(tmp_path):
-    found = _problems(
-        tmp_path,
+def test_each_optimizer_problem_is_reported_at_its_field_and_where_it_was_set(config_problems):
+    found = config_problems(
+        _Run,
         "optimizer:\n  type: adam\n  learning_rate: 0.0\n  beta1: 1.5\n  cycles: 0\n",
         "--optimizer.warmup",
         "-3",
@@ -221,8 +207,8 @@ def test_each_optimizer_problem_is_reported_at_its_field_and_where_it_was_set(tm
         ),
     ],
 )
-def test_optimizer_problems_name_the_field(tmp_path, yaml_text, path, message):
-    found = _problems(tmp_path, yaml_text)
+def test_optimizer_problems_name_the_field(config_problems, yaml_text, path, message):
+    found = config_problems(_Run, yaml_text)
     assert list(found) == [path]
     location, text = found[path]
     assert location is not None and location.startswith("run.yaml:")
