@@ -576,9 +576,16 @@ def test_rerunning_a_finished_run_only_runs_the_final_hooks(uninterrupted, subpr
 
 
 def _run_failing(
-    tmp_path, env, run_id: str, missing_data: str, model_yaml: str = "", trainer_yaml: str = ""
+    tmp_path,
+    env,
+    run_id: str,
+    missing_data: str,
+    model_yaml: str = "",
+    trainer_yaml: str = "",
+    *,
+    status: int = 1,
 ):
-    """train_lm on a config whose data files do not exist; asserts exit status 1."""
+    """train_lm on a config whose data files do not exist; asserts exit status `status`."""
     config = tmp_path / "run.yaml"
     config.write_text(
         f"data:\n  train_urls: ['{tmp_path / missing_data}']\n"
@@ -588,7 +595,7 @@ def _run_failing(
         f"  log_dir: {tmp_path / 'logs'}\n" + trainer_yaml
     )
     proc = run_train_lm(config, env, check=False, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == status, proc.stderr
     return proc
 
 
@@ -605,10 +612,10 @@ def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
 @pytest.mark.entry
 def test_gpu_only_attention_on_cpu_stops_before_writing_anything(tmp_path, subprocess_env):
     model = "model: {type: llama, attn_backend: nvte}\n"
-    proc = _run_failing(tmp_path, subprocess_env, "nvte", "missing.jsonl", model)
+    proc = _run_failing(tmp_path, subprocess_env, "nvte", "missing.jsonl", model, status=2)
     assert "model.attn_backend: 'nvte'" in proc.stderr and "needs a GPU" in proc.stderr
     assert "missing.jsonl" not in proc.stderr  # stopped before the data
-    assert not (tmp_path / "logs" / "nvte").exists()  # no run directory
+    assert not (tmp_path / "logs").exists()  # no run directory, no log file
 
 
 @pytest.mark.entry

@@ -36,7 +36,7 @@ from haliax import Axis, NamedArray
 from haliax.axis import AxisSelector
 from jaxtyping import PRNGKeyArray
 
-from lm.config.errors import FieldError
+from lm.config.errors import FieldError, SetupConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def check_backend_platform(
     if backend == AttentionBackend.nvte and FUSED_IMPLEMENTATION == "cudnn":
         platform = jax.default_backend()
         if platform != "gpu":
-            raise ValueError(
+            # a configuration problem (exit 2), though found only once JAX knows the platform
+            raise SetupConfigError(
                 f"{field}: 'nvte' runs NVIDIA's fused attention (cuDNN) and needs a GPU; this "
                 f"run is on {platform}: use jax_flash or default"
             )
