@@ -51,6 +51,7 @@ from lm.data.formats import (
     iter_parquet,
     iter_text_lines,
 )
+from lm.fs import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -206,13 +207,18 @@ def _with_protocol(fs, original: str, path: str) -> str:
 def absolute_local(url: str) -> str:
     """`url` with a local path (plain or `file://`) made absolute (and `~` expanded); any other
     URL (`gs://`, `memory://`, a chained `simplecache::...`) unchanged."""
-    if "::" in url:
+    local = local_path(url)
+    if local is None:
         return url
-    if "://" not in url:
-        return os.path.abspath(os.path.expanduser(url))
-    if url.startswith("file://"):
-        return "file://" + os.path.abspath(os.path.expanduser(url[len("file://") :]))
-    return url
+    return "file://" + local if url.startswith("file://") else local
+
+
+def local_directory(name: str) -> str | None:
+    """The absolute path of the local directory `name` (a path or `file://` URL) names, or
+    None (a hub id, a URL, a file): what a Ray worker in another working directory must be
+    given instead of a relative directory name."""
+    local = local_path(name)
+    return local if local is not None and os.path.isdir(local) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,10 +478,9 @@ class HfSource(ShardedSource):
         return HfSource(id, name, split, text_key, len(ds), ds._fingerprint, skip_bad_lines)
 
     def for_workers(self) -> HfSource:
-        path = os.path.expanduser(self.id.removeprefix("file://"))
-        if os.path.isdir(path):  # a local directory (as `_load_hf_split` decides), not a hub id
-            return dataclasses.replace(self, id=os.path.abspath(path))
-        return self
+        # a local directory (as `_load_hf_split` decides), not a hub id
+        local = local_directory(self.id)
+        return self if local is None else dataclasses.replace(self, id=local)
 
     @property
     def num_shards(self) -> int:

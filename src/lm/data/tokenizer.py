@@ -310,12 +310,13 @@ class DocumentEncoder:
         """This encoder for a process in another working directory (a Ray worker): a local
         tokenizer directory as an absolute path. The fingerprint stays the same (it hashes
         the tokenizer's definition, not its name)."""
+        from lm.data.sources import local_directory
+
         if self.tokenizer in (BUILTIN_TOKENIZER_NAME, PASSTHROUGH_TOKENIZER_NAME):
             return self
-        path = os.path.expanduser(self.tokenizer.removeprefix("file://"))
-        if os.path.isdir(path):  # what `load_tokenizer` loads as a directory, before the hub
-            return dataclasses.replace(self, tokenizer=os.path.abspath(path))
-        return self
+        # what `load_tokenizer` loads as a directory, before the hub
+        local = local_directory(self.tokenizer)
+        return self if local is None else dataclasses.replace(self, tokenizer=local)
 
     def __getstate__(self):
         # Workers load the tokenizer themselves; never ship the loaded object.
