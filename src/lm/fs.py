@@ -178,6 +178,14 @@ def missing_folders(path: str) -> list[str]:
     return missing
 
 
+def remove_folders(made: Sequence[str]) -> None:
+    """Remove the folders `missing_folders` listed (deepest first), undoing `os.makedirs`; one
+    something else has written into stays."""
+    for folder in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def cannot_write_directory(url: str) -> str | None:
     """Why `url` (a local path) cannot be made, or written into, as a directory; None when it
     can, and for remote URLs. Probes by doing it: it makes the missing folders (or a file in
@@ -202,9 +210,7 @@ def cannot_write_directory(url: str) -> str | None:
     except OSError as e:
         return f"cannot write to {url}: {e.strerror or e}"
     finally:
-        for made in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                os.rmdir(made)
+        remove_folders(missing)
     return None
 
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from lm.config.errors import FieldError
-from lm.fs import is_local_filesystem, local_path, missing_folders
+from lm.fs import is_local_filesystem, local_path, missing_folders, remove_folders
 from lm.tracker.base import (
     Histogram,
     NoopTracker,
@@ -223,9 +223,7 @@ class JsonLogger(Tracker):
         self._file.close()
         with contextlib.suppress(OSError):
             os.remove(self._fs_path)
-        for folder in self._made:  # deepest first; one something else wrote into stays
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        remove_folders(self._made)
 
     def _plot(self) -> None:
         from lm.tracker.viz import RunLogError, plot_run

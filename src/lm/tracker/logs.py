@@ -131,9 +131,9 @@ def discard_new_log_file() -> None:
             handler.close()
     with contextlib.suppress(OSError):
         path.unlink()
-    for folder in made:  # deepest first; one something else wrote into stays
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
+    from lm.fs import remove_folders
+
+    remove_folders(made)
 
 
 def reset_logging() -> None:

@@ -43,7 +43,8 @@ class LogMetricsHook(Callback):
         if mfu <= 100.0 or self._checked_over_100:
             return mfu
         self._checked_over_100 = True
-        if jax.devices()[0].platform == "cpu":
+        on_cpu = jax.devices()[0].platform == "cpu"
+        if on_cpu:
             again = measured_cpu_peak_flops.__wrapped__() / max(1, jax.local_device_count())
             if again > peak:
                 self._peak = peak = again
@@ -57,7 +58,7 @@ class LogMetricsHook(Callback):
                 peak / 1e9,
                 "measured on this CPU with a float32 matmul while other work may have held its "
                 "cores"
-                if jax.devices()[0].platform == "cpu"
+                if on_cpu
                 else "from lm.trainer.throughput's table of device peaks, which may not know "
                 "this device's",
             )

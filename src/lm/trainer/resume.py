@@ -117,7 +117,12 @@ def _seed_missing_average(trainer: Trainer, restored, is_trainable):
     from lm.trainer.state import trainables_only
 
     warm = restored.kind == "warm_started"
-    if not warm and holds_subtree(restored.checkpoint, "model_averaging"):
+    # without allow_partial_checkpoint the restore took the whole state, average included
+    # (or failed): only a partial one can lack it, worth a second read of the manifest
+    if not warm and (
+        not trainer.config.allow_partial_checkpoint
+        or holds_subtree(restored.checkpoint, "model_averaging")
+    ):
         return restored
     state = restored.state
     # copies: the step donates the state's buffers, and one buffer cannot be donated twice
@@ -134,7 +139,7 @@ def _seed_missing_average(trainer: Trainer, restored, is_trainable):
             "trainer.model_averaging): the average starts from its restored weights",
             restored.checkpoint,
         )
-    state = eqx.tree_at(lambda s: s.model_averaging, state, averaged, is_leaf=lambda x: x is None)
+    state = eqx.tree_at(lambda s: s.model_averaging, state, averaged)
     return dataclasses.replace(restored, state=state)
 
 
