@@ -17,6 +17,7 @@ import time
 import equinox as eqx
 import haliax as hax
 import jax
+from bench_args import positive_int
 
 from lm.models import AttentionMask, Gpt2Config, LmExample, compute_next_token_loss
 from lm.models.layers.attention import dot_product_attention
@@ -85,17 +86,10 @@ def bench_model(batch, repeats, block):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--block", type=int, default=128, help="jax_flash tile size")
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=10)
+    parser.add_argument("--block", type=positive_int, default=128, help="jax_flash tile size")
     args = parser.parse_args()
-    for flag, value in (
-        ("--batch", args.batch),
-        ("--repeats", args.repeats),
-        ("--block", args.block),
-    ):
-        if value < 1:
-            parser.error(f"{flag} {value}: must be >= 1")
     print(f"jax {jax.__version__}, devices {jax.devices()}, batch {args.batch}, block {args.block}")
     for name, res in (
         ("attention op fwd+bwd", bench_op(args.batch, args.repeats, args.block)),

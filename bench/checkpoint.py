@@ -31,6 +31,7 @@ import time
 
 import jax
 import numpy as np
+from bench_args import positive_int
 
 from lm.checkpoint import AsyncCheckpointManager, load_checkpoint, save_checkpoint
 
@@ -162,13 +163,11 @@ def bench_lm(root: str, tree: dict, nbytes: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=300.0, help="params + Adam state, MB")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: system temp)")
     args = parser.parse_args()
     if not args.size_mb > 0:
         parser.error(f"--size-mb {args.size_mb:g}: must be > 0")
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: must be >= 1")
     if args.dir is not None and not os.path.isdir(args.dir):
         parser.error(f"--dir {args.dir}: no such directory")
 

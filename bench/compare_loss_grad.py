@@ -37,6 +37,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_reference as ref_bench  # noqa: E402  (bench/compare_reference.py)
 import train as lm_bench  # noqa: E402  (bench/train.py)
+from bench_args import positive_int  # noqa: E402  (bench/bench_args.py)
 from step_variants import remat_value, resolve_remat  # noqa: E402  (bench/step_variants.py)
 
 MARKER = "BENCH_LOSS_GRAD_RESULT "
@@ -192,10 +193,10 @@ def main() -> None:
         default="vanilla",
         help="lm's attn_backend (vanilla, jax_flash, nvte, default); the reference uses its own",
     )
-    parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--calls", type=positive_int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--profile", help="record and summarise a profile of each side here")
-    parser.add_argument("--top", type=int, default=15, help="kernels listed per profile")
+    parser.add_argument("--top", type=positive_int, default=15, help="kernels listed per profile")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -204,9 +205,6 @@ def main() -> None:
 
     from lm.models.layers.attention import validate_attention_backend
 
-    for flag, value in (("--calls", args.calls), ("--repeats", args.repeats), ("--top", args.top)):
-        if value < 1:
-            parser.error(f"{flag} {value}: must be >= 1")
     try:
         remat = remat_value(args.remat)
     except ValueError as e:

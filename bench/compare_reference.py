@@ -43,6 +43,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train as lm_bench  # noqa: E402  (bench/train.py)
+from bench_args import non_negative_int, positive_int  # noqa: E402  (bench/bench_args.py)
 
 BENCH_HOME = os.path.expanduser("~/.cache/lm-bench")
 VENV = os.path.join(BENCH_HOME, "levanter-venv")
@@ -401,9 +402,9 @@ def main() -> None:
             os.path.join(here, "configs", "gpt2_512.yaml"),
         ],
     )
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--warmup", type=non_negative_int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--cache-dir", default=lm_bench.DEFAULT_CACHE)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(

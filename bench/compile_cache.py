@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import yaml
+from bench_args import positive_int
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,14 +90,11 @@ def main() -> None:
     parser.add_argument(
         "--model", default="llama_tiny", help=f"a config/model/*.yaml: {', '.join(models)}"
     )
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="warm-cache starts")
+    parser.add_argument("--steps", type=positive_int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=2, help="warm-cache starts")
     args = parser.parse_args()
     if args.model not in models:
         parser.error(f"--model {args.model!r}: not in config/model/; one of {', '.join(models)}")
-    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
-        if value < 1:
-            parser.error(f"{flag} {value}: must be >= 1")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compile-cache-"))
     try:
         config = write_run(tmp, args.model, args.steps)

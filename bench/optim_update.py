@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench_args import positive_int
 
 import lm.tracker
 from lm.optim import AdamConfig, AdoptConfig, LionConfig, MuonConfig, SgdConfig
@@ -102,20 +103,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=positive_int, default=4)
     parser.add_argument("--embed", type=int, default=256, help="a multiple of 64 (heads of 64)")
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--vocab", type=positive_int, default=8192)
+    parser.add_argument("--repeats", type=positive_int, default=20)
     args = parser.parse_args()
     if args.embed < 64 or args.embed % 64:
         parser.error(f"--embed {args.embed}: must be a positive multiple of 64 (64-wide heads)")
-    for flag, value in (
-        ("--layers", args.layers),
-        ("--vocab", args.vocab),
-        ("--repeats", args.repeats),
-    ):
-        if value < 1:
-            parser.error(f"{flag} {value}: must be >= 1")
     params = build_params(args.layers, args.embed, args.vocab)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(f"device: {jax.devices()[0].device_kind}; {n / 1e6:.2f}M parameters")

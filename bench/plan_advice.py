@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from bench_args import positive_int
+
 BASE = {
     "model.type": "gpt2",
     "model.seq_len": "512",
@@ -45,10 +47,8 @@ VARIANTS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config_path", default=None)
-    p.add_argument("--num_devices", type=int, default=4)
+    p.add_argument("--num_devices", type=positive_int, default=4)
     args = p.parse_args()
-    if args.num_devices < 1:
-        p.error(f"--num_devices {args.num_devices}: must be >= 1")
 
     from lm.main.plan import PlanConfig, use_simulated_devices
 

@@ -27,6 +27,7 @@ import equinox as eqx
 import haliax as hax
 import jax
 import numpy as np
+from bench_args import positive_int
 
 import lm.config
 from lm.compile_options import xla_compiler_options
@@ -140,13 +141,9 @@ def main() -> None:
         default="default,1",
         help="XLA:CPU backend levels, each optionally with +flag=value XLA options",
     )
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--vocab", type=positive_int, default=8192)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: must be >= 1")
-    if args.vocab < 1:
-        parser.error(f"--vocab {args.vocab}: must be >= 1")
     try:
         config = lm.config.parse(TrainLmConfig, config_path=args.config)
     except lm.config.ConfigError as e:

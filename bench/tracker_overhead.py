@@ -20,6 +20,7 @@ os.environ.setdefault("WANDB_CONSOLE", "off")
 os.environ.setdefault("WANDB_X_DISABLE_STATS", "true")
 
 import jax.numpy as jnp  # noqa: E402
+from bench_args import positive_int  # noqa: E402
 
 from lm.tracker import (  # noqa: E402
     CompositeTracker,
@@ -53,10 +54,10 @@ def bench(name: str, tracker, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="tracker.log calls per tracker")
+    parser.add_argument(
+        "--steps", type=positive_int, default=2000, help="tracker.log calls per tracker"
+    )
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error(f"--steps {args.steps}: must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["WANDB_DIR"] = tmp
         run_dir = f"{tmp}/run"

@@ -37,6 +37,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from bench_args import non_negative_int, positive_int
+
 MARKER = "BENCH_TRAIN_RESULT "
 # the CPU peak: best of PEAK_REPEATS float32 PEAK_N^2 matmuls, measured after training (both
 # lm's and the reference's workers)
@@ -263,17 +265,14 @@ def ensure_cache(config: str, cache_dir: str) -> None:
 
 
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """`parser.error` (one line, exit 2) for --steps/--warmup/--repeats/--json values that
-    could not give a result, before anything runs (also used by compare_reference.py)."""
-    if args.warmup < 0:
-        parser.error(f"--warmup {args.warmup}: must be >= 0")
+    """`parser.error` (one line, exit 2) for --steps/--warmup/--json values that could not
+    give a result, before anything runs (also used by compare_reference.py); the counts' own
+    bounds are their argparse types (bench_args.py)."""
     if args.steps <= args.warmup:
         parser.error(
             f"--steps {args.steps}: must be more than --warmup ({args.warmup}), the steps "
             "left out of the median"
         )
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: must be >= 1")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         parser.error(f"--json {args.json}: its directory does not exist")
 
@@ -301,11 +300,14 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument(
-        "--warmup", type=int, default=3, help="first steps left out of the median step time"
+        "--warmup",
+        type=non_negative_int,
+        default=3,
+        help="first steps left out of the median step time",
     )
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
