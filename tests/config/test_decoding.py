@@ -392,6 +392,43 @@ def test_post_init_may_raise_several_problems_at_once():
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    n: int = 1
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise lm.config.invalid("n", self.n, "an int >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    inner: _Inner = _Inner()
+    size: int = 4
+    limit: int = 8
+
+    def __post_init__(self):
+        found = []
+        if self.size < 1:
+            found.append(lm.config.invalid("size", self.size, "an int >= 1"))
+        if self.limit < self.inner.n:
+            found.append(lm.config.invalid("limit", self.limit, "an int >= inner.n"))
+        lm.config.raise_problems(found)
+
+
+def test_a_bad_sub_section_does_not_hide_its_parents_other_problems():
+    """The parent's checks run with the failed sub-section at its default: problems about
+    other fields are kept, one whose message names the failed field is not (it would judge
+    a default the user never wrote), and unknown keys do not stop the checks either."""
+    assert problems(_Outer, {"inner": {"n": 0}, "size": 0, "limit": 0}) == [
+        ("inner.n", "got 0, expected an int >= 1"),
+        ("size", "got 0, expected an int >= 1"),
+    ]
+    found = problems(_Outer, {"sise": 2, "size": -1})
+    assert [path for path, _ in found] == ["sise", "size"]
+    assert problems(_Outer, {"inner": {"n": 0}}) == [("inner.n", "got 0, expected an int >= 1")]
+
+
 def test_independent_sections_are_all_reported():
     found = problems(
         TrainCfg,

@@ -82,7 +82,7 @@ def test_yaml_round_trip_through_draccus():
         (dict(gradient_checkpointing="sometimes"), "gradient_checkpointing: unknown"),
         (dict(activation_function="gelu_neww"), "activation_function: unknown activation"),
         (dict(use_flash_attention=True, attn_backend="vanilla"), "contradicts attn_backend"),
-        (dict(attn_pdrop=0.1, attn_backend="jax_flash"), "attn_pdrop (0.1) needs attn_backend"),
+        (dict(attn_pdrop=0.1, attn_backend="jax_flash"), "attn_pdrop: 0.1 needs attn_backend"),
         (dict(attn_pdrop=0.1, attn_backend="nvte"), "vanilla; nvte has no attention dropout"),
         (dict(attn_backend="splash"), "not available in this build"),
         (dict(attn_backend="fast"), "unknown attention backend 'fast'"),

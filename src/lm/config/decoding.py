@@ -377,8 +377,36 @@ class Decoder:
                     f"(expected {ti.describe(types[name])})",
                 )
         if len(self.problems) > before:
+            self.check_others(cls, kwargs, path)
             return INVALID
         return self.construct(cls, kwargs, path)
+
+    def check_others(self, cls: type, kwargs: dict[str, Any], path: str) -> None:
+        """The `__post_init__` checks of a dataclass some of whose fields did not decode (or
+        which has unknown keys), run with those fields at their defaults, so that one run
+        reports a bad sub-section (say `model.rope`) and the section's other bad fields
+        (`model.num_heads`) together.
+
+        Only problems located at the fields that did decode are kept, and none whose message
+        names a failed field: a check across fields would otherwise judge a default the user
+        did not write. Nothing is checked when a failed field has no default."""
+        failed = {key for key, v in kwargs.items() if v is INVALID}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if any(not ti.has_default(fields[name]) for name in failed):
+            return
+        start = len(self.problems)
+        self.construct(cls, {k: v for k, v in kwargs.items() if k not in failed}, path)
+        found, self.problems[start:] = self.problems[start:], []
+        prefix = f"{path}." if path else ""
+        for problem in found:
+            field = re.split(r"[.\[]", problem.path[len(prefix) :], maxsplit=1)[0]
+            if (
+                problem.path.startswith(prefix)
+                and field
+                and field not in failed
+                and not any(re.search(rf"\b{name}\b", problem.message) for name in failed)
+            ):
+                self.problems.append(problem)
 
     def construct(self, cls: type, kwargs: dict[str, Any], path: str) -> Any:
         try:

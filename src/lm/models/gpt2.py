@@ -31,14 +31,19 @@ from haliax.quantization import DefaultDotGeneralOp
 from haliax.state_dict import ModuleWithStateDictSerialization
 from jaxtyping import PRNGKeyArray
 
-from lm.config import invalid
+from lm.config import FieldError, field_problem, invalid
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import (
     AttentionBackend,
     AttentionMask,
     dot_product_attention,
-    validate_attention_backend,
+)
+from lm.models.layers.checks import (
+    activation_problems,
+    attention_backend_problems,
+    norm_and_init_problems,
+    positive_int_problems,
 )
 from lm.models.layers.embedding import lookup
 from lm.models.layers.init import init_embedding, init_linear
@@ -108,53 +113,52 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
     )
     hf_learned_positions: ClassVar[bool] = True
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("seq_len", "hidden_dim", "num_layers", "num_heads", "mlp_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise invalid(name, value, "a positive int")
-        if self.hidden_dim % self.num_heads != 0:
-            raise invalid(
-                "num_heads", self.num_heads, f"a divisor of hidden_dim ({self.hidden_dim})"
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
+        sizes = positive_int_problems(
+            self, ("seq_len", "hidden_dim", "num_layers", "num_heads", "mlp_scale")
+        )
+        problems += sizes
+        if not sizes and self.hidden_dim % self.num_heads != 0:
+            problems.append(
+                invalid("num_heads", self.num_heads, f"a divisor of hidden_dim ({self.hidden_dim})")
             )
+        dropout_ok = True
         for name in ("embed_pdrop", "resid_pdrop", "attn_pdrop"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise invalid(name, value, "a probability in [0, 1)")
-        if not (math.isfinite(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
-            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a finite number > 0")
-        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
-            raise invalid("initializer_range", self.initializer_range, "a finite number >= 0")
-        object.__setattr__(
-            self,
-            "activation_function",
-            ActivationFunctionEnum.parse(self.activation_function, field="activation_function"),
-        )
-        checkpoint_policy(self.gradient_checkpointing)
-        backend = validate_attention_backend(self.attn_backend)
-        object.__setattr__(self, "attn_backend", backend)
+                problems.append(invalid(name, value, "a probability in [0, 1)"))
+                dropout_ok = False
+        problems += norm_and_init_problems(self)
+        problems += activation_problems(self)
+        problems += field_problem(lambda: checkpoint_policy(self.gradient_checkpointing))
+        backend_problems = attention_backend_problems(self)
+        problems += backend_problems
+        backend = self.attn_backend
+        if backend_problems:
+            return problems
         if self.use_flash_attention is not None and backend not in (None, AttentionBackend.default):
             implied = (
                 AttentionBackend.jax_flash if self.use_flash_attention else AttentionBackend.vanilla
             )
             if implied != backend:
-                raise ValueError(
-                    f"use_flash_attention ({self.use_flash_attention}) contradicts attn_backend "
-                    f"({backend.value}); set only attn_backend"
+                problems.append(
+                    FieldError(
+                        "use_flash_attention",
+                        f"{self.use_flash_attention} contradicts attn_backend ({backend.value}); "
+                        "set only attn_backend",
+                    )
                 )
         fused = (AttentionBackend.jax_flash, AttentionBackend.nvte)
-        if self.attention_backend in fused and self.attn_pdrop > 0:
-            raise ValueError(
-                f"attn_pdrop ({self.attn_pdrop}) needs attn_backend: vanilla; "
-                f"{self.attention_backend.value} has no attention dropout"
+        if dropout_ok and self.attention_backend in fused and self.attn_pdrop > 0:
+            problems.append(
+                FieldError(
+                    "attn_pdrop",
+                    f"{self.attn_pdrop} needs attn_backend: vanilla; "
+                    f"{self.attention_backend.value} has no attention dropout",
+                )
             )
-        if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
-            raise invalid(
-                "flash_attention_block_size",
-                self.flash_attention_block_size,
-                "a positive int or null",
-            )
+        return problems
 
     # Axes
     Pos = property(lambda self: Axis("position", self.seq_len))

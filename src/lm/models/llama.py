@@ -22,7 +22,6 @@ to KV head h // group size, as in HF's `repeat_kv`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -35,14 +34,19 @@ from haliax.jax_utils import maybe_rng_split, named_call, shaped_rng_split
 from haliax.state_dict import ModuleWithStateDictSerialization
 from jaxtyping import PRNGKeyArray
 
-from lm.config import invalid
+from lm.config import FieldError, field_problem, invalid
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import (
     AttentionBackend,
     AttentionMask,
     dot_product_attention,
-    validate_attention_backend,
+)
+from lm.models.layers.checks import (
+    activation_problems,
+    attention_backend_problems,
+    norm_and_init_problems,
+    positive_int_problems,
 )
 from lm.models.layers.configs import AttentionConfig, LayerNormConfig
 from lm.models.layers.embedding import lookup
@@ -116,63 +120,68 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
         }
     )
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in (
-            "seq_len",
-            "hidden_dim",
-            "intermediate_dim",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise invalid(name, value, "a positive int")
-        if self.num_heads % self.num_kv_heads != 0:
-            raise invalid(
-                "num_kv_heads", self.num_kv_heads, f"a divisor of num_heads ({self.num_heads})"
-            )
-        if self.head_dim is not None and (
-            isinstance(self.head_dim, bool)
-            or not isinstance(self.head_dim, int)
-            or self.head_dim <= 0
-            or self.head_dim % 2 != 0
-        ):
-            raise invalid("head_dim", self.head_dim, "a positive even int or null")
-        if self.head_dim is None and self.hidden_dim % self.num_heads != 0:
-            raise invalid(
-                "num_heads",
-                self.num_heads,
-                f"a divisor of hidden_dim ({self.hidden_dim}) unless head_dim is set",
-            )
-        if self.actual_head_size % 2 != 0:
-            raise invalid(
-                "num_heads",
-                self.num_heads,
-                f"a divisor of hidden_dim ({self.hidden_dim}) giving an even head size for "
-                f"rotary embeddings (hidden_dim / num_heads is {self.actual_head_size}), or "
-                "set head_dim",
-            )
-        if not (math.isfinite(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
-            raise invalid("layer_norm_epsilon", self.layer_norm_epsilon, "a finite number > 0")
-        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
-            raise invalid("initializer_range", self.initializer_range, "a finite number >= 0")
-        if self.flash_attention_block_size is not None and self.flash_attention_block_size <= 0:
-            raise invalid(
-                "flash_attention_block_size",
-                self.flash_attention_block_size,
-                "a positive int or null",
-            )
-        object.__setattr__(
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
+        sizes = positive_int_problems(
             self,
-            "activation_function",
-            ActivationFunctionEnum.parse(self.activation_function, field="activation_function"),
+            (
+                "seq_len",
+                "hidden_dim",
+                "intermediate_dim",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+            ),
         )
-        object.__setattr__(self, "attn_backend", validate_attention_backend(self.attn_backend))
-        checkpoint_policy(self.gradient_checkpointing)
+        problems += sizes
+        head_dim_ok = self.head_dim is None or (
+            not isinstance(self.head_dim, bool)
+            and isinstance(self.head_dim, int)
+            and self.head_dim > 0
+            and self.head_dim % 2 == 0
+        )
+        if not head_dim_ok:
+            problems.append(invalid("head_dim", self.head_dim, "a positive even int or null"))
+        if not sizes:
+            problems += self._head_problems(head_dim_ok)
+        problems += norm_and_init_problems(self)
+        problems += activation_problems(self)
+        problems += attention_backend_problems(self)
+        problems += field_problem(lambda: checkpoint_policy(self.gradient_checkpointing))
         if not isinstance(self.rope, RotaryEmbeddingsConfig):
-            raise invalid("rope", self.rope, "a rotary embeddings config (a mapping with `type:`)")
+            problems.append(
+                invalid("rope", self.rope, "a rotary embeddings config (a mapping with `type:`)")
+            )
+        return problems
+
+    def _head_problems(self, head_dim_ok: bool) -> list[FieldError]:
+        """How the heads divide: checked once the sizes themselves are valid."""
+        problems = []
+        if self.num_heads % self.num_kv_heads != 0:
+            problems.append(
+                invalid(
+                    "num_kv_heads", self.num_kv_heads, f"a divisor of num_heads ({self.num_heads})"
+                )
+            )
+        if self.head_dim is None and self.hidden_dim % self.num_heads != 0:
+            problems.append(
+                invalid(
+                    "num_heads",
+                    self.num_heads,
+                    f"a divisor of hidden_dim ({self.hidden_dim}) unless head_dim is set",
+                )
+            )
+        elif head_dim_ok and self.actual_head_size % 2 != 0:
+            problems.append(
+                invalid(
+                    "num_heads",
+                    self.num_heads,
+                    f"a divisor of hidden_dim ({self.hidden_dim}) giving an even head size for "
+                    f"rotary embeddings (hidden_dim / num_heads is {self.actual_head_size}), or "
+                    "set head_dim",
+                )
+            )
+        return problems
 
     # Axes
     Pos = property(lambda self: Axis("position", self.seq_len))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from haliax import Axis, NamedArray
 from jaxtyping import PRNGKeyArray
 
-from lm.config import invalid
+from lm.config import FieldError, invalid, raise_problems
 
 
 class LmExample(eqx.Module):
@@ -99,10 +99,22 @@ class LmConfig(draccus.ChoiceRegistry, abc.ABC, Generic[LmT]):
     in blocks of this many entries with a running log-sum-exp. Large blocks are faster."""
 
     def __post_init__(self):
+        raise_problems(self._field_problems())
+
+    def _field_problems(self) -> list[FieldError]:
+        """Every invalid field, each a `FieldError` naming it, so that one run reports them all
+        (the decoder shows each at `model.<field>`). Subclasses extend `super()`'s list; they
+        also normalise their enum-valued fields here, as each parse is one of the checks."""
+        problems: list[FieldError] = []
         if self.cross_entropy_block_size is not None and self.cross_entropy_block_size <= 0:
-            raise invalid(
-                "cross_entropy_block_size", self.cross_entropy_block_size, "a positive int or null"
+            problems.append(
+                invalid(
+                    "cross_entropy_block_size",
+                    self.cross_entropy_block_size,
+                    "a positive int or null",
+                )
             )
+        return problems
 
     @property
     @abc.abstractmethod

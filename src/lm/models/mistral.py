@@ -29,15 +29,20 @@ class MistralConfig(LlamaConfig):
     hf_architecture: ClassVar[str] = "MistralForCausalLM"
     hf_model_type: ClassVar[str] = "mistral"
 
-    def __post_init__(self):
-        super().__post_init__()
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
         if self.sliding_window is not None and self.sliding_window <= 0:
-            raise invalid("sliding_window", self.sliding_window, "a positive int or null")
-        if self.use_bias:
-            raise FieldError(
-                "use_bias",
-                "true is not part of Mistral (HF Mistral has no biases); use type: llama",
+            problems.append(
+                invalid("sliding_window", self.sliding_window, "a positive int or null")
             )
+        if self.use_bias:
+            problems.append(
+                FieldError(
+                    "use_bias",
+                    "true is not part of Mistral (HF Mistral has no biases); use type: llama",
+                )
+            )
+        return problems
 
     @classmethod
     def _hf_config_class(cls):

@@ -61,14 +61,17 @@ class Qwen2Config(LlamaConfig):
     hf_architecture: ClassVar[str] = "Qwen2ForCausalLM"
     hf_model_type: ClassVar[str] = "qwen2"
 
-    def __post_init__(self):
-        super().__post_init__()
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
         if self.use_bias:
-            raise FieldError(
-                "use_bias",
-                "must be false for qwen2: its q/k/v projections always have biases and "
-                "o_proj/MLP never do",
+            problems.append(
+                FieldError(
+                    "use_bias",
+                    "must be false for qwen2: its q/k/v projections always have biases and "
+                    "o_proj/MLP never do",
+                )
             )
+        return problems
 
     @property
     def qkv_bias(self) -> bool:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import haliax as hax
 from haliax import NamedArray
 
+from lm.config.errors import FieldError, closest_name
+
 
 def _gelu_new(x: NamedArray) -> NamedArray:
     # The tanh approximation GPT-2 was trained with (HF "gelu_new" / "gelu_pytorch_tanh").
@@ -60,9 +62,12 @@ class ActivationFunctionEnum(enum.Enum):
         try:
             return cls(name)
         except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise ValueError(
-                f"{field}: unknown activation function {value!r}; allowed: {allowed}"
+            names = [m.value for m in cls]
+            close = closest_name(str(value), [*names, *_HF_ALIASES])
+            hint = f"; did you mean {close!r}?" if close else ""
+            raise FieldError(
+                field,
+                f"unknown activation function {value!r}; allowed: {', '.join(names)}{hint}",
             ) from None
 
 
