@@ -409,6 +409,15 @@ def _load_lm_checkpoint(
                     "--trainer.model_averaging null) to use the checkpoint's weights"
                 ) from None
             model = loaded.model_params
+    except SetupConfigError:
+        raise
+    except ValueError:
+        # a leaf of another shape (`--model.hidden_dim 64` against a run trained with 32): the
+        # model fields that differ from the recorded architecture, as a configuration error
+        newest = discover_latest_checkpoint(checkpoint_path)
+        if newest is not None:
+            check_checkpoint_architecture(model_config, newest, refuse=True)
+        raise
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"checkpoint_path {checkpoint_path!r}: {e}; {CHECKPOINT_PATH_HELP}"

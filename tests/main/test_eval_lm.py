@@ -245,6 +245,22 @@ def test_a_model_config_other_than_the_trained_one_is_refused(trained_run, caplo
     load_model_for_eval(runtime, _eval_trainer(config), Vocab)
 
 
+def test_a_model_of_other_shapes_names_the_fields_that_differ(trained_run):
+    """A `--model.hidden_dim` other than the trained one failed in the restore with a leaf's
+    shapes (exit 1, traceback in the log); it is the configuration error naming the field."""
+    _, config, _, Vocab = trained_run
+    wider = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, hidden_dim=2 * config.model.hidden_dim)
+    )
+    with pytest.raises(lm.config.SetupConfigError) as info:
+        load_model_for_eval(wider, _eval_trainer(config), Vocab)
+    assert str(info.value).startswith("the model config does not match checkpoint ")
+    assert (
+        f"model.hidden_dim: {2 * config.model.hidden_dim} "
+        f"(checkpoint: {config.model.hidden_dim})" in str(info.value)
+    )
+
+
 def test_recorded_architecture_differences_name_each_field_and_skip_unknown_ones(caplog):
     """The record is compared as an HF checkpoint's config is: the same function under another
     spelling is no difference; runtime fields and fields lm added since are not compared."""

@@ -58,7 +58,10 @@ class ExportLmToHfConfig(TrainLmConfig):
 
 def main(config: ExportLmToHfConfig) -> str:
     configure_logging(None)
-    check_output_dir(config.output_dir)  # before loading anything
+    try:
+        check_output_dir(config.output_dir)  # before loading anything
+    except ValueError as e:  # "output_dir: ...": a configuration error (exit 2), as when parsing
+        raise lm.config.SetupConfigError(str(e)) from None
     check_hf_checkpoint_path(config)
     check_checkpoint_path(config.checkpoint_path)
     tokenizer = config.data.the_tokenizer
