@@ -191,6 +191,17 @@ def test_interval_validation(every, until, match):
         CheckpointInterval(every, until)
 
 
+def test_both_bad_interval_fields_are_reported_together():
+    with pytest.raises(ValueError) as info:
+        CheckpointInterval(0, -5)
+    assert str(info.value) == (
+        "every (0) must be a positive integer number of steps; "
+        "until (-5) must be a positive step or None (forever)"
+    )
+    with pytest.raises(ValueError, match=r"^keep\[0\] = .*: every \(0\) must .*; until \(-5\)"):
+        parse_keep([{"every": 0, "until": -5}])
+
+
 def test_parse_keep_reference_example():
     keep = [{"every": 1000, "until": 10000}, {"every": 5000, "until": 40000}, {"every": 10000}]
     assert parse_keep(keep) == [

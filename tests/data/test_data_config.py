@@ -123,7 +123,7 @@ def _src(**kw):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"configs": {}}, "^configs: must name at least one source$"),
+        ({"configs": {}, "train_weights": {"a": 1.0}}, "^configs: must name at least one source$"),
         (
             {"configs": {"a": _src(builtin="stdlib")}, "train_weights": {"b": 1.0}},
             r"^train_weights.b: unknown component 'b'; components: a$",
@@ -202,6 +202,45 @@ def _src(**kw):
 def test_mixture_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LMMixtureDatasetConfig(**kwargs)
+
+
+def test_every_bad_data_field_is_reported_in_one_run(config_problems):
+    """One run names each bad field of `data:` at its own path and line, not the first one
+    only; checks that need valid fields (the mixture blocks) wait for them."""
+    found = config_problems(
+        Run,
+        "data:\n  train_urls: [a.jsonl, s4://b/x.jsonl]\n  text_key: ''\n  tags: [web, web]\n"
+        "  permutation_type: fiestel\n  ignore_token_id: -1\n  vocab_size: 10\n",
+    )
+    assert set(found) == {
+        "data.train_urls[1]",
+        "data.text_key",
+        "data.tags",
+        "data.permutation_type",
+        "data.ignore_token_id",
+        "data.vocab_size",
+    }
+    assert found["data.permutation_type"][0] == "run.yaml:5"
+    assert found["data.tags"][1] == "'web' is listed more than once"
+    found = config_problems(
+        Run,
+        "data:\n  configs:\n    a: {builtin: stdlib}\n    x/y: {builtin: stdlib}\n"
+        "  train_weights: {a: -1, b: 1, x/y: 1}\n  mixture_block_size: 0\n  stop_strategy: x\n"
+        "  shuffle: -5\n",
+    )
+    assert set(found) == {
+        "data.configs.x/y",
+        "data.train_weights.a",
+        "data.train_weights.b",
+        "data.mixture_block_size",
+        "data.stop_strategy",
+        "data.shuffle",
+    }
+    assert found["data.train_weights.b"][1].startswith("unknown component 'b'; components: a, x/y")
+    assert found["data.mixture_block_size"] == (
+        "run.yaml:6",
+        "got 0, expected a positive number of examples",
+    )
 
 
 def test_default_is_the_embedded_corpus_with_the_builtin_tokenizer(

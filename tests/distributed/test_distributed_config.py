@@ -126,6 +126,27 @@ def test_invalid_values_are_named(kwargs, message):
         DistributedConfig(**kwargs)
 
 
+def test_every_bad_distributed_field_is_reported_in_one_run(config_problems):
+    found = config_problems(
+        TrainerConfig,
+        "distributed:\n  coordinator_address: localhost\n  num_processes: 0\n  process_id: 3\n"
+        "  local_device_ids: [-1, 0, -2]\n  heartbeat_timeout_seconds: 0\n",
+    )
+    # process_id is checked against num_processes only once that is valid
+    assert set(found) == {
+        "distributed.coordinator_address",
+        "distributed.num_processes",
+        "distributed.local_device_ids[0]",
+        "distributed.local_device_ids[2]",
+        "distributed.heartbeat_timeout_seconds",
+    }
+    assert found["distributed.num_processes"] == ("run.yaml:3", "must be >= 1, got 0")
+    with pytest.raises(lm.config.ConfigProblems) as info:
+        DistributedConfig(num_processes=0, process_id=-1)
+    assert [p.path for p in info.value.problems] == ["num_processes", "process_id"]
+    assert info.value.problems[1].message == "must be >= 0, got -1"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

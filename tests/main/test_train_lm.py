@@ -966,6 +966,36 @@ def test_empty_paths_and_non_finite_numbers_are_config_errors(args, message):
     assert message in re.sub(r" \[[^\]]*\]:", ":", str(info.value))
 
 
+def test_every_bad_top_level_field_is_reported_in_one_run():
+    """The run's own fields and the schedule against the run length, together; an empty
+    initialize_from_hf is not also "no HF checkpoint" for use_hf_model_config."""
+    with pytest.raises(lm.config.ConfigError) as info:
+        lm.config.parse(
+            TrainLmConfig,
+            str(CONFIG_DIR / "gpt2_nano.yaml"),
+            [
+                "--z_loss_weight",
+                "-1",
+                "--hf_save_path=",
+                "--initialize_from_hf=",
+                "--use_hf_model_config",
+                "true",
+                "--hf_save_steps",
+                "0",
+                "--optimizer.schedule_steps",
+                "100",
+            ],
+        )
+    assert [p.path for p in info.value.problems] == [
+        "z_loss_weight",
+        "hf_save_path",
+        "initialize_from_hf",
+        "hf_save_steps",
+        "optimizer.schedule_steps",
+    ]
+    assert info.value.problems[-1].location == "--optimizer.schedule_steps 100"
+
+
 def test_a_log_dir_under_home_is_expanded_once(monkeypatch, tmp_path):
     """`log_dir: ~/x` put the run's config under $HOME and its log file under ./~/x."""
     monkeypatch.setenv("HOME", str(tmp_path))

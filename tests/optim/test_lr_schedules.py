@@ -422,6 +422,21 @@ def test_lr_schedule_validation(schedule, message):
         schedule()
 
 
+def test_every_bad_power_schedule_field_is_reported_in_one_run(config_problems):
+    found = config_problems(
+        AdamConfig,
+        "lr_schedule:\n  type: power\n  batch_size: 0\n  seq_length: 8\n  a: 0\n  b: 0.5\n",
+    )
+    assert found == {
+        "lr_schedule.batch_size": ("run.yaml:3", "got 0, expected a positive integer"),
+        "lr_schedule.a": (
+            "run.yaml:5",
+            "got 0.0, expected a number > 0 (the power schedule's amplitude)",
+        ),
+        "lr_schedule.b": ("run.yaml:6", "got 0.5, expected a number < 0 (the power-law exponent)"),
+    }
+
+
 # --- deprecated fields --------------------------------------------------------------------
 
 

@@ -173,7 +173,9 @@ def test_code_saving_sniffs_the_main_scripts_repo(wandb_env, tmp_path, git_repo,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not a repo: the main script decides, not the cwd
-    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(git_repo / "train.py"))
+    monkeypatch.setattr(
+        sys.modules["__main__"], "__file__", str(git_repo / "train.py"), raising=False
+    )
     commit = _git(git_repo, "rev-parse", "HEAD")
 
     info = sniff_git_repo()
@@ -200,7 +202,9 @@ def test_code_saving_sniffs_the_main_scripts_repo(wandb_env, tmp_path, git_repo,
 
 def test_code_saving_outside_a_repo_warns(wandb_env, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(tmp_path / "script.py"))
+    monkeypatch.setattr(
+        sys.modules["__main__"], "__file__", str(tmp_path / "script.py"), raising=False
+    )
     assert find_git_root() is None
     with caplog.at_level(logging.WARNING, logger="lm.tracker.wandb"):
         WandbConfig(mode="offline", save_dir=str(tmp_path)).init("nogit").finish()
@@ -290,6 +294,19 @@ def test_bad_wandb_config_is_a_clear_error(kwargs, match):
     where the value was written; W&B itself refused tags and ids only when the run started."""
     with pytest.raises(lm.config.FieldError, match=match):
         WandbConfig(**kwargs)
+
+
+def test_every_bad_wandb_field_is_reported_in_one_run(config_problems, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    (tmp_path / "afile").write_text("")
+    found = config_problems(
+        WandbConfig,
+        f"mode: ofline\nresume: alow\ntags: [ok, '']\nid: a:b\nsave_dir: {tmp_path / 'afile'}\n",
+    )
+    assert set(found) == {"mode", "resume", "tags[1]", "id", "save_dir"}
+    assert found["resume"][0] == "run.yaml:2"
+    assert found["tags[1]"][1].startswith("got '', expected a string of 1 to 64 characters")
+    assert found["save_dir"][1].startswith("W&B cannot write its run files: ")
 
 
 def test_a_bad_wandb_mode_from_the_environment_is_named_at_parse_time(monkeypatch):

@@ -69,6 +69,57 @@ def test_post_init_errors_are_value_errors_in_python():
     assert isinstance(info.value, ValueError)
 
 
+def test_every_bad_trainer_field_is_reported_in_one_run(config_problems):
+    """One run names each bad field at its own path and line, not the first one only."""
+    found = config_problems(
+        TrainerConfig,
+        "seed: -1\nsteps_per_eval: 0\ntrain_batch_size: 0\nper_device_parallelism: -2\n"
+        "model_axis_size: 0\njax_config:\n  jax_softmax_custom_jvp: 1\n  jax_bogus_flag: true\n"
+        "axis_resources:\n  mlp: modle\nshutdown_at_exit: -3\nprofiler: true\n"
+        "profiler_num_steps: 0\n",
+        "--load_checkpoint_path",
+        "",
+    )
+    assert set(found) == {
+        "seed",
+        "steps_per_eval",
+        "train_batch_size",
+        "per_device_parallelism",
+        "model_axis_size",
+        "jax_config.jax_softmax_custom_jvp",
+        "jax_config.jax_bogus_flag",
+        "axis_resources.mlp",
+        "shutdown_at_exit",
+        "profiler_num_steps",
+        "load_checkpoint_path",
+    }
+    assert found["seed"] == (
+        "run.yaml:1",
+        "got -1, expected an integer from 0 to 4,294,967,295 "
+        "(JAX's keys take 32 bits of the seed: a larger one would repeat a "
+        "smaller one's keys)",
+    )
+    assert found["axis_resources.mlp"][0] == "run.yaml:10"
+    assert found["profiler_num_steps"] == ("run.yaml:13", "got 0, expected a number of steps > 0")
+    # in Python, they come together as a ValueError
+    with pytest.raises(lm.config.ConfigProblems) as info:
+        TrainerConfig(seed=-1, steps_per_eval=0, mp="p=f32,c=bf15")
+    assert [p.path for p in info.value.problems] == ["mp", "seed", "steps_per_eval"]
+
+
+def test_entries_the_derivation_replaces_wait_for_valid_entries():
+    """An entry the derivation would replace is reported with the other fields once every
+    entry is a valid mesh axis (list), and not as well as a typo in an entry."""
+    with pytest.raises(lm.config.ConfigProblems) as info:
+        TrainerConfig(seed=-1, axis_resources={"batch": "dta"}, parameter_axis_resources={})
+    assert [p.path for p in info.value.problems] == ["seed", "axis_resources.batch"]
+    assert "did you mean 'data'?" in info.value.problems[1].message
+    with pytest.raises(lm.config.ConfigProblems) as info:
+        TrainerConfig(seed=-1, axis_resources={"batch": "data"})
+    assert [p.path for p in info.value.problems] == ["seed", "axis_resources.batch"]
+    assert "is always split over [replica, data]" in info.value.problems[1].message
+
+
 # ---------------------------------------------------------------- tracker
 
 

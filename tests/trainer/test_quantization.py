@@ -93,6 +93,29 @@ def test_bad_quantization_configs_name_the_field(quantization, expected):
     assert expected in _decode_error(quantization)
 
 
+def test_every_bad_quantization_field_is_reported_in_one_run():
+    with pytest.raises(ConfigError) as e:
+        lm.config.decode(
+            TrainerConfig,
+            {
+                "quantization": {
+                    "fp8": True,
+                    "int8": True,
+                    "amax_history_length": 0,
+                    "compute_dtype": "int32",
+                    "targets": [],
+                }
+            },
+            path="trainer",
+        )
+    assert [p.path for p in e.value.problems] == [
+        "trainer.quantization.int8",
+        "trainer.quantization.amax_history_length",
+        "trainer.quantization.compute_dtype",
+        "trainer.quantization.targets",
+    ]
+
+
 def test_good_quantization_configs_decode():
     config = lm.config.decode(
         TrainerConfig,

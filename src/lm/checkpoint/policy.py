@@ -36,12 +36,16 @@ class CheckpointInterval:
     until: int | None = None
 
     def __post_init__(self):
+        # both fields' problems in one ValueError: `parse_keep` reports it at `keep[i]`
+        problems = []
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every <= 0:
-            raise ValueError(f"every ({self.every!r}) must be a positive integer number of steps")
+            problems.append(f"every ({self.every!r}) must be a positive integer number of steps")
         if self.until is not None and (
             isinstance(self.until, bool) or not isinstance(self.until, int) or self.until <= 0
         ):
-            raise ValueError(f"until ({self.until!r}) must be a positive step or None (forever)")
+            problems.append(f"until ({self.until!r}) must be a positive step or None (forever)")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def validate_step_policies(

@@ -48,7 +48,7 @@ class ConfigError(Exception):
         noun = "problem" if n == 1 else "problems"
         origin = f" in {self.source}" if self.source else ""
         lines = [f"Invalid configuration{origin} ({n} {noun}):"]
-        for problem in self.problems:
+        for problem in _display_order(self.problems):
             text = str(problem).replace("\n", "\n    ")
             lines.append(f"  - {text}")
         return "\n".join(lines)
@@ -59,6 +59,29 @@ class ConfigError(Exception):
     def with_source(self, source: str | None) -> ConfigError:
         """The same problems, attributed to `source`."""
         return ConfigError(self.problems, source=source)
+
+
+_FILE_LINE = re.compile(r"^(?P<file>.+):(?P<line>\d+)$")
+
+
+def _display_order(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """The problems grouped by top-level section, in the order the sections were found
+    (`data`, `model`, `trainer`, `optimizer`), and within a section in the order of the file
+    (line by line, each included file after the one found first), then the command line's."""
+    sections: dict[str, int] = {}
+    files: dict[str, int] = {}
+
+    def key(item: tuple[int, ConfigProblem]) -> tuple:
+        index, problem = item
+        section = sections.setdefault(
+            re.split(r"[.\[]", problem.path, maxsplit=1)[0], len(sections)
+        )
+        match = _FILE_LINE.match(problem.location or "")
+        if match is None:
+            return (section, 1, 0, index)
+        return (section, 0, files.setdefault(match["file"], len(files)), int(match["line"]))
+
+    return [p for _, p in sorted(enumerate(problems), key=key)]
 
 
 class FieldError(ValueError):

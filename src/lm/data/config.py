@@ -28,7 +28,14 @@ from dataclasses import field
 
 import haliax as hax
 
-from lm.config.errors import FieldError, closest_name, invalid, join_path
+from lm.config.errors import (
+    FieldError,
+    closest_name,
+    field_problem,
+    invalid,
+    join_path,
+    raise_problems,
+)
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage, block_counts
@@ -62,17 +69,18 @@ def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def _validate_tags(tags) -> None:
+def _tag_problems(tags) -> list[FieldError]:
     if isinstance(tags, str) or not isinstance(tags, list | tuple):
-        raise invalid("tags", tags, "a list of tag names, e.g. [web, english]")
-    for i, tag in enumerate(tags):
-        if not isinstance(tag, str) or not tag or "/" in tag:
-            raise invalid(
-                f"tags[{i}]", tag, "a non-empty name without '/' (it goes in eval/<tag>/loss)"
-            )
+        return [invalid("tags", tags, "a list of tag names, e.g. [web, english]")]
+    problems = [
+        invalid(f"tags[{i}]", tag, "a non-empty name without '/' (it goes in eval/<tag>/loss)")
+        for i, tag in enumerate(tags)
+        if not isinstance(tag, str) or not tag or "/" in tag
+    ]
     duplicates = sorted({t for t in tags if tags.count(t) > 1})
     if duplicates:
-        raise FieldError("tags", f"{duplicates[0]!r} is listed more than once")
+        problems.append(FieldError("tags", f"{duplicates[0]!r} is listed more than once"))
+    return problems
 
 
 MAX_DATA_SEED = 2**64 - 1
@@ -117,7 +125,9 @@ class _SourceFields:
     `eval/<tag>/loss` over all validation sets carrying the tag (weighted by tokens). A
     mixture component's tags must not name another component."""
 
-    def _validate_source(self, where: str) -> None:
+    def _source_problems(self, where: str) -> list[FieldError]:
+        """Every invalid source field (after the one check that is about the section: only
+        one kind of source, a `ValueError`)."""
         kinds = [
             k
             for k, on in (
@@ -133,21 +143,26 @@ class _SourceFields:
                 f"validation_urls, id or builtin), got {' and '.join(kinds)}; unset the others "
                 f"(on the command line: --{where}builtin null, --{where}id null)"
             )
+        problems: list[FieldError] = []
         if self.builtin is not None and self.builtin not in BUILTIN_SOURCES:
-            raise FieldError(
-                "builtin",
-                f"unknown builtin corpus {self.builtin!r}; allowed: "
-                f"{', '.join(BUILTIN_SOURCES)}{did_you_mean(self.builtin, BUILTIN_SOURCES)}",
+            problems.append(
+                FieldError(
+                    "builtin",
+                    f"unknown builtin corpus {self.builtin!r}; allowed: "
+                    f"{', '.join(BUILTIN_SOURCES)}{did_you_mean(self.builtin, BUILTIN_SOURCES)}",
+                )
             )
         for f in ("train_urls", "validation_urls"):
             value = getattr(self, f)
             if isinstance(value, str):
-                raise invalid(f, value, "a list of URLs, not a string")
+                problems.append(invalid(f, value, "a list of URLs, not a string"))
+                continue
             for i, url in enumerate(value):
-                check_url_protocol(url, f"{f}[{i}]")
+                problems += field_problem(lambda u=url, at=f"{f}[{i}]": check_url_protocol(u, at))
         if not self.text_key:
-            raise invalid("text_key", self.text_key, "a non-empty string")
-        _validate_tags(self.tags)
+            problems.append(invalid("text_key", self.text_key, "a non-empty string"))
+        problems += _tag_problems(self.tags)
+        return problems
 
     def _source_urls(self, where: str) -> list[tuple[str, str]]:
         """(config path, URL) of every file pattern this source reads."""
@@ -217,9 +232,14 @@ class LMDatasetSourceConfig(_SourceFields):
     """This component's cache directory; default `<mixture cache_dir>/<name>`."""
 
     def __post_init__(self):
-        self._validate_source("")
+        problems = self._source_problems("")
         if self.cache_dir is not None:
-            check_url_protocol(self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS)
+            problems += field_problem(
+                lambda: check_url_protocol(
+                    self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS
+                )
+            )
+        raise_problems(problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,44 +271,67 @@ class LMTaskConfig:
     """Seed for shuffling and mixture sampling; None uses the key the trainer passes (its
     data key), so set this to change the data order without changing the model init."""
 
-    def _validate_task(self) -> None:
-        if self.tokenizer == PASSTHROUGH_TOKENIZER_NAME:
+    def _task_problems(self) -> list[FieldError]:
+        problems: list[FieldError] = []
+        if not self.tokenizer:
+            # (vocab_size is checked against a tokenizer that is given)
+            problems.append(invalid("tokenizer", self.tokenizer, "a non-empty name or path"))
+        elif self.tokenizer == PASSTHROUGH_TOKENIZER_NAME:
             if self.vocab_size is None or self.vocab_size <= 0:
-                raise invalid(
-                    "vocab_size", self.vocab_size, "a positive int with tokenizer: passthrough"
+                problems.append(
+                    invalid(
+                        "vocab_size", self.vocab_size, "a positive int with tokenizer: passthrough"
+                    )
                 )
         elif self.vocab_size is not None:
-            raise FieldError(
-                "vocab_size",
-                f"got {self.vocab_size}, but vocab_size is only for tokenizer: passthrough; "
-                f"tokenizer {self.tokenizer!r} has its own vocabulary. Remove vocab_size.",
+            problems.append(
+                FieldError(
+                    "vocab_size",
+                    f"got {self.vocab_size}, but vocab_size is only for tokenizer: passthrough; "
+                    f"tokenizer {self.tokenizer!r} has its own vocabulary. Remove vocab_size.",
+                )
             )
-        if not self.tokenizer:
-            raise invalid("tokenizer", self.tokenizer, "a non-empty name or path")
         if not self.cache_dir:
-            raise invalid("cache_dir", self.cache_dir, "a non-empty path or URL")
-        check_url_protocol(self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS)
-        check_url_protocol(self.tokenizer, "tokenizer")
+            problems.append(invalid("cache_dir", self.cache_dir, "a non-empty path or URL"))
+        else:
+            problems += field_problem(
+                lambda: check_url_protocol(
+                    self.cache_dir, "cache_dir", allowed=TENSORSTORE_PROTOCOLS
+                )
+            )
+        if self.tokenizer:
+            problems += field_problem(lambda: check_url_protocol(self.tokenizer, "tokenizer"))
         if isinstance(self.shuffle, bool):
             pass
         elif not isinstance(self.shuffle, int) or self.shuffle <= 0:
-            raise invalid("shuffle", self.shuffle, "true, false or a positive era length")
+            problems.append(
+                invalid("shuffle", self.shuffle, "true, false or a positive era length")
+            )
         if self.permutation_type not in PERMUTATION_TYPES:
-            raise invalid(
-                "permutation_type",
-                self.permutation_type,
-                f"one of {', '.join(PERMUTATION_TYPES)}"
-                f"{did_you_mean(self.permutation_type, PERMUTATION_TYPES)}",
+            problems.append(
+                invalid(
+                    "permutation_type",
+                    self.permutation_type,
+                    f"one of {', '.join(PERMUTATION_TYPES)}"
+                    f"{did_you_mean(self.permutation_type, PERMUTATION_TYPES)}",
+                )
             )
         if self.ignore_token_id is not None and self.ignore_token_id < 0:
-            raise invalid("ignore_token_id", self.ignore_token_id, "a token id >= 0, or null")
+            problems.append(
+                invalid("ignore_token_id", self.ignore_token_id, "a token id >= 0, or null")
+            )
         if self.data_seed is not None and not 0 <= self.data_seed <= MAX_DATA_SEED:
             # the shuffles mix the seed as 64 bits: 2**64 + 1 would repeat seed 1's order
-            raise invalid(
-                "data_seed", self.data_seed, f"an integer from 0 to {MAX_DATA_SEED:,}, or null"
+            problems.append(
+                invalid(
+                    "data_seed",
+                    self.data_seed,
+                    f"an integer from 0 to {MAX_DATA_SEED:,}, or null",
+                )
             )
         if not isinstance(self.cache_options, CacheOptions):
-            raise invalid("cache_options", self.cache_options, "a CacheOptions")
+            problems.append(invalid("cache_options", self.cache_options, "a CacheOptions"))
+        return problems
 
     @property
     def encoder(self) -> DocumentEncoder:
@@ -381,8 +424,7 @@ class LMDatasetConfig(_SourceFields, LMTaskConfig):
     """One source of documents (`data:`); the embedded corpus when no source is set."""
 
     def __post_init__(self):
-        self._validate_source("data.")
-        self._validate_task()
+        raise_problems([*self._source_problems("data."), *self._task_problems()])
 
     @property
     def effective_source(self) -> _SourceFields:
@@ -467,60 +509,105 @@ class LMMixtureDatasetConfig(LMTaskConfig):
     """`restart`: a component that runs out starts over (the mixture is infinite)."""
 
     def __post_init__(self):
-        self._validate_task()
+        problems = self._task_problems()
         if not self.configs:
-            raise FieldError("configs", "must name at least one source")
+            problems.append(FieldError("configs", "must name at least one source"))
+        sources: dict[str, LMDatasetSourceConfig] = {}  # the components that are sources
         for name, cfg in self.configs.items():
             if not name or "/" in name:
-                raise FieldError(
-                    join_path("configs", name),
-                    f"component name {name!r} must be non-empty without '/'",
+                problems.append(
+                    FieldError(
+                        join_path("configs", name),
+                        f"component name {name!r} must be non-empty without '/'",
+                    )
                 )
-            if not isinstance(cfg, LMDatasetSourceConfig):
-                raise invalid(join_path("configs", name), cfg, "a source config")
-        for name, cfg in self.configs.items():
+            elif not isinstance(cfg, LMDatasetSourceConfig):
+                problems.append(invalid(join_path("configs", name), cfg, "a source config"))
+            else:
+                sources[name] = cfg
+        for name, cfg in sources.items():
             for i, tag in enumerate(cfg.tags):
                 if tag in self.configs and tag != name:
-                    raise FieldError(
-                        f"configs.{name}.tags[{i}]",
-                        f"{tag!r} is the name of another component, whose eval/{tag}/... metrics "
-                        "it would mix with this tag's; choose another tag",
+                    problems.append(
+                        FieldError(
+                            f"configs.{name}.tags[{i}]",
+                            f"{tag!r} is the name of another component, whose eval/{tag}/... "
+                            "metrics it would mix with this tag's; choose another tag",
+                        )
                     )
-        if self.mixture_block_size <= 0:
-            raise invalid(
-                "mixture_block_size", self.mixture_block_size, "a positive number of examples"
+        block_ok = self.mixture_block_size > 0
+        if not block_ok:
+            problems.append(
+                invalid(
+                    "mixture_block_size", self.mixture_block_size, "a positive number of examples"
+                )
             )
         if self.stop_strategy != "restart":
-            raise FieldError(
-                "stop_strategy", f"only 'restart' is supported, got {self.stop_strategy!r}"
+            problems.append(
+                FieldError(
+                    "stop_strategy", f"only 'restart' is supported, got {self.stop_strategy!r}"
+                )
             )
-        stages = self.weight_stages
+        problems += self._train_weight_problems(sources, block_ok)
+        raise_problems(problems)
+
+    def _train_weight_problems(
+        self, sources: dict[str, LMDatasetSourceConfig], block_ok: bool
+    ) -> list[FieldError]:
+        """The weights (once the stages are well formed), the mixture blocks (once the
+        components, the weights and the block size are valid), and the weighted sources'
+        training data."""
+        try:
+            stages = self.weight_stages
+        except FieldError as e:
+            return [e]
+        problems = self._weight_problems(stages)
+        configs_ok = bool(self.configs) and len(sources) == len(self.configs)
+        if configs_ok and block_ok and not problems:
+            staged = not isinstance(self.train_weights, Mapping)
+            problems += field_problem(lambda: self._check_blocks(stages, staged))
+        for name in self.components_with_weight():
+            if name in sources and not sources[name].has_split("train"):
+                problems.append(
+                    FieldError(
+                        join_path("configs", name),
+                        "has train weight > 0 but no training source (set train_urls, id or "
+                        "builtin)",
+                    )
+                )
+        return problems
+
+    def _weight_problems(self, stages: list[tuple[int, dict[str, float]]]) -> list[FieldError]:
+        """Each weight that names no component or is not a finite number >= 0; a stage whose
+        weights are all zero (when they are all valid)."""
+        problems: list[FieldError] = []
         staged = not isinstance(self.train_weights, Mapping)
         for i, (step, weights) in enumerate(stages):
             stage = f"train_weights[{i}][1]" if staged else "train_weights"
             at_step = f" (at step {step})" if staged else ""
+            valid = True  # (an unknown name's weight would go to another component)
             for name, w in weights.items():
-                if name not in self.configs:
-                    raise FieldError(
-                        join_path(stage, name),
-                        f"unknown component {name!r}{at_step}; components: "
-                        f"{', '.join(self.configs)}{did_you_mean(name, self.configs)}",
+                if self.configs and name not in self.configs:
+                    valid = False
+                    problems.append(
+                        FieldError(
+                            join_path(stage, name),
+                            f"unknown component {name!r}{at_step}; components: "
+                            f"{', '.join(self.configs)}{did_you_mean(name, self.configs)}",
+                        )
                     )
-                if not (w >= 0 and math.isfinite(w)):  # NaN fails both
-                    raise FieldError(
-                        join_path(stage, name),
-                        f"weight of {name!r} must be >= 0 and finite, got {w} (at step {step}); "
-                        "weights are relative, e.g. 0.7 and 0.3",
+                elif not (w >= 0 and math.isfinite(w)):  # NaN fails both
+                    valid = False
+                    problems.append(
+                        FieldError(
+                            join_path(stage, name),
+                            f"weight of {name!r} must be >= 0 and finite, got {w} (at step "
+                            f"{step}); weights are relative, e.g. 0.7 and 0.3",
+                        )
                     )
-            if sum(weights.values()) <= 0:
-                raise FieldError(stage, f"all weights are zero{at_step}")
-        self._check_blocks(stages, staged)
-        for name in self.components_with_weight():
-            if not self.configs[name].has_split("train"):
-                raise FieldError(
-                    join_path("configs", name),
-                    "has train weight > 0 but no training source (set train_urls, id or builtin)",
-                )
+            if valid and sum(weights.values()) <= 0:
+                problems.append(FieldError(stage, f"all weights are zero{at_step}"))
+        return problems
 
     def _check_blocks(self, stages: list[tuple[int, dict[str, float]]], staged: bool) -> None:
         """Every weighted component must get at least one example per mixture block (the

@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from lm.config.errors import FieldError
+from lm.config.errors import FieldError, raise_problems
 
 logger = logging.getLogger(__name__)
 
@@ -96,29 +96,37 @@ class DistributedConfig:
     """At exit, how long a process waits for the others to reach shutdown too."""
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if self.coordinator_address is not None:
             problem = coordinator_address_problem(self.coordinator_address)
             if problem is not None:
-                raise FieldError(
-                    "coordinator_address",
-                    f"got {self.coordinator_address!r}, expected host:port (e.g. "
-                    f"10.0.0.1:8476) with a port in 1..65535: {problem}",
+                problems.append(
+                    FieldError(
+                        "coordinator_address",
+                        f"got {self.coordinator_address!r}, expected host:port (e.g. "
+                        f"10.0.0.1:8476) with a port in 1..65535: {problem}",
+                    )
                 )
-        if self.num_processes is not None and self.num_processes < 1:
-            raise FieldError("num_processes", f"must be >= 1, got {self.num_processes}")
-        if self.process_id is not None and self.num_processes is not None:
-            if not 0 <= self.process_id < self.num_processes:
-                raise FieldError(
-                    "process_id",
-                    f"({self.process_id}) must be in [0, num_processes={self.num_processes})",
-                )
-        if self.process_id is not None and self.process_id < 0:
-            raise FieldError("process_id", f"must be >= 0, got {self.process_id}")
+        num_processes_ok = self.num_processes is None or self.num_processes >= 1
+        if not num_processes_ok:
+            problems.append(FieldError("num_processes", f"must be >= 1, got {self.num_processes}"))
+        if self.process_id is not None:
+            if self.num_processes is not None and num_processes_ok:
+                if not 0 <= self.process_id < self.num_processes:
+                    problems.append(
+                        FieldError(
+                            "process_id",
+                            f"({self.process_id}) must be in [0, num_processes="
+                            f"{self.num_processes})",
+                        )
+                    )
+            elif self.process_id < 0:
+                problems.append(FieldError("process_id", f"must be >= 0, got {self.process_id}"))
         ids = [self.local_device_ids] if isinstance(self.local_device_ids, int) else None
         for i, device in enumerate(ids or self.local_device_ids or []):
             if not isinstance(device, int) or isinstance(device, bool) or device < 0:
                 where = "local_device_ids" if ids else f"local_device_ids[{i}]"
-                raise FieldError(where, f"got {device!r}, expected a device index >= 0")
+                problems.append(FieldError(where, f"got {device!r}, expected a device index >= 0"))
         for name in (
             "initialization_timeout_seconds",
             "heartbeat_timeout_seconds",
@@ -126,7 +134,10 @@ class DistributedConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise FieldError(name, f"must be a whole number of seconds >= 1, got {value!r}")
+                problems.append(
+                    FieldError(name, f"must be a whole number of seconds >= 1, got {value!r}")
+                )
+        raise_problems(problems)
 
     def _check_manual_settings(self) -> None:
         """Without a cluster jax detects (SLURM, TPU, MPI), a multi-process run is described

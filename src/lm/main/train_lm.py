@@ -72,46 +72,64 @@ class TrainLmConfig:
     """Weight of the z-loss (logsumexp^2) regulariser; 0 disables it."""
 
     def __post_init__(self):
+        problems: list[lm.config.FieldError] = []
         if not (math.isfinite(self.z_loss_weight) and self.z_loss_weight >= 0):
-            raise lm.config.invalid("z_loss_weight", self.z_loss_weight, "a finite number >= 0")
+            problems.append(
+                lm.config.invalid("z_loss_weight", self.z_loss_weight, "a finite number >= 0")
+            )
         if self.hf_save_path == "":
             # the export would go to /<run_id>/ at the file system's root
-            raise lm.config.FieldError(
-                "hf_save_path", "is empty; give a directory, or leave it unset (null)"
+            problems.append(
+                lm.config.FieldError(
+                    "hf_save_path", "is empty; give a directory, or leave it unset (null)"
+                )
             )
-        if self.initialize_from_hf == "":
-            raise lm.config.FieldError(
-                "initialize_from_hf",
-                "is empty; give an HF checkpoint directory or hub id, true (the model's "
-                "reference checkpoint) or false",
+        # an empty initialize_from_hf is said once, not again as "no HF checkpoint" below
+        hf_ok = self.initialize_from_hf != ""
+        if not hf_ok:
+            problems.append(
+                lm.config.FieldError(
+                    "initialize_from_hf",
+                    "is empty; give an HF checkpoint directory or hub id, true (the model's "
+                    "reference checkpoint) or false",
+                )
             )
         if self.hf_save_steps <= 0:
-            raise lm.config.invalid(
-                "hf_save_steps", self.hf_save_steps, "a positive number of steps"
+            problems.append(
+                lm.config.invalid("hf_save_steps", self.hf_save_steps, "a positive number of steps")
             )
-        if self.use_hf_model_config and not self.initialize_from_hf:
-            raise lm.config.FieldError(
-                "use_hf_model_config", "true needs initialize_from_hf to name an HF checkpoint"
+        if hf_ok and self.use_hf_model_config and not self.initialize_from_hf:
+            problems.append(
+                lm.config.FieldError(
+                    "use_hf_model_config", "true needs initialize_from_hf to name an HF checkpoint"
+                )
             )
         if self.initialize_from_hf and self.trainer.initialize_from:
-            raise lm.config.FieldError(
-                "initialize_from_hf",
-                "and trainer.initialize_from are both set: start from one of them",
+            problems.append(
+                lm.config.FieldError(
+                    "initialize_from_hf",
+                    "and trainer.initialize_from are both set: start from one of them",
+                )
             )
-        if self.initialize_from_hf is True and not getattr(
+        elif self.initialize_from_hf is True and not getattr(
             self.model, "reference_checkpoint", None
         ):
-            raise lm.config.FieldError(
-                "initialize_from_hf",
-                f"is true but model type {type(self.model).__name__} has no reference_checkpoint; "
-                "give the HF checkpoint directory instead",
+            problems.append(
+                lm.config.FieldError(
+                    "initialize_from_hf",
+                    f"is true but model type {type(self.model).__name__} has no "
+                    "reference_checkpoint; give the HF checkpoint directory instead",
+                )
             )
         steps = self.trainer.num_train_steps
         if isinstance(steps, int) and steps == 0:
-            raise lm.config.invalid(
-                "trainer.num_train_steps", steps, "a number of steps >= 1 (a run trains)"
+            problems.append(
+                lm.config.invalid(
+                    "trainer.num_train_steps", steps, "a number of steps >= 1 (a run trains)"
+                )
             )
-        check_schedule(self.optimizer, steps)
+        problems += lm.config.field_problem(lambda: check_schedule(self.optimizer, steps))
+        lm.config.raise_problems(problems)
 
     @property
     def hf_checkpoint(self) -> str | None:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lm.config import FieldError, invalid
+from lm.config import FieldError, invalid, raise_problems
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +167,16 @@ class PowerLrSchedule(LrSchedule):
     """Power-law exponent; must be < 0."""
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if not self.a > 0:
-            raise invalid("a", self.a, "a number > 0 (the power schedule's amplitude)")
+            problems.append(invalid("a", self.a, "a number > 0 (the power schedule's amplitude)"))
         if not self.b < 0:
-            raise invalid("b", self.b, "a number < 0 (the power-law exponent)")
+            problems.append(invalid("b", self.b, "a number < 0 (the power-law exponent)"))
         for name in ("batch_size", "seq_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise invalid(name, value, "a positive integer")
+                problems.append(invalid(name, value, "a positive integer"))
+        raise_problems(problems)
 
     def build(self, ctx: LrScheduleContext) -> Schedule:
         lr, start = ctx.learning_rate, ctx.decay_start

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from lm.config.errors import FieldError, closest_name
+from lm.config.errors import FieldError, closest_name, field_problem, raise_problems
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -109,46 +109,62 @@ class WandbConfig(TrackerConfig):
     output_field: ClassVar[str | None] = "save_dir"
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if self.mode is not None and self.mode not in _MODES:
-            raise FieldError(
-                "mode",
-                f"must be one of {', '.join(_MODES)} (or unset), got "
-                f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}",
+            problems.append(
+                FieldError(
+                    "mode",
+                    f"must be one of {', '.join(_MODES)} (or unset), got "
+                    f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}",
+                )
             )
         env_mode = os.environ.get("WANDB_MODE")
         if self.mode is None and env_mode and env_mode not in _ENV_MODES:
             # W&B would fail on it in its settings validation, once the run is set up
-            raise FieldError(
-                "mode",
-                f"is unset, so W&B takes the environment's WANDB_MODE={env_mode!r}, which must be "
-                f"one of {', '.join(_MODES)}.{_did_you_mean(env_mode, _MODES)} Fix or unset "
-                "WANDB_MODE, or set this field",
+            problems.append(
+                FieldError(
+                    "mode",
+                    f"is unset, so W&B takes the environment's WANDB_MODE={env_mode!r}, which "
+                    f"must be one of {', '.join(_MODES)}.{_did_you_mean(env_mode, _MODES)} Fix "
+                    "or unset WANDB_MODE, or set this field",
+                )
             )
         if self.resume not in _RESUME:
-            raise FieldError(
-                "resume",
-                f"must be one of {', '.join(_RESUME)}, got "
-                f"{self.resume!r}.{_did_you_mean(str(self.resume), _RESUME)}",
+            problems.append(
+                FieldError(
+                    "resume",
+                    f"must be one of {', '.join(_RESUME)}, got "
+                    f"{self.resume!r}.{_did_you_mean(str(self.resume), _RESUME)}",
+                )
             )
         if isinstance(self.tags, str):
-            raise FieldError(
-                "tags",
-                f"must be a list of strings, got the string {self.tags!r}; write "
-                f"`tags: [{self.tags}]`.",
-            )
-        for i, tag in enumerate(self.tags):
-            if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
-                raise FieldError(
-                    f"tags[{i}]",
-                    f"got {tag!r}, expected a string of 1 to {MAX_TAG_LENGTH} characters (W&B's "
-                    "limit for a tag)",
+            problems.append(
+                FieldError(
+                    "tags",
+                    f"must be a list of strings, got the string {self.tags!r}; write "
+                    f"`tags: [{self.tags}]`.",
                 )
+            )
+        else:
+            for i, tag in enumerate(self.tags):
+                if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
+                    problems.append(
+                        FieldError(
+                            f"tags[{i}]",
+                            f"got {tag!r}, expected a string of 1 to {MAX_TAG_LENGTH} characters "
+                            "(W&B's limit for a tag)",
+                        )
+                    )
         if self.id is not None and (problem := run_id_problem(self.id)) is not None:
-            raise FieldError("id", f"got {self.id!r}, expected {problem}")
+            problems.append(FieldError("id", f"got {self.id!r}, expected {problem}"))
         if self.save_dir == "":
-            raise FieldError("save_dir", "is empty; give a directory, or leave it unset (null)")
-        # a file in the way is found now, not once the run has set up its data and model
-        self.check_output()
+            problems.append(
+                FieldError("save_dir", "is empty; give a directory, or leave it unset (null)")
+            )
+        else:
+            # a file in the way is found now, not once the run has set up its data and model
+            problems += field_problem(self.check_output)
+        raise_problems(problems)
 
     def check_output(self, run_id=None, *, run_dir=None) -> None:
         if self.save_dir is None:

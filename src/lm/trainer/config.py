@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
-from lm.config import FieldError, SetupConfigError, invalid
+from lm.config import FieldError, SetupConfigError, field_problem, invalid
 from lm.config.errors import join_path, raise_problems
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
@@ -205,57 +205,127 @@ class TrainerConfig:
     """Shut the (TPU) VM down after the run: True = after 300 s, a number = after that many s."""
 
     def __post_init__(self):
-        self._convert_python_forms()
+        problems = self._convert_python_forms()
         if self.wandb is not None:
-            object.__setattr__(
-                self, "tracker", move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
+            try:
+                tracker = move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
+            except FieldError as e:  # both set: reported with the other fields' problems
+                problems.append(e)
+            else:
+                object.__setattr__(self, "tracker", tracker)
+                object.__setattr__(self, "wandb", None)
+        if not isinstance(self.train_batch_size, int | list | tuple):
+            # (a Python mistake: a YAML is type-checked by the decoder)
+            raise TypeError(
+                f"trainer.train_batch_size: got {self.train_batch_size!r} "
+                f"({type(self.train_batch_size).__name__}), expected an int or a schedule (a "
+                "list of {start, value} steps)"
             )
-            object.__setattr__(self, "wandb", None)
-        if not isinstance(self.tracker, TrackerConfig) and len(self.tracker) == 0:
-            raise invalid(
-                "tracker",
-                [],
-                "one tracker or a non-empty list of them; to turn tracking off, use "
-                "`tracker: {type: noop}`",
-            )
-        if self.num_train_steps < 0:
-            raise invalid(
-                "num_train_steps",
-                self.num_train_steps,
-                "a number of steps >= 0 (>= 1 for train_lm: a run trains)",
-            )
-        if self.num_train_steps > MAX_STEPS:
-            raise invalid(
-                "num_train_steps",
-                self.num_train_steps,
-                f"at most {MAX_STEPS:,} steps (the step counter is a 32-bit integer)",
-            )
-        if not 0 <= self.seed <= MAX_SEED:
-            raise invalid(
-                "seed",
-                self.seed,
-                f"an integer from 0 to {MAX_SEED:,} (JAX's keys take 32 bits of the seed: a "
-                "larger one would repeat a smaller one's keys)",
-            )
-        if self.id is not None and (problem := run_id_problem(self.id)) is not None:
-            raise invalid("id", self.id, problem)
-        if self.steps_per_eval <= 0:
-            raise invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0")
-        if self.profiler_start_step < 0:
-            raise invalid("profiler_start_step", self.profiler_start_step, "a step >= 0")
-        for name in ("load_checkpoint_path", "initialize_from"):
-            if getattr(self, name) == "":
-                raise FieldError(name, "is empty; give a checkpoint path, or leave it unset (null)")
         if str(self.log_dir).startswith("~"):
             # expanded once: the run's log file was written under a folder named `~` in the
             # working directory while everything else went to the home directory
             object.__setattr__(self, "log_dir", Path(os.path.expanduser(self.log_dir)))
-        if self.max_eval_batches is not None and self.max_eval_batches < 0:
-            raise invalid(
-                "max_eval_batches",
-                self.max_eval_batches,
-                "null (the whole validation set) or a number of batches >= 0",
+        object.__setattr__(self, "jax_config", {**DEFAULT_JAX_CONFIG, **self.jax_config})
+        problems += self._field_problems()
+        raise_problems(problems)
+        for message in fsdp_override_warnings(
+            fsdp_axis=self.fsdp_axis,
+            tensor_parallel_axes=self.tensor_parallel_axes,
+            axis_resources=self.axis_resources,
+            parameter_axis_resources=self.parameter_axis_resources,
+        ):
+            logger.warning("%s", message)
+
+    def _field_problems(self) -> list[FieldError]:
+        """Every invalid field, each at its own path (`trainer.<field>`), so that one run
+        reports them all."""
+        problems: list[FieldError] = []
+        if not isinstance(self.tracker, TrackerConfig) and len(self.tracker) == 0:
+            problems.append(
+                invalid(
+                    "tracker",
+                    [],
+                    "one tracker or a non-empty list of them; to turn tracking off, use "
+                    "`tracker: {type: noop}`",
+                )
             )
+        if self.num_train_steps < 0:
+            problems.append(
+                invalid(
+                    "num_train_steps",
+                    self.num_train_steps,
+                    "a number of steps >= 0 (>= 1 for train_lm: a run trains)",
+                )
+            )
+        elif self.num_train_steps > MAX_STEPS:
+            problems.append(
+                invalid(
+                    "num_train_steps",
+                    self.num_train_steps,
+                    f"at most {MAX_STEPS:,} steps (the step counter is a 32-bit integer)",
+                )
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(
+                invalid(
+                    "seed",
+                    self.seed,
+                    f"an integer from 0 to {MAX_SEED:,} (JAX's keys take 32 bits of the seed: "
+                    "a larger one would repeat a smaller one's keys)",
+                )
+            )
+        if self.id is not None and (problem := run_id_problem(self.id)) is not None:
+            problems.append(invalid("id", self.id, problem))
+        if self.steps_per_eval <= 0:
+            problems.append(invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0"))
+        if self.profiler_start_step < 0:
+            problems.append(invalid("profiler_start_step", self.profiler_start_step, "a step >= 0"))
+        for name in ("load_checkpoint_path", "initialize_from"):
+            if getattr(self, name) == "":
+                problems.append(
+                    FieldError(name, "is empty; give a checkpoint path, or leave it unset (null)")
+                )
+        if self.max_eval_batches is not None and self.max_eval_batches < 0:
+            problems.append(
+                invalid(
+                    "max_eval_batches",
+                    self.max_eval_batches,
+                    "null (the whole validation set) or a number of batches >= 0",
+                )
+            )
+        problems += field_problem(self._check_train_batch_size)
+        for name in ("per_device_parallelism", "per_device_eval_parallelism"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                problems.append(
+                    invalid(name, value, "a positive number of examples per device, or -1")
+                )
+        for name in ("replica_ici_axis_size", "model_axis_size", "replica_dcn_axis_size"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                problems.append(
+                    invalid(name, value, "a positive number of devices, or -1 (fill the rest)")
+                )
+        if self.replica_ici_axis_size == -1 and self.model_axis_size == -1:
+            problems.append(
+                FieldError(
+                    "model_axis_size",
+                    "and replica_ici_axis_size cannot both be -1 (fill): set one of them",
+                )
+            )
+        for key, value in self.jax_config.items():
+            problems += field_problem(
+                lambda k=key, v=value: _check_jax_flag(k, v, field=join_path("jax_config", k))
+            )
+        problems += self._axis_mapping_problems()
+        problems += field_problem(self._check_shutdown_at_exit)
+        if self.profiler and self.profiler_num_steps <= 0:
+            problems.append(
+                invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
+            )
+        return problems
+
+    def _check_train_batch_size(self) -> None:
         if isinstance(self.train_batch_size, int):
             if self.train_batch_size <= 0 and self.train_batch_size != -1:
                 raise invalid(
@@ -270,34 +340,13 @@ class TrainerConfig:
                     "is -1 (per_device_parallelism x the batch-parallel devices), and so is "
                     "per_device_parallelism: set one of them to a number of examples",
                 )
-        elif not isinstance(self.train_batch_size, list | tuple):
-            raise TypeError(
-                f"trainer.train_batch_size: got {self.train_batch_size!r} "
-                f"({type(self.train_batch_size).__name__}), expected an int or a schedule (a "
-                "list of {start, value} steps)"
-            )
         else:
             try:
                 BatchSchedule(list(self.train_batch_size))  # validates the phases
             except ValueError as e:
                 raise FieldError("train_batch_size", str(e)) from None
-        for name in ("per_device_parallelism", "per_device_eval_parallelism"):
-            value = getattr(self, name)
-            if value == 0 or value < -1:
-                raise invalid(name, value, "a positive number of examples per device, or -1")
-        for name in ("replica_ici_axis_size", "model_axis_size", "replica_dcn_axis_size"):
-            value = getattr(self, name)
-            if value == 0 or value < -1:
-                raise invalid(name, value, "a positive number of devices, or -1 (fill the rest)")
-        if self.replica_ici_axis_size == -1 and self.model_axis_size == -1:
-            raise FieldError(
-                "model_axis_size",
-                "and replica_ici_axis_size cannot both be -1 (fill): set one of them",
-            )
-        object.__setattr__(self, "jax_config", {**DEFAULT_JAX_CONFIG, **self.jax_config})
-        for key, value in self.jax_config.items():
-            _check_jax_flag(key, value, field=join_path("jax_config", key))
-        self._check_axis_mappings()
+
+    def _check_shutdown_at_exit(self) -> None:
         from lm.launch.shutdown import shutdown_delay_seconds
 
         try:
@@ -305,58 +354,54 @@ class TrainerConfig:
         except ValueError as e:
             message = str(e).removeprefix("shutdown_at_exit: ")
             raise FieldError("shutdown_at_exit", message) from None
-        if self.profiler and self.profiler_num_steps <= 0:
-            raise invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
 
-    def _check_axis_mappings(self) -> None:
+    def _axis_mapping_problems(self) -> list[FieldError]:
         """Each entry the user wrote in `axis_resources` / `parameter_axis_resources`, checked
-        at its own path before the derivation could replace (and so hide) it; then the
-        entries the derivation would replace for good (errors) or for parameters only
-        (warnings); then the derived mappings."""
+        at its own path before the derivation could replace (and so hide) it; then, when they
+        are all valid, the entries the derivation would replace for good; then the derived
+        mappings. (The entries the derivation replaces for parameters only are warnings,
+        logged by `__post_init__` once the whole config is valid.)"""
         problems = [
             FieldError(join_path(field, logical), why)
             for field in ("axis_resources", "parameter_axis_resources")
             for logical, physical in getattr(self, field).items()
             if (why := mapping_entry_problem(physical)) is not None
         ]
-        raise_problems(problems)
-        raise_problems(
-            [
-                FieldError(join_path(field, logical), why)
-                for field, logical, why in overridden_entries(
-                    batch_axis=self.batch_axis,
-                    fsdp_axis=self.fsdp_axis,
-                    axis_resources=self.axis_resources,
-                    parameter_axis_resources=self.parameter_axis_resources,
-                )
-            ]
-        )
+        if problems:
+            return problems
+        problems = [
+            FieldError(join_path(field, logical), why)
+            for field, logical, why in overridden_entries(
+                batch_axis=self.batch_axis,
+                fsdp_axis=self.fsdp_axis,
+                axis_resources=self.axis_resources,
+                parameter_axis_resources=self.parameter_axis_resources,
+            )
+        ]
+        if problems:
+            return problems
         validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
         clash = batch_axis_clash(self.compute_axis_mapping, batch_axis=self.batch_axis)
         if clash is not None:
-            raise FieldError(join_path("axis_resources", clash[0]), clash[1])
+            return [FieldError(join_path("axis_resources", clash[0]), clash[1])]
         validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
-        for message in fsdp_override_warnings(
-            fsdp_axis=self.fsdp_axis,
-            tensor_parallel_axes=self.tensor_parallel_axes,
-            axis_resources=self.axis_resources,
-            parameter_axis_resources=self.parameter_axis_resources,
-        ):
-            logger.warning("%s", message)
+        return []
 
-    def _convert_python_forms(self) -> None:
+    def _convert_python_forms(self) -> list[FieldError]:
         """Accept from Python what a run YAML would say: `mp="p=f32,c=bfloat16"`, and a
         dict (or, for `tracker`, a list of dicts) for a nested config, decoded as the YAML
         section would be (`checkpointer={"base_path": ..., "save_interval": "15m"}`,
         `tracker={"type": "json"}`). Anything else of the wrong type is a TypeError naming
-        the field and the type it takes."""
+        the field and the type it takes; a policy string that does not parse is returned as
+        a problem, reported with the other fields'."""
         from lm.config import decode, parse_policy
 
+        problems: list[FieldError] = []
         if isinstance(self.mp, str):
             try:
                 object.__setattr__(self, "mp", parse_policy(self.mp))
             except ValueError as e:
-                raise invalid("mp", self.mp, f"a jmp policy string ({e})") from None
+                problems.append(invalid("mp", self.mp, f"a jmp policy string ({e})"))
         elif not isinstance(self.mp, jmp.Policy):
             raise TypeError(
                 f"trainer.mp: got {self.mp!r}, expected a jmp.Policy or a policy string such as "
@@ -390,6 +435,7 @@ class TrainerConfig:
                     f"trainer.{name}: got {value!r} ({type(value).__name__}), expected a "
                     f"{cls.__name__}{listed}{optional}, or a dict of its fields as in a run YAML"
                 )
+        return problems
 
     # ---------------------------------------------------------------- axis mappings
 

@@ -30,7 +30,7 @@ import haliax.quantization as hq
 import jax
 import jax.numpy as jnp
 
-from lm.config.errors import invalid
+from lm.config.errors import FieldError, invalid, raise_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,35 +51,47 @@ class QuantizationConfig:
     """int8 through AQT."""
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if self.fp8 and self.int8:
-            raise invalid("int8", self.int8, "false when fp8 is true (choose one of fp8, int8)")
-        if not (self.fp8 or self.int8):
-            raise invalid(
-                "fp8",
-                self.fp8,
-                "fp8: true or int8: true (remove trainer.quantization for plain matmuls)",
+            problems.append(
+                invalid("int8", self.int8, "false when fp8 is true (choose one of fp8, int8)")
+            )
+        elif not (self.fp8 or self.int8):
+            problems.append(
+                invalid(
+                    "fp8",
+                    self.fp8,
+                    "fp8: true or int8: true (remove trainer.quantization for plain matmuls)",
+                )
             )
         if not isinstance(self.amax_history_length, int) or self.amax_history_length < 1:
-            raise invalid("amax_history_length", self.amax_history_length, "an integer >= 1")
+            problems.append(
+                invalid("amax_history_length", self.amax_history_length, "an integer >= 1")
+            )
         if self.compute_dtype is not None:
             try:
                 dtype = jnp.dtype(self.compute_dtype)
             except TypeError:
                 dtype = None
             if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                raise invalid(
-                    "compute_dtype", self.compute_dtype, "a float dtype (float32, bfloat16, ...)"
+                problems.append(
+                    invalid(
+                        "compute_dtype",
+                        self.compute_dtype,
+                        "a float dtype (float32, bfloat16, ...)",
+                    )
                 )
         if isinstance(self.targets, str):
             try:
                 re.compile(self.targets)
             except re.error as e:
-                raise invalid(
-                    "targets", self.targets, f"a valid regular expression ({e})"
-                ) from None
+                problems.append(
+                    invalid("targets", self.targets, f"a valid regular expression ({e})")
+                )
         elif self.targets is not None:
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise invalid("targets", self.targets, "a non-empty list of layer names")
+                problems.append(invalid("targets", self.targets, "a non-empty list of layer names"))
+        raise_problems(problems)
 
     def to_haliax(self) -> hq.QuantizationConfig:
         return hq.QuantizationConfig(
