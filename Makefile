@@ -34,11 +34,17 @@ bytecode: venv
 demo: bytecode
 	$(PY) -m lm.main.train_lm --config_path config/gpt2_nano.yaml
 
+# The suite runs on TEST_WORKERS pytest-xdist processes; a file's tests stay on one of them,
+# so its module fixtures (a trained run, a token cache) are built once. TEST_WORKERS=0 runs
+# it in this process (a debugger, `-x`); `pytest tests/...` alone runs in one process too.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
+
 test: bytecode
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-all: bytecode
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest $(XDIST) -m "not gpu"
 
 lint: venv
 	$(VENV)/bin/ruff format --check src tests bench examples
