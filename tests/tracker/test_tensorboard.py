@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lm.config
 from lm.tracker import Histogram, TensorboardConfig, TensorboardTracker
 
 pytest.importorskip("tensorboard")
@@ -121,6 +122,9 @@ def test_bad_config_is_a_clear_error():
         TensorboardConfig(flush_interval_s=-1)
     with pytest.raises(ValueError, match="^logdir: must be a non-empty path"):
         TensorboardConfig(logdir="")
+    with pytest.raises(lm.config.ConfigProblems) as both:  # reported together
+        TensorboardConfig(logdir="", flush_interval_s=-1)
+    assert [p.path for p in both.value.problems] == ["logdir", "flush_interval_s"]
 
 
 def test_missing_tensorboard_says_how_to_install(monkeypatch):

@@ -30,7 +30,7 @@ import fsspec
 import jax
 import numpy as np
 
-from lm.config.errors import FieldError
+from lm.config.errors import FieldError, field_problem, raise_problems
 from lm.fs import local_path
 from lm.tracker.base import (
     Histogram,
@@ -80,22 +80,27 @@ class TensorboardConfig(TrackerConfig):
     output_field: ClassVar[str | None] = "logdir"
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if not self.logdir:
-            raise FieldError("logdir", "must be a non-empty path, got an empty string")
+            problems.append(FieldError("logdir", "must be a non-empty path, got an empty string"))
+        else:
+            problems += field_problem(self.check_output)
         if self.flush_interval_s < 0:
-            raise FieldError(
-                "flush_interval_s", f"must be >= 0 seconds, got {self.flush_interval_s}"
+            problems.append(
+                FieldError("flush_interval_s", f"must be >= 0 seconds, got {self.flush_interval_s}")
             )
         # Checked here, when the config is parsed, not when the tracker starts: that comes
         # after the cluster, the data cache and the model are set up.
         if importlib.util.find_spec("tensorboard") is None:
-            raise FieldError(
-                "type",
-                "`type: tensorboard` needs the `tensorboard` package, which is not installed: "
-                "pip install 'lm[profiling]' (or `uv sync --extra profiling`), or choose another "
-                "tracker type (json, wandb).",
+            problems.append(
+                FieldError(
+                    "type",
+                    "`type: tensorboard` needs the `tensorboard` package, which is not "
+                    "installed: pip install 'lm[profiling]' (or `uv sync --extra profiling`), or "
+                    "choose another tracker type (json, wandb).",
+                )
             )
-        self.check_output()
+        raise_problems(problems)
 
     def run_path(self, run_id: str | None) -> str:
         """`<logdir>/<run_id>`, the directory the run's event files go to."""
