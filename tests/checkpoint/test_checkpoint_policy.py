@@ -170,6 +170,15 @@ def test_until_is_inclusive():
             [CheckpointInterval(2, 20), CheckpointInterval(5, 20), CheckpointInterval(9)],
             r"step_policies\[1\].*strictly greater",
         ),
+        (
+            [CheckpointInterval(10, 5), CheckpointInterval(2)],
+            r"step_policies\[0\] = \{every: 10, until: 5\}: keeps no step: no multiple of 10 "
+            r"lies in the steps it governs \(1\.\.5\)",
+        ),
+        (
+            [CheckpointInterval(2, 10), CheckpointInterval(7, 13), CheckpointInterval(9)],
+            r"step_policies\[1\] = \{every: 7, until: 13\}: keeps no step.*\(11\.\.13\)",
+        ),
     ],
 )
 def test_policy_validation(policies, match):
@@ -200,6 +209,12 @@ def test_both_bad_interval_fields_are_reported_together():
     )
     with pytest.raises(ValueError, match=r"^keep\[0\] = .*: every \(0\) must .*; until \(-5\)"):
         parse_keep([{"every": 0, "until": -5}])
+
+
+def test_an_interval_that_keeps_one_step_is_accepted():
+    # 14 is the one multiple of 7 in 11..14; until is inclusive
+    assert validate_step_policies([CheckpointInterval(2, 10), CheckpointInterval(7, 14)])
+    assert validate_step_policies([CheckpointInterval(5, 5)])
 
 
 def test_parse_keep_reference_example():

@@ -51,7 +51,8 @@ class CheckpointInterval:
 def validate_step_policies(
     policies: Sequence[CheckpointInterval], *, field: str = "keep"
 ) -> list[CheckpointInterval]:
-    """Check that only the last interval omits `until` and that `until` strictly increases.
+    """Check that only the last interval omits `until`, that `until` strictly increases, and
+    that each interval keeps a step (a multiple of `every` lies in the steps it governs).
 
     Raises:
         ValueError: naming `field[i]` and the offending entry.
@@ -71,6 +72,12 @@ def validate_step_policies(
                     f"{field}[{i}] = {_show(p)}: `until` must be strictly greater than the "
                     f"previous entry's until ({prev}); sort the entries by `until`"
                 )
+        after = policies[i - 1].until if i > 0 else 0
+        if p.until is not None and p.until // p.every == after // p.every:
+            raise ValueError(
+                f"{field}[{i}] = {_show(p)}: keeps no step: no multiple of {p.every} lies in "
+                f"the steps it governs ({after + 1}..{p.until}); lower `every` or raise `until`"
+            )
     return policies
 
 
