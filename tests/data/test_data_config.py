@@ -69,7 +69,7 @@ def test_reference_cases_hf_and_mixture_yaml():
     [
         (
             {"tokenizer": "passthrough"},
-            r"vocab_size: got None, expected a positive int with tokenizer: passthrough",
+            r"vocab_size: got null, expected a positive int with tokenizer: passthrough",
         ),
         (
             {"vocab_size": 100},

@@ -69,9 +69,9 @@ def _decode_error(quantization) -> str:
     [
         (
             {"fp8": True, "int8": True},
-            "trainer.quantization.int8: got True, expected false when fp8",
+            "trainer.quantization.int8: got true, expected false when fp8",
         ),
-        ({}, "trainer.quantization.fp8: got False, expected fp8: true or int8: true"),
+        ({}, "trainer.quantization.fp8: got false, expected fp8: true or int8: true"),
         (
             {"fp8": True, "amax_history_length": 0},
             "amax_history_length: got 0, expected an integer >= 1",

@@ -113,9 +113,11 @@ def invalid(field: str, value: object, allowed: str) -> FieldError:
         raise invalid("warmup", self.warmup, "a step count >= 0 or a fraction in [0, 1]")
 
     gives `warmup: got -3, expected a step count >= 0 or a fraction in [0, 1]`, reported by the
-    decoder at `optimizer.warmup`.
+    decoder at `optimizer.warmup`. The value is shown as YAML spells it (`true`, `null`).
     """
-    return FieldError(field, f"got {value!r}, expected {allowed}")
+    from lm.config.typeinfo import show_value
+
+    return FieldError(field, f"got {show_value(value, limit=200)}, expected {allowed}")
 
 
 def closest_name(value: object, options: Iterable[str], *, cutoff: float = 0.6) -> str | None:
