@@ -201,11 +201,14 @@ def _reference_rms_clip(update, layer_axes, threshold):
 
 
 def test_update_rms_clipping_per_layer_matches_formula(gpt2_like):
-    threshold = 0.3
+    """The clip acts on the Adam step plus its weight-decay term (the reference's chain:
+    scale_by_adam -> add_decayed_weights -> RMS clip -> scale(-lr))."""
+    threshold, wd = 0.3, 0.5
     config = AdamConfig(
         learning_rate=1e-2,
         warmup=0.0,
-        weight_decay=0.0,
+        weight_decay=wd,
+        default_weight_decay_mask=False,
         max_grad_norm=None,
         update_rms_clipping=threshold,
     )
@@ -223,7 +226,12 @@ def test_update_rms_clipping_per_layer_matches_formula(gpt2_like):
     for i, g in enumerate(grads):
         step, state = adam_update(g, state)
         paths = jax.tree_util.tree_leaves(map_params(lambda x, info: info.path, step))
-        raw = jax.tree_util.tree_leaves(step)
+        raw = [
+            np.asarray(u) + wd * np.asarray(p)
+            for u, p in zip(
+                jax.tree_util.tree_leaves(step), jax.tree_util.tree_leaves(params), strict=True
+            )
+        ]
         clipped = [
             _reference_rms_clip(u, len(infos[p].layer_axes), threshold)
             for p, u in zip(paths, raw, strict=True)

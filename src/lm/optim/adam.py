@@ -53,9 +53,9 @@ def decayed_weights(config: OptimizerConfig, learning_rate, *, adamc: bool = Fal
 class AdamConfig(OptimizerConfig):
     """Decoupled AdamW.
 
-    Chain: clip_by_global_norm -> scale_by_adam -> [update RMS clip | clip_update_norm] ->
-    add_decayed_weights (masked) -> scale(-lr); wrapped in skip-step when enabled and in
-    `inject_hyperparams` (so the LR is loggable).
+    Chain (the reference's order): clip_by_global_norm -> scale_by_adam ->
+    add_decayed_weights (masked) -> [update RMS clip | clip_update_norm] -> scale(-lr);
+    wrapped in skip-step when enabled and in `inject_hyperparams` (so the LR is loggable).
     """
 
     beta1: float = 0.9
@@ -69,9 +69,10 @@ class AdamConfig(OptimizerConfig):
     nesterov: bool = False
     """Nesterov momentum (NAdam-style first moment)."""
     update_rms_clipping: float | None = None
-    """Clip each parameter's Adam step to this RMS, per layer for scanned layers (à la
-    Adafactor/StableAdamW, but on RMS(m/sqrt(v)) rather than RMS(g/sqrt(v))). 1.0 is a good
-    value; None disables it. Logs optim/pre_clip_update_norm and optim/post_clip_update_norm."""
+    """Clip each parameter's step (the Adam step plus its weight-decay term, as the reference
+    chains them) to this RMS, per layer for scanned layers (à la Adafactor/StableAdamW, but on
+    RMS(m/sqrt(v)) rather than RMS(g/sqrt(v))). 1.0 is a good value; None disables it. Logs
+    optim/pre_clip_update_norm and optim/post_clip_update_norm."""
     clip_update_norm: ClipUpdateNormConfig | None = None
     """Clip the Adam step's global norm to the mean + sigma_factor * std of recent update norms
     (a gentler skip_bad_steps). Cannot be combined with update_rms_clipping."""
@@ -113,7 +114,11 @@ class AdamConfig(OptimizerConfig):
             parts.append(
                 optax.scale_by_adam(self.beta1, self.beta2, self.epsilon, nesterov=self.nesterov)
             )
-            # Clipping acts on the Adam step only; decoupled weight decay is added after it.
+            # Decoupled weight decay joins the Adam step before the step is clipped, as the
+            # reference chains them: the clip bounds RMS(m/sqrt(v) + wd * param).
+            wd = decayed_weights(self, learning_rate, adamc=self.adamc_weight_decay)
+            if wd is not None:
+                parts.append(wd)
             if self.update_rms_clipping is not None:
                 parts.append(log_global_norm("optim/pre_clip_update_norm"))
                 parts.append(clip_by_block_rms(self.update_rms_clipping))
@@ -122,9 +127,6 @@ class AdamConfig(OptimizerConfig):
                 parts.append(log_global_norm("optim/pre_clip_update_norm"))
                 parts.append(self.clip_update_norm.build())
                 parts.append(log_global_norm("optim/post_clip_update_norm"))
-            wd = decayed_weights(self, learning_rate, adamc=self.adamc_weight_decay)
-            if wd is not None:
-                parts.append(wd)
             parts.append(optax.scale(-learning_rate))
             return optax.chain(*parts)
 
