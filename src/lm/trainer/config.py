@@ -6,7 +6,8 @@ two axis mappings, the batch axis at a step, microbatching, eval batch size.
 
 `initialize()` does the process-level setup in the order TRN-02/DST-03 require: jax config
 flags, `jax.distributed`, the run id, logging to `<log_dir>/<run_id>.log`, the accelerator
-check. Reading devices before `initialize()` in a multi-process run is a bug.
+check (lm.trainer.startup). Reading devices before `initialize()` in a multi-process run is a
+bug. The field checks `__post_init__` makes are in lm.trainer.config_checks.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import difflib
 import functools
 import logging
 import math
-import numbers
 import os
 import platform
 import secrets
 import string
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lm.checkpoint import CheckpointerConfig
-from lm.config import FieldError, SetupConfigError, field_problem, invalid
-from lm.config.errors import join_path, raise_problems
+from lm.config import FieldError, SetupConfigError
+from lm.config.errors import raise_problems
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
 from lm.optim.model_averaging import ModelAveragingConfig
@@ -46,23 +44,25 @@ from lm.partitioning import (
     REPLICA,
     MeshShape,
     ResourceMapping,
-    batch_axis_clash,
     compute_axis_mapping,
     count_slices,
     create_mesh,
     fsdp_override_warnings,
-    mapping_entry_problem,
-    overridden_entries,
     parameter_axis_mapping,
     resolve_mesh_shape,
     unused_mesh_axes,
-    validate_mapping,
 )
 from lm.schedule import BatchSchedule, ScheduleStep
 from lm.tracker import TrackerConfig
 from lm.tracker.deprecations import move_deprecated_wandb
 from lm.tracker.wandb import WandbConfig
+from lm.trainer import startup
+from lm.trainer.config_checks import MAX_SEED as MAX_SEED
+from lm.trainer.config_checks import MAX_STEPS as MAX_STEPS
+from lm.trainer.config_checks import convert_python_forms, field_problems
+from lm.trainer.config_checks import run_id_problem as run_id_problem
 from lm.trainer.quantization import QuantizationConfig
+from lm.trainer.startup import NoAcceleratorError as NoAcceleratorError
 from lm.trainer.watch import WatchConfig
 
 logger = logging.getLogger(__name__)
@@ -73,28 +73,6 @@ DEFAULT_JAX_CONFIG: dict[str, Any] = {
 }
 
 JsonAtom = str | int | float | bool | None
-
-
-MAX_STEPS = 2**31 - 1
-"""The most steps a run can take: `TrainerState.step` is an int32."""
-MAX_SEED = 2**32 - 1
-
-
-def run_id_problem(run_id: str) -> str | None:
-    """What keeps `run_id` from naming the run's directories (`<log_dir>/<id>`,
-    `<base_path>/<id>`), as the "expected" half of an error; None when it can."""
-    if (
-        not run_id.strip()
-        or run_id in (".", "..")
-        or "/" in run_id
-        or "\\" in run_id
-        or any(ord(c) < 32 for c in run_id)
-    ):
-        return (
-            "one directory name (not blank, '.' or '..'; no '/', '\\' or control characters), "
-            "as it names the run's directories under log_dir and the checkpointer's base_path"
-        )
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +183,7 @@ class TrainerConfig:
     """Shut the (TPU) VM down after the run: True = after 300 s, a number = after that many s."""
 
     def __post_init__(self):
-        problems = self._convert_python_forms()
+        problems = convert_python_forms(self)
         if self.wandb is not None:
             try:
                 tracker = move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
@@ -238,204 +216,8 @@ class TrainerConfig:
 
     def _field_problems(self) -> list[FieldError]:
         """Every invalid field, each at its own path (`trainer.<field>`), so that one run
-        reports them all."""
-        problems: list[FieldError] = []
-        if not isinstance(self.tracker, TrackerConfig) and len(self.tracker) == 0:
-            problems.append(
-                invalid(
-                    "tracker",
-                    [],
-                    "one tracker or a non-empty list of them; to turn tracking off, use "
-                    "`tracker: {type: noop}`",
-                )
-            )
-        if self.num_train_steps < 0:
-            problems.append(
-                invalid(
-                    "num_train_steps",
-                    self.num_train_steps,
-                    "a number of steps >= 0 (>= 1 for train_lm: a run trains)",
-                )
-            )
-        elif self.num_train_steps > MAX_STEPS:
-            problems.append(
-                invalid(
-                    "num_train_steps",
-                    self.num_train_steps,
-                    f"at most {MAX_STEPS:,} steps (the step counter is a 32-bit integer)",
-                )
-            )
-        if not 0 <= self.seed <= MAX_SEED:
-            problems.append(
-                invalid(
-                    "seed",
-                    self.seed,
-                    f"an integer from 0 to {MAX_SEED:,} (JAX's keys take 32 bits of the seed: "
-                    "a larger one would repeat a smaller one's keys)",
-                )
-            )
-        if self.id is not None and (problem := run_id_problem(self.id)) is not None:
-            problems.append(invalid("id", self.id, problem))
-        if self.steps_per_eval <= 0:
-            problems.append(invalid("steps_per_eval", self.steps_per_eval, "a number of steps > 0"))
-        if self.profiler_start_step < 0:
-            problems.append(invalid("profiler_start_step", self.profiler_start_step, "a step >= 0"))
-        for name in ("load_checkpoint_path", "initialize_from"):
-            if getattr(self, name) == "":
-                problems.append(
-                    FieldError(name, "is empty; give a checkpoint path, or leave it unset (null)")
-                )
-        if self.max_eval_batches is not None and self.max_eval_batches < 0:
-            problems.append(
-                invalid(
-                    "max_eval_batches",
-                    self.max_eval_batches,
-                    "null (the whole validation set) or a number of batches >= 0",
-                )
-            )
-        problems += field_problem(self._check_train_batch_size)
-        for name in ("per_device_parallelism", "per_device_eval_parallelism"):
-            value = getattr(self, name)
-            if value == 0 or value < -1:
-                problems.append(
-                    invalid(name, value, "a positive number of examples per device, or -1")
-                )
-        for name in ("replica_ici_axis_size", "model_axis_size", "replica_dcn_axis_size"):
-            value = getattr(self, name)
-            if value == 0 or value < -1:
-                problems.append(
-                    invalid(name, value, "a positive number of devices, or -1 (fill the rest)")
-                )
-        if self.replica_ici_axis_size == -1 and self.model_axis_size == -1:
-            problems.append(
-                FieldError(
-                    "model_axis_size",
-                    "and replica_ici_axis_size cannot both be -1 (fill): set one of them",
-                )
-            )
-        for key, value in self.jax_config.items():
-            problems += field_problem(
-                lambda k=key, v=value: _check_jax_flag(k, v, field=join_path("jax_config", k))
-            )
-        problems += self._axis_mapping_problems()
-        problems += field_problem(self._check_shutdown_at_exit)
-        if self.profiler and self.profiler_num_steps <= 0:
-            problems.append(
-                invalid("profiler_num_steps", self.profiler_num_steps, "a number of steps > 0")
-            )
-        return problems
-
-    def _check_train_batch_size(self) -> None:
-        if isinstance(self.train_batch_size, int):
-            if self.train_batch_size <= 0 and self.train_batch_size != -1:
-                raise invalid(
-                    "train_batch_size",
-                    self.train_batch_size,
-                    "a positive number of examples, or -1 (per_device_parallelism x the "
-                    "batch-parallel devices)",
-                )
-            if self.train_batch_size == -1 and self.per_device_parallelism == -1:
-                raise FieldError(
-                    "train_batch_size",
-                    "is -1 (per_device_parallelism x the batch-parallel devices), and so is "
-                    "per_device_parallelism: set one of them to a number of examples",
-                )
-        else:
-            try:
-                BatchSchedule(list(self.train_batch_size))  # validates the phases
-            except ValueError as e:
-                raise FieldError("train_batch_size", str(e)) from None
-
-    def _check_shutdown_at_exit(self) -> None:
-        from lm.launch.shutdown import shutdown_delay_seconds
-
-        try:
-            shutdown_delay_seconds(self.shutdown_at_exit)  # bool | non-negative seconds
-        except ValueError as e:
-            message = str(e).removeprefix("shutdown_at_exit: ")
-            raise FieldError("shutdown_at_exit", message) from None
-
-    def _axis_mapping_problems(self) -> list[FieldError]:
-        """Each entry the user wrote in `axis_resources` / `parameter_axis_resources`, checked
-        at its own path before the derivation could replace (and so hide) it; then, when they
-        are all valid, the entries the derivation would replace for good; then the derived
-        mappings. (The entries the derivation replaces for parameters only are warnings,
-        logged by `__post_init__` once the whole config is valid.)"""
-        problems = [
-            FieldError(join_path(field, logical), why)
-            for field in ("axis_resources", "parameter_axis_resources")
-            for logical, physical in getattr(self, field).items()
-            if (why := mapping_entry_problem(physical)) is not None
-        ]
-        if problems:
-            return problems
-        problems = [
-            FieldError(join_path(field, logical), why)
-            for field, logical, why in overridden_entries(
-                batch_axis=self.batch_axis,
-                fsdp_axis=self.fsdp_axis,
-                axis_resources=self.axis_resources,
-                parameter_axis_resources=self.parameter_axis_resources,
-            )
-        ]
-        if problems:
-            return problems
-        validate_mapping(self.compute_axis_mapping, field="trainer (compute axis mapping)")
-        clash = batch_axis_clash(self.compute_axis_mapping, batch_axis=self.batch_axis)
-        if clash is not None:
-            return [FieldError(join_path("axis_resources", clash[0]), clash[1])]
-        validate_mapping(self.parameter_axis_mapping, field="trainer (parameter axis mapping)")
-        return []
-
-    def _convert_python_forms(self) -> list[FieldError]:
-        """Accept from Python what a run YAML would say: `mp="p=f32,c=bfloat16"`, and a
-        dict (or, for `tracker`, a list of dicts) for a nested config, decoded as the YAML
-        section would be (`checkpointer={"base_path": ..., "save_interval": "15m"}`,
-        `tracker={"type": "json"}`). Anything else of the wrong type is a TypeError naming
-        the field and the type it takes; a policy string that does not parse is returned as
-        a problem, reported with the other fields'."""
-        from lm.config import decode, parse_policy
-
-        problems: list[FieldError] = []
-        if isinstance(self.mp, str):
-            try:
-                object.__setattr__(self, "mp", parse_policy(self.mp))
-            except ValueError as e:
-                problems.append(invalid("mp", self.mp, f"a jmp policy string ({e})"))
-        elif not isinstance(self.mp, jmp.Policy):
-            raise TypeError(
-                f"trainer.mp: got {self.mp!r}, expected a jmp.Policy or a policy string such as "
-                "'p=f32,c=bfloat16'"
-            )
-        hints = _field_types()
-        for f in dataclasses.fields(self):
-            _check_scalar_type(f.name, getattr(self, f.name), hints[f.name])
-        for name, cls in _NESTED_CONFIGS.items():
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                value = decode(hints[name], value, path=name)
-                object.__setattr__(self, name, value)
-            elif name == "tracker" and isinstance(value, list | tuple):
-                value = tuple(
-                    decode(cls, v, path=f"{name}[{i}]") if isinstance(v, Mapping) else v
-                    for i, v in enumerate(value)
-                )
-            if value is None and name in _OPTIONAL_CONFIGS:
-                continue
-            if name == "tracker" and isinstance(value, list | tuple):
-                object.__setattr__(self, name, tuple(value))
-                wrong = [v for v in value if not isinstance(v, cls)]
-                if not wrong:
-                    continue
-                value = wrong[0]
-            if not isinstance(value, cls):
-                optional = " (or None)" if name in _OPTIONAL_CONFIGS else ""
-                listed = " or a list of them" if name == "tracker" else ""
-                raise TypeError(
-                    f"trainer.{name}: got {value!r} ({type(value).__name__}), expected a "
-                    f"{cls.__name__}{listed}{optional}, or a dict of its fields as in a run YAML"
-                )
-        return problems
+        reports them all (see `lm.trainer.config_checks`)."""
+        return field_problems(self)
 
     # ---------------------------------------------------------------- axis mappings
 
@@ -668,174 +450,10 @@ class TrainerConfig:
             return self.require_accelerator
         return platform.system() != "Darwin"
 
-    def _check_platform_starts(self) -> None:
-        """JAX's backend for the platform asked for must start: `JAX_PLATFORMS=cuda` without
-        a GPU plugin was a traceback ending in a bare AssertionError."""
-        try:
-            jax.devices()
-        except (RuntimeError, AssertionError) as e:
-            if "jax_platforms" in self.jax_config:
-                asked = f"trainer.jax_config.jax_platforms ({self.jax_config['jax_platforms']})"
-            elif os.environ.get("JAX_PLATFORMS"):
-                asked = f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']} (the environment variable)"
-            else:
-                raise
-            why = (
-                str(e).strip().splitlines()[0]
-                if str(e).strip()
-                else (
-                    "no device of that platform was found (is its jax plugin installed, e.g. "
-                    "jax[cuda12]?)"
-                )
-            )
-            raise SetupConfigError(f"{asked}: JAX cannot start it: {why}") from None
-
     def initialize(self) -> None:
-        """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks."""
-        from lm.fs import cannot_write_directory
-
-        # before anything is written: `os.makedirs` would fail mid-run on a file in the way,
-        # and a folder the run cannot write would fail its first save, after the training
-        for field, url in (
-            ("log_dir", str(self.log_dir)),
-            ("checkpointer.base_path", self.checkpointer.base_path),
-        ):
-            why = cannot_write_directory(url)
-            if why is not None:
-                raise FieldError(f"trainer.{field}", why)
-        if self.checkpointer.base_path.startswith("memory://"):
-            logger.warning(
-                "trainer.checkpointer.base_path is %s: checkpoints in memory:// live as long "
-                "as this process, so nothing can resume, evaluate or export this run after it "
-                "exits (use a local path or a gs:// / s3:// URL to keep them)",
-                self.checkpointer.base_path,
-            )
-        if self.jax_compilation_cache_dir is not None:
-            # jax turns the cache off with a warning per entry when it cannot write there
-            why = cannot_write_directory(self.jax_compilation_cache_dir)
-            if why is not None:
-                raise FieldError("trainer.jax_compilation_cache_dir", why)
-        for key, value in self.jax_config.items():
-            jax.config.update(key, value)
-        if self.jax_compilation_cache_dir is not None:
-            jax.config.update("jax_compilation_cache_dir", self.jax_compilation_cache_dir)
-        from lm.compile_options import use_unrolled_threefry_on_cpu
-
-        use_unrolled_threefry_on_cpu()
-        self.distributed.initialize()
-        self._check_platform_starts()
-        # said before the log file exists, as other configuration problems are
-        if self.effective_require_accelerator and jax.default_backend() == "cpu":
-            raise NoAcceleratorError(
-                "No accelerator found: JAX is running on CPU. Set trainer.require_accelerator: false "
-                "to run on CPU anyway."
-            )
-        _ = self.device_mesh  # its sizes against the devices (a SetupConfigError), likewise
-        self.validate_batch_sizes()  # and the batch sizes against them, before the log file
-        run_id = self.run_id
-        from lm.tracker.logs import configure_logging
-
-        configure_logging(
-            os.path.join(str(self.log_dir), f"{run_id}.log"),
-            process_index=jax.process_index() if jax.process_count() > 1 else None,
-        )
-        from lm.launch.shutdown import register_shutdown_at_exit
-
-        register_shutdown_at_exit(self.shutdown_at_exit)
-        logger.info(
-            "Run %s: %d process(es), %d device(s) (%s), mesh %s",
-            run_id,
-            jax.process_count(),
-            jax.device_count(),
-            jax.devices()[0].device_kind,
-            dict(self.device_mesh.shape),
-        )
-        for message in self.mesh_warnings():
-            logger.warning("%s", message)
-
-
-# the fields holding a nested config, and the class each takes
-_NESTED_CONFIGS: dict[str, type] = {
-    "quantization": QuantizationConfig,
-    "model_averaging": ModelAveragingConfig,
-    "wandb": WandbConfig,
-    "tracker": TrackerConfig,
-    "watch": WatchConfig,
-    "checkpointer": CheckpointerConfig,
-    "distributed": DistributedConfig,
-    "ray": RayConfig,
-}
-_OPTIONAL_CONFIGS = {"quantization", "model_averaging", "wandb"}
-
-
-@functools.cache
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainerConfig)
-
-
-_SCALARS = (bool, int, float, str, type(None))
-
-
-def _check_scalar_type(name: str, value: Any, tp: Any) -> None:
-    """A field annotated with plain scalars (`int`, `float | None`, `str`, ...) given another
-    type from Python (a YAML is checked by the decoder): `num_train_steps="10"` failed deep
-    in a comparison and `num_train_steps=2.5` trained 3 steps."""
-    from lm.config import typeinfo as ti
-
-    tp = ti.strip(tp)
-    members = ti.union_members(tp) if ti.is_union(tp) else (tp,)
-    if not all(m in _SCALARS for m in members):
-        return  # a nested config, a schedule, a mapping: checked where they are decoded
-    # numpy scalars count as their Python kind (numbers.Integral / numbers.Real)
-    kinds = {int: numbers.Integral, float: numbers.Real, str: str, type(None): type(None)}
-    if isinstance(value, bool | np.bool_):
-        ok = bool in members
-    else:
-        ok = any(isinstance(value, kinds[m]) for m in members if m is not bool)
-    if not ok:
-        names = " or ".join("None" if m is type(None) else m.__name__ for m in members)
-        raise TypeError(f"trainer.{name}: got {value!r} ({type(value).__name__}), expected {names}")
-
-
-class NoAcceleratorError(SetupConfigError, RuntimeError):
-    """`trainer.require_accelerator` is set (the default off CPU-only configs) and JAX found
-    only the CPU."""
-
-
-def _check_jax_flag(name: str, value: Any, *, field: str) -> None:
-    """Raise `FieldError(field, ...)` unless `jax.config.update(name, value)` would accept it:
-    `name` is a jax flag (did-you-mean otherwise) and `value` has the flag's type."""
-    known = jax.config.values
-    if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]!r}?" if close else " (jax.config.values lists them)"
-        raise FieldError(field, f"unknown jax config flag {name!r}{hint}")
-    # The type of the flag's current value; jax's int, float and str flags also take None.
-    current = known[name]
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(current, bool):
-        ok, expected, kind = isinstance(value, bool), "true or false", "boolean"
-    elif isinstance(current, int):
-        ok, expected, kind = (
-            value is None or (number and isinstance(value, int)),
-            "an integer",
-            "integer",
-        )
-    elif isinstance(current, float):
-        ok, expected, kind = value is None or number, "a number", "float"
-    elif isinstance(current, str):
-        ok, expected, kind = value is None or isinstance(value, str), "a string", "string"
-    else:  # None (unset) or one of jax's enum objects: the parser below decides
-        ok, expected, kind = True, "", ""
-    if not ok:
-        raise invalid(field, value, f"{expected} ({name} is a {kind} flag)")
-    # jax's own parser (enum choices, ...); private, so only where it exists
-    parser = getattr(getattr(jax.config, "_value_holders", {}).get(name), "_parser", None)
-    if parser is not None:
-        try:
-            parser(value)
-        except (TypeError, ValueError) as e:
-            raise FieldError(field, f"got {value!r}, which jax rejects: {e}") from None
+        """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks
+        (see `lm.trainer.startup`)."""
+        startup.initialize(self)
 
 
 def _broadcast_string(value: str, length: int = 8) -> str:

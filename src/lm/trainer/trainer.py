@@ -1,7 +1,8 @@
 """The hook-driven `Trainer` (TRN-05..TRN-13).
 
-A small loop: fetch a batch, run the jitted step, run the hooks. Everything else (logging,
-evaluation, checkpoints, progress, watching, profiling) is a hook.
+A small loop (lm.trainer.loop): fetch a batch, run the jitted step (lm.trainer.compiled_step), run
+the hooks. Everything else (logging, evaluation, checkpoints, progress, watching, profiling)
+is a hook.
 
     trainer = Trainer(config, optimizer, loss_fn)
     with trainer:
@@ -13,14 +14,10 @@ evaluation, checkpoints, progress, watching, profiling) is a hook.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
 import logging
-import math
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -28,28 +25,27 @@ import equinox as eqx
 import fsspec
 import haliax as hax
 import jax
-import jax.numpy as jnp
 import optax
 from jaxtyping import PRNGKeyArray
 
 import lm.jax_compat
-import lm.startup_gc
 import lm.tracker
-from lm.compile_options import xla_compiler_options
-from lm.partitioning.jit import ShardedJit, sharded_jit, with_shardings
+from lm.partitioning.jit import ShardedJit, with_shardings
 from lm.tracker import Tracker
+from lm.trainer import compiled_step, loop
 from lm.trainer.checks import (
     as_scalar,
-    batch_size_of,
     check_model_arguments,
     check_not_donated,
     check_optimizer,
-    describe_batch_axes,
     is_dataset,
     split_loss_output,
 )
+from lm.trainer.compiled_step import NonFiniteLossError as NonFiniteLossError
 from lm.trainer.config import TrainerConfig
 from lm.trainer.hooks import TrainerHooks
+from lm.trainer.loop import Preempted as Preempted
+from lm.trainer.loop import _preemption_cause as _preemption_cause
 from lm.trainer.quantization import quantize, split_overwrites
 from lm.trainer.state import StepInfo, TrainerState, init_step, trainables_only
 from lm.trainer.step import train_step as _pure_train_step
@@ -62,47 +58,12 @@ M = TypeVar("M")
 S = TypeVar("S", bound=TrainerState)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite (crash_on_nan / crash_on_inf)."""
-
-
-class Preempted(RuntimeError):
-    """Training stopped on a termination signal after checkpointing the current step."""
-
-
 def _accepts_key(fn: Callable) -> bool:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
     return "key" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-class _Background:
-    """Runs `fn` in a thread; `join()` waits and re-raises its exception in the caller."""
-
-    def __init__(self, fn: Callable[[], None], *, name: str):
-        self._error: BaseException | None = None
-
-        def run():
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 (handed to join)
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
-        self._thread.start()
-
-    def join(self, *, reraise: bool = True) -> None:
-        self._thread.join()
-        if reraise and self._error is not None:
-            raise self._error
-
-
-def _preemption_cause(preemption) -> str:
-    """`signal 15` here, or that another process was signalled (then this one got none)."""
-    received = preemption.signal_received
-    return f"signal {received}" if received is not None else "another process received SIGTERM"
 
 
 class Trainer(Generic[M]):
@@ -401,21 +362,6 @@ class Trainer(Generic[M]):
             learning_rate_fn=current_learning_rate,
         )
 
-    def _step_fn(self, num_microbatches: int, jit_hooks: tuple) -> ShardedJit:
-        key = (num_microbatches, tuple(id(h.callback) for h in jit_hooks))
-        fn = self._compiled_steps.get(key)
-        if fn is None:
-            fn = sharded_jit(
-                self._pure_step(num_microbatches, jit_hooks),
-                axis_resources=self.compute_axis_mapping,
-                out_mapping=self.parameter_axis_mapping,
-                mesh=lambda: self.device_mesh,
-                donate_argnums=(0,),
-                compiler_options=xla_compiler_options(),
-            )
-            self._compiled_steps[key] = fn
-        return fn
-
     def lower_train_step(
         self, state: S, *batch: Any, step: int | None = None, **batch_kwargs: Any
     ) -> jax.stages.Lowered:
@@ -429,7 +375,7 @@ class Trainer(Generic[M]):
         defaults to `state.step`)."""
         if step is None:
             step = int(state.step) if not isinstance(state.step, jax.ShapeDtypeStruct) else 0
-        fn = self._step_fn(self.config.num_microbatches_at_step(step), ())
+        fn = compiled_step.step_fn(self, self.config.num_microbatches_at_step(step), ())
         with self.config.use_device_mesh():
             return fn.lower(state, batch, batch_kwargs)
 
@@ -439,77 +385,8 @@ class Trainer(Generic[M]):
         `state` is donated to the step (its buffers are reused for the new state): go on
         with the returned `info.state`; `state` itself is unusable afterwards."""
         check_not_donated(state, "train_step")
-        info, _ = self._train_step(state, batch, batch_kwargs)
+        info, _ = compiled_step.run_step(self, state, batch, batch_kwargs)
         return info
-
-    def _train_step(self, state: S, batch, batch_kwargs) -> tuple[StepInfo[S], list[Any]]:
-        step = int(state.step)
-        jit_hooks = tuple(self.hooks.jit_hooks_due(step))
-        fn = self._step_fn(self.config.num_microbatches_at_step(step), jit_hooks)
-        artifacts = None
-        if not self._logged_step_artifacts:
-            self._logged_step_artifacts = True
-            artifacts = self._log_step_artifacts(fn, state, batch, batch_kwargs)
-        start = time.perf_counter()
-        try:
-            # the step's span in a profile (TensorBoard's step view, ProfileData's "train")
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                with self.config.use_device_mesh():
-                    loss, new_state, metrics, cb_infos = fn(state, tuple(batch), batch_kwargs)
-                loss = jax.block_until_ready(loss)
-        except BaseException:
-            if artifacts is not None:
-                artifacts.join(reraise=False)  # the step's own error is the one to report
-            raise
-        duration = time.perf_counter() - start
-        if artifacts is not None:
-            artifacts.join()
-        info = StepInfo(
-            state=new_state, loss=loss, step_duration=duration, metrics=metrics, completed_step=step
-        )
-        self._check_finite(info)
-        return info, list(cb_infos)
-
-    def _log_step_artifacts(self, fn, state, batch, batch_kwargs) -> _Background | None:
-        """The train step's jaxpr and HLO as artifacts (log_jaxprs / log_xla_hlo).
-
-        The step is traced and lowered here, once: the call that runs it reuses both. The
-        texts are produced and logged in a background thread while XLA compiles the step,
-        and joined after the step."""
-        from lm.tracker.jit_artifacts import log_jaxpr, log_xla_hlo
-
-        if not (self.config.log_jaxprs or self.config.log_xla_hlo):
-            return None
-        with self.config.use_device_mesh():
-            traced = fn.trace(state, tuple(batch), batch_kwargs)
-            lowered = traced.lower() if self.config.log_xla_hlo else None
-
-        def work():
-            if lowered is not None:
-                log_xla_hlo("train_step", lowered, tracker=self.tracker)
-            if self.config.log_jaxprs:
-                log_jaxpr("train_step", traced.jaxpr, tracker=self.tracker)
-
-        return _Background(work, name="lm-step-artifacts")
-
-    def _check_finite(self, info: StepInfo) -> None:
-        value = float(info.loss)
-        if math.isfinite(value):
-            return
-        if (math.isnan(value) and self.config.crash_on_nan) or (
-            math.isinf(value) and self.config.crash_on_inf
-        ):
-            last = None
-            if self.checkpointer is not None:
-                from lm.checkpoint import discover_latest_checkpoint
-
-                self.checkpointer.wait_until_finished()
-                last = discover_latest_checkpoint(self.config.save_path)
-            kind = "NaN" if math.isnan(value) else "infinite"
-            raise NonFiniteLossError(
-                f"Loss is {kind} at step {info.step}. Last good checkpoint: {last or 'none saved'}. "
-                "Set trainer.crash_on_nan / crash_on_inf: false to keep going."
-            )
 
     def training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
         """Yield one `StepInfo` per step until `num_train_steps`, running hooks after each.
@@ -524,7 +401,7 @@ class Trainer(Generic[M]):
                 the config's batch axis at the size the batch schedule gives its step.
         """
         self._check_can_train(state, train_loader, "training_steps")
-        return self._training_steps(state, train_loader)
+        return loop.training_steps(self, state, train_loader)
 
     def _check_can_train(self, state: S, train_loader: Any, method: str) -> None:
         if self._exit_stack is None:
@@ -543,112 +420,6 @@ class Trainer(Generic[M]):
             )
         check_not_donated(state, method)
 
-    def _check_batch(self, batch: tuple, step: int) -> None:
-        """The batch has the config's batch axis at the size the schedule gives `step`:
-        microbatching, throughput and the data position of a resumed run all follow it."""
-        Batch = self.config.batch_axis_at_step(step)
-        size = batch_size_of(batch, Batch.name)
-        if size == Batch.size:
-            return
-        where = (
-            f"trainer.train_batch_size is {Batch.size}"
-            if self.config.batch_schedule.is_constant
-            else f"trainer.train_batch_size schedules {Batch.size} examples for step {step}"
-        )
-        if size is None:
-            raise ValueError(
-                f"The batch for step {step} has no axis {Batch.name!r} (trainer.batch_axis): "
-                f"its arrays are {describe_batch_axes(batch)}. Batch a dataset with "
-                "trainer.data_loader(dataset), which adds the batch axis; if your batches "
-                "already have a batch axis under another name, set trainer.batch_axis to it"
-            )
-        got = "batches that disagree" if size == -1 else f"{size} examples"
-        raise ValueError(
-            f"The batch for step {step} has {got} along {Batch.name!r} "
-            f"({describe_batch_axes(batch)}), but {where}: microbatching, throughput "
-            "metrics and where a resumed run continues in the data all follow the config. "
-            "Pass trainer.data_loader(dataset) (it follows the schedule) or set "
-            "trainer.train_batch_size to your loader's batch size"
-        )
-
-    def _training_steps(self, state: S, train_loader: Iterable[Any]) -> Iterator[StepInfo[S]]:
-        iterator = self._iterate_from(train_loader, int(state.step))
-        if int(state.step) < self.num_train_steps:
-            self._redo_hooks_of_the_restored_step(state)
-            self.hooks.run_train_start(int(state.step))
-        try:
-            while int(state.step) < self.num_train_steps:
-                load_start = time.perf_counter()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    logger.warning(
-                        "The data loader ran out at step %d; stopping early.", int(state.step)
-                    )
-                    return
-                loading_time = time.perf_counter() - load_start
-                batch_tuple = batch if isinstance(batch, tuple) else (batch,)
-                self._check_batch(batch_tuple, int(state.step))
-                info, cb_infos = self._train_step(state, batch_tuple, {})
-                lm.startup_gc.end_pause()  # start-up is over (a no-op unless train_lm paused)
-                hook_start = time.perf_counter()
-                self.hooks.run_jit_hooks_outside_step(info, cb_infos)
-                info = dataclasses.replace(
-                    info, metrics={**info.metrics, "throughput/loading_time": loading_time}
-                )
-                self.run_hooks(info)
-                self._last_hook_time = time.perf_counter() - hook_start
-                state = info.state
-                yield info
-        finally:
-            # Join the loader's producer thread now, rather than leaving it to end on its own
-            # once the iterator is collected (possibly while the interpreter shuts down).
-            # An iterator the caller passed in is theirs to close.
-            close = getattr(iterator, "close", None)
-            if close is not None and iterator is not train_loader:
-                close()
-
-    def _redo_hooks_of_the_restored_step(self, state: S) -> None:
-        """On a resumed run, the hooks whose work at the restored step may have been cut
-        short (`Callback.redo_after_resume`: evaluation) run again for that step, unless the
-        run's JSON log shows they finished there."""
-        step = int(state.step)
-        if step == 0 or self.restored_step != step:
-            return
-        info = StepInfo(
-            state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=step - 1
-        )
-        outcome = self.hooks.run_redo_after_resume(info, self._logged)
-        if outcome == "ran":
-            logger.info(
-                "Ran the evaluation of step %d again: the run stopped after that step's "
-                "checkpoint, possibly before its evaluation was logged",
-                step - 1,
-            )
-        elif outcome == "done before":
-            logger.info(
-                "The evaluation of step %d was logged before the run stopped: not run again",
-                step - 1,
-            )
-
-    def _logged(self, keys: set[str], at: int) -> bool:
-        """Whether the run's JSON log holds all of `keys` at step `at`. Process 0 holds the
-        log: its answer, so that every process runs a (collective) evaluation or none does."""
-        from lm.tracker.json_logger import logged_metric_keys
-
-        found = keys <= logged_metric_keys(self.tracker, at)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            found = bool(multihost_utils.broadcast_one_to_all(jnp.bool_(found)))
-        return found
-
-    @staticmethod
-    def _iterate_from(loader: Iterable[Any], step: int) -> Iterator[Any]:
-        if hasattr(loader, "iter_from_step"):
-            return iter(loader.iter_from_step(step))
-        return iter(loader)
-
     def train(self, state: S, train_loader: Iterable[Any]) -> StepInfo[S]:
         """Train until `num_train_steps`, then run every host hook once more with
         `force=True` (final eval, final checkpoint; not the `JitCallback`s, which need a
@@ -659,75 +430,8 @@ class Trainer(Generic[M]):
 
         On SIGTERM (preemption) the current step is checkpointed and `Preempted` is raised
         once the checkpoint has committed."""
-        from lm.checkpoint import PreemptionSignal
-
         self._check_can_train(state, train_loader, "train")
-        info = None
-        # The handler stays installed until the final checkpoint has committed: a SIGTERM
-        # during the final hooks must not kill the process half-way through that save.
-        with PreemptionSignal() as preemption:
-            for info in self._training_steps(state, train_loader):
-                if preemption.requested_on_any_process():
-                    self._save_for_preemption(info)
-                    raise Preempted(
-                        f"Preempted ({_preemption_cause(preemption)}) after step {info.step}; "
-                        f"checkpoint saved under {self.config.save_path}. "
-                        f"{self._how_to_resume()}"
-                    )
-            if info is None and int(state.step) == 0 < self.num_train_steps:
-                raise ValueError(
-                    "the data loader produced no batch for step 0 (the training data holds "
-                    "fewer examples than one batch): nothing was trained or saved"
-                )
-            if info is None and int(state.step) == 0:  # num_train_steps: 0
-                logger.info("num_train_steps is 0: nothing to train, and no hooks run")
-                return StepInfo(
-                    state=state, loss=jnp.float32(jnp.nan), step_duration=0.0, completed_step=-1
-                )
-            if info is None:  # nothing to do: the run had already finished (or ran out of data)
-                info = StepInfo(
-                    state=state,
-                    loss=jnp.float32(jnp.nan),
-                    step_duration=0.0,
-                    completed_step=int(state.step) - 1,
-                )
-                logger.info(
-                    "Run %s at step %d of %d; running the final hooks only.",
-                    "already" if int(state.step) >= self.num_train_steps else "out of data",
-                    int(state.step),
-                    self.num_train_steps,
-                )
-                if self.hooks.run_final_hooks(info, self._logged):
-                    logger.info(
-                        "The final evaluation of step %d is in the run's log: not run again",
-                        info.step,
-                    )
-            else:
-                self.run_hooks(info, force=True)
-            if self.checkpointer is not None:
-                self.checkpointer.wait_until_finished()
-            if preemption.requested:
-                logger.warning(
-                    "Termination signal received during the final hooks; they have finished "
-                    "(final checkpoint committed), so the run is complete"
-                )
-        return info
-
-    def _how_to_resume(self) -> str:
-        """The rerun that resumes this run: the same command only if it fixes the run id."""
-        if not self.config.run_id_is_generated:
-            return "Rerun the same command to resume."
-        return f"Rerun with --trainer.id {self.run_id} to resume (the run id was not set)."
-
-    def _save_for_preemption(self, info: StepInfo) -> None:
-        if self.checkpointer is None:
-            logger.warning("Preempted, but this trainer has no checkpointer: nothing is saved")
-            return
-        logger.warning(
-            "Termination signal received: checkpointing step %d before exiting", info.step
-        )
-        self.checkpointer.on_step(info, force=True, temporary=True)
-        self.checkpointer.wait_until_finished()
+        return loop.train(self, state, train_loader)
 
     # ------------------------------------------------------------------ eval & data
 
