@@ -9,36 +9,43 @@ A checkpoint that exists but cannot be read (unreadable metadata.json, no manife
 missing or corrupted chunk) raises `CheckpointCorruptError`; with `discover_latest` the loader then warns and tries
 the previous complete checkpoint. If none can be read it raises `CheckpointLoadError`
 rather than letting a run start over from step 0.
+
+A leaf's checks, reads and assembly live in `lm.checkpoint.leaf_reads`; loading across
+differently padded axes (`padded_axes`) in `lm.checkpoint.padding`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import difflib
 import logging
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import equinox as eqx
 import haliax as hax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorstore as ts
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from lm.checkpoint.leaf_reads import (
+    _assemble,
+    _check_compatible,
+    _index_key,
+    _LeafMismatch,
+    _Read,
+    _target_sharding,
+    _ts_error,
+)
+from lm.checkpoint.padding import REAL_AXIS_SIZES_KEY as REAL_AXIS_SIZES_KEY
+from lm.checkpoint.padding import _check_real_sizes, _padded_block, _read_block
+from lm.checkpoint.padding import padded_axes as padded_axes
 from lm.checkpoint.serialization import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointCorruptError,
     CheckpointLoadError,
     _array_of,
-    _dtype_name,
     _is_array_like,
-    _is_key_array,
     named_leaves,
 )
 from lm.checkpoint.storage import (
@@ -52,7 +59,6 @@ from lm.checkpoint.storage import (
     ts_context,
 )
 from lm.compile_options import xla_compiler_options
-from lm.partitioning.mesh import default_device
 
 logger = logging.getLogger(__name__)
 
@@ -62,179 +68,6 @@ T = TypeVar("T")
 QUANTIZATION_STATE = "/dot_general/"
 """Where a checkpoint holds a quantized `Linear`'s matmul state (Haliax's `Fp8DotGeneralOp`
 is the layer's `dot_general` field): a leaf name with this part."""
-
-
-def _target_sharding(
-    arr: Any, axes: Sequence[Any] | None, axis_mapping: Any, mesh: Any
-) -> jax.sharding.Sharding:
-    if axis_mapping is not None or mesh is not None:
-        resolved = mesh if mesh is not None else jax.sharding.get_mesh()
-        if resolved is None or resolved.empty:
-            raise ValueError(
-                "load_checkpoint got axis_mapping but no mesh: pass mesh=... or call it "
-                "inside `with jax.set_mesh(mesh):`"
-            )
-        if axes is None:
-            return NamedSharding(resolved, PartitionSpec())
-        return NamedSharding(resolved, hax.partitioning.pspec_for_axis(axes, axis_mapping))
-    sharding = getattr(arr, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding):
-        return sharding
-    return SingleDeviceSharding(default_device())
-
-
-# Named axes lm pads beyond their real size so that a mesh axis splits them evenly
-# (`lm.lm_run.vocab_axis`): the rows past the real size are padding, never read (no token id
-# reaches them) and given no probability by the loss. Under `padded_axes(vocab=<real size>)`
-# a checkpoint saved on a layout that padded differently (1004 rows on 4-way tensor
-# parallelism, 1001 on one device) loads on another: rows beyond the target's size are
-# dropped, missing ones are zeros, and the real rows must fit in both. Anything else (another
-# vocabulary, or no real size given) is a shape mismatch, as for every other axis. A
-# checkpoint records the real sizes it was saved with (metadata.json `real_axis_sizes`,
-# written by `Trainer.real_axis_sizes`): a smaller vocabulary than the saved one would
-# otherwise fit inside its rows and load cut down.
-_REAL_SIZES: contextvars.ContextVar[Mapping[str, int]] = contextvars.ContextVar(
-    "lm_checkpoint_padded_axes", default=types.MappingProxyType({})
-)
-
-
-@contextlib.contextmanager
-def padded_axes(**real_sizes: int) -> Iterator[None]:
-    """Within this block, loads accept a named axis of `real_sizes` padded differently in
-    the checkpoint than in the target (`padded_axes(vocab=1001)`), as long as both hold at
-    least the real size."""
-    token = _REAL_SIZES.set({**_REAL_SIZES.get(), **real_sizes})
-    try:
-        yield
-    finally:
-        _REAL_SIZES.reset(token)
-
-
-REAL_AXIS_SIZES_KEY = "real_axis_sizes"
-"""metadata.json's record of the real (unpadded) sizes of a checkpoint's padded axes."""
-
-
-def _check_real_sizes(path: str) -> None:
-    """Under `padded_axes`, the real sizes the checkpoint was saved with (where it records
-    them: older checkpoints do not) must be the target's: 8192 saved rows hold a 500-token
-    vocabulary's rows too, but they are another vocabulary's embeddings."""
-    real = _REAL_SIZES.get()
-    if not real:
-        return
-    saved = (read_json(path, METADATA_FILE) or {}).get(REAL_AXIS_SIZES_KEY)
-    if not isinstance(saved, dict):
-        logger.warning(
-            "Checkpoint %s does not record the real sizes of its padded axes (%s; saved "
-            "before checkpoints recorded them): that it was saved with the same %s cannot be "
-            "checked",
-            path,
-            REAL_AXIS_SIZES_KEY,
-            ", ".join(f"{name} {size}" for name, size in real.items()),
-        )
-        return
-    for name, size in real.items():
-        if name in saved and saved[name] != size:
-            what = "vocabulary" if name == "vocab" else f"{name!r} axis"
-            raise ValueError(
-                f"checkpoint {path} was saved with a {what} of {saved[name]} (metadata.json: "
-                f"{REAL_AXIS_SIZES_KEY}.{name}), and what it is loaded into has {size}"
-                + (
-                    ": its embeddings belong to another tokenizer (data.tokenizer or "
-                    "data.vocab_size differ from the saving run's; its run's config.yaml "
-                    "holds them)"
-                    if name == "vocab"
-                    else ""
-                )
-            )
-
-
-def _only_padding_differs(leaf: Any, record: dict[str, Any]) -> bool:
-    """Whether the saved and target shapes of a named leaf differ only along axes padded
-    past a known real size (`padded_axes`), both holding all of its real rows."""
-    saved_axes = record.get("axes")
-    if not isinstance(leaf, hax.NamedArray) or saved_axes is None:
-        return False
-    if list(saved_axes) != [a.name for a in leaf.axes]:
-        return False
-    real = _REAL_SIZES.get()
-    return all(
-        saved == axis.size or (axis.name in real and min(saved, axis.size) >= real[axis.name])
-        for saved, axis in zip(record["shape"], leaf.axes, strict=True)
-    )
-
-
-def _index_key(index: tuple[slice, ...], shape: Sequence[int]) -> tuple:
-    return tuple(s.indices(d) for s, d in zip(index, shape, strict=True))
-
-
-@dataclasses.dataclass
-class _Read:
-    name: str
-    exemplar: Any
-    record: dict[str, Any]
-    store_future: Any
-    store: Any = None
-    sharding: jax.sharding.Sharding | None = None
-    index_map: dict[Any, tuple] | None = None
-    reads: dict[tuple, Any] = dataclasses.field(default_factory=dict)
-    host_only: bool = False
-    # the target's shape, when it differs from the saved one along a padded axis
-    target_shape: tuple[int, ...] | None = None
-
-
-class _LeafMismatch(ValueError):
-    """A checkpoint leaf whose kind, shape, dtype or axes differ from the target's."""
-
-
-def _check_compatible(name: str, leaf: Any, record: dict[str, Any]) -> None:
-    arr = _array_of(leaf)
-    shape = tuple(getattr(arr, "shape", ()))
-    want_key = _is_key_array(arr)
-    have_key = record.get("key_impl") is not None
-    if want_key != have_key:
-        raise _LeafMismatch(
-            f"checkpoint leaf {name!r}: the checkpoint holds "
-            f"{'a PRNG key array' if have_key else 'a plain array'} but the target expects "
-            f"{'a PRNG key array' if want_key else 'a plain array'}"
-        )
-    if want_key:
-        stored_shape = tuple(record["shape"])
-        want_data = jax.eval_shape(jax.random.key_data, arr)
-        impl = str(jax.random.key_impl(arr)) if isinstance(arr, jax.Array) else None
-        if impl is not None and impl != record["key_impl"]:
-            raise _LeafMismatch(
-                f"checkpoint leaf {name!r}: PRNG impl {record['key_impl']} in the checkpoint, "
-                f"{impl} in the target"
-            )
-        if stored_shape != tuple(want_data.shape):
-            raise _LeafMismatch(
-                f"checkpoint leaf {name!r}: key data shape {stored_shape} in the checkpoint, "
-                f"{tuple(want_data.shape)} for the target's keys of shape {shape}"
-            )
-        return
-    if tuple(record["shape"]) != shape and not _only_padding_differs(leaf, record):
-        raise _LeafMismatch(
-            f"checkpoint leaf {name!r}: shape {tuple(record['shape'])} in the checkpoint, "
-            f"{shape} in the target"
-        )
-    dtype = _dtype_name(arr.dtype)
-    if record["dtype"] != dtype:
-        raise _LeafMismatch(
-            f"checkpoint leaf {name!r}: dtype {record['dtype']} in the checkpoint, "
-            f"{dtype} in the target"
-        )
-    saved_axes = record.get("axes")
-    if isinstance(leaf, hax.NamedArray) and saved_axes is not None:
-        want_axes = [a.name for a in leaf.axes]
-        if list(saved_axes) != want_axes:
-            raise _LeafMismatch(
-                f"checkpoint leaf {name!r}: axes {tuple(saved_axes)} in the checkpoint, "
-                f"{tuple(want_axes)} in the target"
-            )
-
-
-def _ts_error(name: str, path: str, e: BaseException) -> CheckpointCorruptError:
-    return CheckpointCorruptError(f"cannot read leaf {name!r} of checkpoint {path}: {e}")
 
 
 def _load_one(
@@ -474,53 +307,6 @@ def _subpath_holding(names: Sequence[str], records: dict[str, Any]) -> str | Non
         if not common:
             return None
     return min(common, key=lambda p: (p.count("/"), p)) if common else None
-
-
-class _Done:
-    """A finished read: `.result()` is `value` (an empty block is not read at all)."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
-
-
-def _read_block(store: Any, key: tuple, saved_shape: Sequence[int]) -> Any:
-    """Start reading the block `key` ((start, stop, step) per dimension) of `store`, clipped
-    to the saved shape: a target larger along a padded axis reads only the saved rows."""
-    clipped = tuple((a, min(b, d), c) for (a, b, c), d in zip(key, saved_shape, strict=True))
-    if any(a >= b for a, b, _ in clipped):
-        return _Done(None)
-    return store[tuple(slice(*k) for k in clipped)].read()
-
-
-def _padded_block(value: np.ndarray | None, key: tuple, dtype: str) -> np.ndarray:
-    """`value` (a block read clipped to the saved shape) zero-filled to the extent of `key`."""
-    extent = tuple(len(range(*k)) for k in key)
-    if value is not None and value.shape == extent:
-        return value
-    block = np.zeros(extent, dtype=value.dtype if value is not None else jnp.dtype(dtype))
-    if value is not None:
-        block[tuple(slice(0, n) for n in value.shape)] = value
-    return block
-
-
-def _assemble(r: _Read, host: dict[tuple, np.ndarray]) -> Any:
-    shape = r.target_shape or tuple(r.record["shape"])
-    if r.host_only:
-        value = host[()]
-        if isinstance(_array_of(r.exemplar), np.generic):
-            value = value[()]
-    else:
-        assert r.sharding is not None and r.index_map is not None
-        shards = [jax.device_put(host[key], device) for device, key in r.index_map.items()]
-        value = jax.make_array_from_single_device_arrays(shape, r.sharding, shards)
-        if r.record.get("key_impl") is not None:
-            value = jax.random.wrap_key_data(value, impl=r.record["key_impl"])
-    if isinstance(r.exemplar, hax.NamedArray):
-        return hax.NamedArray(value, r.exemplar.axes)
-    return value
 
 
 def load_checkpoint(
