@@ -1,5 +1,6 @@
 """The pure keep/time policy: exact steps and times (REFERENCE_CASES.md section 2)."""
 
+import dataclasses
 import datetime
 
 import pytest
@@ -249,3 +250,23 @@ def test_permanent_retention():
     assert permanent_to_delete([10, 30, 20, 40], 2) == [10, 20]
     assert permanent_to_delete([10, 20], 2) == []
     assert permanent_to_delete([10, 20, 30], None) == []
+
+
+def test_every_bad_keep_entry_is_reported_in_one_run(config_problems):
+    from lm.checkpoint import CheckpointerConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class _Run:
+        checkpointer: CheckpointerConfig = dataclasses.field(default_factory=CheckpointerConfig)
+
+    found = config_problems(
+        _Run,
+        "checkpointer:\n  keep:\n    - {evry: 10}\n    - {every: 0, until: 50}\n"
+        "    - {every: 100}\n",
+    )
+    assert set(found) == {"checkpointer.keep[0]", "checkpointer.keep[1]"}
+    assert "did you mean 'every'" in found["checkpointer.keep[0]"][1]
+    assert "every (0) must be a positive integer" in found["checkpointer.keep[1]"][1]
+    # the ordering rules wait for valid entries, then name the first entry that breaks them
+    found = config_problems(_Run, "checkpointer:\n  keep: [{every: 5}, {every: 10, until: 50}]\n")
+    assert list(found) == ["checkpointer.keep[0]"]

@@ -18,6 +18,7 @@ from lm.checkpoint.policy import (
     PolicyState,
     SaveKind,
     decide_save,
+    keep_problems,
     parse_keep,
     permanent_to_delete,
     validate_step_policies,
@@ -350,21 +351,21 @@ class CheckpointerConfig:
     def __post_init__(self):
         raise_problems(
             [
-                *field_problem(self._check_keep),
+                *self._keep_problems(),
                 *field_problem(self._check_save_interval),
                 *field_problem(self._check_max_permanent),
                 *field_problem(self._check_base_path),
             ]
         )
 
-    def _check_keep(self) -> None:
-        try:
-            parse_keep(self.keep, field="keep")
-        except ValueError as e:
+    def _keep_problems(self) -> list[FieldError]:
+        problems = []
+        for text in keep_problems(self.keep, field="keep"):
             # "keep[1] = {...}: problem" -> reported at trainer.checkpointer.keep[1]
-            match = re.match(r"(keep(?:\[\d+\])?)(?: = | )(.*)", str(e), re.DOTALL)
-            field, message = match.groups() if match else ("keep", str(e))
-            raise FieldError(field, message) from None
+            match = re.match(r"(keep(?:\[\d+\])?)(?: = | )(.*)", text, re.DOTALL)
+            field, message = match.groups() if match else ("keep", text)
+            problems.append(FieldError(field, message))
+        return problems
 
     def _check_save_interval(self) -> None:
         value = self.save_interval

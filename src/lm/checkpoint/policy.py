@@ -85,34 +85,60 @@ def parse_keep(keep: Iterable[Mapping[str, Any] | CheckpointInterval], *, field:
     """Turn a config `keep` list (`[{every: 1000, until: 10000}, {every: 5000}]`) into intervals.
 
     Raises:
-        ValueError: an entry is not a mapping, has unknown keys, or breaks the ordering rules.
+        ValueError: an entry is not a mapping, has unknown keys, or breaks the ordering rules
+            (the first problem `keep_problems` finds).
     """
+    if not isinstance(keep, Mapping | str):
+        keep = list(keep)  # read twice below
+    problems = keep_problems(keep, field=field)
+    if problems:
+        raise ValueError(problems[0])
+    return [e if isinstance(e, CheckpointInterval) else _interval(e) for e in keep]
+
+
+def keep_problems(keep: Any, *, field: str = "keep") -> list[str]:
+    """Every problem of a config `keep` list, each `"<field>[i] = <entry>: <what>"`: each
+    entry's own problems, then (once every entry is valid) the ordering rules of
+    `validate_step_policies`."""
     if isinstance(keep, Mapping) or isinstance(keep, str):
-        raise ValueError(f"{field} must be a list of {{every, until}} entries, got {keep!r}")
-    out = []
+        return [f"{field} must be a list of {{every, until}} entries, got {keep!r}"]
+    problems: list[str] = []
+    intervals: list[CheckpointInterval] = []
     for i, entry in enumerate(keep):
         if isinstance(entry, CheckpointInterval):
-            out.append(entry)
+            intervals.append(entry)
             continue
         if not isinstance(entry, Mapping):
-            raise ValueError(
+            problems.append(
                 f"{field}[{i}] = {entry!r}: expected a mapping like {{every: 1000, until: 10000}}"
             )
+            continue
         unknown = sorted(set(entry) - {"every", "until"})
         if unknown:
             hint = difflib.get_close_matches(str(unknown[0]), ["every", "until"], n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(
+            problems.append(
                 f"{field}[{i}] = {dict(entry)!r}: unknown key(s) {unknown}; allowed keys are "
                 f"'every' and 'until'{did_you_mean}"
             )
+            continue
         if "every" not in entry:
-            raise ValueError(f"{field}[{i}] = {dict(entry)!r}: missing required key 'every'")
+            problems.append(f"{field}[{i}] = {dict(entry)!r}: missing required key 'every'")
+            continue
         try:
-            out.append(CheckpointInterval(every=entry["every"], until=entry.get("until")))
+            intervals.append(_interval(entry))
         except ValueError as e:
-            raise ValueError(f"{field}[{i}] = {dict(entry)!r}: {e}") from None
-    return validate_step_policies(out, field=field)
+            problems.append(f"{field}[{i}] = {dict(entry)!r}: {e}")
+    if not problems:
+        try:
+            validate_step_policies(intervals, field=field)
+        except ValueError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _interval(entry: Mapping[str, Any]) -> CheckpointInterval:
+    return CheckpointInterval(every=entry["every"], until=entry.get("until"))
 
 
 def _show(p: CheckpointInterval) -> str:
