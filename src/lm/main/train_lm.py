@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -19,10 +17,8 @@ import lm.config
 import lm.host_memory
 import lm.startup_gc
 import lm.tracker
-from lm.checkpoint.resume import no_checkpoint_to_load
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
 from lm.distributed.consistency import check_same_config, check_shared_directory
-from lm.fs import local_path, looks_like_local_path, not_a_directory
 from lm.lm_run import (
     MODEL_METADATA_KEY,
     RunModel,
@@ -32,11 +28,21 @@ from lm.lm_run import (
     resolve_run_model,
     vocab_axis,
 )
+from lm.main.run_checks import check_cache_dir as check_cache_dir
+from lm.main.run_checks import check_checkpoint_to_load as check_checkpoint_to_load
+from lm.main.run_checks import check_enough_data as check_enough_data
+from lm.main.run_checks import check_exportable as check_exportable
+from lm.main.run_checks import check_hf_checkpoint_path as check_hf_checkpoint_path
+from lm.main.run_checks import check_local_paths as check_local_paths
+from lm.main.run_checks import check_schedule as check_schedule
+from lm.main.run_config import config_changes as config_changes
+from lm.main.run_config import save_run_config as save_run_config
+from lm.main.run_config import with_config_changes as with_config_changes
+from lm.main.run_summary import RunSummary as RunSummary
 from lm.models import Gpt2Config, LmConfig
 from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
-from lm.optim.schedules import ScheduleError
 from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
 from lm.trainer import Preempted, Trainer, TrainerConfig
 from lm.trainer.quantization import check_targets
@@ -147,151 +153,6 @@ class TrainLmConfig:
             hf_checkpoint=self.hf_checkpoint,
             use_hf_model_config=self.use_hf_model_config,
         )
-
-
-def check_schedule(optimizer: OptimizerConfig, num_train_steps: int) -> None:
-    """The LR schedule's lengths against the run length (OPT-03..06), checked at config time
-    so a schedule that does not fit is a config error at `optimizer.<field>`, not a failure
-    after the data caches are built (`check_schedule` runs no jax: the backend must not start
-    before `jax.distributed.initialize()`)."""
-    if not isinstance(num_train_steps, int) or num_train_steps < 1:
-        return  # nothing to schedule; TrainerConfig reports a bad value
-    # cycle_boundaries warns about a cycle_length that does not divide the run; the warning
-    # comes (once, to the log file too) when the optimizer is built
-    with _disabled(logging.getLogger("lm.optim.schedules")):
-        try:
-            optimizer.check_schedule(num_train_steps)
-        except ScheduleError as e:
-            message = e.detail
-            if "num_train_steps" not in message:
-                message += f" (trainer.num_train_steps: {num_train_steps})"
-            raise lm.config.FieldError(f"optimizer.{e.field}", message) from None
-
-
-@contextlib.contextmanager
-def _disabled(log: logging.Logger):
-    was = log.disabled
-    log.disabled = True
-    try:
-        yield
-    finally:
-        log.disabled = was
-
-
-def check_local_paths(config: TrainLmConfig) -> None:
-    """Local paths the run needs, checked before anything is written (TrainerConfig.initialize
-    checks its own): `hf_save_path` must be able to become a directory (otherwise the export
-    fails after the last step), and a local `initialize_from_hf`, `data.tokenizer` or
-    `trainer.initialize_from` must exist. A hub id such as `gpt2` or `org/name` is not a
-    local path; one written as a path (`/...`, `./...`, `~/...`, `file://...`) is (and, for
-    `initialize_from_hf`, an existing one)."""
-    if config.hf_save_path is not None:
-        why = not_a_directory(config.hf_save_path)
-        if why is not None:
-            raise lm.config.FieldError("hf_save_path", why)
-    check_cache_dir(config)
-    source = getattr(config.data, "effective_source", None)  # a single source (not a mixture)
-    if source is not None and not source.has_split("train"):
-        # said before the validation cache is built, not after
-        raise lm.config.FieldError(
-            "data",
-            "has no training data: set train_urls, id or builtin (or nothing at all for the "
-            "embedded corpus)",
-        )
-    for field, value, what in (
-        ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
-        ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
-    ):
-        if isinstance(value, str) and looks_like_local_path(value):
-            path = local_path(value)
-            if path is not None and not os.path.exists(path):
-                raise lm.config.FieldError(
-                    field, f"{value} does not exist; expected {what} (a local path or URL)"
-                )
-    check_hf_checkpoint_path(config)
-    check_checkpoint_to_load(config.trainer)
-
-
-def check_checkpoint_to_load(trainer_config: TrainerConfig) -> None:
-    """`load_checkpoint: true` must find a checkpoint: said before the run's log file and
-    directories exist (the same error came after them)."""
-    if trainer_config.load_checkpoint is not True:
-        return
-    if trainer_config.load_checkpoint_path is None and trainer_config.run_id_is_generated:
-        raise lm.config.FieldError(
-            "trainer.load_checkpoint",
-            "is true, but this run has no id to resume (trainer.id, the RUN_ID environment "
-            "variable or a W&B run id), so it would get a new random one with no checkpoints. "
-            "Set trainer.id to the run to resume, or trainer.load_checkpoint_path",
-        )
-    try:
-        path, field = resume_source(trainer_config)
-        why = no_checkpoint_to_load(path, field)
-    except ValueError as e:  # the path is a file
-        raise lm.config.FieldError(field or "trainer.checkpointer.base_path", str(e)) from None
-    if why is not None:
-        raise lm.config.FieldError("trainer.load_checkpoint", f"is true, but {why}")
-
-
-def check_exportable(model_config: LmConfig, vocab_size: int) -> None:
-    """With `hf_save_path`, the model must have an HF config: said before training, not by
-    the export after the last step (hybrid_norm, use_layer_norm_weight: false, ...)."""
-    try:
-        model_config.to_hf_config(vocab_size)
-    except ValueError as e:
-        raise lm.config.FieldError(
-            "hf_save_path",
-            f"is set, but this model cannot be saved as an HF checkpoint: {e}. Change the "
-            "model, or remove hf_save_path (lm's own checkpoints keep the weights)",
-        ) from None
-
-
-def check_hf_checkpoint_path(config: TrainLmConfig) -> None:
-    """A local `initialize_from_hf` must be a directory with a config.json (train_lm,
-    export_lm_to_hf and plan read it; a missing one said `missing file: .../config.json`
-    without naming the field)."""
-    source = config.hf_checkpoint
-    if not isinstance(source, str):
-        return
-    path = local_path(source)
-    if path is None or not (looks_like_local_path(source) or os.path.exists(path)):
-        return  # a hub id or a remote URL: checked when it is fetched
-    if not os.path.isdir(path):
-        what = "does not exist" if not os.path.exists(path) else "is not a directory"
-        raise lm.config.FieldError(
-            "initialize_from_hf",
-            f"{source} {what}; expected a Hugging Face checkpoint directory (with config.json) "
-            "or a hub id such as 'gpt2'",
-        )
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise lm.config.FieldError(
-            "initialize_from_hf",
-            f"{source} has no config.json; expected a Hugging Face checkpoint directory",
-        )
-
-
-def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -> None:
-    """A finite training set must fill the first batch (a run that cannot take one step is a
-    data or config problem, reported before the run directory is made)."""
-    batch = trainer_config.batch_schedule.batch_size_at_step(0)
-    if not train_set.is_finite() or len(train_set) >= batch:
-        return
-    raise ValueError(
-        f"the training data holds {len(train_set)} window{'' if len(train_set) == 1 else 's'} "
-        f"of seq_len={Pos.size}, fewer than "
-        f"one batch (trainer.train_batch_size: {batch}): add data, or lower "
-        "trainer.train_batch_size or model.seq_len"
-    )
-
-
-def check_cache_dir(config: TrainLmConfig) -> None:
-    """`data.cache_dir` must be able to become a directory (a file in the way failed with a
-    bare `[Errno 20] Not a directory`, naming no field)."""
-    cache_dir = getattr(config.data, "cache_dir", None)
-    if isinstance(cache_dir, str):
-        why = not_a_directory(cache_dir)
-        if why is not None:
-            raise lm.config.FieldError("data.cache_dir", why)
 
 
 def build_data_caches(config: TrainLmConfig, *, progress: bool = False) -> dict:
@@ -509,120 +370,6 @@ class HfExportHook:
         logger.info("Exported HF checkpoint %s", path)
 
 
-def save_run_config(config: TrainLmConfig, run_dir: str, restored_step: int | None) -> None:
-    """Write the resolved config to `<run_dir>/config.yaml`. A resumed run whose config differs
-    from the one there keeps that one as `config.before-step-<N>.yaml` and warns, naming every
-    changed field (and what another `num_train_steps` does to the LR schedule). Process 0
-    writes it, as it writes the run's metrics."""
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(run_dir, "config.yaml")
-    if restored_step is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            previous = f.read()
-        changes = config_changes(previous, lm.config.to_yaml(config))
-        if changes.get("trainer.id", ("x",))[0] is None:
-            del changes["trainer.id"]  # a random id, given to resume the run: the same run
-        if changes:
-            kept = os.path.join(run_dir, f"config.before-step-{restored_step}.yaml")
-            os.replace(path, kept)
-            message = (
-                f"Resuming at step {restored_step} with a changed configuration: "
-                + "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-                + f" (the previous config is kept as {kept})"
-            )
-            steps = changes.get("trainer.num_train_steps")
-            if steps is not None and getattr(config.optimizer, "schedule_steps", None) is None:
-                message += _schedule_note(*steps)
-            logger.warning("%s", message)
-    lm.config.save_config(config, path)
-
-
-def with_config_changes(error: ValueError, config: TrainLmConfig, run_dir: str) -> ValueError:
-    """A checkpoint that does not fit the state (the restore's `ValueError`), with the model
-    and optimizer fields that changed since the run's `config.yaml` was written, which are
-    why (`optimizer.type: 'muon' -> 'adam'`): the restore itself can only name leaves."""
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(path) or isinstance(error, lm.config.SetupConfigError):
-        return error
-    with open(path, encoding="utf-8") as f:
-        changes = config_changes(f.read(), lm.config.to_yaml(config))
-    relevant = {
-        key: change
-        for key, change in changes.items()
-        if key.split(".")[0] in ("model", "optimizer")
-        or key.startswith(("trainer.model_averaging", "trainer.quantization"))
-    }
-    if not relevant:
-        return error
-    for key in [k for k in relevant if k.endswith(".type")]:  # another choice: its fields follow
-        section = key.removesuffix("type")
-        relevant = {k: v for k, v in relevant.items() if k == key or not k.startswith(section)}
-    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in relevant.items())
-    return lm.config.SetupConfigError(
-        f"this run's checkpoints were saved with another configuration ({listed}, against "
-        f"{path}), so they cannot be restored into this one: {error}. Resume with the run's "
-        "settings, or start a new run (another trainer.id) from its weights with "
-        "trainer.initialize_from: <its checkpoint> and trainer.initialize_from_params_only: true"
-    )
-
-
-def _schedule_note(old_steps: Any, new_steps: Any) -> str:
-    """What another num_train_steps does to an LR schedule that follows it."""
-    note = (
-        ". The learning-rate schedule follows trainer.num_train_steps, so it is recomputed "
-        f"over {new_steps} steps instead of {old_steps} and the LR changes from this step on"
-    )
-    if isinstance(old_steps, int) and isinstance(new_steps, int) and new_steps < old_steps:
-        note += f"; set optimizer.schedule_steps: {old_steps} to stop early on the old schedule"
-    return note
-
-
-def config_changes(previous_yaml: str, current_yaml: str) -> dict[str, tuple[Any, Any]]:
-    """`{field: (old, new)}` for every leaf that differs between two resolved configs (a
-    field only one of them has is `(absent)` in the other). A section set on one side only
-    (`trainer.model_averaging: null` against `{type: ema, beta: 0.5}`) is one entry, shown as
-    a YAML mapping, not its fields one by one."""
-    import yaml
-
-    try:
-        old = yaml.safe_load(previous_yaml) or {}
-    except yaml.YAMLError:
-        return {"config.yaml": ("(unreadable)", "(this run's)")}
-    new = yaml.safe_load(current_yaml) or {}
-    absent = _Absent()
-    out: dict[str, tuple[Any, Any]] = {}
-
-    def diff(a: Any, b: Any, prefix: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict) and (a or b):
-            for key in sorted(a.keys() | b.keys(), key=str):
-                name = f"{prefix}.{key}" if prefix else str(key)
-                diff(a.get(key, absent), b.get(key, absent), name)
-        elif a != b:
-            out[prefix] = (_Section.of(a), _Section.of(b))
-
-    diff(old, new, "")
-    return out
-
-
-class _Section(dict):
-    """A config section as a changed value: shown as a YAML flow mapping."""
-
-    @classmethod
-    def of(cls, value: Any) -> Any:
-        return cls(value) if isinstance(value, dict) else value
-
-    def __repr__(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(dict(self), default_flow_style=True, sort_keys=False).strip()
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
 def warn_if_no_validation(validation_sets: Mapping[str, Any], config: TrainerConfig) -> None:
     """Say so when a run will never evaluate because its data has no validation set."""
     if not validation_sets:
@@ -632,93 +379,6 @@ def warn_if_no_validation(validation_sets: Mapping[str, Any], config: TrainerCon
             "trainer.steps_per_eval (%d) steps",
             config.steps_per_eval,
         )
-
-
-class RunSummary:
-    """Collects what the user wants to know at the end: losses and where things are."""
-
-    def __init__(self, trainer_config: TrainerConfig):
-        self.config = trainer_config
-        self.first_loss: float | None = None
-        self.last_loss: float | None = None
-        self.last_step: int | None = None
-        self.steps_taken: int | None = None
-        self.eval_losses: dict[str, float] = {}  # the last eval loss of each validation set
-        self.checkpoint: str | None = None
-        self.tracker_failures: list[str] = []  # trackers dropped after failing
-
-    def record(self, info, force: bool = False) -> None:
-        self.last_step = info.step
-        if force:  # the final hooks: the last step again, or no step at all (a finished run)
-            return
-        loss = float(info.loss)
-        if self.first_loss is None:
-            self.first_loss = loss
-        self.last_loss = loss
-
-    def finish(self, info, trainer: Trainer) -> None:
-        from lm.checkpoint import discover_latest_checkpoint
-
-        self.last_step = info.step
-        self.steps_taken = int(info.state.step)
-        self.tracker_failures = list(getattr(getattr(trainer, "tracker", None), "failures", []))
-        # where this run saves (a load_checkpoint_path it started from may be elsewhere)
-        self.checkpoint = discover_latest_checkpoint(
-            self.config.checkpointer.expanded_path(self.config.run_id)
-        )
-        for hook in trainer._eval_hooks:
-            loss = None if hook.last_result is None else hook.last_result.get(f"{hook.prefix}/loss")
-            if loss is not None:
-                self.eval_losses[hook.name or ""] = loss
-
-    def interrupted(self) -> None:
-        """Say (console and log) how far an interrupted run got and how to go on from there."""
-        from lm.checkpoint import discover_latest_checkpoint
-
-        run_id = self.config.run_id
-        last = discover_latest_checkpoint(self.config.checkpointer.expanded_path(run_id))
-        done = "before its first step" if self.last_step is None else f"after step {self.last_step}"
-        if last is None:
-            then = "no checkpoint was saved"
-        else:
-            then = f"last checkpoint: {last}; rerun with --trainer.id {run_id} to resume from it"
-        message = f"Run {run_id} interrupted {done}; {then}."
-        logger.warning("%s", message)
-        print(message, flush=True)
-
-    def print(self) -> None:
-        run_dir = self.config.run_dir
-        lines = [f"Run {self.config.run_id} finished at step {self.last_step}."]
-        if self.first_loss is not None:
-            lines.append(
-                f"  train loss: {self.first_loss:.4f} (first step) -> {self.last_loss:.4f} (last)"
-            )
-        else:
-            lines.append(
-                f"  no steps run: its checkpoint has all {self.steps_taken} steps "
-                f"(trainer.num_train_steps: {self.config.num_train_steps}; steps count from 0)"
-            )
-        if list(self.eval_losses) == [""]:  # the one unnamed validation set
-            lines.append(f"  eval loss:  {self.eval_losses['']:.4f}")
-        elif self.eval_losses:
-            per_set = ", ".join(f"{name} {loss:.4f}" for name, loss in self.eval_losses.items())
-            lines.append(f"  eval loss:  {per_set}")
-        written = [
-            label
-            for name, label in [
-                ("config.yaml", "config.yaml"),
-                ("metrics.jsonl", "metrics"),
-                ("curves.png", "plots"),
-            ]
-            if os.path.exists(os.path.join(run_dir, name))
-        ]
-        lines.append(f"  run dir:    {run_dir}/ ({', '.join(written) or 'empty'})")
-        lines.append(
-            f"  log file:   {os.path.join(str(self.config.log_dir), self.config.run_id)}.log"
-        )
-        lines.append(f"  checkpoint: {self.checkpoint or 'none'}")
-        lines += [f"  tracker dropped: {failure}" for failure in self.tracker_failures]
-        print("\n".join(lines), flush=True)
 
 
 def resolve_auto_remat(

@@ -1,29 +1,18 @@
-"""Load and save Hugging Face checkpoint directories.
+"""Load and save Hugging Face checkpoint directories: `HFCheckpointConverter` converts
+between `lm` models of one architecture and HF checkpoints (a local directory, an fsspec URL
+or a Hub repo id).
 
-A checkpoint directory (local path or any fsspec URL) holds `config.json`, the weights as
-`model.safetensors`, sharded `model-XXXXX-of-YYYYY.safetensors` + `model.safetensors.index.json`,
-or (old checkpoints) `pytorch_model.bin` / `pytorch_model.bin.index.json`, and usually the
-tokenizer files. `.bin` files are read with `torch.load(weights_only=True)`, which refuses
-arbitrary pickled objects.
-
-A path that is neither an existing directory nor a URL, and looks like `org/name`, is taken
-as a Hugging Face Hub repo id and fetched with `huggingface_hub` (honouring
-`HF_HUB_OFFLINE`). Everything else that is missing is an error naming the missing file.
+What a checkpoint directory holds and how a path or repo id is found is
+`lm.models.hf.loading`'s to say; how an export writes one, `lm.models.hf.saving`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import io
 import json
 import logging
 import os
 import posixpath
-import re
 import tempfile
-import uuid
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
@@ -38,30 +27,39 @@ from fsspec.implementations.local import LocalFileSystem
 from haliax.partitioning import ResourceMapping
 
 from lm.hf_files import TOKENIZER_FILES
-from lm.models.hf import safetensors_io
 from lm.models.hf.compat import (
     HFCompatConfig,
     architecture_differences,
     model_from_hf_state_dict,
     model_to_hf_state_dict,
 )
+from lm.models.hf.loading import CONFIG_FILE as CONFIG_FILE
+from lm.models.hf.loading import GENERATION_CONFIG_FILE as GENERATION_CONFIG_FILE
+from lm.models.hf.loading import SAFETENSORS_FILE as SAFETENSORS_FILE
+from lm.models.hf.loading import SAFETENSORS_INDEX as SAFETENSORS_INDEX
+from lm.models.hf.loading import TORCH_FILE as TORCH_FILE
+from lm.models.hf.loading import TORCH_INDEX as TORCH_INDEX
+from lm.models.hf.loading import _join, _resolve
+from lm.models.hf.loading import read_hf_config as read_hf_config
+from lm.models.hf.loading import read_hf_weights as read_hf_weights
+from lm.models.hf.saving import DEFAULT_MAX_SHARD_SIZE as DEFAULT_MAX_SHARD_SIZE
+from lm.models.hf.saving import SPECIAL_TOKEN_IDS as SPECIAL_TOKEN_IDS
+from lm.models.hf.saving import HfSaveError as HfSaveError
+from lm.models.hf.saving import (
+    _hf_config,
+    _remove_stale_weights,
+    _safetensors,
+    _save_tokenizer,
+    _shard,
+    _SourceCheckpoint,
+)
+from lm.models.hf.saving import _write as _write
+from lm.models.hf.saving import check_output_dir as check_output_dir
+from lm.models.hf.saving import special_token_ids as special_token_ids
 from lm.models.lm_model import LmConfig, LmHeadModel
 from lm.units import parse_size
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_FILE = "pytorch_model.bin"
-TORCH_INDEX = "pytorch_model.bin.index.json"
-DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3
-"""5 GB, as HF `save_pretrained` writes shards."""
-SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
-"""The config.json fields an export takes from the tokenizer."""
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 ConfigT = TypeVar("ConfigT", bound=HFCompatConfig)
 
@@ -285,69 +283,6 @@ class HFCheckpointConverter(Generic[ConfigT]):
             return AutoTokenizer.from_pretrained(tmp)
 
 
-_WEIGHT_FILE = re.compile(
-    r"^(model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
-    r"|pytorch_model(-\d+-of-\d+)?\.bin|pytorch_model\.bin\.index\.json)$"
-)
-
-
-def _remove_stale_weights(fs, root: str, *, keep: set[str]) -> None:
-    """Delete weight files an earlier export left in `root` that this one did not write.
-
-    A single-file export over a sharded one would otherwise leave the old index beside the
-    new `model.safetensors` (and the other way round), and HF and lm would each load a
-    different model from the folder. `save_pretrained` in transformers does the same."""
-    for path in fs.ls(root, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        if _WEIGHT_FILE.match(name) and name not in keep:
-            fs.rm(path)
-            logger.info("Removed %s, left by an earlier export to %s", name, root)
-
-
-def check_output_dir(output_dir: str) -> None:
-    """Raise a `ValueError` if `output_dir` (local path or fsspec URL) cannot become an
-    export directory: it is a file, (a local path) a folder on its way is one, or it holds
-    lm checkpoints: it is a checkpoint (`step-N`) or a run's checkpoint directory (a `step-N`
-    folder in it has a metadata.json or manifest.json)."""
-    from lm.checkpoint.storage import MANIFEST_FILE, METADATA_FILE, STEP_DIR_RE
-    from lm.fs import cannot_write_directory, local_path
-
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    if local_path(output_dir) is not None:
-        why = cannot_write_directory(output_dir)
-    else:
-        why = f"{output_dir} is a file, not a directory" if fs.isfile(root) else None
-    if why is not None:
-        raise ValueError(f"output_dir: {why}; give a new or existing directory you can write to")
-    for marker in (METADATA_FILE, MANIFEST_FILE):
-        if fs.exists(posixpath.join(root, marker)):
-            raise ValueError(
-                f"output_dir: {output_dir} holds an lm checkpoint ({marker}); export to "
-                "another directory"
-            )
-    if not fs.isdir(root):
-        return
-    for path in sorted(fs.ls(root, detail=False)):
-        name = posixpath.basename(path.rstrip("/"))
-        if not STEP_DIR_RE.match(name):
-            continue
-        for marker in (METADATA_FILE, MANIFEST_FILE):
-            if fs.exists(posixpath.join(root, name, marker)):
-                raise ValueError(
-                    f"output_dir: {output_dir} is a run's checkpoint directory: it holds lm "
-                    f"checkpoints ({name}/{marker}); export to another directory"
-                )
-
-
-def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
-    """An HF tokenizer's BOS, EOS and PAD ids (None for a token it lacks), by config field."""
-    ids: dict[str, int | None] = {}
-    for name in SPECIAL_TOKEN_IDS:
-        value = getattr(tokenizer, name, None)
-        ids[name] = None if value is None else int(value)
-    return ids
-
-
 def check_same_architecture(config: HFCompatConfig, checkpoint: HFCompatConfig, path: str):
     """Raise a `ValueError` listing every architecture field in which `config` differs from
     the checkpoint's (`checkpoint`, from its config.json): loading its weights into `config`
@@ -364,298 +299,5 @@ def check_same_architecture(config: HFCompatConfig, checkpoint: HFCompatConfig, 
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class _SourceCheckpoint:
-    """What an export carries over from the HF checkpoint a model was initialized from."""
-
-    path: str | None = None
-    hf_config: Any = None
-    generation_config: bytes | None = None
-
-    @staticmethod
-    @functools.lru_cache(maxsize=4)
-    def read(path: str | None) -> _SourceCheckpoint:
-        """The source's config and generation config, read once per process: a run that
-        exports every hf_save_steps does not go back to the hub (or the store) each time."""
-        if path is None:
-            return _SourceCheckpoint()
-        local = _resolve(path)
-        generation = _join(local, GENERATION_CONFIG_FILE)
-        fs, root = fsspec.core.url_to_fs(local)
-        exists = fs.exists(posixpath.join(root, GENERATION_CONFIG_FILE))
-        return _SourceCheckpoint(path, read_hf_config(local), _read(generation) if exists else None)
-
-    def token_ids(self, name: str) -> int | list[int] | None:
-        value = getattr(self.hf_config, name, None) if self.hf_config is not None else None
-        if isinstance(value, (list, tuple)):
-            return [int(v) for v in value]
-        return None if value is None else int(value)
-
-    def generation_config_for(self, vocab_size: int) -> bytes | None:
-        """The source's generation_config.json, unless a token id in it lies outside the
-        vocabulary (then it is left out, with a warning)."""
-        if self.generation_config is None:
-            return None
-        try:
-            data = json.loads(self.generation_config)
-        except json.JSONDecodeError as e:
-            logger.warning(
-                "Not copying %s's %s: not valid JSON (%s)", self.path, GENERATION_CONFIG_FILE, e
-            )
-            return None
-        outside = {
-            k: v for k, v in data.items() if k.endswith("token_id") and not _inside(v, vocab_size)
-        }
-        if outside:
-            logger.warning(
-                "Not copying %s's %s: %s outside the exported vocabulary (0..%d)",
-                self.path,
-                GENERATION_CONFIG_FILE,
-                ", ".join(f"{k}={v}" for k, v in outside.items()),
-                vocab_size - 1,
-            )
-            return None
-        return self.generation_config
-
-
-def _inside(value: Any, vocab_size: int) -> bool:
-    """Whether a token id (an int, a list of them, or None) lies inside the vocabulary."""
-    if value is None:
-        return True
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return all(isinstance(v, int) and 0 <= v < vocab_size for v in values)
-
-
-def _hf_config(
-    model: LmHeadModel,
-    tokenizer: Any,
-    config_overrides: Mapping[str, Any] | None,
-    source: _SourceCheckpoint,
-):
-    """The model's HF config with the special-token ids of `tokenizer` and what the export
-    keeps of `source` (see `save_pretrained`)."""
-    vocab_size = model.Vocab.size
-    overrides = dict(config_overrides or {})
-    hf_config = model.config.to_hf_config(vocab_size, overrides)
-
-    def outside(value: Any) -> bool:
-        return isinstance(value, int) and not 0 <= value < vocab_size
-
-    where = f"outside the vocabulary (0..{vocab_size - 1})"
-    for name, value in overrides.items():
-        if name.endswith("_token_id") and outside(value):
-            raise ValueError(f"config_overrides[{name!r}] ({value}) is {where}")
-    if tokenizer is None:
-        ids = {n: getattr(hf_config, n, None) for n in SPECIAL_TOKEN_IDS}
-        ids = {n: None if outside(v) else v for n, v in ids.items()}
-    else:
-        ids = special_token_ids(tokenizer)
-        for name, value in ids.items():
-            if name not in overrides and outside(value):
-                raise ValueError(
-                    f"the tokenizer's {name} ({value}) is {where}: export with the tokenizer "
-                    "the model was trained with"
-                )
-    for name in SPECIAL_TOKEN_IDS:
-        kept = source.token_ids(name)
-        if kept is None or not _inside(kept, vocab_size):
-            continue
-        ours = ids[name]
-        listed = kept if isinstance(kept, list) else [kept]
-        if tokenizer is None or ours is None or ours in listed:
-            ids[name] = kept
-        elif kept != ours:
-            logger.info(
-                "%s: %s's %s %s does not hold the tokenizer's (%s); exporting the tokenizer's",
-                name,
-                source.path,
-                CONFIG_FILE,
-                kept,
-                ours,
-            )
-    for name, value in ids.items():
-        if name not in overrides:
-            setattr(hf_config, name, value)
-    if source.hf_config is not None and not model.config.hf_learned_positions:
-        context = getattr(source.hf_config, "max_position_embeddings", None)
-        ours = getattr(hf_config, "max_position_embeddings", None)
-        keep = "max_position_embeddings" not in overrides
-        if keep and isinstance(context, int) and isinstance(ours, int) and context > ours:
-            hf_config.max_position_embeddings = context
-    return hf_config
-
-
-def read_hf_config(path: str):
-    """Parse `<path>/config.json` into its `transformers` config class."""
-    from transformers import CONFIG_MAPPING
-
-    path = _resolve(path)
-    config_path = _join(path, CONFIG_FILE)
-    raw = _read(config_path)
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-    model_type = data.get("model_type") if isinstance(data, dict) else None
-    if model_type is None:
-        raise ValueError(f"{config_path} has no model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise ValueError(f"{config_path}: unknown HF model_type {model_type!r}")
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(data)
-    except Exception as e:  # transformers' own checks: missing rope keys, a field's type, ...
-        raise ValueError(
-            f"{config_path}: transformers cannot read it as a {model_type!r} config "
-            f"({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
-
-
-def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of a checkpoint directory, and a description of where they came from."""
-    path = _resolve(path)
-    fs, root = fsspec.core.url_to_fs(path)
-    for index_name, reader in ((SAFETENSORS_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch)):
-        index_path = posixpath.join(root, index_name)
-        if fs.exists(index_path):
-            try:
-                weight_map = json.loads(_read(_join(path, index_name)))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{_join(path, index_name)} is not a valid weight index: {e!r}"
-                ) from None
-            tensors: dict[str, np.ndarray] = {}
-            for shard in sorted(set(weight_map.values())):
-                tensors.update(reader(_join(path, shard)))
-            missing = sorted(k for k in weight_map if k not in tensors)
-            if missing:
-                raise ValueError(
-                    f"{_join(path, index_name)} lists tensors its shards lack: {missing[:8]}"
-                )
-            return tensors, _join(path, index_name)
-    for file_name, reader in ((SAFETENSORS_FILE, _read_safetensors), (TORCH_FILE, _read_torch)):
-        if fs.exists(posixpath.join(root, file_name)):
-            return reader(_join(path, file_name)), _join(path, file_name)
-    raise FileNotFoundError(
-        f"no weights in {path}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}"
-    )
-
-
-def _shard(state_dict: dict[str, np.ndarray], limit: int) -> list[dict[str, np.ndarray]]:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for key in sorted(state_dict, key=_natural_key):
-        value = state_dict[key]
-        if shards[-1] and size + value.nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][key] = value
-        size += value.nbytes
-    return shards
-
-
-def _natural_key(key: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def _safetensors(tensors: dict[str, np.ndarray]) -> bytes:
-    return safetensors_io.save_bytes(tensors, metadata={"format": "pt"})
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    return safetensors_io.load_bytes(_read(path), source=path)
-
-
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"{path} is a torch pickle; reading it needs torch installed") from None
-    try:
-        state = torch.load(io.BytesIO(_read(path)), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError and friends for disallowed objects
-        raise ValueError(
-            f"{path}: refusing to load (only plain tensors are allowed, weights_only=True): {e}"
-        ) from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    out = {}
-    for name, tensor in state.items():
-        if tensor.dtype == torch.bfloat16:
-            out[name] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        else:
-            out[name] = tensor.numpy()
-    return out
-
-
-def _resolve(path: str) -> str:
-    """A local path or URL as is; an `org/name` that is not a local directory from the hub."""
-    if "://" in path or os.path.exists(path) or not _REPO_ID.match(path):
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        patterns = [
-            CONFIG_FILE,
-            GENERATION_CONFIG_FILE,
-            "*.safetensors",
-            SAFETENSORS_INDEX,
-            TORCH_FILE,
-            TORCH_INDEX,
-            *TOKENIZER_FILES,
-        ]
-        return snapshot_download(path, allow_patterns=patterns)
-    except Exception as e:
-        raise FileNotFoundError(
-            f"{path!r} is not a local directory, and fetching it as a Hugging Face Hub repo failed: {e}"
-        ) from None
-
-
-def _join(path: str, name: str) -> str:
-    return path.rstrip("/") + "/" + name
-
-
-def _read(path: str) -> bytes:
-    try:
-        with fsspec.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing file: {path}") from None
-
-
 class ModelTypeMismatch(ValueError):
     """A checkpoint's config.json names another `model_type` than the converter's."""
-
-
-class HfSaveError(RuntimeError):
-    """Writing an HF checkpoint failed (a full disk, no permission): the message names the
-    file; a local file being written is removed, never left cut short."""
-
-
-def _write(fs, path: str, data: bytes) -> None:
-    """Write one file of an HF checkpoint. A local file is written aside and renamed into
-    place, so a failed write (a full disk) leaves no truncated file that `from_pretrained`
-    would try to load; an object store's upload appears only once complete."""
-    local = isinstance(fs, LocalFileSystem)
-    target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
-    try:
-        with fs.open(target, "wb") as f:
-            f.write(data)
-        if local:
-            os.replace(target, path)
-    except OSError as e:
-        if local:
-            with contextlib.suppress(OSError):
-                os.remove(target)
-        raise HfSaveError(
-            f"could not write {path}: {e.strerror or e}. The HF checkpoint in "
-            f"{posixpath.dirname(path)} is incomplete (no file in it is cut short); write it "
-            "again once this is fixed"
-        ) from e
-
-
-def _save_tokenizer(tokenizer: Any, fs, root: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                _write(fs, posixpath.join(root, name), f.read())
