@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -359,13 +358,8 @@ class CheckpointerConfig:
         )
 
     def _keep_problems(self) -> list[FieldError]:
-        problems = []
-        for text in keep_problems(self.keep, field="keep"):
-            # "keep[1] = {...}: problem" -> reported at trainer.checkpointer.keep[1]
-            match = re.match(r"(keep(?:\[\d+\])?)(?: = | )(.*)", text, re.DOTALL)
-            field, message = match.groups() if match else ("keep", text)
-            problems.append(FieldError(field, message))
-        return problems
+        # each at its entry: reported at trainer.checkpointer.keep[1]
+        return [FieldError(path, message) for path, message in keep_problems(self.keep)]
 
     def _check_save_interval(self) -> None:
         value = self.save_interval

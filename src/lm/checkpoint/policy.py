@@ -58,27 +58,36 @@ def validate_step_policies(
         ValueError: naming `field[i]` and the offending entry.
     """
     policies = list(policies)
+    problem = _ordering_problem(policies, field)
+    if problem is not None:
+        raise ValueError(_joined(*problem))
+    return policies
+
+
+def _ordering_problem(policies: Sequence[CheckpointInterval], field: str) -> tuple[str, str] | None:
+    """`(path, message)` of the first interval that breaks `validate_step_policies`' rules."""
     for i, p in enumerate(policies):
+        path = f"{field}[{i}]"
         if p.until is None and i != len(policies) - 1:
-            raise ValueError(
-                f"{field}[{i}] = {_show(p)}: only the last entry may omit `until` "
+            return path, (
+                f"{_show(p)}: only the last entry may omit `until` "
                 f"(it means forever, so the entries after it would never apply)"
             )
         if i > 0 and p.until is not None:
             prev = policies[i - 1].until
             assert prev is not None
             if p.until <= prev:
-                raise ValueError(
-                    f"{field}[{i}] = {_show(p)}: `until` must be strictly greater than the "
-                    f"previous entry's until ({prev}); sort the entries by `until`"
+                return path, (
+                    f"{_show(p)}: `until` must be strictly greater than the previous entry's "
+                    f"until ({prev}); sort the entries by `until`"
                 )
         after = policies[i - 1].until if i > 0 else 0
         if p.until is not None and p.until // p.every == after // p.every:
-            raise ValueError(
-                f"{field}[{i}] = {_show(p)}: keeps no step: no multiple of {p.every} lies in "
-                f"the steps it governs ({after + 1}..{p.until}); lower `every` or raise `until`"
+            return path, (
+                f"{_show(p)}: keeps no step: no multiple of {p.every} lies in the steps it "
+                f"governs ({after + 1}..{p.until}); lower `every` or raise `until`"
             )
-    return policies
+    return None
 
 
 def parse_keep(keep: Iterable[Mapping[str, Any] | CheckpointInterval], *, field: str = "keep"):
@@ -88,29 +97,32 @@ def parse_keep(keep: Iterable[Mapping[str, Any] | CheckpointInterval], *, field:
         ValueError: an entry is not a mapping, has unknown keys, or breaks the ordering rules
             (the first problem `keep_problems` finds).
     """
-    if not isinstance(keep, Mapping | str):
-        keep = list(keep)  # read twice below
-    problems = keep_problems(keep, field=field)
+    intervals, problems = _parse_keep(keep, field)
     if problems:
-        raise ValueError(problems[0])
-    return [e if isinstance(e, CheckpointInterval) else _interval(e) for e in keep]
+        raise ValueError(_joined(*problems[0]))
+    return intervals
 
 
-def keep_problems(keep: Any, *, field: str = "keep") -> list[str]:
-    """Every problem of a config `keep` list, each `"<field>[i] = <entry>: <what>"`: each
-    entry's own problems, then (once every entry is valid) the ordering rules of
-    `validate_step_policies`."""
+def keep_problems(keep: Any, *, field: str = "keep") -> list[tuple[str, str]]:
+    """Every problem of a config `keep` list as `(path, message)`, e.g. `("keep[1]",
+    "{'evry': 3}: unknown key(s) ...")`: each entry's own problems, then (once every entry is
+    valid) the first break of `validate_step_policies`' ordering rules."""
+    return _parse_keep(keep, field)[1]
+
+
+def _parse_keep(keep: Any, field: str) -> tuple[list[CheckpointInterval], list[tuple[str, str]]]:
     if isinstance(keep, Mapping) or isinstance(keep, str):
-        return [f"{field} must be a list of {{every, until}} entries, got {keep!r}"]
-    problems: list[str] = []
+        return [], [(field, f"must be a list of {{every, until}} entries, got {keep!r}")]
+    problems: list[tuple[str, str]] = []
     intervals: list[CheckpointInterval] = []
     for i, entry in enumerate(keep):
+        path = f"{field}[{i}]"
         if isinstance(entry, CheckpointInterval):
             intervals.append(entry)
             continue
         if not isinstance(entry, Mapping):
             problems.append(
-                f"{field}[{i}] = {entry!r}: expected a mapping like {{every: 1000, until: 10000}}"
+                (path, f"{entry!r}: expected a mapping like {{every: 1000, until: 10000}}")
             )
             continue
         unknown = sorted(set(entry) - {"every", "until"})
@@ -118,27 +130,28 @@ def keep_problems(keep: Any, *, field: str = "keep") -> list[str]:
             hint = difflib.get_close_matches(str(unknown[0]), ["every", "until"], n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
             problems.append(
-                f"{field}[{i}] = {dict(entry)!r}: unknown key(s) {unknown}; allowed keys are "
-                f"'every' and 'until'{did_you_mean}"
+                (
+                    path,
+                    f"{dict(entry)!r}: unknown key(s) {unknown}; allowed keys are 'every' and "
+                    f"'until'{did_you_mean}",
+                )
             )
             continue
         if "every" not in entry:
-            problems.append(f"{field}[{i}] = {dict(entry)!r}: missing required key 'every'")
+            problems.append((path, f"{dict(entry)!r}: missing required key 'every'"))
             continue
         try:
-            intervals.append(_interval(entry))
+            intervals.append(CheckpointInterval(every=entry["every"], until=entry.get("until")))
         except ValueError as e:
-            problems.append(f"{field}[{i}] = {dict(entry)!r}: {e}")
-    if not problems:
-        try:
-            validate_step_policies(intervals, field=field)
-        except ValueError as e:
-            problems.append(str(e))
-    return problems
+            problems.append((path, f"{dict(entry)!r}: {e}"))
+    if not problems and (ordering := _ordering_problem(intervals, field)) is not None:
+        problems.append(ordering)
+    return intervals, problems
 
 
-def _interval(entry: Mapping[str, Any]) -> CheckpointInterval:
-    return CheckpointInterval(every=entry["every"], until=entry.get("until"))
+def _joined(path: str, message: str) -> str:
+    """The one-line form of a problem: `keep[1] = {...}: ...`, `keep must be a list ...`."""
+    return f"{path} = {message}" if path.endswith("]") else f"{path} {message}"
 
 
 def _show(p: CheckpointInterval) -> str:
