@@ -23,7 +23,8 @@ from lm.config.errors import (
     ConfigError,
     ConfigProblem,
     FieldError,
-    closest_name,
+    did_you_mean,
+    first_key,
     index_path,
     join_path,
 )
@@ -240,7 +241,7 @@ class Decoder:
                 if str(option).lower() == value.strip().lower():
                     return option
         options = [o for o in typing.get_args(tp) if isinstance(o, str)]
-        return self.mismatch(tp, value, path, _did_you_mean(value, options))
+        return self.mismatch(tp, value, path, did_you_mean(value, options))
 
     def enum(self, tp: type[enum.Enum], value: Any, path: str) -> Any:
         for member in tp:
@@ -249,7 +250,7 @@ class Decoder:
         if isinstance(value, str) and value in tp.__members__:
             return tp.__members__[value]
         names = list(tp.__members__) + [str(m.value) for m in tp if isinstance(m.value, str)]
-        return self.mismatch(tp, value, path, _did_you_mean(value, names))
+        return self.mismatch(tp, value, path, did_you_mean(value, names))
 
     def codec(self, fn, tp: Any, value: Any, path: str) -> Any:
         if value is None:
@@ -324,7 +325,7 @@ class Decoder:
                 return self.fail(
                     type_path,
                     f"unknown {tp.__name__} type {ti.show_value(name)}; known types: "
-                    f"{choices}{_did_you_mean(name, list(known))}",
+                    f"{choices}{did_you_mean(name, list(known))}",
                 )
             cls = tp.get_choice_class(name)
             if not (isinstance(cls, type) and issubclass(cls, tp)):
@@ -399,7 +400,7 @@ class Decoder:
         found, self.problems[start:] = self.problems[start:], []
         prefix = f"{path}." if path else ""
         for problem in found:
-            field = re.split(r"[.\[]", problem.path[len(prefix) :], maxsplit=1)[0]
+            field = first_key(problem.path[len(prefix) :])
             if (
                 problem.path.startswith(prefix)
                 and field
@@ -440,7 +441,7 @@ class Decoder:
         candidates = [m for _, _, m in ranked]
         if isinstance(value, dict):
             candidates = _prefer_matching_keys(candidates, value)
-        hint = _did_you_mean(value, _spelled_options(members))
+        hint = did_you_mean(value, _spelled_options(members))
         if not candidates:
             return self.mismatch(tp, value, path, hint)
         for member in candidates:
@@ -561,16 +562,11 @@ def _default_note(cls: type, given: Mapping[str, Any], field: str) -> str:
     """Says so when a `__post_init__` problem is about a field the config did not set: the
     value is the dataclass's default (e.g. Llama's 32 KV heads after `--model.type llama`
     switched the model of a GPT-2 config), not something the user wrote."""
-    name = re.split(r"[.\[]", field, maxsplit=1)[0] if field else ""
+    name = first_key(field) if field else ""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     if not name or name in given or name not in names:
         return ""
     return f" ({cls.__name__}'s default: this config does not set `{name}`)"
-
-
-def _did_you_mean(value: Any, options: list[str]) -> str:
-    close = closest_name(value, options)
-    return f"; did you mean {close!r}?" if close else ""
 
 
 def _nested_field(key: str, cls: type) -> str | None:

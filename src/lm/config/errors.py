@@ -73,9 +73,7 @@ def _display_order(problems: list[ConfigProblem]) -> list[ConfigProblem]:
 
     def key(item: tuple[int, ConfigProblem]) -> tuple:
         index, problem = item
-        section = sections.setdefault(
-            re.split(r"[.\[]", problem.path, maxsplit=1)[0], len(sections)
-        )
+        section = sections.setdefault(first_key(problem.path), len(sections))
         match = _FILE_LINE.match(problem.location or "")
         if match is None:
             return (section, 1, 0, index)
@@ -138,6 +136,17 @@ def closest_name(value: object, options: Iterable[str], *, cutoff: float = 0.6) 
             return option
     close = difflib.get_close_matches(value, options, n=1, cutoff=cutoff)
     return close[0] if close else None
+
+
+def did_you_mean(value: object, options: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the option `closest_name` finds for `value`, else ""."""
+    close = closest_name(value, options)
+    return f"; did you mean {close!r}?" if close else ""
+
+
+def first_key(path: str) -> str:
+    """The first key of a YAML path: `trainer.tracker[1].type` -> `trainer`."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def join_path(path: str, key: object) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import haliax as hax
 from haliax import NamedArray
 
-from lm.config.errors import FieldError, closest_name
+from lm.config.errors import FieldError, did_you_mean
 
 
 def _gelu_new(x: NamedArray) -> NamedArray:
@@ -63,8 +63,7 @@ class ActivationFunctionEnum(enum.Enum):
             return cls(name)
         except ValueError:
             names = [m.value for m in cls]
-            close = closest_name(str(value), [*names, *_HF_ALIASES])
-            hint = f"; did you mean {close!r}?" if close else ""
+            hint = did_you_mean(str(value), [*names, *_HF_ALIASES])
             raise FieldError(
                 field,
                 f"unknown activation function {value!r}; allowed: {', '.join(names)}{hint}",
