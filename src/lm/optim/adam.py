@@ -69,13 +69,14 @@ class AdamConfig(OptimizerConfig):
     nesterov: bool = False
     """Nesterov momentum (NAdam-style first moment)."""
     update_rms_clipping: float | None = None
-    """Clip each parameter's step (the Adam step plus its weight-decay term, as the reference
-    chains them) to this RMS, per layer for scanned layers (à la Adafactor/StableAdamW, but on
-    RMS(m/sqrt(v)) rather than RMS(g/sqrt(v))). 1.0 is a good value; None disables it. Logs
+    """Clip each parameter's step, m/sqrt(v) + wd * param (the reference adds weight decay
+    before clipping), to this RMS, per layer for scanned layers (à la Adafactor/StableAdamW,
+    which clip g/sqrt(v)). 1.0 is a good value; None disables it. Logs
     optim/pre_clip_update_norm and optim/post_clip_update_norm."""
     clip_update_norm: ClipUpdateNormConfig | None = None
-    """Clip the Adam step's global norm to the mean + sigma_factor * std of recent update norms
-    (a gentler skip_bad_steps). Cannot be combined with update_rms_clipping."""
+    """Clip the step's global norm (weight decay included) to the mean + sigma_factor * std of
+    recent update norms (a gentler skip_bad_steps). Cannot be combined with
+    update_rms_clipping."""
     skip_bad_steps: SkipStepConfig | int | bool = False
     """Skip steps whose loss or grad norm is far above the recent history: true (defaults:
     128 steps, 6 sigma), an int (history length), a mapping, or false."""
