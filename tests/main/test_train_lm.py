@@ -813,6 +813,35 @@ def test_initialize_from_hf_refuses_a_yaml_model_of_another_architecture(tmp_pat
 
 
 @pytest.mark.torch
+def test_a_broken_hf_checkpoint_is_a_config_error_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """A truncated safetensors file was found after the tracker had started and the run's
+    directory existed (exit 1); the headers are checked with the other start-up checks."""
+    from lm.main.train_lm import main
+
+    _hf_run_config(tmp_path, "{type: llama, seq_len: 32}")
+    weights = tmp_path / "src" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("LM_CACHE_DIR", str(tmp_path / "work" / "cache"))
+    with pytest.raises(SystemExit) as exit_info:
+        lm.config.main(main)(
+            args=[
+                "--config_path", str(tmp_path / "run.yaml"),
+                "--trainer.require_accelerator", "false", "--trainer.id", "r",
+                "--trainer.tracker", "{type: json}",
+            ]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: initialize_from_hf: {weights}: tensor " in err, err
+    assert "has inconsistent offsets" in err and "traceback" not in err.lower()
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.torch
 def test_gpt2_seq_len_from_the_yaml_is_at_most_the_checkpoints_position_table(tmp_path):
     import torch
     from test_export_lm_to_hf import word_tokenizer

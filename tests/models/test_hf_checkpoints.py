@@ -186,6 +186,8 @@ def test_save_and_load_through_fsspec_memory(llama_model):
     weights, source = read_hf_weights("memory://export/llama")
     assert source.endswith("model.safetensors")
     assert {str(w.dtype) for w in weights.values()} == {"bfloat16"}
+    shapes, _ = read_hf_weights("memory://export/llama", shapes_only=True)
+    assert {k: v.shape for k, v in shapes.items()} == {k: v.shape for k, v in weights.items()}
     back = converter.load_pretrained("memory://export/llama")
     for a, b in zip(
         jax.tree_util.tree_leaves(eqx.filter(llama_model, eqx.is_array)),
@@ -217,6 +219,9 @@ def test_pytorch_bin_checkpoints_load_and_pickles_are_refused(llama_model, tmp_p
     )
     back = converter.load_pretrained(str(tmp_path / "bin"))
     assert_trees_equal(eqx.filter(llama_model, eqx.is_array), eqx.filter(back, eqx.is_array))
+    shapes, _ = read_hf_weights(str(tmp_path / "bin"), shapes_only=True)  # memory-mapped
+    assert {k: v.shape for k, v in shapes.items()} == {k: v.shape for k, v in weights.items()}
+    converter.check_pretrained(str(tmp_path / "bin"), config=llama_model.config)
 
     torch.save({"weights": NotATensor()}, tmp_path / "bin" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="refusing to load"):
@@ -239,6 +244,52 @@ def test_missing_or_malformed_checkpoint_files_are_named(llama_model, tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         converter.load_pretrained(str(tmp_path / "ckpt"))
+
+
+def test_check_pretrained_reads_only_headers_and_finds_what_loading_would(llama_model, tmp_path):
+    """`shapes_only` gives every tensor's name, shape and dtype (stand-ins holding no memory)
+    from the safetensors headers; `check_pretrained` fails where `load_pretrained` would."""
+    converter = llama_model.config.hf_checkpoint_converter()
+    ckpt = tmp_path / "ckpt"
+    converter.save_pretrained(llama_model, str(ckpt), max_shard_size="2KB")
+    weights, source = read_hf_weights(str(ckpt))
+    shapes, same_source = read_hf_weights(str(ckpt), shapes_only=True)
+    assert same_source == source and source.endswith("model.safetensors.index.json")
+    assert {k: (v.shape, v.dtype) for k, v in shapes.items()} == {
+        k: (v.shape, v.dtype) for k, v in weights.items()
+    }
+    assert all(all(s == 0 for s in v.strides) for v in shapes.values())  # no memory behind them
+    converter.check_pretrained(str(ckpt), config=llama_model.config)
+
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    shard = ckpt / sorted(set(index["weight_map"].values()))[1]
+    whole = shard.read_bytes()
+    header_len = int.from_bytes(whole[:8], "little")
+    for cut, message in [
+        (len(whole) - 1, "has inconsistent offsets"),  # the last tensor's data lacks a byte
+        (8 + header_len // 2, r"truncated safetensors header \("),
+        (4, "not a safetensors file"),
+    ]:
+        shard.write_bytes(whole[:cut])
+        for check in (
+            lambda: converter.check_pretrained(str(ckpt), config=llama_model.config),
+            lambda: converter.load_pretrained(str(ckpt)),
+        ):
+            with pytest.raises(ValueError, match=f"{shard}: .*{message}"):
+                check()
+    shard.write_bytes(whole[:8] + b"[1, 2]" + b" " * (header_len - 6) + whole[8 + header_len :])
+    with pytest.raises(ValueError, match="malformed safetensors header: not a JSON object"):
+        converter.check_pretrained(str(ckpt), config=llama_model.config)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing file: {shard}"):
+        converter.check_pretrained(str(ckpt), config=llama_model.config)
+
+    # weights of another size under the right config.json: their shapes are told apart
+    wider = dataclasses.replace(llama_model.config, intermediate_dim=64)
+    converter.save_pretrained(random_model(wider, Vocab), str(tmp_path / "wider"))
+    (tmp_path / "wider" / "config.json").write_text((ckpt / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"shape mismatches: model\.layers\.0\.mlp\.down_proj"):
+        converter.check_pretrained(str(tmp_path / "wider"), config=llama_model.config)
 
 
 def test_wrong_architecture_and_hub_ids_offline_are_clear_errors(llama_model, tmp_path):

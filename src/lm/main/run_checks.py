@@ -150,6 +150,17 @@ def check_hf_checkpoint_path(config: TrainLmConfig) -> None:
         )
 
 
+def check_hf_weights(converter, source: str, model_config: LmConfig) -> None:
+    """The HF checkpoint a run starts from, checked before the run writes anything: its
+    weights' names and shapes against the model, from the safetensors headers (a truncated
+    or malformed file, a missing shard, another model's weights). The weights themselves are
+    read once the trainer has set up the mesh to place them on."""
+    try:
+        converter.check_pretrained(source, config=model_config)
+    except (ValueError, OSError) as e:
+        raise lm.config.FieldError("initialize_from_hf", str(e)) from None
+
+
 def check_enough_data(train_set, Pos: hax.Axis, trainer_config: TrainerConfig) -> None:
     """A finite training set must fill the first batch (a run that cannot take one step is a
     data or config problem, reported before the run directory is made)."""

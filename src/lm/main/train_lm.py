@@ -33,6 +33,7 @@ from lm.main.run_checks import check_checkpoint_to_load as check_checkpoint_to_l
 from lm.main.run_checks import check_enough_data as check_enough_data
 from lm.main.run_checks import check_exportable as check_exportable
 from lm.main.run_checks import check_hf_checkpoint_path as check_hf_checkpoint_path
+from lm.main.run_checks import check_hf_weights
 from lm.main.run_checks import check_local_paths as check_local_paths
 from lm.main.run_checks import check_schedule as check_schedule
 from lm.main.run_config import config_changes as config_changes
@@ -199,6 +200,8 @@ def main(config: TrainLmConfig) -> RunSummary:
     if trainer_config.quantization is not None:
         check_targets(shapes, trainer_config.quantization)
     config.data.check_filesystems()
+    if run_model.converter is not None and not _will_resume(trainer_config):
+        check_hf_weights(run_model.converter, config.hf_checkpoint, model_config)
     if lm.host_memory.applied:
         logger.info(
             "glibc allocator tuned for CPU training (%s; %s=0 to disable)",

@@ -227,22 +227,12 @@ def _is_param(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
 
 
-def model_from_hf_state_dict(
-    template: LmHeadModel,
-    state_dict: Mapping[str, Any],
-    *,
-    dtype: jnp.dtype | None = jnp.float32,
-    axis_mapping: ResourceMapping | None = None,
-    source: str = "checkpoint",
-) -> LmHeadModel:
-    """Fill `template` (a model or `eqx.filter_eval_shape` of one) from an HF state dict.
-
-    Args:
-        template: the model structure; its values are ignored.
-        state_dict: HF key -> array (numpy or jax).
-        dtype: cast floating parameters to this dtype (None keeps the checkpoint's).
-        axis_mapping: parameter axis mapping used to shard the result.
-        source: where the state dict came from, for error messages.
+def check_hf_state_dict(
+    template: LmHeadModel, state_dict: Mapping[str, Any], *, source: str = "checkpoint"
+) -> dict[str, Any]:
+    """`state_dict` with its base-model prefix added where it lacks one, after checking that
+    its names and shapes are those `template` needs (values are not looked at: the stand-ins
+    of `read_hf_weights(..., shapes_only=True)` do).
 
     Raises:
         ValueError: missing or unexpected keys, or shape mismatches, listed by name.
@@ -272,7 +262,31 @@ def model_from_hf_state_dict(
             f"{source} does not match {type(config).__name__} "
             f"({type(template).__name__}): " + "; ".join(problems)
         )
+    return state_dict
 
+
+def model_from_hf_state_dict(
+    template: LmHeadModel,
+    state_dict: Mapping[str, Any],
+    *,
+    dtype: jnp.dtype | None = jnp.float32,
+    axis_mapping: ResourceMapping | None = None,
+    source: str = "checkpoint",
+) -> LmHeadModel:
+    """Fill `template` (a model or `eqx.filter_eval_shape` of one) from an HF state dict.
+
+    Args:
+        template: the model structure; its values are ignored.
+        state_dict: HF key -> array (numpy or jax).
+        dtype: cast floating parameters to this dtype (None keeps the checkpoint's).
+        axis_mapping: parameter axis mapping used to shard the result.
+        source: where the state dict came from, for error messages.
+
+    Raises:
+        ValueError: missing or unexpected keys, or shape mismatches, listed by name.
+    """
+    state_dict = check_hf_state_dict(template, state_dict, source=source)
+    expected = expected_hf_state_dict(template)
     shapes = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if _is_param(x) else x, template
     )

@@ -30,6 +30,7 @@ from lm.hf_files import TOKENIZER_FILES
 from lm.models.hf.compat import (
     HFCompatConfig,
     architecture_differences,
+    check_hf_state_dict,
     model_from_hf_state_dict,
     model_to_hf_state_dict,
 )
@@ -146,6 +147,26 @@ class HFCheckpointConverter(Generic[ConfigT]):
             ValueError: `config`'s architecture differs from config.json's (every differing
                 field is listed with both values), or the weights do not match it.
         """
+        template, state_dict, source = self._read(path_or_dir, config)
+        return model_from_hf_state_dict(
+            template, state_dict, dtype=dtype, axis_mapping=axis_mapping, source=source
+        )
+
+    def check_pretrained(self, path_or_dir: str | None = None, *, config: ConfigT) -> None:
+        """What `load_pretrained(path_or_dir, config=config)` checks, without reading the
+        weights: the architecture, and the tensors' names and shapes from the safetensors
+        headers (a truncated or malformed file fails too). Cheap, so a run checks its
+        checkpoint before it starts.
+
+        Raises:
+            ValueError: as `load_pretrained` would.
+        """
+        template, state_dict, source = self._read(path_or_dir, config, shapes_only=True)
+        check_hf_state_dict(template, state_dict, source=source)
+
+    def _read(self, path_or_dir: str | None, config: ConfigT | None, *, shapes_only=False):
+        """The model template `config` (or config.json) builds, and the checkpoint's state dict
+        cut to it, and where it came from."""
         path = self._path(path_or_dir)
         local = _resolve(path)
         hf_config = self.hf_config_from_checkpoint(local)
@@ -155,11 +176,8 @@ class HFCheckpointConverter(Generic[ConfigT]):
             check_same_architecture(config, self.config_class.from_hf_config(hf_config), path)
         Vocab = hax.Axis("vocab", hf_config.vocab_size)
         template = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
-        state_dict, source = read_hf_weights(local)
-        state_dict = config.trim_hf_state_dict(state_dict)
-        return model_from_hf_state_dict(
-            template, state_dict, dtype=dtype, axis_mapping=axis_mapping, source=source
-        )
+        state_dict, source = read_hf_weights(local, shapes_only=shapes_only)
+        return template, config.trim_hf_state_dict(state_dict), source
 
     def save_pretrained(
         self,

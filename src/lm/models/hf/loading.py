@@ -62,11 +62,19 @@ def read_hf_config(path: str):
         ) from None
 
 
-def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of a checkpoint directory, and a description of where they came from."""
+def read_hf_weights(path: str, *, shapes_only: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """All tensors of a checkpoint directory, and a description of where they came from.
+
+    With `shapes_only`, safetensors files are checked from their headers alone (every tensor's
+    bytes within its file) and their tensors are stand-ins of the right shape and dtype that
+    hold no memory (`np.broadcast_to` of one zero): a cheap check of the whole checkpoint's
+    names and shapes. Torch pickles have no header and are read in full either way.
+    """
     path = _resolve(path)
     fs, root = fsspec.core.url_to_fs(path)
-    for index_name, reader in ((SAFETENSORS_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch)):
+    read_safetensors = _safetensors_shapes if shapes_only else _read_safetensors
+    read_torch = _torch_shapes if shapes_only else _read_torch
+    for index_name, reader in ((SAFETENSORS_INDEX, read_safetensors), (TORCH_INDEX, read_torch)):
         index_path = posixpath.join(root, index_name)
         if fs.exists(index_path):
             try:
@@ -84,7 +92,7 @@ def read_hf_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
                     f"{_join(path, index_name)} lists tensors its shards lack: {missing[:8]}"
                 )
             return tensors, _join(path, index_name)
-    for file_name, reader in ((SAFETENSORS_FILE, _read_safetensors), (TORCH_FILE, _read_torch)):
+    for file_name, reader in ((SAFETENSORS_FILE, read_safetensors), (TORCH_FILE, read_torch)):
         if fs.exists(posixpath.join(root, file_name)):
             return reader(_join(path, file_name)), _join(path, file_name)
     raise FileNotFoundError(
@@ -96,13 +104,43 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return safetensors_io.load_bytes(_read(path), source=path)
 
 
-def _read_torch(path: str) -> dict[str, np.ndarray]:
+def _safetensors_shapes(path: str) -> dict[str, np.ndarray]:
+    try:
+        with fsspec.open(path, "rb") as f:
+            size = f.seek(0, io.SEEK_END)
+            f.seek(0)
+            return _stand_ins(safetensors_io.read_shapes(f, size, source=path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing file: {path}") from None
+
+
+def _torch_shapes(path: str) -> dict[str, np.ndarray]:
+    tensors = None
+    if "://" not in path and os.path.isfile(path):
+        try:  # memory-mapped: only the pickle is read, not the tensors' pages
+            tensors = _read_torch(path, mmap=True)
+        except ValueError:
+            pass  # an old (non-zip) torch file, or a bad one: the full read tells which
+    if tensors is None:
+        tensors = _read_torch(path)
+    return _stand_ins({name: (t.dtype, t.shape) for name, t in tensors.items()})
+
+
+def _stand_ins(shapes: Mapping[str, tuple[np.dtype, tuple]]) -> dict[str, np.ndarray]:
+    """Arrays of these dtypes and shapes that hold no memory (one zero, broadcast)."""
+    return {
+        name: np.broadcast_to(np.zeros((), dtype), shape) for name, (dtype, shape) in shapes.items()
+    }
+
+
+def _read_torch(path: str, *, mmap: bool = False) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
         raise ImportError(f"{path} is a torch pickle; reading it needs torch installed") from None
     try:
-        state = torch.load(io.BytesIO(_read(path)), map_location="cpu", weights_only=True)
+        source = path if mmap else io.BytesIO(_read(path))
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises UnpicklingError and friends for disallowed objects
         raise ValueError(
             f"{path}: refusing to load (only plain tensors are allowed, weights_only=True): {e}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np
@@ -35,32 +36,62 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 def load_bytes(data: bytes, *, source: str = "safetensors data") -> dict[str, np.ndarray]:
     """Parse a safetensors file's bytes into name -> numpy array (views into `data`)."""
-    if len(data) < 8:
+    header_len = _header_length(data[:8], len(data), source)
+    entries = _entries(data[8 : 8 + header_len], len(data) - 8 - header_len, source)
+    buffer = memoryview(data)[8 + header_len :]
+    return {
+        name: np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape)
+        for name, (dtype, shape, begin, end) in entries.items()
+    }
+
+
+def read_shapes(f: BinaryIO, size: int, *, source: str) -> dict[str, tuple[np.dtype, tuple]]:
+    """Name -> (dtype, shape) of a safetensors file open as `f` (`size` bytes long), from its
+    header alone; the same checks as `load_bytes` (every tensor's bytes within the file), so a
+    truncated or malformed file fails here without its data being read."""
+    header_len = _header_length(f.read(8), size, source)
+    entries = _entries(f.read(header_len), size - 8 - header_len, source)
+    return {name: (dtype, shape) for name, (dtype, shape, _, _) in entries.items()}
+
+
+def _header_length(prefix: bytes, size: int, source: str) -> int:
+    if len(prefix) < 8 or size < 8:
         raise ValueError(
             f"{source}: not a safetensors file (shorter than its 8-byte header length)"
         )
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if 8 + header_len > len(data):
+    (header_len,) = struct.unpack("<Q", prefix)
+    if 8 + header_len > size:
         raise ValueError(f"{source}: truncated safetensors header ({header_len} bytes declared)")
+    return header_len
+
+
+def _entries(header_bytes: bytes, data_len: int, source: str) -> dict[str, tuple]:
+    """Name -> (dtype, shape, begin, end) of a header whose data section is `data_len` bytes."""
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except json.JSONDecodeError as e:
+        header = json.loads(header_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{source}: malformed safetensors header: {e}") from None
-    buffer = memoryview(data)[8 + header_len :]
-    tensors = {}
+    if not isinstance(header, dict):
+        raise ValueError(f"{source}: malformed safetensors header: not a JSON object")
+    entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = _DTYPES.get(info["dtype"])
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            shape, begin, end = tuple(int(n) for n in shape), int(begin), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{source}: malformed safetensors header entry for tensor {name!r}: {info!r}"
+            ) from None
+        dtype = _DTYPES.get(dtype_name)
         if dtype is None:
-            raise ValueError(f"{source}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
+            raise ValueError(f"{source}: tensor {name!r} has unsupported dtype {dtype_name}")
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != expected or end > len(buffer):
+        if begin < 0 or end - begin != expected or end > data_len:
             raise ValueError(f"{source}: tensor {name!r} has inconsistent offsets {begin}..{end}")
-        tensors[name] = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape)
-    return tensors
+        entries[name] = (dtype, shape, begin, end)
+    return entries
 
 
 def save_bytes(
