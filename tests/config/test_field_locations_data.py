@@ -54,6 +54,6 @@ def test_mixture_problems_are_reported_at_the_component_or_stage(config_problems
     assert config_problems(TrainLmConfig, mixture, "--data.train_weights", "{web: 1, cod: 1}") == {
         "data.train_weights.cod": (
             "--data.train_weights {web: 1, cod: 1}",
-            "unknown component 'cod'; components: web, code (did you mean 'code'?)",
+            "unknown component 'cod'; components: web, code; did you mean 'code'?",
         ),
     }

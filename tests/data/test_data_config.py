@@ -79,8 +79,8 @@ def test_reference_cases_hf_and_mixture_yaml():
         ({"shuffle": 0}, r"shuffle: got 0, expected true, false or a positive era length"),
         (
             {"permutation_type": "fiestel"},
-            r"permutation_type: got 'fiestel', expected one of feistel, linear "
-            r"\(did you mean 'feistel'\?\)",
+            r"permutation_type: got 'fiestel', expected one of feistel, linear; "
+            r"did you mean 'feistel'\?$",
         ),
         (
             {"builtin": "stdlb"},

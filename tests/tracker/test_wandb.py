@@ -279,9 +279,10 @@ def test_resolve_run_id_from_env(tmp_path):
     [
         (
             {"mode": "ofline"},
-            r"^mode: must be one of online, offline, disabled.*'ofline'.*Did you mean 'offline'",
+            r"^mode: must be one of online, offline, disabled \(or unset\), got 'ofline'; did you "
+            r"mean 'offline'\?$",
         ),
-        ({"resume": "alow"}, r"^resume: .*'alow'.*Did you mean 'allow'"),
+        ({"resume": "alow"}, r"^resume: .*, got 'alow'; did you mean 'allow'\?$"),
         ({"tags": "solo"}, r"^tags: must be a list"),
         ({"tags": ["ok", "x" * 65]}, r"^tags\[1\]: got 'x+', expected a string of 1 to 64"),
         ({"id": "a:b"}, r"^id: got 'a:b', expected a run id without any of the characters"),
@@ -316,8 +317,8 @@ def test_a_bad_wandb_mode_from_the_environment_is_named_at_parse_time(monkeypatc
     with pytest.raises(
         lm.config.FieldError,
         match=r"^mode: is unset, so W&B takes the environment's "
-        r"WANDB_MODE='ofline', which must be one of online, offline, disabled.*Did you mean "
-        r"'offline'",
+        r"WANDB_MODE='ofline', which must be one of online, offline, disabled; did you mean "
+        r"'offline'\?\. Fix or unset WANDB_MODE",
     ):
         WandbConfig()
     WandbConfig(mode="offline")

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import difflib
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from lm.config.errors import did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +128,11 @@ def _parse_keep(keep: Any, field: str) -> tuple[list[CheckpointInterval], list[t
             continue
         unknown = sorted(set(entry) - {"every", "until"})
         if unknown:
-            hint = difflib.get_close_matches(str(unknown[0]), ["every", "until"], n=1)
-            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
             problems.append(
                 (
                     path,
                     f"{dict(entry)!r}: unknown key(s) {unknown}; allowed keys are 'every' and "
-                    f"'until'{did_you_mean}",
+                    f"'until'{did_you_mean(str(unknown[0]), ['every', 'until'])}",
                 )
             )
             continue

@@ -19,7 +19,6 @@ encodes back to `p=..,c=..,o=..`. A policy with `half` in it is a `HalfPolicy`, 
 from __future__ import annotations
 
 import datetime
-import difflib
 import math
 import pathlib
 import re
@@ -29,6 +28,8 @@ from typing import Any
 import draccus
 import jax.numpy as jnp
 import jmp
+
+from lm.config.errors import did_you_mean
 
 # ---------------------------------------------------------------------------------------------
 # Durations
@@ -219,11 +220,9 @@ def _parse_dtype(name: str, raw: str):
         return HALF
     if key in _DTYPE_NAMES:
         return _DTYPE_NAMES[key]
-    close = difflib.get_close_matches(key, [*_DTYPE_NAMES, "half"], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(
         f"unknown dtype {name.strip()!r} in mixed-precision policy {raw!r}; "
-        f"allowed dtypes: {_DTYPE_HELP}{hint}"
+        f"allowed dtypes: {_DTYPE_HELP}{did_you_mean(key, [*_DTYPE_NAMES, HALF])}"
     )
 
 

@@ -138,9 +138,10 @@ def closest_name(value: object, options: Iterable[str], *, cutoff: float = 0.6) 
     return close[0] if close else None
 
 
-def did_you_mean(value: object, options: Iterable[str]) -> str:
-    """`; did you mean 'x'?` for the option `closest_name` finds for `value`, else ""."""
-    close = closest_name(value, options)
+def did_you_mean(value: object, options: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """`; did you mean 'x'?` for the option `closest_name` finds for `value`, else "": the
+    end of an error message, which every did-you-mean hint of lm's messages is."""
+    close = closest_name(value, options, cutoff=cutoff)
     return f"; did you mean {close!r}?" if close else ""
 
 

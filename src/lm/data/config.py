@@ -32,7 +32,6 @@ from lm.data.dataset import AsyncDataset
 from lm.data.mixture_config import LMMixtureDatasetConfig as LMMixtureDatasetConfig
 from lm.data.source_config import LMDatasetSourceConfig as LMDatasetSourceConfig
 from lm.data.source_config import _SourceFields
-from lm.data.source_config import did_you_mean as did_you_mean
 from lm.data.task_config import MAX_DATA_SEED as MAX_DATA_SEED
 from lm.data.task_config import SPLITS, LMTaskConfig, _join
 from lm.models.lm_model import LmExample

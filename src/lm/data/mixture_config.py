@@ -20,6 +20,7 @@ import haliax as hax
 
 from lm.config.errors import (
     FieldError,
+    did_you_mean,
     field_problem,
     invalid,
     join_path,
@@ -29,7 +30,7 @@ from lm.data.cache import TokenCache
 from lm.data.dataset import AsyncDataset
 from lm.data.mixture import MixtureDataset, MixtureStage, block_counts
 from lm.data.permutation import mix_seed
-from lm.data.source_config import LMDatasetSourceConfig, did_you_mean
+from lm.data.source_config import LMDatasetSourceConfig
 from lm.data.sources import ShardedSource
 from lm.data.task_config import SPLITS, LMTaskConfig, _join
 from lm.models.lm_model import LmExample

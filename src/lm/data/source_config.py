@@ -15,7 +15,7 @@ from dataclasses import field
 
 from lm.config.errors import (
     FieldError,
-    closest_name,
+    did_you_mean,
     field_problem,
     invalid,
     raise_problems,
@@ -33,11 +33,6 @@ from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol
 
 # The data configs' messages go to one logger, the one a run's logging config looks at.
 logger = logging.getLogger("lm.data.config")
-
-
-def did_you_mean(value: str, allowed) -> str:
-    close = closest_name(value, allowed)
-    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _tag_problems(tags) -> list[FieldError]:

@@ -15,12 +15,11 @@ from dataclasses import field
 
 import haliax as hax
 
-from lm.config.errors import FieldError, field_problem, invalid
+from lm.config.errors import FieldError, did_you_mean, field_problem, invalid
 from lm.data.cache import CacheOptions, TokenCache, build_or_load_cache
 from lm.data.dataset import AsyncDataset
 from lm.data.packing import CausalLmDataset
 from lm.data.permutation import PERMUTATION_TYPES, mix_seed, seed_from_key
-from lm.data.source_config import did_you_mean
 from lm.data.sources import ShardedSource
 from lm.data.tokenizer import PASSTHROUGH_TOKENIZER_NAME, DocumentEncoder
 from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol, missing_filesystem

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 
 from lm.config import FieldError, invalid, raise_problems
+from lm.config.errors import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +215,7 @@ def resolve_lr_schedule(
         )
     known = lr_schedule_names()
     if value not in known:
-        close = difflib.get_close_matches(value, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise invalid(field, value, f"one of {known}{hint}")
+        raise invalid(field, value, f"one of {known}{did_you_mean(value, known)}")
     cls = LrSchedule.get_choice_class(value)
     required = [
         f.name

@@ -16,12 +16,12 @@ devices that nothing is split over).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from lm.config.errors import did_you_mean
 from lm.partitioning.mesh import DATA, MESH_AXES, MODEL, REPLICA
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,7 @@ def mapping_entry_problem(physical: Any) -> str | None:
     for name in names:
         if name in MESH_AXES:
             continue
-        close = difflib.get_close_matches(str(name), list(MESH_AXES), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(name), MESH_AXES, cutoff=0.5)
         which = "" if isinstance(physical, str) else f", where {name!r} is not a mesh axis"
         return f"got {_show(physical)}{which}, expected {allowed}{hint}"
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -438,8 +437,7 @@ def check_mapped_axes_exist(
     def unknown(axis: str) -> str | None:
         if axis in present or axis == batch_axis:
             return None
-        close = difflib.get_close_matches(axis, sorted(present), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(axis, sorted(present))
         return f"{axis!r} names no axis of the model's parameters (they have: {listed}){hint}"
 
     errors = [

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from lm.config.errors import FieldError, closest_name, field_problem, raise_problems
+from lm.config.errors import FieldError, did_you_mean, field_problem, raise_problems
 from lm.tracker.base import (
     Histogram,
     Tracker,
@@ -64,11 +64,6 @@ def run_id_problem(run_id: str) -> str | None:
 
 
 _RESUME = ("allow", "must", "never", "auto")
-
-
-def _did_you_mean(value: str, allowed: Sequence[str]) -> str:
-    close = closest_name(value, allowed)
-    return f" Did you mean {close!r}?" if close else ""
 
 
 @TrackerConfig.register_subclass("wandb")
@@ -115,7 +110,7 @@ class WandbConfig(TrackerConfig):
                 FieldError(
                     "mode",
                     f"must be one of {', '.join(_MODES)} (or unset), got "
-                    f"{self.mode!r}.{_did_you_mean(str(self.mode), _MODES)}",
+                    f"{self.mode!r}{did_you_mean(str(self.mode), _MODES)}",
                 )
             )
         env_mode = os.environ.get("WANDB_MODE")
@@ -125,8 +120,8 @@ class WandbConfig(TrackerConfig):
                 FieldError(
                     "mode",
                     f"is unset, so W&B takes the environment's WANDB_MODE={env_mode!r}, which "
-                    f"must be one of {', '.join(_MODES)}.{_did_you_mean(env_mode, _MODES)} Fix "
-                    "or unset WANDB_MODE, or set this field",
+                    f"must be one of {', '.join(_MODES)}{did_you_mean(env_mode, _MODES)}. Fix or "
+                    "unset WANDB_MODE, or set this field",
                 )
             )
         if self.resume not in _RESUME:
@@ -134,7 +129,7 @@ class WandbConfig(TrackerConfig):
                 FieldError(
                     "resume",
                     f"must be one of {', '.join(_RESUME)}, got "
-                    f"{self.resume!r}.{_did_you_mean(str(self.resume), _RESUME)}",
+                    f"{self.resume!r}{did_you_mean(str(self.resume), _RESUME)}",
                 )
             )
         if isinstance(self.tags, str):

@@ -10,7 +10,6 @@ config resolves (and the W&B tracker's `id`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import numbers
 import typing
@@ -23,7 +22,7 @@ import numpy as np
 
 from lm.checkpoint import CheckpointerConfig
 from lm.config import FieldError, field_problem, invalid
-from lm.config.errors import join_path
+from lm.config.errors import did_you_mean, join_path
 from lm.distributed import RayConfig
 from lm.distributed.init import DistributedConfig
 from lm.optim.model_averaging import ModelAveragingConfig
@@ -318,8 +317,7 @@ def _check_jax_flag(name: str, value: Any, *, field: str) -> None:
     `name` is a jax flag (did-you-mean otherwise) and `value` has the flag's type."""
     known = jax.config.values
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]!r}?" if close else " (jax.config.values lists them)"
+        hint = did_you_mean(name, known, cutoff=0.75) or " (jax.config.values lists them)"
         raise FieldError(field, f"unknown jax config flag {name!r}{hint}")
     # The type of the flag's current value; jax's int, float and str flags also take None.
     current = known[name]

@@ -20,7 +20,6 @@ How a quantized run differs from a plain one, all in the trainer:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from typing import Any
 
@@ -30,7 +29,7 @@ import haliax.quantization as hq
 import jax
 import jax.numpy as jnp
 
-from lm.config.errors import FieldError, invalid, raise_problems
+from lm.config.errors import FieldError, did_you_mean, invalid, raise_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +114,9 @@ def check_targets(model: Any, config: QuantizationConfig | hq.QuantizationConfig
     if isinstance(targets, list | tuple):
         for i, target in enumerate(targets):
             if target not in names:
-                close = difflib.get_close_matches(target, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(
                     f"trainer.quantization.targets[{i}]: {target!r} names no Linear layer of "
-                    f"the model{hint}; its layers: {', '.join(names)}"
+                    f"the model (its layers: {', '.join(names)}){did_you_mean(target, names)}"
                 )
     elif isinstance(targets, str) and not any(re.match(targets, p) for p in paths):
         raise ValueError(

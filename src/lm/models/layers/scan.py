@@ -27,7 +27,6 @@ All produce the same gradients; they trade memory for recomputation.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 from typing import Any, Union
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from haliax import Axis, ScanCheckpointPolicy
 
-from lm.config.errors import FieldError
+from lm.config.errors import FieldError, did_you_mean
 
 GradientCheckpointing = Union[bool, ScanCheckpointPolicy, str]  # noqa: UP007 (draccus needs Union)
 
@@ -80,11 +79,10 @@ def checkpoint_policy(value: GradientCheckpointing, *, field: str = "gradient_ch
     if isinstance(value, str) and value in _POLICY_STRINGS:
         return ScanCheckpointPolicy.from_bool_or_str(value)
     allowed = "true, false, " + ", ".join(repr(s) for s in _POLICY_STRINGS)
-    close = difflib.get_close_matches(str(value), _POLICY_STRINGS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise FieldError(
         field,
-        f"unknown checkpointing policy {value!r}{hint}; allowed: {allowed}, or a policy mapping",
+        f"unknown checkpointing policy {value!r}; allowed: {allowed}, or a policy mapping"
+        f"{did_you_mean(str(value), _POLICY_STRINGS)}",
     )
 
 
