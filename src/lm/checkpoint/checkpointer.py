@@ -33,7 +33,7 @@ from lm.checkpoint.storage import (
     write_json,
 )
 from lm.config.codecs import format_duration, parse_duration
-from lm.config.errors import FieldError, field_problem, invalid, raise_problems
+from lm.config.errors import FieldError, field_problem, invalid, is_count, raise_problems
 from lm.fs import TENSORSTORE_PROTOCOLS, check_url_protocol
 from lm.trainer.state import StepInfo, TrainerState, saveable_state
 
@@ -386,7 +386,7 @@ class CheckpointerConfig:
 
     def _check_max_permanent(self) -> None:
         n = self.max_permanent_checkpoints
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        if n is not None and not is_count(n):
             raise invalid("max_permanent_checkpoints", n, "a positive integer, or null to keep all")
 
     def _check_base_path(self) -> None:

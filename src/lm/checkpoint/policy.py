@@ -21,7 +21,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lm.config.errors import did_you_mean
+from lm.config.errors import did_you_mean, is_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +39,9 @@ class CheckpointInterval:
     def __post_init__(self):
         # both fields' problems in one ValueError: `parse_keep` reports it at `keep[i]`
         problems = []
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every <= 0:
+        if not is_count(self.every):
             problems.append(f"every ({self.every!r}) must be a positive integer number of steps")
-        if self.until is not None and (
-            isinstance(self.until, bool) or not isinstance(self.until, int) or self.until <= 0
-        ):
+        if self.until is not None and not is_count(self.until):
             problems.append(f"until ({self.until!r}) must be a positive step or None (forever)")
         if problems:
             raise ValueError("; ".join(problems))

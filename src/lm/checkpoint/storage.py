@@ -33,6 +33,7 @@ from typing import Any
 
 import tensorstore as ts
 
+from lm.config.errors import is_int
 from lm.fs import TENSORSTORE_PROTOCOLS
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def read_status(path: str, *, nonempty: bool | None = None) -> CheckpointStatus 
             return None
         return CheckpointStatus(path, name_step, complete=False, problem="no metadata.json")
     step = meta.get("step")
-    if not isinstance(step, int) or isinstance(step, bool):
+    if not is_int(step):
         return _damaged(path, name_step, f"{join(path, METADATA_FILE)} has no integer step: {meta}")
     return CheckpointStatus(
         path,

@@ -26,6 +26,7 @@ from lm.config.errors import (
     did_you_mean,
     first_key,
     index_path,
+    is_int,
     join_path,
 )
 
@@ -223,7 +224,7 @@ class Decoder:
     def str_(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             # Numbers-as-names (`run_id: 2024`, `--trainer.id 123`) are taken verbatim.
             return str(value)
         hint = ""

@@ -118,6 +118,16 @@ def invalid(field: str, value: object, allowed: str) -> FieldError:
     return FieldError(field, f"got {show_value(value, limit=200)}, expected {allowed}")
 
 
+def is_int(value: object) -> bool:
+    """An int that is not a bool: YAML's `true` is no count (Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_count(value: object, *, minimum: int = 1) -> bool:
+    """An int (not a bool) of at least `minimum`: a size, step or count."""
+    return is_int(value) and value >= minimum
+
+
 def closest_name(value: object, options: Iterable[str], *, cutoff: float = 0.6) -> str | None:
     """The option a misspelt `value` most likely meant, or None.
 

@@ -34,6 +34,7 @@ from haliax import Axis, NamedArray
 from haliax.partitioning import pspec_for_axis
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lm.config.errors import is_int
 from lm.data.dataset import AsyncDataset
 from lm.schedule import BatchSchedule
 
@@ -85,7 +86,7 @@ class DataLoader(Generic[Ex]):
             schedule = BatchSchedule(batch.size)
         elif isinstance(batch, BatchSchedule):
             schedule = batch
-        elif isinstance(batch, int) and not isinstance(batch, bool):
+        elif is_int(batch):
             if batch <= 0:
                 raise ValueError(f"batch size must be positive, got {batch}")
             schedule = BatchSchedule(batch)

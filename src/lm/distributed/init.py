@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from lm.config.errors import FieldError, raise_problems
+from lm.config.errors import FieldError, is_count, raise_problems
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class DistributedConfig:
                 problems.append(FieldError("process_id", f"must be >= 0, got {self.process_id}"))
         ids = [self.local_device_ids] if isinstance(self.local_device_ids, int) else None
         for i, device in enumerate(ids or self.local_device_ids or []):
-            if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            if not is_count(device, minimum=0):
                 where = "local_device_ids" if ids else f"local_device_ids[{i}]"
                 problems.append(FieldError(where, f"got {device!r}, expected a device index >= 0"))
         for name in (

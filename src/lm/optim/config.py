@@ -24,6 +24,7 @@ import optax
 
 import lm.tracker
 from lm.config import FieldError, field_problem, invalid, raise_problems
+from lm.config.errors import is_int
 from lm.optim.masks import WeightDecayMask, build_weight_decay_mask, param_infos
 from lm.optim.schedules import (
     LrSchedule,
@@ -39,10 +40,6 @@ from lm.optim.schedules import (
 from lm.optim.skip_step import SkipStepConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,7 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
                 )
         problems += field_problem(self._check_weight_decay_modules)
         if self.schedule_steps is not None and (
-            not _is_int(self.schedule_steps) or self.schedule_steps < 1
+            not is_int(self.schedule_steps) or self.schedule_steps < 1
         ):
             problems.append(
                 invalid(
@@ -175,7 +172,7 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             ]
         problems: list[FieldError] = []
         if self.cycles is not None:
-            if _is_int(self.cycles):
+            if is_int(self.cycles):
                 if self.cycles < 1:
                     problems.append(
                         invalid("cycles", self.cycles, "an int >= 1 or a list of steps")
@@ -186,7 +183,7 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             problems += field_problem(lambda: self._check_minima(self.haps, "haps"))
         cl = self.cycle_length
         if isinstance(cl, list):
-            if not cl or not all(_is_int(x) and x >= 1 for x in cl):
+            if not cl or not all(is_int(x) and x >= 1 for x in cl):
                 problems.append(
                     invalid("cycle_length", cl, "a list of positive whole numbers of steps")
                 )
@@ -200,7 +197,7 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
     def _check_minima(points: Any, field: str) -> None:
         if not isinstance(points, list) or not points:
             raise invalid(field, points, "an int or a non-empty list of steps")
-        if not all(_is_int(p) and p >= 1 for p in points):
+        if not all(is_int(p) and p >= 1 for p in points):
             raise invalid(field, points, "cycle minima that are steps >= 1")
         if any(b <= a for a, b in zip(points, points[1:], strict=False)):
             raise invalid(field, points, "strictly increasing cycle minima")
@@ -235,7 +232,7 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
 
     def schedule_horizon(self, num_train_steps: int) -> int:
         """Steps the schedule spans: `schedule_steps`, or the run length when unset."""
-        if not _is_int(num_train_steps) or num_train_steps < 1:
+        if not is_int(num_train_steps) or num_train_steps < 1:
             raise ValueError(f"num_train_steps ({num_train_steps!r}) must be a positive integer")
         if self.schedule_steps is None:
             return num_train_steps

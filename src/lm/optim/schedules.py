@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from lm.config import FieldError, invalid, raise_problems
-from lm.config.errors import did_you_mean
+from lm.config.errors import did_you_mean, is_count
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class PowerLrSchedule(LrSchedule):
             problems.append(invalid("b", self.b, "a number < 0 (the power-law exponent)"))
         for name in ("batch_size", "seq_length"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_count(value):
                 problems.append(invalid(name, value, "a positive integer"))
         raise_problems(problems)
 

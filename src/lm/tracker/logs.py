@@ -15,6 +15,7 @@ import pathlib
 import sys
 from typing import TextIO
 
+from lm.config.errors import is_int
 from lm.tracker.scrub import scrub_text
 
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,7 +44,7 @@ class _ConsoleHandler(logging.StreamHandler):
 
 
 def _parse_level(level: str | int) -> int:
-    if isinstance(level, int) and not isinstance(level, bool):
+    if is_int(level):
         return level
     names = [n for n in logging.getLevelNamesMapping() if n not in ("NOTSET", "WARN", "FATAL")]
     value = logging.getLevelNamesMapping().get(str(level).upper())

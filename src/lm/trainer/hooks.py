@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from jaxtyping import PyTree
 
+from lm.config.errors import is_count
 from lm.trainer.state import StepInfo, TrainerState
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class TrainerHooks:
         self.jit_hooks: list[_Registered] = []
 
     def add_hook(self, fn=None, *, every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+        if not is_count(every):
             raise ValueError(f"add_hook(every=...) must be a positive integer, got {every!r}")
         if fn is None:
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lm.config import FieldError, field_problem, invalid
+from lm.config.errors import is_count
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import validate_attention_backend
 
@@ -19,7 +20,7 @@ def positive_int_problems(config: Any, names: Iterable[str]) -> list[FieldError]
     problems = []
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_count(value):
             problems.append(invalid(name, value, "a positive int"))
     return problems
 
