@@ -288,13 +288,24 @@ def test_a_process_given_another_config_is_named_before_training(tmp_path, corpu
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_a_checkpoint_directory_the_processes_do_not_share_is_named(
-    tmp_path, corpus, subprocess_env
+@pytest.mark.parametrize(
+    "field, relative",
+    [("trainer.checkpointer.base_path", f"ckpt/{RUN_ID}"), ("data.cache_dir", "cache")],
+)
+def test_a_directory_the_processes_do_not_share_is_named(
+    tmp_path, corpus, subprocess_env, field, relative
 ):
     """A relative base_path from two working directories: each process wrote only its own
-    shards, every checkpoint was reported committed and none could be loaded."""
+    shards, every checkpoint was reported committed and none could be loaded. A relative
+    cache_dir: process 1 waited for a cache process 0 built where it could not see it, and
+    both ended in a failed collective."""
     config = _run_yaml(tmp_path, corpus, steps=4)
-    text = config.read_text().replace(str(tmp_path / "ckpt"), "ckpt")
+    absolute = (
+        str(tmp_path / "ckpt")
+        if field.startswith("trainer")
+        else str(pathlib.Path(corpus).parent / "cache")
+    )
+    text = config.read_text().replace(absolute, relative.split("/")[0])
     config.write_text(text)
     cwds = (tmp_path / "host0", tmp_path / "host1")
     for cwd in cwds:
@@ -304,13 +315,13 @@ def test_a_checkpoint_directory_the_processes_do_not_share_is_named(
         codes = [p.wait(timeout=180) for p in procs]
     finally:
         _kill_all(procs)
-    assert codes == [1, 1], [_output(tmp_path, i)[-2000:] for i in range(2)]
+    assert codes == [2, 2], [_output(tmp_path, i)[-2000:] for i in range(2)]
     for pid in range(2):
         assert (
-            f"error: trainer.checkpointer.base_path (ckpt/{RUN_ID}) is not one directory shared "
-            "by the processes: process(es) [1] cannot see a file process 0 wrote into it"
+            f"error: {field} ({relative}) is not one directory shared by the processes: "
+            "process(es) [1] cannot see a file process 0 wrote into it"
         ) in _output(tmp_path, pid)
-    assert not (tmp_path / "host0" / "ckpt" / RUN_ID).exists()
+    assert not (tmp_path / "host0" / relative).exists()
 
 
 def test_dead_coordinator_stops_the_worker(tmp_path, corpus, subprocess_env):

@@ -99,8 +99,28 @@ def test_every_yaml_under_config_parses(path):
             ["--data.train_urls", "[a.jsonl]"],
             ["set only one kind of source", "got train_urls/validation_urls and builtin"],
         ),
+        # the parameters against the mesh (8 devices): found before anything is written
+        (
+            ["--trainer.fsdp_axis", "[embed, mlp]"],
+            ["error: parameter transformer.blocks.stacked.mlp.c_fc.weight has axes", "which "
+             "the trainer's parameter axis mapping both shards over mesh axis 'data'"],
+        ),
+        (
+            ["--trainer.batch_axis", "embed"],
+            ["error: trainer.batch_axis: 'embed' is an axis of the model's parameters (they "
+             "have: ", "the batch axis needs a name of its own"],
+        ),
+        (
+            ["--trainer.mp", "f64"],
+            ["trainer.mp [--trainer.mp f64]: asks for float64, which JAX gives only with x64"],
+        ),
+        (
+            ["--trainer.model_axis_size", "8", "--trainer.tensor_parallel_axes", "[heads]"],
+            ["error: parameter transformer.blocks.stacked.attn.", "has axis 'heads' of size 4",
+             "8 does not divide 4"],
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_configs_give_one_clear_message_and_exit_2(
     tmp_path, capsys, args, expected, monkeypatch
 ):
@@ -884,6 +904,49 @@ def test_a_tokenizer_of_another_size_than_the_checkpoint(
     else:
         assert f"The tokenizer has 101 tokens but {tmp_path / 'src'}'s vocabulary" in message
         assert warning in message
+
+
+@pytest.mark.torch
+def test_an_hf_vocabulary_the_model_axis_does_not_divide_is_padded_before_sharding(
+    tmp_path, monkeypatch
+):
+    """101 rows sharded over a model axis of 4: the load placed them as read and failed
+    inside jax; they are padded to 104 on the host first, the checkpoint's rows unchanged."""
+    import haliax as hax
+    import torch
+
+    from lm.lm_run import load_lm_checkpoint
+    from lm.main.train_lm import main
+
+    corpus = write_tiny_corpus(tmp_path / "corpus")
+    hf = _hf_run_config(tmp_path, "{type: llama, seq_len: 32}", vocab_size=101)
+    monkeypatch.chdir(tmp_path)
+    lm.config.main(main)(
+        args=[
+            "--config_path", str(tmp_path / "run.yaml"),
+            "--data.train_urls", f"[{corpus[0]}]", "--data.validation_urls", "[]",
+            "--data.cache_dir", str(tmp_path / "cache"), "--data.cache_options.backend", "local",
+            "--trainer.require_accelerator", "false", "--trainer.id", "tp",
+            "--trainer.tracker", "{type: json}", "--trainer.num_train_steps", "1",
+            "--trainer.train_batch_size", "2", "--trainer.model_axis_size", "4",
+            "--trainer.tensor_parallel_axes", "[vocab]", "--trainer.fsdp_axis", "null",
+            "--trainer.checkpointer.base_path", str(tmp_path / "ckpt"),
+            "--optimizer.learning_rate", "1e-9",
+        ]
+    )  # fmt: skip
+    from transformers import AutoModelForCausalLM
+
+    source = AutoModelForCausalLM.from_pretrained(tmp_path / "src")
+    expected = source.model.embed_tokens.weight.detach().to(torch.float32).numpy()
+    model, _ = load_lm_checkpoint(
+        hf.run_model().config,
+        hax.Axis("vocab", 104),
+        str(tmp_path / "ckpt" / "tp"),
+        mp=hf.trainer.mp,
+    )
+    table = np.asarray(model.embeddings.token_embeddings.weight.array)
+    assert table.shape == (104, 32)
+    np.testing.assert_allclose(table[:101], expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.torch

@@ -390,6 +390,32 @@ def test_load_pretrained_stages_on_the_host_and_places_each_shard(
     assert_trees_equal(eqx.filter(llama_model, eqx.is_array), eqx.filter(back, eqx.is_array))
 
 
+def test_load_pretrained_pads_a_vocabulary_its_shards_do_not_divide_on_the_host(
+    llama_model, tmp_path
+):
+    """A 101-row vocabulary sharded 4 ways: placing it as read failed inside jax ("axis 0
+    is partitioned 4 times, but the dimension size is 101"); with `vocab_size` the rows are
+    padded on the host first, the checkpoint's own rows kept as they are."""
+    from jax.sharding import Mesh
+
+    converter = llama_model.config.hf_checkpoint_converter()
+    converter.save_pretrained(llama_model, str(tmp_path))
+    mesh = Mesh(np.array(jax.devices()[4:8]).reshape(1, 4), ("data", "model"))
+    with jax.set_mesh(mesh):
+        back = converter.load_pretrained(
+            str(tmp_path),
+            axis_mapping={"vocab": "model"},
+            vocab_size=104,
+            key=jax.random.PRNGKey(3),
+        )
+    assert back.Vocab.size == 104
+    table = back.embeddings.token_embeddings.weight.array
+    assert len(table.addressable_shards) == 4 and table.addressable_shards[0].data.shape[0] == 26
+    original = np.asarray(llama_model.embeddings.token_embeddings.weight.array)
+    np.testing.assert_array_equal(np.asarray(table)[:VOCAB], original)
+    assert np.isfinite(np.asarray(table)[VOCAB:]).all()
+
+
 def test_load_pretrained_with_a_mapping_but_no_mesh_is_a_clear_error(llama_model, tmp_path):
     converter = llama_model.config.hf_checkpoint_converter()
     converter.save_pretrained(llama_model, str(tmp_path))

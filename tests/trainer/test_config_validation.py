@@ -488,6 +488,51 @@ def test_a_compilation_cache_dir_that_cannot_be_written_is_an_error_before_anyth
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_compilation_cache_dir_under_home_is_expanded_and_an_empty_one_refused(
+    tmp_path, monkeypatch
+):
+    """jax took `~/jc` as a folder named `~` in the working directory, and `''` turned the
+    cache off in silence."""
+    import jax
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        TrainerConfig(
+            jax_compilation_cache_dir="~/jc",
+            log_dir=tmp_path / "logs",
+            tracker=NoopConfig(),
+            require_accelerator=False,
+        ).initialize()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "home" / "jc")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(FieldError) as info:
+        TrainerConfig(jax_compilation_cache_dir="")
+    assert str(info.value) == (
+        "jax_compilation_cache_dir: is empty; give a directory (local or a URL), or leave it "
+        "unset (null) for JAX's default"
+    )
+
+
+def test_a_float64_policy_needs_x64_and_an_empty_batch_axis_is_refused():
+    """`mp: f64` trained in float32 (jax truncates float64 arrays without x64), recording
+    p=f64 in the run's hyperparameters."""
+    import jax
+
+    with pytest.raises(ConfigError) as info:
+        TrainerConfig(mp="p=f32,c=f64", batch_axis=" ")
+    assert [str(p) for p in info.value.problems] == [
+        "batch_axis: got ' ', expected an axis name such as 'batch'",
+        "mp: asks for float64, which JAX gives only with x64 enabled (it would train in "
+        "float32): set trainer.jax_config: {jax_enable_x64: true}, or use f32",
+    ]
+    assert not jax.config.jax_enable_x64
+    TrainerConfig(mp="f64", jax_config={"jax_enable_x64": True})
+
+
 def test_a_checkpoint_or_log_folder_that_cannot_be_written_is_an_error_before_anything(
     tmp_path, caplog
 ):

@@ -146,6 +146,10 @@ class LMTaskConfig:
         """(config path, URL) of every path or URL this config opens."""
         return [("data.tokenizer", self.tokenizer), ("data.cache_dir", self.cache_dir)]
 
+    def cache_dirs(self) -> list[tuple[str, str]]:
+        """(config path, directory) of every cache directory this config writes."""
+        return [(path, url) for path, url in self._urls() if path.endswith("cache_dir")]
+
     def check_filesystems(self) -> None:
         """Raise a `ValueError` if this Python cannot open some URL of this config.
 

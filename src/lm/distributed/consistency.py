@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lm.config.errors import SetupConfigError
+
 PER_PROCESS_FIELDS = ("trainer.distributed.process_id", "trainer.distributed.local_device_ids")
 """Fields that legitimately differ between the processes of one run."""
 
@@ -75,10 +77,16 @@ def check_same_config(config: Any, *, exclude: Iterable[str] = PER_PROCESS_FIELD
     )
 
 
-def check_shared_directory(url: str, *, field: str) -> None:
-    """Raise a ValueError on every process unless all processes see the same local directory
-    `url` (a checkpoint directory, which each process writes its own shards into). Remote
-    URLs (gs://, s3://) are shared by nature and are not checked. A no-op for one process.
+_CHECKPOINTS = "Every process writes its own shards of each checkpoint there"
+CACHES = "Process 0 builds the data cache there while the others wait to read it"
+
+
+def check_shared_directory(url: str, *, field: str, why: str = _CHECKPOINTS) -> None:
+    """Raise a `SetupConfigError` on every process unless all processes see the same local
+    directory `url` (a checkpoint directory, which each process writes its own shards into;
+    a data cache, which process 0 builds for the others; `why` says which). Remote URLs
+    (gs://, s3://) are shared by nature and are not checked. A no-op for one process. A
+    directory made for the check is removed again.
 
     Collective: every process must call it, in the same place.
     """
@@ -103,12 +111,12 @@ def check_shared_directory(url: str, *, field: str) -> None:
     if jax.process_index() == 0:
         os.remove(marker)
     blind = [i for i, s in enumerate(seen.reshape(-1)) if not s]
-    if blind and created and jax.process_index() == 0:
+    if created and jax.process_index() == 0:
         os.rmdir(path)  # made only for the check
     if blind:
-        raise ValueError(
+        raise SetupConfigError(
             f"{field} ({url}) is not one directory shared by the processes: process(es) "
-            f"{blind} cannot see a file process 0 wrote into it. Every process writes its own "
-            "shards of each checkpoint there, so it must be shared storage (a network "
-            "filesystem mounted at the same path on every host, or gs:// / s3://)"
+            f"{blind} cannot see a file process 0 wrote into it. {why}, so it must be shared "
+            "storage (a network filesystem mounted at the same path on every host, or gs:// / "
+            "s3://)"
         )

@@ -18,7 +18,7 @@ import lm.host_memory
 import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
-from lm.distributed.consistency import check_same_config, check_shared_directory
+from lm.distributed.consistency import CACHES, check_same_config, check_shared_directory
 from lm.lm_run import (
     MODEL_METADATA_KEY,
     RunModel,
@@ -44,7 +44,7 @@ from lm.models import Gpt2Config, LmConfig
 from lm.models.layers.attention import check_backend_platform
 from lm.models.loss import compute_next_token_loss_and_metrics
 from lm.optim import AdamConfig, OptimizerConfig
-from lm.partitioning import abstract_shapes, check_distinct_mesh_axes
+from lm.partitioning import abstract_shapes, check_distinct_mesh_axes, check_divisible
 from lm.trainer import Preempted, Trainer, TrainerConfig
 from lm.trainer.quantization import check_targets
 from lm.trainer.resume import resume_source, sharded_axis_warnings
@@ -184,6 +184,9 @@ def main(config: TrainLmConfig) -> RunSummary:
         trainer_config.checkpointer.expanded_path(trainer_config.run_id),
         field="trainer.checkpointer.base_path",
     )
+    # process 0 builds the caches while the others wait for them to appear
+    for field, cache_dir in config.data.cache_dirs():
+        check_shared_directory(cache_dir, field=field, why=CACHES)
     _log_to_file("Resolved configuration:\n%s", lm.config.to_yaml(config))
     # before the caches are built and the run directory is made
     run_model = config.run_model()
@@ -196,6 +199,8 @@ def main(config: TrainLmConfig) -> RunSummary:
         lambda: model_config.build(hax.Axis("vocab", 8), key=jax.random.PRNGKey(0))
     )
     check_distinct_mesh_axes(shapes, trainer_config.parameter_axis_mapping)
+    mesh_shape = dict(trainer_config.device_mesh.shape)
+    check_divisible(shapes, trainer_config.parameter_axis_mapping, mesh_shape, padded=["vocab"])
     sharded_axis_warnings(shapes, trainer_config)  # its errors, before the tracker starts
     if trainer_config.quantization is not None:
         check_targets(shapes, trainer_config.quantization)
@@ -239,19 +244,21 @@ def main(config: TrainLmConfig) -> RunSummary:
             model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
             if converter is not None and not _will_resume(trainer_config):
+                vocab_warning = describe_vocab_change(run_model)
+                if vocab_warning is not None:
+                    logger.warning("%s", vocab_warning)
+                # new rows: the tokenizer's extra tokens (warned above) and partition padding,
+                # added on the host before sharding (the checkpoint's size need not divide)
                 model = converter.load_pretrained(
                     config.hf_checkpoint,
                     config=model_config,
                     axis_mapping=trainer.parameter_axis_mapping,
+                    vocab_size=Vocab.size,
+                    key=model_key,
                 )
-                logger.info("Loaded the HF checkpoint %s", config.hf_checkpoint)
-                vocab_warning = describe_vocab_change(run_model)
-                if vocab_warning is not None:
-                    logger.warning("%s", vocab_warning)
-                if model.Vocab.size != Vocab.size:
-                    # new rows: the tokenizer's extra tokens (warned above) and partition padding
-                    logger.info("Resizing the HF vocab %d -> %d", model.Vocab.size, Vocab.size)
-                    model = model.resize_vocab(Vocab.size, key=model_key)
+                logger.info(
+                    "Loaded the HF checkpoint %s (vocab %d)", config.hf_checkpoint, Vocab.size
+                )
                 start: dict[str, Any] = dict(model=model)
             else:
                 start = dict(model_init=lambda: model_config.build(Vocab, key=model_key))

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from lm.config.errors import did_you_mean
+from lm.config.errors import SetupConfigError, did_you_mean
 from lm.partitioning.mesh import DATA, MESH_AXES, MODEL, REPLICA
 
 logger = logging.getLogger(__name__)
@@ -297,12 +297,17 @@ def batch_axis_clash(
 
 
 def check_divisible(
-    tree: Any, mapping: Mapping[str, str | tuple[str, ...]], mesh_shape: Mapping[str, int]
+    tree: Any,
+    mapping: Mapping[str, str | tuple[str, ...]],
+    mesh_shape: Mapping[str, int],
+    *,
+    padded: Sequence[str] = (),
 ) -> None:
     """Every named axis of every NamedArray in `tree` (concrete or from `eval_shape`) must
-    divide by the number of devices the mapping splits it over. Raises a ValueError naming
-    the first parameter, axis and mesh axes that do not fit (jax would only report an
-    array dimension)."""
+    divide by the number of devices the mapping splits it over, except `padded` axes (the
+    vocabulary, which a run pads to fit). Raises a `SetupConfigError` (a ValueError: a
+    configuration problem, exit status 2 from the command line) naming the first parameter,
+    axis and mesh axes that do not fit (jax would only report an array dimension)."""
     import haliax as hax
     import jax
 
@@ -312,12 +317,12 @@ def check_divisible(
             continue
         for axis in leaf.axes:
             physical = mapping.get(axis.name)
-            if physical is None:
+            if physical is None or axis.name in padded:
                 continue
             names = _mesh_axes(physical)
             parts = math.prod(mesh_shape[name] for name in names)
             if axis.size % parts:
-                raise ValueError(
+                raise SetupConfigError(
                     f"parameter {_path_name(path)} has axis {axis.name!r} of size "
                     f"{axis.size}, which the trainer's parameter axis mapping splits over mesh "
                     f"axes {list(names)} ({parts} devices), and {parts} does not divide "
@@ -357,7 +362,7 @@ def check_distinct_mesh_axes(
 
     `validate_mapping` checks each logical axis on its own; this needs the parameters, since
     `fsdp_axis: [embed, mlp]` is fine for a model with no (embed, mlp) weight. Raises a
-    ValueError naming the first parameter, its two logical axes, the mesh axis and the
+    `SetupConfigError` (a ValueError) naming the first parameter, its two logical axes, the mesh axis and the
     trainer fields to change (jax would raise `DuplicateSpecError` on a bare PartitionSpec).
     """
     import haliax as hax
@@ -380,7 +385,7 @@ def check_distinct_mesh_axes(
                     [_FIELDS_FOR_MESH_AXIS[mesh_axis]] if mesh_axis in _FIELDS_FOR_MESH_AXIS else []
                 )
                 fields += ["trainer.axis_resources", "trainer.parameter_axis_resources"]
-                raise ValueError(
+                raise SetupConfigError(
                     f"parameter {_path_name(path)} has axes {first!r} "
                     f"({mapping.get(first)!r}) and {axis.name!r} ({physical!r}), which the "
                     f"trainer's {mapping_name} both shards over mesh axis {mesh_axis!r}; a mesh "
@@ -427,7 +432,8 @@ def check_mapped_axes_exist(
     (a model of plain arrays, which no logical axis shards) is not checked.
 
     Raises:
-        ValueError: a `parameter_axis_resources` axis that no parameter has.
+        ValueError: a `parameter_axis_resources` axis that no parameter has, or a `batch_axis`
+            that is a parameter axis (batches would need that axis's size).
     """
     present = parameter_axis_names(tree)
     if not present:
@@ -440,6 +446,12 @@ def check_mapped_axes_exist(
         hint = did_you_mean(axis, sorted(present))
         return f"{axis!r} names no axis of the model's parameters (they have: {listed}){hint}"
 
+    if batch_axis in present:
+        raise ValueError(
+            f"trainer.batch_axis: {batch_axis!r} is an axis of the model's parameters (they "
+            f"have: {listed}); the batch axis needs a name of its own, such as 'batch' (the "
+            "default)"
+        )
     errors = [
         f"trainer.parameter_axis_resources: {why}"
         for axis in (parameter_axis_resources or {})

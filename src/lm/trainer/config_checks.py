@@ -112,6 +112,17 @@ def field_problems(config: TrainerConfig) -> list[FieldError]:
             problems.append(
                 FieldError(name, "is empty; give a checkpoint path, or leave it unset (null)")
             )
+    if config.jax_compilation_cache_dir == "":
+        problems.append(
+            FieldError(
+                "jax_compilation_cache_dir",
+                "is empty; give a directory (local or a URL), or leave it unset (null) for "
+                "JAX's default",
+            )
+        )
+    if isinstance(config.batch_axis, str) and not config.batch_axis.strip():
+        problems.append(invalid("batch_axis", config.batch_axis, "an axis name such as 'batch'"))
+    problems += _float64_problems(config)
     if config.max_eval_batches is not None and config.max_eval_batches < 0:
         problems.append(
             invalid(
@@ -181,6 +192,27 @@ def _check_shutdown_at_exit(config: TrainerConfig) -> None:
     except ValueError as e:
         message = str(e).removeprefix("shutdown_at_exit: ")
         raise FieldError("shutdown_at_exit", message) from None
+
+
+def _float64_problems(config: TrainerConfig) -> list[FieldError]:
+    """A float64 mixed-precision policy needs `jax_enable_x64`: without it jax truncates
+    every float64 array to float32 with a warning, and the run would train in float32 while
+    its config says f64."""
+    mp = config.mp
+    dtypes = (
+        [mp.param_dtype, mp.compute_dtype, mp.output_dtype] if isinstance(mp, jmp.Policy) else []
+    )
+    if not any(np.dtype(d) == np.float64 for d in dtypes):
+        return []
+    if config.jax_config.get("jax_enable_x64", jax.config.jax_enable_x64):
+        return []
+    return [
+        FieldError(
+            "mp",
+            "asks for float64, which JAX gives only with x64 enabled (it would train in "
+            "float32): set trainer.jax_config: {jax_enable_x64: true}, or use f32",
+        )
+    ]
 
 
 def _axis_mapping_problems(config: TrainerConfig) -> list[FieldError]:

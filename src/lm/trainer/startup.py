@@ -48,15 +48,18 @@ def initialize(config: TrainerConfig) -> None:
             "exits (use a local path or a gs:// / s3:// URL to keep them)",
             config.checkpointer.base_path,
         )
-    if config.jax_compilation_cache_dir is not None:
+    cache_dir = config.jax_compilation_cache_dir
+    if cache_dir is not None:
+        if "://" not in cache_dir:
+            cache_dir = os.path.expanduser(cache_dir)  # jax takes `~/jc` as a folder named ~
         # jax turns the cache off with a warning per entry when it cannot write there
-        why = cannot_write_directory(config.jax_compilation_cache_dir)
+        why = cannot_write_directory(cache_dir)
         if why is not None:
             raise FieldError("trainer.jax_compilation_cache_dir", why)
     for key, value in config.jax_config.items():
         jax.config.update(key, value)
-    if config.jax_compilation_cache_dir is not None:
-        jax.config.update("jax_compilation_cache_dir", config.jax_compilation_cache_dir)
+    if cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
     from lm.compile_options import use_unrolled_threefry_on_cpu
 
     use_unrolled_threefry_on_cpu()

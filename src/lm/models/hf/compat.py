@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -272,6 +273,8 @@ def model_from_hf_state_dict(
     dtype: jnp.dtype | None = jnp.float32,
     axis_mapping: ResourceMapping | None = None,
     source: str = "checkpoint",
+    vocab_size: int | None = None,
+    key: jax.Array | None = None,
 ) -> LmHeadModel:
     """Fill `template` (a model or `eqx.filter_eval_shape` of one) from an HF state dict.
 
@@ -281,6 +284,10 @@ def model_from_hf_state_dict(
         dtype: cast floating parameters to this dtype (None keeps the checkpoint's).
         axis_mapping: parameter axis mapping used to shard the result.
         source: where the state dict came from, for error messages.
+        vocab_size: resize the vocabulary to this size (`LmHeadModel.resize_vocab`, new rows
+            drawn with `key`) before the parameters are placed: a vocabulary padded for the
+            mapping's shards, or grown for a tokenizer's extra tokens. A checkpoint's own size
+            need not divide by the devices that shard it.
 
     Raises:
         ValueError: missing or unexpected keys, or shape mismatches, listed by name.
@@ -298,6 +305,11 @@ def model_from_hf_state_dict(
     with jax.set_mesh(None), hax.axis_mapping({}):
         arrays = _on_host({k: state_dict[k] for k in expected}, dtype, _host_device())
         model = eqx.filter_jit(from_torch_compatible_state_dict)(shapes, arrays)
+        if vocab_size is not None and model.Vocab.size != vocab_size:
+            host_key = None if key is None else jax.device_put(key, _host_device())
+            with warnings.catch_warnings():  # haliax's notice that it shards nothing here
+                warnings.filterwarnings("ignore", "No mesh found", RuntimeWarning)
+                model = model.resize_vocab(vocab_size, key=host_key)
     del arrays  # the staged copies, before placing adds the devices' ones
     params, static = eqx.partition(model, _is_param)
     placements = _placements(params, axis_mapping, mesh)

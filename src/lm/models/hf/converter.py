@@ -129,6 +129,8 @@ class HFCheckpointConverter(Generic[ConfigT]):
         config: ConfigT | None = None,
         dtype: jnp.dtype | None = jnp.float32,
         axis_mapping: ResourceMapping | None = None,
+        vocab_size: int | None = None,
+        key: jax.Array | None = None,
     ) -> LmHeadModel:
         """Load a checkpoint's weights into a model.
 
@@ -142,6 +144,9 @@ class HFCheckpointConverter(Generic[ConfigT]):
             dtype: dtype for floating parameters (None keeps the checkpoint's).
             axis_mapping: parameter axis mapping to shard the loaded model with (under the
                 caller's mesh).
+            vocab_size: the vocabulary size of the model to return, if not the checkpoint's:
+                resized on the host before sharding (see `model_from_hf_state_dict`), with new
+                rows drawn with `key`.
 
         Raises:
             ValueError: `config`'s architecture differs from config.json's (every differing
@@ -149,7 +154,13 @@ class HFCheckpointConverter(Generic[ConfigT]):
         """
         template, state_dict, source = self._read(path_or_dir, config)
         return model_from_hf_state_dict(
-            template, state_dict, dtype=dtype, axis_mapping=axis_mapping, source=source
+            template,
+            state_dict,
+            dtype=dtype,
+            axis_mapping=axis_mapping,
+            source=source,
+            vocab_size=vocab_size,
+            key=key,
         )
 
     def check_pretrained(self, path_or_dir: str | None = None, *, config: ConfigT) -> None:
