@@ -124,6 +124,21 @@ def test_cache_root_honours_env(monkeypatch, tmp_path):
     assert bt.cache_root().parts[-2:] == (".cache", "lm")
 
 
+def test_an_lm_cache_dir_that_is_a_file_is_named(monkeypatch, tmp_path):
+    """It failed with `[Errno 20] Not a directory: .../tokenizers`, naming no variable."""
+    from lm.config import SetupConfigError
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("LM_CACHE_DIR", str(tmp_path / "afile"))
+    with pytest.raises(SetupConfigError) as info:
+        bt.ensure_builtin_tokenizer(300)
+    assert str(info.value) == (
+        f"LM_CACHE_DIR ({tmp_path}/afile): {tmp_path}/afile/tokenizers cannot be a directory: "
+        f"{tmp_path}/afile, on its path, is a file; the builtin tokenizer is cached there. "
+        "Point LM_CACHE_DIR at a directory this process can write"
+    )
+
+
 @pytest.mark.parametrize("split", ["bogus"])
 def test_bad_split(split):
     with pytest.raises(ValueError, match="split must be one of"):

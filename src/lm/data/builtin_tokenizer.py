@@ -42,6 +42,23 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "lm"
 
 
+def _check_cache_root(directory: pathlib.Path) -> None:
+    """A `SetupConfigError` naming LM_CACHE_DIR (or the default folder) when the builtin
+    tokenizer cannot be written under it (it was `[Errno 20] Not a directory: ...`)."""
+    from lm.config.errors import SetupConfigError
+    from lm.fs import cannot_write_directory
+
+    why = cannot_write_directory(str(directory))
+    if why is None:
+        return
+    env = os.environ.get("LM_CACHE_DIR")
+    where = f"LM_CACHE_DIR ({env})" if env else f"the default cache folder ({cache_root()})"
+    raise SetupConfigError(
+        f"{where}: {why}; the builtin tokenizer is cached there. Point LM_CACHE_DIR at a "
+        "directory this process can write"
+    )
+
+
 def builtin_tokenizer_fingerprint(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
     h = hashlib.sha256()
     h.update(
@@ -89,6 +106,7 @@ def ensure_builtin_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> pathlib.Pa
     final = builtin_tokenizer_path(vocab_size)
     if (final / "tokenizer.json").exists():
         return final
+    _check_cache_root(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     files = corpus.corpus_files("train")
     logger.info(
