@@ -9,6 +9,7 @@ written into the loaded document before decoding, so they are checked exactly li
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -31,7 +32,7 @@ from lm.config.errors import (
     join_path,
 )
 from lm.config.helptext import format_help
-from lm.config.loading import load_document, under
+from lm.config.loading import load_document, scalar_texts, under
 from lm.config.typeinfo import show_value
 
 T = TypeVar("T")
@@ -58,10 +59,11 @@ def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()
     config_path = _split_args(list(args), config_path, overrides, problems)
     data: Any = {}
     locations: dict[str, str] = {}
+    texts: dict[str, str] = {}  # the numbers and booleans as written, for `str` fields
     if config_path is not None:
         via = CONFIG_PATH_FLAG if config_path != given else None
         loaded = load_document(config_path, via=via)  # ConfigError for an unreadable document
-        data, locations = loaded.data, dict(loaded.locations)
+        data, locations, texts = loaded.data, dict(loaded.locations), dict(loaded.texts)
         if not data:  # an empty file (or only comments) is a mistake, not "all defaults"
             problems.append(
                 ConfigProblem(
@@ -72,9 +74,10 @@ def parse(cls: type[T], config_path: str | None = None, args: Sequence[str] = ()
                     via,
                 )
             )
+    written = _Written(locations, texts, from_file=config_path is not None)
     for dotted, raw, flag in overrides:
-        data = _apply_override(data, dotted, raw, flag, locations, problems)
-    decoder = Decoder(locations)
+        data = _apply_override(data, dotted, raw, flag, written, problems)
+    decoder = Decoder(locations, texts, root=(cls, ""))
     value = decoder.run(cls, data, "")
     problems.extend(decoder.problems)
     if problems:
@@ -370,11 +373,29 @@ def _split_args(
     return config_path
 
 
-def _parse_value(raw: str, dotted: str, problems: list[ConfigProblem], flag: str) -> Any:
+@dataclasses.dataclass
+class _Written:
+    """What the overrides update besides the data: where each YAML path was written, the text
+    of each number and boolean, and whether a config file was read."""
+
+    locations: dict[str, str]
+    texts: dict[str, str]
+    from_file: bool
+
+
+def _parse_value(
+    raw: str, dotted: str, problems: list[ConfigProblem], flag: str
+) -> tuple[Any, dict[str, str]]:
+    """The YAML value `raw` and the text of each number and boolean in it (by path below
+    `dotted`); `_UNPARSED` after recording why it cannot be used."""
     if raw == "":
-        return ""
+        return "", {}
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        return value, scalar_texts(raw, dotted)
+    except ConfigError as e:  # an alias inside its own anchor's value
+        problems.extend(ConfigProblem(p.path, p.message, flag) for p in e.problems)
+        return _UNPARSED, {}
     except yaml.YAMLError as e:
         detail = getattr(e, "problem", None) or str(e)
         problems.append(
@@ -385,7 +406,7 @@ def _parse_value(raw: str, dotted: str, problems: list[ConfigProblem], flag: str
                 flag,
             )
         )
-        return _UNPARSED
+        return _UNPARSED, {}
 
 
 def _yaml_quoted(raw: str) -> str:
@@ -393,15 +414,28 @@ def _yaml_quoted(raw: str) -> str:
     return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _whole_list_example(steps: list[str | int], raw: str) -> str:
+    """The YAML for a list written whole that puts `raw` where `steps` (from a list index on)
+    lead: `[0, "every"]`, `5` -> `[{every: 5}]`."""
+    if not steps:
+        return raw
+    step, rest = steps[0], steps[1:]
+    inner = _whole_list_example(rest, raw)
+    if isinstance(step, int):
+        return "[" + ", ".join(["..."] * step + [inner]) + "]"
+    return f"{{{step}: {inner}}}"
+
+
 def _apply_override(
     data: Any,
     dotted: str,
     raw: str,
     flag: str,
-    locations: dict[str, str],
+    written: _Written,
     problems: list[ConfigProblem],
 ) -> Any:
     """Write one `--a.b[0].c VALUE` into `data` (a fresh root if needed); returns the root."""
+    locations = written.locations
     steps: list[str | int] = []
     for segment in dotted.split("."):
         match = _SEGMENT.match(segment)
@@ -416,14 +450,14 @@ def _apply_override(
             return data
         steps.append(match.group(1))
         steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-    value = _parse_value(raw, dotted, problems, flag)
+    value, value_texts = _parse_value(raw, dotted, problems, flag)
     if value is _UNPARSED:
         return data
     if not isinstance(data, dict):
         data = {}
     node: Any = data
     path = ""
-    for step, nxt in zip(steps, steps[1:] + [None], strict=True):
+    for i, (step, nxt) in enumerate(zip(steps, steps[1:] + [None], strict=True)):
         child_path = index_path(path, step) if isinstance(step, int) else join_path(path, step)
         if isinstance(step, int):
             if not isinstance(node, list) or step >= len(node):
@@ -434,20 +468,32 @@ def _apply_override(
                 return data
         if nxt is None:
             node[step] = value
-            for p in [p for p in locations if under(p, child_path)]:
-                del locations[p]
+            for table in (locations, written.texts):
+                for p in [p for p in table if under(p, child_path)]:
+                    del table[p]
             locations[child_path] = flag
+            written.texts.update(value_texts)
             return data
         child = node[step] if isinstance(step, int) else node.get(step)
         if child is None:
-            child = {} if isinstance(nxt, str) else None
-            if child is None:
+            if isinstance(nxt, int):
+                if isinstance(step, int) or step in node:
+                    why = f"{child_path} is null in the config"
+                elif written.from_file:
+                    why = f"the config file does not set {child_path}"
+                else:
+                    why = f"no config file sets {child_path}"
+                example = _whole_list_example(steps[i + 1 :], raw)
                 problems.append(
                     ConfigProblem(
-                        child_path, f"cannot set --{dotted}: {child_path} is not a list", flag
+                        child_path,
+                        f"cannot set --{dotted}: {why}, so it has no items to set one by one; "
+                        f"give the whole list, like --{child_path} '{example}'",
+                        flag,
                     )
                 )
                 return data
+            child = {}
             node[step] = child
         elif isinstance(nxt, str) and not isinstance(child, dict):
             if isinstance(child, list):

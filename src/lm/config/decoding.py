@@ -28,7 +28,7 @@ from lm.config.errors import (
     is_int,
     join_path,
 )
-from lm.config.hints import default_note, spelled_options, unknown_key
+from lm.config.hints import default_note, quote_hint, spelled_options, unknown_key
 
 CHOICE_KEY = "type"
 
@@ -43,7 +43,14 @@ class _Invalid:
 INVALID: Any = _Invalid()
 
 
-def decode(cls: Any, data: Any, *, path: str = "", locations: Mapping[str, str] | None = None):
+def decode(
+    cls: Any,
+    data: Any,
+    *,
+    path: str = "",
+    locations: Mapping[str, str] | None = None,
+    texts: Mapping[str, str] | None = None,
+):
     """Decode raw YAML data into `cls`, raising `ConfigError` listing every problem.
 
     Args:
@@ -52,8 +59,10 @@ def decode(cls: Any, data: Any, *, path: str = "", locations: Mapping[str, str] 
         path: YAML path of `data` inside a larger document, prefixed to reported paths.
         locations: optional map from YAML path to where it was written (`file:line`), used to
             annotate problems.
+        texts: optional map from YAML path to a number's or boolean's text as written
+            (`load_document(...).texts`): a `str` field takes `0123` as "0123", not "83".
     """
-    decoder = Decoder(locations or {})
+    decoder = Decoder(locations or {}, texts, root=(cls, path))
     value = decoder.run(cls, data, path)
     if decoder.problems:
         raise ConfigError(decoder.problems)
@@ -87,8 +96,25 @@ def fields_set(value: Any) -> frozenset[str] | None:
 
 
 class Decoder:
-    def __init__(self, locations: Mapping[str, str]):
+    """Decodes one document, collecting its problems.
+
+    Args:
+        locations: YAML path -> where it was written (`file:line`, `--flag value`).
+        texts: YAML path -> the text of a number or boolean as written (`0123`, `off`).
+        root: the annotation the document decodes to and its YAML path: the tree an unknown
+            key's did-you-mean searches for the field's right place.
+    """
+
+    def __init__(
+        self,
+        locations: Mapping[str, str],
+        texts: Mapping[str, str] | None = None,
+        *,
+        root: tuple[Any, str] | None = None,
+    ):
         self.locations = locations
+        self.texts = texts or {}
+        self.root = root
         self.problems: list[ConfigProblem] = []
         # Problems that only say "wrong shape here": a union may try another member instead.
         self.shape_mismatches: set[int] = set()
@@ -99,13 +125,14 @@ class Decoder:
 
     def _location(self, path: str) -> str | None:
         """Where `path` was written; for a key only an override below it wrote (the unknown
-        `trainr` of `--trainr.num_train_steps 2`), where that override was."""
+        `trainr` of `--trainr.num_train_steps 2`), where that override was; for a value inside
+        one written whole (`--optimizer.skip_bad_steps "{histroy_len: 3}"`), where that was."""
         if path in self.locations:
             return self.locations[path]
         if not path:
             return None
         below = sorted(k for k in self.locations if k.startswith((path + ".", path + "[")))
-        return self.locations[below[0]] if below else None
+        return self.locations[below[0]] if below else self.written_at(path)
 
     def written_at(self, path: str) -> str | None:
         """Where `path` was written, else where its closest parent was (a `__post_init__`
@@ -126,7 +153,7 @@ class Decoder:
         return INVALID
 
     def trial(self, tp: Any, value: Any, path: str) -> tuple[Any, Decoder]:
-        sub = Decoder(self.locations)
+        sub = Decoder(self.locations, self.texts, root=self.root)
         out = sub.run(tp, value, path)
         return out, sub
 
@@ -224,13 +251,24 @@ class Decoder:
     def str_(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
-        if is_int(value):
-            # Numbers-as-names (`run_id: 2024`, `--trainer.id 123`) are taken verbatim.
-            return str(value)
-        hint = ""
-        if isinstance(value, bool | float):
-            hint = "; quote it to make it a string"
-        return self.mismatch(str, value, path, hint)
+        text = self.texts.get(path)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # Numbers-as-names (`run_id: 2024`, `--trainer.id 007`) are taken verbatim: as
+            # written where the text is known (YAML 1.1 reads `0123` as 83, `12:30` as 750).
+            if text is not None:
+                return text
+            if is_int(value):
+                return str(value)
+        return self.mismatch(str, value, path, self._quote_hint(value, path))
+
+    def _quote_hint(self, value: Any, path: str) -> str:
+        """For a boolean or a number where a string was expected: quote it (on the command line
+        inside the shell's quotes), and what YAML read a word such as `off` as."""
+        if not isinstance(value, bool | float):
+            return ""
+        where = self.written_at(path) or ""
+        flag = path if where.startswith("--") else None
+        return quote_hint(value, self.texts.get(path), flag)
 
     def literal(self, tp: Any, value: Any, path: str) -> Any:
         for option in typing.get_args(tp):
@@ -302,7 +340,12 @@ class Decoder:
         out = {}
         for k, v in value.items():
             sub = join_path(path, k)
-            key = self.run(key_type, k, sub)
+            # the texts at `sub` are the value's, not the key's
+            texts, self.texts = self.texts, {}
+            try:
+                key = self.run(key_type, k, sub)
+            finally:
+                self.texts = texts
             out[key] = self.run(value_type, v, sub)
         if len(self.problems) > before:
             return INVALID
@@ -370,7 +413,8 @@ class Decoder:
             elif key in all_fields:
                 self.fail(sub, f"`{key}` of {cls.__name__} is computed and cannot be set")
             else:
-                self.fail(sub, unknown_key(key, cls.__name__, [*types, *extra_keys], cls))
+                valid = [*types, *extra_keys]
+                self.fail(sub, unknown_key(key, cls.__name__, valid, cls, self.root, sub))
         for name, f in all_fields.items():
             if f.init and name not in value and not ti.has_default(f):
                 self.fail(
@@ -443,6 +487,8 @@ class Decoder:
         if isinstance(value, dict):
             candidates = _prefer_matching_keys(candidates, value)
         hint = did_you_mean(value, spelled_options(members))
+        if not hint and str in members:
+            hint = self._quote_hint(value, path)
         if not candidates:
             return self.mismatch(tp, value, path, hint)
         for member in candidates:
@@ -471,7 +517,8 @@ def _rank(member: Any, value: Any) -> int | None:
     if isinstance(value, int):
         return {int: 0, float: 1, str: 7}.get(member, 4 if ti.is_enum(member) else None)
     if isinstance(value, float):
-        return {float: 0, int: 1}.get(member)
+        # `str` takes a number as written, where the text is known (else `str_` says quote it)
+        return {float: 0, int: 1, str: 7}.get(member)
     if isinstance(value, str):
         if member is str:
             return 0
@@ -493,30 +540,34 @@ def _literal_fits(option: Any, value: Any) -> bool:
     return isinstance(value, str) and str(option).lower() == value.strip().lower()
 
 
-def _accepts_keys(member: Any, value: dict) -> bool:
-    """Whether the dataclass `member` would take every key of `value` (choices: the chosen one)."""
+def _accepted_keys(member: Any, value: dict) -> int:
+    """How many keys of `value` the dataclass `member` has fields for (choices: the chosen
+    one; -1 for a choice whose `type:` the value does not name); a mapping takes them all."""
     keys = {k for k in value if isinstance(k, str)}
     if ti.is_choice(member):
         cls = member
         if ti.choice_name(member) is None or CHOICE_KEY in value:
             name = value.get(CHOICE_KEY, member.default_choice_name())
             if not _names_choice(member, name):
-                return False
+                return -1
             cls = member.get_choice_class(name)
-        return keys <= set(ti.field_types(cls)) | {CHOICE_KEY}
+        return len(keys & (set(ti.field_types(cls)) | {CHOICE_KEY}))
     if ti.is_dataclass_type(member):
-        return keys <= set(ti.field_types(member))
-    return True
+        return len(keys & set(ti.field_types(member)))
+    return len(keys)
 
 
 def _prefer_matching_keys(candidates: list[Any], value: dict) -> list[Any]:
-    """Among mapping-shaped members, put the ones whose fields accept every key first."""
+    """Mapping-shaped members, those that take more of the keys first (ties keep their
+    order): one whose fields accept every key decodes it, and when none does, the problems
+    reported are those of the member the mapping most looks like (a misspelt key of a
+    mixture, not every mixture key as unknown to the single-source config)."""
     if CHOICE_KEY in value:
         named = [m for m in candidates if ti.is_choice(m) and _names_choice(m, value[CHOICE_KEY])]
         if named:
             return named + [m for m in candidates if m not in named]
-    matching = [m for m in candidates if _accepts_keys(m, value)]
-    return matching + [m for m in candidates if m not in matching]
+    counts = {id(m): _accepted_keys(m, value) for m in candidates}
+    return sorted(candidates, key=lambda m: -counts[id(m)])
 
 
 def _names_choice(member: type, name: Any) -> bool:

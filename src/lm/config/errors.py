@@ -65,9 +65,10 @@ _FILE_LINE = re.compile(r"^(?P<file>.+):(?P<line>\d+)$")
 
 
 def _display_order(problems: list[ConfigProblem]) -> list[ConfigProblem]:
-    """The problems grouped by top-level section, in the order the sections were found
-    (`data`, `model`, `trainer`, `optimizer`), and within a section in the order of the file
-    (line by line, each included file after the one found first), then the command line's."""
+    """The problems grouped by top-level section, in the order the sections were found (the
+    order the file writes them, as the decoder follows it; an override that could not be
+    applied comes before), and within a section in the order of the file (line by line, each
+    included file after the one found first), then the command line's."""
     sections: dict[str, int] = {}
     files: dict[str, int] = {}
 

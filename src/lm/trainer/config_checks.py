@@ -199,10 +199,12 @@ def _float64_problems(config: TrainerConfig) -> list[FieldError]:
     every float64 array to float32 with a warning, and the run would train in float32 while
     its config says f64."""
     mp = config.mp
-    dtypes = (
-        [mp.param_dtype, mp.compute_dtype, mp.output_dtype] if isinstance(mp, jmp.Policy) else []
-    )
-    if not any(np.dtype(d) == np.float64 for d in dtypes):
+    if not isinstance(mp, jmp.Policy):
+        return []
+    # read as stored: a HalfPolicy resolves `half` (starting the backend) when asked for it
+    read = object.__getattribute__
+    dtypes = [read(mp, name) for name in ("param_dtype", "compute_dtype", "output_dtype")]
+    if not any(not isinstance(d, str) and np.dtype(d) == np.float64 for d in dtypes):
         return []
     if config.jax_config.get("jax_enable_x64", jax.config.jax_enable_x64):
         return []
