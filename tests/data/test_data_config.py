@@ -116,6 +116,26 @@ def test_cache_options_validation():
         CacheOptions(batch_size=0)
 
 
+def test_every_bad_cache_option_is_reported_in_one_run():
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(
+            LMDatasetConfig,
+            {"cache_options": {"backend": "spark", "batch_size": 0, "num_workers": 0}},
+            path="data",
+        )
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("data.cache_options.backend", "expected one of 'ray', 'local', got 'spark' (a string)"),
+        ("data.cache_options.num_workers", "got 0, expected a positive int or null"),
+        ("data.cache_options.batch_size", "got 0, expected a positive int"),
+    ]
+    with pytest.raises(ValueError) as caught:  # from Python too; a count is an int
+        CacheOptions(num_workers=2.5, batch_size=True)
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("num_workers", "got 2.5, expected a positive int or null"),
+        ("batch_size", "got true, expected a positive int"),
+    ]
+
+
 def _src(**kw):
     return LMDatasetSourceConfig(**kw)
 

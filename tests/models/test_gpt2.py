@@ -13,6 +13,7 @@ from haliax import ScanCheckpointPolicy
 from helpers import all_eqns, matmul_flops, random_model, stacked_residuals
 from hf_oracle import assert_trees_equal, hf_logits, hf_model_from_config, hf_state_dict_numpy
 
+import lm.config
 from lm.models import AttentionMask, Gpt2Config, LmConfig, LmExample, compute_next_token_loss
 from lm.models.hf.compat import model_from_hf_state_dict, model_to_hf_state_dict
 from lm.models.lm_model import count_parameters
@@ -95,6 +96,24 @@ def test_bad_config_values_are_named(kwargs, message):
         ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
     ):
         Gpt2Config(**kwargs)
+
+
+def test_head_divisibility_waits_only_for_the_sizes_it_divides():
+    """An invalid size the check does not use (`num_layers: 0`) does not hide it."""
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(
+            LmConfig,
+            {"type": "gpt2", "num_layers": 0, "hidden_dim": 10, "num_heads": 4},
+            path="model",
+        )
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("model.num_layers", "got 0, expected a positive int"),
+        ("model.num_heads", "got 4, expected a divisor of hidden_dim (10)"),
+    ]
+    # one of the sizes it divides is invalid: nothing to judge
+    with pytest.raises(ValueError) as caught:
+        Gpt2Config(hidden_dim=0, num_heads=4)
+    assert str(caught.value) == "hidden_dim: got 0, expected a positive int"
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

@@ -12,6 +12,8 @@ from helpers import matmul_flops, random_model, stacked_residuals
 import lm.config
 from lm.models import (
     AttentionMask,
+    DefaultRotaryEmbeddingsConfig,
+    Llama3RotaryEmbeddingsConfig,
     LlamaConfig,
     LmConfig,
     LmExample,
@@ -88,6 +90,74 @@ def test_defaults_and_axes_follow_the_reference():
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LlamaConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (
+            dict(num_layers=0, num_heads=4, num_kv_heads=3),
+            [
+                ("num_layers", "got 0, expected a positive int"),
+                ("num_kv_heads", "got 3, expected a divisor of num_heads (4)"),
+            ],
+        ),
+        (
+            dict(seq_len=0, hidden_dim=96, num_heads=7, num_kv_heads=7),
+            [
+                ("seq_len", "got 0, expected a positive int"),
+                (
+                    "num_heads",
+                    "got 7, expected a divisor of hidden_dim (96) unless head_dim is set",
+                ),
+            ],
+        ),
+        (
+            # hidden_dim is invalid: num_kv_heads is still judged against num_heads, num_heads
+            # not against hidden_dim
+            dict(hidden_dim=0, num_heads=4, num_kv_heads=3),
+            [
+                ("hidden_dim", "got 0, expected a positive int"),
+                ("num_kv_heads", "got 3, expected a divisor of num_heads (4)"),
+            ],
+        ),
+        (
+            dict(num_heads=0, num_kv_heads=3),
+            [("num_heads", "got 0, expected a positive int")],
+        ),
+    ],
+)
+def test_head_divisibility_waits_only_for_the_sizes_it_uses(kwargs, expected):
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(LmConfig, {"type": "llama", **kwargs}, path="model")
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        (f"model.{field}", message) for field, message in expected
+    ]
+
+
+def test_rope_from_python_takes_the_yaml_mapping():
+    config = LlamaConfig(rope={"type": "llama3", "factor": 16.0})
+    assert config.rope == Llama3RotaryEmbeddingsConfig(factor=16.0)
+    assert LlamaConfig(rope={"theta": 5e5}).rope == DefaultRotaryEmbeddingsConfig(theta=5e5)
+    with pytest.raises(ValueError) as caught:
+        LlamaConfig(rope={"type": "llama4"})
+    assert str(caught.value) == (
+        "rope.type: unknown RotaryEmbeddingsConfig type 'llama4'; known types: default, linear, "
+        "llama3, yarn; did you mean 'llama3'?"
+    )
+    with pytest.raises(ValueError) as caught:
+        LlamaConfig(rope={"type": "yarn", "factor": 0.0}, num_heads=0)
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("num_heads", "got 0, expected a positive int"),
+        ("rope.factor", "got 0.0, expected a number > 0"),
+    ]
+    with pytest.raises(ValueError) as caught:
+        LlamaConfig(rope="llama3")
+    assert str(caught.value) == (
+        "rope: got 'llama3', expected a RotaryEmbeddingsConfig (e.g. "
+        "Llama3RotaryEmbeddingsConfig()), or a dict of its fields with its `type` as in a run "
+        'YAML ({"type": "llama3"})'
+    )
 
 
 @dataclasses.dataclass(frozen=True)

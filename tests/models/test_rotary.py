@@ -148,3 +148,31 @@ def test_accepted_rope_values_give_finite_positive_frequencies(rope):
     assert inv_freq.shape == (HEAD_DIM // 2,)
     assert np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0), inv_freq
     assert np.isfinite(attention_factor) and attention_factor > 0
+
+
+def test_every_bad_rope_field_is_reported_in_one_run():
+    rope = {"type": "llama3", "theta": 0, "factor": 0, "low_freq_factor": 0, "high_freq_factor": 0}
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(LmConfig, {"type": "llama", "rope": rope}, path="model")
+    # high_freq_factor is compared with low_freq_factor only once that is valid itself
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("model.rope.theta", "got 0.0, expected a number > 0"),
+        ("model.rope.factor", "got 0.0, expected a number > 0"),
+        ("model.rope.low_freq_factor", "got 0.0, expected a number > 0"),
+    ]
+    with pytest.raises(lm.config.ConfigError) as caught:
+        YarnRotaryEmbeddingsConfig(factor=0.0, beta_slow=-1.0, mscale=-1.0)
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("factor", "got 0.0, expected a number > 0"),
+        ("beta_slow", "got -1.0, expected a number > 0"),
+        ("mscale", "got -1.0, expected a number >= 0 or null"),
+    ]
+
+
+def test_a_rope_value_of_the_wrong_type_from_python_names_its_field():
+    with pytest.raises(ValueError) as caught:
+        Llama3RotaryEmbeddingsConfig(factor="8", high_freq_factor="4")
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("factor", "got '8', expected a number > 0"),
+        ("high_freq_factor", "got '4', expected a number greater than low_freq_factor (1.0)"),
+    ]

@@ -581,6 +581,40 @@ def test_scalar_fields_from_python_are_type_checked(kwargs, message):
         TrainerConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(fsdp_axis=["embed", 3]),
+            "trainer.fsdp_axis[1]: got 3 (int), expected an axis name (str)",
+        ),
+        (
+            dict(fsdp_axis=3),
+            "trainer.fsdp_axis: got 3 (int), expected an axis name (str), a list of axis names, "
+            "or None",
+        ),
+        (
+            dict(tensor_parallel_axes=["mlp", None]),
+            "trainer.tensor_parallel_axes[1]: got None (NoneType), expected an axis name (str)",
+        ),
+        (
+            dict(tensor_parallel_axes="mlp"),
+            "trainer.tensor_parallel_axes: got 'mlp' (str), expected a list of axis names (str), "
+            "or None",
+        ),
+    ],
+)
+def test_axis_names_from_python_are_type_checked(kwargs, message):
+    """`fsdp_axis=["embed", 3]` was accepted: a mapping that never shards along `3`."""
+    with pytest.raises(TypeError) as caught:
+        TrainerConfig(**kwargs)
+    assert str(caught.value) == message
+    assert TrainerConfig(fsdp_axis=("embed", "mlp"), tensor_parallel_axes=["mlp"]).fsdp_axis == (
+        "embed",
+        "mlp",
+    )
+
+
 def test_numpy_integers_are_integers():
     import numpy as np
 

@@ -71,7 +71,11 @@ def _decode_error(quantization) -> str:
             {"fp8": True, "int8": True},
             "trainer.quantization.int8: got true, expected false when fp8",
         ),
-        ({}, "trainer.quantization.fp8: got false, expected fp8: true or int8: true"),
+        (
+            {},
+            "trainer.quantization: neither fp8 nor int8 is true: set `fp8: true` or `int8: true` "
+            "(remove trainer.quantization for plain matmuls)",
+        ),
         (
             {"fp8": True, "amax_history_length": 0},
             "amax_history_length: got 0, expected an integer >= 1",
@@ -91,6 +95,26 @@ def _decode_error(quantization) -> str:
 )
 def test_bad_quantization_configs_name_the_field(quantization, expected):
     assert expected in _decode_error(quantization)
+
+
+def test_an_unknown_key_is_not_followed_by_a_complaint_about_a_default():
+    """`{fp9: true}` reported fp9, and also `fp8` (a default it never wrote) as unset."""
+    with pytest.raises(ConfigError) as e:
+        lm.config.decode(TrainerConfig, {"quantization": {"fp9": True}}, path="trainer")
+    assert [(p.path, p.message) for p in e.value.problems] == [
+        (
+            "trainer.quantization.fp9",
+            "unknown field `fp9` for QuantizationConfig; did you mean `fp8`?",
+        )
+    ]
+    with pytest.raises(ConfigError) as e:
+        lm.config.decode(
+            TrainerConfig, {"quantization": {"amax_history_length": 0}}, path="trainer"
+        )
+    assert [p.path for p in e.value.problems] == [
+        "trainer.quantization",
+        "trainer.quantization.amax_history_length",
+    ]
 
 
 def test_every_bad_quantization_field_is_reported_in_one_run():

@@ -135,3 +135,20 @@ def test_a_bad_value_is_an_error_at_its_field(kwargs, message):
     with pytest.raises(ValueError) as caught:  # a FieldError: the decoder reports watch.<field>
         WatchConfig(**kwargs)
     assert str(caught.value) == message
+
+
+def test_every_bad_field_is_reported_in_one_run():
+    import lm.config
+    from lm.trainer import TrainerConfig
+
+    with pytest.raises(lm.config.ConfigError) as caught:
+        lm.config.decode(
+            TrainerConfig, {"watch": {"watch_targets": ["foo"], "interval": -1}}, path="trainer"
+        )
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        (
+            "trainer.watch.watch_targets",
+            "unknown target(s) ['foo']; allowed: ['grads', 'params', 'opt_state', 'updates']",
+        ),
+        ("trainer.watch.interval", "got -1, expected a number of steps >= 0 (0 disables watching)"),
+    ]

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lm.config.errors import invalid
+from lm.config.errors import FieldError, invalid, is_count, raise_problems
 from lm.data import lease
 from lm.data.build_progress import BuildProgress, ShardCounts
 from lm.data.cache_arrays import Appender, create_array, join_url, kvstore_url
@@ -79,12 +79,14 @@ class CacheOptions:
     """Documents per tokenizer call."""
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         if self.backend not in ("ray", "local"):
-            raise invalid("backend", self.backend, "'ray' or 'local'")
-        if self.num_workers is not None and self.num_workers <= 0:
-            raise invalid("num_workers", self.num_workers, "a positive int or null")
-        if self.batch_size <= 0:
-            raise invalid("batch_size", self.batch_size, "a positive int")
+            problems.append(invalid("backend", self.backend, "'ray' or 'local'"))
+        if self.num_workers is not None and not is_count(self.num_workers):
+            problems.append(invalid("num_workers", self.num_workers, "a positive int or null"))
+        if not is_count(self.batch_size):
+            problems.append(invalid("batch_size", self.batch_size, "a positive int"))
+        raise_problems(problems)
 
 
 # ---------------------------------------------------------------------------- building

@@ -119,7 +119,9 @@ class Gpt2Config(HFCompatConfig["Gpt2LMHeadModel"]):
             self, ("seq_len", "hidden_dim", "num_layers", "num_heads", "mlp_scale")
         )
         problems += sizes
-        if not sizes and self.hidden_dim % self.num_heads != 0:
+        bad_sizes = {p.field for p in sizes}
+        # judged once the two sizes it divides are valid, whatever the other sizes are
+        if not bad_sizes & {"hidden_dim", "num_heads"} and self.hidden_dim % self.num_heads != 0:
             problems.append(
                 invalid("num_heads", self.num_heads, f"a divisor of hidden_dim ({self.hidden_dim})")
             )

@@ -34,7 +34,7 @@ from haliax.jax_utils import maybe_rng_split, named_call, shaped_rng_split
 from haliax.state_dict import ModuleWithStateDictSerialization
 from jaxtyping import PRNGKeyArray
 
-from lm.config import FieldError, field_problem, invalid
+from lm.config import ConfigError, FieldError, decode, field_problem, invalid
 from lm.models.hf.compat import HFCompatConfig
 from lm.models.layers.activations import ActivationFunctionEnum
 from lm.models.layers.attention import (
@@ -142,27 +142,49 @@ class LlamaConfig(HFCompatConfig["LlamaLMHeadModel"]):
         )
         if not head_dim_ok:
             problems.append(invalid("head_dim", self.head_dim, "a positive even int or null"))
-        if not sizes:
-            problems += self._head_problems(head_dim_ok)
+        problems += self._head_problems({p.field for p in sizes}, head_dim_ok)
         problems += norm_and_init_problems(self)
         problems += activation_problems(self)
         problems += attention_backend_problems(self)
         problems += field_problem(lambda: checkpoint_policy(self.gradient_checkpointing))
-        if not isinstance(self.rope, RotaryEmbeddingsConfig):
-            problems.append(
-                invalid("rope", self.rope, "a rotary embeddings config (a mapping with `type:`)")
-            )
+        problems += self._rope_problems()
         return problems
 
-    def _head_problems(self, head_dim_ok: bool) -> list[FieldError]:
-        """How the heads divide: checked once the sizes themselves are valid."""
+    def _rope_problems(self) -> list[FieldError]:
+        """`rope` given from Python as the mapping a run YAML holds (`{"type": "llama3"}`) is
+        decoded as that YAML would be, with the same errors; anything else must be a
+        `RotaryEmbeddingsConfig`."""
+        if isinstance(self.rope, Mapping):
+            try:
+                rope = decode(RotaryEmbeddingsConfig, dict(self.rope), path="rope")
+            except ConfigError as e:
+                return [FieldError(p.path, p.message) for p in e.problems]
+            object.__setattr__(self, "rope", rope)
+        elif not isinstance(self.rope, RotaryEmbeddingsConfig):
+            return [
+                invalid(
+                    "rope",
+                    self.rope,
+                    "a RotaryEmbeddingsConfig (e.g. Llama3RotaryEmbeddingsConfig()), or a dict "
+                    'of its fields with its `type` as in a run YAML ({"type": "llama3"})',
+                )
+            ]
+        return []
+
+    def _head_problems(self, bad_sizes: set[str], head_dim_ok: bool) -> list[FieldError]:
+        """How the heads divide: each check waits only for the sizes it uses to be valid
+        (`num_layers: 0` does not hide a `num_kv_heads` that does not divide `num_heads`)."""
         problems = []
-        if self.num_heads % self.num_kv_heads != 0:
+        if "num_heads" in bad_sizes:
+            return problems
+        if "num_kv_heads" not in bad_sizes and self.num_heads % self.num_kv_heads != 0:
             problems.append(
                 invalid(
                     "num_kv_heads", self.num_kv_heads, f"a divisor of num_heads ({self.num_heads})"
                 )
             )
+        if "hidden_dim" in bad_sizes:
+            return problems
         if self.head_dim is None and self.hidden_dim % self.num_heads != 0:
             problems.append(
                 invalid(

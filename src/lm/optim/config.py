@@ -9,8 +9,10 @@ Subclasses (`adam`, `lion`, `muon`, `adopt`, `sgd`) only describe their transfor
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import math
+import numbers
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,11 +22,13 @@ from typing import Any
 import draccus
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import lm.tracker
 from lm.config import FieldError, field_problem, invalid, raise_problems
-from lm.config.errors import is_int
+from lm.config import typeinfo as ti
+from lm.config.errors import first_key, is_int
 from lm.optim.masks import WeightDecayMask, build_weight_decay_mask, param_infos
 from lm.optim.schedules import (
     LrSchedule,
@@ -110,7 +114,26 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             object.__setattr__(
                 self, "lr_schedule", resolve_lr_schedule(self.lr_schedule, "lr_schedule")
             )
-        raise_problems(self._field_problems())
+        wrong = _wrong_type_problems(self)
+        if not wrong:
+            raise_problems(self._field_problems())
+            return
+        # The value checks compare numbers: they run with the wrongly typed fields at their
+        # defaults and keep what they find about the other fields (none that names a wrongly
+        # typed one, which would judge a default the caller did not write).
+        bad = {p.field for p in wrong}
+        for f in dataclasses.fields(self):
+            if f.name in bad:
+                object.__setattr__(self, f.name, _default(f))
+        others = [
+            p
+            for p in self._field_problems()
+            if first_key(p.field) not in bad
+            and not any(re.search(rf"\b{name}\b", p.message) for name in bad)
+        ]
+        order = {f.name: i for i, f in enumerate(dataclasses.fields(self))}
+        problems = sorted(wrong + others, key=lambda p: order.get(first_key(p.field), len(order)))
+        raise_problems(problems)
 
     def _field_problems(self) -> list[FieldError]:
         """Every invalid field, each as a `FieldError` naming it (the decoder reports them at
@@ -358,6 +381,41 @@ class OptimizerConfig(draccus.ChoiceRegistry, abc.ABC):
             return False
         lm.tracker.log_hyperparameters({"decayed_weights": paths})
         return True
+
+
+_SCALAR_KINDS: dict[Any, Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool | np.bool_),
+    int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_),
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
+
+
+def _wrong_type_problems(config: OptimizerConfig) -> list[FieldError]:
+    """A problem for each field annotated with plain scalars (`float`, `int | float`,
+    `float | None`, `bool`) that holds a value of another type. Only a config built in Python
+    can (the decoder type-checks a YAML): `AdamConfig(learning_rate="1e-3")` reports
+    `learning_rate: got '1e-3', expected a number, not a str` rather than failing in a
+    comparison with no field named."""
+    problems = []
+    for name, tp in ti.field_types(type(config)).items():
+        tp = ti.strip(tp)
+        members = ti.union_members(tp) if ti.is_union(tp) else (tp,)
+        if not all(m in _SCALAR_KINDS for m in members):
+            continue  # a schedule, a list, a nested config: checked by their own checks
+        value = getattr(config, name)
+        if not any(_SCALAR_KINDS[m](value) for m in members):
+            problems.append(
+                invalid(name, value, f"{ti.describe(tp)}, not a {type(value).__name__}")
+            )
+    return problems
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array | None:

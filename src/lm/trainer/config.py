@@ -184,6 +184,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         problems = convert_python_forms(self)
+        _check_axis_names(self)
         if self.wandb is not None:
             try:
                 tracker = move_deprecated_wandb(self.wandb, self.tracker, stacklevel=4)
@@ -454,6 +455,30 @@ class TrainerConfig:
         """Process-level setup, in order: jax flags, jax.distributed, run id, logging, checks
         (see `lm.trainer.startup`)."""
         startup.initialize(self)
+
+
+def _check_axis_names(config: TrainerConfig) -> None:
+    """`fsdp_axis` and `tensor_parallel_axes` given from Python hold axis names (a YAML is
+    type-checked by the decoder): `fsdp_axis=["embed", 3]` is a TypeError at
+    `trainer.fsdp_axis[1]`, not a mapping that silently never shards anything along `3`."""
+    expected = {
+        "fsdp_axis": "an axis name (str), a list of axis names, or None",
+        "tensor_parallel_axes": "a list of axis names (str), or None",
+    }
+    for name, allowed in expected.items():
+        value = getattr(config, name)
+        if value is None or (name == "fsdp_axis" and isinstance(value, str)):
+            continue
+        if not isinstance(value, list | tuple):
+            raise TypeError(
+                f"trainer.{name}: got {value!r} ({type(value).__name__}), expected {allowed}"
+            )
+        for i, axis in enumerate(value):
+            if not isinstance(axis, str):
+                raise TypeError(
+                    f"trainer.{name}[{i}]: got {axis!r} ({type(axis).__name__}), expected an "
+                    "axis name (str)"
+                )
 
 
 def _broadcast_string(value: str, length: int = 8) -> str:

@@ -29,7 +29,19 @@ import haliax.quantization as hq
 import jax
 import jax.numpy as jnp
 
-from lm.config.errors import FieldError, did_you_mean, invalid, raise_problems
+from lm.config.errors import (
+    ConfigProblem,
+    ConfigProblems,
+    FieldError,
+    did_you_mean,
+    invalid,
+    raise_problems,
+)
+
+_NO_FORMAT = (
+    "neither fp8 nor int8 is true: set `fp8: true` or `int8: true` (remove "
+    "trainer.quantization for plain matmuls)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +68,9 @@ class QuantizationConfig:
                 invalid("int8", self.int8, "false when fp8 is true (choose one of fp8, int8)")
             )
         elif not (self.fp8 or self.int8):
-            problems.append(
-                invalid(
-                    "fp8",
-                    self.fp8,
-                    "fp8: true or int8: true (remove trainer.quantization for plain matmuls)",
-                )
-            )
+            # The section's problem, not fp8's: blaming fp8 would also blame a default the
+            # user did not write (`{fp9: true}` would get a second complaint, about fp8).
+            problems.append(FieldError("", _NO_FORMAT))
         if not isinstance(self.amax_history_length, int) or self.amax_history_length < 1:
             problems.append(
                 invalid("amax_history_length", self.amax_history_length, "an integer >= 1")
@@ -90,6 +98,10 @@ class QuantizationConfig:
         elif self.targets is not None:
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
                 problems.append(invalid("targets", self.targets, "a non-empty list of layer names"))
+        if any(not p.field for p in problems):
+            # as a `ConfigProblems` even alone: the decoder reports a problem with an empty path
+            # at the section itself (`trainer.quantization: neither ...`)
+            raise ConfigProblems([ConfigProblem(p.field, p.message) for p in problems])
         raise_problems(problems)
 
     def to_haliax(self) -> hq.QuantizationConfig:

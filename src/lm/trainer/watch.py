@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 import lm.tracker
-from lm.config import FieldError, invalid
+from lm.config import FieldError, invalid, raise_problems
+from lm.config.errors import is_int
 from lm.trainer.hooks import InsideStepInfo, JitCallback
 from lm.trainer.state import StepInfo, TrainerState
 
@@ -38,13 +39,19 @@ class WatchConfig:
     """Every how many steps. 0 disables watching."""
 
     def __post_init__(self):
+        problems: list[FieldError] = []
         bad = [t for t in self.watch_targets if t not in WATCH_TARGETS]
         if bad:
-            raise FieldError(
-                "watch_targets", f"unknown target(s) {bad}; allowed: {list(WATCH_TARGETS)}"
+            problems.append(
+                FieldError(
+                    "watch_targets", f"unknown target(s) {bad}; allowed: {list(WATCH_TARGETS)}"
+                )
             )
-        if self.interval < 0:
-            raise invalid("interval", self.interval, "a number of steps >= 0 (0 disables watching)")
+        if not (is_int(self.interval) and self.interval >= 0):
+            problems.append(
+                invalid("interval", self.interval, "a number of steps >= 0 (0 disables watching)")
+            )
+        raise_problems(problems)
 
     @property
     def is_enabled(self) -> bool:

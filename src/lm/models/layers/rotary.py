@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import draccus
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from haliax import Axis, NamedArray
 
-from lm.config import invalid
+from lm.config import FieldError, invalid, raise_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,13 @@ class RotaryEmbeddingsConfig(draccus.ChoiceRegistry, abc.ABC):
         """HF `rope_parameters` (transformers >= 5)."""
 
     def __post_init__(self):
-        # Each check keeps the frequencies finite and positive; errors name the field, so a
-        # YAML run reports `model.rope.<field>`.
-        if not self.theta > 0:
-            raise invalid("theta", self.theta, "a number > 0")
+        raise_problems(self._field_problems())
+
+    def _field_problems(self) -> list[FieldError]:
+        """Every invalid field, each a `FieldError` naming it, so that a YAML run reports all
+        of them at `model.rope.<field>`. Each check keeps the frequencies finite and
+        positive; subclasses extend `super()`'s list."""
+        return _positive_problems(self, "theta")
 
     @staticmethod
     def from_hf_rope_parameters(params: dict[str, Any] | None) -> RotaryEmbeddingsConfig:
@@ -90,12 +94,17 @@ class RotaryEmbeddingsConfig(draccus.ChoiceRegistry, abc.ABC):
         )
 
 
-def _check_positive(config: RotaryEmbeddingsConfig, *names: str) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive_problems(config: RotaryEmbeddingsConfig, *names: str) -> list[FieldError]:
     """Fields that divide a frequency or a wavelength (or go through a log) must be > 0."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not value > 0:
-            raise invalid(name, value, "a number > 0")
+    return [
+        invalid(name, value, "a number > 0")
+        for name in names
+        if not (_is_number(value := getattr(config, name)) and value > 0)
+    ]
 
 
 def _base_inv_freq(theta: float, head_dim: int) -> np.ndarray:
@@ -109,9 +118,8 @@ class DefaultRotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
     factor: float = 1.0
     """Positions are divided by this (linear interpolation); 1 means plain RoPE."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_positive(self, "factor")
+    def _field_problems(self) -> list[FieldError]:
+        return super()._field_problems() + _positive_problems(self, "factor")
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
         return (_base_inv_freq(self.theta, head_dim) / np.float32(self.factor)).astype(
@@ -139,15 +147,21 @@ class Llama3RotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_positive(self, "factor", "low_freq_factor", "original_max_position_embeddings")
-        if not self.high_freq_factor > self.low_freq_factor:
-            raise invalid(
-                "high_freq_factor",
-                self.high_freq_factor,
-                f"a number greater than low_freq_factor ({self.low_freq_factor})",
-            )
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems()
+        positive = _positive_problems(
+            self, "factor", "low_freq_factor", "original_max_position_embeddings"
+        )
+        problems += positive
+        # compared with low_freq_factor only once that is valid itself
+        low_ok = not any(p.field == "low_freq_factor" for p in positive)
+        high = self.high_freq_factor
+        if not _is_number(high) or (low_ok and not high > self.low_freq_factor):
+            expected = "a number"
+            if low_ok:
+                expected += f" greater than low_freq_factor ({self.low_freq_factor})"
+            problems.append(invalid("high_freq_factor", high, expected))
+        return problems
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
         inv_freq = _base_inv_freq(self.theta, head_dim)
@@ -190,15 +204,15 @@ class YarnRotaryEmbeddingsConfig(RotaryEmbeddingsConfig):
     truncate: bool = True
     """Round the correction range to whole dimensions (HF default)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_positive(
+    def _field_problems(self) -> list[FieldError]:
+        problems = super()._field_problems() + _positive_problems(
             self, "factor", "beta_fast", "beta_slow", "original_max_position_embeddings"
         )
         for name in ("mscale", "mscale_all_dim"):
             value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise invalid(name, value, "a number >= 0 or null")
+            if value is not None and not (_is_number(value) and value >= 0):
+                problems.append(invalid(name, value, "a number >= 0 or null"))
+        return problems
 
     def frequencies(self, head_dim: int) -> tuple[np.ndarray, float]:
         dim, base, factor = head_dim, self.theta, self.factor
