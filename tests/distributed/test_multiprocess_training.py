@@ -324,6 +324,30 @@ def test_a_directory_the_processes_do_not_share_is_named(
     assert not (tmp_path / "host0" / relative).exists()
 
 
+def test_a_cache_build_that_fails_on_process_0_stops_every_process_with_its_error(
+    tmp_path, subprocess_env
+):
+    """Process 1 waited for the cache forever, and process 0 sat in jax's shutdown barrier
+    until both aborted with C++ stack dumps; now process 1 reports process 0's error."""
+    bad = tmp_path / "data" / "train.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"content": "no text key here"}\n')
+    config = _run_yaml(tmp_path, str(bad), steps=4)
+    procs = _start_pair(config, subprocess_env, tmp_path)
+    try:  # well before jax's 300 s shutdown barrier would have given up
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        _kill_all(procs)
+    assert codes == [1, 1], [_output(tmp_path, i)[-2000:] for i in range(2)]
+    assert f"error: {bad}:1: no key 'text'" in _output(tmp_path, 0)
+    assert (
+        f"error: process 0 could not build the cache at {tmp_path / 'data' / 'cache'}/train "
+        f"that this process waited for: {bad}:1: no key 'text'"
+    ) in _output(tmp_path, 1)
+    for pid in range(2):
+        assert "Check failure" not in _output(tmp_path, pid)
+
+
 def test_dead_coordinator_stops_the_worker(tmp_path, corpus, subprocess_env):
     _kill_one_and_time_the_other(tmp_path, corpus, subprocess_env, victim=0, when="joined")
 

@@ -209,16 +209,27 @@ def build_or_load_cache(
             source file's contents changed since).
     """
     expected = expected_ledger(source, encoder)
+    if not _is_builder_process():
+        ledger = usable_ledger(cache_dir, expected)
+        if ledger is not None and ledger.complete:
+            return TokenCache(cache_dir, ledger)
+        return _wait_for_cache(cache_dir, expected)
+    try:
+        return _open_or_build(cache_dir, source, encoder, options, expected, ray_config, progress)
+    except BaseException as e:
+        _publish_build_failure(cache_dir, e)  # the other processes wait for this cache
+        raise
+
+
+def _open_or_build(cache_dir, source, encoder, options, expected, ray_config, progress):
+    """The builder process's part of `build_or_load_cache`."""
     while True:
         ledger = usable_ledger(cache_dir, expected)
         if ledger is not None and ledger.complete:
             # the builder process checks the sources (re-hashing files whose mtime moved);
             # the others would only read the whole corpus again, one after another
-            if _is_builder_process():
-                verify_source_files(cache_dir, ledger, source, write=True)
+            verify_source_files(cache_dir, ledger, source, write=True)
             return TokenCache(cache_dir, ledger)
-        if not _is_builder_process():
-            return _wait_for_cache(cache_dir, expected)
         held = lease.Lease.acquire(cache_dir)
         if held is None:
             cache = _wait_for_builder(cache_dir, expected)
@@ -318,12 +329,86 @@ def _finished_cache(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
 
 
 def _wait_for_cache(cache_dir: str, expected: CacheLedger) -> TokenCache:
-    """A multi-host run's process other than 0: wait for process 0 to build the cache."""
+    """A multi-host run's process other than 0: wait for process 0 to build the cache, or
+    raise `CacheBuildFailed` with process 0's error if its build fails."""
     logger.info("Waiting for process 0 to build the cache at %s", cache_dir)
     pauses = _poll_intervals()
     while (cache := _finished_cache(cache_dir, expected)) is None:
+        failure = _build_failure(cache_dir)
+        if failure is not None:
+            raise CacheBuildFailed(
+                f"process 0 could not build the cache at {cache_dir} that this process waited "
+                f"for: {failure}"
+            )
         time.sleep(next(pauses))
     return cache
+
+
+class CacheBuildFailed(RuntimeError):
+    """Process 0's build of a cache the other processes of a multi-host run wait for failed."""
+
+
+# Keys in jax's coordination service (it runs in process 0, for the run's lifetime): process 0
+# sets `_FAILED + cache_dir` to its error when the build fails; each waiting process answers
+# under `_SEEN + cache_dir/<process>` before it stops waiting.
+_FAILED = "lm/cache-build-failed/"
+_SEEN = "lm/cache-build-failure-seen/"
+FAILURE_READ_TIMEOUT_S = 30
+"""How long process 0 waits, after a failed build, for the other processes to read why (they
+read it from the coordination service in process 0, which goes away with it)."""
+
+
+def _coordination_client():
+    import jax
+
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _publish_build_failure(cache_dir: str, error: BaseException) -> None:
+    """Tell the processes waiting for `cache_dir` that process 0's build failed, and why; then
+    wait (at most `FAILURE_READ_TIMEOUT_S`) until each has read it. Without this they waited
+    forever, and process 0 sat in jax's shutdown barrier until it aborted."""
+    client = _coordination_client()
+    if client is None:
+        return
+    import jax
+
+    why = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, KeyboardInterrupt):
+        why = "process 0 was interrupted (Ctrl-C)"
+    try:
+        client.key_value_set(_FAILED + cache_dir, why[:2000])
+        for process in range(1, jax.process_count()):
+            client.blocking_key_value_get(
+                f"{_SEEN}{cache_dir}/{process}", FAILURE_READ_TIMEOUT_S * 1000
+            )
+    except Exception as e:  # noqa: BLE001 - the build's own error is the one to report
+        logger.warning("Could not tell the other processes that the cache build failed: %s", e)
+
+
+def _build_failure(cache_dir: str) -> str | None:
+    """Process 0's error, if its build of `cache_dir` failed (and say it was seen); None while
+    it builds."""
+    client = _coordination_client()
+    if client is None:
+        return None
+    import jax
+
+    try:
+        why = client.key_value_try_get(_FAILED + cache_dir)
+    except Exception as e:  # noqa: BLE001 - jax's runtime error for "no such key"
+        if "NOT_FOUND" in str(e):
+            return None
+        raise CacheBuildFailed(
+            f"lost contact with process 0 while it built the cache at {cache_dir}: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
+    client.key_value_set(f"{_SEEN}{cache_dir}/{jax.process_index()}", "1")
+    return why
 
 
 def _wait_for_builder(cache_dir: str, expected: CacheLedger) -> TokenCache | None:
