@@ -468,8 +468,11 @@ def test_wrong_python_forms_name_the_field_and_the_type():
 
 
 def test_a_run_id_from_the_environment_must_be_one_directory_name(monkeypatch):
+    """A configuration problem (exit status 2 from train_lm), as the same value in trainer.id."""
     monkeypatch.setenv("RUN_ID", "../elsewhere")
-    with pytest.raises(ValueError, match=r"the RUN_ID environment variable \('../elsewhere'\)"):
+    with pytest.raises(
+        lm.config.SetupConfigError, match=r"the RUN_ID environment variable \('../elsewhere'\)"
+    ):
         TrainerConfig().run_id  # noqa: B018
 
 

@@ -396,7 +396,7 @@ class TrainerConfig:
             return self.id
         if os.environ.get("RUN_ID"):
             if (problem := run_id_problem(os.environ["RUN_ID"])) is not None:
-                raise ValueError(
+                raise SetupConfigError(
                     f"the RUN_ID environment variable ({os.environ['RUN_ID']!r}) names the run "
                     f"(trainer.id is unset), but it is not {problem}"
                 )
@@ -407,7 +407,7 @@ class TrainerConfig:
             if (problem := run_id_problem(wandb_id)) is not None:
                 # the tracker's `id` is checked when parsed: this one is WANDB_RUN_ID or W&B's
                 # resume file
-                raise ValueError(
+                raise SetupConfigError(
                     f"the W&B run id {wandb_id!r} (from WANDB_RUN_ID, or W&B's resume file with "
                     f"resume: auto) names the run (trainer.id is unset), but it is not {problem}"
                 )
