@@ -98,6 +98,27 @@ def test_a_cache_dir_under_a_file_is_one_message(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_a_missing_tokenizer_directory_is_the_config_error_train_lm_gives(
+    tmp_path, capsys, monkeypatch, write_jsonl
+):
+    """cache_dataset exited 1 with the tokenizer loader's message while train_lm exits 2 at
+    `data.tokenizer`; now both check the data section's local paths before writing."""
+    import lm.config
+    from lm.main.cache_dataset import main
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "a.jsonl", ["one"])
+    args = ["--data.train_urls", "[a.jsonl]", "--data.cache_dir", "c", "--data.tokenizer"]
+    with pytest.raises(SystemExit) as info:
+        lm.config.main(main)(args=[*args, "./nope_tok"])
+    assert info.value.code == 2
+    assert (
+        "error: data.tokenizer: ./nope_tok does not exist; expected a tokenizer (a local path "
+        "or URL)"
+    ) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]  # nothing written
+
+
 def test_ctrl_c_stops_a_local_build_with_130(tmp_path, write_jsonl, subprocess_env):
     """Ctrl-C during a `backend: local` build was ignored about half the time (the
     KeyboardInterrupt landed in JAX's gc callback, where Python drops it): the build ran to

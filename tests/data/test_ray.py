@@ -74,6 +74,54 @@ def test_ray_config_without_auto_start_starts_nothing():
         RayConfig(address=" ")
 
 
+def test_the_no_cluster_error_names_the_fields_that_help():
+    """It said "start Ray, set ray.address, ...": Ray started by hand is never joined (lm
+    reads no RAY_ADDRESS), and the fields were not named by their YAML paths."""
+    from lm.distributed.ray import no_cluster_message
+
+    message = no_cluster_message()
+    assert message.startswith(
+        "data.cache_options.backend is 'ray' but no Ray cluster is available: "
+        "trainer.ray.address is unset and trainer.ray.auto_start_cluster is false"
+    )
+    assert "start Ray," not in message
+    for fix in (
+        "Set trainer.ray.address (",
+        "set trainer.ray.auto_start_cluster: true",
+        "data.cache_options.backend: local",
+        "not RAY_ADDRESS alone",
+    ):
+        assert fix in message
+
+
+def test_a_head_without_workers_says_how_to_attach_them(monkeypatch, caplog):
+    """`start_workers: false` starts a head with no CPUs: a build waited at 0% with nothing
+    saying where workers must connect."""
+    import types
+
+    import ray
+
+    started = []
+    # (the session's real cluster, if it is up, is left alone)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address="10.1.2.3:6379")
+    )
+    with caplog.at_level(logging.INFO, logger="lm.distributed.ray"):
+        assert RayConfig(start_workers=False).initialize() is True
+    assert started[0]["num_cpus"] == 0 and started[0]["address"] == "local"
+    assert (
+        "Started a Ray head with no CPUs at 10.1.2.3:6379 (trainer.ray.start_workers: false): "
+        "its tasks wait until workers join. On each worker machine run `RAY_AUTH_MODE=token "
+        "ray start --address=10.1.2.3:6379`"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lm.distributed.ray"):
+        RayConfig().initialize()  # with workers: nothing to attach
+    assert "no CPUs" not in caplog.text
+
+
 def test_an_address_nothing_answers_at_fails_in_bounded_time():
     """ray.init retried an unreachable address for minutes, never naming the field."""
     import socket

@@ -71,6 +71,71 @@ def test_empty_glob_and_missing_shard_are_errors(tmp_path, write_jsonl):
         expand_urls([str(tmp_path)])
 
 
+def test_every_missing_file_of_a_source_is_named_at_once(tmp_path, write_jsonl):
+    """Only the first missing file of a brace range was named (part-4 of part-{1..5}, not
+    part-5): a fix-and-rerun loop per file."""
+    for i in (1, 2, 3):
+        write_jsonl(tmp_path / f"part-{i}.jsonl", ["x"])
+    pattern = str(tmp_path / "part-{1..5}.jsonl")
+    with pytest.raises(ValueError) as info:
+        expand_urls([pattern], field="data.train_urls")
+    p4, p5 = (repr(str(tmp_path / f"part-{i}.jsonl")) for i in (4, 5))
+    assert str(info.value) == (
+        f"data.train_urls: 2 missing shards: {p4}, {p5} (from pattern {pattern!r})"
+    )
+    # many: the first 10 are named, the rest counted
+    with pytest.raises(ValueError) as info:
+        expand_urls([str(tmp_path / "part-{1..18}.jsonl")], field="data.train_urls")
+    message = str(info.value)
+    assert message.startswith("data.train_urls: 15 missing shards: ")
+    assert "part-13.jsonl'" in message and "part-14.jsonl" not in message
+    assert "(+5 more) (from pattern" in message
+    # several patterns: each file with the pattern that named it
+    other = str(tmp_path / "other-{1..2}.jsonl")
+    with pytest.raises(ValueError) as info:
+        expand_urls([pattern, other], field="data.train_urls")
+    o1 = repr(str(tmp_path / "other-1.jsonl"))
+    assert str(info.value).startswith(
+        f"data.train_urls: 4 missing shards: {p4} (from {pattern!r}), {p5} (from {pattern!r}), "
+        f"{o1} (from {other!r}), "
+    )
+
+
+def test_a_relative_glob_gives_relative_paths(tmp_path, write_jsonl, monkeypatch):
+    """fsspec returns a glob's matches as absolute paths: a cache's ledger then recorded the
+    directory the project was in, and refused the cache once the project moved. Matches now
+    keep the pattern's form, as brace-expanded names always did."""
+    project = tmp_path / "project"
+    for name in ("a.jsonl", "b.jsonl", "sub/c.jsonl"):
+        write_jsonl(project / "data" / name, [name])
+    monkeypatch.chdir(project)
+    for pattern, expected in [
+        ("data/*.jsonl", ["data/a.jsonl", "data/b.jsonl"]),
+        ("./data/*.jsonl", ["./data/a.jsonl", "./data/b.jsonl"]),
+        ("data/**/c.jsonl", ["data/sub/c.jsonl"]),
+        ("*/a.jsonl", ["data/a.jsonl"]),
+        ("../project/data/[ab].jsonl", ["../project/data/a.jsonl", "../project/data/b.jsonl"]),
+        (
+            str(project / "data/*.jsonl"),
+            [str(project / "data/a.jsonl"), str(project / "data/b.jsonl")],
+        ),
+        (f"file://{project}/data/a*.jsonl", [f"file://{project}/data/a.jsonl"]),
+    ]:
+        assert [u for u, _ in expand_urls([pattern])] == expected, pattern
+    source = UrlSource.from_patterns(["data/*.jsonl", "data/sub/c.jsonl"])
+    assert source.urls == ("data/a.jsonl", "data/b.jsonl", "data/sub/c.jsonl")
+    assert _docs(source, 1) == ["b.jsonl"]
+    # the same files listed from a copy of the project elsewhere: the same source
+    import shutil
+
+    shutil.copytree(project, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    moved = UrlSource.from_patterns(["data/*.jsonl", "data/sub/c.jsonl"])
+    assert moved.urls == source.urls and moved.fingerprint() == source.fingerprint()
+    with pytest.raises(ValueError, match=r"'data/a\.jsonl' is listed twice"):
+        UrlSource.from_patterns(["data/a.jsonl", "data/*.jsonl"])
+
+
 @pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.jsonl.zst", "d.json"])
 def test_json_line_formats(tmp_path, name, write_jsonl):
     docs = ["first doc", "ünïcode ☃", "multi\nline"]

@@ -57,7 +57,8 @@ def test_manual_cluster_passes_everything_through(calls):
             num_processes=4,
             process_id=3,
             local_device_ids=[1],
-            initialization_timeout=60,
+            # jax waits a little longer than the watchdog that reports the processes missing
+            initialization_timeout=60 + init.JAX_TIMEOUT_GRACE_S,
             heartbeat_timeout_seconds=15,
             shutdown_timeout_seconds=30,
         ),
@@ -154,13 +155,80 @@ def test_every_bad_distributed_field_is_reported_in_one_run(config_problems):
         (dict(local_device_ids=[0]), "^trainer.distributed.local_device_ids: is set, but"),
         (dict(coordinator_address="h:1"), "^trainer.distributed.num_processes: is needed with"),
         (dict(num_processes=2), "^trainer.distributed.coordinator_address: is needed with"),
+        # jax said `The process id of the current process must be defined.`, naming no field
+        (
+            dict(coordinator_address="h:1", num_processes=2),
+            r"^trainer.distributed.process_id: is needed with num_processes: 2 .*\[0, 2\), 0 "
+            "for the one that serves the coordinator at h:1",
+        ),
     ],
 )
-def test_partial_manual_settings_are_errors_without_a_detected_cluster(calls, kwargs, message):
+def test_partial_manual_settings_are_errors_without_a_detected_cluster(
+    calls, monkeypatch, kwargs, message
+):
     """They were ignored (a process_id alone trained one process on every device)."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(lm.config.FieldError, match=message):
         DistributedConfig(**kwargs).initialize()
     assert calls == []
+
+
+def test_a_missing_process_id_is_left_to_jax_in_kubernetes(calls, monkeypatch):
+    """jax reads the process id of a JobSet pod itself."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    DistributedConfig(coordinator_address="h:1", num_processes=2).initialize()
+    assert len(calls) == 1 and calls[0]["process_id"] is None
+
+
+_LONE_PROCESS_0 = """
+import sys
+from lm.distributed import DistributedConfig
+DistributedConfig(
+    coordinator_address=sys.argv[1],
+    num_processes=2,
+    process_id=0,
+    initialization_timeout_seconds=int(sys.argv[2]),
+).initialize()
+print("initialized")
+"""
+
+
+def test_a_process_that_never_joins_is_reported_in_one_line(tmp_path, subprocess_env):
+    """Process 0 of 2, alone: after initialization_timeout_seconds it says in one line which
+    settings to check and exits 1. jax aborted it (exit 134) with `Terminating process
+    because the JAX distributed service detected fatal errors` and a C++ stack dump."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    script = tmp_path / "lone.py"
+    script.write_text(_LONE_PROCESS_0)
+    env = {**subprocess_env, "JAX_PLATFORMS": "cpu"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script), address, "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert "initialized" not in proc.stdout
+    assert "Terminating process" not in proc.stderr and "RegisterTask" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: trainer.distributed: not all 2 processes joined the jax.distributed "
+        f"coordinator at {address} within 3s (trainer.distributed.initialization_timeout_seconds"
+        "; this is process 0): check num_processes, process_id and coordinator_address on every "
+        "process, and that every process started"
+    ]
+    assert proc.stderr.rstrip().endswith(errors[0])  # the last thing it printed
+    assert elapsed < 3 + init.JAX_TIMEOUT_GRACE_S + 30
 
 
 def test_waiting_for_the_coordinator_is_bounded_and_names_the_fields():

@@ -60,6 +60,32 @@ def test_unknown_keys_and_bad_choices_get_did_you_mean(tmp_path):
     assert str(path) in str(e.value) and ".lm.yaml:2" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # difflib offered `build_image` for vm_image, and nothing for preemptible
+        ("vm_image: tpu-ubuntu2204-base", "did you mean `runtime_version: tpu-ubuntu2204-base`?"),
+        ("preemptible: true", "did you mean `capacity_type: preemptible`?"),
+        ("preemptible: false", "did you mean `capacity_type: on-demand`? (`preemptible` is"),
+        ("autodelete: false", "did you mean `keep: true`?"),
+        ("foreground: false", "did you mean `detach: true`?"),
+    ],
+)
+def test_levanter_field_names_point_to_lms(tmp_path, line, expected):
+    """A `.levanter.yaml` copied over: each of Levanter's names says what lm calls it."""
+    path = tmp_path / ".lm.yaml"
+    fields = "".join(f"{k}: {v}\n" for k, v in BASE.items())
+    path.write_text(fields + line + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_launch_config(path)
+    key = line.split(":")[0]
+    assert [p.path for p in e.value.problems] == [key]
+    assert e.value.problems[0].location == f"{path}:5"
+    assert e.value.problems[0].message.startswith(f"unknown field `{key}` for LaunchConfig; ")
+    assert expected in e.value.problems[0].message
+    assert "Levanter's name" in e.value.problems[0].message
+
+
 def test_validation_reports_every_problem_at_once():
     with pytest.raises(ConfigError) as e:
         lm.config.decode(

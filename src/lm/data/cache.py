@@ -527,7 +527,7 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
             "in-process with cache_options.backend: local"
         ) from None
 
-    from lm.distributed.ray import RayConfig
+    from lm.distributed.ray import RayConfig, no_cluster_message
 
     if cache_dir.startswith("memory://"):
         raise ValueError(
@@ -545,11 +545,7 @@ def _build_ray(cache_dir, source, encoder, options, pending, bar, record, ray_co
         return
     ray_config = ray_config if ray_config is not None else RayConfig()
     if not ray_config.initialize():
-        raise ValueError(
-            "cache_options.backend is 'ray' but no Ray cluster is available (ray.address is "
-            "unset and ray.auto_start_cluster is false); start Ray, set ray.address, or use "
-            "cache_options.backend: local"
-        )
+        raise ValueError(no_cluster_message())
     cache_dir = kvstore_url(cache_dir) if "://" not in cache_dir else cache_dir
     # A worker resolves a relative path in its own working directory (on a cluster joined
     # through ray.address, not this one): it would read other files, or none, silently.

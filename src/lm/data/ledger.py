@@ -57,9 +57,14 @@ class CacheLedger:
     finished: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
     complete: bool = False
     version: int = CACHE_FORMAT_VERSION
+    config_source: ShardedSource | None = dataclasses.field(default=None, compare=False, repr=False)
+    """For a ledger made from a config (`expected_ledger`): its source, which `mismatches`
+    asks about a cache that names the same files in another form and about the files' sizes.
+    Never written."""
 
     def to_json(self) -> str:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, config_source=None))
+        del d["config_source"]
         return json.dumps(d, indent=1)
 
     @staticmethod
@@ -176,21 +181,68 @@ def mismatches(found: CacheLedger, expected: CacheLedger) -> list[str]:
             f"tokenizer: cache built with {found.tokenizer} [{found.tokenizer_fingerprint}], "
             f"config asks for {expected.tokenizer} [{expected.tokenizer_fingerprint}]"
         )
-    if found.source_fingerprint != expected.source_fingerprint or found.shards != expected.shards:
-        same = (
-            f" ({_same_description_change(expected)})"
-            if found.source == expected.source and found.shards == expected.shards
-            else ""
-        )
+    # the config's source under the names the cache gave its files, if they are the same files
+    # named in another form (an older lm recorded a relative glob's matches as absolute paths)
+    source = expected.config_source
+    renamed = source.named_as(found.shards) if source is not None else None
+    if found.shards == expected.shards:
+        fingerprint, description = expected.source_fingerprint, expected.source
+    elif renamed is not None:
+        fingerprint, description = renamed.fingerprint(), renamed.describe()
+    else:
+        fingerprint, description = None, None
+    if found.source_fingerprint != fingerprint:
+        if fingerprint is None:
+            detail = f" ({_first_shard_difference(found.shards, expected.shards, source)})"
+        elif found.source == description:
+            detail = f" ({_same_description_change(found, expected)})"
+        else:
+            detail = ""  # the settings the descriptions show differ
         problems.append(
             f"sources: cache built from {found.source} [{found.source_fingerprint}, "
             f"{len(found.shards)} shards], config asks for {expected.source} "
-            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{same}"
+            f"[{expected.source_fingerprint}, {len(expected.shards)} shards]{detail}"
         )
     return problems
 
 
-def _same_description_change(expected: CacheLedger) -> str:
+def _first_shard_difference(
+    found: list[str], expected: list[str], source: ShardedSource | None
+) -> str:
+    """Where the cache's shard list and the config's (the shard names of `source`) part."""
+    n = min(len(found), len(expected))
+    for index, (built, wanted) in enumerate(zip(found[:n], expected[:n], strict=True)):
+        same = source.names_shard(index, built) if source is not None else built == wanted
+        if not same:
+            return (
+                f"the shard lists differ first at shard {index}: {built!r} in the cache, "
+                f"{wanted!r} in the config"
+            )
+    if len(expected) > n:
+        extra = len(expected) - n
+        return f"the config lists {extra} more shard{'s' * (extra > 1)}, from {expected[n]!r}"
+    extra = len(found) - n
+    return f"the cache has {extra} more shard{'s' * (extra > 1)}, from {found[n]!r}"
+
+
+def _changed_sizes(found: CacheLedger, source: ShardedSource) -> str | None:
+    """The files of finished shards whose size differs from the one recorded when they were
+    built, with both sizes (None: no recorded size differs)."""
+    changed = []
+    names = source.shard_names()
+    for index, shard in enumerate(found.shards):
+        stats = found.finished.get(shard)
+        recorded = (stats.source_file or {}).get("size") if stats is not None else None
+        now = source.shard_size(index)
+        if recorded is not None and now is not None and recorded != now:
+            changed.append(f"{names[index]} was {recorded} bytes then, {now} bytes now")
+    if not changed:
+        return None
+    more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+    return "; ".join(changed[:3]) + more
+
+
+def _same_description_change(found: CacheLedger, expected: CacheLedger) -> str:
     """What changed when a source's description and shards are the same as the cache's but its
     fingerprint is not, by the kind of source (told by its shard names)."""
     first = expected.shards[0] if expected.shards else ""
@@ -203,7 +255,21 @@ def _same_description_change(expected: CacheLedger) -> str:
         )
     if first.startswith("stdlib:"):
         return "the same split of the embedded corpus, but its files changed (another Python?)"
-    return "the same files and settings: a file changed size since the cache was built"
+    changed = _changed_sizes(found, expected.config_source) if expected.config_source else None
+    if changed is not None:
+        return (
+            f"the same files and settings: a file changed size since the cache was built: {changed}"
+        )
+    unfinished = len(found.shards) - len(found.finished)
+    which = (
+        f" (one of the {unfinished} shards not built yet: the finished ones' files kept "
+        "their sizes)"
+        if unfinished
+        and found.finished
+        and all("size" in (s.source_file or {}) for s in found.finished.values())
+        else ""
+    )
+    return f"the same files and settings: a file changed size since the cache was built{which}"
 
 
 def check_compatible(cache_dir: str, found: CacheLedger, expected: CacheLedger) -> None:
@@ -240,6 +306,7 @@ def expected_ledger(source: ShardedSource, encoder: DocumentEncoder) -> CacheLed
         source=source.describe(),
         source_fingerprint=source.fingerprint(),
         shards=source.shard_names(),
+        config_source=source,
     )
 
 

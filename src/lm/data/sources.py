@@ -6,8 +6,11 @@ can send one shard's recipe to a Ray worker, which opens the shard itself.
 
 URLs: each entry of `train_urls`/`validation_urls` is brace-expanded (`{1..128}`,
 `{001..128}`, `{a,b}`), then globbed if it contains `*`, `?` or `[` (any fsspec
-filesystem: local paths, `file://`, `memory://`, `gs://`, `s3://`, `https://`). An
-empty glob or a missing file is an error. Formats, by extension:
+filesystem: local paths, `file://`, `memory://`, `gs://`, `s3://`, `https://`). A glob's
+matches keep the form of its pattern: a relative pattern gives paths relative to the working
+directory (as brace expansion does), so shard names, and a cache's ledger, do not change when
+the project directory moves. An empty glob is an error, and so are missing files (all of a
+source's named in one error). Formats, by extension:
 
 | extension | documents |
 |---|---|
@@ -39,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 import braceexpand
 import fsspec
 
+from lm.config.errors import SetupConfigError
 from lm.data import corpus
 from lm.data.formats import (
     Document,
@@ -117,6 +121,21 @@ class ShardedSource(abc.ABC):
         """
         return None
 
+    def shard_size(self, index: int) -> int | None:
+        """The size in bytes of shard `index`'s file when this source was made (None: not a
+        file, or unknown), to name a file that changed size since a cache was built."""
+        return None
+
+    def names_shard(self, index: int, name: str) -> bool:
+        """Whether `name` (a shard name a cache's ledger recorded) names shard `index`."""
+        return name == self.shard_names()[index]
+
+    def named_as(self, names: Sequence[str]) -> ShardedSource | None:
+        """This source with its shards named `names`, if `names` name this source's shards in
+        another form (as a cache's ledger recorded them), else None; its `fingerprint` is the
+        one a cache built from these shards under those names has."""
+        return None
+
 
 # ---------------------------------------------------------------------------- URLs
 
@@ -125,10 +144,16 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+# How many missing files one error lists by name (the rest are counted).
+MAX_MISSING_SHOWN = 10
+
+
 def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict, int]]:
     """(url, fsspec info, index of the pattern naming it) of every file the patterns name, in
-    order; a file named twice is an error."""
+    order; a file named twice is an error, and so are missing files (all of them named in one
+    error)."""
     out: list[tuple[str, dict, int]] = []
+    missing: list[tuple[str, str]] = []  # (url, the pattern naming it)
     named_by: dict[tuple[str, str], str] = {}  # (protocol, path) -> the pattern naming it
 
     def add(fs, url: str, info: dict, pattern: str, index: int) -> None:
@@ -143,7 +168,7 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict, int]]:
                 if first_pattern == pattern
                 else f"patterns {first_pattern!r} and {pattern!r} both name it"
             )
-            raise ValueError(
+            raise SetupConfigError(
                 f"{field}: {url!r} is listed twice ({by}): its documents would be read twice, "
                 "and a cache keeps one record per file. List each file once (to weight a "
                 "source up, use a mixture's train_weights)"
@@ -153,39 +178,59 @@ def _expand(patterns: Sequence[str], field: str) -> list[tuple[str, dict, int]]:
 
     for index, pattern in enumerate(patterns):
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{field}: every entry must be a non-empty string, got {pattern!r}")
+            raise SetupConfigError(
+                f"{field}: every entry must be a non-empty string, got {pattern!r}"
+            )
         for url in braceexpand.braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
             if _has_glob(path):
                 matches = fs.glob(path, detail=True)
                 if not matches:
-                    raise ValueError(f"{field}: the glob {url!r} matched no files")
+                    raise SetupConfigError(f"{field}: the glob {url!r} matched no files")
                 files = [(m, info) for m, info in sorted(matches.items())]
                 dirs = [m for m, info in files if info.get("type") == "directory"]
                 files = [(m, info) for m, info in files if info.get("type") != "directory"]
                 if not files:
-                    shown = ", ".join(_with_protocol(fs, url, d) for d in dirs[:3])
+                    shown = ", ".join(_as_written(url, path, d, fs) for d in dirs[:3])
                     more = f" (+{len(dirs) - 3} more)" if len(dirs) > 3 else ""
-                    raise ValueError(
+                    raise SetupConfigError(
                         f"{field}: the glob {url!r} matched no files (only directories: "
                         f"{shown}{more}); give the files, or a glob that matches the files "
                         "inside those directories"
                     )
                 for m, info in files:
-                    add(fs, _with_protocol(fs, url, m), info, pattern, index)
+                    add(fs, _as_written(url, path, m, fs), info, pattern, index)
             else:
                 try:
                     info = fs.info(path)
                 except FileNotFoundError:
-                    raise ValueError(
-                        f"{field}: missing shard {url!r} (from pattern {pattern!r})"
-                    ) from None
+                    missing.append((url, pattern))
+                    continue
                 if info.get("type") == "directory":
-                    raise ValueError(
+                    raise SetupConfigError(
                         f"{field}: {url!r} is a directory; give files or a glob like '{url.rstrip('/')}/*.jsonl.gz'"
                     )
                 add(fs, url, info, pattern, index)
+    if missing:
+        raise SetupConfigError(_missing_message(field, missing))
     return out
+
+
+def _missing_message(field: str, missing: list[tuple[str, str]]) -> str:
+    """`field: missing shard(s) ...`, naming up to `MAX_MISSING_SHOWN` of the missing files and
+    the patterns that named them."""
+    patterns = list(dict.fromkeys(pattern for _, pattern in missing))
+    if len(missing) == 1:
+        return f"{field}: missing shard {missing[0][0]!r} (from pattern {patterns[0]!r})"
+    shown = missing[:MAX_MISSING_SHOWN]
+    more = f" (+{len(missing) - len(shown)} more)" if len(missing) > len(shown) else ""
+    if len(patterns) == 1:
+        names = ", ".join(repr(url) for url, _ in shown)
+        return (
+            f"{field}: {len(missing)} missing shards: {names}{more} (from pattern {patterns[0]!r})"
+        )
+    names = ", ".join(f"{url!r} (from {pattern!r})" for url, pattern in shown)
+    return f"{field}: {len(missing)} missing shards: {names}{more}"
 
 
 def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[str, int | None]]:
@@ -198,10 +243,45 @@ def expand_urls(patterns: Sequence[str], *, field: str = "urls") -> list[tuple[s
     return [(url, info.get("size")) for url, info, _ in _expand(patterns, field)]
 
 
-def _with_protocol(fs, original: str, path: str) -> str:
-    if "://" not in original:
-        return path
-    return fs.unstrip_protocol(path)
+def _is_relative_local(pattern: str) -> bool:
+    """Whether `pattern` is a local path relative to the working directory (not `/...`,
+    `~/...`, a `scheme://` URL or a chained `a::b` one)."""
+    return not ("://" in pattern or "::" in pattern or pattern.startswith(("/", "~")))
+
+
+def _static_dir(path: str) -> str:
+    """The part of a glob `path` up to and including the last `/` before its first wildcard."""
+    first = min(i for i, c in enumerate(path) if c in "*?[")
+    return path[: path.rfind("/", 0, first) + 1]
+
+
+def _as_written(url: str, path: str, match: str, fs) -> str:
+    """A file `match`ed by the glob `url` (which fsspec turned into the absolute `path`), in
+    the form `url` was written: relative to the working directory for a relative pattern
+    (fsspec returns absolute paths, which would tie a cache's ledger to the directory it was
+    built in), with `url`'s protocol for a URL, else as fsspec gives it."""
+    if _is_relative_local(url):
+        written, absolute = _static_dir(url), _static_dir(path)
+        if match.startswith(absolute):
+            return written + match[len(absolute) :]
+        return os.path.relpath(match)
+    if "://" not in url:
+        return match
+    return fs.unstrip_protocol(match)
+
+
+def _absolute_form_of(recorded: str, url: str) -> bool:
+    """Whether the absolute path `recorded` names the relative local path `url`: `url` made
+    absolute here, or a path ending in it (made absolute in another working directory)."""
+    if not (_is_relative_local(url) and recorded.startswith("/")):
+        return False
+    recorded = os.path.normpath(recorded)
+    if recorded == os.path.abspath(url):
+        return True
+    tail = os.path.normpath(url)
+    while tail.startswith("../"):  # the directories above the working directory differ too
+        tail = tail[3:]
+    return tail not in ("", ".", "..") and recorded.endswith("/" + tail)
 
 
 def absolute_local(url: str) -> str:
@@ -248,13 +328,13 @@ class UrlSource(ShardedSource):
     ) -> UrlSource:
         found = _expand(patterns, field)
         if not found:
-            raise ValueError(f"{field}: no files given")
+            raise SetupConfigError(f"{field}: no files given")
         for url, _, index in found:  # fail early on an unknown extension
             try:
                 detect_format(url, plaintext)
             except ValueError as e:
                 named = "" if url == patterns[index] else f" (from {patterns[index]!r})"
-                raise ValueError(f"{field}[{index}]{named}: {e}") from None
+                raise SetupConfigError(f"{field}[{index}]{named}: {e}") from None
         return UrlSource(
             urls=tuple(u for u, _, _ in found),
             sizes=tuple(info.get("size") for _, info, _ in found),
@@ -320,6 +400,24 @@ class UrlSource(ShardedSource):
             )
         logger.debug("%s was modified but holds the same bytes (blake2b %s)", url, digest)
         return {**recorded, "mtime": file_modified(info)}
+
+    def shard_size(self, index: int) -> int | None:
+        return self.sizes[index]
+
+    def names_shard(self, index: int, name: str) -> bool:
+        """Before glob matches kept their pattern's form, a relative glob's files were recorded
+        as absolute paths (`/home/me/proj/data/a.jsonl` for `data/*.jsonl`): such a name
+        stands for the relative one it ends in, in this directory or the one the project was
+        moved from."""
+        url = self.urls[index]
+        return name == url or _absolute_form_of(name, url)
+
+    def named_as(self, names: Sequence[str]) -> UrlSource | None:
+        if len(names) != len(self.urls) or not all(
+            self.names_shard(i, name) for i, name in enumerate(names)
+        ):
+            return None
+        return dataclasses.replace(self, urls=tuple(names))
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(

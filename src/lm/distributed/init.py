@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 
 import jax
@@ -86,7 +87,8 @@ class DistributedConfig:
     initialize_jax_distributed: bool = True
     """Whether to call `jax.distributed.initialize` at all."""
     initialization_timeout_seconds: int = 300
-    """How long a process waits for all the others to connect to the coordinator."""
+    """How long a process waits for all the others to connect to the coordinator; then it
+    exits (status 1) with one line naming the settings to check."""
     heartbeat_timeout_seconds: int = 100
     """A process that sent no heartbeat for this long is dead: the coordinator then stops every
     other process (with an error naming the dead task) instead of letting them hang in a
@@ -156,6 +158,19 @@ class DistributedConfig:
                 f"is needed with num_processes: {self.num_processes} (process 0's host:port; "
                 "no cluster that jax detects by itself was found)",
             )
+        if (
+            self.num_processes not in (None, 1)
+            and self.process_id is None
+            # jax reads the process id of a Kubernetes JobSet pod from the pod itself
+            and "KUBERNETES_SERVICE_HOST" not in os.environ
+        ):
+            raise FieldError(
+                prefix + "process_id",
+                f"is needed with num_processes: {self.num_processes} (no cluster that jax "
+                "detects by itself was found to number the processes): give each process its "
+                f"index in [0, {self.num_processes}), 0 for the one that serves the coordinator "
+                f"at {self.coordinator_address}, e.g. --trainer.distributed.process_id 0",
+            )
         if self.num_processes is None:
             for name in ("process_id", "local_device_ids"):
                 if getattr(self, name) is not None:
@@ -216,12 +231,54 @@ class DistributedConfig:
             # jax aborts the process (a C++ check failure) when it cannot register with the
             # coordinator: wait for it here, within the same timeout, and say so in one line
             wait_for_coordinator(self.coordinator_address, self.initialization_timeout_seconds)
-        jax.distributed.initialize(
-            coordinator_address=self.coordinator_address,
-            num_processes=self.num_processes,
-            process_id=self.process_id,
-            local_device_ids=device_ids,
-            initialization_timeout=self.initialization_timeout_seconds,
-            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
-            shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+        # jax aborts the process with a C++ stack dump when the other processes do not all
+        # join in time: the watchdog says so in one line first, and jax waits a little longer
+        watchdog = threading.Timer(
+            self.initialization_timeout_seconds, _exit_not_joined, args=(self, cluster)
         )
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            jax.distributed.initialize(
+                coordinator_address=self.coordinator_address,
+                num_processes=self.num_processes,
+                process_id=self.process_id,
+                local_device_ids=device_ids,
+                initialization_timeout=self.initialization_timeout_seconds + JAX_TIMEOUT_GRACE_S,
+                heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
+                shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+            )
+        finally:
+            watchdog.cancel()
+
+
+JAX_TIMEOUT_GRACE_S = 10
+"""How much longer than `initialization_timeout_seconds` jax itself waits for the processes to
+join: the watchdog that reports it (`_exit_not_joined`) fires first."""
+
+
+def _exit_not_joined(config: DistributedConfig, cluster: str | None) -> None:
+    """Runs in the watchdog thread when `jax.distributed.initialize` has not returned within
+    `initialization_timeout_seconds`: say which settings to check and end the process at once
+    (the main thread is blocked inside jax, which would abort with a C++ stack dump)."""
+    if cluster is None:
+        where = f"the jax.distributed coordinator at {config.coordinator_address}"
+        who = f"process {config.process_id}"
+        check = (
+            "check num_processes, process_id and coordinator_address on every process, and "
+            "that every process started"
+        )
+    else:
+        where = f"the jax.distributed coordinator ({cluster} cluster, detected by jax)"
+        who = "this process"
+        check = "check that every process of the job started"
+    total = f"{config.num_processes} " if config.num_processes is not None else ""
+    print(
+        f"error: trainer.distributed: not all {total}processes joined {where} within "
+        f"{config.initialization_timeout_seconds}s (trainer.distributed."
+        f"initialization_timeout_seconds; this is {who}): {check}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(1)

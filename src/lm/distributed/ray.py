@@ -1,8 +1,10 @@
 """Ray for distributed preprocessing (`trainer.ray` / `ray:`): `RayConfig`.
 
-By default a Ray cluster is started automatically when something needs one (building a
-tokenized cache with `cache_options.backend: ray`). `address` connects to an existing
-cluster instead; `auto_start_cluster: false` starts nothing.
+By default a private Ray cluster is started when something needs one (building a tokenized
+cache with `cache_options.backend: ray`), even if another cluster is running or RAY_ADDRESS is
+set: lm joins an existing cluster only through `address` (`auto`: the one named by
+RAY_ADDRESS, else the one `ray start --head` started on this machine).
+`auto_start_cluster: false` starts nothing.
 
 A locally started cluster gets this checkout's `src` directory first on its workers'
 PYTHONPATH, so workers import the same `lm` as the driver, and no dashboard (it costs
@@ -36,13 +38,17 @@ class _WithoutDefaultAuthWarning(logging.Filter):
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     address: str | None = None
-    """The Ray cluster to connect to (`ray://host:10001`, `host:6379` or `auto`); None
-    starts a local cluster when one is needed (if `auto_start_cluster`)."""
+    """The Ray cluster to connect to (`ray://host:10001`, `host:6379`, or `auto`: the one
+    RAY_ADDRESS names, else the one `ray start --head` started on this machine); None starts
+    a private local cluster when one is needed (if `auto_start_cluster`). RAY_ADDRESS alone
+    is not used: it must be asked for with `auto`."""
     start_workers: bool = True
-    """Whether this process starts Ray workers for the cluster it starts. If false, you
-    start them yourself (`ray start --address ...`) and only the driver connects."""
+    """Whether the private cluster this process starts gets this machine's CPUs. If false, its
+    head has none and its tasks wait until you attach workers yourself (the command to run,
+    `ray start --address ...`, is logged when the head starts)."""
     auto_start_cluster: bool = True
-    """Start a Ray cluster automatically when none is running and `address` is unset."""
+    """Start a private local Ray cluster when one is needed and `address` is unset (a running
+    cluster is never joined without `address`)."""
 
     def __post_init__(self):
         if self.address is not None and not self.address.strip():
@@ -64,7 +70,8 @@ class RayConfig:
             return True
         if not self.auto_start_cluster:
             logger.info(
-                "Not starting Ray: ray.address is unset and ray.auto_start_cluster is false"
+                "Not starting Ray: trainer.ray.address is unset and "
+                "trainer.ray.auto_start_cluster is false"
             )
             return False
         src = str(pathlib.Path(__file__).resolve().parents[2])
@@ -95,7 +102,36 @@ class RayConfig:
                 )
         finally:
             auth_logger.removeFilter(quiet)
+        if not self.start_workers:
+            logger.info("%s", attach_workers_message(ray.get_runtime_context().gcs_address))
         return True
+
+
+def attach_workers_message(head_address: str) -> str:
+    """What to do with the CPU-less head `start_workers: false` starts at `head_address`:
+    nothing runs on it until workers join (the build waits at 0% meanwhile)."""
+    return (
+        f"Started a Ray head with no CPUs at {head_address} (trainer.ray.start_workers: false): "
+        "its tasks wait until workers join. On each worker machine run `RAY_AUTH_MODE=token "
+        f"ray start --address={head_address}` with this machine's Ray token there "
+        "(~/.ray/auth_token, or RAY_AUTH_TOKEN), or set trainer.ray.start_workers: true to "
+        "work on this machine's CPUs"
+    )
+
+
+def no_cluster_message() -> str:
+    """The error for a Ray cache build with no cluster to run on (`auto_start_cluster: false`
+    and no `address`): starting Ray by hand does not help, lm joins a running cluster only
+    through `trainer.ray.address`."""
+    return (
+        "data.cache_options.backend is 'ray' but no Ray cluster is available: "
+        "trainer.ray.address is unset and trainer.ray.auto_start_cluster is false, and lm "
+        "joins a running cluster only through trainer.ray.address (not RAY_ADDRESS alone). "
+        "Set trainer.ray.address (host:6379, ray://host:10001, or auto: the cluster "
+        "RAY_ADDRESS names, else the one `ray start --head` started on this machine), set "
+        "trainer.ray.auto_start_cluster: true to start a private one, or build in this process "
+        "with data.cache_options.backend: local"
+    )
 
 
 RAY_CONNECT_TIMEOUT_S = 30.0

@@ -260,6 +260,49 @@ def _env_flag(name: str) -> str:
     return f"--env {name}=..."
 
 
+# Levanter's `.levanter.yaml` fields that lm spells otherwise (the spelling difflib finds for
+# `vm_image` is `build_image`): key -> value -> (the field to write, a note).
+def _levanter_field(key: str, value: Any) -> tuple[str, str] | None:
+    if key == "vm_image":
+        shown = value if isinstance(value, str) else "..."
+        return f"runtime_version: {shown}", "the TPU software version"
+    if key == "preemptible":
+        if value is False:
+            return "capacity_type: on-demand", "the default: the line can go"
+        return "capacity_type: preemptible", "or `spot`, preemptible TPUs' successor"
+    if key == "autodelete":
+        if value is False:
+            return "keep: true", "leave the TPU running when the command ends"
+        return "keep: false", "the default: the TPU is deleted when the command ends"
+    if key == "foreground":
+        if value is False:
+            return "detach: true", "start the command and return without waiting for it"
+        return "detach: false", "the default: the launcher waits for the command"
+    return None
+
+
+def _levanter_problems(data: dict[str, Any], locations: Mapping[str, str]):
+    """Problems for Levanter's names of fields (`vm_image: ...`, `preemptible: true`), each
+    saying what to write instead; the keys are taken out of `data`, so the decoder does not
+    report them again with a did-you-mean of its own."""
+    problems = []
+    for key in list(data):
+        hint = _levanter_field(key, data[key])
+        if hint is None:
+            continue
+        written, note = hint
+        problems.append(
+            ConfigProblem(
+                key,
+                f"unknown field `{key}` for LaunchConfig; did you mean `{written}`? "
+                f"(`{key}` is Levanter's name; {note})",
+                locations.get(key),
+            )
+        )
+        del data[key]
+    return problems
+
+
 def _missing_files(data: Mapping[str, Any], base_dir: str, locations: Mapping[str, str]):
     """Problems for a Dockerfile or build context that is not there, when the image is built."""
     if data.get("build_image", True) is False:
@@ -329,7 +372,7 @@ def load_launch_config(
             )
         data = dict(loaded.data or {})
         locations = dict(loaded.locations)
-    problems: list[ConfigProblem] = []
+    problems: list[ConfigProblem] = _levanter_problems(data, locations)
     for key, value in (overrides or {}).items():
         if key == "env" and merge_env and isinstance(value, dict):
             secrets = data.get("secrets")

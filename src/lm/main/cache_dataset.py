@@ -13,14 +13,15 @@ import logging
 
 import lm.config
 from lm.data import TokenCache
-from lm.main.train_lm import TrainLmConfig, build_data_caches, check_cache_dir
+from lm.main.run_checks import check_data_paths
+from lm.main.train_lm import TrainLmConfig, build_data_caches
 from lm.tracker.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
 
 def main(config: TrainLmConfig) -> dict[str, TokenCache]:
-    check_cache_dir(config)  # train_lm checks it with its other paths, before anything is written
+    check_data_paths(config)  # before anything is written, as train_lm checks them
     configure_logging(None)
     caches = build_data_caches(config, progress=True)
     for name, cache in caches.items():

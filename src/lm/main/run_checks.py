@@ -69,27 +69,40 @@ def check_local_paths(config: TrainLmConfig) -> None:
         why = not_a_directory(config.hf_save_path)
         if why is not None:
             raise lm.config.FieldError("hf_save_path", why)
+    check_data_paths(config)
+    _check_exists("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint")
+    check_hf_checkpoint_path(config)
+    check_checkpoint_to_load(config.trainer)
+
+
+def check_data_paths(config: TrainLmConfig) -> None:
+    """The `data:` section's part of `check_local_paths`, which `cache_dataset` runs too:
+    `data.cache_dir` can become a directory, there is training data (said before the
+    validation cache is built, not after), and a tokenizer written as a local path exists."""
     check_cache_dir(config)
     source = getattr(config.data, "effective_source", None)  # a single source (not a mixture)
     if source is not None and not source.has_split("train"):
-        # said before the validation cache is built, not after
         raise lm.config.FieldError(
             "data",
             "has no training data: set train_urls, id or builtin (or nothing at all for the "
             "embedded corpus)",
         )
-    for field, value, what in (
-        ("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer"),
-        ("trainer.initialize_from", config.trainer.initialize_from, "a checkpoint"),
-    ):
-        if isinstance(value, str) and looks_like_local_path(value):
-            path = local_path(value)
-            if path is not None and not os.path.exists(path):
-                raise lm.config.FieldError(
-                    field, f"{value} does not exist; expected {what} (a local path or URL)"
-                )
-    check_hf_checkpoint_path(config)
-    check_checkpoint_to_load(config.trainer)
+    _check_exists("data.tokenizer", getattr(config.data, "tokenizer", None), "a tokenizer")
+    components = getattr(config.data, "configs", None) or {"": config.data}
+    for name, component in components.items():
+        where = f"data.configs.{name}.id" if name else "data.id"
+        # an id written as a path is a local dataset, never a hub id to fetch
+        _check_exists(where, getattr(component, "id", None), "an HF dataset directory")
+
+
+def _check_exists(field: str, value: object, what: str) -> None:
+    """A value written as a local path (`./x`, `/...`, `~/...`, `file://...`) must exist."""
+    if isinstance(value, str) and looks_like_local_path(value):
+        path = local_path(value)
+        if path is not None and not os.path.exists(path):
+            raise lm.config.FieldError(
+                field, f"{value} does not exist; expected {what} (a local path or URL)"
+            )
 
 
 def check_checkpoint_to_load(trainer_config: TrainerConfig) -> None:
