@@ -99,6 +99,15 @@ def test_every_yaml_under_config_parses(path):
             ["--data.train_urls", "[a.jsonl]"],
             ["set only one kind of source", "got train_urls/validation_urls and builtin"],
         ),
+        # data that is not there: said before the log file or a cache is made
+        (
+            ["--data.builtin", "null", "--data.train_urls", "[nope/*.jsonl]"],
+            ["error: data.train_urls: the glob 'nope/*.jsonl' matched no files"],
+        ),
+        (
+            ["--data", "{id: ./nope_ds, tokenizer: builtin}"],
+            ["error: data.id: ./nope_ds does not exist; expected an HF dataset directory"],
+        ),
         # the parameters against the mesh (8 devices): found before anything is written
         (
             ["--trainer.fsdp_axis", "[embed, mlp]"],
@@ -623,8 +632,11 @@ def _run_failing(
 def test_runtime_user_errors_are_one_message_with_the_traceback_in_the_log(
     tmp_path, subprocess_env
 ):
-    proc = _run_failing(tmp_path, subprocess_env, "broken", "missing-{0..3}.jsonl")
-    assert "error:" in proc.stderr and "missing-0.jsonl" in proc.stderr
+    """A data file with a line that has no text: found while the cache is built. (Missing
+    files are a configuration error: exit status 2, no log file.)"""
+    (tmp_path / "bad.jsonl").write_text('{"content": "no text key"}\n')
+    proc = _run_failing(tmp_path, subprocess_env, "broken", "bad.jsonl")
+    assert f"error: {tmp_path / 'bad.jsonl'}:1: no key 'text'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Traceback" in (tmp_path / "logs" / "broken.log").read_text()
 
@@ -642,11 +654,11 @@ def test_gpu_only_attention_on_cpu_stops_before_writing_anything(tmp_path, subpr
 def test_quantization_target_typo_stops_before_writing_anything(tmp_path, subprocess_env):
     model = "model: {type: llama}\n"
     trainer = "  quantization: {fp8: true, targets: [q_proj, up_prj]}\n"
-    proc = _run_failing(tmp_path, subprocess_env, "fp8", "missing.jsonl", model, trainer)
+    proc = _run_failing(tmp_path, subprocess_env, "fp8", "missing.jsonl", model, trainer, status=2)
     assert "trainer.quantization.targets[1]: 'up_prj'" in proc.stderr
     assert "did you mean 'up_proj'?" in proc.stderr
     assert "missing.jsonl" not in proc.stderr  # stopped before the data
-    assert not (tmp_path / "logs" / "fp8").exists()  # no run directory
+    assert not (tmp_path / "logs").exists()  # no run directory, no log file
 
 
 @pytest.mark.entry

@@ -42,18 +42,16 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "lm"
 
 
-def _check_cache_root(directory: pathlib.Path) -> None:
+def _cache_root_error(directory: pathlib.Path, error: OSError) -> Exception:
     """A `SetupConfigError` naming LM_CACHE_DIR (or the default folder) when the builtin
-    tokenizer cannot be written under it (it was `[Errno 20] Not a directory: ...`)."""
+    tokenizer's folder cannot be made (it was `[Errno 20] Not a directory: ...`)."""
     from lm.config.errors import SetupConfigError
-    from lm.fs import cannot_write_directory
+    from lm.fs import not_a_directory
 
-    why = cannot_write_directory(str(directory))
-    if why is None:
-        return
+    why = not_a_directory(str(directory)) or f"cannot make {directory}: {error.strerror or error}"
     env = os.environ.get("LM_CACHE_DIR")
     where = f"LM_CACHE_DIR ({env})" if env else f"the default cache folder ({cache_root()})"
-    raise SetupConfigError(
+    return SetupConfigError(
         f"{where}: {why}; the builtin tokenizer is cached there. Point LM_CACHE_DIR at a "
         "directory this process can write"
     )
@@ -106,8 +104,10 @@ def ensure_builtin_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> pathlib.Pa
     final = builtin_tokenizer_path(vocab_size)
     if (final / "tokenizer.json").exists():
         return final
-    _check_cache_root(final.parent)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cache_root_error(final.parent, e) from None
     files = corpus.corpus_files("train")
     logger.info(
         "Training the builtin tokenizer (byte-level BPE, vocab %d) on %d stdlib files into %s",

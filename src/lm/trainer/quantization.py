@@ -33,6 +33,7 @@ from lm.config.errors import (
     ConfigProblem,
     ConfigProblems,
     FieldError,
+    SetupConfigError,
     did_you_mean,
     invalid,
     raise_problems,
@@ -115,23 +116,23 @@ class QuantizationConfig:
 
 
 def check_targets(model: Any, config: QuantizationConfig | hq.QuantizationConfig) -> None:
-    """Raise if `config.targets` selects none of `model`'s `Linear` layers, or one of its
+    """Raise a `SetupConfigError` if `config.targets` selects none of `model`'s `Linear` layers, or one of its
     names is no layer's (a typo would otherwise train unquantized without a word); the error
     lists the layers there are. `model` may be abstract (`eqx.filter_eval_shape`)."""
     paths = linear_paths(model)
     if not paths:
-        raise ValueError("trainer.quantization: the model has no Linear layers to quantize")
+        raise SetupConfigError("trainer.quantization: the model has no Linear layers to quantize")
     names = sorted({p.rsplit(".", 1)[-1] for p in paths})
     targets = config.targets
     if isinstance(targets, list | tuple):
         for i, target in enumerate(targets):
             if target not in names:
-                raise ValueError(
+                raise SetupConfigError(
                     f"trainer.quantization.targets[{i}]: {target!r} names no Linear layer of "
                     f"the model (its layers: {', '.join(names)}){did_you_mean(target, names)}"
                 )
     elif isinstance(targets, str) and not any(re.match(targets, p) for p in paths):
-        raise ValueError(
+        raise SetupConfigError(
             f"trainer.quantization.targets: {targets!r} matches none of the model's "
             f"{len(paths)} Linear layers (the pattern is matched from the start of paths such "
             f"as {paths[0]!r}; a list names layers: {', '.join(names)})"
