@@ -319,8 +319,10 @@ def test_a_local_checkpoint_path_must_be_a_directory(tmp_path):
 
 
 def test_checkpoint_path_is_required():
-    with pytest.raises(lm.config.ConfigError, match="checkpoint_path: is required"):
+    """Without the note that a problem is about a default: not setting it is the problem."""
+    with pytest.raises(lm.config.ConfigError, match="checkpoint_path: is required") as info:
         lm.config.parse(EvalLmConfig, args=["--model.type", "gpt2"])
+    assert "default" not in str(info.value), str(info.value)
 
 
 def test_max_eval_batches_0_evaluates_every_batch(caplog):

@@ -462,12 +462,12 @@ class Decoder:
         except ConfigError as e:
             for p in e.problems:
                 sub = _nest(path, p.path)
-                message = p.message + default_note(cls, kwargs, p.path)
+                message = p.message + default_note(cls, kwargs, p.path, p.message)
                 self.problems.append(ConfigProblem(sub, message, self.written_at(sub)))
             return INVALID
         except FieldError as e:
             sub = _nest(path, e.field)
-            message = e.message + default_note(cls, kwargs, e.field)
+            message = e.message + default_note(cls, kwargs, e.field, e.message)
             self.problems.append(ConfigProblem(sub, message, self.written_at(sub)))
             return INVALID
         except (ValueError, TypeError) as e:

@@ -44,13 +44,14 @@ def quote_hint(value: Any, text: str | None, flag: str | None = None) -> str:
     return f"{note}; quote it to make it a string: '{written}'"
 
 
-def default_note(cls: type, given: Mapping[str, Any], field: str) -> str:
+def default_note(cls: type, given: Mapping[str, Any], field: str, message: str = "") -> str:
     """Says so when a `__post_init__` problem is about a field the config did not set: the
     value is the dataclass's default (e.g. Llama's 32 KV heads after `--model.type llama`
-    switched the model of a GPT-2 config), not something the user wrote."""
+    switched the model of a GPT-2 config), not something the user wrote. Not for a field
+    that is required (`is required: ...`): not setting it is the problem."""
     name = first_key(field) if field else ""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    if not name or name in given or name not in names:
+    if not name or name in given or name not in names or message.startswith("is required"):
         return ""
     return f" ({cls.__name__}'s default: this config does not set `{name}`)"
 
