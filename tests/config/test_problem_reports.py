@@ -201,10 +201,12 @@ def test_a_field_of_another_section_names_its_place(tmp_path, run_main):
         "num_train_steps: 10\n"
         "trainer:\n  learning_rate: 1e-3\n  save_interval: 10m\n  base_path: ckpt\n"
         "optimizer:\n  train_batch_size: 4\n"
+        "data:\n  sliding_window: 8\n"
     )
     err = run_main(TrainLmConfig, "--config_path", str(tmp_path / "run.yaml"))
+    # `model:` has no default `type:`: every model type's fields are searched
     assert err == (
-        "Invalid configuration in TMP/run.yaml (5 problems):\n"
+        "Invalid configuration in TMP/run.yaml (6 problems):\n"
         "  - num_train_steps [TMP/run.yaml:1]: unknown field `num_train_steps` for "
         "TrainLmConfig; it belongs at `trainer.num_train_steps`\n"
         "  - trainer.learning_rate [TMP/run.yaml:3]: unknown field `learning_rate` for "
@@ -215,6 +217,8 @@ def test_a_field_of_another_section_names_its_place(tmp_path, run_main):
         "it belongs at `trainer.checkpointer.base_path`\n"
         "  - optimizer.train_batch_size [TMP/run.yaml:7]: unknown field `train_batch_size` for "
         "AdamConfig; it belongs at `trainer.train_batch_size`\n"
+        "  - data.sliding_window [TMP/run.yaml:9]: unknown field `sliding_window` for "
+        "LMDatasetConfig; it belongs at `model.sliding_window`\n"
     ) + HELP_LINE.format("TrainLmConfig")
 
 

@@ -128,16 +128,15 @@ _MAX_PLACES = 3
 
 
 def _sections(tp: Any) -> list[type]:
-    """The dataclasses a field of annotation `tp` holds as a mapping: the dataclass itself, a
-    choice registry's default choice (or the registered choice itself), each such member of a
-    union. Lists and mappings of them are left out (their paths need an index or a key)."""
+    """The dataclasses a field of annotation `tp` holds as a mapping: the dataclass itself,
+    every choice of a choice registry (or the registered choice itself), each such member of
+    a union. Lists and mappings of them are left out (their paths need an index or a key)."""
     tp = ti.strip(tp)
     if ti.is_union(tp):
         return [c for m in ti.union_members(tp) for c in _sections(m)]
     if ti.is_choice(tp) and ti.choice_name(tp) is None:
-        try:
-            name = tp.default_choice_name()
-            return [tp.get_choice_class(name)] if name is not None else []
+        try:  # all of them: `model:` has no default `type:`, and a field may be another type's
+            return [c for c in tp.get_known_choices().values() if ti.is_dataclass_type(c)]
         except Exception:  # noqa: BLE001 - a broken registry just has no fields to offer
             return []
     if ti.is_dataclass_type(tp):
