@@ -199,15 +199,11 @@ def _barrier(name: str, timeout: datetime.timedelta) -> None:
     Uses the distributed client directly (not a device collective) so it can run on
     the background commit thread.
     """
-    if jax.process_count() == 1:
-        return
-    from jax._src import distributed
+    from lm.distributed.init import coordination_client
 
-    client = distributed.global_state.client
+    client = coordination_client("multi-process checkpointing")
     if client is None:
-        raise RuntimeError(
-            "multi-process checkpointing needs jax.distributed.initialize() to have run"
-        )
+        return
     client.wait_at_barrier(name, int(timeout.total_seconds() * 1000))
 
 

@@ -88,13 +88,14 @@ class FieldError(ValueError):
 
     The decoder reports it at `<dataclass path>.<field>` instead of at the dataclass, so the
     user sees `optimizer.warmup: ...` rather than `optimizer: ...`. `field` may itself be a
-    dotted or indexed path below the dataclass (`schedule[1].start`).
+    dotted or indexed path below the dataclass (`schedule[1].start`), or empty for a problem
+    of the dataclass as a whole (reported at its own path).
     """
 
     def __init__(self, field: str, message: str):
         self.field = field
         self.message = message
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}" if field else message)
 
 
 class SetupConfigError(ValueError):

@@ -358,21 +358,13 @@ FAILURE_READ_TIMEOUT_S = 30
 read it from the coordination service in process 0, which goes away with it)."""
 
 
-def _coordination_client():
-    import jax
-
-    if jax.process_count() == 1:
-        return None
-    from jax._src import distributed
-
-    return distributed.global_state.client
-
-
 def _publish_build_failure(cache_dir: str, error: BaseException) -> None:
     """Tell the processes waiting for `cache_dir` that process 0's build failed, and why; then
     wait (at most `FAILURE_READ_TIMEOUT_S`) until each has read it. Without this they waited
     forever, and process 0 sat in jax's shutdown barrier until it aborted."""
-    client = _coordination_client()
+    from lm.distributed.init import coordination_client
+
+    client = coordination_client("a multi-host cache build")
     if client is None:
         return
     import jax
@@ -393,7 +385,9 @@ def _publish_build_failure(cache_dir: str, error: BaseException) -> None:
 def _build_failure(cache_dir: str) -> str | None:
     """Process 0's error, if its build of `cache_dir` failed (and say it was seen); None while
     it builds."""
-    client = _coordination_client()
+    from lm.distributed.init import coordination_client
+
+    client = coordination_client("a multi-host cache build")
     if client is None:
         return None
     import jax

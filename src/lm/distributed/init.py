@@ -252,6 +252,21 @@ class DistributedConfig:
             watchdog.cancel()
 
 
+def coordination_client(purpose: str):
+    """jax's client of the coordination service that `jax.distributed.initialize()` started
+    (its key-value store and barriers need no device collective, so any thread may use them);
+    None in a one-process run. `purpose` names what needs it, for the error when a
+    multi-process run has no client."""
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError(f"{purpose} needs jax.distributed.initialize() to have run")
+    return client
+
+
 JAX_TIMEOUT_GRACE_S = 10
 """How much longer than `initialization_timeout_seconds` jax itself waits for the processes to
 join: the watchdog that reports it (`_exit_not_joined`) fires first."""

@@ -205,7 +205,9 @@ def main(config: TrainLmConfig) -> RunSummary:
     if trainer_config.quantization is not None:
         check_targets(shapes, trainer_config.quantization)
     config.data.check_filesystems()
-    if run_model.converter is not None and not _will_resume(trainer_config):
+    # an HF start that resumes its own checkpoints does not read the HF weights
+    load_hf = run_model.converter is not None and not _will_resume(trainer_config)
+    if load_hf:
         check_hf_weights(run_model.converter, config.hf_checkpoint, model_config)
     if lm.host_memory.applied:
         logger.info(
@@ -243,7 +245,7 @@ def main(config: TrainLmConfig) -> RunSummary:
             Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
             model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
 
-            if converter is not None and not _will_resume(trainer_config):
+            if load_hf:
                 vocab_warning = describe_vocab_change(run_model)
                 if vocab_warning is not None:
                     logger.warning("%s", vocab_warning)

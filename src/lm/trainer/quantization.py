@@ -30,8 +30,6 @@ import jax
 import jax.numpy as jnp
 
 from lm.config.errors import (
-    ConfigProblem,
-    ConfigProblems,
     FieldError,
     SetupConfigError,
     did_you_mean,
@@ -69,8 +67,9 @@ class QuantizationConfig:
                 invalid("int8", self.int8, "false when fp8 is true (choose one of fp8, int8)")
             )
         elif not (self.fp8 or self.int8):
-            # The section's problem, not fp8's: blaming fp8 would also blame a default the
-            # user did not write (`{fp9: true}` would get a second complaint, about fp8).
+            # The section's problem (an empty field: the decoder reports it at the section),
+            # not fp8's: blaming fp8 would also blame a default the user did not write
+            # (`{fp9: true}` would get a second complaint, about fp8).
             problems.append(FieldError("", _NO_FORMAT))
         if not isinstance(self.amax_history_length, int) or self.amax_history_length < 1:
             problems.append(
@@ -99,10 +98,6 @@ class QuantizationConfig:
         elif self.targets is not None:
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
                 problems.append(invalid("targets", self.targets, "a non-empty list of layer names"))
-        if any(not p.field for p in problems):
-            # as a `ConfigProblems` even alone: the decoder reports a problem with an empty path
-            # at the section itself (`trainer.quantization: neither ...`)
-            raise ConfigProblems([ConfigProblem(p.field, p.message) for p in problems])
         raise_problems(problems)
 
     def to_haliax(self) -> hq.QuantizationConfig:
