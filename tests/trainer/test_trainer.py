@@ -535,6 +535,36 @@ def test_jit_hook_steps_see_the_real_gradients_and_compile_once_more(tmp_path):
     assert not any(k.startswith("grad/") for m in _metrics(config, 3) for k in m)
 
 
+def test_a_fresh_states_step_is_read_without_waiting_for_the_init(tmp_path):
+    """The loop reads `state.step` before the first step; on a fresh start it is not the
+    init's output, so the first step traces and compiles while the init still runs."""
+    import equinox as eqx
+
+    init_may_finish = threading.Event()
+    waited = []
+
+    def hold(x):
+        waited.append(init_may_finish.wait(timeout=20))
+        return x
+
+    def model_init():
+        model = Mlp.init(key=jax.random.PRNGKey(0))
+        bias = jax.pure_callback(hold, jax.ShapeDtypeStruct((), jnp.float32), model.bias.array)
+        return eqx.tree_at(lambda m: m.bias.array, model, bias)
+
+    trainer = Trainer(trainer_config(tmp_path, num_train_steps=1), optax.adam(1e-2), mse)
+    with trainer:
+        state = trainer.initial_state(jax.random.PRNGKey(1), model_init=model_init)
+        assert int(state.step) == 0  # while the init waits in its callback
+        init_may_finish.set()
+        jax.block_until_ready(state)
+        assert waited == [True]
+        assert state.step.dtype == jnp.int32 and state.step.shape == ()
+        assert state.step.sharding.is_fully_replicated
+        info = trainer.train(state, trainer.data_loader(make_dataset()))
+    assert int(info.state.step) == 1
+
+
 def test_loss_fn_with_key_gets_a_fresh_key_each_step(tmp_path):
     keys = []
 
