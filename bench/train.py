@@ -3,7 +3,8 @@ time to first step, peak memory.
 
 Usage:
     PYTHONPATH=src python bench/train.py --config bench/configs/gpt2_256.yaml \
-        [--steps 20] [--warmup 3] [--repeats 1] [--json out.json] [-- --model.x y ...]
+        [--steps 20] [--warmup 3] [--repeats 1] [--json out.json] [--timeline] \
+        [-- --model.x y ...]
 
 Each repeat runs the real CLI (`lm.config.main(lm.main.train_lm.main)`) in a fresh Python
 process, so the time to first step counts interpreter start, imports, data-cache checks,
@@ -20,6 +21,11 @@ Reported per run (JSON on stdout, then one summary line):
   dense table peak for the compute dtype on accelerators (lm.trainer.throughput);
 - `first_step_s`: process spawn -> end of step 0; `steady_s`: spawn -> end of step `warmup - 1`;
 - `peak_rss_gb` (the worker's max RSS) and `peak_device_gb` (accelerators: peak bytes in use).
+
+`--timeline` also prints, per run, when each start-up phase ended (seconds from spawn: jax and
+lm imported, the config parsed, jax's trace / lower / compile spans of 0.05 s or more, the
+state initialized, the prefault pool released, steps 0-4 done), each with the CPU time and
+page faults since the previous line.
 
 Extra arguments after `--` go to train_lm (e.g. `-- --model.gradient_checkpointing true`).
 """
@@ -51,16 +57,31 @@ def _worker(argv: list[str]) -> None:
     """Runs train_lm in this process and prints MARKER + JSON with per-step end times."""
     t0 = float(os.environ["BENCH_T0"])
     # What `python -m lm.main.train_lm` does first (before jax is imported).
-    from lm.host_memory import tune_host_allocator
+    from lm.host_memory import cpu_only, tune_host_allocator
     from lm.startup_gc import pause
 
     tune_host_allocator()
     pause()
+    if cpu_only():
+        import lm.prefault
+
+        lm.prefault.start()
     import functools
 
+    timeline = _Timeline(t0) if os.environ.get("BENCH_TIMELINE") else None
+    import jax
+
+    if timeline is not None:
+        timeline.mark("jax imported")
+        timeline.listen(jax)
     import lm.config
     import lm.main.train_lm as train_lm
     from lm.trainer import Trainer
+
+    if timeline is not None:
+        timeline.mark("lm imported")
+        timeline.wrap(Trainer, "initial_state", "state initialized")
+        timeline.wrap_prefault()
 
     step_ends: dict[int, float] = {}
     captured = {}
@@ -69,6 +90,8 @@ def _worker(argv: list[str]) -> None:
     def run_hooks(self, info, force: bool = False):
         if not force and info.step not in step_ends:
             step_ends[info.step] = time.time() - t0
+            if timeline is not None and info.step < 5:
+                timeline.mark(f"step {info.step} done")
         return original_run_hooks(self, info, force)
 
     Trainer.run_hooks = run_hooks
@@ -76,6 +99,8 @@ def _worker(argv: list[str]) -> None:
     @functools.wraps(train_lm.main)
     def main(config):
         captured["config"] = config
+        if timeline is not None:
+            timeline.mark("configured")
         return train_lm.main(config)
 
     lm.config.main(main)(args=argv)
@@ -112,7 +137,87 @@ def _worker(argv: list[str]) -> None:
         "peak_device_gb": device_gb,
         "jax": jax.__version__,
     }
+    if timeline is not None:
+        result["timeline"] = timeline.events
     print(MARKER + json.dumps(result), flush=True)
+
+
+class _Timeline:
+    """Seconds from process spawn at which start-up phases end (`--timeline`): marks placed by
+    the worker and jax's own trace / lowering / compile spans (jax.monitoring), in order."""
+
+    EVENTS = {  # jax's span events -> short names
+        "/jax/core/compile/jaxpr_trace_duration": "trace",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+        "/jax/core/compile/backend_compile_duration": "compile",
+    }
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.events: list[dict] = []
+
+    def mark(self, what: str, end: float | None = None, **extra) -> None:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.events.append(
+            {
+                "what": what,
+                "end": (time.time() if end is None else end) - self.t0,
+                "cpu": {"user": ru.ru_utime, "system": ru.ru_stime, "minor_faults": ru.ru_minflt},
+                **extra,
+            }
+        )
+
+    def listen(self, jax) -> None:
+        def span(event: str, start: float, end: float, **kwargs) -> None:
+            name = self.EVENTS.get(event)
+            if name is not None and end - start >= 0.05:  # the many tiny ones: noise
+                self.mark(f"{name} {kwargs.get('fun_name', '?')}", end, seconds=end - start)
+
+        jax.monitoring.register_event_time_span_listener(span)
+
+    def wrap_prefault(self) -> None:
+        """Marks when lm.prefault hands pages back, and how many."""
+        import lm.prefault
+
+        original = lm.prefault.release
+
+        def release(nbytes=None):
+            freed = original(nbytes)
+            if freed:
+                what = "the rest" if nbytes is None else "the state's share"
+                self.mark(f"prefault pool: {what} released, {freed / 2**20:.0f} MiB")
+            return freed
+
+        lm.prefault.release = release
+
+    def wrap(self, cls, method: str, what: str) -> None:
+        original = getattr(cls, method)
+
+        def wrapped(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.mark(what)
+            return out
+
+        setattr(cls, method, wrapped)
+
+
+def print_timeline(events: list[dict]) -> None:
+    """One line per event, with the process's CPU time and minor page faults since the
+    previous one."""
+    last = {"user": 0.0, "system": 0.0, "minor_faults": 0}
+    for e in sorted(events, key=lambda e: e["end"]):
+        took = f" ({e['seconds']:.2f} s)" if "seconds" in e else ""
+        cpu = ""
+        if "cpu" in e:
+            d = {k: e["cpu"][k] - last[k] for k in last}
+            cpu = (
+                f"  [cpu +{d['user']:.2f} s user, +{d['system']:.2f} s system, "
+                f"+{d['minor_faults']:,} faults]"
+            )
+            last = e["cpu"]
+        print(f"  {e['end']:7.2f} s  {e['what']}{took}{cpu}")
 
 
 def summarize(raw: dict, warmup: int) -> dict:
@@ -197,6 +302,9 @@ def bench(
         summary["peak_rss_gb"] = rss
         summary["peak_device_gb"] = raw["peak_device_gb"]
         runs.append((summary, raw))
+        if raw.get("timeline"):
+            print(f"run {len(runs)}: start-up timeline (seconds from spawn)")
+            print_timeline(raw["timeline"])
     med = lambda key: statistics.median(r[0][key] for r in runs)  # noqa: E731
     raw = runs[0][1]
     mfus = [r[0]["mfu"] for r in runs if r[0]["mfu"] is not None]
@@ -310,11 +418,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print when each start-up phase of each run ended (jax's trace / lower / "
+        "compile spans of 0.05 s or more, state init, steps 0 and 1), in seconds from spawn",
+    )
     args = parser.parse_args(argv)
     check_run_args(parser, args)
     check_config_exists(parser, "--config", args.config)
     ensure_bytecode()
     ensure_cache(args.config, args.cache_dir)
+    if args.timeline:
+        os.environ["BENCH_TIMELINE"] = "1"
     result = bench(
         args.config,
         steps=args.steps,

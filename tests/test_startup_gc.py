@@ -58,16 +58,26 @@ import gc, sys
 sys.argv[0] = "-m"
 sys.orig_argv = [sys.executable, "-m", {module!r}]
 import lm.main
-print(gc.isenabled(), lm.startup_gc.paused())
+import lm.prefault
+print(gc.isenabled(), lm.startup_gc.paused(), lm.prefault.active())
 """
+
+_LINUX = sys.platform.startswith("linux")
 
 
 @pytest.mark.parametrize(
-    "module, expected", [("lm.main.train_lm", "False True"), ("lm.main.eval_lm", "True False")]
+    "module, env, expected",
+    [
+        ("lm.main.train_lm", {}, f"False True {_LINUX}"),
+        ("lm.main.train_lm", {"LM_HOST_PREFAULT": "off"}, "False True False"),
+        ("lm.main.eval_lm", {}, "True False False"),
+    ],
 )
-def test_only_train_lm_pauses(subprocess_env, module, expected):
+def test_only_train_lm_pauses_and_prefaults(subprocess_env, module, env, expected):
+    """`python -m lm.main.train_lm` pauses the collector and, on a CPU-only Linux run,
+    starts the prefault pool (lm.prefault); other commands do neither."""
     # LM_HOST_MALLOC=0: no re-execution (it would run the faked command line for real)
-    env = {**subprocess_env, "LM_HOST_MALLOC": "0"}
+    env = {**subprocess_env, "LM_HOST_MALLOC": "0", "JAX_PLATFORMS": "cpu", **env}
     out = subprocess.run(
         [sys.executable, "-c", _COMMAND.format(module=module)],
         env=env,

@@ -88,7 +88,8 @@ def choose_mode(wanted: str, thp: str | None, glibc_version: tuple[int, int]) ->
     return "arena"
 
 
-def _cpu_only() -> bool:
+def cpu_only() -> bool:
+    """Whether jax will run on the CPU only (`JAX_PLATFORMS=cpu`, or no accelerator plugin)."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return all(p.strip() == "cpu" for p in platforms.split(","))
@@ -135,7 +136,7 @@ def tune_host_allocator() -> bool:
         return applied
     applied = False
     wanted = requested_mode()
-    if wanted == "off" or not sys.platform.startswith("linux") or not _cpu_only():
+    if wanted == "off" or not sys.platform.startswith("linux") or not cpu_only():
         return False
     if any(m in sys.modules for m in ("jax", "jaxlib", "numpy")):
         return False

@@ -3,6 +3,7 @@
 import dataclasses
 import pathlib
 import platform
+import sys
 import types
 
 import numpy as np
@@ -545,6 +546,8 @@ def test_cli_run_trains_and_says_where_things_are(uninterrupted):
     assert "Resolved configuration:\ndata:" in log and "Resolved configuration" not in proc.stderr
     if _expected_allocator_mode() is not None:  # a CPU-only `python -m` run: lm.host_memory
         assert "glibc allocator tuned for CPU training" in log
+    if sys.platform.startswith("linux"):  # a CPU-only `python -m` run: lm.prefault
+        assert "for the state and the first step ahead of them, on an idle core" in log
     complete = [c for c in list_checkpoints(str(tmp / "ckpt" / "tiny")) if c.complete]
     assert [c.step for c in complete] == [19]  # the final step is always saved
 

@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 
@@ -533,6 +534,45 @@ def test_jit_hook_steps_see_the_real_gradients_and_compile_once_more(tmp_path):
         np.testing.assert_allclose(logged["grad/norm/total"], norm, rtol=1e-5)
         assert norm > 0
     assert not any(k.startswith("grad/") for m in _metrics(config, 3) for k in m)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool maps memory")
+def test_a_prefault_pool_is_released_after_the_first_compile_before_the_step_runs(
+    tmp_path, monkeypatch
+):
+    """train_lm's pool of prefaulted pages goes back to the kernel once step 0 is compiled
+    and before it runs; compiling ahead of the call adds no compile."""
+    from lm import prefault
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    pool = prefault.Prefaulter(8 << 20, initial=4 << 20, chunk=1 << 20)
+    monkeypatch.setattr(prefault, "_pool", pool)
+    released_at = []
+    steps_done = []
+    original = pool.release
+
+    def release(nbytes=None):
+        released_at.append((nbytes, compiles.count("jit(train_step)"), len(steps_done)))
+        return original(nbytes)
+
+    monkeypatch.setattr(pool, "release", release)
+    try:
+        watch = dataclasses.replace(trainer_config(tmp_path).watch, interval=2)
+        config = trainer_config(tmp_path, num_train_steps=3, watch=watch, steps_per_eval=100)
+        _train(config, hooks=[(lambda info: steps_done.append(info.step), 1)])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert released_at == [(None, 1, 0)]  # all of it, after one compile, before any step
+    assert pool.closed and not prefault.active()
+    # steps 0 (watch due) and 1 (not) compile one variant each, as without a pool
+    assert compiles.count("jit(train_step)") == 2, compiles
+    assert steps_done[:3] == [0, 1, 2]  # (and the final hooks at step 2)
 
 
 def test_a_fresh_states_step_is_read_without_waiting_for_the_init(tmp_path):

@@ -12,9 +12,11 @@ from typing import Any
 
 import haliax as hax
 import jax
+import jax.numpy as jnp
 
 import lm.config
 import lm.host_memory
+import lm.prefault
 import lm.startup_gc
 import lm.tracker
 from lm.data import LMDatasetConfig, LMMixtureDatasetConfig
@@ -244,6 +246,7 @@ def main(config: TrainLmConfig) -> RunSummary:
 
             Vocab = vocab_axis(run_model.vocab_size, trainer.parameter_axis_mapping)
             model_config = resolve_auto_remat(trainer, model_config, Vocab, Pos)
+            state_bytes = plan_prefault(trainer, model_config, Vocab, Pos)
 
             if load_hf:
                 vocab_warning = describe_vocab_change(run_model)
@@ -268,6 +271,8 @@ def main(config: TrainLmConfig) -> RunSummary:
             # one saved with another vocabulary does not (checkpoints record its real size)
             trainer.real_axis_sizes["vocab"] = run_model.vocab_size
             trainer.checkpoint_metadata[MODEL_METADATA_KEY] = model_architecture(model_config)
+            # the state's share of the prefaulted pages, for the init's outputs
+            lm.prefault.release(state_bytes)
             try:
                 state = trainer.initial_state(training_key, **start)
             except ValueError as e:
@@ -308,6 +313,7 @@ def main(config: TrainLmConfig) -> RunSummary:
                 raise SystemExit(PREEMPTED_EXIT_CODE) from None
             finally:
                 lm.startup_gc.end_pause()  # if no step ran (a finished run, an error)
+                lm.prefault.release()
             summary.finish(info, trainer)
     except BaseException as e:
         if lm.config.cli.is_keyboard_interrupt(e):  # also one inside a callback from C
@@ -410,6 +416,40 @@ def resolve_auto_remat(
         compute_dtype=trainer.mp.compute_dtype,
         bytes_available=bytes_available,
     )
+
+
+def plan_prefault(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> int:
+    """Size this process's prefault pool (`lm.prefault`) to the run's estimated state and
+    first step on its local devices; returns the state's share (0 without a pool)."""
+    if not lm.prefault.active():
+        return 0
+    from lm.models.layers.scan import SAVE_PROJECTIONS, estimate_step_bytes
+
+    config = trainer.config
+    micro = config.batch_schedule.batch_size_at_step(0) // config.num_microbatches_at_step(0)
+    policy = getattr(model_config, "gradient_checkpointing", SAVE_PROJECTIONS)
+    try:
+        per_device = estimate_step_bytes(
+            model_config,
+            vocab_size=Vocab.size,
+            tokens_per_device=max(1, micro * Pos.size // jax.device_count()),
+            compute_bytes=jnp.dtype(trainer.mp.compute_dtype).itemsize,
+            # full remat keeps less than save_projections: an upper bound
+            policy=policy if policy in (False, SAVE_PROJECTIONS) else SAVE_PROJECTIONS,
+        )
+        params = model_config.total_trainable_params(Vocab.size)
+    except (AttributeError, TypeError, ValueError) as e:  # a model the estimate cannot size
+        logger.debug("prefault pool left at its initial size: %s", e)
+        return 0
+    planned = lm.prefault.plan(per_device * jax.local_device_count())
+    logger.info(
+        "Faulting in %.2f GiB for the state and the first step ahead of them, on an idle core "
+        "(%s=0 to disable)",
+        planned / 2**30,
+        lm.prefault.ENV_VAR,
+    )
+    # parameters and two Adam moments, float32, replicated: an upper bound
+    return 12 * params * jax.local_device_count()
 
 
 def _log_plan(trainer: Trainer, model_config: LmConfig, Vocab: hax.Axis, Pos: hax.Axis) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 
+import lm.prefault
 from lm.compile_options import xla_compiler_options
 from lm.partitioning.jit import ShardedJit, sharded_jit
 from lm.trainer.state import StepInfo, TrainerState
@@ -77,6 +78,12 @@ def run_step(trainer: Trainer, state: S, batch, batch_kwargs) -> tuple[StepInfo[
     if not trainer._logged_step_artifacts:
         trainer._logged_step_artifacts = True
         artifacts = _log_step_artifacts(trainer, fn, state, batch, batch_kwargs)
+    if lm.prefault.active():
+        # compiled first (the call below finds it in jax's caches), so that the pages
+        # faulted in ahead go back to the kernel just before the step allocates its own
+        with trainer.config.use_device_mesh():
+            fn.lower(state, tuple(batch), batch_kwargs).compile()
+        lm.prefault.release()
     start = time.perf_counter()
     try:
         # the step's span in a profile (TensorBoard's step view, ProfileData's "train")
