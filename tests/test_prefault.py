@@ -110,6 +110,22 @@ def test_plans_are_capped_at_the_limit_and_count_what_was_released(pool):
 
 
 @linux_only
+def test_a_chunk_written_while_the_pool_was_trimmed_below_it_is_not_counted():
+    """plan(0) then plan(all) while the thread writes its second chunk: that chunk is dropped
+    and the pool writes from its new end again, so what it counts is what is resident."""
+    before = _rss()
+    p = prefault.Prefaulter(384 * MiB, initial=384 * MiB, chunk=128 * MiB)
+    try:
+        _wait_until(lambda: p.held_bytes > 0)  # the first chunk is in, the second under way
+        p.plan(0)
+        p.plan(384 * MiB)
+        _wait_until(lambda: p.held_bytes == 384 * MiB)
+        assert _rss() - before >= 0.9 * 384 * MiB
+    finally:
+        p.release()
+
+
+@linux_only
 def test_release_while_the_thread_writes_waits_for_its_chunk(pool):
     p = pool(512 * MiB, initial=512 * MiB)
     _wait_until(lambda: p.held_bytes > 0)

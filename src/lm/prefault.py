@@ -134,8 +134,11 @@ class Prefaulter:
                 size = min(self._chunk, self._target - start)
             ctypes.memset(self._addr + start, 0, size)  # the GIL is released meanwhile
             with self._cond:
-                self._written = start + size
-                self._trim()
+                if self._written == start:
+                    self._written = start + size
+                    self._trim()
+                else:  # trimmed below this chunk meanwhile: it is not part of the pool
+                    self._drop(start, start + size)
 
     def _drop(self, start: int, end: int) -> None:
         """Give the pages of [start, end) back to the kernel, keeping the mapping (a later
