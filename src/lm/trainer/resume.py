@@ -113,7 +113,11 @@ def _step_from_host(restored):
     `bench/configs/gpt2_512.yaml`) to run, where the first step can trace and compile
     meanwhile."""
     step = restored.state.step
-    zero = jax.device_put(np.zeros(step.shape, step.dtype), step.sharding)
+    # built from each process's own copy: `device_put` onto devices of several processes
+    # would first check across them that the value is the same (a collective)
+    zero = jax.make_array_from_callback(
+        step.shape, step.sharding, lambda index: np.zeros(step.shape, step.dtype)[index]
+    )
     return dataclasses.replace(restored, state=eqx.tree_at(lambda s: s.step, restored.state, zero))
 
 
