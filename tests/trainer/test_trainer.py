@@ -575,6 +575,23 @@ def test_a_prefault_pool_is_released_after_the_first_compile_before_the_step_run
     assert steps_done[:3] == [0, 1, 2]  # (and the final hooks at step 2)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool maps memory")
+def test_a_first_step_that_fails_to_trace_with_a_pool_raises_its_own_error(tmp_path, monkeypatch):
+    from lm import prefault
+
+    pool = prefault.Prefaulter(4 << 20, initial=2 << 20, chunk=1 << 20)
+    monkeypatch.setattr(prefault, "_pool", pool)
+
+    def broken_loss(model, batch):
+        raise ValueError("the loss cannot be traced")
+
+    try:
+        with pytest.raises(ValueError, match="the loss cannot be traced"):
+            _train(trainer_config(tmp_path, num_train_steps=2), broken_loss)
+    finally:
+        pool.release()
+
+
 def test_a_fresh_states_step_is_read_without_waiting_for_the_init(tmp_path):
     """The loop reads `state.step` before the first step; on a fresh start it is not the
     init's output, so the first step traces and compiles while the init still runs."""
