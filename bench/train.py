@@ -422,7 +422,8 @@ def main() -> None:
         "--timeline",
         action="store_true",
         help="print when each start-up phase of each run ended (jax's trace / lower / "
-        "compile spans of 0.05 s or more, state init, steps 0 and 1), in seconds from spawn",
+        "compile spans of 0.05 s or more, state init, prefault releases, steps 0-4), in "
+        "seconds from spawn, with the CPU time and page faults since the line before",
     )
     args = parser.parse_args(argv)
     check_run_args(parser, args)

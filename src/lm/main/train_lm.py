@@ -407,15 +407,20 @@ def resolve_auto_remat(
     Shared by `train_lm` and `plan`, so a plan compiles the step the run would."""
     from lm.models.layers.scan import resolve_gradient_checkpointing
 
-    config = trainer.config
-    micro = config.batch_schedule.batch_size_at_step(0) // config.num_microbatches_at_step(0)
     return resolve_gradient_checkpointing(
         model_config,
         vocab_size=Vocab.size,
-        tokens_per_device=max(1, micro * Pos.size // jax.device_count()),
+        tokens_per_device=_tokens_per_device(trainer, Pos),
         compute_dtype=trainer.mp.compute_dtype,
         bytes_available=bytes_available,
     )
+
+
+def _tokens_per_device(trainer: Trainer, Pos) -> int:
+    """Tokens of step 0's microbatch on each device (what the memory estimates count)."""
+    config = trainer.config
+    micro = config.batch_schedule.batch_size_at_step(0) // config.num_microbatches_at_step(0)
+    return max(1, micro * Pos.size // jax.device_count())
 
 
 def plan_prefault(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> int:
@@ -425,14 +430,12 @@ def plan_prefault(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> int:
         return 0
     from lm.models.layers.scan import SAVE_PROJECTIONS, estimate_step_bytes
 
-    config = trainer.config
-    micro = config.batch_schedule.batch_size_at_step(0) // config.num_microbatches_at_step(0)
     policy = getattr(model_config, "gradient_checkpointing", SAVE_PROJECTIONS)
     try:
         per_device = estimate_step_bytes(
             model_config,
             vocab_size=Vocab.size,
-            tokens_per_device=max(1, micro * Pos.size // jax.device_count()),
+            tokens_per_device=_tokens_per_device(trainer, Pos),
             compute_bytes=jnp.dtype(trainer.mp.compute_dtype).itemsize,
             # full remat keeps less than save_projections: an upper bound
             policy=policy if policy in (False, SAVE_PROJECTIONS) else SAVE_PROJECTIONS,

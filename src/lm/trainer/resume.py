@@ -128,9 +128,6 @@ def _seed_missing_average(trainer: Trainer, restored, is_trainable):
     state's, the random initial weights: worse than the untrained model's eval for thousands
     of steps at beta 0.999. It starts from the loaded weights instead, as a fresh run's
     average starts from its initial model."""
-    import dataclasses
-
-    import jax
     import jax.numpy as jnp
 
     from lm.checkpoint.storage import holds_subtree
