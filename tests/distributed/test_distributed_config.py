@@ -250,6 +250,51 @@ def test_waiting_for_the_coordinator_is_bounded_and_names_the_fields():
     )
 
 
+def test_process_0_names_a_coordinator_port_already_in_use(calls):
+    """A second process 0 (a process_id given twice) or another program on the port: jax's
+    service would share the port (SO_REUSEPORT) and every process waited for the timeout."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        config = DistributedConfig(
+            coordinator_address=f"localhost:{port}", num_processes=2, process_id=0
+        )
+        with pytest.raises(lm.config.FieldError) as info:
+            config.initialize()
+        assert calls == []  # jax.distributed was not started
+        assert str(info.value) == (
+            f"trainer.distributed.coordinator_address: localhost:{port}: port {port} is "
+            "already in use on this host, where process 0 serves the coordinator: is another "
+            "process of this run also given process_id 0? Otherwise pick a free port"
+        )
+        # process 1 connects there instead of serving it: no such check
+        DistributedConfig(
+            coordinator_address=f"localhost:{port}", num_processes=2, process_id=1
+        ).initialize()
+    assert [c[0] if isinstance(c, tuple) else "init" for c in calls] == ["wait", "init"]
+    # once nothing listens there, process 0 starts jax.distributed
+    config.initialize()
+    assert calls[-1]["process_id"] == 0
+
+
+def test_a_previous_runs_closed_connections_do_not_hold_the_coordinator_port():
+    import socket
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end stays in TIME_WAIT
+        client.close()
+    assert init.coordinator_port_problem(f"localhost:{port}") is None
+
+
 def test_yaml_and_cli_reach_the_distributed_config(tmp_path):
     path = tmp_path / "trainer.yaml"
     path.write_text(

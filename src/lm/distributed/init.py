@@ -8,6 +8,7 @@ for tests). It must run before anything asks jax for devices.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -31,6 +32,31 @@ def coordinator_address_problem(address: str) -> str | None:
         return "it has no host:port form"
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"the port {port!r} is not a number in 1..65535"
+    return None
+
+
+def coordinator_port_problem(address: str) -> str | None:
+    """Why process 0 cannot serve the coordinator at `address` (host:port), or None.
+
+    jax's coordination service listens on the port on every interface, with SO_REUSEPORT: a
+    second process 0 (a process_id given twice) or another program already listening there
+    does not make it fail, but splits the connections between the two listeners, and the
+    processes then wait for one another until the timeout. A probe bind without
+    SO_REUSEPORT fails at once while anything listens on the port."""
+    _, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # a previous run's closed connections (TIME_WAIT) do not hold the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use on this host, where process 0 serves the "
+                    "coordinator: is another process of this run also given process_id 0? "
+                    "Otherwise pick a free port"
+                )
+            return f"process 0 cannot listen on port {port} here: {e.strerror or e}"
     return None
 
 
@@ -225,6 +251,13 @@ class DistributedConfig:
             "(trainer.distributed.initialization_timeout_seconds). If it times out, check "
             "coordinator_address, num_processes and process_id on every process."
         )
+        if cluster is None and self.process_id == 0 and self.coordinator_address is not None:
+            problem = coordinator_port_problem(self.coordinator_address)
+            if problem is not None:
+                raise FieldError(
+                    "trainer.distributed.coordinator_address",
+                    f"{self.coordinator_address}: {problem}",
+                )
         logger.info("%s", message)
         print(message, file=sys.stderr, flush=True)
         if cluster is None and self.process_id not in (None, 0):
