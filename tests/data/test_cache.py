@@ -908,7 +908,8 @@ def test_ctrl_c_during_a_local_build_stops_it_between_batches(tmp_path, write_js
 def test_local_paths_are_made_absolute_for_workers(tmp_path, write_jsonl, monkeypatch):
     """A Ray worker opens paths in its own working directory: relative source files, an HF
     data folder and a tokenizer directory reach it as absolute paths; URLs and hub ids stay."""
-    from lm.data.sources import HfSource, absolute_local
+    from lm.data.hf_source import HfSource
+    from lm.data.sources import absolute_local
 
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "data" / "a.jsonl", ["one"])
@@ -1000,7 +1001,7 @@ def test_a_touched_hf_data_folder_names_the_datasets_fingerprint(tmp_path, write
     """For a local folder of data files, `datasets` fingerprints the files' modification
     times: a touched file no longer matches the cache, and the message said "a file changed
     size", which it did not."""
-    from lm.data.sources import HfSource
+    from lm.data.hf_source import HfSource
 
     data = write_jsonl(tmp_path / "files" / "train.jsonl", ["f0", "f1", "f2"])
     os.utime(data, (1_000_000, 1_000_000))

@@ -13,7 +13,8 @@ import pytest
 
 from lm.data import LMDatasetConfig
 from lm.data.cache import CacheOptions, build_or_load_cache, read_ledger
-from lm.data.sources import HfSource, StdlibSource, UrlSource, detect_format, expand_urls
+from lm.data.hf_source import HfSource
+from lm.data.sources import StdlibSource, UrlSource, detect_format, expand_urls
 from lm.data.tokenizer import DocumentEncoder
 
 LOCAL = CacheOptions(backend="local")

@@ -29,11 +29,12 @@ from lm.data.dataset import (
     PermutedDataset,
     SlicedDataset,
 )
+from lm.data.hf_source import HfSource
 from lm.data.loader import DataLoader
 from lm.data.mixture import MixtureDataset, MixtureStage
 from lm.data.packing import CausalLmDataset, causal_loss_mask
 from lm.data.permutation import Permutation
-from lm.data.sources import HfSource, ShardedSource, StdlibSource, UrlSource, expand_urls
+from lm.data.sources import ShardedSource, StdlibSource, UrlSource, expand_urls
 from lm.data.tokenizer import DocumentEncoder, load_tokenizer
 
 __all__ = [

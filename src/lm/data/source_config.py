@@ -20,11 +20,10 @@ from lm.config.errors import (
     invalid,
     raise_problems,
 )
+from lm.data.hf_source import HfSource, MissingSplit
 from lm.data.sources import (
     BUILTIN_SOURCES,
     DEFAULT_TRAIN_SPLIT,
-    HfSource,
-    MissingSplit,
     ShardedSource,
     StdlibSource,
     UrlSource,

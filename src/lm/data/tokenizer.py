@@ -136,7 +136,7 @@ def hub_unresolvable() -> str | None:
     huggingface_hub retries a failed request five times with backoff (about 45 s of log
     lines) even when the host does not resolve; one DNS lookup answers that at once. Behind
     a proxy the local resolver may not know the host, so then the hub is simply tried.
-    Loading tokenizers and HF datasets (`sources._load_hf_split`) both ask it.
+    Loading tokenizers and HF datasets (`hf_source._load_hf_split`) both ask it.
     """
     import socket
     import urllib.parse
