@@ -1,5 +1,5 @@
 """HF `datasets` sources: one split of a dataset (a `save_to_disk` directory, a folder of
-data files, or a hub id, the local HF cache first when the hub cannot be reached), cut into
+data files, or a hub id: only the local HF cache when the hub cannot be reached), cut into
 contiguous row-range shards.
 
 A bad row (a value the tokenizer cannot take) is an error naming the dataset, split and row,
