@@ -29,6 +29,8 @@ import os
 import sys
 import threading
 
+from lm.memory_limits import available_memory_bytes
+
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "LM_HOST_PREFAULT"
@@ -40,7 +42,8 @@ CHUNK_BYTES = 16 << 20
 INITIAL_BYTES = 512 << 20
 """What the pool grows to before the run calls `plan` (the imports' idle core)."""
 MAX_FRACTION = 0.25
-"""The pool never holds more than this fraction of the memory available when it starts."""
+"""The pool never holds more than this fraction of the memory available when it starts (the
+machine's, or the room under the container's limit: `lm.memory_limits`)."""
 
 _PROT_READ_WRITE = 0x1 | 0x2
 _MAP_PRIVATE_ANONYMOUS_NORESERVE = 0x02 | 0x20 | 0x4000
@@ -61,17 +64,6 @@ def requested(environ=os.environ) -> bool:
         f"{ENV_VAR}={raw!r} is not a setting: use auto (the default) or 1 to fault in the first "
         "train step's memory ahead of it, 0/off to leave it to the step"
     )
-
-
-def _available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class Prefaulter:
@@ -198,7 +190,7 @@ def start(environ=os.environ) -> bool:
         return True
     if not requested(environ) or not sys.platform.startswith("linux"):
         return False
-    available = _available_bytes()
+    available = available_memory_bytes()
     if not available:
         return False
     limit = int(available * MAX_FRACTION) // CHUNK_BYTES * CHUNK_BYTES

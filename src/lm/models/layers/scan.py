@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Union
 
 import haliax.nn as hnn
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 from haliax import Axis, ScanCheckpointPolicy
 
 from lm.config.errors import FieldError, did_you_mean
+from lm.memory_limits import host_memory_bytes
 
 GradientCheckpointing = Union[bool, ScanCheckpointPolicy, str]  # noqa: UP007 (draccus needs Union)
 
@@ -142,14 +142,14 @@ def estimate_step_bytes(
 
 
 def device_memory_bytes() -> int:
-    """Memory one local device can use: the allocator limit on accelerators, the host's
-    physical memory split over the local devices on CPU."""
+    """Memory one local device can use: the allocator limit on accelerators, on CPU the
+    host's memory (its container's limit where that is smaller) split over the local
+    devices."""
     device = jax.local_devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total // max(1, jax.local_device_count())
+    return host_memory_bytes() // max(1, jax.local_device_count())
 
 
 def policy_name(value: GradientCheckpointing) -> str:
