@@ -437,8 +437,8 @@ def plan_prefault(trainer: Trainer, model_config: LmConfig, Vocab, Pos) -> int:
             vocab_size=Vocab.size,
             tokens_per_device=_tokens_per_device(trainer, Pos),
             compute_bytes=jnp.dtype(trainer.mp.compute_dtype).itemsize,
-            # full remat keeps less than save_projections: an upper bound
-            policy=policy if policy in (False, SAVE_PROJECTIONS) else SAVE_PROJECTIONS,
+            # other policies keep no more than save_projections: an upper bound
+            policy=policy if policy in (False, SAVE_PROJECTIONS, True) else SAVE_PROJECTIONS,
         )
         params = model_config.total_trainable_params(Vocab.size)
     except (AttributeError, TypeError, ValueError) as e:  # a model the estimate cannot size

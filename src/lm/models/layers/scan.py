@@ -105,7 +105,8 @@ def estimate_step_bytes(
     policy: bool | str = False,
 ) -> int:
     """Peak bytes per device of a training step (an estimate), with no rematerialisation
-    (`policy=False`, the default) or with `"save_projections"`.
+    (`policy=False`, the default), with `"save_projections"` or with every layer recomputed
+    (`policy=True`).
 
     Counts float32 parameters, gradients and two Adam moments (16 bytes per parameter,
     unsharded: a replicated upper bound), the activations each layer keeps for the backward
@@ -114,9 +115,10 @@ def estimate_step_bytes(
     vanilla attention backend also two (heads x seq_len) score/probability rows);
     `"save_projections"` keeps the block input, q/k/v, the attention output, its log-sum-exp
     and output projection and the MLP up (and gate) projections, plus one layer's full set
-    while that layer's backward pass recomputes it.
+    while that layer's backward pass recomputes it; `True` keeps only each layer's input, plus
+    that one layer's full set.
     """
-    if policy not in (False, SAVE_PROJECTIONS):
+    if policy not in (False, SAVE_PROJECTIONS, True):
         raise ValueError(f"no memory estimate for gradient_checkpointing {policy!r}")
     E = config.Embed.size
     M = config.Mlp.size
@@ -130,6 +132,8 @@ def estimate_step_bytes(
         full_layer += 2 * H * S
     if policy is False:
         per_token = L * full_layer
+    elif policy is True:
+        per_token = L * E + full_layer
     else:
         q = H * config.HeadSize.size
         kv = getattr(config, "num_kv_heads", H) * config.HeadSize.size
@@ -203,4 +207,24 @@ def resolve_gradient_checkpointing(
         bytes_available / 2**30,
         100 * AUTO_MEMORY_FRACTION,
     )
+    if choice is True:
+        need = estimate_step_bytes(
+            config,
+            vocab_size=vocab_size,
+            tokens_per_device=tokens_per_device,
+            compute_bytes=jnp.dtype(compute_dtype).itemsize,
+            policy=True,
+        )
+        # this estimate reads high (~1.3x the compiled step's), the others low (~0.6x):
+        # warned against the whole memory, not the 60% the choice uses
+        if need > bytes_available:
+            logger.warning(
+                "even with every layer recomputed a step is estimated at %.2f GiB per device, "
+                "more than the %.2f GiB available: it may run out of memory (the estimate is "
+                "rough; `python -m lm.main.plan` compiles the step and says). Fewer examples "
+                "per device (trainer.per_device_parallelism, or train_batch_size), a shorter "
+                "seq_len or more devices need less",
+                need / 2**30,
+                bytes_available / 2**30,
+            )
     return dataclasses.replace(config, gradient_checkpointing=choice)
