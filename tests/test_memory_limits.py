@@ -107,8 +107,24 @@ def test_the_container_limit_caps_the_host_memory_and_what_is_available(monkeypa
 
 
 def test_auto_remat_on_cpu_sizes_itself_from_the_container_limit(monkeypatch):
+    """Less what the process holds already: jax and Python are in the same memory."""
+    from lm.models.layers import scan
+
     monkeypatch.setattr(memory_limits, "cgroup_memory", lambda: (2 * GiB, GiB))
-    assert device_memory_bytes() == 2 * GiB // jax.local_device_count()
+    monkeypatch.setattr(scan, "process_rss_bytes", lambda: 512 * MiB)
+    assert device_memory_bytes() == (2 * GiB - 512 * MiB) // jax.local_device_count()
+    monkeypatch.setattr(scan, "process_rss_bytes", lambda: 3 * GiB)
+    assert device_memory_bytes() == 0
+
+
+def test_process_rss_reads_statm(tmp_path):
+    import os
+
+    statm = tmp_path / "statm"
+    statm.write_text("1000 250 30 1 0 200 0\n")
+    assert memory_limits.process_rss_bytes(str(statm)) == 250 * os.sysconf("SC_PAGE_SIZE")
+    assert memory_limits.process_rss_bytes(str(tmp_path / "missing")) == 0
+    assert memory_limits.process_rss_bytes() > 0  # this process
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is Linux-only")

@@ -106,6 +106,16 @@ def host_memory_bytes() -> int:
     return physical if limit is None else min(physical, limit)
 
 
+def process_rss_bytes(statm: str = "/proc/self/statm") -> int:
+    """This process's resident memory now (0 where /proc cannot tell)."""
+    try:
+        with open(statm) as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def mem_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
     """The machine's `MemAvailable` (what can be allocated without swapping), or None."""
     try:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from haliax import Axis, ScanCheckpointPolicy
 
 from lm.config.errors import FieldError, did_you_mean
-from lm.memory_limits import host_memory_bytes
+from lm.memory_limits import host_memory_bytes, process_rss_bytes
 
 GradientCheckpointing = Union[bool, ScanCheckpointPolicy, str]  # noqa: UP007 (draccus needs Union)
 
@@ -146,14 +146,15 @@ def estimate_step_bytes(
 
 
 def device_memory_bytes() -> int:
-    """Memory one local device can use: the allocator limit on accelerators, on CPU the
-    host's memory (its container's limit where that is smaller) split over the local
-    devices."""
+    """Memory one local device can use: the allocator limit on accelerators; on CPU the
+    host's memory (its container's limit where that is smaller) less what this process
+    holds already (Python, jax, the data pipeline: ~0.5 GiB), split over the local devices."""
     device = jax.local_devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    return host_memory_bytes() // max(1, jax.local_device_count())
+    free = max(0, host_memory_bytes() - process_rss_bytes())
+    return free // max(1, jax.local_device_count())
 
 
 def policy_name(value: GradientCheckpointing) -> str:
