@@ -280,6 +280,16 @@ def test_process_0_names_a_coordinator_port_already_in_use(calls):
     assert calls[-1]["process_id"] == 0
 
 
+def test_no_ipv4_socket_to_probe_with_leaves_the_port_to_jax(monkeypatch):
+    import socket
+
+    def no_ipv4(*args, **kwargs):
+        raise OSError(97, "Address family not supported by protocol")
+
+    monkeypatch.setattr(socket, "socket", no_ipv4)
+    assert init.coordinator_port_problem("localhost:1234") is None
+
+
 def test_a_previous_runs_closed_connections_do_not_hold_the_coordinator_port():
     import socket
 

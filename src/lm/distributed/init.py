@@ -44,7 +44,11 @@ def coordinator_port_problem(address: str) -> str | None:
     processes then wait for one another until the timeout. A probe bind without
     SO_REUSEPORT fails at once while anything listens on the port."""
     _, _, port = address.rpartition(":")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return None  # no IPv4 here to probe with: jax's own listener will say
+    with probe:
         # a previous run's closed connections (TIME_WAIT) do not hold the port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
