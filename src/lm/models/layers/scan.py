@@ -187,15 +187,19 @@ def resolve_gradient_checkpointing(
     # stores and re-reads every elementwise intermediate), so CPU starts at save_projections.
     ladder = [SAVE_PROJECTIONS] if platform == "cpu" else [False, SAVE_PROJECTIONS]
     budget = AUTO_MEMORY_FRACTION * bytes_available
-    choice: bool | str = True
-    for candidate in ladder:
-        need = estimate_step_bytes(
+
+    def estimate(policy: bool | str) -> int:
+        return estimate_step_bytes(
             config,
             vocab_size=vocab_size,
             tokens_per_device=tokens_per_device,
             compute_bytes=jnp.dtype(compute_dtype).itemsize,
-            policy=candidate,
+            policy=policy,
         )
+
+    choice: bool | str = True
+    for candidate in ladder:
+        need = estimate(candidate)
         if need <= budget:
             choice = candidate
             break
@@ -209,13 +213,7 @@ def resolve_gradient_checkpointing(
         100 * AUTO_MEMORY_FRACTION,
     )
     if choice is True:
-        need = estimate_step_bytes(
-            config,
-            vocab_size=vocab_size,
-            tokens_per_device=tokens_per_device,
-            compute_bytes=jnp.dtype(compute_dtype).itemsize,
-            policy=True,
-        )
+        need = estimate(True)
         # this estimate reads high (~1.3x the compiled step's), the others low (~0.6x):
         # warned against the whole memory, not the 60% the choice uses
         if need > bytes_available:
