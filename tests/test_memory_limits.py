@@ -113,6 +113,9 @@ def test_auto_remat_on_cpu_sizes_itself_from_the_container_limit(monkeypatch):
     monkeypatch.setattr(memory_limits, "cgroup_memory", lambda: (2 * GiB, GiB))
     monkeypatch.setattr(scan, "process_rss_bytes", lambda: 512 * MiB)
     assert device_memory_bytes() == (2 * GiB - 512 * MiB) // jax.local_device_count()
+    # the prefault pool's pages count as the step's, not as memory the process holds
+    monkeypatch.setattr(prefault, "held_bytes", lambda: 256 * MiB)
+    assert device_memory_bytes() == (2 * GiB - 256 * MiB) // jax.local_device_count()
     monkeypatch.setattr(scan, "process_rss_bytes", lambda: 3 * GiB)
     assert device_memory_bytes() == 0
 

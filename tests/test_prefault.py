@@ -138,6 +138,7 @@ def test_the_module_functions_do_nothing_without_a_pool(monkeypatch):
     assert not prefault.active()
     assert prefault.plan(1 << 30) == 0
     assert prefault.release() == 0 and prefault.release(1 << 20) == 0
+    assert prefault.held_bytes() == 0
 
 
 def test_start_follows_the_variable(monkeypatch):
@@ -155,6 +156,7 @@ def test_start_makes_one_pool_and_release_closes_it(monkeypatch):
         first = prefault._pool
         assert prefault.start({}) and prefault._pool is first  # once per process
         assert first.limit >= prefault.CHUNK_BYTES
+        assert prefault.held_bytes() == first.held_bytes
     finally:
         prefault.release()
-    assert not prefault.active()
+    assert not prefault.active() and prefault.held_bytes() == 0

@@ -220,6 +220,12 @@ def active() -> bool:
     return _pool is not None and not _pool.closed
 
 
+def held_bytes() -> int:
+    """Pages the pool holds now (0 without a pool): resident in this process, but kept for the
+    first step's own allocations."""
+    return 0 if _pool is None or _pool.closed else _pool.held_bytes
+
+
 def plan(total: int) -> int:
     """Size the pool to the run's estimated state and first step; returns the bytes it will
     have written in all (capped at its limit; 0 without a pool)."""

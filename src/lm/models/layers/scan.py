@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from haliax import Axis, ScanCheckpointPolicy
 
+import lm.prefault
 from lm.config.errors import FieldError, did_you_mean
 from lm.memory_limits import host_memory_bytes, process_rss_bytes
 
@@ -148,12 +149,15 @@ def estimate_step_bytes(
 def device_memory_bytes() -> int:
     """Memory one local device can use: the allocator limit on accelerators; on CPU the
     host's memory (its container's limit where that is smaller) less what this process
-    holds already (Python, jax, the data pipeline: ~0.5 GiB), split over the local devices."""
+    holds already (Python, jax, the data pipeline: ~0.3 GiB; not the prefault pool's pages,
+    which are the step's), split over the local devices."""
     device = jax.local_devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    free = max(0, host_memory_bytes() - process_rss_bytes())
+    # the prefault pool's pages are resident but held for the step itself: not taken
+    held = process_rss_bytes() - lm.prefault.held_bytes()
+    free = max(0, host_memory_bytes() - max(0, held))
     return free // max(1, jax.local_device_count())
 
 
